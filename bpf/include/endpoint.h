@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Stage 3: (service, priority, random 1-based index) -> backend id. */
+#ifndef KMESH_BPF_ENDPOINT_H
+#define KMESH_BPF_ENDPOINT_H
+
+#include "maps.h"
+
+static __always_inline const struct kmesh_endpoint_value *endpoint_pick(__u32 service_id, __u32 prio,
+									 __u32 count)
+{
+	struct kmesh_endpoint_key key = {
+		.service_id = service_id,
+		.prio = prio,
+		.index = bpf_get_prandom_u32() % count + 1,
+	};
+
+	return bpf_map_lookup_elem(&km_endpoint, &key);
+}
+
+#endif

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Map definitions. Sizes here are placeholders: the agent sets max_entries from its flags. */
+#ifndef KMESH_BPF_MAPS_H
+#define KMESH_BPF_MAPS_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "kmesh_abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kmesh_frontend_key);
+	__type(value, struct kmesh_frontend_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_FRONTENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_frontend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct kmesh_service_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_service SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kmesh_endpoint_key);
+	__type(value, struct kmesh_endpoint_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_endpoint SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct kmesh_backend_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_backend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, KMESH_STAT_MAX);
+} km_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&km_stats, &slot);
+
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+#endif

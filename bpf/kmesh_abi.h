@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The map ABI shared by the BPF programs and the C++ agent and CNI plugin.
+ *
+ * This is the only header both sides include. Every struct has explicit padding so that its
+ * layout is identical under clang -target bpf and the host compiler; common/abi_check.cpp
+ * static_asserts each size and offset. Changing a layout is a breaking change for maps pinned by
+ * a running agent: bump KMESH_ABI_VERSION, and the agent refuses to reuse pins of another version.
+ *
+ * Lookup stages (one header each under bpf/include/):
+ *   frontend (VIP, port) -> service id + target port
+ *   service  id          -> endpoint count per priority, LB mode
+ *   endpoint (service id, priority, 1-based index) -> backend id
+ *   backend  id          -> workload addresses
+ */
+#ifndef KMESH_ABI_H
+#define KMESH_ABI_H
+
+#ifdef __BPF__
+/* vmlinux.h provides the __u* types. */
+#else
+#include <linux/types.h>
+#endif
+
+/* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
+#define KMESH_PRIO_COUNT 7
+
+/* Default map capacities; the agent takes them as flags. */
+#define KMESH_DEFAULT_MAX_SERVICES 20000
+#define KMESH_DEFAULT_MAX_FRONTENDS 65536
+#define KMESH_DEFAULT_MAX_ENDPOINTS 131072
+#define KMESH_DEFAULT_MAX_BACKENDS 131072
+
+enum kmesh_lb_mode {
+	KMESH_LB_RANDOM = 0,   /* all endpoints live in priority 0 */
+	KMESH_LB_STRICT = 1,   /* only priority 0; none there means refuse */
+	KMESH_LB_FAILOVER = 2, /* first non-empty priority */
+};
+
+/*
+ * Addresses are always 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d). A connect4 to
+ * 10.96.0.10 and a connect6 to ::ffff:10.96.0.10 (Java's dual-stack sockets) therefore hit the
+ * same frontend entry without a second lookup.
+ */
+struct kmesh_frontend_key {
+	__u8 addr[16];
+	__u16 port; /* network byte order */
+	__u16 pad;
+};
+
+struct kmesh_frontend_value {
+	__u32 service_id;
+	__u16 target_port; /* network byte order */
+	__u16 pad;
+};
+
+struct kmesh_service_value {
+	/*
+	 * Written as a whole with BPF_ANY on a hash map: the kernel swaps in a new element under
+	 * RCU, so a reader sees either the old or the new counts, never a torn mix.
+	 */
+	__u32 endpoint_count[KMESH_PRIO_COUNT];
+	__u32 lb_mode; /* enum kmesh_lb_mode */
+	__u64 name_hash; /* lets a restarted agent recover the id of "namespace/hostname" */
+};
+
+struct kmesh_endpoint_key {
+	__u32 service_id;
+	__u32 prio;
+	__u32 index; /* 1-based and dense: 1..endpoint_count[prio] */
+};
+
+struct kmesh_endpoint_value {
+	__u32 backend_id;
+};
+
+#define KMESH_BACKEND_HAS_V4 (1u << 0)
+#define KMESH_BACKEND_HAS_V6 (1u << 1)
+
+struct kmesh_backend_value {
+	__u8 addr4[16]; /* IPv4-mapped, valid with KMESH_BACKEND_HAS_V4 */
+	__u8 addr6[16]; /* valid with KMESH_BACKEND_HAS_V6 */
+	__u32 flags;
+	__u32 pad;
+	__u64 name_hash; /* hash of the workload uid */
+};
+
+/* Slots of the per-CPU counter array km_stats, read by the agent's metrics and dumps. */
+enum kmesh_stat {
+	KMESH_STAT_TRANSLATED = 0,  /* connect rewritten to an endpoint */
+	KMESH_STAT_NO_ENDPOINT = 1, /* service without endpoints: refused */
+	KMESH_STAT_NO_FAMILY = 2,   /* picked endpoint lacks the socket's address family */
+	KMESH_STAT_RACE_RETRY = 3,  /* an entry vanished between two lookups; picked again */
+	KMESH_STAT_MAX = 4,
+};
+
+#endif /* KMESH_ABI_H */

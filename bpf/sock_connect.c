@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * cgroup/connect4 and cgroup/connect6: service VIP -> endpoint translation at connect() time.
+ *
+ * These programs are attached by kmesh-cni to each enrolled pod's cgroup, so pods that are not in
+ * the mesh never run them. Each hook is a thin entry around a worker that returns 0 or -errno.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "include/backend.h"
+#include "include/endpoint.h"
+#include "include/frontend.h"
+#include "include/service.h"
+
+#define SOCK_STREAM 1
+#define ENOENT 2
+#define ECONNREFUSED 111
+#define EHOSTUNREACH 113
+
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+
+/*
+ * The agent may shrink a service while we read it: we can load a count of N, then the agent
+ * moves entry N into a hole, decrements the count and deletes entry N before our endpoint lookup
+ * runs. Entries are never left pointing at nothing for longer than such a window, so picking
+ * again with a freshly read count is enough; two tries bound the work.
+ */
+#define PICK_ATTEMPTS 2
+
+/* Chooses an endpoint for the frontend in *key; fills addr/port. 0, -ENOENT (not ours) or -errno. */
+static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key *key, bool want_v4,
+						__u32 addr[4], __u16 *port)
+{
+	const struct kmesh_frontend_value *fe = frontend_lookup(key);
+
+	if (!fe)
+		return -ENOENT;
+
+#pragma unroll
+	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
+		const struct kmesh_service_value *svc = service_lookup(fe->service_id);
+		const struct kmesh_endpoint_value *ep;
+		const struct kmesh_backend_value *be;
+		__u32 count = 0;
+		int prio;
+
+		/* Frontends are written after and deleted before their service, so this is a
+		 * service in the middle of removal: leave the connect alone. */
+		if (!svc)
+			return -ENOENT;
+
+		prio = service_pick_prio(svc, &count);
+		if (prio < 0) {
+			stat_inc(KMESH_STAT_NO_ENDPOINT);
+			return -ECONNREFUSED;
+		}
+		ep = endpoint_pick(fe->service_id, prio, count);
+		if (!ep) {
+			stat_inc(KMESH_STAT_RACE_RETRY);
+			continue;
+		}
+		be = backend_lookup(ep->backend_id);
+		if (!be) {
+			stat_inc(KMESH_STAT_RACE_RETRY);
+			continue;
+		}
+		if (want_v4 ? !(be->flags & KMESH_BACKEND_HAS_V4) : !(be->flags & KMESH_BACKEND_HAS_V6)) {
+			stat_inc(KMESH_STAT_NO_FAMILY);
+			return -EHOSTUNREACH;
+		}
+		__builtin_memcpy(addr, want_v4 ? be->addr4 : be->addr6, 16);
+		*port = fe->target_port;
+		stat_inc(KMESH_STAT_TRANSLATED);
+		return 0;
+	}
+	return -ECONNREFUSED;
+}
+
+static __always_inline bool sock_is_tcp(const struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+}
+
+/* connect() fails with the worker's errno: bpf_set_retval overrides the default EPERM. */
+static __always_inline int sock_verdict(int ret)
+{
+	if (ret == 0 || ret == -ENOENT)
+		return SYS_PROCEED;
+	bpf_set_retval(ret);
+	return SYS_REJECT;
+}
+
+static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
+{
+	struct kmesh_frontend_key key = {};
+	__u32 addr[4];
+	__u16 port;
+	int ret;
+
+	if (!sock_is_tcp(ctx))
+		return -ENOENT;
+	key.addr[10] = 0xff;
+	key.addr[11] = 0xff;
+	*(__u32 *)&key.addr[12] = ctx->user_ip4;
+	key.port = (__u16)ctx->user_port;
+
+	ret = sock_select_endpoint(&key, true, addr, &port);
+	if (ret)
+		return ret;
+	ctx->user_ip4 = addr[3];
+	ctx->user_port = port;
+	return 0;
+}
+
+static __always_inline bool addr6_is_v4mapped(const __u32 addr[4])
+{
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
+{
+	struct kmesh_frontend_key key = {};
+	__u32 dst[4], addr[4];
+	__u16 port;
+	int ret;
+
+	if (!sock_is_tcp(ctx))
+		return -ENOENT;
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+	__builtin_memcpy(key.addr, dst, 16);
+	key.port = (__u16)ctx->user_port;
+
+	/* A dual-stack socket connecting to ::ffff:a.b.c.d goes out as IPv4 and only this hook
+	 * sees it (connect4 does not run), so it needs an IPv4 endpoint, written back mapped. */
+	ret = sock_select_endpoint(&key, addr6_is_v4mapped(dst), addr, &port);
+	if (ret)
+		return ret;
+	ctx->user_ip6[0] = addr[0];
+	ctx->user_ip6[1] = addr[1];
+	ctx->user_ip6[2] = addr[2];
+	ctx->user_ip6[3] = addr[3];
+	ctx->user_port = port;
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int cgroup_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_verdict(sock4_connect(ctx));
+}
+
+SEC("cgroup/connect6")
+int cgroup_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_verdict(sock6_connect(ctx));
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
