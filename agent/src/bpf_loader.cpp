@@ -1,0 +1,157 @@
+#include "agent/src/bpf_loader.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fmt/format.h>
+#include <linux/magic.h>
+#include <spdlog/spdlog.h>
+#include <sys/mount.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "kmesh_sock.skel.h"
+
+namespace fs = std::filesystem;
+
+namespace kmesh {
+
+namespace {
+
+std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
+
+// Checks that a pinned map can be reused with the wanted shape, so that a size flag change or an
+// ABI change gives an actionable message instead of libbpf's generic refusal.
+std::string check_pinned_map(const std::string& path, bpf_map* map) {
+    int fd = bpf_obj_get(path.c_str());
+    if (fd < 0) return {};  // not pinned yet: libbpf creates it
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    int rc = bpf_obj_get_info_by_fd(fd, &info, &len);
+    close(fd);
+    if (rc) return fmt::format("{}: cannot inspect pinned map: {}", path, errno_text(errno));
+    if (info.key_size != bpf_map__key_size(map) || info.value_size != bpf_map__value_size(map) ||
+        info.max_entries != bpf_map__max_entries(map) || info.type != bpf_map__type(map))
+        return fmt::format(
+            "{} is pinned with key/value size {}/{} and {} entries, but this agent wants {}/{} and {}; "
+            "run `kmesh-daemon uninstall` (which detaches all pods) or keep the old size flags",
+            path, info.key_size, info.value_size, info.max_entries, bpf_map__key_size(map),
+            bpf_map__value_size(map), bpf_map__max_entries(map));
+    return {};
+}
+
+}  // namespace
+
+std::string ensure_bpffs(const std::string& root) {
+    struct statfs st {};
+    if (statfs(root.c_str(), &st) == 0 && st.f_type == BPF_FS_MAGIC) return {};
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (mount("bpf", root.c_str(), "bpf", 0, "mode=0700") != 0)
+        return fmt::format("mount bpffs at {}: {}", root, errno_text(errno));
+    spdlog::info("mounted bpffs at {}", root);
+    return {};
+}
+
+Dataplane::~Dataplane() { kmesh_sock__destroy(skel_); }
+
+std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSizes& sizes, std::string* error) {
+    if (auto e = ensure_bpffs(layout.bpffs_root); !e.empty()) {
+        *error = e;
+        return nullptr;
+    }
+    std::error_code ec;
+    for (const auto& dir : {layout.maps_dir(), layout.progs_dir(), layout.pods_dir()}) {
+        fs::create_directories(dir, ec);
+        if (ec) {
+            *error = fmt::format("create {}: {}", dir, ec.message());
+            return nullptr;
+        }
+    }
+
+    kmesh_sock* skel = kmesh_sock__open();
+    if (!skel) {
+        *error = fmt::format("open BPF skeleton: {}", errno_text(errno));
+        return nullptr;
+    }
+    std::unique_ptr<Dataplane> dp(new Dataplane(skel));
+    const std::pair<bpf_map*, uint32_t> sized[] = {
+        {skel->maps.km_frontend, sizes.frontends},
+        {skel->maps.km_service, sizes.services},
+        {skel->maps.km_endpoint, sizes.endpoints},
+        {skel->maps.km_backend, sizes.backends},
+    };
+    for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
+
+    bpf_map* map;
+    bpf_object__for_each_map(map, skel->obj) {
+        std::string path = layout.map(bpf_map__name(map));
+        if (auto e = check_pinned_map(path, map); !e.empty()) {
+            *error = e;
+            return nullptr;
+        }
+        if (access(path.c_str(), F_OK) == 0) dp->reused_maps_ = true;
+        bpf_map__set_pin_path(map, path.c_str());
+    }
+    if (int err = kmesh_sock__load(skel)) {
+        *error = fmt::format("load BPF programs: {} (see libbpf messages above)", errno_text(err));
+        return nullptr;
+    }
+    if (auto e = dp->pin_programs(layout); !e.empty()) {
+        *error = e;
+        return nullptr;
+    }
+    return dp;
+}
+
+// Pins each program under a temporary name and renames it over the old pin, so kmesh-cni never
+// finds the program missing. Pods attached by an older agent are moved to the new program in place
+// with bpf_link_update: no detach window, no reconnects (hitless upgrade).
+std::string Dataplane::pin_programs(const PinLayout& layout) {
+    bpf_program* prog;
+    bpf_object__for_each_program(prog, skel_->obj) {
+        std::string name = bpf_program__name(prog);
+        std::string path = layout.prog(name), tmp = path + "_new";  // bpffs refuses names with dots
+        unlink(tmp.c_str());
+        if (bpf_obj_pin(bpf_program__fd(prog), tmp.c_str()) != 0)
+            return fmt::format("pin {}: {}", tmp, errno_text(errno));
+        if (rename(tmp.c_str(), path.c_str()) != 0) return fmt::format("pin {}: {}", path, errno_text(errno));
+    }
+    std::error_code ec;
+    for (const auto& pod : fs::directory_iterator(layout.pods_dir(), ec)) {
+        for (const auto& link : fs::directory_iterator(pod.path(), ec)) {
+            prog = bpf_object__find_program_by_name(skel_->obj, link.path().filename().c_str());
+            int fd = prog ? bpf_obj_get(link.path().c_str()) : -1;
+            if (fd < 0) continue;
+            if (bpf_link_update(fd, bpf_program__fd(prog), nullptr) == 0)
+                pods_updated_++;
+            else
+                spdlog::warn("moving {} to the new program: {}", link.path().string(), errno_text(errno));
+            close(fd);
+        }
+    }
+    return {};
+}
+
+std::array<int, kMapCount> Dataplane::map_fds() const {
+    return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),
+            bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend)};
+}
+
+std::string uninstall(const PinLayout& layout) {
+    std::string problems;
+    std::error_code ec;
+    // Pods first: unpinning a link detaches the program from that pod's cgroup.
+    for (const auto& dir : {layout.pods_dir(), layout.progs_dir(), layout.maps_dir()}) {
+        fs::remove_all(dir, ec);
+        if (ec) problems += fmt::format("remove {}: {}; ", dir, ec.message());
+    }
+    fs::remove(layout.kmesh_dir(), ec);
+    if (ec) problems += fmt::format("remove {}: {}; ", layout.kmesh_dir(), ec.message());
+    return problems;
+}
+
+}  // namespace kmesh

@@ -1,0 +1,278 @@
+#include "agent/src/config_file.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace kmesh {
+
+namespace {
+
+// protojson accepts both "service_port" and "servicePort"; normalise to the proto name.
+std::string snake_case(const std::string& key) {
+    std::string out;
+    for (char c : key) {
+        if (c >= 'A' && c <= 'Z') {
+            out += '_';
+            out += static_cast<char>(c - 'A' + 'a');
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+class Parser {
+public:
+    std::vector<std::string> problems;
+
+    void fail(const YAML::Node& at, const std::string& path, const std::string& what) {
+        problems.push_back(fmt::format("{} (line {}): {}", path, at.Mark().line + 1, what));
+    }
+
+    // Calls fn(field, value) for every key of a mapping, rejecting keys outside `allowed`.
+    template <typename Fn>
+    void fields(const YAML::Node& node, const std::string& path, const std::set<std::string>& allowed,
+                Fn&& fn) {
+        if (!node.IsMap()) {
+            fail(node, path, "expected a mapping");
+            return;
+        }
+        for (const auto& kv : node) {
+            std::string key = snake_case(kv.first.as<std::string>());
+            if (!allowed.count(key)) {
+                fail(kv.first, path, fmt::format("unknown field '{}'", kv.first.as<std::string>()));
+                continue;
+            }
+            fn(key, kv.second, path + "." + key);
+        }
+    }
+
+    std::string str(const YAML::Node& n, const std::string& path) {
+        if (!n.IsScalar()) {
+            fail(n, path, "expected a string");
+            return {};
+        }
+        return n.as<std::string>();
+    }
+
+    uint16_t port(const YAML::Node& n, const std::string& path, bool allow_zero) {
+        long v = -1;
+        if (n.IsScalar()) {
+            try {
+                v = std::stol(n.as<std::string>());
+            } catch (...) {
+            }
+        }
+        if (v < (allow_zero ? 0 : 1) || v > 65535) {
+            fail(n, path, fmt::format("'{}' is not a valid port", n.IsScalar() ? n.as<std::string>() : "?"));
+            return 0;
+        }
+        return static_cast<uint16_t>(v);
+    }
+
+    std::optional<IpAddr> ip(const YAML::Node& n, const std::string& path) {
+        std::string text;
+        if (n.IsMap()) {  // NetworkAddress {network, address}
+            fields(n, path, {"network", "address"}, [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+                if (k == "address") text = str(v, p);
+            });
+        } else {
+            text = str(n, path);
+        }
+        auto a = IpAddr::parse(text);
+        if (!a) fail(n, path, fmt::format("'{}' is not an IP address", text));
+        return a;
+    }
+
+    std::vector<IpAddr> ips(const YAML::Node& n, const std::string& path) {
+        std::vector<IpAddr> out;
+        if (!n.IsSequence()) {
+            fail(n, path, "expected a list of addresses");
+            return out;
+        }
+        for (size_t i = 0; i < n.size(); i++)
+            if (auto a = ip(n[i], fmt::format("{}[{}]", path, i))) out.push_back(*a);
+        return out;
+    }
+
+    std::vector<ServicePort> ports(const YAML::Node& n, const std::string& path) {
+        std::vector<ServicePort> out;
+        if (!n.IsSequence()) {
+            fail(n, path, "expected a list of ports");
+            return out;
+        }
+        for (size_t i = 0; i < n.size(); i++) {
+            std::string p = fmt::format("{}[{}]", path, i);
+            ServicePort sp;
+            bool has_service_port = false;
+            fields(n[i], p, {"service_port", "target_port"}, [&](const std::string& k, const YAML::Node& v, const std::string& fp) {
+                if (k == "service_port") {
+                    sp.service_port = port(v, fp, false);
+                    has_service_port = true;
+                } else {
+                    sp.target_port = port(v, fp, true);
+                }
+            });
+            if (!has_service_port) fail(n[i], p, "service_port is required");
+            out.push_back(sp);
+        }
+        return out;
+    }
+
+    Service service(const YAML::Node& n, const std::string& path) {
+        Service s;
+        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports"},
+               [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+                   if (k == "name") s.name = str(v, p);
+                   if (k == "namespace") s.namespace_ = str(v, p);
+                   if (k == "hostname") s.hostname = str(v, p);
+                   if (k == "addresses") s.addresses = ips(v, p);
+                   if (k == "ports") s.ports = ports(v, p);
+               });
+        if (s.hostname.empty()) fail(n, path, "hostname is required");
+        if (s.namespace_.empty()) fail(n, path, "namespace is required");
+        std::set<uint16_t> seen;
+        for (const auto& p : s.ports)
+            if (p.service_port && !seen.insert(p.service_port).second)
+                fail(n, path, fmt::format("service port {} listed twice", p.service_port));
+        return s;
+    }
+
+    Workload workload(const YAML::Node& n, const std::string& path) {
+        Workload w;
+        fields(n, path, {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node"},
+               [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+                   if (k == "uid") w.uid = str(v, p);
+                   if (k == "name") w.name = str(v, p);
+                   if (k == "namespace") w.namespace_ = str(v, p);
+                   if (k == "addresses") w.addresses = ips(v, p);
+                   if (k == "node") w.node = str(v, p);
+                   if (k == "status") {
+                       std::string st = str(v, p);
+                       if (st == "HEALTHY") w.status = WorkloadStatus::kHealthy;
+                       else if (st == "UNHEALTHY") w.status = WorkloadStatus::kUnhealthy;
+                       else fail(v, p, fmt::format("unknown status '{}' (HEALTHY or UNHEALTHY)", st));
+                   }
+                   if (k == "network_mode") {
+                       std::string m = str(v, p);
+                       if (m == "STANDARD") w.network_mode = NetworkMode::kStandard;
+                       else if (m == "HOST_NETWORK") w.network_mode = NetworkMode::kHostNetwork;
+                       else fail(v, p, fmt::format("unknown network_mode '{}'", m));
+                   }
+                   if (k == "services") {
+                       if (!v.IsMap()) {
+                           fail(v, p, "expected a mapping of \"namespace/hostname\" to {ports: [...]}");
+                           return;
+                       }
+                       for (const auto& kv : v) {
+                           std::string svc = kv.first.as<std::string>();
+                           std::string sp = p + "." + svc;
+                           std::vector<ServicePort> list;
+                           if (svc.find('/') == std::string::npos)
+                               fail(kv.first, sp, "service key must be \"namespace/hostname\"");
+                           if (!kv.second.IsNull())
+                               fields(kv.second, sp, {"ports"},
+                                      [&](const std::string&, const YAML::Node& pv, const std::string& pp) {
+                                          list = ports(pv, pp);
+                                      });
+                           w.services[svc] = list;
+                       }
+                   }
+               });
+        if (w.uid.empty()) fail(n, path, "uid is required");
+        return w;
+    }
+
+    Model model(const YAML::Node& root) {
+        Model m;
+        if (root.IsNull()) return m;  // an empty file is an empty mesh
+        fields(root, "config", {"services", "workloads"},
+               [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+                   if (!v.IsSequence() && !v.IsNull()) {
+                       fail(v, p, "expected a list");
+                       return;
+                   }
+                   for (size_t i = 0; i < v.size(); i++) {
+                       std::string ip = fmt::format("{}[{}]", p, i);
+                       if (k == "services") {
+                           Service s = service(v[i], ip);
+                           if (!m.services.emplace(s.key(), s).second)
+                               fail(v[i], ip, fmt::format("duplicate service '{}'", s.key()));
+                       } else {
+                           Workload w = workload(v[i], ip);
+                           if (!m.workloads.emplace(w.uid, w).second)
+                               fail(v[i], ip, fmt::format("duplicate workload uid '{}'", w.uid));
+                       }
+                   }
+               });
+        check_cross_references(m);
+        return m;
+    }
+
+    void check_cross_references(const Model& m) {
+        std::map<IpAddr, std::string> vip_owner;
+        for (const auto& [key, s] : m.services)
+            for (const auto& a : s.addresses) {
+                auto [it, fresh] = vip_owner.emplace(a, key);
+                if (!fresh && it->second != key)
+                    problems.push_back(fmt::format("services '{}' and '{}' share the VIP {}", it->second, key,
+                                                   a.str()));
+                else if (!fresh)
+                    problems.push_back(fmt::format("service '{}' lists VIP {} twice", key, a.str()));
+            }
+        for (const auto& [uid, w] : m.workloads)
+            for (const auto& [svc, ports] : w.services) {
+                auto it = m.services.find(svc);
+                if (it == m.services.end()) continue;  // the service may arrive later
+                // Per-workload target ports (named ports resolved per pod) are not in the map ABI yet.
+                auto effective = [](const ServicePort& p) { return p.target_port ? p.target_port : p.service_port; };
+                for (const auto& wp : ports)
+                    for (const auto& sp : it->second.ports)
+                        if (wp.service_port == sp.service_port && effective(wp) != effective(sp))
+                            problems.push_back(fmt::format(
+                                "workload '{}': target port {} for {}:{} differs from the service's {}; "
+                                "per-workload target ports are not supported yet",
+                                uid, effective(wp), svc, wp.service_port, effective(sp)));
+            }
+    }
+};
+
+}  // namespace
+
+std::string ConfigError::summary() const {
+    std::string out;
+    for (const auto& p : problems) out += (out.empty() ? "" : "; ") + p;
+    return out;
+}
+
+std::variant<Model, ConfigError> parse_config_yaml(const std::string& text) {
+    YAML::Node root;
+    try {
+        root = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+        return ConfigError{{fmt::format("YAML syntax error: {}", e.what())}};
+    }
+    Parser p;
+    Model m;
+    try {
+        m = p.model(root);
+    } catch (const YAML::Exception& e) {
+        p.problems.push_back(fmt::format("malformed config: {}", e.what()));
+    }
+    if (!p.problems.empty()) return ConfigError{p.problems};
+    return m;
+}
+
+std::variant<Model, ConfigError> load_config_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) return ConfigError{{fmt::format("cannot read {}", path)}};
+    std::stringstream buf;
+    buf << in.rdbuf();
+    return parse_config_yaml(buf.str());
+}
+
+}  // namespace kmesh

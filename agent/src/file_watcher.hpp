@@ -1,0 +1,27 @@
+// Watches one file for replacement or rewrite with inotify. Watches the directory, not the file,
+// because editors and Kubernetes ConfigMap volumes replace the file (rename or symlink swap)
+// rather than writing it in place, which would orphan a watch on the file itself.
+#pragma once
+
+#include <string>
+
+namespace kmesh {
+
+class FileWatcher {
+public:
+    explicit FileWatcher(const std::string& path);
+    ~FileWatcher();
+    FileWatcher(const FileWatcher&) = delete;
+    FileWatcher& operator=(const FileWatcher&) = delete;
+
+    int fd() const { return fd_; }  // readable when something in the directory changed
+    const std::string& error() const { return error_; }
+    // Drains pending events; true if any could concern the file.
+    bool drain();
+
+private:
+    int fd_ = -1;
+    std::string error_;
+};
+
+}  // namespace kmesh

@@ -1,0 +1,56 @@
+#include "agent/src/ip_addr.hpp"
+
+#include <arpa/inet.h>
+
+#include <cstring>
+
+namespace kmesh {
+
+namespace {
+constexpr std::array<uint8_t, 12> kV4MappedPrefix{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+}
+
+std::optional<IpAddr> IpAddr::parse(std::string_view text) {
+    std::string s(text);
+    IpAddr a;
+    in_addr v4{};
+    if (inet_pton(AF_INET, s.c_str(), &v4) == 1) {
+        std::memcpy(a.bytes.data(), kV4MappedPrefix.data(), kV4MappedPrefix.size());
+        std::memcpy(a.bytes.data() + 12, &v4, 4);
+        return a;
+    }
+    if (inet_pton(AF_INET6, s.c_str(), a.bytes.data()) == 1) return a;
+    return std::nullopt;
+}
+
+std::optional<IpAddr> IpAddr::from_raw(std::string_view raw) {
+    IpAddr a;
+    if (raw.size() == 4) {
+        std::memcpy(a.bytes.data(), kV4MappedPrefix.data(), kV4MappedPrefix.size());
+        std::memcpy(a.bytes.data() + 12, raw.data(), 4);
+        return a;
+    }
+    if (raw.size() == 16) {
+        std::memcpy(a.bytes.data(), raw.data(), 16);
+        return a;
+    }
+    return std::nullopt;
+}
+
+IpAddr IpAddr::v4(uint32_t host_order) {
+    IpAddr a;
+    std::memcpy(a.bytes.data(), kV4MappedPrefix.data(), kV4MappedPrefix.size());
+    uint32_t n = htonl(host_order);
+    std::memcpy(a.bytes.data() + 12, &n, 4);
+    return a;
+}
+
+bool IpAddr::is_v4() const { return std::memcmp(bytes.data(), kV4MappedPrefix.data(), 12) == 0; }
+
+std::string IpAddr::str() const {
+    char buf[INET6_ADDRSTRLEN];
+    if (is_v4()) return inet_ntop(AF_INET, bytes.data() + 12, buf, sizeof buf);
+    return inet_ntop(AF_INET6, bytes.data(), buf, sizeof buf);
+}
+
+}  // namespace kmesh

@@ -1,0 +1,26 @@
+// A 16-byte IP address as the map ABI stores it: IPv4 is kept IPv4-mapped (::ffff:a.b.c.d).
+#pragma once
+
+#include <array>
+#include <compare>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace kmesh {
+
+struct IpAddr {
+    std::array<uint8_t, 16> bytes{};
+
+    static std::optional<IpAddr> parse(std::string_view text);
+    // From raw bytes as the workload API sends them: 4 (IPv4) or 16 (IPv6) bytes.
+    static std::optional<IpAddr> from_raw(std::string_view raw);
+    static IpAddr v4(uint32_t host_order);
+
+    bool is_v4() const;
+    std::string str() const;
+    auto operator<=>(const IpAddr&) const = default;
+};
+
+}  // namespace kmesh

@@ -1,0 +1,20 @@
+// Counters the agent exports about its own work (map writes, config reloads).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+
+#include "agent/src/map_ops.hpp"
+
+namespace kmesh {
+
+struct Metrics {
+    std::array<std::atomic<uint64_t>, kMapCount> map_write_errors{};  // per MapId
+    std::array<std::atomic<uint64_t>, kMapCount> map_full_errors{};   // E2BIG/ENOSPC: capacity reached
+    std::atomic<uint64_t> map_writes{0};
+    std::atomic<uint64_t> config_applied{0};
+    std::atomic<uint64_t> config_rejected{0};
+};
+
+}  // namespace kmesh

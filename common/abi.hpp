@@ -1,0 +1,37 @@
+// The BPF map ABI seen from C++: bpf/kmesh_abi.h plus checks that the host compiler lays every
+// struct out exactly as clang -target bpf does (no implicit padding, same offsets).
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <tuple>
+
+#include "bpf/kmesh_abi.h"
+
+static_assert(sizeof(kmesh_frontend_key) == 20);
+static_assert(offsetof(kmesh_frontend_key, port) == 16);
+static_assert(sizeof(kmesh_frontend_value) == 8);
+static_assert(offsetof(kmesh_frontend_value, target_port) == 4);
+static_assert(sizeof(kmesh_service_value) == 40);
+static_assert(offsetof(kmesh_service_value, lb_mode) == 28);
+static_assert(offsetof(kmesh_service_value, name_hash) == 32);
+static_assert(sizeof(kmesh_endpoint_key) == 12);
+static_assert(offsetof(kmesh_endpoint_key, index) == 8);
+static_assert(sizeof(kmesh_endpoint_value) == 4);
+static_assert(sizeof(kmesh_backend_value) == 48);
+static_assert(offsetof(kmesh_backend_value, addr6) == 16);
+static_assert(offsetof(kmesh_backend_value, flags) == 32);
+static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
+
+inline bool operator<(const kmesh_frontend_key& a, const kmesh_frontend_key& b) {
+    return std::memcmp(&a, &b, sizeof a) < 0;
+}
+inline bool operator==(const kmesh_frontend_key& a, const kmesh_frontend_key& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+inline bool operator==(const kmesh_frontend_value& a, const kmesh_frontend_value& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+inline bool operator==(const kmesh_backend_value& a, const kmesh_backend_value& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}

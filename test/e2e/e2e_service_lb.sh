@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Service load balancing at connect() time, for real: pods made by bridge + host-local chained with
+# kmesh-cni, the agent fed by a config file, and a client reaching a VIP that exists nowhere but in
+# our maps. Usage: e2e_service_lb.sh <build-dir>
+source "$(dirname "$0")/lib.sh"
+e2e_init "${1:?usage: $0 <build-dir>}"
+
+pod_create client
+pod_create backend-1; B1_4=$POD_IP4 B1_6=$POD_IP6
+pod_create backend-2; B2_4=$POD_IP4 B2_6=$POD_IP6
+pod_create outsider no
+pod_serve backend-1 backend-1 8080
+pod_serve backend-2 backend-2 8080
+
+config() { # <workloads yaml>
+    cat <<YAML
+services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  addresses: ["10.96.0.10", "fd00:96::10"]
+  ports: [{service_port: 80, target_port: 8080}]
+- name: empty
+  namespace: default
+  hostname: empty.default.svc.cluster.local
+  addresses: ["10.96.0.20"]
+  ports: [{service_port: 80, target_port: 8080}]
+workloads:
+$1
+YAML
+}
+wl() { # <name> <ip4> <ip6>
+    printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
+}
+MESH=$TMP/mesh.yaml
+replace_file "$MESH" "$(config "$(wl backend-1 "$B1_4" "$B1_6"; wl backend-2 "$B2_4" "$B2_6")")"
+agent_start "$MESH"
+wait_log "config generation 1 applied" 1
+sleep 0.2  # let the echo servers bind
+
+only_backends() { # <expected-set-regex>: every line names a backend matching the regex
+    local out=$1 re=$2
+    [[ -n $out ]] && ! grep -qvE "^($re)$" <<<"$out"
+}
+both_seen() { grep -qx backend-1 <<<"$1" && grep -qx backend-2 <<<"$1"; }
+
+out=$(pod_connect client 10.96.0.10 80 40)
+check "IPv4 VIP reaches only backends" only_backends "$out" "backend-1|backend-2"
+check "IPv4 VIP spreads over both backends ($(sort <<<"$out" | uniq -c | xargs))" both_seen "$out"
+
+out=$(pod_connect client fd00:96::10 80 40)
+check "IPv6 VIP reaches only backends" only_backends "$out" "backend-1|backend-2"
+check "IPv6 VIP spreads over both backends" both_seen "$out"
+
+out=$(pod_connect client 10.96.0.10 80 40 --mapped)
+check "IPv4-mapped VIP on a dual-stack socket is translated ($(sort <<<"$out" | uniq -c | xargs))" \
+    only_backends "$out" "backend-1|backend-2"
+
+out=$(pod_connect client 10.96.0.20 80 1)
+check "service without endpoints refuses fast: '$out'" test "$out" = "error ECONNREFUSED"
+
+out=$(pod_connect client 10.96.0.10 81 1 --timeout-ms 300)
+check "a port the service does not expose is not translated: '$out'" only_backends "$out" "error .*"
+
+out=$(pod_connect outsider "$B1_4" 8080 1)
+check "unenrolled pod reaches a backend directly: '$out'" test "$out" = "backend-1"
+out=$(pod_connect outsider 10.96.0.10 80 1 --timeout-ms 300)
+check "unenrolled pod's connect to the VIP is not translated: '$out'" only_backends "$out" "error .*"
+
+replace_file "$MESH" "$(config "$(wl backend-2 "$B2_4" "$B2_6")")"
+wait_log "config generation 2 applied" 1
+out=$(pod_connect client 10.96.0.10 80 30)
+check "after removing backend-1, new connections avoid it" only_backends "$out" "backend-2"
+
+replace_file "$MESH" "$(config "$(wl backend-2 "$B2_4" "$B2_6")")
+  colour: blue"
+wait_log "rejected, still serving the last good state" 1
+out=$(pod_connect client 10.96.0.10 80 10)
+check "a rejected config leaves the last good state serving" only_backends "$out" "backend-2"
+
+replace_file "$MESH" "$(config "$(wl backend-1 "$B1_4" "$B1_6"; wl backend-2 "$B2_4" "$B2_6")")"
+wait_log "config generation 3 applied" 1
+out=$(pod_connect client 10.96.0.10 80 40)
+check "backend-1 returns when the config is fixed" both_seen "$out"
+
+dump=$(kmeshctl dump)
+check "kmeshctl dump shows the VIP frontend" grep -q "frontend 10.96.0.10:80 -> target port 8080" <<<"$dump"
+check "kmeshctl dump counts translations and refusals" grep -qE "translated=[1-9][0-9]* refused_no_endpoint=1 " <<<"$dump"

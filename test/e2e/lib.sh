@@ -1,0 +1,160 @@
+# Shared harness for the end-to-end tests: a private "node" (network namespace with the pod
+# bridge, its own bpffs mount and cgroup subtree), pods made by the real bridge + host-local CNI
+# plugins chained with kmesh-cni, and the agent. Nothing touches the host's interfaces: the bridge
+# lives in the node namespace, which has no uplink and therefore no route out.
+#
+# Source it, then call e2e_init <build-dir>. Cleanup (and a leak check) runs on exit, even on failure.
+
+set -euo pipefail
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PASSED=0
+FAILED=0
+
+log() { echo "[$(date +%T.%3N)] $*"; }
+ok() { PASSED=$((PASSED + 1)); log "ok   - $*"; }
+not_ok() { FAILED=$((FAILED + 1)); log "FAIL - $*"; }
+check() { # <description> <command...>: passes when the command succeeds
+    local desc=$1; shift
+    if "$@"; then ok "$desc"; else not_ok "$desc"; fi
+}
+
+e2e_init() { # <build-dir>
+    BUILD=$(realpath "$1")
+    RUN=km$(printf '%04x' $((RANDOM)))$$
+    TMP=$(mktemp -d "/tmp/kmesh-e2e-$RUN.XXXX")
+    CG2=$(awk '$0 ~ / - cgroup2 / { print $5; exit }' /proc/self/mountinfo)
+    [[ -n $CG2 ]] || { echo "no cgroup v2 mount on this machine" >&2; exit 1; }
+    BPFFS=$TMP/bpffs
+    CGROOT=$CG2/kmesh-e2e-$RUN
+    NODE=$RUN-node
+    CNI_BIN=$BUILD/cni:/usr/lib/cni
+    PODS=()
+    PIDS=()
+    AGENT_PID=
+    trap e2e_cleanup EXIT
+    trap 'exit 130' INT TERM
+
+    mkdir -p "$BPFFS" "$TMP/cache" "$TMP/ipam"
+    mount -t bpf bpf "$BPFFS"
+    mkdir -p "$CGROOT"
+    ip netns add "$NODE"
+    ip netns exec "$NODE" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    ip -n "$NODE" link set lo up
+    write_conflist "$TMP/kmesh.conflist" yes
+    write_conflist "$TMP/plain.conflist" no
+    log "node $NODE: bpffs $BPFFS, cgroups $CGROOT"
+}
+
+write_conflist() { # <path> <with-kmesh-cni>: a node's conflist, kmesh-cni chained after bridge
+    local kmesh=""
+    [[ $2 == yes ]] && kmesh=',{"type":"kmesh-cni","bpffsRoot":"'$BPFFS'","cgroupRoot":"'$CGROOT'","logFile":"'$TMP/kmesh-cni.log'"}'
+    cat >"$1" <<JSON
+{"cniVersion":"1.0.0","name":"kmesh-e2e","plugins":[
+ {"type":"bridge","bridge":"kmbr0","isGateway":true,"ipMasq":false,"hairpinMode":true,
+  "ipam":{"type":"host-local","dataDir":"$TMP/ipam",
+          "ranges":[[{"subnet":"10.244.0.0/24"}],[{"subnet":"fd00:10:244::/64"}]],
+          "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}}$kmesh]}
+JSON
+}
+
+pod_cgroup() { echo "$CGROOT/kubepods/besteffort/pod$(pod_uid "$1")"; }
+pod_uid() { printf '00000000-0000-4000-8000-%012x' "$(cksum <<<"$RUN-$1" | cut -d' ' -f1)"; }
+
+cni_chain() { # <ADD|DEL|CHECK> <pod> [conflist]: runs the chain in the node namespace, like a runtime
+    local pod=$1
+    # nsenter, not `ip netns exec`: the latter remounts /sys and would hide the cgroup tree.
+    nsenter --net="/run/netns/$NODE" python3 "$E2E_DIR/cni_runtime.py" "$1" \
+        --conflist "${3:-$TMP/kmesh.conflist}" --netns "/run/netns/$RUN-$pod" --container-id "$RUN-$pod" \
+        --args "K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod;K8S_POD_INFRA_CONTAINER_ID=$RUN-$pod;K8S_POD_UID=$(pod_uid "$pod")" \
+        --cni-path "$CNI_BIN" --cache-dir "$TMP/cache"
+}
+
+pod_create() { # <pod> [enrolled=yes|no]: netns + kubelet-style pod cgroup + CNI ADD; sets POD_IP4/POD_IP6
+    local pod=$1 conf=$TMP/kmesh.conflist result
+    [[ ${2:-yes} == no ]] && conf=$TMP/plain.conflist
+    ip netns add "$RUN-$pod"
+    PODS+=("$pod")
+    ip netns exec "$RUN-$pod" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    ip -n "$RUN-$pod" link set lo up
+    mkdir -p "$(pod_cgroup "$pod")/ctr"  # the pod cgroup exists before CNI ADD; containers live below it
+    result=$(cni_chain ADD "$pod" "$conf")
+    POD_IP4=$(python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.loads(sys.argv[1])["ips"] if ":" not in i["address"]][0])' "$result")
+    POD_IP6=$(python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.loads(sys.argv[1])["ips"] if ":" in i["address"]][0])' "$result")
+    log "pod $pod: $POD_IP4 $POD_IP6 (enrolled: ${2:-yes})"
+}
+
+pod_exec() { # <pod> <cmd...>: runs in the pod's netns and container cgroup
+    local pod=$1; shift
+    nsenter --net="/run/netns/$RUN-$pod" sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$(pod_cgroup "$pod")/ctr" "$@"
+}
+
+pod_serve() { # <pod> <name> <port>: echo server in the background
+    pod_exec "$1" "$BUILD/test/tools/echo_tool" serve "$2" "$3" &
+    PIDS+=($!)
+}
+
+pod_connect() { # <pod> <addr> <port> [n] [flags...]: one output line per connection
+    local pod=$1; shift
+    pod_exec "$pod" "$BUILD/test/tools/echo_tool" connect "$@"
+}
+
+agent_start() { # <config>
+    "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$1" --max-services 64 --max-endpoints 256 \
+        --max-backends 256 --max-frontends 256 >>"$TMP/agent.log" 2>&1 &
+    AGENT_PID=$!
+    wait_log "kmesh-daemon ready" 1
+}
+
+agent_stop() {
+    [[ -n $AGENT_PID ]] || return 0
+    kill -TERM "$AGENT_PID" 2>/dev/null || true
+    wait "$AGENT_PID" 2>/dev/null || true
+    AGENT_PID=
+}
+
+wait_log() { # <text> <min-count>: waits up to 10 s until the agent log has the text that often
+    for _ in $(seq 100); do
+        (($(grep -c -- "$1" "$TMP/agent.log" 2>/dev/null || true) >= $2)) && return 0
+        sleep 0.1
+    done
+    log "timed out waiting for '$1' x$2 in the agent log:"; cat "$TMP/agent.log"; return 1
+}
+
+replace_file() { # <path> <content>: atomic replace, as kubectl/ConfigMap updates do
+    printf '%s\n' "$2" >"$1.tmp"
+    mv "$1.tmp" "$1"
+}
+
+kmeshctl() { "$BUILD/ctl/kmeshctl" --bpffs-root "$BPFFS" "$@"; }
+
+e2e_cleanup() {
+    local rc=$? pod leaks=""
+    set +e
+    trap - EXIT
+    agent_stop
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    for pod in "${PODS[@]}"; do
+        [[ -d $(pod_cgroup "$pod") ]] && echo 1 >"$(pod_cgroup "$pod")/ctr/cgroup.kill" 2>/dev/null
+        [[ -f $TMP/cache/$RUN-$pod.json ]] && cni_chain DEL "$pod" >/dev/null 2>&1
+        ip netns del "$RUN-$pod" 2>/dev/null
+    done
+    wait 2>/dev/null
+    ip netns del "$NODE" 2>/dev/null
+    mountpoint -q "$BPFFS" && umount "$BPFFS"
+    [[ -d $CGROOT ]] && find "$CGROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
+    if ((rc != 0 || FAILED > 0)); then
+        echo "--- agent log"; cat "$TMP/agent.log" 2>/dev/null
+        echo "--- kmesh-cni log"; cat "$TMP/kmesh-cni.log" 2>/dev/null
+    fi
+    rm -rf "$TMP"
+    # Leak check: everything this run created must be gone.
+    ip netns list | grep -q "^$RUN-" && leaks+=" netns"
+    [[ -d $CGROOT ]] && leaks+=" cgroups"
+    mountpoint -q "$BPFFS" 2>/dev/null && leaks+=" bpffs"
+    [[ -e $TMP ]] && leaks+=" tmpdir"
+    if [[ -n $leaks ]]; then log "LEAKED:$leaks"; rc=1; fi
+    log "$PASSED passed, $FAILED failed"
+    ((FAILED > 0 && rc == 0)) && rc=1
+    exit $rc
+}

@@ -1,0 +1,122 @@
+// In-memory MapOps for unit tests: byte-exact entries, per-map capacity (E2BIG when full, as a
+// hash map answers), and a hook run after every mutation so tests can check invariants at every
+// intermediate state a connect() could observe.
+#pragma once
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "agent/src/map_ops.hpp"
+#include "common/abi.hpp"
+
+namespace kmesh::test {
+
+class FakeMapOps : public MapOps {
+public:
+    using Bytes = std::vector<uint8_t>;
+
+    FakeMapOps() { capacity_.fill(1u << 30); }
+
+    int update(MapId map, const void* key, const void* value) override {
+        auto& m = maps_[idx(map)];
+        Bytes k = bytes(key, key_size(map));
+        if (fail_after_ >= 0 && fail_after_-- == 0) return -EIO;
+        if (!m.count(k) && m.size() >= capacity_[idx(map)]) return -E2BIG;
+        m[k] = bytes(value, value_size(map));
+        ops.push_back(std::string("put ") + map_name(map));
+        if (after_mutation) after_mutation();
+        return 0;
+    }
+    int remove(MapId map, const void* key) override {
+        if (!maps_[idx(map)].erase(bytes(key, key_size(map)))) return -ENOENT;
+        ops.push_back(std::string("del ") + map_name(map));
+        if (after_mutation) after_mutation();
+        return 0;
+    }
+    int lookup(MapId map, const void* key, void* value) const override {
+        auto& m = maps_[idx(map)];
+        auto it = m.find(bytes(key, key_size(map)));
+        if (it == m.end()) return -ENOENT;
+        std::memcpy(value, it->second.data(), it->second.size());
+        return 0;
+    }
+    void for_each(MapId map, const std::function<bool(const void*, const void*)>& fn) const override {
+        for (const auto& [k, v] : maps_[idx(map)])
+            if (!fn(k.data(), v.data())) return;
+    }
+
+    size_t size(MapId map) const { return maps_[idx(map)].size(); }
+    void set_capacity(MapId map, size_t n) { capacity_[idx(map)] = n; }
+    void fail_nth_update(int n) { fail_after_ = n; }
+
+    template <typename K, typename V>
+    bool get(MapId map, const K& key, V* value) const {
+        return lookup(map, &key, value) == 0;
+    }
+
+    // What BPF connect4 would do for every index of every frontend's service: returns "" when
+    // every frontend resolves to live entries, else what is broken.
+    std::string check_connect_invariant() const {
+        std::string broken;
+        for_each(MapId::kFrontend, [&](const void*, const void* v) {
+            kmesh_frontend_value fe;
+            std::memcpy(&fe, v, sizeof fe);
+            kmesh_service_value svc;
+            if (!get(MapId::kService, fe.service_id, &svc)) {
+                broken = "frontend points at missing service " + std::to_string(fe.service_id);
+                return false;
+            }
+            for (uint32_t p = 0; p < KMESH_PRIO_COUNT; p++)
+                for (uint32_t i = 1; i <= svc.endpoint_count[p]; i++) {
+                    kmesh_endpoint_key ek{fe.service_id, p, i};
+                    kmesh_endpoint_value ev;
+                    kmesh_backend_value bv;
+                    if (!get(MapId::kEndpoint, ek, &ev)) {
+                        broken = "count covers missing endpoint index " + std::to_string(i);
+                        return false;
+                    }
+                    if (!get(MapId::kBackend, ev.backend_id, &bv)) {
+                        broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
+                        return false;
+                    }
+                }
+            return true;
+        });
+        return broken;
+    }
+
+    std::vector<std::string> ops;
+    std::function<void()> after_mutation;
+
+private:
+    static int idx(MapId m) { return static_cast<int>(m); }
+    static size_t key_size(MapId m) {
+        switch (m) {
+            case MapId::kFrontend: return sizeof(kmesh_frontend_key);
+            case MapId::kEndpoint: return sizeof(kmesh_endpoint_key);
+            default: return sizeof(uint32_t);
+        }
+    }
+    static size_t value_size(MapId m) {
+        switch (m) {
+            case MapId::kFrontend: return sizeof(kmesh_frontend_value);
+            case MapId::kService: return sizeof(kmesh_service_value);
+            case MapId::kEndpoint: return sizeof(kmesh_endpoint_value);
+            default: return sizeof(kmesh_backend_value);
+        }
+    }
+    static Bytes bytes(const void* p, size_t n) {
+        auto* b = static_cast<const uint8_t*>(p);
+        return Bytes(b, b + n);
+    }
+
+    std::array<std::map<Bytes, Bytes>, kMapCount> maps_;
+    std::array<size_t, kMapCount> capacity_;
+    int fail_after_ = -1;
+};
+
+}  // namespace kmesh::test

@@ -1,0 +1,244 @@
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+
+#include <cstring>
+
+#include "agent/src/map_writer.hpp"
+#include "fake_map_ops.hpp"
+#include "model_builders.hpp"
+
+using namespace kmesh;
+using namespace kmesh::test;
+
+namespace {
+
+struct Harness {
+    FakeMapOps ops;
+    Metrics metrics;
+    MapWriter writer{ops, MapState{}, MapCapacity{}, metrics};
+    std::vector<std::string> violations;
+
+    Harness() {
+        ops.after_mutation = [this] {
+            if (auto v = ops.check_connect_invariant(); !v.empty()) violations.push_back(v);
+        };
+    }
+    std::string apply(const Model& m) { return writer.apply(diff(writer.state(), build_desired(m, nullptr))); }
+
+    kmesh_service_value service_value(const std::string& host) {
+        const auto& svc = writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
+        kmesh_service_value v{};
+        REQUIRE(ops.get(MapId::kService, svc.id, &v));
+        return v;
+    }
+    // Backend addresses behind service index 1..count, as BPF would resolve them.
+    std::set<std::string> resolve(const std::string& host) {
+        std::set<std::string> out;
+        const auto& svc = writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
+        auto v = service_value(host);
+        for (uint32_t i = 1; i <= v.endpoint_count[0]; i++) {
+            kmesh_endpoint_value ev;
+            kmesh_backend_value bv;
+            REQUIRE(ops.get(MapId::kEndpoint, kmesh_endpoint_key{svc.id, 0, i}, &ev));
+            REQUIRE(ops.get(MapId::kBackend, ev.backend_id, &bv));
+            IpAddr a;
+            std::memcpy(a.bytes.data(), bv.addr4, 16);
+            out.insert(a.str());
+        }
+        return out;
+    }
+};
+
+kmesh_frontend_key frontend(const std::string& ip, uint16_t port) {
+    kmesh_frontend_key k{};
+    auto a = *IpAddr::parse(ip);
+    std::memcpy(k.addr, a.bytes.data(), 16);
+    k.port = htons(port);
+    return k;
+}
+
+Model two_backends() {
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}));
+    add(m, workload("echo-1", {"10.244.0.11"}, {"echo"}));
+    add(m, workload("echo-2", {"10.244.0.12"}, {"echo"}));
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("a new service is written backends first and frontend last") {
+    Harness h;
+    CHECK(h.apply(two_backends()) == "");
+    CHECK(h.violations.empty());
+    REQUIRE(h.ops.ops.size() >= 5);
+    CHECK(h.ops.ops.front() == "put km_backend");
+    CHECK(h.ops.ops.back() == "put km_frontend");
+    CHECK(h.resolve("echo") == std::set<std::string>{"10.244.0.11", "10.244.0.12"});
+
+    kmesh_frontend_value fe;
+    REQUIRE(h.ops.get(MapId::kFrontend, frontend("10.96.0.10", 80), &fe));
+    CHECK(ntohs(fe.target_port) == 8080);
+}
+
+TEST_CASE("removing a middle endpoint keeps indices dense and every state consistent") {
+    Harness h;
+    Model m = two_backends();
+    add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));
+    REQUIRE(h.apply(m) == "");
+    // Remove whichever workload sits at index 1, so the last entry must move into the hole.
+    const auto& st = h.writer.state();
+    uint64_t first = st.backend_hash_by_id.at(st.services.begin()->second.slots[0][0]);
+    std::string gone;
+    for (const auto& [uid, w] : m.workloads)
+        if (name_hash(uid) == first) gone = uid;
+    m.workloads.erase(gone);
+    h.ops.ops.clear();
+    REQUIRE(h.apply(m) == "");
+    CHECK(h.violations.empty());
+    CHECK(h.service_value("echo").endpoint_count[0] == 2);
+    CHECK(h.resolve("echo").size() == 2);
+    CHECK(h.ops.size(MapId::kEndpoint) == 2);  // the old last index is gone
+    CHECK(h.ops.size(MapId::kBackend) == 2);
+    // move the last entry into the hole, shrink the count, delete the old last, then the backend
+    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint", "del km_backend"};
+    CHECK(h.ops.ops == expected);
+}
+
+TEST_CASE("a service without endpoints keeps its frontend with a zero count") {
+    Harness h;
+    Model m;
+    add(m, service("lonely", {"10.96.0.20"}));
+    REQUIRE(h.apply(m) == "");
+    CHECK(h.service_value("lonely").endpoint_count[0] == 0);
+    CHECK(h.ops.size(MapId::kFrontend) == 1);
+}
+
+TEST_CASE("unhealthy workloads leave the LB set but stay known") {
+    Harness h;
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    m.workloads["Kubernetes//Pod/default/echo-2"].status = WorkloadStatus::kUnhealthy;
+    REQUIRE(h.apply(m) == "");
+    CHECK(h.resolve("echo") == std::set<std::string>{"10.244.0.11"});
+    CHECK(h.ops.size(MapId::kBackend) == 2);
+}
+
+TEST_CASE("deleting a service removes its frontend before the service and endpoints") {
+    Harness h;
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    h.ops.ops.clear();
+    m.services.clear();
+    REQUIRE(h.apply(m) == "");
+    CHECK(h.violations.empty());
+    REQUIRE(!h.ops.ops.empty());
+    CHECK(h.ops.ops.front() == "del km_frontend");
+    CHECK(h.ops.size(MapId::kService) == 0);
+    CHECK(h.ops.size(MapId::kEndpoint) == 0);
+    CHECK(h.ops.size(MapId::kFrontend) == 0);
+}
+
+TEST_CASE("moving a VIP between services rewrites the frontend in place") {
+    Harness h;
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    m.services.clear();
+    add(m, service("echo2", {"10.96.0.10"}, {{80, 9090}}));
+    m.workloads["Kubernetes//Pod/default/echo-1"].services = {{"default/echo2.default.svc.cluster.local", {}}};
+    REQUIRE(h.apply(m) == "");
+    CHECK(h.violations.empty());
+    kmesh_frontend_value fe;
+    REQUIRE(h.ops.get(MapId::kFrontend, frontend("10.96.0.10", 80), &fe));
+    CHECK(ntohs(fe.target_port) == 9090);
+    CHECK(h.resolve("echo2") == std::set<std::string>{"10.244.0.11"});
+}
+
+TEST_CASE("a full endpoint map gives an error and a metric, and leaves consistent maps") {
+    Harness h;
+    h.ops.set_capacity(MapId::kEndpoint, 3);
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));
+    add(m, workload("echo-4", {"10.244.0.14"}, {"echo"}));
+    std::string err = h.apply(m);
+    CHECK(err.find("map full") != std::string::npos);
+    CHECK(h.metrics.map_full_errors[static_cast<int>(MapId::kEndpoint)] == 1);
+    CHECK(h.violations.empty());
+    // The failed run was rolled back: the count did not move and no stray entry is left.
+    CHECK(h.service_value("echo").endpoint_count[0] == 2);
+    CHECK(h.ops.size(MapId::kEndpoint) == 2);
+    // Once room is made, a fresh diff completes the work.
+    h.ops.set_capacity(MapId::kEndpoint, 10);
+    CHECK(h.apply(m) == "");
+    CHECK(h.resolve("echo").size() == 4);
+}
+
+TEST_CASE("a failing write midway never breaks the connect invariant") {
+    Model big;
+    add(big, service("a", {"10.96.0.1"}));
+    add(big, service("b", {"10.96.0.2", "fd00::2"}));
+    for (int i = 0; i < 6; i++)
+        add(big, workload("w" + std::to_string(i), {"10.244.1." + std::to_string(i + 1)}, {i % 2 ? "a" : "b", "a"}));
+    Model small = big;
+    small.workloads.erase("Kubernetes//Pod/default/w1");
+    small.services.erase("default/b.default.svc.cluster.local");
+
+    for (int n = 0; n < 30; n++) {
+        CAPTURE(n);
+        Harness h;
+        REQUIRE(h.apply(big) == "");
+        h.ops.fail_nth_update(n);
+        h.apply(small);  // may fail at write n
+        CHECK(h.violations.empty());
+        h.ops.fail_nth_update(-1);
+        CHECK(h.apply(small) == "");
+        CHECK(h.violations.empty());
+        CHECK(diff(h.writer.state(), build_desired(small, nullptr)).empty());
+        CHECK(h.resolve("a").size() == 5);
+    }
+}
+
+TEST_CASE("a restarted agent recovers ids from the maps and writes nothing for an unchanged config") {
+    Harness h;
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    uint32_t id = h.writer.state().services.begin()->second.id;
+
+    Metrics metrics;
+    MapWriter restarted(h.ops, recover_map_state(h.ops), MapCapacity{}, metrics);
+    CHECK(restarted.state().services.begin()->second.id == id);
+    Plan plan = diff(restarted.state(), build_desired(m, nullptr));
+    CHECK(plan.empty());
+}
+
+TEST_CASE("recovery repairs a hole left by a crash") {
+    Harness h;
+    Model m = two_backends();
+    add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));
+    REQUIRE(h.apply(m) == "");
+    const auto& svc = h.writer.state().services.begin()->second;
+    kmesh_endpoint_key hole{svc.id, 0, 2};
+    h.ops.after_mutation = nullptr;
+    REQUIRE(h.ops.remove(MapId::kEndpoint, &hole) == 0);
+    kmesh_endpoint_key stray{svc.id, 0, 9};
+    kmesh_endpoint_value any{1};
+    REQUIRE(h.ops.update(MapId::kEndpoint, &stray, &any) == 0);
+
+    Metrics metrics;
+    MapWriter restarted(h.ops, recover_map_state(h.ops), MapCapacity{}, metrics);
+    CHECK(restarted.apply(diff(restarted.state(), build_desired(m, nullptr))) == "");
+    CHECK(h.ops.size(MapId::kEndpoint) == 3);
+    CHECK(h.ops.check_connect_invariant() == "");
+}
+
+TEST_CASE("id allocator reuses freed ids and reports exhaustion") {
+    IdAllocator ids(3);
+    CHECK(ids.allocate() == 1);
+    CHECK(ids.allocate() == 2);
+    CHECK(ids.allocate() == 3);
+    CHECK(ids.allocate() == 0);
+    ids.release(2);
+    CHECK(ids.allocate() == 2);
+}
