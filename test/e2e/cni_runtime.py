@@ -21,7 +21,7 @@ def run_plugin(plugin, conf, env, stdin):
         sys.exit(f"plugin {plugin} not found in {env['CNI_PATH']}")
     p = subprocess.run([path], input=json.dumps(stdin).encode(), env=env, capture_output=True)
     if p.returncode != 0:
-        sys.stdout.write(p.stdout.decode())
+        sys.stdout.write(p.stdout.decode() + "\n")
         sys.stderr.write(f"{plugin} {env['CNI_COMMAND']} failed ({p.returncode}): {p.stderr.decode()}\n")
         sys.exit(1)
     return json.loads(p.stdout) if p.stdout.strip() else None

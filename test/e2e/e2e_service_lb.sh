@@ -5,13 +5,6 @@
 source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
 
-pod_create client
-pod_create backend-1; B1_4=$POD_IP4 B1_6=$POD_IP6
-pod_create backend-2; B2_4=$POD_IP4 B2_6=$POD_IP6
-pod_create outsider no
-pod_serve backend-1 backend-1 8080
-pod_serve backend-2 backend-2 8080
-
 config() { # <workloads yaml>
     cat <<YAML
 services:
@@ -32,10 +25,21 @@ YAML
 wl() { # <name> <ip4> <ip6>
     printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
 }
+# The agent runs first, as the DaemonSet does: kmesh-cni refuses pods until programs are pinned.
 MESH=$TMP/mesh.yaml
-replace_file "$MESH" "$(config "$(wl backend-1 "$B1_4" "$B1_6"; wl backend-2 "$B2_4" "$B2_6")")"
+replace_file "$MESH" "$(config "")"
 agent_start "$MESH"
 wait_log "config generation 1 applied" 1
+
+pod_create client
+pod_create backend-1; B1_4=$POD_IP4 B1_6=$POD_IP6
+pod_create backend-2; B2_4=$POD_IP4 B2_6=$POD_IP6
+pod_create outsider no
+pod_serve backend-1 backend-1 8080
+pod_serve backend-2 backend-2 8080
+
+replace_file "$MESH" "$(config "$(wl backend-1 "$B1_4" "$B1_6"; wl backend-2 "$B2_4" "$B2_6")")"
+wait_log "config generation 2 applied" 1
 sleep 0.2  # let the echo servers bind
 
 only_backends() { # <expected-set-regex>: every line names a backend matching the regex
@@ -68,7 +72,7 @@ out=$(pod_connect outsider 10.96.0.10 80 1 --timeout-ms 300)
 check "unenrolled pod's connect to the VIP is not translated: '$out'" only_backends "$out" "error .*"
 
 replace_file "$MESH" "$(config "$(wl backend-2 "$B2_4" "$B2_6")")"
-wait_log "config generation 2 applied" 1
+wait_log "config generation 3 applied" 1
 out=$(pod_connect client 10.96.0.10 80 30)
 check "after removing backend-1, new connections avoid it" only_backends "$out" "backend-2"
 
@@ -79,7 +83,7 @@ out=$(pod_connect client 10.96.0.10 80 10)
 check "a rejected config leaves the last good state serving" only_backends "$out" "backend-2"
 
 replace_file "$MESH" "$(config "$(wl backend-1 "$B1_4" "$B1_6"; wl backend-2 "$B2_4" "$B2_6")")"
-wait_log "config generation 3 applied" 1
+wait_log "config generation 4 applied" 1
 out=$(pod_connect client 10.96.0.10 80 40)
 check "backend-1 returns when the config is fixed" both_seen "$out"
 

@@ -14,9 +14,9 @@ FAILED=0
 log() { echo "[$(date +%T.%3N)] $*"; }
 ok() { PASSED=$((PASSED + 1)); log "ok   - $*"; }
 not_ok() { FAILED=$((FAILED + 1)); log "FAIL - $*"; }
-check() { # <description> <command...>: passes when the command succeeds
+check() { # <description> <command...>: passes when the command succeeds; its output goes to the log
     local desc=$1; shift
-    if "$@"; then ok "$desc"; else not_ok "$desc"; fi
+    if "$@" >>"$TMP/check.log" 2>&1; then ok "$desc"; else not_ok "$desc"; fi
 }
 
 e2e_init() { # <build-dir>
@@ -62,11 +62,11 @@ pod_cgroup() { echo "$CGROOT/kubepods/besteffort/pod$(pod_uid "$1")"; }
 pod_uid() { printf '00000000-0000-4000-8000-%012x' "$(cksum <<<"$RUN-$1" | cut -d' ' -f1)"; }
 
 cni_chain() { # <ADD|DEL|CHECK> <pod> [conflist]: runs the chain in the node namespace, like a runtime
-    local pod=$1
+    local pod=$2
     # nsenter, not `ip netns exec`: the latter remounts /sys and would hide the cgroup tree.
     nsenter --net="/run/netns/$NODE" python3 "$E2E_DIR/cni_runtime.py" "$1" \
         --conflist "${3:-$TMP/kmesh.conflist}" --netns "/run/netns/$RUN-$pod" --container-id "$RUN-$pod" \
-        --args "K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod;K8S_POD_INFRA_CONTAINER_ID=$RUN-$pod;K8S_POD_UID=$(pod_uid "$pod")" \
+        --args "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod;K8S_POD_INFRA_CONTAINER_ID=$RUN-$pod;K8S_POD_UID=$(pod_uid "$pod")" \
         --cni-path "$CNI_BIN" --cache-dir "$TMP/cache"
 }
 
@@ -78,7 +78,7 @@ pod_create() { # <pod> [enrolled=yes|no]: netns + kubelet-style pod cgroup + CNI
     ip netns exec "$RUN-$pod" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     ip -n "$RUN-$pod" link set lo up
     mkdir -p "$(pod_cgroup "$pod")/ctr"  # the pod cgroup exists before CNI ADD; containers live below it
-    result=$(cni_chain ADD "$pod" "$conf")
+    result=$(cni_chain ADD "$pod" "$conf") || { log "CNI ADD of $pod failed: $result"; return 1; }
     POD_IP4=$(python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.loads(sys.argv[1])["ips"] if ":" not in i["address"]][0])' "$result")
     POD_IP6=$(python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.loads(sys.argv[1])["ips"] if ":" in i["address"]][0])' "$result")
     log "pod $pod: $POD_IP4 $POD_IP6 (enrolled: ${2:-yes})"
@@ -103,7 +103,8 @@ agent_start() { # <config>
     "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$1" --max-services 64 --max-endpoints 256 \
         --max-backends 256 --max-frontends 256 >>"$TMP/agent.log" 2>&1 &
     AGENT_PID=$!
-    wait_log "kmesh-daemon ready" 1
+    AGENT_STARTS=$((${AGENT_STARTS:-0} + 1))
+    wait_log "kmesh-daemon ready" "$AGENT_STARTS"
 }
 
 agent_stop() {
@@ -157,4 +158,17 @@ e2e_cleanup() {
     log "$PASSED passed, $FAILED failed"
     ((FAILED > 0 && rc == 0)) && rc=1
     exit $rc
+}
+
+kmesh_cni() { # <ADD|DEL|CHECK> <pod> [netns-path] [with-prevResult=yes|no]: kmesh-cni alone, as the chain calls it
+    local pod=$2 prev=""
+    [[ ${4:-yes} == yes ]] && prev=',"prevResult":'$(cat "$TMP/cache/$RUN-$pod.json")
+    printf '{"cniVersion":"1.0.0","name":"kmesh-e2e","type":"kmesh-cni","bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s"%s}' \
+        "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" "$prev" |
+        CNI_COMMAND=$1 CNI_CONTAINERID=$RUN-$pod CNI_NETNS=${3-/run/netns/$RUN-$pod} CNI_IFNAME=eth0 \
+            CNI_ARGS="IgnoreUnknown=1;K8S_POD_UID=$(pod_uid "$pod")" CNI_PATH=$CNI_BIN "$BUILD/cni/kmesh-cni"
+}
+
+attached_programs() { # <pod>: number of programs attached to the pod's cgroup
+    bpftool cgroup show "$(pod_cgroup "$1")" 2>/dev/null | grep -c cgroup_connect || true
 }

@@ -78,22 +78,27 @@ std::string connect_once(const char* addr, int port, bool mapped, int timeout_ms
     }
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
     std::string out;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 && errno != EINPROGRESS) {
-        out = std::string("error ") + errno_name(errno);
+    int err = connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0 ? 0 : errno;
+    if (err == EINPROGRESS) {
+        pollfd p{fd, POLLOUT, 0};
+        socklen_t elen = sizeof err;
+        if (poll(&p, 1, timeout_ms) <= 0)
+            err = ETIMEDOUT;
+        else
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+    }
+    if (err) {
+        out = std::string("error ") + errno_name(err);
     } else {
         pollfd p{fd, POLLIN, 0};
         char buf[256];
-        if (poll(&p, 1, timeout_ms) <= 0) {
-            out = "error timeout";
+        ssize_t n = poll(&p, 1, timeout_ms) > 0 ? read(fd, buf, sizeof buf - 1) : -1;
+        if (n < 0) {
+            out = "error no-reply";
         } else {
-            ssize_t n = read(fd, buf, sizeof buf - 1);
-            if (n < 0) {
-                out = std::string("error ") + errno_name(errno);
-            } else {
-                buf[n] = 0;
-                out = buf;
-                while (!out.empty() && out.back() == '\n') out.pop_back();
-            }
+            buf[n] = 0;
+            out = buf;
+            while (!out.empty() && out.back() == '\n') out.pop_back();
         }
     }
     close(fd);

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Lifecycle of the data plane on a node: the agent stopping and restarting while traffic flows,
+# kmesh-cni ADD repeated, CHECK, DEL (twice, the second one the way containerd sends it), and
+# uninstall. Usage: e2e_lifecycle.sh <build-dir>
+source "$(dirname "$0")/lib.sh"
+e2e_init "${1:?usage: $0 <build-dir>}"
+
+MESH=$TMP/mesh.yaml
+config() { # <backend ip4>
+    cat <<YAML
+services:
+- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: ["10.96.0.10"], ports: [{service_port: 80, target_port: 8080}]}
+workloads:
+- {uid: Kubernetes//Pod/default/backend, addresses: ["$1"], services: {default/echo.default.svc.cluster.local: }}
+YAML
+}
+replace_file "$MESH" "$(config 10.244.0.250)"
+agent_start "$MESH"
+
+pod_create client
+pod_create backend
+replace_file "$MESH" "$(config "$POD_IP4")"
+wait_log "config generation 2 applied" 1
+pod_serve backend backend 8080
+sleep 0.2
+
+reaches() { [[ $(pod_connect client 10.96.0.10 80 5 | sort -u) == backend ]]; }
+check "client reaches the service" reaches
+check "one link per hook on the client's pod cgroup" test "$(attached_programs client)" = 2
+
+agent_stop
+check "the agent is stopped" test -z "$(pgrep -f "kmesh-daemon --bpffs-root $BPFFS" || true)"
+check "with the agent stopped, the client still reaches the service" reaches
+
+agent_start "$MESH"
+check "a restarted agent reuses the pinned maps" grep -q "reused pinned maps" "$TMP/agent.log"
+check "and finds nothing to change" grep -q "applied: 1 services, 1 workloads; 0 map changes" "$TMP/agent.log"
+check "the client still reaches the service after the restart" reaches
+check "all 4 pod links survive the restart and were moved to the new programs" grep -q "4 pod links moved" "$TMP/agent.log"
+
+check "CHECK passes for an enrolled pod" kmesh_cni CHECK client
+check "a repeated ADD succeeds" kmesh_cni ADD client
+check "and leaves exactly one link per hook" test "$(attached_programs client)" = 2
+
+check "DEL succeeds" kmesh_cni DEL client
+check "DEL detaches the programs" test "$(attached_programs client)" = 0
+check "DEL removes the pins" test ! -e "$BPFFS/kmesh/pods/$RUN-client"
+out=$(pod_connect client 10.96.0.10 80 1 --timeout-ms 300)
+check "a detached pod's connect is no longer translated: '$out'" test "$out" != backend
+check "a second DEL with an empty CNI_NETNS and no prevResult succeeds" kmesh_cni DEL client "" no
+
+check "ADD after DEL enrols the pod again" kmesh_cni ADD client
+check "the re-enrolled client reaches the service" reaches
+
+agent_stop
+check "uninstall succeeds" "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" uninstall
+check "uninstall detaches every pod" test "$(attached_programs client)" = 0
+check "uninstall removes every pin" test ! -e "$BPFFS/kmesh"
+out=$(kmesh_cni ADD client) && rc=0 || rc=$?
+check "ADD without an agent fails with 'kmesh agent not running'" grep -q "kmesh agent not running" <<<"$out"
