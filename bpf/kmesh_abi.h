@@ -26,10 +26,10 @@
 #define KMESH_PRIO_COUNT 7
 
 /* Default map capacities; the agent takes them as flags. */
-#define KMESH_DEFAULT_MAX_SERVICES 20000
-#define KMESH_DEFAULT_MAX_FRONTENDS 65536
+#define KMESH_DEFAULT_MAX_SERVICES  20000
+#define KMESH_DEFAULT_MAX_FRONTENDS 131072
 #define KMESH_DEFAULT_MAX_ENDPOINTS 131072
-#define KMESH_DEFAULT_MAX_BACKENDS 131072
+#define KMESH_DEFAULT_MAX_BACKENDS  131072
 
 enum kmesh_lb_mode {
 	KMESH_LB_RANDOM = 0,   /* all endpoints live in priority 0 */
@@ -60,7 +60,7 @@ struct kmesh_service_value {
 	 * RCU, so a reader sees either the old or the new counts, never a torn mix.
 	 */
 	__u32 endpoint_count[KMESH_PRIO_COUNT];
-	__u32 lb_mode; /* enum kmesh_lb_mode */
+	__u32 lb_mode;	 /* enum kmesh_lb_mode */
 	__u64 name_hash; /* lets a restarted agent recover the id of "namespace/hostname" */
 };
 

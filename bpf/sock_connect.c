@@ -14,12 +14,12 @@
 #include "include/frontend.h"
 #include "include/service.h"
 
-#define SOCK_STREAM 1
-#define ENOENT 2
+#define SOCK_STREAM  1
+#define ENOENT	     2
 #define ECONNREFUSED 111
 #define EHOSTUNREACH 113
 
-#define SYS_REJECT 0
+#define SYS_REJECT  0
 #define SYS_PROCEED 1
 
 /*
@@ -30,7 +30,7 @@
  */
 #define PICK_ATTEMPTS 2
 
-/* Chooses an endpoint for the frontend in *key; fills addr/port. 0, -ENOENT (not ours) or -errno. */
+/* Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno. */
 static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key *key, bool want_v4,
 						__u32 addr[4], __u16 *port)
 {
@@ -67,7 +67,8 @@ static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key 
 			stat_inc(KMESH_STAT_RACE_RETRY);
 			continue;
 		}
-		if (want_v4 ? !(be->flags & KMESH_BACKEND_HAS_V4) : !(be->flags & KMESH_BACKEND_HAS_V6)) {
+		if (want_v4 ? !(be->flags & KMESH_BACKEND_HAS_V4)
+			    : !(be->flags & KMESH_BACKEND_HAS_V6)) {
 			stat_inc(KMESH_STAT_NO_FAMILY);
 			return -EHOSTUNREACH;
 		}

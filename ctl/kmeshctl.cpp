@@ -26,10 +26,14 @@ std::string addr_str(const uint8_t* bytes) {
 
 const char* lb_name(uint32_t mode) {
     switch (mode) {
-        case KMESH_LB_RANDOM: return "random";
-        case KMESH_LB_STRICT: return "strict";
-        case KMESH_LB_FAILOVER: return "failover";
-        default: return "unknown";
+        case KMESH_LB_RANDOM:
+            return "random";
+        case KMESH_LB_STRICT:
+            return "strict";
+        case KMESH_LB_FAILOVER:
+            return "failover";
+        default:
+            return "unknown";
     }
 }
 
@@ -81,9 +85,10 @@ int dump(const kmesh::PinLayout& layout) {
         std::memcpy(&fk, k, sizeof fk);
         std::memcpy(&fv, v, sizeof fv);
         std::string a = addr_str(fk.addr);
-        frontends_by_service.emplace(fv.service_id, fmt::format("{}:{} -> target port {}",
-                                                                a.find(':') != std::string::npos ? "[" + a + "]" : a,
-                                                                ntohs(fk.port), ntohs(fv.target_port)));
+        frontends_by_service.emplace(
+            fv.service_id,
+            fmt::format("{}:{} -> target port {}", a.find(':') != std::string::npos ? "[" + a + "]" : a,
+                        ntohs(fk.port), ntohs(fv.target_port)));
         return true;
     });
 
@@ -120,9 +125,10 @@ int dump(const kmesh::PinLayout& layout) {
     for (const auto& [id, bv] : backends) fmt::print("  {}\n", backend_str(id));
 
     auto stats = read_stats(layout.map("km_stats"));
-    fmt::print("connect() counters: translated={} refused_no_endpoint={} no_address_family={} race_retries={}\n",
-               stats[KMESH_STAT_TRANSLATED], stats[KMESH_STAT_NO_ENDPOINT], stats[KMESH_STAT_NO_FAMILY],
-               stats[KMESH_STAT_RACE_RETRY]);
+    fmt::print(
+        "connect() counters: translated={} refused_no_endpoint={} no_address_family={} race_retries={}\n",
+        stats[KMESH_STAT_TRANSLATED], stats[KMESH_STAT_NO_ENDPOINT], stats[KMESH_STAT_NO_FAMILY],
+        stats[KMESH_STAT_RACE_RETRY]);
     for (int fd : fds) close(fd);
     return 0;
 }
@@ -132,8 +138,10 @@ int dump(const kmesh::PinLayout& layout) {
 int main(int argc, char** argv) {
     CLI::App app{"kmeshctl: inspect the Kmesh data plane on this node"};
     kmesh::PinLayout layout;
-    app.add_option("--bpffs-root", layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")->capture_default_str();
-    auto* dump_cmd = app.add_subcommand("dump", "print the BPF maps (services, endpoints, backends, counters)");
+    app.add_option("--bpffs-root", layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
+        ->capture_default_str();
+    auto* dump_cmd =
+        app.add_subcommand("dump", "print the BPF maps (services, endpoints, backends, counters)");
     app.require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
     if (dump_cmd->parsed()) return dump(layout);

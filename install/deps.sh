@@ -12,7 +12,7 @@ PKGS=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libnl-3-dev libnl-route-3-dev libnl-xfrm-3-dev doctest-dev clang-format
   # tests and demo: real CNI plugins, namespaces, cgroups
-  containernetworking-plugins iproute2 util-linux procps python3 ncat
+  containernetworking-plugins iproute2 util-linux procps python3
 )
 
 $SUDO apt-get update -q

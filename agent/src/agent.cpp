@@ -25,11 +25,12 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     if (!agent->dataplane_) return nullptr;
     agent->ops_ = std::make_unique<KernelMapOps>(agent->dataplane_->map_fds());
     MapState recovered = recover_map_state(*agent->ops_);
-    spdlog::info("data plane loaded ({} maps under {}); recovered {} services, {} backends, {} frontends; "
-                 "{} pod links moved to the new programs",
-                 agent->dataplane_->reused_maps() ? "reused pinned" : "created", options.layout.maps_dir(),
-                 recovered.services.size(), recovered.backends.size(), recovered.frontends.size(),
-                 agent->dataplane_->pods_updated());
+    spdlog::info(
+        "data plane loaded ({} maps under {}); recovered {} services, {} backends, {} frontends; "
+        "{} pod links moved to the new programs",
+        agent->dataplane_->reused_maps() ? "reused pinned" : "created", options.layout.maps_dir(),
+        recovered.services.size(), recovered.backends.size(), recovered.frontends.size(),
+        agent->dataplane_->pods_updated());
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
                                                  MapCapacity{options.sizes.services, options.sizes.backends},
                                                  agent->metrics_);
@@ -43,11 +44,13 @@ std::string Agent::apply(const Model& model) {
     Plan plan = diff(writer_->state(), desired);
     auto t0 = std::chrono::steady_clock::now();
     std::string err = writer_->apply(plan);
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-    if (!err.empty()) return fmt::format("{} (after {} us; the maps hold a consistent mix of old and new)", err, us);
+    auto us =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+    if (!err.empty())
+        return fmt::format("{} (after {} us; the maps hold a consistent mix of old and new)", err, us);
     generation_++;
-    spdlog::info("config generation {} applied: {} services, {} workloads; {} map changes in {} us", generation_,
-                 model.services.size(), model.workloads.size(), plan.size(), us);
+    spdlog::info("config generation {} applied: {} services, {} workloads; {} map changes in {} us",
+                 generation_, model.services.size(), model.workloads.size(), plan.size(), us);
     return {};
 }
 

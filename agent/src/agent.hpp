@@ -20,7 +20,7 @@ struct AgentOptions {
 };
 
 class Agent {
-public:
+  public:
     // Loads or reuses the pinned data plane and recovers the written state from the maps.
     static std::unique_ptr<Agent> start(const AgentOptions& options, std::string* error);
 
@@ -36,7 +36,7 @@ public:
 
     const Metrics& metrics() const { return metrics_; }
 
-private:
+  private:
     AgentOptions options_;
     std::unique_ptr<Dataplane> dataplane_;
     std::unique_ptr<KernelMapOps> ops_;

@@ -58,7 +58,8 @@ std::string ensure_bpffs(const std::string& root) {
 
 Dataplane::~Dataplane() { kmesh_sock__destroy(skel_); }
 
-std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSizes& sizes, std::string* error) {
+std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSizes& sizes,
+                                           std::string* error) {
     if (auto e = ensure_bpffs(layout.bpffs_root); !e.empty()) {
         *error = e;
         return nullptr;

@@ -26,20 +26,21 @@ struct MapSizes {
 std::string ensure_bpffs(const std::string& root);
 
 class Dataplane {
-public:
+  public:
     ~Dataplane();
     Dataplane(const Dataplane&) = delete;
     Dataplane& operator=(const Dataplane&) = delete;
 
     // Loads the programs; reuses maps already pinned (so a restart keeps serving) and creates and
     // pins the missing ones. Returns nullptr with *error set on failure.
-    static std::unique_ptr<Dataplane> load(const PinLayout& layout, const MapSizes& sizes, std::string* error);
+    static std::unique_ptr<Dataplane> load(const PinLayout& layout, const MapSizes& sizes,
+                                           std::string* error);
 
     std::array<int, kMapCount> map_fds() const;
     bool reused_maps() const { return reused_maps_; }
     int pods_updated() const { return pods_updated_; }
 
-private:
+  private:
     explicit Dataplane(kmesh_sock* skel) : skel_(skel) {}
     std::string pin_programs(const PinLayout& layout);
 

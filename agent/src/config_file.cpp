@@ -26,7 +26,7 @@ std::string snake_case(const std::string& key) {
 }
 
 class Parser {
-public:
+  public:
     std::vector<std::string> problems;
 
     void fail(const YAML::Node& at, const std::string& path, const std::string& what) {
@@ -77,9 +77,10 @@ public:
     std::optional<IpAddr> ip(const YAML::Node& n, const std::string& path) {
         std::string text;
         if (n.IsMap()) {  // NetworkAddress {network, address}
-            fields(n, path, {"network", "address"}, [&](const std::string& k, const YAML::Node& v, const std::string& p) {
-                if (k == "address") text = str(v, p);
-            });
+            fields(n, path, {"network", "address"},
+                   [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+                       if (k == "address") text = str(v, p);
+                   });
         } else {
             text = str(n, path);
         }
@@ -109,14 +110,15 @@ public:
             std::string p = fmt::format("{}[{}]", path, i);
             ServicePort sp;
             bool has_service_port = false;
-            fields(n[i], p, {"service_port", "target_port"}, [&](const std::string& k, const YAML::Node& v, const std::string& fp) {
-                if (k == "service_port") {
-                    sp.service_port = port(v, fp, false);
-                    has_service_port = true;
-                } else {
-                    sp.target_port = port(v, fp, true);
-                }
-            });
+            fields(n[i], p, {"service_port", "target_port"},
+                   [&](const std::string& k, const YAML::Node& v, const std::string& fp) {
+                       if (k == "service_port") {
+                           sp.service_port = port(v, fp, false);
+                           has_service_port = true;
+                       } else {
+                           sp.target_port = port(v, fp, true);
+                       }
+                   });
             if (!has_service_port) fail(n[i], p, "service_port is required");
             out.push_back(sp);
         }
@@ -144,7 +146,8 @@ public:
 
     Workload workload(const YAML::Node& n, const std::string& path) {
         Workload w;
-        fields(n, path, {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node"},
+        fields(n, path,
+               {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node"},
                [&](const std::string& k, const YAML::Node& v, const std::string& p) {
                    if (k == "uid") w.uid = str(v, p);
                    if (k == "name") w.name = str(v, p);
@@ -153,15 +156,21 @@ public:
                    if (k == "node") w.node = str(v, p);
                    if (k == "status") {
                        std::string st = str(v, p);
-                       if (st == "HEALTHY") w.status = WorkloadStatus::kHealthy;
-                       else if (st == "UNHEALTHY") w.status = WorkloadStatus::kUnhealthy;
-                       else fail(v, p, fmt::format("unknown status '{}' (HEALTHY or UNHEALTHY)", st));
+                       if (st == "HEALTHY")
+                           w.status = WorkloadStatus::kHealthy;
+                       else if (st == "UNHEALTHY")
+                           w.status = WorkloadStatus::kUnhealthy;
+                       else
+                           fail(v, p, fmt::format("unknown status '{}' (HEALTHY or UNHEALTHY)", st));
                    }
                    if (k == "network_mode") {
                        std::string m = str(v, p);
-                       if (m == "STANDARD") w.network_mode = NetworkMode::kStandard;
-                       else if (m == "HOST_NETWORK") w.network_mode = NetworkMode::kHostNetwork;
-                       else fail(v, p, fmt::format("unknown network_mode '{}'", m));
+                       if (m == "STANDARD")
+                           w.network_mode = NetworkMode::kStandard;
+                       else if (m == "HOST_NETWORK")
+                           w.network_mode = NetworkMode::kHostNetwork;
+                       else
+                           fail(v, p, fmt::format("unknown network_mode '{}'", m));
                    }
                    if (k == "services") {
                        if (!v.IsMap()) {
@@ -219,8 +228,8 @@ public:
             for (const auto& a : s.addresses) {
                 auto [it, fresh] = vip_owner.emplace(a, key);
                 if (!fresh && it->second != key)
-                    problems.push_back(fmt::format("services '{}' and '{}' share the VIP {}", it->second, key,
-                                                   a.str()));
+                    problems.push_back(
+                        fmt::format("services '{}' and '{}' share the VIP {}", it->second, key, a.str()));
                 else if (!fresh)
                     problems.push_back(fmt::format("service '{}' lists VIP {} twice", key, a.str()));
             }
@@ -229,7 +238,9 @@ public:
                 auto it = m.services.find(svc);
                 if (it == m.services.end()) continue;  // the service may arrive later
                 // Per-workload target ports (named ports resolved per pod) are not in the map ABI yet.
-                auto effective = [](const ServicePort& p) { return p.target_port ? p.target_port : p.service_port; };
+                auto effective = [](const ServicePort& p) {
+                    return p.target_port ? p.target_port : p.service_port;
+                };
                 for (const auto& wp : ports)
                     for (const auto& sp : it->second.ports)
                         if (wp.service_port == sp.service_port && effective(wp) != effective(sp))

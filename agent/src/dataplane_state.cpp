@@ -72,7 +72,8 @@ bool Plan::empty() const { return size() == 0; }
 
 size_t Plan::size() const {
     return put_backends.size() + put_services.size() + add_endpoints.size() + put_frontends.size() +
-           delete_frontends.size() + delete_endpoints.size() + delete_services.size() + delete_backends.size();
+           delete_frontends.size() + delete_endpoints.size() + delete_services.size() +
+           delete_backends.size();
 }
 
 Plan diff(const MapState& cur, const DesiredState& want) {
@@ -83,7 +84,8 @@ Plan diff(const MapState& cur, const DesiredState& want) {
     }
     for (const auto& [h, svc] : want.services) {
         auto it = cur.services.find(h);
-        if (it == cur.services.end() || it->second.lb_mode != svc.lb_mode) plan.put_services.emplace_back(h, svc.lb_mode);
+        if (it == cur.services.end() || it->second.lb_mode != svc.lb_mode)
+            plan.put_services.emplace_back(h, svc.lb_mode);
         for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
             std::set<uint64_t> have;
             if (it != cur.services.end())

@@ -8,7 +8,7 @@
 namespace kmesh {
 
 class FileWatcher {
-public:
+  public:
     explicit FileWatcher(const std::string& path);
     ~FileWatcher();
     FileWatcher(const FileWatcher&) = delete;
@@ -19,7 +19,7 @@ public:
     // Drains pending events; true if any could concern the file.
     bool drain();
 
-private:
+  private:
     int fd_ = -1;
     std::string error_;
 };

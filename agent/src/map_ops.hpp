@@ -15,18 +15,19 @@ inline constexpr int kMapCount = 4;
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
 
 class MapOps {
-public:
+  public:
     virtual ~MapOps() = default;
     // All return 0 or -errno. update() may create or replace (BPF_ANY).
     virtual int update(MapId map, const void* key, const void* value) = 0;
     virtual int remove(MapId map, const void* key) = 0;
     virtual int lookup(MapId map, const void* key, void* value) const = 0;
     // Visits every entry; fn returns false to stop.
-    virtual void for_each(MapId map, const std::function<bool(const void* key, const void* value)>& fn) const = 0;
+    virtual void for_each(MapId map,
+                          const std::function<bool(const void* key, const void* value)>& fn) const = 0;
 };
 
 class KernelMapOps : public MapOps {
-public:
+  public:
     // fds[i] belongs to MapId(i); the caller keeps them open for the lifetime of this object.
     explicit KernelMapOps(std::array<int, kMapCount> fds) : fds_(fds) {}
     int update(MapId map, const void* key, const void* value) override;
@@ -34,7 +35,7 @@ public:
     int lookup(MapId map, const void* key, void* value) const override;
     void for_each(MapId map, const std::function<bool(const void*, const void*)>& fn) const override;
 
-private:
+  private:
     std::array<int, kMapCount> fds_;
 };
 

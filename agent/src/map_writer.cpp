@@ -142,7 +142,8 @@ int MapWriter::add_endpoints(const Plan& plan, size_t& i) {
         kmesh_endpoint_value v{b->second.id};
         metrics_.map_writes++;
         if ((err = ops_.update(MapId::kEndpoint, &k, &v))) {
-            fail(MapId::kEndpoint, err, fmt::format("write endpoint {}/{}/{}", k.service_id, k.prio, k.index));
+            fail(MapId::kEndpoint, err,
+                 fmt::format("write endpoint {}/{}/{}", k.service_id, k.prio, k.index));
             break;
         }
         slots.push_back(b->second.id);

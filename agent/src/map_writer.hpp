@@ -14,14 +14,14 @@ namespace kmesh {
 
 // Hands out the smallest free id >= 1 (0 means "none" in the maps).
 class IdAllocator {
-public:
+  public:
     explicit IdAllocator(uint32_t max) : max_(max) {}
     void mark_used(uint32_t id) { used_.insert(id); }
     uint32_t allocate();  // 0 when exhausted
     void release(uint32_t id) { used_.erase(id); }
     size_t in_use() const { return used_.size(); }
 
-private:
+  private:
     uint32_t max_;
     std::set<uint32_t> used_;
     uint32_t hint_ = 1;
@@ -37,7 +37,7 @@ struct MapCapacity {
 MapState recover_map_state(const MapOps& ops);
 
 class MapWriter {
-public:
+  public:
     MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics& metrics);
 
     // Applies the plan; on the first failed kernel write stops and returns a message (and counts
@@ -47,7 +47,7 @@ public:
 
     const MapState& state() const { return state_; }
 
-private:
+  private:
     int write_service(uint64_t hash);
     int put_backend(uint64_t hash, const DesiredBackend& b);
     int add_endpoints(const Plan& plan, size_t& i);

@@ -154,8 +154,8 @@ e2e_cleanup() {
     [[ -d $CGROOT ]] && leaks+=" cgroups"
     mountpoint -q "$BPFFS" 2>/dev/null && leaks+=" bpffs"
     [[ -e $TMP ]] && leaks+=" tmpdir"
-    if [[ -n $leaks ]]; then log "LEAKED:$leaks"; rc=1; fi
-    log "$PASSED passed, $FAILED failed"
+    if [[ -n $leaks ]]; then log "LEAKED:$leaks"; rc=1; else log "cleanup complete: no namespaces, cgroups, pins or mounts left"; fi
+    ((PASSED + FAILED > 0)) && log "$PASSED passed, $FAILED failed"
     ((FAILED > 0 && rc == 0)) && rc=1
     exit $rc
 }

@@ -19,12 +19,18 @@ namespace {
 
 const char* errno_name(int e) {
     switch (e) {
-        case ECONNREFUSED: return "ECONNREFUSED";
-        case EHOSTUNREACH: return "EHOSTUNREACH";
-        case ENETUNREACH: return "ENETUNREACH";
-        case ETIMEDOUT: return "ETIMEDOUT";
-        case EPERM: return "EPERM";
-        default: return strerrorname_np(e);
+        case ECONNREFUSED:
+            return "ECONNREFUSED";
+        case EHOSTUNREACH:
+            return "EHOSTUNREACH";
+        case ENETUNREACH:
+            return "ENETUNREACH";
+        case ETIMEDOUT:
+            return "ETIMEDOUT";
+        case EPERM:
+            return "EPERM";
+        default:
+            return strerrorname_np(e);
     }
 }
 
@@ -114,13 +120,18 @@ int main(int argc, char** argv) {
         bool mapped = false;
         for (int i = 4; i < argc; i++) {
             std::string a = argv[i];
-            if (a == "--mapped") mapped = true;
-            else if (a == "--timeout-ms" && i + 1 < argc) timeout_ms = std::atoi(argv[++i]);
-            else n = std::atoi(argv[i]);
+            if (a == "--mapped")
+                mapped = true;
+            else if (a == "--timeout-ms" && i + 1 < argc)
+                timeout_ms = std::atoi(argv[++i]);
+            else
+                n = std::atoi(argv[i]);
         }
-        for (int i = 0; i < n; i++) std::printf("%s\n", connect_once(argv[2], std::atoi(argv[3]), mapped, timeout_ms).c_str());
+        for (int i = 0; i < n; i++)
+            std::printf("%s\n", connect_once(argv[2], std::atoi(argv[3]), mapped, timeout_ms).c_str());
         return 0;
     }
-    std::fprintf(stderr, "usage: echo_tool serve NAME PORT | connect ADDR PORT [N] [--mapped] [--timeout-ms T]\n");
+    std::fprintf(stderr,
+                 "usage: echo_tool serve NAME PORT | connect ADDR PORT [N] [--mapped] [--timeout-ms T]\n");
     return 2;
 }

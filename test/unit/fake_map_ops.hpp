@@ -16,7 +16,7 @@
 namespace kmesh::test {
 
 class FakeMapOps : public MapOps {
-public:
+  public:
     using Bytes = std::vector<uint8_t>;
 
     FakeMapOps() { capacity_.fill(1u << 30); }
@@ -92,21 +92,28 @@ public:
     std::vector<std::string> ops;
     std::function<void()> after_mutation;
 
-private:
+  private:
     static int idx(MapId m) { return static_cast<int>(m); }
     static size_t key_size(MapId m) {
         switch (m) {
-            case MapId::kFrontend: return sizeof(kmesh_frontend_key);
-            case MapId::kEndpoint: return sizeof(kmesh_endpoint_key);
-            default: return sizeof(uint32_t);
+            case MapId::kFrontend:
+                return sizeof(kmesh_frontend_key);
+            case MapId::kEndpoint:
+                return sizeof(kmesh_endpoint_key);
+            default:
+                return sizeof(uint32_t);
         }
     }
     static size_t value_size(MapId m) {
         switch (m) {
-            case MapId::kFrontend: return sizeof(kmesh_frontend_value);
-            case MapId::kService: return sizeof(kmesh_service_value);
-            case MapId::kEndpoint: return sizeof(kmesh_endpoint_value);
-            default: return sizeof(kmesh_backend_value);
+            case MapId::kFrontend:
+                return sizeof(kmesh_frontend_value);
+            case MapId::kService:
+                return sizeof(kmesh_service_value);
+            case MapId::kEndpoint:
+                return sizeof(kmesh_endpoint_value);
+            default:
+                return sizeof(kmesh_backend_value);
         }
     }
     static Bytes bytes(const void* p, size_t n) {

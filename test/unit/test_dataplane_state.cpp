@@ -1,6 +1,5 @@
-#include <doctest/doctest.h>
-
 #include <arpa/inet.h>
+#include <doctest/doctest.h>
 
 #include "agent/src/dataplane_state.hpp"
 #include "model_builders.hpp"
@@ -43,7 +42,8 @@ TEST_CASE("desired state: frontends per VIP and port, target 0 means the service
     }
 }
 
-TEST_CASE("desired state: dual-stack backend keeps one address per family; address-less workloads are skipped") {
+TEST_CASE(
+    "desired state: dual-stack backend keeps one address per family; address-less workloads are skipped") {
     Model m;
     add(m, service("echo", {"10.96.0.10"}));
     add(m, workload("ds", {"10.244.0.5", "fd00::5", "10.244.0.6"}, {"echo"}));
@@ -88,7 +88,8 @@ TEST_CASE("diff: only the difference is planned") {
 }
 
 TEST_CASE("name hashes are stable and never zero") {
-    CHECK(name_hash("default/echo.default.svc.cluster.local") == name_hash("default/echo.default.svc.cluster.local"));
+    CHECK(name_hash("default/echo.default.svc.cluster.local") ==
+          name_hash("default/echo.default.svc.cluster.local"));
     CHECK(name_hash("a") != name_hash("b"));
     CHECK(name_hash("") != 0);
 }

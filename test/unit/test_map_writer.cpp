@@ -1,6 +1,5 @@
-#include <doctest/doctest.h>
-
 #include <arpa/inet.h>
+#include <doctest/doctest.h>
 
 #include <cstring>
 
@@ -24,10 +23,13 @@ struct Harness {
             if (auto v = ops.check_connect_invariant(); !v.empty()) violations.push_back(v);
         };
     }
-    std::string apply(const Model& m) { return writer.apply(diff(writer.state(), build_desired(m, nullptr))); }
+    std::string apply(const Model& m) {
+        return writer.apply(diff(writer.state(), build_desired(m, nullptr)));
+    }
 
     kmesh_service_value service_value(const std::string& host) {
-        const auto& svc = writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
+        const auto& svc =
+            writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
         kmesh_service_value v{};
         REQUIRE(ops.get(MapId::kService, svc.id, &v));
         return v;
@@ -35,7 +37,8 @@ struct Harness {
     // Backend addresses behind service index 1..count, as BPF would resolve them.
     std::set<std::string> resolve(const std::string& host) {
         std::set<std::string> out;
-        const auto& svc = writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
+        const auto& svc =
+            writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
         auto v = service_value(host);
         for (uint32_t i = 1; i <= v.endpoint_count[0]; i++) {
             kmesh_endpoint_value ev;
@@ -102,7 +105,8 @@ TEST_CASE("removing a middle endpoint keeps indices dense and every state consis
     CHECK(h.ops.size(MapId::kEndpoint) == 2);  // the old last index is gone
     CHECK(h.ops.size(MapId::kBackend) == 2);
     // move the last entry into the hole, shrink the count, delete the old last, then the backend
-    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint", "del km_backend"};
+    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint",
+                                      "del km_backend"};
     CHECK(h.ops.ops == expected);
 }
 
@@ -146,7 +150,8 @@ TEST_CASE("moving a VIP between services rewrites the frontend in place") {
     REQUIRE(h.apply(m) == "");
     m.services.clear();
     add(m, service("echo2", {"10.96.0.10"}, {{80, 9090}}));
-    m.workloads["Kubernetes//Pod/default/echo-1"].services = {{"default/echo2.default.svc.cluster.local", {}}};
+    m.workloads["Kubernetes//Pod/default/echo-1"].services = {
+        {"default/echo2.default.svc.cluster.local", {}}};
     REQUIRE(h.apply(m) == "");
     CHECK(h.violations.empty());
     kmesh_frontend_value fe;
@@ -180,7 +185,8 @@ TEST_CASE("a failing write midway never breaks the connect invariant") {
     add(big, service("a", {"10.96.0.1"}));
     add(big, service("b", {"10.96.0.2", "fd00::2"}));
     for (int i = 0; i < 6; i++)
-        add(big, workload("w" + std::to_string(i), {"10.244.1." + std::to_string(i + 1)}, {i % 2 ? "a" : "b", "a"}));
+        add(big, workload("w" + std::to_string(i), {"10.244.1." + std::to_string(i + 1)},
+                          {i % 2 ? "a" : "b", "a"}));
     Model small = big;
     small.workloads.erase("Kubernetes//Pod/default/w1");
     small.services.erase("default/b.default.svc.cluster.local");
