@@ -7,19 +7,8 @@ source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
 
 banner() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-mesh() { # <workload lines>
-    cat <<YAML
-services:
-- name: echo
-  namespace: default
-  hostname: echo.default.svc.cluster.local
-  addresses: ["10.96.0.10", "fd00:96::10"]
-  ports: [{service_port: 80, target_port: 8080}]
-workloads:
-$1
-YAML
-}
-wl() { printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"; }
+mesh() { echo_service "" "$1"; }
+wl() { echo_workload "$@"; }
 
 banner "1. Start kmesh-daemon (loads and pins the eBPF programs and maps under $BPFFS/kmesh)"
 MESH=$TMP/mesh.yaml

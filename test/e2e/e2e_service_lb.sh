@@ -5,26 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
 
-config() { # <workloads yaml>
-    cat <<YAML
-services:
-- name: echo
-  namespace: default
-  hostname: echo.default.svc.cluster.local
-  addresses: ["10.96.0.10", "fd00:96::10"]
-  ports: [{service_port: 80, target_port: 8080}]
-- name: empty
-  namespace: default
-  hostname: empty.default.svc.cluster.local
-  addresses: ["10.96.0.20"]
-  ports: [{service_port: 80, target_port: 8080}]
-workloads:
-$1
-YAML
+config() { # <workload lines>: echo plus a service without endpoints
+    echo_service '- {name: empty, namespace: default, hostname: empty.default.svc.cluster.local, addresses: ["10.96.0.20"], ports: [{service_port: 80, target_port: 8080}]}' "$1"
 }
-wl() { # <name> <ip4> <ip6>
-    printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
-}
+wl() { echo_workload "$@"; }
 # The agent runs first, as the DaemonSet does: kmesh-cni refuses pods until programs are pinned.
 MESH=$TMP/mesh.yaml
 replace_file "$MESH" "$(config "")"

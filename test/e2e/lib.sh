@@ -127,6 +127,24 @@ replace_file() { # <path> <content>: atomic replace, as kubectl/ConfigMap update
     mv "$1.tmp" "$1"
 }
 
+echo_service() { # <extra service yaml> <workload lines>: the echo service (10.96.0.10, fd00:96::10) config
+    cat <<YAML
+services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  addresses: ["10.96.0.10", "fd00:96::10"]
+  ports: [{service_port: 80, target_port: 8080}]
+$1
+workloads:
+$2
+YAML
+}
+
+echo_workload() { # <name> <ip4> <ip6>: a workload line serving the echo service
+    printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
+}
+
 kmeshctl() { "$BUILD/ctl/kmeshctl" --bpffs-root "$BPFFS" "$@"; }
 
 e2e_cleanup() {
