@@ -18,7 +18,7 @@ wait_log "config generation 1 applied" 1
 pod_create client
 pod_create backend-1; B1_4=$POD_IP4 B1_6=$POD_IP6
 pod_create backend-2; B2_4=$POD_IP4 B2_6=$POD_IP6
-pod_create outsider no
+pod_create outsider plain
 pod_serve backend-1 backend-1 8080
 pod_serve backend-2 backend-2 8080
 

@@ -30,6 +30,7 @@ e2e_init() { # <build-dir>
     NODE=$RUN-node
     CNI_BIN=$BUILD/cni:/usr/lib/cni
     PODS=()
+    declare -gA POD_NET=()
     PIDS=()
     AGENT_PID=
     trap e2e_cleanup EXIT
@@ -41,19 +42,21 @@ e2e_init() { # <build-dir>
     ip netns add "$NODE"
     ip netns exec "$NODE" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     ip -n "$NODE" link set lo up
-    write_conflist "$TMP/kmesh.conflist" yes
-    write_conflist "$TMP/plain.conflist" no
+    # Two networks on one bridge: "kmesh" chains kmesh-cni (enrolled pods), "plain" does not.
+    make_network kmesh kmbr0 10.244.0.0/24 fd00:10:244::/64 yes
+    make_network plain kmbr0 10.244.0.0/24 fd00:10:244::/64 no
     log "node $NODE: bpffs $BPFFS, cgroups $CGROOT"
 }
 
-write_conflist() { # <path> <with-kmesh-cni>: a node's conflist, kmesh-cni chained after bridge
+make_network() { # <name> <bridge> <subnet4> <subnet6> <with-kmesh-cni>: writes $TMP/<name>.conflist
     local kmesh=""
-    [[ $2 == yes ]] && kmesh=',{"type":"kmesh-cni","bpffsRoot":"'$BPFFS'","cgroupRoot":"'$CGROOT'","logFile":"'$TMP/kmesh-cni.log'"}'
-    cat >"$1" <<JSON
-{"cniVersion":"1.0.0","name":"kmesh-e2e","plugins":[
- {"type":"bridge","bridge":"kmbr0","isGateway":true,"ipMasq":false,"hairpinMode":true,
+    [[ $5 == yes ]] && kmesh=',{"type":"kmesh-cni","bpffsRoot":"'$BPFFS'","cgroupRoot":"'$CGROOT'","logFile":"'$TMP/kmesh-cni.log'"}'
+    # The conflist name is the bridge's, so networks sharing a bridge share host-local's allocations.
+    cat >"$TMP/$1.conflist" <<JSON
+{"cniVersion":"1.0.0","name":"$2","plugins":[
+ {"type":"bridge","bridge":"$2","isGateway":true,"ipMasq":false,"hairpinMode":true,
   "ipam":{"type":"host-local","dataDir":"$TMP/ipam",
-          "ranges":[[{"subnet":"10.244.0.0/24"}],[{"subnet":"fd00:10:244::/64"}]],
+          "ranges":[[{"subnet":"$3"}],[{"subnet":"$4"}]],
           "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}}$kmesh]}
 JSON
 }
@@ -61,27 +64,27 @@ JSON
 pod_cgroup() { echo "$CGROOT/kubepods/besteffort/pod$(pod_uid "$1")"; }
 pod_uid() { printf '00000000-0000-4000-8000-%012x' "$(cksum <<<"$RUN-$1" | cut -d' ' -f1)"; }
 
-cni_chain() { # <ADD|DEL|CHECK> <pod> [conflist]: runs the chain in the node namespace, like a runtime
+cni_chain() { # <ADD|DEL|CHECK> <pod>: runs the pod's network chain in the node namespace, like a runtime
     local pod=$2
     # nsenter, not `ip netns exec`: the latter remounts /sys and would hide the cgroup tree.
     nsenter --net="/run/netns/$NODE" python3 "$E2E_DIR/cni_runtime.py" "$1" \
-        --conflist "${3:-$TMP/kmesh.conflist}" --netns "/run/netns/$RUN-$pod" --container-id "$RUN-$pod" \
+        --conflist "$TMP/${POD_NET[$pod]}.conflist" --netns "/run/netns/$RUN-$pod" --container-id "$RUN-$pod" \
         --args "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod;K8S_POD_INFRA_CONTAINER_ID=$RUN-$pod;K8S_POD_UID=$(pod_uid "$pod")" \
         --cni-path "$CNI_BIN" --cache-dir "$TMP/cache"
 }
 
-pod_create() { # <pod> [enrolled=yes|no]: netns + kubelet-style pod cgroup + CNI ADD; sets POD_IP4/POD_IP6
-    local pod=$1 conf=$TMP/kmesh.conflist result
-    [[ ${2:-yes} == no ]] && conf=$TMP/plain.conflist
+pod_create() { # <pod> [network=kmesh]: netns + kubelet-style pod cgroup + CNI ADD; sets POD_IP4/POD_IP6
+    local pod=$1 result
+    POD_NET[$pod]=${2:-kmesh}
     ip netns add "$RUN-$pod"
     PODS+=("$pod")
     ip netns exec "$RUN-$pod" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     ip -n "$RUN-$pod" link set lo up
     mkdir -p "$(pod_cgroup "$pod")/ctr"  # the pod cgroup exists before CNI ADD; containers live below it
-    result=$(cni_chain ADD "$pod" "$conf") || { log "CNI ADD of $pod failed: $result"; return 1; }
+    result=$(cni_chain ADD "$pod") || { log "CNI ADD of $pod failed: $result"; return 1; }
     POD_IP4=$(python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.loads(sys.argv[1])["ips"] if ":" not in i["address"]][0])' "$result")
     POD_IP6=$(python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.loads(sys.argv[1])["ips"] if ":" in i["address"]][0])' "$result")
-    log "pod $pod: $POD_IP4 $POD_IP6 (enrolled: ${2:-yes})"
+    log "pod $pod: $POD_IP4 $POD_IP6 (network ${POD_NET[$pod]})"
 }
 
 pod_exec() { # <pod> <cmd...>: runs in the pod's netns and container cgroup
