@@ -62,6 +62,10 @@ int LinuxKernel::link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) {
     return fd >= 0 ? fd : -errno;
 }
 
+int LinuxKernel::link_update(int link_fd, int prog_fd) {
+    return bpf_link_update(link_fd, prog_fd, nullptr) == 0 ? 0 : -errno;
+}
+
 int LinuxKernel::prog_id(int prog_fd, std::uint32_t* id) {
     bpf_prog_info info{};
     __u32 len = sizeof(info);

@@ -28,6 +28,9 @@ class Kernel {
     virtual int open_cgroup(const std::string& dir, std::uint64_t* cgroup_id) = 0;
     // bpf_link_create(prog_fd, cgroup_fd, type): link fd or -errno.
     virtual int link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) = 0;
+    // bpf_link_update(link_fd, prog_fd): atomically swaps the link's program, the link stays attached
+    // throughout. 0 or -errno (-ENOLINK when the link is detached).
+    virtual int link_update(int link_fd, int prog_fd) = 0;
     // Id of a program fd: 0 or -errno.
     virtual int prog_id(int prog_fd, std::uint32_t* id) = 0;
     // Info of a cgroup link fd: 0 or -errno (-EINVAL when `fd` is not a cgroup bpf_link).
@@ -71,6 +74,7 @@ class LinuxKernel final : public Kernel {
     int obj_pin(int fd, const std::string& path) override;
     int open_cgroup(const std::string& dir, std::uint64_t* cgroup_id) override;
     int link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) override;
+    int link_update(int link_fd, int prog_fd) override;
     int prog_id(int prog_fd, std::uint32_t* id) override;
     int link_info(int link_fd, LinkInfo* info) override;
     void close(int fd) override;

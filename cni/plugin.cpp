@@ -37,7 +37,8 @@ constexpr ProgSpec kProgs[] = {
 
 std::string errno_str(int negative_errno) { return std::strerror(-negative_errno); }
 
-// CNI container ids become a bpffs directory name: spec charset, and never "." or "..".
+// CNI container ids become a bpffs directory name (dots encoded, see encode_pin_name): spec charset,
+// and never "." or "..".
 bool valid_container_id(std::string_view id) {
     return !id.empty() && id != "." && id != ".." && std::all_of(id.begin(), id.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
@@ -123,19 +124,33 @@ void remove_pod_dir(const fs::path& dir) {
     if (ec) throw CniError(kErrIo, fmt::format("cannot remove {}: {}", dir.string(), ec.message()));
 }
 
-// Makes `pin` a link of `prog` on the cgroup, keeping an existing pin that already is exactly that.
+// Makes `pin` a link of `prog` on the cgroup. An existing link on the cgroup is kept, and moved to
+// `prog` with bpf_link_update if it runs another program (agent upgrade): the pod never loses the
+// hook. Only a detached link or one on another cgroup is replaced by a new link.
 void ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
                  std::uint64_t cgroup_id, const fs::path& pin, spdlog::logger& log) {
     if (int fd = kernel.obj_get(pin); fd >= 0) {
         KernelFd existing(kernel, fd);
         LinkInfo info;
-        if (kernel.link_info(fd, &info) == 0 && info.cgroup_id == cgroup_id &&
-            info.attach_type == spec.type && info.prog_id == prog.id) {
+        const bool ours = kernel.link_info(fd, &info) == 0 && info.cgroup_id != 0 &&
+                          info.cgroup_id == cgroup_id && info.attach_type == spec.type;
+        if (ours && info.prog_id == prog.id) {
             log.info("{}: already attached, keeping {}", spec.name, pin.string());
             return;
         }
-        log.info("{}: replacing stale pin {} (prog {}, cgroup {})", spec.name, pin.string(), info.prog_id,
-                 info.cgroup_id);
+        if (ours) {
+            int err = kernel.link_update(fd, prog.fd.get());
+            if (err == 0) {
+                log.info("{}: moved {} from prog {} to prog {}", spec.name, pin.string(), info.prog_id,
+                         prog.id);
+                return;
+            }
+            log.warn("{}: cannot move {} to prog {}: {}; replacing the link", spec.name, pin.string(),
+                     prog.id, errno_str(err));
+        } else {
+            log.info("{}: replacing stale pin {} (prog {}, cgroup {})", spec.name, pin.string(), info.prog_id,
+                     info.cgroup_id);
+        }
     }
     std::error_code ec;
     fs::remove(pin, ec);
@@ -153,21 +168,26 @@ void ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, i
     log.info("{}: attached (prog {}, cgroup {}), pinned {}", spec.name, prog.id, cgroup_id, pin.string());
 }
 
+// Opens the pod cgroup; `error_code` is the CNI code for a cgroup that exists but cannot be opened.
+KernelFd open_pod_cgroup(const fs::path& cgroup, Kernel& kernel, int error_code, std::uint64_t* cgroup_id,
+                         spdlog::logger& log) {
+    int cg = kernel.open_cgroup(cgroup.string(), cgroup_id);
+    if (cg < 0) {
+        throw CniError(error_code, fmt::format("cannot open pod cgroup {}: {}", cgroup.string(),
+                                               cg == -EMEDIUMTYPE ? "not on cgroup v2" : errno_str(cg)));
+    }
+    log.info("pod cgroup {} (id {})", cgroup.string(), *cgroup_id);
+    return KernelFd(kernel, cg);
+}
+
 void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
     const fs::path cgroup = resolve_pod_cgroup(req);
-    log.info("pod cgroup {}", cgroup.string());
-
     // Open everything before touching the pod dir, so a missing agent leaves nothing behind.
     std::vector<PinnedProg> progs;
     for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name));
     std::uint64_t cgroup_id = 0;
-    int cg = kernel.open_cgroup(cgroup.string(), &cgroup_id);
-    if (cg < 0) {
-        throw CniError(kErrAttach, fmt::format("cannot open pod cgroup {}: {}", cgroup.string(),
-                                               cg == -EMEDIUMTYPE ? "not on cgroup v2" : errno_str(cg)));
-    }
-    KernelFd cgroup_fd(kernel, cg);
+    KernelFd cgroup_fd = open_pod_cgroup(cgroup, kernel, kErrAttach, &cgroup_id, log);
 
     const fs::path dir = layout.pod_dir(req.container_id);
     std::error_code ec;
@@ -176,7 +196,7 @@ void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log) {
     // All or nothing: a failed ADD leaves the pod with no kmesh links.
     try {
         for (size_t i = 0; i < std::size(kProgs); ++i) {
-            ensure_link(kernel, kProgs[i], progs[i], cg, cgroup_id, dir / kProgs[i].name, log);
+            ensure_link(kernel, kProgs[i], progs[i], cgroup_fd.get(), cgroup_id, dir / kProgs[i].name, log);
         }
     } catch (...) {
         log.error("ADD failed, removing {}", dir.string());
@@ -189,8 +209,14 @@ void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log) {
 void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
     const fs::path dir = layout.pod_dir(req.container_id);
-    for (const auto& spec : kProgs) {
-        PinnedProg prog = open_prog(kernel, layout, spec.name);
+    const fs::path cgroup = resolve_pod_cgroup(req);
+    std::vector<PinnedProg> progs;
+    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name));
+    std::uint64_t cgroup_id = 0;
+    open_pod_cgroup(cgroup, kernel, kErrNotAttached, &cgroup_id, log);  // only the id is needed
+    for (size_t i = 0; i < std::size(kProgs); ++i) {
+        const ProgSpec& spec = kProgs[i];
+        const PinnedProg& prog = progs[i];
         const std::string pin = (dir / spec.name).string();
         int fd = kernel.obj_get(pin);
         if (fd < 0) {
@@ -208,6 +234,14 @@ void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
         }
         if (info.cgroup_id == 0) {
             throw CniError(kErrNotAttached, fmt::format("{} is detached (cgroup gone)", pin));
+        }
+        if (info.cgroup_id != cgroup_id) {
+            throw CniError(kErrNotAttached, fmt::format("{} is attached to cgroup {}, the pod cgroup is {}",
+                                                        pin, info.cgroup_id, cgroup_id));
+        }
+        if (info.attach_type != static_cast<std::uint32_t>(spec.type)) {
+            throw CniError(kErrNotAttached, fmt::format("{} has attach type {}, expected {}", pin,
+                                                        info.attach_type, static_cast<int>(spec.type)));
         }
     }
     log.info("CHECK ok");

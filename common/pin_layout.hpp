@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace kmesh {
 
@@ -11,6 +12,21 @@ inline constexpr const char* kDefaultBpffsRoot = "/sys/fs/bpf";
 // Program names as pinned under progs/ (the BPF function names in bpf/sock_connect.c).
 inline constexpr const char* kProgConnect4 = "cgroup_connect4";
 inline constexpr const char* kProgConnect6 = "cgroup_connect6";
+
+// A CNI container id as a bpffs directory name. bpffs refuses any name containing '.' (EPERM), which
+// the CNI spec allows in ids, so '.' becomes "%2E"; unambiguous because '%' is not allowed in ids.
+// Ids without dots are unchanged.
+inline std::string encode_pin_name(std::string_view container_id) {
+    std::string out;
+    out.reserve(container_id.size());
+    for (char c : container_id) {
+        if (c == '.')
+            out += "%2E";
+        else
+            out += c;
+    }
+    return out;
+}
 
 struct PinLayout {
     std::string bpffs_root = kDefaultBpffsRoot;
@@ -22,8 +38,11 @@ struct PinLayout {
 
     std::string map(const std::string& name) const { return maps_dir() + "/" + name; }
     std::string prog(const std::string& name) const { return progs_dir() + "/" + name; }
-    // One directory per CNI container id, holding one pinned bpf_link per attached program.
-    std::string pod_dir(const std::string& container_id) const { return pods_dir() + "/" + container_id; }
+    // One directory per CNI container id (encoded by encode_pin_name), holding one pinned bpf_link per
+    // attached program.
+    std::string pod_dir(std::string_view container_id) const {
+        return pods_dir() + "/" + encode_pin_name(container_id);
+    }
 };
 
 }  // namespace kmesh

@@ -1,8 +1,13 @@
 #include <doctest/doctest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <string>
 
 #include "common/cgroup.hpp"
 #include "temp_dir.hpp"
@@ -121,13 +126,64 @@ TEST_CASE("find_pod_cgroup: does not follow symlinks or descend into other pods"
     CHECK_FALSE(find_pod_cgroup(root.path(), kUid).path);
 }
 
+TEST_CASE("cgroup_id: fails on a missing directory") {
+    errno = 0;
+    auto id = kmesh::cgroup_id("/nonexistent/cgroup");
+    const int err = errno;  // before any assertion macro can change it
+    CHECK_FALSE(id);
+    CHECK(err == ENOENT);
+}
+
 TEST_CASE("cgroup_id: the inode number of a cgroup v2 directory") {
     auto mount = find_cgroup2_mount();
-    REQUIRE(mount);
+    if (!mount) {
+        MESSAGE("skipped: no cgroup v2 mount in /proc/self/mountinfo");
+        return;
+    }
     struct stat st {};
     REQUIRE(stat(mount->c_str(), &st) == 0);
     auto id = kmesh::cgroup_id(*mount);
     REQUIRE(id);
-    CHECK(*id == st.st_ino);
-    CHECK_FALSE(kmesh::cgroup_id("/nonexistent/cgroup"));
+    CHECK(*id != 0);
+    if constexpr (sizeof(ino_t) >= sizeof(std::uint64_t)) CHECK(*id == st.st_ino);
+}
+
+TEST_CASE("cgroup_id: a freshly created child cgroup") {
+    auto mount = find_cgroup2_mount();
+    if (!mount) {
+        MESSAGE("skipped: no cgroup v2 mount in /proc/self/mountinfo");
+        return;
+    }
+    if (geteuid() != 0) {
+        MESSAGE("skipped: creating a cgroup under " << *mount << " needs root");
+        return;
+    }
+    const std::string child = *mount + "/kmesh-unit-test-" + std::to_string(getpid());
+    if (mkdir(child.c_str(), 0755) != 0) {
+        MESSAGE("skipped: cannot create " << child << ": " << std::strerror(errno));
+        return;
+    }
+    struct Rmdir {
+        std::string path;
+        ~Rmdir() { rmdir(path.c_str()); }
+    } remove_child{child};
+
+    auto parent_id = kmesh::cgroup_id(*mount);
+    auto id = kmesh::cgroup_id(child);
+    REQUIRE(parent_id);
+    REQUIRE(id);
+    CHECK(*id != 0);
+    CHECK(*id != *parent_id);
+    struct stat st {};
+    REQUIRE(stat(child.c_str(), &st) == 0);
+    if constexpr (sizeof(ino_t) >= sizeof(std::uint64_t)) CHECK(*id == st.st_ino);
+    CHECK(kmesh::cgroup_id(child) == id);  // stable
+
+    // A cgroup id is never reused: a new cgroup at the same path gets a new one.
+    REQUIRE(rmdir(child.c_str()) == 0);
+    CHECK_FALSE(kmesh::cgroup_id(child));
+    REQUIRE(mkdir(child.c_str(), 0755) == 0);
+    auto again = kmesh::cgroup_id(child);
+    REQUIRE(again);
+    CHECK(*again != *id);
 }

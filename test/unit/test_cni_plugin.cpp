@@ -33,8 +33,9 @@ std::string config_json(const std::string& version, const std::string& extra = "
     return json + "}";
 }
 
-Env env(const std::string& command, const std::string& args = "") {
-    return Env{command, "c0ffee", "/var/run/netns/x", "eth0", args, "/opt/cni/bin"};
+Env env(const std::string& command, const std::string& args = "",
+        const std::string& container_id = "c0ffee") {
+    return Env{command, container_id, "/var/run/netns/x", "eth0", args, "/opt/cni/bin"};
 }
 
 int error_code(const std::function<void()>& f) {
@@ -60,7 +61,9 @@ class FakeKernel : public Kernel {
     std::map<std::uint32_t, Object> objects;
     std::map<int, std::uint32_t> fds;
     std::optional<bpf_attach_type> fail_link_type;
+    int fail_link_update = 0;  // -errno returned by link_update when non-zero
     int link_creates = 0;
+    int link_updates = 0;
 
     std::uint32_t pin_new_prog(const std::string& path) {
         std::uint32_t id = next_id_++;
@@ -103,6 +106,16 @@ class FakeKernel : public Kernel {
         objects[id] = {Object::kLink, fds.at(prog_fd), cg.cgroup_id, static_cast<std::uint32_t>(type)};
         return new_fd(id);
     }
+    int link_update(int link_fd, int prog_fd) override {
+        ++link_updates;
+        if (fail_link_update != 0) return fail_link_update;
+        Object& link = objects.at(fds.at(link_fd));
+        REQUIRE(link.kind == Object::kLink);
+        REQUIRE(objects.at(fds.at(prog_fd)).kind == Object::kProg);
+        if (link.cgroup_id == 0) return -ENOLINK;
+        link.prog_id = fds.at(prog_fd);
+        return 0;
+    }
     int prog_id(int prog_fd, std::uint32_t* id) override {
         *id = fds.at(prog_fd);
         return objects.at(*id).kind == Object::kProg ? 0 : -EINVAL;
@@ -132,6 +145,7 @@ struct Fixture {
     FakeKernel kernel;
     spdlog::logger log{"test"};  // no sinks
     PinLayout layout{bpffs.path().string()};
+    std::string container_id = "c0ffee";
     std::uint32_t prog4 = 0, prog6 = 0;
 
     Fixture() {
@@ -146,16 +160,28 @@ struct Fixture {
         std::string cfg = R"("bpffsRoot":")" + bpffs.path().string() + R"(","cgroupRoot":")" +
                           cgroups.path().string() + R"(")";
         if (!extra_config.empty()) cfg += "," + extra_config;
-        return parse_request(env(command, std::string("K8S_POD_NAMESPACE=ns;K8S_POD_UID=") + kUid),
-                             config_json("1.0.0", cfg, command != "DEL"));
+        return parse_request(
+            env(command, std::string("K8S_POD_NAMESPACE=ns;K8S_POD_UID=") + kUid, container_id),
+            config_json("1.0.0", cfg, command != "DEL"));
     }
     std::string run_cmd(const std::string& command) { return run(request(command), kernel, log); }
-    FakeKernel::Object pinned(const char* name) {
-        int fd = kernel.obj_get((fs::path(layout.pod_dir("c0ffee")) / name).string());
+    // Object id of the link pinned for program `name`.
+    std::uint32_t pinned_id(const char* name) {
+        int fd = kernel.obj_get((fs::path(layout.pod_dir(container_id)) / name).string());
         REQUIRE(fd >= 0);
-        auto o = kernel.objects.at(kernel.fds.at(fd));
+        std::uint32_t id = kernel.fds.at(fd);
         kernel.close(fd);
-        return o;
+        return id;
+    }
+    FakeKernel::Object pinned(const char* name) { return kernel.objects.at(pinned_id(name)); }
+    // The kernel detaches a cgroup link when its cgroup is removed; the link info then shows cgroup 0.
+    void detach(const char* name) { kernel.objects.at(pinned_id(name)).cgroup_id = 0; }
+    std::uint64_t cgroup_id_of(const fs::path& dir) {
+        std::uint64_t id = 0;
+        int fd = kernel.open_cgroup(dir.string(), &id);
+        REQUIRE(fd >= 0);
+        kernel.close(fd);
+        return id;
     }
 };
 
@@ -291,24 +317,98 @@ TEST_CASE("ADD attaches both programs, prints prevResult, and is idempotent") {
     CHECK(f.kernel.fds.empty());
 }
 
-TEST_CASE("ADD replaces links of an old program and links on another cgroup") {
+TEST_CASE("ADD moves links of an old program to the new one in place, without a new link") {
     Fixture f;
     f.run_cmd("ADD");
-    f.load_agent();  // agent restarted: new programs pinned
+    const std::uint32_t link4 = f.pinned_id(kmesh::kProgConnect4);
+    const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
+    const std::uint64_t pod_cgroup = f.pinned(kmesh::kProgConnect4).cgroup_id;
+    f.load_agent();  // agent upgraded: new programs pinned
     f.run_cmd("ADD");
+    CHECK(f.kernel.link_updates == 2);
+    CHECK(f.kernel.link_creates == 2);  // no new link: the pod is never without the hook
+    CHECK(f.pinned_id(kmesh::kProgConnect4) == link4);
+    CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
+    CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
+    CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
+    CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == pod_cgroup);
+    CHECK(f.run_cmd("CHECK").empty());
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("ADD replaces links on another cgroup and detached links") {
+    Fixture f;
+    f.run_cmd("ADD");
+    auto other = f.cgroups.mkdirs("other");
+    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    CHECK(f.kernel.link_creates == 4);
+    CHECK(f.kernel.link_updates == 0);
+    const std::uint64_t other_id = f.cgroup_id_of(other);
+    CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
+    CHECK(f.pinned(kmesh::kProgConnect6).cgroup_id == other_id);
+
+    // A detached link (its cgroup was removed) is replaced even when the program is current.
+    const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
+    f.detach(kmesh::kProgConnect4);
+    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    CHECK(f.kernel.link_creates == 5);
+    CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
+    CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
+
+    // Detached and running an old program: replaced, not updated.
+    f.load_agent();
+    f.detach(kmesh::kProgConnect6);
+    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    CHECK(f.kernel.link_creates == 6);
+    CHECK(f.kernel.link_updates == 1);  // connect4 only
+    CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
+    CHECK(f.pinned(kmesh::kProgConnect6).cgroup_id == other_id);
+    CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("ADD falls back to a new link when bpf_link_update fails") {
+    Fixture f;
+    f.run_cmd("ADD");
+    f.load_agent();
+    f.kernel.fail_link_update = -EINVAL;
+    f.run_cmd("ADD");
+    CHECK(f.kernel.link_updates == 2);
     CHECK(f.kernel.link_creates == 4);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
+    CHECK(f.run_cmd("CHECK").empty());
+    CHECK(f.kernel.fds.empty());
+}
 
-    auto other = f.cgroups.mkdirs("other");
-    Request r = f.request("ADD", R"("cgroupPath":"other")");
-    run(r, f.kernel, f.log);
-    CHECK(f.kernel.link_creates == 6);
-    std::uint64_t other_id = 0;
-    int fd = f.kernel.open_cgroup(other.string(), &other_id);
-    f.kernel.close(fd);
-    CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
-    CHECK(f.pinned(kmesh::kProgConnect6).cgroup_id == other_id);
+TEST_CASE("encode_pin_name: dots are encoded, other ids unchanged") {
+    CHECK(kmesh::encode_pin_name("c0ffee") == "c0ffee");
+    CHECK(kmesh::encode_pin_name("a_b-C9") == "a_b-C9");
+    CHECK(kmesh::encode_pin_name("pod.1") == "pod%2E1");
+    CHECK(kmesh::encode_pin_name("a..b.") == "a%2E%2Eb%2E");
+    CHECK(kmesh::encode_pin_name("") == "");
+    PinLayout layout{"/b"};
+    CHECK(layout.pod_dir("c0ffee") == "/b/kmesh/pods/c0ffee");
+    CHECK(layout.pod_dir("k8s.io.abc") == "/b/kmesh/pods/k8s%2Eio%2Eabc");
+}
+
+TEST_CASE("ADD, CHECK, DEL, DEL with a container id containing dots") {
+    Fixture f;
+    f.container_id = "k8s.pod.0";
+    CHECK(f.run_cmd("ADD") == *f.request("ADD").config.prev_result);
+    const fs::path dir = f.layout.pods_dir() + "/k8s%2Epod%2E0";
+    REQUIRE(fs::is_directory(dir));
+    for (const auto& entry : fs::directory_iterator(f.layout.pods_dir())) {
+        CHECK(entry.path().filename().string().find('.') == std::string::npos);  // bpffs refuses dots
+    }
+    CHECK(fs::exists(dir / kmesh::kProgConnect4));
+    CHECK(fs::exists(dir / kmesh::kProgConnect6));
+    CHECK(f.run_cmd("CHECK").empty());
+    CHECK(f.run_cmd("DEL").empty());
+    CHECK_FALSE(fs::exists(dir));
+    CHECK(f.run_cmd("DEL").empty());
+    CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrNotAttached);
+    CHECK(f.kernel.fds.empty());
 }
 
 TEST_CASE("ADD is all-or-nothing when the second link fails") {
@@ -388,5 +488,27 @@ TEST_CASE("CHECK verifies the links run the agent's current programs") {
     CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrNotAttached);
     fs::remove_all(f.layout.progs_dir());
     CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrTryAgainLater);
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("CHECK verifies the links are on the pod's cgroup") {
+    Fixture f;
+    f.cgroups.mkdirs("other");
+    // Links of the current programs, but on another cgroup than the pod's (found from K8S_POD_UID).
+    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    CHECK(run(f.request("CHECK", R"("cgroupPath":"other")"), f.kernel, f.log).empty());
+    try {
+        f.run_cmd("CHECK");
+        FAIL("no error");
+    } catch (const CniError& e) {
+        CHECK(e.code() == kErrNotAttached);
+        CHECK(std::string(e.what()).find("is attached to cgroup") != std::string::npos);
+    }
+
+    // Back on the pod cgroup; then the link detaches (cgroup removed under it).
+    f.run_cmd("ADD");
+    CHECK(f.run_cmd("CHECK").empty());
+    f.detach(kmesh::kProgConnect6);
+    CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrNotAttached);
     CHECK(f.kernel.fds.empty());
 }
