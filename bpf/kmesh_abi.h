@@ -3,9 +3,8 @@
  * The map ABI shared by the BPF programs and the C++ agent and CNI plugin.
  *
  * This is the only header both sides include. Every struct has explicit padding so that its
- * layout is identical under clang -target bpf and the host compiler; common/abi_check.cpp
- * static_asserts each size and offset. Changing a layout is a breaking change for maps pinned by
- * a running agent: bump KMESH_ABI_VERSION, and the agent refuses to reuse pins of another version.
+ * layout is identical under clang -target bpf and the host compiler; common/abi.hpp static_asserts
+ * each size and offset. Any layout change bumps KMESH_ABI_VERSION (below).
  *
  * Lookup stages (one header each under bpf/include/):
  *   frontend (VIP, port) -> service id + target port
@@ -22,12 +21,16 @@
 #include <linux/types.h>
 #endif
 
+/* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
+ * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
+#define KMESH_ABI_VERSION 1
+
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
 
 /* Default map capacities; the agent takes them as flags. */
 #define KMESH_DEFAULT_MAX_SERVICES  20000
-#define KMESH_DEFAULT_MAX_FRONTENDS 131072
+#define KMESH_DEFAULT_MAX_FRONTENDS 262144
 #define KMESH_DEFAULT_MAX_ENDPOINTS 131072
 #define KMESH_DEFAULT_MAX_BACKENDS  131072
 

@@ -25,10 +25,41 @@
 /*
  * The agent may shrink a service while we read it: we can load a count of N, then the agent
  * moves entry N into a hole, decrements the count and deletes entry N before our endpoint lookup
- * runs. Entries are never left pointing at nothing for longer than such a window, so picking
- * again with a freshly read count is enough; two tries bound the work.
+ * runs. Picking again with a freshly read count is enough; the last try takes index 1, which
+ * exists whenever the count is non-zero.
  */
-#define PICK_ATTEMPTS 2
+#define PICK_ATTEMPTS 3
+
+/*
+ * A dual-stack VIP may have endpoints of one family only (an IPv4-only pod behind it). When the
+ * pick lacks the socket's family, walk forward from it for one that has it, a bounded number of
+ * steps, rather than failing a connect that another endpoint could serve.
+ */
+#define FAMILY_PROBES 8
+
+static __always_inline const struct kmesh_backend_value *endpoint_backend(__u32 service_id,
+									  __u32 prio, __u32 index)
+{
+	const struct kmesh_endpoint_value *ep = endpoint_lookup(service_id, prio, index);
+
+	return ep ? backend_lookup(ep->backend_id) : NULL;
+}
+
+static __always_inline const struct kmesh_backend_value *
+probe_family(__u32 service_id, __u32 prio, __u32 index, __u32 count, bool want_v4)
+{
+	/* A bounded loop (kernel >= 5.3): unrolling eight map lookups would bloat the program. */
+	for (int step = 1; step <= FAMILY_PROBES; step++) {
+		const struct kmesh_backend_value *be;
+
+		if (step >= count)
+			break;
+		be = endpoint_backend(service_id, prio, (index - 1 + step) % count + 1);
+		if (be && backend_has_family(be, want_v4))
+			return be;
+	}
+	return NULL;
+}
 
 /* Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno. */
 static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key *key, bool want_v4,
@@ -42,9 +73,8 @@ static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key 
 #pragma unroll
 	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
 		const struct kmesh_service_value *svc = service_lookup(fe->service_id);
-		const struct kmesh_endpoint_value *ep;
 		const struct kmesh_backend_value *be;
-		__u32 count = 0;
+		__u32 count = 0, index;
 		int prio;
 
 		/* Frontends are written after and deleted before their service, so this is a
@@ -57,20 +87,18 @@ static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key 
 			stat_inc(KMESH_STAT_NO_ENDPOINT);
 			return -ECONNREFUSED;
 		}
-		ep = endpoint_pick(fe->service_id, prio, count);
-		if (!ep) {
-			stat_inc(KMESH_STAT_RACE_RETRY);
-			continue;
-		}
-		be = backend_lookup(ep->backend_id);
+		index = attempt < PICK_ATTEMPTS - 1 ? bpf_get_prandom_u32() % count + 1 : 1;
+		be = endpoint_backend(fe->service_id, prio, index);
 		if (!be) {
 			stat_inc(KMESH_STAT_RACE_RETRY);
 			continue;
 		}
-		if (want_v4 ? !(be->flags & KMESH_BACKEND_HAS_V4)
-			    : !(be->flags & KMESH_BACKEND_HAS_V6)) {
-			stat_inc(KMESH_STAT_NO_FAMILY);
-			return -EHOSTUNREACH;
+		if (!backend_has_family(be, want_v4)) {
+			be = probe_family(fe->service_id, prio, index, count, want_v4);
+			if (!be) {
+				stat_inc(KMESH_STAT_NO_FAMILY);
+				return -EHOSTUNREACH;
+			}
 		}
 		__builtin_memcpy(addr, want_v4 ? be->addr4 : be->addr6, 16);
 		*port = fe->target_port;
@@ -97,15 +125,17 @@ static __always_inline int sock_verdict(int ret)
 static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 {
 	struct kmesh_frontend_key key = {};
-	__u32 addr[4];
+	__u32 addr[4], dst;
 	__u16 port;
 	int ret;
 
 	if (!sock_is_tcp(ctx))
 		return -ENOENT;
+	dst = ctx->user_ip4;
 	key.addr[10] = 0xff;
 	key.addr[11] = 0xff;
-	*(__u32 *)&key.addr[12] = ctx->user_ip4;
+	/* memcpy, not a __u32 store: addr[12] is only 2-byte aligned on the stack. */
+	__builtin_memcpy(&key.addr[12], &dst, sizeof(dst));
 	key.port = (__u16)ctx->user_port;
 
 	ret = sock_select_endpoint(&key, true, addr, &port);

@@ -5,6 +5,8 @@
 #include <string>
 #include <string_view>
 
+#include "bpf/kmesh_abi.h"
+
 namespace kmesh {
 
 inline constexpr const char* kDefaultBpffsRoot = "/sys/fs/bpf";
@@ -32,7 +34,9 @@ struct PinLayout {
     std::string bpffs_root = kDefaultBpffsRoot;
 
     std::string kmesh_dir() const { return bpffs_root + "/kmesh"; }
-    std::string maps_dir() const { return kmesh_dir() + "/maps"; }
+    // All map layouts live side by side during an upgrade; maps/v<N> is this build's.
+    std::string maps_root() const { return kmesh_dir() + "/maps"; }
+    std::string maps_dir() const { return maps_root() + "/v" + std::to_string(KMESH_ABI_VERSION); }
     std::string progs_dir() const { return kmesh_dir() + "/progs"; }
     std::string pods_dir() const { return kmesh_dir() + "/pods"; }
 

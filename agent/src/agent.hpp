@@ -24,12 +24,15 @@ class Agent {
     // Loads or reuses the pinned data plane and recovers the written state from the maps.
     static std::unique_ptr<Agent> start(const AgentOptions& options, std::string* error);
 
-    // Applies a new model. Rejected (error returned) if it cannot be turned into map contents;
-    // otherwise only the difference to what the maps hold is written.
-    std::string apply(const Model& model);
+    enum class Reload { kApplied, kUnchanged, kRejected, kFailed };
+
+    // Applies a new model: only the difference to what the maps hold is written. kRejected when it
+    // cannot be turned into map contents, kFailed when map writes failed; *error says why.
+    Reload apply(const Model& model, std::string* error);
 
     // Re-reads the config file; a bad file is logged and the last good state keeps serving.
-    void reload_config();
+    // kFailed: the file is good but some map writes failed (e.g. a full map); worth a retry.
+    Reload reload_config();
 
     // Runs until SIGINT/SIGTERM, reloading the config file when it changes.
     int run();

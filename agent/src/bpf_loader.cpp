@@ -2,9 +2,11 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/magic.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -23,8 +25,8 @@ namespace {
 
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 
-// Checks that a pinned map can be reused with the wanted shape, so that a size flag change or an
-// ABI change gives an actionable message instead of libbpf's generic refusal.
+// Checks that a pinned map can be reused with the wanted shape, so that a size flag change gives an
+// actionable message instead of libbpf's generic refusal.
 std::string check_pinned_map(const std::string& path, bpf_map* map) {
     int fd = bpf_obj_get(path.c_str());
     if (fd < 0) return {};  // not pinned yet: libbpf creates it
@@ -37,10 +39,18 @@ std::string check_pinned_map(const std::string& path, bpf_map* map) {
         info.max_entries != bpf_map__max_entries(map) || info.type != bpf_map__type(map))
         return fmt::format(
             "{} is pinned with key/value size {}/{} and {} entries, but this agent wants {}/{} and {}; "
-            "run `kmesh-daemon uninstall` (which detaches all pods) or keep the old size flags",
+            "keep the old size flags, or run `kmesh-daemon uninstall` (which detaches all pods) first",
             path, info.key_size, info.value_size, info.max_entries, bpf_map__key_size(map),
             bpf_map__value_size(map), bpf_map__max_entries(map));
     return {};
+}
+
+// A link whose cgroup was removed (pod gone without a DEL, e.g. a node crash) reports cgroup id 0.
+bool link_detached(int link_fd) {
+    bpf_link_info info{};
+    uint32_t len = sizeof info;
+    return bpf_obj_get_info_by_fd(link_fd, &info, &len) == 0 && info.type == BPF_LINK_TYPE_CGROUP &&
+           info.cgroup.cgroup_id == 0;
 }
 
 }  // namespace
@@ -56,7 +66,26 @@ std::string ensure_bpffs(const std::string& root) {
     return {};
 }
 
-Dataplane::~Dataplane() { kmesh_sock__destroy(skel_); }
+int lock_kmesh_dir(const PinLayout& layout, std::string* error) {
+    int fd = open(layout.kmesh_dir().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        *error = fmt::format("open {}: {}", layout.kmesh_dir(), errno_text(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        *error = errno == EWOULDBLOCK
+                     ? fmt::format("another kmesh-daemon holds {}; stop it first", layout.kmesh_dir())
+                     : fmt::format("lock {}: {}", layout.kmesh_dir(), errno_text(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+Dataplane::~Dataplane() {
+    kmesh_sock__destroy(skel_);
+    close(lock_fd_);
+}
 
 std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSizes& sizes,
                                            std::string* error) {
@@ -72,13 +101,16 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
             return nullptr;
         }
     }
+    int lock_fd = lock_kmesh_dir(layout, error);
+    if (lock_fd < 0) return nullptr;
 
     kmesh_sock* skel = kmesh_sock__open();
     if (!skel) {
         *error = fmt::format("open BPF skeleton: {}", errno_text(errno));
+        close(lock_fd);
         return nullptr;
     }
-    std::unique_ptr<Dataplane> dp(new Dataplane(skel));
+    std::unique_ptr<Dataplane> dp(new Dataplane(skel, lock_fd));
     const std::pair<bpf_map*, uint32_t> sized[] = {
         {skel->maps.km_frontend, sizes.frontends},
         {skel->maps.km_service, sizes.services},
@@ -101,21 +133,17 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         *error = fmt::format("load BPF programs: {} (see libbpf messages above)", errno_text(err));
         return nullptr;
     }
-    if (auto e = dp->pin_programs(layout); !e.empty()) {
-        *error = e;
-        return nullptr;
-    }
     return dp;
 }
 
-// Pins each program under a temporary name and renames it over the old pin, so kmesh-cni never
-// finds the program missing. Pods attached by an older agent are moved to the new program in place
-// with bpf_link_update: no detach window, no reconnects (hitless upgrade).
-std::string Dataplane::pin_programs(const PinLayout& layout) {
+// Each program is pinned under a temporary name and renamed over the old pin, so kmesh-cni never
+// finds it missing. Pods attached by an older agent move to the new program in place with
+// bpf_link_update: no detach window, no reconnects (hitless upgrade).
+std::string Dataplane::publish(const PinLayout& layout) {
     bpf_program* prog;
     bpf_object__for_each_program(prog, skel_->obj) {
-        std::string name = bpf_program__name(prog);
-        std::string path = layout.prog(name), tmp = path + "_new";  // bpffs refuses names with dots
+        std::string path = layout.prog(bpf_program__name(prog));
+        std::string tmp = path + "_new";  // bpffs refuses names with dots
         unlink(tmp.c_str());
         if (bpf_obj_pin(bpf_program__fd(prog), tmp.c_str()) != 0)
             return fmt::format("pin {}: {}", tmp, errno_text(errno));
@@ -123,17 +151,27 @@ std::string Dataplane::pin_programs(const PinLayout& layout) {
     }
     std::error_code ec;
     for (const auto& pod : fs::directory_iterator(layout.pods_dir(), ec)) {
+        bool detached = false;
         for (const auto& link : fs::directory_iterator(pod.path(), ec)) {
-            prog = bpf_object__find_program_by_name(skel_->obj, link.path().filename().c_str());
-            int fd = prog ? bpf_obj_get(link.path().c_str()) : -1;
+            int fd = bpf_obj_get(link.path().c_str());
             if (fd < 0) continue;
-            if (bpf_link_update(fd, bpf_program__fd(prog), nullptr) == 0)
-                pods_updated_++;
+            prog = bpf_object__find_program_by_name(skel_->obj, link.path().filename().c_str());
+            if (link_detached(fd))
+                detached = true;
+            else if (prog && bpf_link_update(fd, bpf_program__fd(prog), nullptr) == 0)
+                links_updated_++;
             else
                 spdlog::warn("moving {} to the new program: {}", link.path().string(), errno_text(errno));
             close(fd);
         }
+        if (detached) {  // its cgroup is gone: the pod was deleted without a CNI DEL
+            fs::remove_all(pod.path(), ec);
+            pods_forgotten_++;
+        }
     }
+    // Maps of other ABI versions were only used by the programs just replaced.
+    for (const auto& dir : fs::directory_iterator(layout.maps_root(), ec))
+        if (dir.path() != fs::path(layout.maps_dir())) fs::remove_all(dir.path(), ec);
     return {};
 }
 
@@ -143,13 +181,18 @@ std::array<int, kMapCount> Dataplane::map_fds() const {
 }
 
 std::string uninstall(const PinLayout& layout) {
+    if (!fs::exists(layout.kmesh_dir())) return {};
+    std::string error;
+    int lock_fd = lock_kmesh_dir(layout, &error);
+    if (lock_fd < 0) return error;
     std::string problems;
     std::error_code ec;
     // Pods first: unpinning a link detaches the program from that pod's cgroup.
-    for (const auto& dir : {layout.pods_dir(), layout.progs_dir(), layout.maps_dir()}) {
+    for (const auto& dir : {layout.pods_dir(), layout.progs_dir(), layout.maps_root()}) {
         fs::remove_all(dir, ec);
         if (ec) problems += fmt::format("remove {}: {}; ", dir, ec.message());
     }
+    close(lock_fd);
     fs::remove(layout.kmesh_dir(), ec);
     if (ec) problems += fmt::format("remove {}: {}; ", layout.kmesh_dir(), ec.message());
     return problems;

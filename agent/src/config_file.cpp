@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <charconv>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -41,8 +42,13 @@ class Parser {
             fail(node, path, "expected a mapping");
             return;
         }
+        std::set<std::string> seen;
         for (const auto& kv : node) {
             std::string key = snake_case(kv.first.as<std::string>());
+            if (!seen.insert(key).second) {
+                fail(kv.first, path, fmt::format("field '{}' given twice", kv.first.as<std::string>()));
+                continue;
+            }
             if (!allowed.count(key)) {
                 fail(kv.first, path, fmt::format("unknown field '{}'", kv.first.as<std::string>()));
                 continue;
@@ -60,15 +66,12 @@ class Parser {
     }
 
     uint16_t port(const YAML::Node& n, const std::string& path, bool allow_zero) {
-        long v = -1;
-        if (n.IsScalar()) {
-            try {
-                v = std::stol(n.as<std::string>());
-            } catch (...) {
-            }
-        }
-        if (v < (allow_zero ? 0 : 1) || v > 65535) {
-            fail(n, path, fmt::format("'{}' is not a valid port", n.IsScalar() ? n.as<std::string>() : "?"));
+        std::string text = n.IsScalar() ? n.as<std::string>() : "";
+        unsigned v = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size() ||
+            v < (allow_zero ? 0u : 1u) || v > 65535) {
+            fail(n, path, fmt::format("'{}' is not a valid port", text));
             return 0;
         }
         return static_cast<uint16_t>(v);
@@ -87,6 +90,13 @@ class Parser {
         auto a = IpAddr::parse(text);
         if (!a) fail(n, path, fmt::format("'{}' is not an IP address", text));
         return a;
+    }
+
+    // A VIP must be something a pod can connect() to and that is not the pod itself.
+    void check_vip(const YAML::Node& n, const std::string& path, const IpAddr& a) {
+        if (a.is_unspecified() || a.is_loopback() || a.is_multicast())
+            fail(n, path,
+                 fmt::format("{} cannot be a service address (unspecified, loopback or multicast)", a.str()));
     }
 
     std::vector<IpAddr> ips(const YAML::Node& n, const std::string& path) {
@@ -132,7 +142,10 @@ class Parser {
                    if (k == "name") s.name = str(v, p);
                    if (k == "namespace") s.namespace_ = str(v, p);
                    if (k == "hostname") s.hostname = str(v, p);
-                   if (k == "addresses") s.addresses = ips(v, p);
+                   if (k == "addresses") {
+                       s.addresses = ips(v, p);
+                       for (const auto& a : s.addresses) check_vip(v, p, a);
+                   }
                    if (k == "ports") s.ports = ports(v, p);
                });
         if (s.hostname.empty()) fail(n, path, "hostname is required");
@@ -198,7 +211,12 @@ class Parser {
 
     Model model(const YAML::Node& root) {
         Model m;
-        if (root.IsNull()) return m;  // an empty file is an empty mesh
+        // An empty document is far more often a file caught mid-write or a failed template than an
+        // intended empty mesh, which is written "services: []".
+        if (root.IsNull()) {
+            problems.push_back("the config is empty; write `services: []` for an empty mesh");
+            return m;
+        }
         fields(root, "config", {"services", "workloads"},
                [&](const std::string& k, const YAML::Node& v, const std::string& p) {
                    if (!v.IsSequence() && !v.IsNull()) {

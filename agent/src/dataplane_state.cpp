@@ -72,7 +72,7 @@ bool Plan::empty() const { return size() == 0; }
 
 size_t Plan::size() const {
     return put_backends.size() + put_services.size() + add_endpoints.size() + put_frontends.size() +
-           delete_frontends.size() + delete_endpoints.size() + delete_services.size() +
+           delete_frontends.size() + remove_endpoints.size() + delete_services.size() +
            delete_backends.size();
 }
 
@@ -88,16 +88,18 @@ Plan diff(const MapState& cur, const DesiredState& want) {
             plan.put_services.emplace_back(h, svc.lb_mode);
         for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
             std::set<uint64_t> have;
-            if (it != cur.services.end())
-                for (uint32_t id : it->second.slots[prio]) {
-                    auto bh = cur.backend_hash_by_id.find(id);
+            if (it != cur.services.end()) {
+                const auto& slots = it->second.slots[prio];
+                for (uint32_t i = 0; i < slots.size(); i++) {
+                    auto bh = cur.backend_hash_by_id.find(slots[i]);
                     uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
                     // Unknown or unwanted slots go; a backend listed twice keeps one slot.
                     if (!backend || !svc.endpoints[prio].count(backend) || !have.insert(backend).second)
-                        plan.delete_endpoints.push_back({h, prio, id, backend});
+                        plan.remove_endpoints.push_back({h, prio, i + 1});
                 }
+            }
             for (uint64_t backend : svc.endpoints[prio])
-                if (!have.count(backend)) plan.add_endpoints.push_back({h, prio, 0, backend});
+                if (!have.count(backend)) plan.add_endpoints.push_back({h, prio, backend});
         }
     }
     for (const auto& [k, target] : want.frontends) {

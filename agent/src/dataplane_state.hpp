@@ -54,7 +54,7 @@ struct MapState {
     struct Service {
         uint32_t id = 0;
         uint32_t lb_mode = KMESH_LB_RANDOM;
-        // slots[prio][i] is the backend id at endpoint index i + 1.
+        // slots[prio][i] is the backend id at endpoint index i + 1; 0 = entry missing or unknown.
         std::array<std::vector<uint32_t>, KMESH_PRIO_COUNT> slots;
     };
     struct Backend {
@@ -64,29 +64,41 @@ struct MapState {
     std::map<uint64_t, Service> services;
     std::map<uint64_t, Backend> backends;
     std::map<uint32_t, uint64_t> backend_hash_by_id;
-    std::map<kmesh_frontend_key, FrontendTarget> frontends;
-    // Endpoint entries found beyond a service's count after a crash; never picked, deleted on the next apply.
+    std::map<kmesh_frontend_key, FrontendTarget> frontends;  // service hash 0: points at an unknown id
+
+    // Left over by a crash or a failed cleanup, found unreachable: endpoint entries beyond their
+    // service's count, and duplicate service/backend ids (a hash seen twice). Removed by the next apply.
     std::vector<kmesh_endpoint_key> stray_endpoints;
+    std::vector<uint32_t> stray_services;
+    std::vector<uint32_t> stray_backends;
+    // Every id the maps referenced at recovery; never handed out again by this agent.
+    std::set<uint32_t> reserved_service_ids, reserved_backend_ids;
 };
 
-struct EndpointChange {
+struct EndpointAdd {
     uint64_t service;
     uint32_t prio;
-    uint32_t backend_id;    // removals: the id in the slot (0 for a slot whose backend is unknown)
-    uint64_t backend_hash;  // additions
-    bool operator==(const EndpointChange&) const = default;
+    uint64_t backend;
+    bool operator==(const EndpointAdd&) const = default;
 };
 
-// Executed in member order; the order is what keeps every connect() consistent:
+struct EndpointRemove {
+    uint64_t service;
+    uint32_t prio;
+    uint32_t index;  // 1-based slot in the current state
+    bool operator==(const EndpointRemove&) const = default;
+};
+
+// Executed phase by phase in member order; the order is what keeps every connect() consistent:
 // new backends and endpoints exist before anything points at them, and a frontend disappears
 // before its service, which disappears before its endpoints and backends.
 struct Plan {
     std::vector<std::pair<uint64_t, DesiredBackend>> put_backends;
     std::vector<std::pair<uint64_t, uint32_t>> put_services;  // new or LB mode changed: (hash, lb_mode)
-    std::vector<EndpointChange> add_endpoints;
+    std::vector<EndpointAdd> add_endpoints;                   // grouped by service
     std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> put_frontends;
     std::vector<kmesh_frontend_key> delete_frontends;
-    std::vector<EndpointChange> delete_endpoints;
+    std::vector<EndpointRemove> remove_endpoints;  // grouped by service and priority
     std::vector<uint64_t> delete_services;
     std::vector<uint64_t> delete_backends;
 

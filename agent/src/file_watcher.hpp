@@ -16,11 +16,15 @@ class FileWatcher {
 
     int fd() const { return fd_; }  // readable when something in the directory changed
     const std::string& error() const { return error_; }
-    // Drains pending events; true if any could concern the file.
+    // Drains pending events; true if one concerns the file: it was closed after writing, or renamed
+    // into place, or the ConfigMap's "..data" symlink was swapped.
     bool drain();
 
   private:
+    void watch();
+
     int fd_ = -1;
+    std::string dir_, name_;
     std::string error_;
 };
 

@@ -47,6 +47,18 @@ IpAddr IpAddr::v4(uint32_t host_order) {
 
 bool IpAddr::is_v4() const { return std::memcmp(bytes.data(), kV4MappedPrefix.data(), 12) == 0; }
 
+bool IpAddr::is_unspecified() const {
+    static const std::array<uint8_t, 16> zero{};
+    return (is_v4() && bytes[12] == 0 && bytes[13] == 0 && bytes[14] == 0 && bytes[15] == 0) || bytes == zero;
+}
+
+bool IpAddr::is_loopback() const {
+    static const std::array<uint8_t, 16> one{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    return (is_v4() && bytes[12] == 127) || bytes == one;
+}
+
+bool IpAddr::is_multicast() const { return is_v4() ? (bytes[12] & 0xf0) == 0xe0 : bytes[0] == 0xff; }
+
 std::string IpAddr::str() const {
     char buf[INET6_ADDRSTRLEN];
     if (is_v4()) return inet_ntop(AF_INET, bytes.data() + 12, buf, sizeof buf);

@@ -19,6 +19,9 @@ struct IpAddr {
     static IpAddr v4(uint32_t host_order);
 
     bool is_v4() const;
+    bool is_unspecified() const;  // 0.0.0.0 or ::
+    bool is_loopback() const;     // 127/8 or ::1
+    bool is_multicast() const;    // 224/4 or ff00::/8
     std::string str() const;
     auto operator<=>(const IpAddr&) const = default;
 };

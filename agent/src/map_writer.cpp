@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <utility>
 
 namespace kmesh {
 
@@ -17,14 +19,28 @@ uint32_t IdAllocator::allocate() {
     return id;
 }
 
+namespace {
+
+template <typename T>
+T read_as(const void* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+}  // namespace
+
 MapState recover_map_state(const MapOps& ops) {
     MapState st;
-    std::map<uint32_t, uint64_t> service_hash_by_id;
+    std::map<uint32_t, uint64_t> service_hash_by_id;  // kept ids only
     ops.for_each(MapId::kService, [&](const void* k, const void* v) {
-        uint32_t id;
-        kmesh_service_value sv;
-        std::memcpy(&id, k, sizeof id);
-        std::memcpy(&sv, v, sizeof sv);
+        auto id = read_as<uint32_t>(k);
+        auto sv = read_as<kmesh_service_value>(v);
+        st.reserved_service_ids.insert(id);
+        if (st.services.count(sv.name_hash)) {  // a second id for one name: unreachable once repaired
+            st.stray_services.push_back(id);
+            return true;
+        }
         auto& s = st.services[sv.name_hash];
         s.id = id;
         s.lb_mode = sv.lb_mode;
@@ -33,10 +49,13 @@ MapState recover_map_state(const MapOps& ops) {
         return true;
     });
     ops.for_each(MapId::kBackend, [&](const void* k, const void* v) {
-        uint32_t id;
-        kmesh_backend_value bv;
-        std::memcpy(&id, k, sizeof id);
-        std::memcpy(&bv, v, sizeof bv);
+        auto id = read_as<uint32_t>(k);
+        auto bv = read_as<kmesh_backend_value>(v);
+        st.reserved_backend_ids.insert(id);
+        if (st.backends.count(bv.name_hash)) {
+            st.stray_backends.push_back(id);
+            return true;
+        }
         auto& b = st.backends[bv.name_hash];
         b.id = id;
         std::memcpy(b.value.addr4.data(), bv.addr4, 16);
@@ -46,10 +65,10 @@ MapState recover_map_state(const MapOps& ops) {
         return true;
     });
     ops.for_each(MapId::kEndpoint, [&](const void* k, const void* v) {
-        kmesh_endpoint_key ek;
-        kmesh_endpoint_value ev;
-        std::memcpy(&ek, k, sizeof ek);
-        std::memcpy(&ev, v, sizeof ev);
+        auto ek = read_as<kmesh_endpoint_key>(k);
+        auto ev = read_as<kmesh_endpoint_value>(v);
+        st.reserved_service_ids.insert(ek.service_id);
+        st.reserved_backend_ids.insert(ev.backend_id);
         auto sh = service_hash_by_id.find(ek.service_id);
         if (sh == service_hash_by_id.end() || ek.prio >= KMESH_PRIO_COUNT || ek.index == 0 ||
             ek.index > st.services[sh->second].slots[ek.prio].size()) {
@@ -60,12 +79,11 @@ MapState recover_map_state(const MapOps& ops) {
         return true;
     });
     ops.for_each(MapId::kFrontend, [&](const void* k, const void* v) {
-        kmesh_frontend_key fk;
-        kmesh_frontend_value fv;
-        std::memcpy(&fk, k, sizeof fk);
-        std::memcpy(&fv, v, sizeof fv);
+        auto fk = read_as<kmesh_frontend_key>(k);
+        auto fv = read_as<kmesh_frontend_value>(v);
+        st.reserved_service_ids.insert(fv.service_id);
         auto sh = service_hash_by_id.find(fv.service_id);
-        // A frontend of an unknown service id maps to hash 0, which no desired service has.
+        // Hash 0 (no desired service has it) makes the next diff rewrite or delete the entry.
         st.frontends[fk] = FrontendTarget{sh == service_hash_by_id.end() ? 0 : sh->second, fv.target_port};
         return true;
     });
@@ -80,6 +98,8 @@ MapWriter::MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics&
       backend_ids_(capacity.backends) {
     for (const auto& [h, s] : state_.services) service_ids_.mark_used(s.id);
     for (const auto& [h, b] : state_.backends) backend_ids_.mark_used(b.id);
+    for (uint32_t id : state_.reserved_service_ids) service_ids_.mark_used(id);
+    for (uint32_t id : state_.reserved_backend_ids) backend_ids_.mark_used(id);
 }
 
 int MapWriter::fail(MapId map, int err, const std::string& what) {
@@ -88,9 +108,14 @@ int MapWriter::fail(MapId map, int err, const std::string& what) {
     // A full hash map answers E2BIG on insert; ENOSPC/ENOMEM are kernel allocation failures.
     bool full = err == -E2BIG || err == -ENOSPC || err == -ENOMEM;
     if (full) metrics_.map_full_errors[m]++;
-    error_ = fmt::format("{} {}: {}{}", map_name(map), what, std::strerror(-err),
-                         full ? " (map full: raise its size flag)" : "");
+    errors_.push_back(fmt::format("{} {}: {}{}", map_name(map), what, std::strerror(-err),
+                                  full ? " (map full: raise its size flag)" : ""));
     return err;
+}
+
+void MapWriter::drop_entry(const kmesh_endpoint_key& key) {
+    int err = ops_.remove(MapId::kEndpoint, &key);
+    if (err && err != -ENOENT) state_.stray_endpoints.push_back(key);
 }
 
 int MapWriter::write_service(uint64_t hash) {
@@ -104,10 +129,13 @@ int MapWriter::write_service(uint64_t hash) {
     return err ? fail(MapId::kService, err, fmt::format("write service {}", s.id)) : 0;
 }
 
-int MapWriter::put_backend(uint64_t hash, const DesiredBackend& b) {
+void MapWriter::put_backend(uint64_t hash, const DesiredBackend& b) {
     auto it = state_.backends.find(hash);
     uint32_t id = it != state_.backends.end() ? it->second.id : backend_ids_.allocate();
-    if (!id) return fail(MapId::kBackend, -E2BIG, "allocate id");
+    if (!id) {
+        fail(MapId::kBackend, -E2BIG, "allocate id");
+        return;
+    }
     kmesh_backend_value v{};
     std::memcpy(v.addr4, b.addr4.data(), 16);
     std::memcpy(v.addr6, b.addr6.data(), 16);
@@ -116,29 +144,31 @@ int MapWriter::put_backend(uint64_t hash, const DesiredBackend& b) {
     metrics_.map_writes++;
     if (int err = ops_.update(MapId::kBackend, &id, &v)) {
         if (it == state_.backends.end()) backend_ids_.release(id);
-        return fail(MapId::kBackend, err, fmt::format("write backend {}", id));
+        fail(MapId::kBackend, err, fmt::format("write backend {}", id));
+        return;
     }
     state_.backends[hash] = {id, b};
     state_.backend_hash_by_id[id] = hash;
-    return 0;
 }
 
-// Writes the run of additions for one service starting at plan.add_endpoints[i]: entries past
-// the current counts first, then the counts in one service write, so no connect picks an index
-// that is not written yet.
-int MapWriter::add_endpoints(const Plan& plan, size_t& i) {
-    uint64_t hash = plan.add_endpoints[i].service;
-    auto& svc = state_.services.at(hash);
+// Creates or grows one service: endpoint entries past the current counts first, then the counts
+// (and LB mode) in a single service write, so no connect picks an index that is not written yet.
+// A new service becomes reachable only later, when its frontend is written.
+void MapWriter::put_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds) {
+    auto it = state_.services.find(hash);
+    bool fresh = it == state_.services.end();
+    MapState::Service svc = fresh ? MapState::Service{} : it->second;
+    if (fresh && !(svc.id = service_ids_.allocate())) {
+        fail(MapId::kService, -E2BIG, "allocate id");
+        return;
+    }
+    if (lb_mode) svc.lb_mode = *lb_mode;
     std::vector<kmesh_endpoint_key> written;
-    auto pending = svc.slots;
     int err = 0;
-    for (; i < plan.add_endpoints.size() && plan.add_endpoints[i].service == hash; i++) {
-        const auto& c = plan.add_endpoints[i];
-        if (err) continue;  // skip the rest of this service's run
-        auto b = state_.backends.find(c.backend_hash);
-        if (b == state_.backends.end()) continue;  // its backend write failed earlier
-        auto& slots = pending[c.prio];
-        kmesh_endpoint_key k{svc.id, c.prio, static_cast<uint32_t>(slots.size() + 1)};
+    for (const auto& a : adds) {
+        auto b = state_.backends.find(a.backend);
+        if (b == state_.backends.end()) continue;  // its backend write failed: added by a later apply
+        kmesh_endpoint_key k{svc.id, a.prio, static_cast<uint32_t>(svc.slots[a.prio].size() + 1)};
         kmesh_endpoint_value v{b->second.id};
         metrics_.map_writes++;
         if ((err = ops_.update(MapId::kEndpoint, &k, &v))) {
@@ -146,127 +176,160 @@ int MapWriter::add_endpoints(const Plan& plan, size_t& i) {
                  fmt::format("write endpoint {}/{}/{}", k.service_id, k.prio, k.index));
             break;
         }
-        slots.push_back(b->second.id);
+        svc.slots[a.prio].push_back(b->second.id);
         written.push_back(k);
     }
-    while (i < plan.add_endpoints.size() && plan.add_endpoints[i].service == hash) i++;
     if (!err) {
-        auto before = svc.slots;
-        svc.slots = pending;
-        if (!(err = write_service(hash))) return 0;
-        svc.slots = before;
+        auto before = fresh ? std::optional<MapState::Service>() : std::optional(it->second);
+        state_.services[hash] = svc;
+        if (!(err = write_service(hash))) return;
+        if (before)
+            state_.services[hash] = *before;
+        else
+            state_.services.erase(hash);
     }
-    // Entries past the count are never picked; removing them keeps the maps tidy.
-    for (const auto& k : written) ops_.remove(MapId::kEndpoint, &k);
-    return err;
+    // Entries past the kernel's count are never picked; remove them to keep capacity.
+    for (const auto& k : written) drop_entry(k);
+    if (fresh) service_ids_.release(svc.id);
 }
 
-// Dense delete: the last entry is copied into the hole, then the count shrinks, then the old last
-// entry goes. A connect racing with this sees either the old or the new count and every index
-// below it holds a live backend (BPF retries the one window where the last entry just vanished).
-int MapWriter::remove_endpoint(const EndpointChange& c) {
-    auto& svc = state_.services.at(c.service);
-    auto& slots = svc.slots[c.prio];
-    auto pos = std::find(slots.begin(), slots.end(), c.backend_id);
-    if (pos == slots.end()) return 0;
-    auto hole = static_cast<uint32_t>(pos - slots.begin()) + 1;
-    auto last = static_cast<uint32_t>(slots.size());
-    int err;
-    if (hole != last) {
-        kmesh_endpoint_key k{svc.id, c.prio, hole};
-        kmesh_endpoint_value v{slots.back()};
-        metrics_.map_writes++;
-        if ((err = ops_.update(MapId::kEndpoint, &k, &v)))
-            return fail(MapId::kEndpoint, err, fmt::format("move endpoint {}/{}/{}", svc.id, c.prio, hole));
-        *pos = slots.back();
+// Dense delete. Trailing slots just shrink the count; a hole gets the last entry copied into it,
+// then the count shrinks, then the old last entry goes. A connect racing with this sees either the
+// old or the new count, and every index below it holds a live backend (BPF retries the one window
+// where the last entry has just vanished).
+void MapWriter::remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t> indices) {
+    auto& svc = state_.services.at(hash);
+    auto& slots = svc.slots[prio];
+    while (!indices.empty()) {
+        auto last = static_cast<uint32_t>(slots.size());
+        uint32_t hole = *indices.rbegin();
+        if (hole > last) {  // cannot happen for a fresh diff; ignore rather than corrupt
+            indices.erase(hole);
+            continue;
+        }
+        if (hole != last) {
+            kmesh_endpoint_key k{svc.id, prio, hole};
+            kmesh_endpoint_value v{slots.back()};
+            metrics_.map_writes++;
+            if (int err = ops_.update(MapId::kEndpoint, &k, &v)) {
+                fail(MapId::kEndpoint, err, fmt::format("move endpoint {}/{}/{}", svc.id, prio, hole));
+                return;
+            }
+            slots[hole - 1] = slots.back();
+        }
+        uint32_t moved = slots.back();
+        slots.pop_back();
+        if (write_service(hash)) {
+            slots.push_back(moved);  // the kernel still counts `last`, whose entry is intact
+            return;
+        }
+        drop_entry(kmesh_endpoint_key{svc.id, prio, last});
+        indices.erase(hole);
     }
-    slots.pop_back();
-    if ((err = write_service(c.service))) {
-        slots.push_back(hole != last ? *pos : c.backend_id);  // the kernel still counts `last`
-        return err;
-    }
-    kmesh_endpoint_key k{svc.id, c.prio, last};
-    ops_.remove(MapId::kEndpoint, &k);  // beyond the count now: a failure here leaves a harmless stray
-    return 0;
 }
 
-int MapWriter::remove_service(uint64_t hash) {
+void MapWriter::delete_service(uint64_t hash) {
     auto it = state_.services.find(hash);
-    if (it == state_.services.end()) return 0;
+    if (it == state_.services.end()) return;
     auto& svc = it->second;
     int err = ops_.remove(MapId::kService, &svc.id);
-    if (err && err != -ENOENT) return fail(MapId::kService, err, fmt::format("delete service {}", svc.id));
+    if (err && err != -ENOENT) {
+        fail(MapId::kService, err, fmt::format("delete service {}", svc.id));
+        return;
+    }
     for (uint32_t p = 0; p < KMESH_PRIO_COUNT; p++)
-        for (uint32_t idx = 1; idx <= svc.slots[p].size(); idx++) {
-            kmesh_endpoint_key k{svc.id, p, idx};
-            ops_.remove(MapId::kEndpoint, &k);
-        }
-    service_ids_.release(svc.id);
+        for (uint32_t idx = 1; idx <= svc.slots[p].size(); idx++)
+            drop_entry(kmesh_endpoint_key{svc.id, p, idx});
+    // The id stays reserved while stray entries of it may remain, so no new service inherits them.
+    bool strays = std::any_of(state_.stray_endpoints.begin(), state_.stray_endpoints.end(),
+                              [&](const auto& k) { return k.service_id == svc.id; });
+    if (!strays) service_ids_.release(svc.id);
     state_.services.erase(it);
-    return 0;
+}
+
+// Strays are unreachable (beyond a count, or of a service no frontend uses), so they go first:
+// later writes of this apply may reuse their keys.
+void MapWriter::delete_strays() {
+    auto strays = std::move(state_.stray_endpoints);
+    state_.stray_endpoints.clear();
+    for (const auto& k : strays) drop_entry(k);
 }
 
 std::string MapWriter::apply(const Plan& plan) {
-    error_.clear();
-    auto done = [&](int err) { return err ? error_ : std::string(); };
+    errors_.clear();
+    delete_strays();
 
-    for (const auto& [hash, b] : plan.put_backends)
-        if (int err = put_backend(hash, b)) return done(err);
+    for (const auto& [hash, b] : plan.put_backends) put_backend(hash, b);
 
-    for (const auto& [hash, lb_mode] : plan.put_services) {
-        auto it = state_.services.find(hash);
-        if (it == state_.services.end()) {
-            uint32_t id = service_ids_.allocate();
-            if (!id) return done(fail(MapId::kService, -E2BIG, "allocate id"));
-            it = state_.services.emplace(hash, MapState::Service{id, lb_mode, {}}).first;
-            if (int err = write_service(hash)) {
-                service_ids_.release(id);
-                state_.services.erase(it);
-                return done(err);
-            }
-        } else {
-            it->second.lb_mode = lb_mode;
-            if (int err = write_service(hash)) return done(err);
-        }
-    }
-
-    for (size_t i = 0; i < plan.add_endpoints.size();)
-        if (int err = add_endpoints(plan, i)) return done(err);
+    // Services: plan.put_services and plan.add_endpoints are both ordered by service hash.
+    std::map<uint64_t, std::pair<std::optional<uint32_t>, std::vector<EndpointAdd>>> grow;
+    for (const auto& [hash, mode] : plan.put_services) grow[hash].first = mode;
+    for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
+    for (const auto& [hash, g] : grow) put_service(hash, g.first ? &*g.first : nullptr, g.second);
 
     for (const auto& [key, target] : plan.put_frontends) {
         auto svc = state_.services.find(target.service);
         if (svc == state_.services.end()) continue;  // its service failed to be written
         kmesh_frontend_value v{svc->second.id, target.target_port, 0};
         metrics_.map_writes++;
-        if (int err = ops_.update(MapId::kFrontend, &key, &v))
-            return done(fail(MapId::kFrontend, err, "write frontend"));
+        if (int err = ops_.update(MapId::kFrontend, &key, &v)) {
+            fail(MapId::kFrontend, err, "write frontend");
+            continue;
+        }
         state_.frontends[key] = target;
     }
     for (const auto& key : plan.delete_frontends) {
         int err = ops_.remove(MapId::kFrontend, &key);
-        if (err && err != -ENOENT) return done(fail(MapId::kFrontend, err, "delete frontend"));
+        if (err && err != -ENOENT) {
+            fail(MapId::kFrontend, err, "delete frontend");
+            continue;
+        }
         state_.frontends.erase(key);
     }
 
-    for (const auto& c : plan.delete_endpoints)
-        if (int err = remove_endpoint(c)) return done(err);
+    std::map<std::pair<uint64_t, uint32_t>, std::set<uint32_t>> shrink;
+    for (const auto& r : plan.remove_endpoints) shrink[{r.service, r.prio}].insert(r.index);
+    for (auto& [sp, indices] : shrink)
+        if (state_.services.count(sp.first)) remove_endpoints(sp.first, sp.second, std::move(indices));
 
+    // Never delete what a frontend or endpoint still points at (its own removal failed above).
+    std::set<uint64_t> referenced_services;
+    for (const auto& [k, t] : state_.frontends) referenced_services.insert(t.service);
     for (uint64_t hash : plan.delete_services)
-        if (int err = remove_service(hash)) return done(err);
+        if (!referenced_services.count(hash)) delete_service(hash);
+    for (uint32_t id : std::exchange(state_.stray_services, {})) {
+        int err = ops_.remove(MapId::kService, &id);
+        if (err && err != -ENOENT) state_.stray_services.push_back(id);
+    }
 
+    std::set<uint32_t> referenced_backends;
+    for (const auto& [h, s] : state_.services)
+        for (const auto& slots : s.slots) referenced_backends.insert(slots.begin(), slots.end());
     for (uint64_t hash : plan.delete_backends) {
         auto it = state_.backends.find(hash);
-        if (it == state_.backends.end()) continue;
+        if (it == state_.backends.end() || referenced_backends.count(it->second.id)) continue;
         int err = ops_.remove(MapId::kBackend, &it->second.id);
-        if (err && err != -ENOENT) return done(fail(MapId::kBackend, err, "delete backend"));
+        if (err && err != -ENOENT) {
+            fail(MapId::kBackend, err, "delete backend");
+            continue;
+        }
         backend_ids_.release(it->second.id);
         state_.backend_hash_by_id.erase(it->second.id);
         state_.backends.erase(it);
     }
+    for (uint32_t id : std::exchange(state_.stray_backends, {})) {
+        if (referenced_backends.count(id)) {
+            state_.stray_backends.push_back(id);
+            continue;
+        }
+        int err = ops_.remove(MapId::kBackend, &id);
+        if (err && err != -ENOENT) state_.stray_backends.push_back(id);
+    }
 
-    for (const auto& k : state_.stray_endpoints) ops_.remove(MapId::kEndpoint, &k);
-    state_.stray_endpoints.clear();
-    return {};
+    if (errors_.empty()) return {};
+    std::string out = errors_.front();
+    if (errors_.size() > 1) out += fmt::format(" (and {} more)", errors_.size() - 1);
+    return out;
 }
 
 }  // namespace kmesh

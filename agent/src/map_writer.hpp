@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "agent/src/dataplane_state.hpp"
 #include "agent/src/map_ops.hpp"
@@ -19,7 +20,6 @@ class IdAllocator {
     void mark_used(uint32_t id) { used_.insert(id); }
     uint32_t allocate();  // 0 when exhausted
     void release(uint32_t id) { used_.erase(id); }
-    size_t in_use() const { return used_.size(); }
 
   private:
     uint32_t max_;
@@ -32,34 +32,38 @@ struct MapCapacity {
     uint32_t backends = KMESH_DEFAULT_MAX_BACKENDS;
 };
 
-// Reads the pinned maps back into a MapState (agent restart). Slots whose entry is missing get
-// backend id 0, which the next diff removes.
+// Reads the pinned maps back into a MapState (agent restart). Missing entries inside a count
+// become slots with backend id 0 and anything unreachable becomes a stray; the next diff and
+// apply repair both.
 MapState recover_map_state(const MapOps& ops);
 
 class MapWriter {
   public:
     MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics& metrics);
 
-    // Applies the plan; on the first failed kernel write stops and returns a message (and counts
-    // it in metrics). What was applied before stays applied and consistent; the next apply()
-    // of a fresh diff continues from there.
+    // Applies the plan. A failed kernel write skips what depends on it (the rest of that service,
+    // the deletion of what is still referenced) and everything else goes on; the errors are
+    // returned joined ("" when all went through) and counted in metrics. The maps stay consistent
+    // throughout and the mirror exact, so a later apply() of a fresh diff finishes the work.
     std::string apply(const Plan& plan);
 
     const MapState& state() const { return state_; }
 
   private:
     int write_service(uint64_t hash);
-    int put_backend(uint64_t hash, const DesiredBackend& b);
-    int add_endpoints(const Plan& plan, size_t& i);
-    int remove_endpoint(const EndpointChange& c);
-    int remove_service(uint64_t hash);
+    void put_backend(uint64_t hash, const DesiredBackend& b);
+    void put_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds);
+    void remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t> indices);
+    void delete_service(uint64_t hash);
+    void delete_strays();
+    void drop_entry(const kmesh_endpoint_key& key);  // a failed delete leaves a stray, not a leak
     int fail(MapId map, int err, const std::string& what);
 
     MapOps& ops_;
     MapState state_;
     Metrics& metrics_;
     IdAllocator service_ids_, backend_ids_;
-    std::string error_;
+    std::vector<std::string> errors_;
 };
 
 }  // namespace kmesh

@@ -5,13 +5,13 @@
 
 #include "maps.h"
 
-static __always_inline const struct kmesh_endpoint_value *endpoint_pick(__u32 service_id,
-									__u32 prio, __u32 count)
+static __always_inline const struct kmesh_endpoint_value *endpoint_lookup(__u32 service_id,
+									  __u32 prio, __u32 index)
 {
 	struct kmesh_endpoint_key key = {
 	    .service_id = service_id,
 	    .prio = prio,
-	    .index = bpf_get_prandom_u32() % count + 1,
+	    .index = index,
 	};
 
 	return bpf_map_lookup_elem(&km_endpoint, &key);

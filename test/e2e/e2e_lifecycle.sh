@@ -28,15 +28,45 @@ reaches() { [[ $(pod_connect client 10.96.0.10 80 5 | sort -u) == backend ]]; }
 check "client reaches the service" reaches
 check "one link per hook on the client's pod cgroup" test "$(attached_programs client)" = 2
 
+# A pod deleted without a CNI DEL (node crash): its cgroup goes, its pins stay behind.
+pod_create ghost
+rmdir "$(pod_cgroup ghost)/ctr" "$(pod_cgroup ghost)"
+
 agent_stop
 check "the agent is stopped" test -z "$(pgrep -f "kmesh-daemon --bpffs-root $BPFFS" || true)"
 check "with the agent stopped, the client still reaches the service" reaches
 
+# Maps of an older ABI version, as a previous agent release would have left them.
+mkdir -p "$BPFFS/kmesh/maps/v0"
+bpftool map create "$BPFFS/kmesh/maps/v0/km_old" type hash key 4 value 4 entries 1 name km_old
+
 agent_start "$MESH"
+check "an upgraded agent drops the maps of older ABI versions" test ! -e "$BPFFS/kmesh/maps/v0"
+check "it forgets pods whose cgroup is gone" test ! -e "$BPFFS/kmesh/pods/$RUN-ghost"
+check "and says so" grep -q "1 pods without a cgroup forgotten" "$TMP/agent.log"
 check "a restarted agent reuses the pinned maps" grep -q "reused pinned maps" "$TMP/agent.log"
 check "and finds nothing to change" grep -q "applied: 1 services, 1 workloads; 0 map changes" "$TMP/agent.log"
 check "the client still reaches the service after the restart" reaches
 check "all 4 pod links survive the restart and were moved to the new programs" grep -q "4 pod links moved" "$TMP/agent.log"
+
+second_agent() {
+    ! "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$MESH" --max-services 64 --max-endpoints 256 \
+        --max-backends 256 --max-frontends 256 >"$TMP/second.log" 2>&1 &&
+        grep -q "another kmesh-daemon holds" "$TMP/second.log"
+}
+check "a second agent on the same node refuses to start" second_agent
+check "uninstall refuses while the agent runs" eval '! "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" uninstall'
+check "and left everything in place" reaches
+
+# The agent watches its config's directory; other files changing there must not reload it.
+reloads=$(grep -c "applied:\|rejected" "$TMP/agent.log")
+for i in 1 2 3; do echo "noise $i" >"$TMP/unrelated.yaml"; done
+sleep 0.3
+check "writes to other files in the config directory do not reload the config" \
+    test "$(grep -c "applied:\|rejected" "$TMP/agent.log")" = "$reloads"
+kill -HUP "$AGENT_PID"
+wait_log "SIGHUP: reloading" 1
+check "SIGHUP re-reads the config (unchanged: nothing to write)" test "$(grep -c "applied:" "$TMP/agent.log")" = "$reloads"
 
 check "CHECK passes for an enrolled pod" kmesh_cni CHECK client
 check "a repeated ADD succeeds" kmesh_cni ADD client

@@ -158,14 +158,18 @@ e2e_cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for pod in "${PODS[@]}"; do
         [[ -d $(pod_cgroup "$pod") ]] && echo 1 >"$(pod_cgroup "$pod")/ctr/cgroup.kill" 2>/dev/null
-        [[ -f $TMP/cache/$RUN-$pod.json ]] && cni_chain DEL "$pod" >/dev/null 2>&1
+        if [[ -f $TMP/cache/$RUN-$pod.json ]] && ! cni_chain DEL "$pod" >>"$TMP/check.log" 2>&1; then
+            log "CNI DEL of $pod failed"; leaks+=" del-$pod"
+        fi
         ip netns del "$RUN-$pod" 2>/dev/null
     done
     wait 2>/dev/null
     ip netns del "$NODE" 2>/dev/null
+    # Every pod went through DEL, so kmesh-cni must have left no pins (before the unmount hides it).
+    [[ -n $(ls -A "$BPFFS/kmesh/pods" 2>/dev/null) ]] && leaks+=" pod-pins($(ls "$BPFFS/kmesh/pods" | xargs))"
     mountpoint -q "$BPFFS" && umount "$BPFFS"
     [[ -d $CGROOT ]] && find "$CGROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
-    if ((rc != 0 || FAILED > 0)); then
+    if ((rc != 0 || FAILED > 0)) || [[ -n $leaks ]]; then
         echo "--- agent log"; cat "$TMP/agent.log" 2>/dev/null
         echo "--- kmesh-cni log"; cat "$TMP/kmesh-cni.log" 2>/dev/null
     fi

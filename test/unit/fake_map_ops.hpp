@@ -32,6 +32,7 @@ class FakeMapOps : public MapOps {
         return 0;
     }
     int remove(MapId map, const void* key) override {
+        if (fail_remove_after_ >= 0 && fail_remove_after_-- == 0) return -EIO;
         if (!maps_[idx(map)].erase(bytes(key, key_size(map)))) return -ENOENT;
         ops.push_back(std::string("del ") + map_name(map));
         if (after_mutation) after_mutation();
@@ -52,6 +53,7 @@ class FakeMapOps : public MapOps {
     size_t size(MapId map) const { return maps_[idx(map)].size(); }
     void set_capacity(MapId map, size_t n) { capacity_[idx(map)] = n; }
     void fail_nth_update(int n) { fail_after_ = n; }
+    void fail_nth_remove(int n) { fail_remove_after_ = n; }
 
     template <typename K, typename V>
     bool get(MapId map, const K& key, V* value) const {
@@ -124,6 +126,7 @@ class FakeMapOps : public MapOps {
     std::array<std::map<Bytes, Bytes>, kMapCount> maps_;
     std::array<size_t, kMapCount> capacity_;
     int fail_after_ = -1;
+    int fail_remove_after_ = -1;
 };
 
 }  // namespace kmesh::test

@@ -57,10 +57,12 @@ TEST_CASE("a config in the workload API shape parses") {
     CHECK(w2.services.count("default/echo.default.svc.cluster.local") == 1);
 }
 
-TEST_CASE("an empty file is an empty mesh") {
-    auto r = parse_config_yaml("");
+TEST_CASE("an empty mesh must be explicit; an empty file is refused") {
+    auto r = parse_config_yaml("services: []\n");
     REQUIRE(std::holds_alternative<Model>(r));
     CHECK(std::get<Model>(r).services.empty());
+    CHECK(problems("").find("the config is empty") != std::string::npos);
+    CHECK(problems("# truncated\n").find("the config is empty") != std::string::npos);
 }
 
 TEST_CASE("bad configs are rejected with the field and line") {

@@ -80,7 +80,7 @@ TEST_CASE("diff: only the difference is planned") {
     CHECK(p.put_backends.size() == 2);  // a changed address, c is new
     CHECK(p.put_services.empty());
     CHECK(p.add_endpoints.size() == 1);
-    CHECK(p.delete_endpoints.size() == 1);
+    CHECK(p.remove_endpoints.size() == 1);
     CHECK(p.put_frontends.empty());
     CHECK(p.delete_frontends.size() == 1);
     CHECK(p.delete_services.size() == 1);

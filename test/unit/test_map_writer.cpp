@@ -61,6 +61,25 @@ kmesh_frontend_key frontend(const std::string& ip, uint16_t port) {
     return k;
 }
 
+// The writer's mirror must equal what a fresh recovery reads from the kernel.
+std::string mirror_mismatch(const MapWriter& w, const FakeMapOps& ops) {
+    MapState k = recover_map_state(ops), m = w.state();
+    if (k.services.size() != m.services.size()) return "service count";
+    for (const auto& [h, s] : m.services) {
+        auto it = k.services.find(h);
+        if (it == k.services.end() || it->second.id != s.id || it->second.lb_mode != s.lb_mode ||
+            it->second.slots != s.slots)
+            return "service " + std::to_string(s.id);
+    }
+    if (k.backends.size() != m.backends.size()) return "backend count";
+    for (const auto& [h, b] : m.backends)
+        if (!k.backends.count(h) || k.backends[h].id != b.id || !(k.backends[h].value == b.value))
+            return "backend";
+    if (k.frontends != m.frontends) return "frontends";
+    if (!k.stray_endpoints.empty() && m.stray_endpoints.empty()) return "untracked stray endpoints";
+    return "";
+}
+
 Model two_backends() {
     Model m;
     add(m, service("echo", {"10.96.0.10"}));
@@ -180,7 +199,7 @@ TEST_CASE("a full endpoint map gives an error and a metric, and leaves consisten
     CHECK(h.resolve("echo").size() == 4);
 }
 
-TEST_CASE("a failing write midway never breaks the connect invariant") {
+TEST_CASE("a failing write or delete midway never breaks the invariant or the mirror") {
     Model big;
     add(big, service("a", {"10.96.0.1"}));
     add(big, service("b", {"10.96.0.2", "fd00::2"}));
@@ -189,21 +208,47 @@ TEST_CASE("a failing write midway never breaks the connect invariant") {
                           {i % 2 ? "a" : "b", "a"}));
     Model small = big;
     small.workloads.erase("Kubernetes//Pod/default/w1");
+    small.workloads.erase("Kubernetes//Pod/default/w4");
     small.services.erase("default/b.default.svc.cluster.local");
+    add(small, service("c", {"10.96.0.3"}));
+    add(small, workload("w9", {"10.244.1.9"}, {"c", "a"}));
 
-    for (int n = 0; n < 30; n++) {
-        CAPTURE(n);
-        Harness h;
-        REQUIRE(h.apply(big) == "");
-        h.ops.fail_nth_update(n);
-        h.apply(small);  // may fail at write n
-        CHECK(h.violations.empty());
-        h.ops.fail_nth_update(-1);
-        CHECK(h.apply(small) == "");
-        CHECK(h.violations.empty());
-        CHECK(diff(h.writer.state(), build_desired(small, nullptr)).empty());
-        CHECK(h.resolve("a").size() == 5);
-    }
+    for (bool removes : {false, true})
+        for (int n = 0; n < 40; n++) {
+            CAPTURE(removes);
+            CAPTURE(n);
+            Harness h;
+            REQUIRE(h.apply(big) == "");
+            removes ? h.ops.fail_nth_remove(n) : h.ops.fail_nth_update(n);
+            h.apply(small);  // may fail at operation n
+            CHECK(h.violations.empty());
+            CHECK(mirror_mismatch(h.writer, h.ops) == "");
+            h.ops.fail_nth_update(-1);
+            h.ops.fail_nth_remove(-1);
+            CHECK(h.apply(small) == "");
+            CHECK(h.violations.empty());
+            CHECK(diff(h.writer.state(), build_desired(small, nullptr)).empty());
+            CHECK(mirror_mismatch(h.writer, h.ops) == "");
+            CHECK(h.resolve("a").size() == 5);
+            CHECK(h.ops.size(MapId::kEndpoint) == 6);  // a: 5, c: 1; nothing leaked
+        }
+}
+
+TEST_CASE("one service's failure does not hold back the others") {
+    Harness h;
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    h.ops.set_capacity(MapId::kEndpoint, 2);
+    add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));  // needs a third endpoint: fails
+    m.workloads.erase("Kubernetes//Pod/default/echo-1");    // a removal that frees one
+    add(m, service("other", {"10.96.0.30"}));
+    std::string err = h.apply(m);
+    CHECK(err.find("map full") != std::string::npos);
+    CHECK(h.ops.size(MapId::kFrontend) == 2);  // "other" was still written
+    CHECK(h.violations.empty());
+    CHECK(h.service_value("echo").endpoint_count[0] == 1);  // the removal went through
+    CHECK(h.apply(m) == "");                                // and the retry fits
+    CHECK(h.resolve("echo") == std::set<std::string>{"10.244.0.12", "10.244.0.13"});
 }
 
 TEST_CASE("a restarted agent recovers ids from the maps and writes nothing for an unchanged config") {
@@ -219,24 +264,73 @@ TEST_CASE("a restarted agent recovers ids from the maps and writes nothing for a
     CHECK(plan.empty());
 }
 
-TEST_CASE("recovery repairs a hole left by a crash") {
+TEST_CASE("recovery repairs holes and strays left by a crash") {
+    Harness h;
+    Model m = two_backends();
+    add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));
+    add(m, workload("echo-4", {"10.244.0.14"}, {"echo"}));
+    REQUIRE(h.apply(m) == "");
+    const auto& svc = h.writer.state().services.begin()->second;
+    h.ops.after_mutation = nullptr;
+    // A crash left holes at index 2 and at the last index, and an entry written just past the count
+    // (the next add reuses that key, so the stray must not be deleted after it).
+    for (uint32_t idx : {2u, 4u}) {
+        kmesh_endpoint_key hole{svc.id, 0, idx};
+        REQUIRE(h.ops.remove(MapId::kEndpoint, &hole) == 0);
+    }
+    kmesh_endpoint_key stray{svc.id, 0, 5};
+    kmesh_endpoint_value any{svc.slots[0][0]};
+    REQUIRE(h.ops.update(MapId::kEndpoint, &stray, &any) == 0);
+
+    Metrics metrics;
+    MapWriter restarted(h.ops, recover_map_state(h.ops), MapCapacity{}, metrics);
+    // Repair starts from a broken state; once repaired, it must stay repaired.
+    bool repaired = false, relapsed = false;
+    h.ops.after_mutation = [&] {
+        bool ok = h.ops.check_connect_invariant().empty();
+        relapsed |= repaired && !ok;
+        repaired |= ok;
+    };
+    CHECK(restarted.apply(diff(restarted.state(), build_desired(m, nullptr))) == "");
+    CHECK(!relapsed);
+    CHECK(h.ops.check_connect_invariant() == "");
+    CHECK(h.ops.size(MapId::kEndpoint) == 4);
+    CHECK(mirror_mismatch(restarted, h.ops) == "");
+    CHECK(diff(restarted.state(), build_desired(m, nullptr)).empty());
+}
+
+TEST_CASE("trailing unknown slots are trimmed without copying a dead entry into a hole") {
     Harness h;
     Model m = two_backends();
     add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));
     REQUIRE(h.apply(m) == "");
     const auto& svc = h.writer.state().services.begin()->second;
-    kmesh_endpoint_key hole{svc.id, 0, 2};
     h.ops.after_mutation = nullptr;
-    REQUIRE(h.ops.remove(MapId::kEndpoint, &hole) == 0);
-    kmesh_endpoint_key stray{svc.id, 0, 9};
-    kmesh_endpoint_value any{1};
-    REQUIRE(h.ops.update(MapId::kEndpoint, &stray, &any) == 0);
-
+    kmesh_endpoint_key last{svc.id, 0, 3};
+    REQUIRE(h.ops.remove(MapId::kEndpoint, &last) == 0);  // slot 3 is now unknown (backend 0)
+    m.workloads.erase(h.writer.state().backends.begin()->first == name_hash("Kubernetes//Pod/default/echo-1")
+                          ? "Kubernetes//Pod/default/echo-2"
+                          : "Kubernetes//Pod/default/echo-1");
     Metrics metrics;
     MapWriter restarted(h.ops, recover_map_state(h.ops), MapCapacity{}, metrics);
     CHECK(restarted.apply(diff(restarted.state(), build_desired(m, nullptr))) == "");
-    CHECK(h.ops.size(MapId::kEndpoint) == 3);
     CHECK(h.ops.check_connect_invariant() == "");
+    CHECK(mirror_mismatch(restarted, h.ops) == "");
+}
+
+TEST_CASE("ids seen in the maps at recovery are never handed out again") {
+    FakeMapOps ops;
+    kmesh_endpoint_key orphan{7, 0, 1};  // an endpoint of a service deleted mid-way by a crash
+    kmesh_endpoint_value v{3};
+    REQUIRE(ops.update(MapId::kEndpoint, &orphan, &v) == 0);
+    Metrics metrics;
+    MapWriter w(ops, recover_map_state(ops), MapCapacity{8, 8}, metrics);
+    Model m;
+    for (int i = 0; i < 7; i++)
+        add(m, service("s" + std::to_string(i), {"10.96.1." + std::to_string(i + 1)}));
+    CHECK(w.apply(diff(w.state(), build_desired(m, nullptr))) == "");
+    for (const auto& [h, s] : w.state().services) CHECK(s.id != 7);
+    CHECK(ops.size(MapId::kEndpoint) == 0);  // the orphan is gone
 }
 
 TEST_CASE("id allocator reuses freed ids and reports exhaustion") {
