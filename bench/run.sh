@@ -38,6 +38,7 @@ make_network client kmbr1 10.244.1.0/24 fd00:10:244:1::/64 yes
 make_network client-plain kmbr1 10.244.1.0/24 fd00:10:244:1::/64 no
 make_network server kmbr2 10.244.2.0/24 fd00:10:244:2::/64 no
 replace_file "$TMP/mesh.yaml" "services: []"
+AGENT_FLAGS="--max-services 65536 --max-endpoints 262144 --max-backends 262144"  # 50k services, 100k workloads
 agent_start "$TMP/mesh.yaml"
 
 tune_pod() { # new-connection runs would otherwise fill TIME_WAIT and drop SYNs on port reuse

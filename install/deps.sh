@@ -8,7 +8,7 @@ SUDO=""
 PKGS=(
   # build
   build-essential cmake pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
-  rapidjson-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
+  rapidjson-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libnl-3-dev libnl-route-3-dev libnl-xfrm-3-dev doctest-dev clang-format
   # tests and demo: real CNI plugins, namespaces, cgroups

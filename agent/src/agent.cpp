@@ -34,7 +34,16 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     return agent;
 }
 
+namespace {
+
+int64_t micros_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
 Agent::Reload Agent::apply(const Model& model, std::string* error) {
+    auto t0 = std::chrono::steady_clock::now();
     std::vector<std::string> problems;
     DesiredState desired = build_desired(model, &problems);
     if (!problems.empty()) {
@@ -42,22 +51,24 @@ Agent::Reload Agent::apply(const Model& model, std::string* error) {
         return Reload::kRejected;
     }
     Plan plan = diff(writer_->state(), desired);
-    auto t0 = std::chrono::steady_clock::now();
+    int64_t plan_us = micros_since(t0);
+    auto t1 = std::chrono::steady_clock::now();
     std::string err = writer_->apply(plan);
-    auto us =
-        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+    int64_t write_us = micros_since(t1);
     if (!err.empty()) {
-        *error = fmt::format("{} (after {} us; every service in the maps stays consistent)", err, us);
+        *error = fmt::format("{} (after {} us; every service in the maps stays consistent)", err, write_us);
         return Reload::kFailed;
     }
     generation_++;
-    spdlog::info("config generation {} applied: {} services, {} workloads; {} map changes in {} us",
-                 generation_, model.services.size(), model.workloads.size(), plan.size(), us);
+    spdlog::info("config generation {} applied: {} services, {} workloads; {} map changes in {} us (planned in {} us)",
+                 generation_, model.services.size(), model.workloads.size(), plan.size(), write_us, plan_us);
     return Reload::kApplied;
 }
 
 Agent::Reload Agent::reload_config() {
+    auto t0 = std::chrono::steady_clock::now();
     auto parsed = load_config_file(options_.config_path);
+    spdlog::debug("parsed {} in {} us", options_.config_path, micros_since(t0));
     if (auto* bad = std::get_if<ConfigError>(&parsed)) {
         metrics_.config_rejected++;
         spdlog::error("config {} rejected, still serving the last good state: {}", options_.config_path,

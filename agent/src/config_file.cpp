@@ -1,7 +1,8 @@
 #include "agent/src/config_file.hpp"
 
+#include "agent/src/yaml_tree.hpp"
+
 #include <fmt/format.h>
-#include <yaml-cpp/yaml.h>
 
 #include <charconv>
 #include <fstream>
@@ -30,43 +31,43 @@ class Parser {
   public:
     std::vector<std::string> problems;
 
-    void fail(const YAML::Node& at, const std::string& path, const std::string& what) {
-        problems.push_back(fmt::format("{} (line {}): {}", path, at.Mark().line + 1, what));
+    void fail(const YamlNode& at, const std::string& path, const std::string& what) {
+        problems.push_back(fmt::format("{} (line {}): {}", path, at.line, what));
     }
 
     // Calls fn(field, value) for every key of a mapping, rejecting keys outside `allowed`.
     template <typename Fn>
-    void fields(const YAML::Node& node, const std::string& path, const std::set<std::string>& allowed,
+    void fields(const YamlNode& node, const std::string& path, const std::set<std::string>& allowed,
                 Fn&& fn) {
-        if (!node.IsMap()) {
+        if (!node.is_mapping()) {
             fail(node, path, "expected a mapping");
             return;
         }
         std::set<std::string> seen;
-        for (const auto& kv : node) {
-            std::string key = snake_case(kv.first.as<std::string>());
+        for (const auto& kv : node.entries) {
+            std::string key = snake_case(kv.first.scalar);
             if (!seen.insert(key).second) {
-                fail(kv.first, path, fmt::format("field '{}' given twice", kv.first.as<std::string>()));
+                fail(kv.first, path, fmt::format("field '{}' given twice", kv.first.scalar));
                 continue;
             }
             if (!allowed.count(key)) {
-                fail(kv.first, path, fmt::format("unknown field '{}'", kv.first.as<std::string>()));
+                fail(kv.first, path, fmt::format("unknown field '{}'", kv.first.scalar));
                 continue;
             }
             fn(key, kv.second, path + "." + key);
         }
     }
 
-    std::string str(const YAML::Node& n, const std::string& path) {
-        if (!n.IsScalar()) {
+    std::string str(const YamlNode& n, const std::string& path) {
+        if (!n.is_scalar()) {
             fail(n, path, "expected a string");
             return {};
         }
-        return n.as<std::string>();
+        return n.scalar;
     }
 
-    uint16_t port(const YAML::Node& n, const std::string& path, bool allow_zero) {
-        std::string text = n.IsScalar() ? n.as<std::string>() : "";
+    uint16_t port(const YamlNode& n, const std::string& path, bool allow_zero) {
+        std::string text = n.is_scalar() ? n.scalar : "";
         unsigned v = 0;
         auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
         if (text.empty() || ec != std::errc() || end != text.data() + text.size() ||
@@ -77,11 +78,11 @@ class Parser {
         return static_cast<uint16_t>(v);
     }
 
-    std::optional<IpAddr> ip(const YAML::Node& n, const std::string& path) {
+    std::optional<IpAddr> ip(const YamlNode& n, const std::string& path) {
         std::string text;
-        if (n.IsMap()) {  // NetworkAddress {network, address}
+        if (n.is_mapping()) {  // NetworkAddress {network, address}
             fields(n, path, {"network", "address"},
-                   [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+                   [&](const std::string& k, const YamlNode& v, const std::string& p) {
                        if (k == "address") text = str(v, p);
                    });
         } else {
@@ -93,35 +94,35 @@ class Parser {
     }
 
     // A VIP must be something a pod can connect() to and that is not the pod itself.
-    void check_vip(const YAML::Node& n, const std::string& path, const IpAddr& a) {
+    void check_vip(const YamlNode& n, const std::string& path, const IpAddr& a) {
         if (a.is_unspecified() || a.is_loopback() || a.is_multicast())
             fail(n, path,
                  fmt::format("{} cannot be a service address (unspecified, loopback or multicast)", a.str()));
     }
 
-    std::vector<IpAddr> ips(const YAML::Node& n, const std::string& path) {
+    std::vector<IpAddr> ips(const YamlNode& n, const std::string& path) {
         std::vector<IpAddr> out;
-        if (!n.IsSequence()) {
+        if (!n.is_sequence()) {
             fail(n, path, "expected a list of addresses");
             return out;
         }
-        for (size_t i = 0; i < n.size(); i++)
-            if (auto a = ip(n[i], fmt::format("{}[{}]", path, i))) out.push_back(*a);
+        for (size_t i = 0; i < n.items.size(); i++)
+            if (auto a = ip(n.items[i], fmt::format("{}[{}]", path, i))) out.push_back(*a);
         return out;
     }
 
-    std::vector<ServicePort> ports(const YAML::Node& n, const std::string& path) {
+    std::vector<ServicePort> ports(const YamlNode& n, const std::string& path) {
         std::vector<ServicePort> out;
-        if (!n.IsSequence()) {
+        if (!n.is_sequence()) {
             fail(n, path, "expected a list of ports");
             return out;
         }
-        for (size_t i = 0; i < n.size(); i++) {
+        for (size_t i = 0; i < n.items.size(); i++) {
             std::string p = fmt::format("{}[{}]", path, i);
             ServicePort sp;
             bool has_service_port = false;
-            fields(n[i], p, {"service_port", "target_port"},
-                   [&](const std::string& k, const YAML::Node& v, const std::string& fp) {
+            fields(n.items[i], p, {"service_port", "target_port"},
+                   [&](const std::string& k, const YamlNode& v, const std::string& fp) {
                        if (k == "service_port") {
                            sp.service_port = port(v, fp, false);
                            has_service_port = true;
@@ -129,16 +130,16 @@ class Parser {
                            sp.target_port = port(v, fp, true);
                        }
                    });
-            if (!has_service_port) fail(n[i], p, "service_port is required");
+            if (!has_service_port) fail(n.items[i], p, "service_port is required");
             out.push_back(sp);
         }
         return out;
     }
 
-    Service service(const YAML::Node& n, const std::string& path) {
+    Service service(const YamlNode& n, const std::string& path) {
         Service s;
         fields(n, path, {"name", "namespace", "hostname", "addresses", "ports"},
-               [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
                    if (k == "name") s.name = str(v, p);
                    if (k == "namespace") s.namespace_ = str(v, p);
                    if (k == "hostname") s.hostname = str(v, p);
@@ -157,11 +158,11 @@ class Parser {
         return s;
     }
 
-    Workload workload(const YAML::Node& n, const std::string& path) {
+    Workload workload(const YamlNode& n, const std::string& path) {
         Workload w;
         fields(n, path,
                {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node"},
-               [&](const std::string& k, const YAML::Node& v, const std::string& p) {
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
                    if (k == "uid") w.uid = str(v, p);
                    if (k == "name") w.name = str(v, p);
                    if (k == "namespace") w.namespace_ = str(v, p);
@@ -186,19 +187,19 @@ class Parser {
                            fail(v, p, fmt::format("unknown network_mode '{}'", m));
                    }
                    if (k == "services") {
-                       if (!v.IsMap()) {
+                       if (!v.is_mapping()) {
                            fail(v, p, "expected a mapping of \"namespace/hostname\" to {ports: [...]}");
                            return;
                        }
-                       for (const auto& kv : v) {
-                           std::string svc = kv.first.as<std::string>();
+                       for (const auto& kv : v.entries) {
+                           std::string svc = kv.first.scalar;
                            std::string sp = p + "." + svc;
                            std::vector<ServicePort> list;
                            if (svc.find('/') == std::string::npos)
                                fail(kv.first, sp, "service key must be \"namespace/hostname\"");
-                           if (!kv.second.IsNull())
+                           if (!kv.second.is_null())
                                fields(kv.second, sp, {"ports"},
-                                      [&](const std::string&, const YAML::Node& pv, const std::string& pp) {
+                                      [&](const std::string&, const YamlNode& pv, const std::string& pp) {
                                           list = ports(pv, pp);
                                       });
                            w.services[svc] = list;
@@ -209,30 +210,30 @@ class Parser {
         return w;
     }
 
-    Model model(const YAML::Node& root) {
+    Model model(const YamlNode& root) {
         Model m;
         // An empty document is far more often a file caught mid-write or a failed template than an
         // intended empty mesh, which is written "services: []".
-        if (root.IsNull()) {
+        if (root.is_null()) {
             problems.push_back("the config is empty; write `services: []` for an empty mesh");
             return m;
         }
         fields(root, "config", {"services", "workloads"},
-               [&](const std::string& k, const YAML::Node& v, const std::string& p) {
-                   if (!v.IsSequence() && !v.IsNull()) {
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (!v.is_sequence() && !v.is_null()) {
                        fail(v, p, "expected a list");
                        return;
                    }
-                   for (size_t i = 0; i < v.size(); i++) {
+                   for (size_t i = 0; i < v.items.size(); i++) {
                        std::string ip = fmt::format("{}[{}]", p, i);
                        if (k == "services") {
-                           Service s = service(v[i], ip);
+                           Service s = service(v.items[i], ip);
                            if (!m.services.emplace(s.key(), s).second)
-                               fail(v[i], ip, fmt::format("duplicate service '{}'", s.key()));
+                               fail(v.items[i], ip, fmt::format("duplicate service '{}'", s.key()));
                        } else {
-                           Workload w = workload(v[i], ip);
+                           Workload w = workload(v.items[i], ip);
                            if (!m.workloads.emplace(w.uid, w).second)
-                               fail(v[i], ip, fmt::format("duplicate workload uid '{}'", w.uid));
+                               fail(v.items[i], ip, fmt::format("duplicate workload uid '{}'", w.uid));
                        }
                    }
                });
@@ -279,19 +280,11 @@ std::string ConfigError::summary() const {
 }
 
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text) {
-    YAML::Node root;
-    try {
-        root = YAML::Load(text);
-    } catch (const YAML::Exception& e) {
-        return ConfigError{{fmt::format("YAML syntax error: {}", e.what())}};
-    }
+    YamlNode root;
+    std::string syntax;
+    if (!parse_yaml(text, &root, &syntax)) return ConfigError{{fmt::format("YAML syntax error: {}", syntax)}};
     Parser p;
-    Model m;
-    try {
-        m = p.model(root);
-    } catch (const YAML::Exception& e) {
-        p.problems.push_back(fmt::format("malformed config: {}", e.what()));
-    }
+    Model m = p.model(root);
     if (!p.problems.empty()) return ConfigError{p.problems};
     return m;
 }

@@ -103,8 +103,10 @@ pod_connect() { # <pod> <addr> <port> [n] [flags...]: one output line per connec
 }
 
 agent_start() { # <config>
-    "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$1" --max-services 64 --max-endpoints 256 \
-        --max-backends 256 --max-frontends 256 >>"$TMP/agent.log" 2>&1 &
+    # Small maps by default: tests should never need more, and it keeps their memory small.
+    "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$1" \
+        ${AGENT_FLAGS---max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256} \
+        >>"$TMP/agent.log" 2>&1 &
     AGENT_PID=$!
     AGENT_STARTS=$((${AGENT_STARTS:-0} + 1))
     wait_log "kmesh-daemon ready" "$AGENT_STARTS"
