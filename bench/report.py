@@ -170,8 +170,11 @@ def targets(agg, prog, sweep):
             row(f"proxy pair p50 ÷ kmesh p50 ≥ {want}, {mode}", fmt(r, 2), r >= want)
     ipt, km = prog.get(("iptables", 10000)), prog.get(("kmesh", 10000))
     if ipt and km:
-        r = med([r["wall_ms"] for r in ipt]) / max(med([r["wall_ms"] for r in km]), 0.001)
-        row("programming 10k services: iptables-restore ÷ kmesh ≥ 100", fmt(r, 1), r >= 100)
+        ipt_ms = med([r["wall_ms"] for r in ipt])
+        r = ipt_ms / max(med([r["wall_ms"] for r in km]), 0.001)
+        row("programming 10k services: iptables-restore ÷ kmesh (file parsed → maps written) ≥ 100", fmt(r, 1), r >= 100)
+        r = ipt_ms / max(med([r["map_writes_ms"] for r in km]), 0.001)
+        row("programming 10k services: iptables-restore ÷ kmesh map writes alone ≥ 100", fmt(r, 1), r >= 100)
     lines.append("")
     return lines
 

@@ -8,8 +8,8 @@
 # to program N services, agent RSS and kmesh-cni ADD latency.
 #
 # usage: bench/run.sh [--quick|--full] [--build DIR] [--no-docs]
-#   --quick  2 repetitions of 2 s, services 10 and 10k (about 2 minutes)
-#   --full   5 repetitions of 6 s, services 10, 10k and 50k (about 15 minutes)
+#   --quick  3 repetitions of 1 s, services 10 and 10k (about 2 minutes)
+#   --full   5 repetitions of 5 s, services 10, 10k and 50k (about 15 minutes)
 # Writes bench/results/<mode>.jsonl, prints the table, and (unless --no-docs) regenerates
 # docs/benchmarks.md's results section and the plots in docs/.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +24,7 @@ while (($#)); do
     esac
     shift
 done
-if [[ $MODE == quick ]]; then SWEEP=(10 10000) REPS=2 DUR=2; else SWEEP=(10 10000 50000) REPS=5 DUR=6; fi
+if [[ $MODE == quick ]]; then SWEEP=(10 10000) REPS=3 DUR=1; else SWEEP=(10 10000 50000) REPS=5 DUR=5; fi
 
 source "$ROOT/test/e2e/lib.sh"
 e2e_init "$BUILD_DIR"
@@ -119,7 +119,7 @@ cpu_usec() { # <pods...>: CPU time (user + kernel) charged to the pods' cgroups,
     echo $total
 }
 machine_busy_usec() { # busy time of all CPUs from /proc/stat (user nice system irq softirq steal)
-    awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print int(($2 + $3 + $4 + $7 + $8 + $9) * 1000000 / hz)}' /proc/stat
+    awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1000000 / hz}' /proc/stat
 }
 
 measure() { # <scenario> <services> <rep> <client-pod> <target-ip> <pods in the path...>
