@@ -209,18 +209,20 @@ def plots(agg, sweep, docs, mode):
                 f.write(f"\"{label(*key)}\" " + " ".join(f"{c['p50'][0]} {c['p50'][1]} {c['p50'][2]}" for c in cells) + "\n")
     stamp = f"{datetime.date.today()} · {machine()}"
     script = f"""
-set terminal pngcairo size 1200,480 font ",10"
+set terminal pngcairo size 1200,480 font ",10" noenhanced
 set output "{docs}/bench-{mode}-scale.png"
 set multiplot layout 1,2 title "New connection per request vs number of services ({stamp})"
 set logscale x
 set xlabel "services"
 set key top left
 set ylabel "p99 latency (µs)"
+set yrange [0:*]
 plot "{data}" using 1:2 with linespoints lw 2 title "iptables DNAT (kube-proxy)", \\
      "" using 1:3 with linespoints lw 2 title "kmesh", \\
      "" using 1:6 with lines dt 2 title "direct pod IP"
 set ylabel "requests/s"
-set key top right
+set key bottom left
+set yrange [0:*]
 plot "{data}" using 1:4 with linespoints lw 2 title "iptables DNAT (kube-proxy)", \\
      "" using 1:5 with linespoints lw 2 title "kmesh", \\
      "" using 1:7 with lines dt 2 title "direct pod IP"

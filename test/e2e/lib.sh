@@ -102,9 +102,12 @@ pod_connect() { # <pod> <addr> <port> [n] [flags...]: one output line per connec
     pod_exec "$pod" "$BUILD/test/tools/echo_tool" connect "$@"
 }
 
-agent_start() { # <config>
+agent_start() { # <config file> | <kmesh-daemon source flags...>
+    local source=("$@")
+    [[ $1 == --* ]] || source=(--config "$1")
     # Small maps by default: tests should never need more, and it keeps their memory small.
-    "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$1" \
+    # No admin server unless a test asks for one (ADMIN_PORT), so tests never collide on a port.
+    "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" "${source[@]}" --admin-port "${ADMIN_PORT:-0}" \
         ${AGENT_FLAGS---max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256} \
         >>"$TMP/agent.log" 2>&1 &
     AGENT_PID=$!
@@ -149,6 +152,8 @@ YAML
 echo_workload() { # <name> <ip4> <ip6>: a workload line serving the echo service
     printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
 }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 kmeshctl() { "$BUILD/ctl/kmeshctl" --bpffs-root "$BPFFS" "$@"; }
 
