@@ -6,19 +6,47 @@
 #include "agent/src/agent.hpp"
 
 int main(int argc, char** argv) {
-    CLI::App app{
-        "kmesh-daemon: loads the Kmesh eBPF data plane and keeps its maps in sync with the mesh config"};
+    CLI::App app{"kmesh-daemon: loads the Kmesh eBPF data plane and keeps its maps in sync with the mesh"};
     kmesh::AgentOptions opt;
-    std::string log_level = "info";
+    std::string log_level = "info", locality;
+    kmesh::xds::ClientOptions xds;
+    xds.root_cert_path = "/var/run/secrets/istio/root-cert.pem";
+    xds.token_path = "/var/run/secrets/tokens/istio-token";
+    std::string pod_name, pod_namespace = "kmesh-system", instance_ip;
+
     app.add_option("--bpffs-root", opt.layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();
-    app.add_option("--config", opt.config_path, "standalone mesh config (YAML, Istio workload API shape)");
+    auto* config = app.add_option("--config", opt.config_path,
+                                  "standalone mode: mesh config file (YAML, Istio workload API shape)");
+    auto* address = app.add_option("--xds-address", xds.address, "istiod, e.g. istiod.istio-system.svc:15012")
+                        ->envname("XDS_ADDRESS")
+                        ->excludes(config);
+    app.add_flag("--xds-plaintext", xds.plaintext, "no TLS to istiod (tests only)");
+    app.add_option("--root-cert", xds.root_cert_path, "mesh root CA (PEM) to verify istiod")
+        ->capture_default_str();
+    app.add_option("--token-file", xds.token_path, "service account token for istiod (re-read on reconnect)")
+        ->capture_default_str();
+    app.add_option("--cluster-id", xds.cluster_id, "mesh cluster id")
+        ->envname("CLUSTER_ID")
+        ->capture_default_str();
+    app.add_option("--node-name", opt.node.node, "this node's name")->envname("NODE_NAME");
+    app.add_option("--pod-name", pod_name, "this agent's pod")->envname("POD_NAME");
+    app.add_option("--pod-namespace", pod_namespace, "this agent's namespace")
+        ->envname("POD_NAMESPACE")
+        ->capture_default_str();
+    app.add_option("--instance-ip", instance_ip, "this agent's IP")->envname("INSTANCE_IP");
+    app.add_option("--locality", locality,
+                   "region/zone/subzone of this node (default: learnt from its workloads)");
+    app.add_option("--admin-address", opt.admin_address, "admin server address")->capture_default_str();
+    app.add_option("--admin-port", opt.admin_port, "admin server port (0: none)")->capture_default_str();
     app.add_option("--max-services", opt.sizes.services, "service map capacity")->capture_default_str();
     app.add_option("--max-frontends", opt.sizes.frontends, "(VIP, port) frontend map capacity")
         ->capture_default_str();
     app.add_option("--max-endpoints", opt.sizes.endpoints, "service endpoint map capacity")
         ->capture_default_str();
     app.add_option("--max-backends", opt.sizes.backends, "workload (backend) map capacity")
+        ->capture_default_str();
+    app.add_option("--max-ports", opt.sizes.ports, "per-workload target port map capacity")
         ->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
     auto* uninstall =
@@ -37,8 +65,28 @@ int main(int argc, char** argv) {
         spdlog::info("removed {}", opt.layout.kmesh_dir());
         return 0;
     }
-    if (opt.config_path.empty()) {
-        spdlog::error("--config is required (the istiod source is not available yet)");
+    if (!locality.empty()) {
+        auto first = locality.find('/'),
+             second = locality.find('/', first == std::string::npos ? first : first + 1);
+        opt.node.locality.region = locality.substr(0, first);
+        if (first != std::string::npos)
+            opt.node.locality.zone = locality.substr(first + 1, second - first - 1);
+        if (second != std::string::npos) opt.node.locality.subzone = locality.substr(second + 1);
+        opt.learn_locality = false;
+    }
+    if (address->count()) {
+        opt.node.cluster_id = xds.cluster_id;
+        // ztunnel's node id and metadata, which istiod uses to scope what it sends.
+        xds.node_id = "ztunnel~" + instance_ip + "~" + pod_name + "." + pod_namespace + "~" + pod_namespace +
+                      ".svc.cluster.local";
+        xds.node_metadata = {{"NAME", pod_name},
+                             {"NAMESPACE", pod_namespace},
+                             {"INSTANCE_IPS", instance_ip},
+                             {"NODE_NAME", opt.node.node},
+                             {"CLUSTER_ID", xds.cluster_id}};
+        opt.xds = xds;
+    } else if (opt.config_path.empty()) {
+        spdlog::error("give --config FILE (standalone) or --xds-address / XDS_ADDRESS (istiod)");
         return 2;
     }
     std::string error;

@@ -11,6 +11,7 @@
  *   service  id          -> endpoint count per priority, LB mode
  *   endpoint (service id, priority, 1-based index) -> backend id
  *   backend  id          -> workload addresses
+ *   port     (backend, service, port) -> per-workload target port, where it differs
  */
 #ifndef KMESH_ABI_H
 #define KMESH_ABI_H
@@ -23,7 +24,7 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 1
+#define KMESH_ABI_VERSION 2
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
@@ -33,6 +34,7 @@
 #define KMESH_DEFAULT_MAX_FRONTENDS 262144
 #define KMESH_DEFAULT_MAX_ENDPOINTS 131072
 #define KMESH_DEFAULT_MAX_BACKENDS  131072
+#define KMESH_DEFAULT_MAX_PORTS	    131072
 
 enum kmesh_lb_mode {
 	KMESH_LB_RANDOM = 0,   /* all endpoints live in priority 0 */
@@ -51,10 +53,13 @@ struct kmesh_frontend_key {
 	__u16 pad;
 };
 
+/* Some endpoints of this (service, port) listen on another target port: look in km_port. */
+#define KMESH_FRONTEND_PER_WORKLOAD_PORTS (1u << 0)
+
 struct kmesh_frontend_value {
 	__u32 service_id;
-	__u16 target_port; /* network byte order */
-	__u16 pad;
+	__u16 target_port; /* network byte order; the service's, unless km_port overrides it */
+	__u16 flags;
 };
 
 struct kmesh_service_value {
@@ -86,6 +91,22 @@ struct kmesh_backend_value {
 	__u32 flags;
 	__u32 pad;
 	__u64 name_hash; /* hash of the workload uid */
+};
+
+/*
+ * Per-workload target ports (Istio resolves named ports per pod): (backend, service, service port)
+ * -> target port, only where it differs from the frontend's.
+ */
+struct kmesh_port_key {
+	__u32 backend_id;
+	__u32 service_id;
+	__u16 service_port; /* network byte order */
+	__u16 pad;
+};
+
+struct kmesh_port_value {
+	__u16 target_port; /* network byte order */
+	__u16 pad;
 };
 
 /* Slots of the per-CPU counter array km_stats, read by the agent's metrics and dumps. */

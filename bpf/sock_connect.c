@@ -37,16 +37,21 @@
  */
 #define FAMILY_PROBES 8
 
-static __always_inline const struct kmesh_backend_value *endpoint_backend(__u32 service_id,
-									  __u32 prio, __u32 index)
+static __always_inline const struct kmesh_backend_value *
+endpoint_backend(__u32 service_id, __u32 prio, __u32 index, __u32 *backend_id)
 {
 	const struct kmesh_endpoint_value *ep = endpoint_lookup(service_id, prio, index);
 
-	return ep ? backend_lookup(ep->backend_id) : NULL;
+	if (!ep)
+		return NULL;
+	*backend_id = ep->backend_id;
+	return backend_lookup(ep->backend_id);
 }
 
-static __always_inline const struct kmesh_backend_value *
-probe_family(__u32 service_id, __u32 prio, __u32 index, __u32 count, bool want_v4)
+static __always_inline const struct kmesh_backend_value *probe_family(__u32 service_id, __u32 prio,
+								      __u32 index, __u32 count,
+								      bool want_v4,
+								      __u32 *backend_id)
 {
 	/* A bounded loop (kernel >= 5.3): unrolling eight map lookups would bloat the program. */
 	for (int step = 1; step <= FAMILY_PROBES; step++) {
@@ -54,7 +59,7 @@ probe_family(__u32 service_id, __u32 prio, __u32 index, __u32 count, bool want_v
 
 		if (step >= count)
 			break;
-		be = endpoint_backend(service_id, prio, (index - 1 + step) % count + 1);
+		be = endpoint_backend(service_id, prio, (index - 1 + step) % count + 1, backend_id);
 		if (be && backend_has_family(be, want_v4))
 			return be;
 	}
@@ -74,7 +79,7 @@ static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key 
 	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
 		const struct kmesh_service_value *svc = service_lookup(fe->service_id);
 		const struct kmesh_backend_value *be;
-		__u32 count = 0, index;
+		__u32 count = 0, index, backend_id = 0;
 		int prio;
 
 		/* Frontends are written after and deleted before their service, so this is a
@@ -88,20 +93,20 @@ static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key 
 			return -ECONNREFUSED;
 		}
 		index = attempt < PICK_ATTEMPTS - 1 ? bpf_get_prandom_u32() % count + 1 : 1;
-		be = endpoint_backend(fe->service_id, prio, index);
+		be = endpoint_backend(fe->service_id, prio, index, &backend_id);
 		if (!be) {
 			stat_inc(KMESH_STAT_RACE_RETRY);
 			continue;
 		}
 		if (!backend_has_family(be, want_v4)) {
-			be = probe_family(fe->service_id, prio, index, count, want_v4);
+			be = probe_family(fe->service_id, prio, index, count, want_v4, &backend_id);
 			if (!be) {
 				stat_inc(KMESH_STAT_NO_FAMILY);
 				return -EHOSTUNREACH;
 			}
 		}
 		__builtin_memcpy(addr, want_v4 ? be->addr4 : be->addr6, 16);
-		*port = fe->target_port;
+		*port = backend_target_port(backend_id, key, fe);
 		stat_inc(KMESH_STAT_TRANSLATED);
 		return 0;
 	}

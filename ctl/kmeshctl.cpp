@@ -124,6 +124,18 @@ int dump(const kmesh::PinLayout& layout) {
     fmt::print("backends ({}):\n", backends.size());
     for (const auto& [id, bv] : backends) fmt::print("  {}\n", backend_str(id));
 
+    size_t overrides = 0;
+    ops.for_each(kmesh::MapId::kPort, [&](const void* k, const void* v) {
+        kmesh_port_key pk;
+        kmesh_port_value pv;
+        std::memcpy(&pk, k, sizeof pk);
+        std::memcpy(&pv, v, sizeof pv);
+        if (!overrides++) fmt::print("per-workload target ports:\n");
+        fmt::print("  backend {} in service {}: port {} -> {}\n", pk.backend_id, pk.service_id,
+                   ntohs(pk.service_port), ntohs(pv.target_port));
+        return true;
+    });
+
     auto stats = read_stats(layout.map("km_stats"));
     fmt::print(
         "connect() counters: translated={} refused_no_endpoint={} no_address_family={} race_retries={}\n",

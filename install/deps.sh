@@ -9,10 +9,10 @@ PKGS=(
   # build
   build-essential cmake pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   rapidjson-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
   libnl-3-dev libnl-route-3-dev libnl-xfrm-3-dev doctest-dev clang-format
   # tests and demo: real CNI plugins, namespaces, cgroups
-  containernetworking-plugins iproute2 util-linux procps python3
+  containernetworking-plugins iproute2 util-linux procps python3 curl openssl
 )
 
 $SUDO apt-get update -q

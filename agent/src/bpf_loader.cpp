@@ -112,10 +112,9 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     }
     std::unique_ptr<Dataplane> dp(new Dataplane(skel, lock_fd));
     const std::pair<bpf_map*, uint32_t> sized[] = {
-        {skel->maps.km_frontend, sizes.frontends},
-        {skel->maps.km_service, sizes.services},
-        {skel->maps.km_endpoint, sizes.endpoints},
-        {skel->maps.km_backend, sizes.backends},
+        {skel->maps.km_frontend, sizes.frontends}, {skel->maps.km_service, sizes.services},
+        {skel->maps.km_endpoint, sizes.endpoints}, {skel->maps.km_backend, sizes.backends},
+        {skel->maps.km_port, sizes.ports},
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
 
@@ -177,7 +176,8 @@ std::string Dataplane::publish(const PinLayout& layout) {
 
 std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),
-            bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend)};
+            bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend),
+            bpf_map__fd(skel_->maps.km_port)};
 }
 
 std::string uninstall(const PinLayout& layout) {

@@ -20,6 +20,7 @@ struct MapSizes {
     uint32_t services = KMESH_DEFAULT_MAX_SERVICES;
     uint32_t endpoints = KMESH_DEFAULT_MAX_ENDPOINTS;
     uint32_t backends = KMESH_DEFAULT_MAX_BACKENDS;
+    uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
 };
 
 // Mounts bpffs at root unless one is there already. Returns an error message or "".

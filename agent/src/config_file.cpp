@@ -1,13 +1,13 @@
 #include "agent/src/config_file.hpp"
 
-#include "agent/src/yaml_tree.hpp"
-
 #include <fmt/format.h>
 
 #include <charconv>
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "agent/src/yaml_tree.hpp"
 
 namespace kmesh {
 

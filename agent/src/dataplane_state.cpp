@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace kmesh {
@@ -17,37 +18,95 @@ uint64_t name_hash(std::string_view name) {
     return h ? h : 1;
 }
 
-namespace {
+std::vector<std::string> hash_collisions(const Model& model) {
+    std::map<uint64_t, std::string> seen;
+    std::vector<std::string> problems;
+    auto check = [&](const std::string& name) {
+        auto [it, fresh] = seen.emplace(name_hash(name), name);
+        if (!fresh && it->second != name)
+            problems.push_back(fmt::format("names '{}' and '{}' hash alike; rename one", it->second, name));
+    };
+    for (const auto& [key, s] : model.services) check(key);
+    for (const auto& [uid, w] : model.workloads) check(uid);
+    return problems;
+}
 
-uint64_t hash_checked(const std::string& name, DesiredState& d, std::vector<std::string>* problems) {
+std::string MeshState::check_name(const std::string& name) const {
+    auto it = desired_.names.find(name_hash(name));
+    if (it != desired_.names.end() && it->second != name)
+        return fmt::format("name '{}' hashes like '{}'; rename one", name, it->second);
+    return {};
+}
+
+uint64_t MeshState::hash_of(const std::string& name) {
     uint64_t h = name_hash(name);
-    auto [it, fresh] = d.names.emplace(h, name);
-    if (!fresh && it->second != name && problems)
-        problems->push_back(fmt::format("names '{}' and '{}' hash alike; rename one", it->second, name));
+    desired_.names[h] = name;
     return h;
 }
 
+namespace {
+
+uint32_t lb_mode_of(const Service& s) {
+    if (!s.load_balancing) return KMESH_LB_RANDOM;
+    switch (s.load_balancing->mode) {
+        case LbMode::kStrict:
+            return KMESH_LB_STRICT;
+        case LbMode::kFailover:
+            return KMESH_LB_FAILOVER;
+        default:
+            return KMESH_LB_RANDOM;
+    }
+}
+
+uint16_t default_target(const ServicePort& p) { return p.target_port ? p.target_port : p.service_port; }
+
 }  // namespace
 
-DesiredState build_desired(const Model& model, std::vector<std::string>* problems) {
-    DesiredState d;
-    std::map<std::string, uint64_t> service_hash;
-    for (const auto& [key, svc] : model.services) {
-        uint64_t h = hash_checked(key, d, problems);
-        service_hash[key] = h;
-        d.services[h];  // a service without endpoints still exists: its connects are refused
-        for (const auto& vip : svc.addresses)
-            for (const auto& port : svc.ports) {
-                kmesh_frontend_key fk{};
-                std::memcpy(fk.addr, vip.bytes.data(), 16);
-                fk.port = htons(port.service_port);
-                uint16_t target = port.target_port ? port.target_port : port.service_port;
-                d.frontends[fk] = FrontendTarget{h, htons(target)};
-            }
+// Istio's ranking: an endpoint's rank is how many of the routing preferences, in order, it shares
+// with this node; its priority is how many it misses. STRICT keeps only full matches.
+int MeshState::priority(const Service& s, const Workload& w) const {
+    bool allow_unhealthy = s.load_balancing && s.load_balancing->allow_unhealthy;
+    if (w.status != WorkloadStatus::kHealthy && !allow_unhealthy) return -1;
+    if (!s.load_balancing || s.load_balancing->routing_preference.empty()) return 0;
+    const auto& prefs = s.load_balancing->routing_preference;
+    size_t matched = 0;
+    for (LbScope scope : prefs) {
+        bool same = false;
+        switch (scope) {
+            case LbScope::kRegion:
+                same = w.locality.region == node_.locality.region;
+                break;
+            case LbScope::kZone:
+                same = w.locality.zone == node_.locality.zone;
+                break;
+            case LbScope::kSubzone:
+                same = w.locality.subzone == node_.locality.subzone;
+                break;
+            case LbScope::kNode:
+                same = w.node == node_.node;
+                break;
+            case LbScope::kCluster:
+                same = w.cluster_id == node_.cluster_id;
+                break;
+            case LbScope::kNetwork:
+                same = w.network == node_.network;
+                break;
+        }
+        if (!same) break;
+        matched++;
     }
-    for (const auto& [uid, wl] : model.workloads) {
-        DesiredBackend b;
-        for (const auto& a : wl.addresses) {
+    int prio = static_cast<int>(std::min<size_t>(prefs.size() - matched, KMESH_PRIO_COUNT - 1));
+    if (s.load_balancing->mode == LbMode::kStrict && prio > 0) return -1;
+    return prio;
+}
+
+void MeshState::refresh_backend(const std::string& uid) {
+    uint64_t h = name_hash(uid);
+    dirty_.backends.insert(h);
+    auto it = model_.workloads.find(uid);
+    DesiredBackend b;
+    if (it != model_.workloads.end())
+        for (const auto& a : it->second.addresses) {
             if (a.is_v4() && !(b.flags & KMESH_BACKEND_HAS_V4)) {
                 b.addr4 = a.bytes;
                 b.flags |= KMESH_BACKEND_HAS_V4;
@@ -56,64 +115,260 @@ DesiredState build_desired(const Model& model, std::vector<std::string>* problem
                 b.flags |= KMESH_BACKEND_HAS_V6;
             }
         }
-        if (!b.flags) continue;  // nothing to connect to
-        uint64_t h = hash_checked(uid, d, problems);
-        d.backends[h] = b;
-        if (wl.status != WorkloadStatus::kHealthy) continue;
-        for (const auto& [svc_key, ports] : wl.services) {
-            auto it = service_hash.find(svc_key);
-            if (it != service_hash.end()) d.services[it->second].endpoints[0].insert(h);
-        }
+    if (b.flags)
+        desired_.backends[hash_of(uid)] = b;
+    else
+        desired_.backends.erase(h);  // nothing to connect to
+}
+
+// Recomputes whether workload `uid` is an endpoint of service `key`, at which priority, and its
+// per-workload target ports there.
+void MeshState::refresh_member(const std::string& key, const std::string& uid) {
+    uint64_t hs = name_hash(key), hw = name_hash(uid);
+    auto svc = model_.services.find(key);
+    auto wl = model_.workloads.find(uid);
+    auto ds = desired_.services.find(hs);
+    if (ds != desired_.services.end()) {
+        dirty_.services.insert(hs);
+        for (auto& prio : ds->second.endpoints) prio.erase(hw);
     }
-    return d;
+    for (auto it = desired_.ports.lower_bound(PortKey{hw, hs, 0});
+         it != desired_.ports.end() && it->first.backend == hw && it->first.service == hs;) {
+        overrides_[{hs, it->first.port}]--;
+        it = desired_.ports.erase(it);
+        dirty_.backends.insert(hw);
+    }
+    if (svc == model_.services.end() || wl == model_.workloads.end() || ds == desired_.services.end() ||
+        !desired_.backends.count(hw))
+        return;
+    auto listed = wl->second.services.find(key);
+    if (listed == wl->second.services.end()) return;
+    int prio = priority(svc->second, wl->second);
+    if (prio < 0) return;
+    ds->second.endpoints[prio].insert(hw);
+    for (const auto& port : svc->second.ports) {
+        uint16_t target = default_target(port);
+        for (const auto& own : listed->second)
+            if (own.service_port == port.service_port && own.target_port) target = own.target_port;
+        if (target == default_target(port)) continue;
+        desired_.ports[PortKey{hw, hs, htons(port.service_port)}] = htons(target);
+        overrides_[{hs, htons(port.service_port)}]++;
+        dirty_.backends.insert(hw);
+    }
+}
+
+void MeshState::refresh_frontend_flags(const std::string& key) {
+    uint64_t hs = name_hash(key);
+    auto ds = desired_.services.find(hs);
+    if (ds == desired_.services.end()) return;
+    for (const auto& fk : ds->second.frontends) {
+        auto fe = desired_.frontends.find(fk);
+        if (fe == desired_.frontends.end() || fe->second.service != hs) continue;
+        auto n = overrides_.find({hs, fk.port});
+        fe->second.flags = n != overrides_.end() && n->second ? KMESH_FRONTEND_PER_WORKLOAD_PORTS : 0;
+    }
+}
+
+void MeshState::refresh_service(const std::string& key) {
+    uint64_t hs = hash_of(key);
+    const Service& s = model_.services.at(key);
+    dirty_.services.insert(hs);
+    DesiredService& ds = desired_.services[hs];
+    ds.lb_mode = lb_mode_of(s);
+    for (const auto& fk : ds.frontends) {
+        auto fe = desired_.frontends.find(fk);
+        if (fe != desired_.frontends.end() && fe->second.service == hs) desired_.frontends.erase(fe);
+    }
+    ds.frontends.clear();
+    for (const auto& vip : s.addresses)
+        for (const auto& port : s.ports) {
+            kmesh_frontend_key fk{};
+            std::memcpy(fk.addr, vip.bytes.data(), 16);
+            fk.port = htons(port.service_port);
+            auto [it, fresh] =
+                desired_.frontends.emplace(fk, FrontendTarget{hs, htons(default_target(port)), 0});
+            if (!fresh) {  // the VIP moved here from another service
+                dirty_.services.insert(it->second.service);
+                it->second = FrontendTarget{hs, htons(default_target(port)), 0};
+            }
+            ds.frontends.insert(fk);
+        }
+    for (const auto& uid : members_[key]) refresh_member(key, uid);
+    refresh_frontend_flags(key);
+}
+
+void MeshState::upsert_service(const Service& s) {
+    std::string key = s.key();
+    auto it = model_.services.find(key);
+    if (it != model_.services.end() && it->second == s) return;
+    model_.services[key] = s;
+    refresh_service(key);
+}
+
+void MeshState::remove_service(const std::string& key) {
+    if (!model_.services.erase(key)) return;
+    uint64_t hs = name_hash(key);
+    dirty_.services.insert(hs);
+    for (const auto& uid : members_[key]) refresh_member(key, uid);  // drops ports and endpoints
+    auto ds = desired_.services.find(hs);
+    if (ds != desired_.services.end()) {
+        for (const auto& fk : ds->second.frontends) {
+            auto fe = desired_.frontends.find(fk);
+            if (fe != desired_.frontends.end() && fe->second.service == hs) desired_.frontends.erase(fe);
+        }
+        desired_.services.erase(ds);
+    }
+    if (members_[key].empty()) members_.erase(key);
+    desired_.names.erase(hs);
+}
+
+void MeshState::upsert_workload(const Workload& w) {
+    auto it = model_.workloads.find(w.uid);
+    if (it != model_.workloads.end() && it->second == w) return;
+    std::set<std::string> touched;
+    if (it != model_.workloads.end())
+        for (const auto& [key, ports] : it->second.services) touched.insert(key);
+    for (const auto& key : touched)
+        if (!w.services.count(key)) members_[key].erase(w.uid);
+    for (const auto& [key, ports] : w.services) {
+        members_[key].insert(w.uid);
+        touched.insert(key);
+    }
+    model_.workloads[w.uid] = w;
+    if (learn_locality_ && !w.node.empty() && w.node == node_.node && w.locality != node_.locality) {
+        node_.locality = w.locality;  // every priority is relative to it
+        for (const auto& [key, s] : model_.services) refresh_service(key);
+    }
+    refresh_backend(w.uid);
+    for (const auto& key : touched) {
+        refresh_member(key, w.uid);
+        refresh_frontend_flags(key);
+    }
+}
+
+void MeshState::remove_workload(const std::string& uid) {
+    auto it = model_.workloads.find(uid);
+    if (it == model_.workloads.end()) return;
+    auto services = it->second.services;
+    model_.workloads.erase(it);
+    for (const auto& [key, ports] : services) {
+        members_[key].erase(uid);
+        refresh_member(key, uid);
+        refresh_frontend_flags(key);
+        if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
+    }
+    refresh_backend(uid);
+    desired_.names.erase(name_hash(uid));
+}
+
+void MeshState::replace(const Model& next) {
+    std::vector<std::string> gone;
+    for (const auto& [key, s] : model_.services)
+        if (!next.services.count(key)) gone.push_back(key);
+    for (const auto& key : gone) remove_service(key);
+    gone.clear();
+    for (const auto& [uid, w] : model_.workloads)
+        if (!next.workloads.count(uid)) gone.push_back(uid);
+    for (const auto& uid : gone) remove_workload(uid);
+    for (const auto& [key, s] : next.services) upsert_service(s);
+    for (const auto& [uid, w] : next.workloads) upsert_workload(w);
+}
+
+DesiredState build_desired(const Model& model, const NodeInfo& node) {
+    MeshState m(node);
+    m.replace(model);
+    return m.desired();
 }
 
 bool Plan::empty() const { return size() == 0; }
 
 size_t Plan::size() const {
-    return put_backends.size() + put_services.size() + add_endpoints.size() + put_frontends.size() +
-           delete_frontends.size() + remove_endpoints.size() + delete_services.size() +
-           delete_backends.size();
+    return put_backends.size() + put_services.size() + add_endpoints.size() + put_ports.size() +
+           put_frontends.size() + delete_frontends.size() + remove_endpoints.size() + delete_ports.size() +
+           delete_services.size() + delete_backends.size();
 }
 
-Plan diff(const MapState& cur, const DesiredState& want) {
+namespace {
+
+template <typename Map>
+void keys_into(const Map& m, std::set<uint64_t>& out) {
+    for (const auto& [k, v] : m) out.insert(k);
+}
+
+}  // namespace
+
+Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
     Plan plan;
-    for (const auto& [h, b] : want.backends) {
-        auto it = cur.backends.find(h);
-        if (it == cur.backends.end() || !(it->second.value == b)) plan.put_backends.emplace_back(h, b);
+    std::set<uint64_t> services = dirty.services, backends = dirty.backends;
+    if (dirty.all) {
+        keys_into(cur.services, services);
+        keys_into(want.services, services);
+        keys_into(cur.backends, backends);
+        keys_into(want.backends, backends);
+        for (const auto& [k, t] : cur.frontends) services.insert(t.service);  // incl. 0: unknown ids
     }
-    for (const auto& [h, svc] : want.services) {
-        auto it = cur.services.find(h);
-        if (it == cur.services.end() || it->second.lb_mode != svc.lb_mode)
-            plan.put_services.emplace_back(h, svc.lb_mode);
-        for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
-            std::set<uint64_t> have;
-            if (it != cur.services.end()) {
-                const auto& slots = it->second.slots[prio];
-                for (uint32_t i = 0; i < slots.size(); i++) {
-                    auto bh = cur.backend_hash_by_id.find(slots[i]);
-                    uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
-                    // Unknown or unwanted slots go; a backend listed twice keeps one slot.
-                    if (!backend || !svc.endpoints[prio].count(backend) || !have.insert(backend).second)
-                        plan.remove_endpoints.push_back({h, prio, i + 1});
-                }
-            }
-            for (uint64_t backend : svc.endpoints[prio])
-                if (!have.count(backend)) plan.add_endpoints.push_back({h, prio, backend});
+
+    for (uint64_t h : backends) {
+        auto w = want.backends.find(h);
+        auto c = cur.backends.find(h);
+        if (w != want.backends.end()) {
+            if (c == cur.backends.end() || !(c->second.value == w->second))
+                plan.put_backends.emplace_back(h, w->second);
+        } else if (c != cur.backends.end()) {
+            plan.delete_backends.push_back(h);
         }
+        // Per-workload ports live with their backend.
+        auto wp = want.ports.lower_bound(PortKey{h, 0, 0});
+        for (; wp != want.ports.end() && wp->first.backend == h; ++wp) {
+            auto cp = cur.ports.find(wp->first);
+            if (cp == cur.ports.end() || cp->second != wp->second)
+                plan.put_ports.emplace_back(wp->first, wp->second);
+        }
+        for (auto cp = cur.ports.lower_bound(PortKey{h, 0, 0});
+             cp != cur.ports.end() && cp->first.backend == h; ++cp)
+            if (!want.ports.count(cp->first)) plan.delete_ports.push_back(cp->first);
     }
-    for (const auto& [k, target] : want.frontends) {
-        auto it = cur.frontends.find(k);
-        if (it == cur.frontends.end() || !(it->second == target)) plan.put_frontends.emplace_back(k, target);
+
+    std::set<kmesh_frontend_key> frontends_deleted;
+    for (uint64_t h : services) {
+        auto w = want.services.find(h);
+        auto c = cur.services.find(h);
+        if (w != want.services.end()) {
+            const DesiredService& svc = w->second;
+            if (c == cur.services.end() || c->second.lb_mode != svc.lb_mode)
+                plan.put_services.emplace_back(h, svc.lb_mode);
+            for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
+                std::set<uint64_t> have;
+                if (c != cur.services.end()) {
+                    const auto& slots = c->second.slots[prio];
+                    for (uint32_t i = 0; i < slots.size(); i++) {
+                        auto bh = cur.backend_hash_by_id.find(slots[i]);
+                        uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
+                        // Unknown or unwanted slots go; a backend listed twice keeps one slot.
+                        if (!backend || !svc.endpoints[prio].count(backend) || !have.insert(backend).second)
+                            plan.remove_endpoints.push_back({h, prio, i + 1});
+                    }
+                }
+                for (uint64_t backend : svc.endpoints[prio])
+                    if (!have.count(backend)) plan.add_endpoints.push_back({h, prio, backend});
+            }
+            for (const auto& fk : svc.frontends) {
+                auto target = want.frontends.find(fk);
+                if (target == want.frontends.end() || target->second.service != h) continue;
+                auto cf = cur.frontends.find(fk);
+                if (cf == cur.frontends.end() || !(cf->second == target->second))
+                    plan.put_frontends.emplace_back(fk, target->second);
+            }
+        } else if (c != cur.services.end()) {
+            plan.delete_services.push_back(h);
+        }
+        // Frontends this service had that nobody wants any more.
+        auto owned = cur.frontends_by_service.find(h);
+        if (owned != cur.frontends_by_service.end())
+            for (const auto& fk : owned->second)
+                if (!want.frontends.count(fk) && frontends_deleted.insert(fk).second)
+                    plan.delete_frontends.push_back(fk);
     }
-    for (const auto& [k, target] : cur.frontends)
-        if (!want.frontends.count(k)) plan.delete_frontends.push_back(k);
-    for (const auto& [h, svc] : cur.services) {
-        if (want.services.count(h)) continue;
-        plan.delete_services.push_back(h);
-    }
-    for (const auto& [h, b] : cur.backends)
-        if (!want.backends.count(h)) plan.delete_backends.push_back(h);
     return plan;
 }
 

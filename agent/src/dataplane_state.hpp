@@ -1,5 +1,6 @@
-// What the maps should hold (DesiredState, from the model), what they do hold (MapState, a mirror
-// kept by the writer or recovered from pinned maps after a restart), and the Plan between them.
+// What the maps should hold (DesiredState, derived from the model by MeshState), what they do hold
+// (MapState, a mirror kept by the writer or recovered from pinned maps after a restart), and the
+// Plan between them.
 //
 // Services and backends are identified by a 64-bit hash of their resource name, which is also
 // stored in the map values: a restarted agent recovers name -> id from the maps themselves, so ids
@@ -7,11 +8,13 @@
 #pragma once
 
 #include <array>
+#include <compare>
 #include <cstdint>
 #include <map>
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "agent/src/model.hpp"
@@ -24,12 +27,14 @@ uint64_t name_hash(std::string_view name);
 struct FrontendTarget {
     uint64_t service = 0;      // service name hash
     uint16_t target_port = 0;  // network byte order
+    uint16_t flags = 0;        // KMESH_FRONTEND_*
     auto operator<=>(const FrontendTarget&) const = default;
 };
 
 struct DesiredService {
     uint32_t lb_mode = KMESH_LB_RANDOM;
     std::array<std::set<uint64_t>, KMESH_PRIO_COUNT> endpoints;  // backend hashes per priority
+    std::set<kmesh_frontend_key> frontends;
     bool operator==(const DesiredService&) const = default;
 };
 
@@ -39,16 +44,76 @@ struct DesiredBackend {
     bool operator==(const DesiredBackend&) const = default;
 };
 
+// A per-workload target port: (backend hash, service hash, service port in network order).
+struct PortKey {
+    uint64_t backend = 0;
+    uint64_t service = 0;
+    uint16_t port = 0;
+    auto operator<=>(const PortKey&) const = default;
+};
+
 struct DesiredState {
     std::map<uint64_t, DesiredService> services;
     std::map<uint64_t, DesiredBackend> backends;
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
-    // For dumps and logs: hash -> resource name.
-    std::map<uint64_t, std::string> names;
+    std::map<PortKey, uint16_t> ports;      // target port, network order
+    std::map<uint64_t, std::string> names;  // hash -> resource name, for dumps and logs
 };
 
-// Fails (returns problems) only on hash collisions between distinct names.
-DesiredState build_desired(const Model& model, std::vector<std::string>* problems);
+// What changed since the last plan: only these are compared with the maps.
+struct Dirty {
+    bool all = false;  // after a restart: compare everything
+    std::set<uint64_t> services, backends;
+    bool empty() const { return !all && services.empty() && backends.empty(); }
+};
+
+// The model plus the map contents it implies, kept up to date one resource at a time, so that a
+// change costs in proportion to what it touches (one workload: its backend and its services'
+// endpoint lists), not to the size of the mesh.
+class MeshState {
+  public:
+    // learn_locality: take this node's locality from the workloads reported on it (node == ours).
+    explicit MeshState(NodeInfo node = {}, bool learn_locality = false)
+        : node_(std::move(node)), learn_locality_(learn_locality) {}
+
+    // "" or why the name cannot be used (its hash collides with another name's).
+    std::string check_name(const std::string& name) const;
+
+    void upsert_service(const Service& s);
+    void remove_service(const std::string& key);
+    void upsert_workload(const Workload& w);
+    void remove_workload(const std::string& uid);
+    // Makes the model equal to `next`, touching only what differs.
+    void replace(const Model& next);
+
+    const Model& model() const { return model_; }
+    const DesiredState& desired() const { return desired_; }
+    const NodeInfo& node() const { return node_; }
+    Dirty take_dirty() { return std::exchange(dirty_, Dirty{}); }
+    void mark_all_dirty() { dirty_.all = true; }
+
+  private:
+    void refresh_service(const std::string& key);  // LB mode, frontends, every member
+    void refresh_member(const std::string& service_key, const std::string& uid);
+    void refresh_backend(const std::string& uid);
+    void refresh_frontend_flags(const std::string& service_key);
+    int priority(const Service& s, const Workload& w) const;  // -1: not an endpoint
+    uint64_t hash_of(const std::string& name);
+
+    NodeInfo node_;
+    bool learn_locality_ = false;
+    Model model_;
+    DesiredState desired_;
+    Dirty dirty_;
+    std::map<std::string, std::set<std::string>> members_;         // service key -> uids listing it
+    std::map<std::pair<uint64_t, uint16_t>, uint32_t> overrides_;  // (service, port) -> workloads overriding
+};
+
+// Full conversion, for tests and tools: a MeshState fed with the whole model.
+DesiredState build_desired(const Model& model, const NodeInfo& node = {});
+
+// Names in the model whose hashes collide (the model cannot be used then); empty when fine.
+std::vector<std::string> hash_collisions(const Model& model);
 
 struct MapState {
     struct Service {
@@ -65,12 +130,16 @@ struct MapState {
     std::map<uint64_t, Backend> backends;
     std::map<uint32_t, uint64_t> backend_hash_by_id;
     std::map<kmesh_frontend_key, FrontendTarget> frontends;  // service hash 0: points at an unknown id
+    std::map<uint64_t, std::set<kmesh_frontend_key>> frontends_by_service;
+    std::map<PortKey, uint16_t> ports;
 
     // Left over by a crash or a failed cleanup, found unreachable: endpoint entries beyond their
-    // service's count, and duplicate service/backend ids (a hash seen twice). Removed by the next apply.
+    // service's count, duplicate service/backend ids (a hash seen twice), port entries of unknown
+    // ids. Removed by the next apply.
     std::vector<kmesh_endpoint_key> stray_endpoints;
     std::vector<uint32_t> stray_services;
     std::vector<uint32_t> stray_backends;
+    std::vector<kmesh_port_key> stray_ports;
     // Every id the maps referenced at recovery; never handed out again by this agent.
     std::set<uint32_t> reserved_service_ids, reserved_backend_ids;
 };
@@ -90,15 +159,17 @@ struct EndpointRemove {
 };
 
 // Executed phase by phase in member order; the order is what keeps every connect() consistent:
-// new backends and endpoints exist before anything points at them, and a frontend disappears
-// before its service, which disappears before its endpoints and backends.
+// new backends, endpoints and port overrides exist before anything points at them, and a
+// frontend disappears before its service, which disappears before its endpoints and backends.
 struct Plan {
     std::vector<std::pair<uint64_t, DesiredBackend>> put_backends;
     std::vector<std::pair<uint64_t, uint32_t>> put_services;  // new or LB mode changed: (hash, lb_mode)
     std::vector<EndpointAdd> add_endpoints;                   // grouped by service
+    std::vector<std::pair<PortKey, uint16_t>> put_ports;
     std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> put_frontends;
     std::vector<kmesh_frontend_key> delete_frontends;
     std::vector<EndpointRemove> remove_endpoints;  // grouped by service and priority
+    std::vector<PortKey> delete_ports;
     std::vector<uint64_t> delete_services;
     std::vector<uint64_t> delete_backends;
 
@@ -106,6 +177,7 @@ struct Plan {
     size_t size() const;
 };
 
-Plan diff(const MapState& current, const DesiredState& desired);
+// Compares what is dirty (everything with dirty.all) and plans the difference.
+Plan diff(const MapState& current, const DesiredState& desired, const Dirty& dirty);
 
 }  // namespace kmesh

@@ -22,6 +22,7 @@ constexpr std::array<MapShape, kMapCount> kShapes{{
     {"km_service", sizeof(uint32_t), sizeof(kmesh_service_value)},
     {"km_endpoint", sizeof(kmesh_endpoint_key), sizeof(kmesh_endpoint_value)},
     {"km_backend", sizeof(uint32_t), sizeof(kmesh_backend_value)},
+    {"km_port", sizeof(kmesh_port_key), sizeof(kmesh_port_value)},
 }};
 
 int result(int rc) { return rc < 0 ? -errno : 0; }

@@ -9,8 +9,8 @@
 
 namespace kmesh {
 
-enum class MapId { kFrontend = 0, kService, kEndpoint, kBackend };
-inline constexpr int kMapCount = 4;
+enum class MapId { kFrontend = 0, kService, kEndpoint, kBackend, kPort };
+inline constexpr int kMapCount = 5;
 
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
 

@@ -84,7 +84,20 @@ MapState recover_map_state(const MapOps& ops) {
         st.reserved_service_ids.insert(fv.service_id);
         auto sh = service_hash_by_id.find(fv.service_id);
         // Hash 0 (no desired service has it) makes the next diff rewrite or delete the entry.
-        st.frontends[fk] = FrontendTarget{sh == service_hash_by_id.end() ? 0 : sh->second, fv.target_port};
+        FrontendTarget t{sh == service_hash_by_id.end() ? 0 : sh->second, fv.target_port, fv.flags};
+        st.frontends[fk] = t;
+        st.frontends_by_service[t.service].insert(fk);
+        return true;
+    });
+    ops.for_each(MapId::kPort, [&](const void* k, const void* v) {
+        auto pk = read_as<kmesh_port_key>(k);
+        auto pv = read_as<kmesh_port_value>(v);
+        auto sh = service_hash_by_id.find(pk.service_id);
+        auto bh = st.backend_hash_by_id.find(pk.backend_id);
+        if (sh == service_hash_by_id.end() || bh == st.backend_hash_by_id.end())
+            st.stray_ports.push_back(pk);
+        else
+            st.ports[PortKey{bh->second, sh->second, pk.service_port}] = pv.target_port;
         return true;
     });
     return st;
@@ -111,6 +124,17 @@ int MapWriter::fail(MapId map, int err, const std::string& what) {
     errors_.push_back(fmt::format("{} {}: {}{}", map_name(map), what, std::strerror(-err),
                                   full ? " (map full: raise its size flag)" : ""));
     return err;
+}
+
+void MapWriter::forget_frontend(const kmesh_frontend_key& key) {
+    auto it = state_.frontends.find(key);
+    if (it == state_.frontends.end()) return;
+    auto owned = state_.frontends_by_service.find(it->second.service);
+    if (owned != state_.frontends_by_service.end()) {
+        owned->second.erase(key);
+        if (owned->second.empty()) state_.frontends_by_service.erase(owned);
+    }
+    state_.frontends.erase(it);
 }
 
 void MapWriter::drop_entry(const kmesh_endpoint_key& key) {
@@ -253,6 +277,20 @@ void MapWriter::delete_strays() {
     auto strays = std::move(state_.stray_endpoints);
     state_.stray_endpoints.clear();
     for (const auto& k : strays) drop_entry(k);
+    auto ports = std::move(state_.stray_ports);
+    state_.stray_ports.clear();
+    for (const auto& k : ports) {
+        int err = ops_.remove(MapId::kPort, &k);
+        if (err && err != -ENOENT) state_.stray_ports.push_back(k);
+    }
+}
+
+bool MapWriter::port_key(const PortKey& p, kmesh_port_key* out) const {
+    auto b = state_.backends.find(p.backend);
+    auto s = state_.services.find(p.service);
+    if (b == state_.backends.end() || s == state_.services.end()) return false;
+    *out = kmesh_port_key{b->second.id, s->second.id, p.port, 0};
+    return true;
 }
 
 std::string MapWriter::apply(const Plan& plan) {
@@ -267,16 +305,31 @@ std::string MapWriter::apply(const Plan& plan) {
     for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
     for (const auto& [hash, g] : grow) put_service(hash, g.first ? &*g.first : nullptr, g.second);
 
+    // Port overrides before the frontends that announce them (make-before-break).
+    for (const auto& [pk, target] : plan.put_ports) {
+        kmesh_port_key k;
+        if (!port_key(pk, &k)) continue;  // its service or backend failed to be written
+        kmesh_port_value v{target, 0};
+        metrics_.map_writes++;
+        if (int err = ops_.update(MapId::kPort, &k, &v)) {
+            fail(MapId::kPort, err, "write port override");
+            continue;
+        }
+        state_.ports[pk] = target;
+    }
+
     for (const auto& [key, target] : plan.put_frontends) {
         auto svc = state_.services.find(target.service);
         if (svc == state_.services.end()) continue;  // its service failed to be written
-        kmesh_frontend_value v{svc->second.id, target.target_port, 0};
+        kmesh_frontend_value v{svc->second.id, target.target_port, target.flags};
         metrics_.map_writes++;
         if (int err = ops_.update(MapId::kFrontend, &key, &v)) {
             fail(MapId::kFrontend, err, "write frontend");
             continue;
         }
+        forget_frontend(key);
         state_.frontends[key] = target;
+        state_.frontends_by_service[target.service].insert(key);
     }
     for (const auto& key : plan.delete_frontends) {
         int err = ops_.remove(MapId::kFrontend, &key);
@@ -284,13 +337,28 @@ std::string MapWriter::apply(const Plan& plan) {
             fail(MapId::kFrontend, err, "delete frontend");
             continue;
         }
-        state_.frontends.erase(key);
+        forget_frontend(key);
     }
 
     std::map<std::pair<uint64_t, uint32_t>, std::set<uint32_t>> shrink;
     for (const auto& r : plan.remove_endpoints) shrink[{r.service, r.prio}].insert(r.index);
     for (auto& [sp, indices] : shrink)
         if (state_.services.count(sp.first)) remove_endpoints(sp.first, sp.second, std::move(indices));
+
+    // A removed override makes BPF fall back to the frontend's port, which is then the right one.
+    for (const auto& pk : plan.delete_ports) {
+        kmesh_port_key k;
+        if (!port_key(pk, &k)) {
+            state_.ports.erase(pk);
+            continue;
+        }
+        int err = ops_.remove(MapId::kPort, &k);
+        if (err && err != -ENOENT) {
+            fail(MapId::kPort, err, "delete port override");
+            continue;
+        }
+        state_.ports.erase(pk);
+    }
 
     // Never delete what a frontend or endpoint still points at (its own removal failed above).
     std::set<uint64_t> referenced_services;

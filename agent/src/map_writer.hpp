@@ -57,6 +57,8 @@ class MapWriter {
     void delete_service(uint64_t hash);
     void delete_strays();
     void drop_entry(const kmesh_endpoint_key& key);  // a failed delete leaves a stray, not a leak
+    void forget_frontend(const kmesh_frontend_key& key);
+    bool port_key(const PortKey& p, kmesh_port_key* out) const;
     int fail(MapId map, int err, const std::string& what);
 
     MapOps& ops_;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,8 +14,33 @@ namespace kmesh {
 
 struct ServicePort {
     uint16_t service_port = 0;
-    uint16_t target_port = 0;  // 0: same as service_port
+    uint16_t target_port = 0;  // 0: same as service_port (or, on a service, "see each workload")
     auto operator<=>(const ServicePort&) const = default;
+};
+
+struct Locality {
+    std::string region, zone, subzone;
+    bool operator==(const Locality&) const = default;
+};
+
+// Istio's LoadBalancing: where routing_preference is set, endpoints are ranked by how many of
+// these scopes (in order) they share with this node.
+enum class LbScope { kRegion = 1, kZone = 2, kSubzone = 3, kNode = 4, kCluster = 5, kNetwork = 6 };
+enum class LbMode { kUnspecified = 0, kStrict = 1, kFailover = 2, kPassthrough = 3 };
+
+struct LoadBalancing {
+    std::vector<LbScope> routing_preference;
+    LbMode mode = LbMode::kUnspecified;
+    bool allow_unhealthy = false;  // health_policy ALLOW_ALL
+    bool operator==(const LoadBalancing&) const = default;
+};
+
+// A waypoint as the API names it: an address and port, or a service hostname.
+struct Waypoint {
+    std::optional<IpAddr> address;
+    std::string hostname;  // "namespace/hostname" when given by name
+    uint16_t port = 0;
+    bool operator==(const Waypoint&) const = default;
 };
 
 struct Service {
@@ -23,6 +49,8 @@ struct Service {
     std::string hostname;
     std::vector<IpAddr> addresses;  // VIPs
     std::vector<ServicePort> ports;
+    std::optional<LoadBalancing> load_balancing;
+    std::optional<Waypoint> waypoint;  // recorded; the redirect comes with the waypoint work
 
     // Resource name in the workload API: "namespace/hostname".
     std::string key() const { return namespace_ + "/" + hostname; }
@@ -37,11 +65,16 @@ struct Workload {
     std::string name;
     std::string namespace_;
     std::vector<IpAddr> addresses;
-    // "namespace/hostname" -> ports of that service this workload serves.
+    // "namespace/hostname" -> ports of that service this workload serves (per-workload target ports).
     std::map<std::string, std::vector<ServicePort>> services;
     WorkloadStatus status = WorkloadStatus::kHealthy;
     NetworkMode network_mode = NetworkMode::kStandard;
     std::string node;
+    std::string network;
+    std::string cluster_id;
+    Locality locality;
+    std::optional<Waypoint> waypoint;
+    std::vector<std::string> authorization_policies;
     bool operator==(const Workload&) const = default;
 };
 
@@ -49,6 +82,14 @@ struct Model {
     std::map<std::string, Service> services;    // by Service::key()
     std::map<std::string, Workload> workloads;  // by uid
     bool operator==(const Model&) const = default;
+};
+
+// Where this agent runs, for locality-aware load balancing.
+struct NodeInfo {
+    std::string node;
+    std::string cluster_id;
+    std::string network;
+    Locality locality;
 };
 
 }  // namespace kmesh

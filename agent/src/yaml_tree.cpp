@@ -8,10 +8,11 @@ namespace kmesh {
 namespace {
 
 class EventParser {
-public:
+  public:
     explicit EventParser(const std::string& text) {
         yaml_parser_initialize(&parser_);
-        yaml_parser_set_input_string(&parser_, reinterpret_cast<const unsigned char*>(text.data()), text.size());
+        yaml_parser_set_input_string(&parser_, reinterpret_cast<const unsigned char*>(text.data()),
+                                     text.size());
     }
     ~EventParser() {
         if (has_event_) yaml_event_delete(&event_);
@@ -35,9 +36,11 @@ public:
         out->line = static_cast<int>(event_.start_mark.line) + 1;
         switch (event_.type) {
             case YAML_SCALAR_EVENT: {
-                std::string value(reinterpret_cast<const char*>(event_.data.scalar.value), event_.data.scalar.length);
+                std::string value(reinterpret_cast<const char*>(event_.data.scalar.value),
+                                  event_.data.scalar.length);
                 bool plain = event_.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-                if (plain && (value.empty() || value == "~" || value == "null" || value == "Null" || value == "NULL")) {
+                if (plain && (value.empty() || value == "~" || value == "null" || value == "Null" ||
+                              value == "NULL")) {
                     out->kind = YamlNode::Kind::kNull;
                 } else {
                     out->kind = YamlNode::Kind::kScalar;
@@ -75,7 +78,7 @@ public:
         return false;
     }
 
-private:
+  private:
     yaml_parser_t parser_{};
     yaml_event_t event_{};
     bool has_event_ = false;

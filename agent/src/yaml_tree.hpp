@@ -10,14 +10,14 @@
 namespace kmesh {
 
 class YamlNode {
-public:
+  public:
     enum class Kind { kNull, kScalar, kSequence, kMapping };
 
     Kind kind = Kind::kNull;
     std::string scalar;
-    int line = 0;  // 1-based
-    std::vector<YamlNode> items;                           // kSequence
-    std::vector<std::pair<YamlNode, YamlNode>> entries;    // kMapping, in document order
+    int line = 0;                                        // 1-based
+    std::vector<YamlNode> items;                         // kSequence
+    std::vector<std::pair<YamlNode, YamlNode>> entries;  // kMapping, in document order
 
     bool is_null() const { return kind == Kind::kNull; }
     bool is_scalar() const { return kind == Kind::kScalar; }

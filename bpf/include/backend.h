@@ -15,4 +15,22 @@ static __always_inline bool backend_has_family(const struct kmesh_backend_value 
 	return be->flags & (want_v4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6);
 }
 
+/* The workload's own target port for this service port, if it has one. */
+static __always_inline __u16 backend_target_port(__u32 backend_id,
+						 const struct kmesh_frontend_key *key,
+						 const struct kmesh_frontend_value *fe)
+{
+	struct kmesh_port_key pk = {
+	    .backend_id = backend_id,
+	    .service_id = fe->service_id,
+	    .service_port = key->port,
+	};
+	const struct kmesh_port_value *pv;
+
+	if (!(fe->flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS))
+		return fe->target_port;
+	pv = bpf_map_lookup_elem(&km_port, &pk);
+	return pv ? pv->target_port : fe->target_port;
+}
+
 #endif

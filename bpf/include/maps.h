@@ -40,6 +40,14 @@ struct {
 } km_backend SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kmesh_port_key);
+	__type(value, struct kmesh_port_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_PORTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_port SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);

@@ -26,6 +26,8 @@ MapState written(const DesiredState& d) {
             for (uint64_t b : s.endpoints[p]) out.slots[p].push_back(st.backends.at(b).id);
     }
     st.frontends = d.frontends;
+    for (const auto& [k, t] : d.frontends) st.frontends_by_service[t.service].insert(k);
+    st.ports = d.ports;
     return st;
 }
 
@@ -34,7 +36,7 @@ MapState written(const DesiredState& d) {
 TEST_CASE("desired state: frontends per VIP and port, target 0 means the service port") {
     Model m;
     add(m, service("echo", {"10.96.0.10", "fd00::10"}, {{80, 8080}, {443, 0}}));
-    DesiredState d = build_desired(m, nullptr);
+    DesiredState d = build_desired(m);
     CHECK(d.frontends.size() == 4);
     for (const auto& [k, t] : d.frontends) {
         if (ntohs(k.port) == 443) CHECK(ntohs(t.target_port) == 443);
@@ -48,7 +50,7 @@ TEST_CASE(
     add(m, service("echo", {"10.96.0.10"}));
     add(m, workload("ds", {"10.244.0.5", "fd00::5", "10.244.0.6"}, {"echo"}));
     add(m, workload("none", {}, {"echo"}));
-    DesiredState d = build_desired(m, nullptr);
+    DesiredState d = build_desired(m);
     REQUIRE(d.backends.size() == 1);
     const auto& b = d.backends.begin()->second;
     CHECK(b.flags == (KMESH_BACKEND_HAS_V4 | KMESH_BACKEND_HAS_V6));
@@ -60,8 +62,8 @@ TEST_CASE("diff: identical states give an empty plan") {
     Model m;
     add(m, service("echo", {"10.96.0.10"}));
     add(m, workload("a", {"10.244.0.5"}, {"echo"}));
-    DesiredState d = build_desired(m, nullptr);
-    CHECK(diff(written(d), d).empty());
+    DesiredState d = build_desired(m);
+    CHECK(diff(written(d), d, Dirty{true, {}, {}}).empty());
 }
 
 TEST_CASE("diff: only the difference is planned") {
@@ -76,7 +78,7 @@ TEST_CASE("diff: only the difference is planned") {
     add(after, workload("c", {"10.244.0.7"}, {"echo"}));
     after.workloads["Kubernetes//Pod/default/a"].addresses = {*IpAddr::parse("10.244.0.50")};
 
-    Plan p = diff(written(build_desired(before, nullptr)), build_desired(after, nullptr));
+    Plan p = diff(written(build_desired(before)), build_desired(after), Dirty{true, {}, {}});
     CHECK(p.put_backends.size() == 2);  // a changed address, c is new
     CHECK(p.put_services.empty());
     CHECK(p.add_endpoints.size() == 1);

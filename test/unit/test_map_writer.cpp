@@ -12,6 +12,8 @@ using namespace kmesh::test;
 
 namespace {
 
+const Dirty kAll{true, {}, {}};
+
 struct Harness {
     FakeMapOps ops;
     Metrics metrics;
@@ -23,8 +25,13 @@ struct Harness {
             if (auto v = ops.check_connect_invariant(); !v.empty()) violations.push_back(v);
         };
     }
+    // Incremental, as the agent does it: only what changed in the model is compared.
+    MeshState mesh;
     std::string apply(const Model& m) {
-        return writer.apply(diff(writer.state(), build_desired(m, nullptr)));
+        mesh.replace(m);
+        std::string err = writer.apply(diff(writer.state(), mesh.desired(), mesh.take_dirty()));
+        if (!err.empty()) mesh.mark_all_dirty();
+        return err;
     }
 
     kmesh_service_value service_value(const std::string& host) {
@@ -227,7 +234,7 @@ TEST_CASE("a failing write or delete midway never breaks the invariant or the mi
             h.ops.fail_nth_remove(-1);
             CHECK(h.apply(small) == "");
             CHECK(h.violations.empty());
-            CHECK(diff(h.writer.state(), build_desired(small, nullptr)).empty());
+            CHECK(diff(h.writer.state(), build_desired(small), kAll).empty());
             CHECK(mirror_mismatch(h.writer, h.ops) == "");
             CHECK(h.resolve("a").size() == 5);
             CHECK(h.ops.size(MapId::kEndpoint) == 6);  // a: 5, c: 1; nothing leaked
@@ -260,7 +267,7 @@ TEST_CASE("a restarted agent recovers ids from the maps and writes nothing for a
     Metrics metrics;
     MapWriter restarted(h.ops, recover_map_state(h.ops), MapCapacity{}, metrics);
     CHECK(restarted.state().services.begin()->second.id == id);
-    Plan plan = diff(restarted.state(), build_desired(m, nullptr));
+    Plan plan = diff(restarted.state(), build_desired(m), kAll);
     CHECK(plan.empty());
 }
 
@@ -291,12 +298,12 @@ TEST_CASE("recovery repairs holes and strays left by a crash") {
         relapsed |= repaired && !ok;
         repaired |= ok;
     };
-    CHECK(restarted.apply(diff(restarted.state(), build_desired(m, nullptr))) == "");
+    CHECK(restarted.apply(diff(restarted.state(), build_desired(m), kAll)) == "");
     CHECK(!relapsed);
     CHECK(h.ops.check_connect_invariant() == "");
     CHECK(h.ops.size(MapId::kEndpoint) == 4);
     CHECK(mirror_mismatch(restarted, h.ops) == "");
-    CHECK(diff(restarted.state(), build_desired(m, nullptr)).empty());
+    CHECK(diff(restarted.state(), build_desired(m), kAll).empty());
 }
 
 TEST_CASE("trailing unknown slots are trimmed without copying a dead entry into a hole") {
@@ -313,7 +320,7 @@ TEST_CASE("trailing unknown slots are trimmed without copying a dead entry into 
                           : "Kubernetes//Pod/default/echo-1");
     Metrics metrics;
     MapWriter restarted(h.ops, recover_map_state(h.ops), MapCapacity{}, metrics);
-    CHECK(restarted.apply(diff(restarted.state(), build_desired(m, nullptr))) == "");
+    CHECK(restarted.apply(diff(restarted.state(), build_desired(m), kAll)) == "");
     CHECK(h.ops.check_connect_invariant() == "");
     CHECK(mirror_mismatch(restarted, h.ops) == "");
 }
@@ -328,7 +335,7 @@ TEST_CASE("ids seen in the maps at recovery are never handed out again") {
     Model m;
     for (int i = 0; i < 7; i++)
         add(m, service("s" + std::to_string(i), {"10.96.1." + std::to_string(i + 1)}));
-    CHECK(w.apply(diff(w.state(), build_desired(m, nullptr))) == "");
+    CHECK(w.apply(diff(w.state(), build_desired(m), kAll)) == "");
     for (const auto& [h, s] : w.state().services) CHECK(s.id != 7);
     CHECK(ops.size(MapId::kEndpoint) == 0);  // the orphan is gone
 }

@@ -1,0 +1,171 @@
+#include "agent/src/xds/client.hpp"
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace kmesh::xds {
+
+using envoy::service::discovery::v3::AggregatedDiscoveryService;
+using envoy::service::discovery::v3::DeltaDiscoveryRequest;
+using envoy::service::discovery::v3::DeltaDiscoveryResponse;
+
+namespace {
+
+std::string read_file(const std::string& path, bool* ok) {
+    std::ifstream in(path);
+    std::stringstream buf;
+    buf << in.rdbuf();
+    *ok = static_cast<bool>(in);
+    std::string s = buf.str();
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+    return s;
+}
+
+}  // namespace
+
+Client::Client(ClientOptions options, Handler& handler) : options_(std::move(options)), handler_(handler) {}
+
+Client::~Client() { stop(); }
+
+void Client::start() {
+    thread_ = std::thread([this] { run(); });
+}
+
+void Client::stop() {
+    stopping_ = true;
+    {
+        std::lock_guard lock(mu_);
+        if (context_) context_->TryCancel();
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+ClientStatus Client::status() const {
+    std::lock_guard lock(mu_);
+    return status_;
+}
+
+std::shared_ptr<grpc::Channel> Client::channel() {
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    if (options_.plaintext) {
+        creds = grpc::InsecureChannelCredentials();
+    } else {
+        grpc::SslCredentialsOptions ssl;
+        bool ok = true;
+        if (!options_.root_cert_path.empty()) ssl.pem_root_certs = read_file(options_.root_cert_path, &ok);
+        if (!ok) spdlog::warn("xds: cannot read root certificate {}", options_.root_cert_path);
+        creds = grpc::SslCredentials(ssl);
+    }
+    grpc::ChannelArguments args;
+    // istiod sends large snapshots on connect (every workload of the mesh).
+    args.SetMaxReceiveMessageSize(256 << 20);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    return grpc::CreateCustomChannel(options_.address, creds, args);
+}
+
+bool Client::stream_once() {
+    auto stub = AggregatedDiscoveryService::NewStub(channel());
+    grpc::ClientContext ctx;
+    if (!options_.token_path.empty()) {
+        bool ok = true;
+        std::string token = read_file(options_.token_path, &ok);  // projected tokens rotate: read every time
+        if (ok && !token.empty())
+            ctx.AddMetadata("authorization", "Bearer " + token);
+        else
+            spdlog::warn("xds: no token in {}; connecting without one", options_.token_path);
+    }
+    ctx.AddMetadata("clusterid", options_.cluster_id);
+    {
+        std::lock_guard lock(mu_);
+        if (stopping_) return false;
+        context_ = &ctx;
+    }
+    auto stream = stub->DeltaAggregatedResources(&ctx);
+
+    bool first = true;
+    for (const char* type : {kAddressType, kAuthorizationType}) {
+        DeltaDiscoveryRequest req;
+        req.set_type_url(type);
+        if (first) {  // only the first request of a stream carries the node
+            auto* node = req.mutable_node();
+            node->set_id(options_.node_id);
+            auto& fields = *node->mutable_metadata()->mutable_fields();
+            for (const auto& [k, v] : options_.node_metadata) fields[k].set_string_value(v);
+            first = false;
+        }
+        for (const auto& [name, version] : handler_.versions(type))
+            (*req.mutable_initial_resource_versions())[name] = version;
+        stream->Write(req);
+    }
+
+    bool delivered = false;
+    DeltaDiscoveryResponse resp;
+    while (stream->Read(&resp)) {
+        if (!delivered) {
+            delivered = true;
+            {
+                std::lock_guard lock(mu_);
+                status_.connected = true;
+                status_.connects++;
+            }
+            handler_.on_connection(true);  // never under mu_: the handler takes its own locks
+        }
+        std::vector<std::string> rejected = handler_.on_response(resp);
+        DeltaDiscoveryRequest ack;
+        ack.set_type_url(resp.type_url());
+        ack.set_response_nonce(resp.nonce());
+        std::lock_guard lock(mu_);
+        status_.responses++;
+        if (!rejected.empty()) {
+            std::string msg;
+            for (const auto& r : rejected) msg += (msg.empty() ? "" : "; ") + r;
+            ack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
+            ack.mutable_error_detail()->set_message(msg);
+            status_.nacks++;
+            status_.last_nack = msg;
+            spdlog::warn("xds: NACK {} nonce {}: {}", resp.type_url(), resp.nonce(), msg);
+        } else {
+            status_.acks++;
+        }
+        if (!stream->Write(ack)) break;
+    }
+    grpc::Status st = stream->Finish();
+    {
+        std::lock_guard lock(mu_);
+        context_ = nullptr;
+        status_.connected = false;
+        status_.last_error =
+            st.ok() ? "stream closed by istiod"
+                    : fmt::format("{} (gRPC code {})", st.error_message(), static_cast<int>(st.error_code()));
+    }
+    if (delivered) handler_.on_connection(false);
+    return delivered;
+}
+
+// Reconnects forever with exponential backoff and full jitter, from 0.5 s up to 30 s; a stream
+// that delivered something resets the backoff. The maps keep serving the last state meanwhile.
+void Client::run() {
+    std::mt19937 rng(std::random_device{}());
+    auto backoff = std::chrono::milliseconds(500);
+    while (!stopping_) {
+        bool delivered = stream_once();
+        if (stopping_) break;
+        if (delivered) backoff = std::chrono::milliseconds(500);
+        auto wait = std::chrono::milliseconds(
+            std::uniform_int_distribution<int64_t>(backoff.count() / 2, backoff.count())(rng));
+        spdlog::warn("xds: stream to {} ended: {}; reconnecting in {} ms", options_.address,
+                     status().last_error, wait.count());
+        std::unique_lock lock(mu_);
+        wake_.wait_for(lock, wait, [this] { return stopping_.load(); });
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));
+    }
+}
+
+}  // namespace kmesh::xds

@@ -1,0 +1,47 @@
+// The istiod source: turns Delta xDS responses into MeshState changes (resource by resource, so a
+// bad resource is NACKed while the rest of the response applies), keeps the versions held for
+// reconnects, and stores authorization policies for the enforcement to come.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "agent/src/dataplane_state.hpp"
+#include "agent/src/xds/client.hpp"
+#include "istio/security/authorization.pb.h"
+
+namespace kmesh::xds {
+
+class Source : public Handler {
+  public:
+    // `sync` writes the model's changes to the maps; it runs with `mu` held.
+    Source(MeshState& mesh, std::mutex& mu, std::function<void()> sync)
+        : mesh_(mesh), mu_(mu), sync_(std::move(sync)) {}
+
+    std::vector<std::string> on_response(
+        const envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
+    std::map<std::string, std::string> versions(const std::string& type_url) override;
+    void on_connection(bool connected) override;
+
+    // Callers hold `mu`.
+    const std::map<std::string, istio::security::Authorization>& policies() const { return policies_; }
+    size_t resources(const std::string& type_url) const;
+
+  private:
+    enum class Kind { kWorkload, kService };
+    std::string apply_address(const envoy::service::discovery::v3::Resource& r);
+    std::string apply_authorization(const envoy::service::discovery::v3::Resource& r);
+    void remove(const std::string& type_url, const std::string& name);
+
+    MeshState& mesh_;
+    std::mutex& mu_;
+    std::function<void()> sync_;
+    std::map<std::string, std::map<std::string, std::string>> versions_;  // type -> name -> version
+    std::map<std::string, Kind> kinds_;                                   // Address names
+    std::map<std::string, istio::security::Authorization> policies_;
+    bool addresses_received_ = false;
+};
+
+}  // namespace kmesh::xds

@@ -1,0 +1,142 @@
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+
+#include "agent/src/dataplane_state.hpp"
+#include "model_builders.hpp"
+
+using namespace kmesh;
+using namespace kmesh::test;
+
+namespace {
+
+const std::string kEcho = "default/echo.default.svc.cluster.local";
+
+Workload placed(const std::string& name, const std::string& ip, const Locality& loc,
+                const std::string& node) {
+    Workload w = workload(name, {ip}, {"echo"});
+    w.locality = loc;
+    w.node = node;
+    return w;
+}
+
+int prio_of(const DesiredState& d, const std::string& uid) {
+    const auto& svc = d.services.at(name_hash(kEcho));
+    for (int p = 0; p < KMESH_PRIO_COUNT; p++)
+        if (svc.endpoints[p].count(name_hash(uid))) return p;
+    return -1;
+}
+
+}  // namespace
+
+TEST_CASE("locality: priority counts the routing preferences missed, in order") {
+    NodeInfo node{"node-1", "Kubernetes", "", {"eu", "eu-1a", "rack-1"}};
+    Model m;
+    Service s = service("echo", {"10.96.0.10"});
+    s.load_balancing =
+        LoadBalancing{{LbScope::kRegion, LbScope::kZone, LbScope::kSubzone}, LbMode::kFailover, false};
+    add(m, s);
+    add(m, placed("same-rack", "10.0.0.1", {"eu", "eu-1a", "rack-1"}, "node-2"));
+    add(m, placed("same-zone", "10.0.0.2", {"eu", "eu-1a", "rack-2"}, "node-3"));
+    add(m, placed("same-region", "10.0.0.3", {"eu", "eu-1b", "rack-1"}, "node-4"));
+    add(m,
+        placed("elsewhere", "10.0.0.4", {"us", "eu-1a", "rack-1"}, "node-5"));  // zone alone does not count
+    DesiredState d = build_desired(m, node);
+    CHECK(d.services.at(name_hash(kEcho)).lb_mode == KMESH_LB_FAILOVER);
+    CHECK(prio_of(d, "Kubernetes//Pod/default/same-rack") == 0);
+    CHECK(prio_of(d, "Kubernetes//Pod/default/same-zone") == 1);
+    CHECK(prio_of(d, "Kubernetes//Pod/default/same-region") == 2);
+    CHECK(prio_of(d, "Kubernetes//Pod/default/elsewhere") == 3);
+
+    SUBCASE("STRICT keeps only full matches") {
+        m.services[kEcho].load_balancing->mode = LbMode::kStrict;
+        DesiredState strict = build_desired(m, node);
+        CHECK(strict.services.at(name_hash(kEcho)).lb_mode == KMESH_LB_STRICT);
+        CHECK(prio_of(strict, "Kubernetes//Pod/default/same-rack") == 0);
+        CHECK(prio_of(strict, "Kubernetes//Pod/default/same-zone") == -1);
+    }
+    SUBCASE("NODE scope compares node names") {
+        m.services[kEcho].load_balancing->routing_preference = {LbScope::kNode};
+        m.workloads["Kubernetes//Pod/default/same-zone"].node = "node-1";
+        DesiredState byNode = build_desired(m, node);
+        CHECK(prio_of(byNode, "Kubernetes//Pod/default/same-zone") == 0);
+        CHECK(prio_of(byNode, "Kubernetes//Pod/default/same-rack") == 1);
+    }
+}
+
+TEST_CASE("locality: learnt from a workload on this node, and every service re-ranked") {
+    MeshState mesh(NodeInfo{"node-1", "", "", {}}, true);
+    Service s = service("echo", {"10.96.0.10"});
+    s.load_balancing = LoadBalancing{{LbScope::kZone}, LbMode::kFailover, false};
+    mesh.upsert_service(s);
+    mesh.upsert_workload(placed("far", "10.0.0.1", {"eu", "eu-1b", ""}, "node-7"));
+    CHECK(prio_of(mesh.desired(), "Kubernetes//Pod/default/far") == 1);  // node zone still unknown ("")
+    Workload local = placed("local", "10.0.0.2", {"eu", "eu-1b", ""}, "node-1");
+    mesh.upsert_workload(local);
+    CHECK(mesh.node().locality.zone == "eu-1b");
+    CHECK(prio_of(mesh.desired(), "Kubernetes//Pod/default/far") == 0);
+}
+
+TEST_CASE("health: unhealthy workloads are endpoints only with ALLOW_ALL") {
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}));
+    Workload w = workload("sick", {"10.0.0.9"}, {"echo"});
+    w.status = WorkloadStatus::kUnhealthy;
+    add(m, w);
+    CHECK(prio_of(build_desired(m), w.uid) == -1);
+    m.services[kEcho].load_balancing = LoadBalancing{{}, LbMode::kUnspecified, true};
+    CHECK(prio_of(build_desired(m), w.uid) == 0);
+}
+
+TEST_CASE("per-workload target ports become overrides and flag the frontend") {
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}, {{80, 0}, {443, 8443}}));  // 80: "see each workload"
+    Workload a = workload("a", {"10.0.0.1"}, {"echo"});
+    a.services[kEcho] = {{80, 8080}, {443, 8443}};
+    Workload b = workload("b", {"10.0.0.2"}, {"echo"});
+    b.services[kEcho] = {{80, 9090}};
+    add(m, a);
+    add(m, b);
+    DesiredState d = build_desired(m);
+    CHECK(d.ports.size() == 2);  // 443 matches the service's own target: no override
+    CHECK(ntohs(d.ports.at(PortKey{name_hash(a.uid), name_hash(kEcho), htons(80)})) == 8080);
+    CHECK(ntohs(d.ports.at(PortKey{name_hash(b.uid), name_hash(kEcho), htons(80)})) == 9090);
+    for (const auto& [k, t] : d.frontends) {
+        if (ntohs(k.port) == 80) CHECK(t.flags == KMESH_FRONTEND_PER_WORKLOAD_PORTS);
+        if (ntohs(k.port) == 443) CHECK(t.flags == 0);
+    }
+}
+
+TEST_CASE("incremental: one workload change dirties only its backend and its services") {
+    MeshState mesh;
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}));
+    add(m, service("other", {"10.96.0.11"}));
+    add(m, workload("a", {"10.0.0.1"}, {"echo"}));
+    add(m, workload("b", {"10.0.0.2"}, {"other"}));
+    mesh.replace(m);
+    mesh.take_dirty();
+    Workload a = m.workloads["Kubernetes//Pod/default/a"];
+    a.addresses = {*IpAddr::parse("10.0.0.100")};
+    mesh.upsert_workload(a);
+    Dirty d = mesh.take_dirty();
+    CHECK(d.backends == std::set<uint64_t>{name_hash(a.uid)});
+    CHECK(d.services == std::set<uint64_t>{name_hash(kEcho)});
+    mesh.upsert_workload(a);  // unchanged: nothing to do
+    CHECK(mesh.take_dirty().empty());
+}
+
+TEST_CASE("replace applies only the difference between two models") {
+    MeshState mesh;
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}));
+    for (int i = 0; i < 50; i++)
+        add(m, workload("w" + std::to_string(i), {"10.0.1." + std::to_string(i + 1)}, {"echo"}));
+    mesh.replace(m);
+    mesh.take_dirty();
+    m.workloads.erase("Kubernetes//Pod/default/w7");
+    mesh.replace(m);
+    Dirty d = mesh.take_dirty();
+    CHECK(d.backends.size() == 1);
+    CHECK(d.services.size() == 1);
+    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[0].size() == 49);
+}
