@@ -39,7 +39,17 @@ def parse_wrk(a, text):
             "p99": to_us(pct["99"]), "requests": n,
             "errors": (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0),
             "cpu_path_us_per_req": a.cpu_path_us / max(n, 1),
-            "cpu_machine_us_per_req": a.cpu_machine_us / max(n, 1)}
+            "cpu_machine_us_per_req": a.cpu_machine_us / max(n, 1),
+            **prog_ns(a.prog_stats)}
+
+
+def prog_ns(stats):
+    """connect4's average run time over the run, from 'ns0 cnt0 ns1 cnt1' (bpf_stats)."""
+    try:
+        ns0, c0, ns1, c1 = map(int, stats.split())
+    except (AttributeError, ValueError):
+        return {}
+    return {"bpf_ns_per_connect": (ns1 - ns0) / (c1 - c0)} if c1 > c0 else {}
 
 
 def parse_sockperf(a, text):
@@ -70,7 +80,8 @@ def aggregate(rows):
     out = {}
     for key, rs in cells.items():
         out[key] = {}
-        for m in ("rps", "p50", "p90", "p99", "cpu_path_us_per_req", "cpu_machine_us_per_req", "errors"):
+        for m in ("rps", "p50", "p90", "p99", "cpu_path_us_per_req", "cpu_machine_us_per_req", "errors",
+                  "bpf_ns_per_connect"):
             vals = [r[m] for r in rs if m in r]
             if vals:
                 out[key][m] = (med(vals), min(vals), max(vals))
@@ -110,6 +121,11 @@ def tables(agg):
                          f"{spread(c['p99'])} | {fmt(c['cpu_path_us_per_req'][0], 1)} | {fmt(c['cpu_machine_us_per_req'][0], 1)} | "
                          f"{ratio('p50')} | {ratio('p99')} | {ratio('rps')} |")
         lines.append("")
+    prof = [(k[1], agg[k]["bpf_ns_per_connect"][0]) for k in order(agg) if k[0] == "kmesh" and k[2] == "newconn"
+            and "bpf_ns_per_connect" in agg[k]]
+    if prof:
+        lines += ["Profile of Kmesh's per-connection work (kernel `bpf_stats`, `cgroup/connect4` average run time): " +
+                  ", ".join(f"{fmt(ns)} ns per connect at {n:,} services" for n, ns in prof) + ".", ""]
     base = agg.get(("direct", 0, "pingpong"))
     lines += ["#### TCP request/response latency (sockperf ping-pong, 64 B, full round trip)", "",
               "| scenario | p50 µs | p90 µs | p99 µs | p50 ÷ direct | p99 ÷ direct |", "|---|---|---|---|---|---|"]
@@ -283,6 +299,7 @@ def main():
     w.add_argument("--mode", required=True)
     w.add_argument("--cpu-path-us", type=int, required=True)
     w.add_argument("--cpu-machine-us", type=int, required=True)
+    w.add_argument("--prog-stats", default="")
     sub.add_parser("brief")
     r = sub.add_parser("report")
     r.add_argument("--results", required=True)

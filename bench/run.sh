@@ -122,17 +122,24 @@ machine_busy_usec() { # busy time of all CPUs from /proc/stat (user nice system 
     awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1000000 / hz}' /proc/stat
 }
 
+prog_stats() { # "run_time_ns run_cnt" of our connect4 program (kernel.bpf_stats_enabled)
+    bpftool prog show pinned "$BPFFS/kmesh/progs/cgroup_connect4" -j 2>/dev/null |
+        python3 -c 'import json,sys; p=json.load(sys.stdin); print(p.get("run_time_ns",0), p.get("run_cnt",0))' 2>/dev/null ||
+        echo "0 0"
+}
+
 measure() { # <scenario> <services> <rep> <client-pod> <target-ip> <pods in the path...>
-    local scenario=$1 services=$2 rep=$3 client=$4 target=$5 mode out c0 m0
+    local scenario=$1 services=$2 rep=$3 client=$4 target=$5 mode out c0 m0 p0 p1
     shift 5
     for mode in keepalive newconn; do
         local hdr=()
         [[ $mode == newconn ]] && hdr=(-H "Connection: close")
-        c0=$(cpu_usec "$client" "$@"); m0=$(machine_busy_usec)
+        c0=$(cpu_usec "$client" "$@"); m0=$(machine_busy_usec); p0=$(prog_stats)
         out=$(pod_exec "$client" taskset -c $CLIENT_CPU wrk -t1 -c8 -d"${DUR}s" --latency "${hdr[@]}" "http://$target:80/")
+        p1=$(prog_stats)
         python3 "$ROOT/bench/report.py" parse-wrk --scenario "$scenario" --services "$services" --rep "$rep" \
             --mode "$mode" --cpu-path-us $(($(cpu_usec "$client" "$@") - c0)) \
-            --cpu-machine-us $(($(machine_busy_usec) - m0)) <<<"$out" >>"$OUT"
+            --cpu-machine-us $(($(machine_busy_usec) - m0)) --prog-stats "$p0 $p1" <<<"$out" >>"$OUT"
     done
     out=$(pod_exec "$client" taskset -c $CLIENT_CPU sockperf pp --tcp -i "$target" -p 11111 -t "$DUR" -m 64 --full-rtt 2>&1)
     python3 "$ROOT/bench/report.py" parse-sockperf --scenario "$scenario" --services "$services" --rep "$rep" <<<"$out" >>"$OUT"
@@ -180,6 +187,11 @@ cni_add_latency() { # ADD of kmesh-cni alone (what it adds to pod start), 30 tim
 }
 
 log "mode $MODE: services ${SWEEP[*]}, $REPS repetitions of ${DUR}s; client CPU $CLIENT_CPU, server CPU $SERVER_CPU"
+# Per-program run time, to profile what connect4 costs; the setting is restored on exit.
+BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+restore_bpf_stats() { sysctl -qw kernel.bpf_stats_enabled="$BPF_STATS_WAS"; }
+trap 'rc=$?; restore_bpf_stats; (exit $rc); e2e_cleanup' EXIT
+sysctl -qw kernel.bpf_stats_enabled=1
 cni_add_latency
 
 # Phase 1, no nat rules in the node namespace: direct, the proxy pair and kmesh, interleaved per

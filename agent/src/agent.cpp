@@ -68,7 +68,10 @@ Agent::Reload Agent::sync_maps(std::string* error) {
         generation_, mesh_.model().services.size(), mesh_.model().workloads.size(), plan.size(), write_us,
         plan_us);
     // Parsing and planning peak well above steady state; give the memory back to the system.
-    if (plan.size() > 1000) malloc_trim(0);
+    if (plan.size() > 1000) {
+        malloc_trim(0);
+        spdlog::debug("heap in use after apply: {} MB", mallinfo2().uordblks >> 20);
+    }
     return Reload::kApplied;
 }
 

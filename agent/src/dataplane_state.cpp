@@ -134,7 +134,8 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
     }
     for (auto it = desired_.ports.lower_bound(PortKey{hw, hs, 0});
          it != desired_.ports.end() && it->first.backend == hw && it->first.service == hs;) {
-        overrides_[{hs, it->first.port}]--;
+        auto n = overrides_.find({hs, it->first.port});
+        if (n != overrides_.end() && --n->second == 0) overrides_.erase(n);
         it = desired_.ports.erase(it);
         dirty_.backends.insert(hw);
     }
@@ -151,21 +152,37 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
         for (const auto& own : listed->second)
             if (own.service_port == port.service_port && own.target_port) target = own.target_port;
         if (target == default_target(port)) continue;
-        desired_.ports[PortKey{hw, hs, htons(port.service_port)}] = htons(target);
+        // A port listed twice (TCP and UDP of one number) is one override, counted once.
+        if (!desired_.ports.emplace(PortKey{hw, hs, htons(port.service_port)}, htons(target)).second)
+            continue;
         overrides_[{hs, htons(port.service_port)}]++;
         dirty_.backends.insert(hw);
     }
+}
+
+void MeshState::elect(const kmesh_frontend_key& fk) {
+    auto c = claimants_.find(fk);
+    auto current = desired_.frontends.find(fk);
+    if (current != desired_.frontends.end()) dirty_.services.insert(current->second.service);
+    if (c == claimants_.end() || c->second.empty()) {
+        if (c != claimants_.end()) claimants_.erase(c);
+        if (current != desired_.frontends.end()) desired_.frontends.erase(current);
+        return;
+    }
+    uint64_t owner = *c->second.rbegin();
+    desired_.frontends[fk] = desired_.services.at(owner).frontends.at(fk);
+    dirty_.services.insert(owner);
 }
 
 void MeshState::refresh_frontend_flags(const std::string& key) {
     uint64_t hs = name_hash(key);
     auto ds = desired_.services.find(hs);
     if (ds == desired_.services.end()) return;
-    for (const auto& fk : ds->second.frontends) {
-        auto fe = desired_.frontends.find(fk);
-        if (fe == desired_.frontends.end() || fe->second.service != hs) continue;
+    for (auto& [fk, target] : ds->second.frontends) {
         auto n = overrides_.find({hs, fk.port});
-        fe->second.flags = n != overrides_.end() && n->second ? KMESH_FRONTEND_PER_WORKLOAD_PORTS : 0;
+        target.flags = n != overrides_.end() && n->second ? KMESH_FRONTEND_PER_WORKLOAD_PORTS : 0;
+        auto fe = desired_.frontends.find(fk);
+        if (fe != desired_.frontends.end() && fe->second.service == hs) fe->second.flags = target.flags;
     }
 }
 
@@ -175,9 +192,10 @@ void MeshState::refresh_service(const std::string& key) {
     dirty_.services.insert(hs);
     DesiredService& ds = desired_.services[hs];
     ds.lb_mode = lb_mode_of(s);
-    for (const auto& fk : ds.frontends) {
-        auto fe = desired_.frontends.find(fk);
-        if (fe != desired_.frontends.end() && fe->second.service == hs) desired_.frontends.erase(fe);
+    std::set<kmesh_frontend_key> affected;
+    for (const auto& [fk, target] : ds.frontends) {
+        claimants_[fk].erase(hs);
+        affected.insert(fk);
     }
     ds.frontends.clear();
     for (const auto& vip : s.addresses)
@@ -185,16 +203,13 @@ void MeshState::refresh_service(const std::string& key) {
             kmesh_frontend_key fk{};
             std::memcpy(fk.addr, vip.bytes.data(), 16);
             fk.port = htons(port.service_port);
-            auto [it, fresh] =
-                desired_.frontends.emplace(fk, FrontendTarget{hs, htons(default_target(port)), 0});
-            if (!fresh) {  // the VIP moved here from another service
-                dirty_.services.insert(it->second.service);
-                it->second = FrontendTarget{hs, htons(default_target(port)), 0};
-            }
-            ds.frontends.insert(fk);
+            ds.frontends[fk] = FrontendTarget{hs, htons(default_target(port)), 0};
+            claimants_[fk].insert(hs);
+            affected.insert(fk);
         }
     for (const auto& uid : members_[key]) refresh_member(key, uid);
     refresh_frontend_flags(key);
+    for (const auto& fk : affected) elect(fk);
 }
 
 void MeshState::upsert_service(const Service& s) {
@@ -212,11 +227,13 @@ void MeshState::remove_service(const std::string& key) {
     for (const auto& uid : members_[key]) refresh_member(key, uid);  // drops ports and endpoints
     auto ds = desired_.services.find(hs);
     if (ds != desired_.services.end()) {
-        for (const auto& fk : ds->second.frontends) {
-            auto fe = desired_.frontends.find(fk);
-            if (fe != desired_.frontends.end() && fe->second.service == hs) desired_.frontends.erase(fe);
+        std::vector<kmesh_frontend_key> released;
+        for (const auto& [fk, target] : ds->second.frontends) {
+            claimants_[fk].erase(hs);
+            released.push_back(fk);
         }
         desired_.services.erase(ds);
+        for (const auto& fk : released) elect(fk);  // another claimant, if any, takes the VIP
     }
     if (members_[key].empty()) members_.erase(key);
     desired_.names.erase(hs);
@@ -229,7 +246,10 @@ void MeshState::upsert_workload(const Workload& w) {
     if (it != model_.workloads.end())
         for (const auto& [key, ports] : it->second.services) touched.insert(key);
     for (const auto& key : touched)
-        if (!w.services.count(key)) members_[key].erase(w.uid);
+        if (!w.services.count(key)) {
+            members_[key].erase(w.uid);
+            if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
+        }
     for (const auto& [key, ports] : w.services) {
         members_[key].insert(w.uid);
         touched.insert(key);
@@ -352,7 +372,7 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
                 for (uint64_t backend : svc.endpoints[prio])
                     if (!have.count(backend)) plan.add_endpoints.push_back({h, prio, backend});
             }
-            for (const auto& fk : svc.frontends) {
+            for (const auto& [fk, claim] : svc.frontends) {
                 auto target = want.frontends.find(fk);
                 if (target == want.frontends.end() || target->second.service != h) continue;
                 auto cf = cur.frontends.find(fk);

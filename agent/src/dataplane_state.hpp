@@ -34,7 +34,8 @@ struct FrontendTarget {
 struct DesiredService {
     uint32_t lb_mode = KMESH_LB_RANDOM;
     std::array<std::set<uint64_t>, KMESH_PRIO_COUNT> endpoints;  // backend hashes per priority
-    std::set<kmesh_frontend_key> frontends;
+    // This service's claim on each (VIP, port); desired frontends holds the elected claim.
+    std::map<kmesh_frontend_key, FrontendTarget> frontends;
     bool operator==(const DesiredService&) const = default;
 };
 
@@ -97,6 +98,7 @@ class MeshState {
     void refresh_member(const std::string& service_key, const std::string& uid);
     void refresh_backend(const std::string& uid);
     void refresh_frontend_flags(const std::string& service_key);
+    void elect(const kmesh_frontend_key& fk);                 // which claimant's frontend the map holds
     int priority(const Service& s, const Workload& w) const;  // -1: not an endpoint
     uint64_t hash_of(const std::string& name);
 
@@ -107,6 +109,9 @@ class MeshState {
     Dirty dirty_;
     std::map<std::string, std::set<std::string>> members_;         // service key -> uids listing it
     std::map<std::pair<uint64_t, uint16_t>, uint32_t> overrides_;  // (service, port) -> workloads overriding
+    // Services listing each (VIP, port). istiod may briefly give one VIP to two services; the
+    // largest hash wins, so the outcome does not depend on the order the updates came in.
+    std::map<kmesh_frontend_key, std::set<uint64_t>> claimants_;
 };
 
 // Full conversion, for tests and tools: a MeshState fed with the whole model.

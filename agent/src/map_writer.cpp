@@ -175,23 +175,35 @@ void MapWriter::put_backend(uint64_t hash, const DesiredBackend& b) {
     state_.backend_hash_by_id[id] = hash;
 }
 
-// Creates or grows one service: endpoint entries past the current counts first, then the counts
-// (and LB mode) in a single service write, so no connect picks an index that is not written yet.
-// A new service becomes reachable only later, when its frontend is written.
-void MapWriter::put_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds) {
-    auto it = state_.services.find(hash);
-    bool fresh = it == state_.services.end();
-    MapState::Service svc = fresh ? MapState::Service{} : it->second;
-    if (fresh && !(svc.id = service_ids_.allocate())) {
+// Creates a service empty: unreachable until its frontend is written, but with an id, so that
+// port overrides can be written before any endpoint that needs them is counted.
+void MapWriter::create_service(uint64_t hash, uint32_t lb_mode) {
+    MapState::Service svc;
+    if (!(svc.id = service_ids_.allocate())) {
         fail(MapId::kService, -E2BIG, "allocate id");
         return;
     }
+    svc.lb_mode = lb_mode;
+    state_.services[hash] = svc;
+    if (write_service(hash)) {
+        state_.services.erase(hash);
+        service_ids_.release(svc.id);
+    }
+}
+
+// Grows one service: endpoint entries past the current counts first, then the counts (and LB
+// mode) in a single service write, so no connect picks an index that is not written yet.
+void MapWriter::grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds) {
+    auto it = state_.services.find(hash);
+    if (it == state_.services.end()) return;  // its creation failed
+    MapState::Service svc = it->second;
     if (lb_mode) svc.lb_mode = *lb_mode;
     std::vector<kmesh_endpoint_key> written;
     int err = 0;
     for (const auto& a : adds) {
         auto b = state_.backends.find(a.backend);
-        if (b == state_.backends.end()) continue;  // its backend write failed: added by a later apply
+        // Its backend or one of its port overrides failed to be written: added by a later apply.
+        if (b == state_.backends.end() || unported_.count({a.backend, hash})) continue;
         kmesh_endpoint_key k{svc.id, a.prio, static_cast<uint32_t>(svc.slots[a.prio].size() + 1)};
         kmesh_endpoint_value v{b->second.id};
         metrics_.map_writes++;
@@ -204,17 +216,27 @@ void MapWriter::put_service(uint64_t hash, const uint32_t* lb_mode, const std::v
         written.push_back(k);
     }
     if (!err) {
-        auto before = fresh ? std::optional<MapState::Service>() : std::optional(it->second);
-        state_.services[hash] = svc;
+        MapState::Service before = it->second;
+        it->second = svc;
         if (!(err = write_service(hash))) return;
-        if (before)
-            state_.services[hash] = *before;
-        else
-            state_.services.erase(hash);
+        it->second = before;
     }
     // Entries past the kernel's count are never picked; remove them to keep capacity.
     for (const auto& k : written) drop_entry(k);
-    if (fresh) service_ids_.release(svc.id);
+}
+
+void MapWriter::put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target) {
+    auto svc = state_.services.find(target.service);
+    if (svc == state_.services.end()) return;  // its service failed to be written
+    kmesh_frontend_value v{svc->second.id, target.target_port, target.flags};
+    metrics_.map_writes++;
+    if (int err = ops_.update(MapId::kFrontend, &key, &v)) {
+        fail(MapId::kFrontend, err, "write frontend");
+        return;
+    }
+    forget_frontend(key);
+    state_.frontends[key] = target;
+    state_.frontends_by_service[target.service].insert(key);
 }
 
 // Dense delete. Trailing slots just shrink the count; a hole gets the last entry copied into it,
@@ -295,17 +317,19 @@ bool MapWriter::port_key(const PortKey& p, kmesh_port_key* out) const {
 
 std::string MapWriter::apply(const Plan& plan) {
     errors_.clear();
+    unported_.clear();
     delete_strays();
 
     for (const auto& [hash, b] : plan.put_backends) put_backend(hash, b);
 
-    // Services: plan.put_services and plan.add_endpoints are both ordered by service hash.
-    std::map<uint64_t, std::pair<std::optional<uint32_t>, std::vector<EndpointAdd>>> grow;
-    for (const auto& [hash, mode] : plan.put_services) grow[hash].first = mode;
-    for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
-    for (const auto& [hash, g] : grow) put_service(hash, g.first ? &*g.first : nullptr, g.second);
+    std::set<uint64_t> fresh;
+    for (const auto& [hash, mode] : plan.put_services)
+        if (!state_.services.count(hash)) {
+            create_service(hash, mode);
+            fresh.insert(hash);
+        }
 
-    // Port overrides before the frontends that announce them (make-before-break).
+    // Port overrides before the endpoints and frontends that use them (make-before-break).
     for (const auto& [pk, target] : plan.put_ports) {
         kmesh_port_key k;
         if (!port_key(pk, &k)) continue;  // its service or backend failed to be written
@@ -313,24 +337,26 @@ std::string MapWriter::apply(const Plan& plan) {
         metrics_.map_writes++;
         if (int err = ops_.update(MapId::kPort, &k, &v)) {
             fail(MapId::kPort, err, "write port override");
+            unported_.insert({pk.backend, pk.service});
             continue;
         }
         state_.ports[pk] = target;
     }
 
-    for (const auto& [key, target] : plan.put_frontends) {
-        auto svc = state_.services.find(target.service);
-        if (svc == state_.services.end()) continue;  // its service failed to be written
-        kmesh_frontend_value v{svc->second.id, target.target_port, target.flags};
-        metrics_.map_writes++;
-        if (int err = ops_.update(MapId::kFrontend, &key, &v)) {
-            fail(MapId::kFrontend, err, "write frontend");
-            continue;
-        }
-        forget_frontend(key);
-        state_.frontends[key] = target;
-        state_.frontends_by_service[target.service].insert(key);
-    }
+    // Existing services' frontends first: a frontend that now announces per-workload ports must
+    // do so before an endpoint relying on it is counted. New services' frontends come last,
+    // once their endpoints exist.
+    for (const auto& [key, target] : plan.put_frontends)
+        if (!fresh.count(target.service)) put_frontend(key, target);
+
+    // plan.put_services and plan.add_endpoints are both ordered by service hash.
+    std::map<uint64_t, std::pair<std::optional<uint32_t>, std::vector<EndpointAdd>>> grow;
+    for (const auto& [hash, mode] : plan.put_services) grow[hash].first = mode;
+    for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
+    for (const auto& [hash, g] : grow) grow_service(hash, g.first ? &*g.first : nullptr, g.second);
+
+    for (const auto& [key, target] : plan.put_frontends)
+        if (fresh.count(target.service)) put_frontend(key, target);
     for (const auto& key : plan.delete_frontends) {
         int err = ops_.remove(MapId::kFrontend, &key);
         if (err && err != -ENOENT) {
@@ -355,14 +381,18 @@ std::string MapWriter::apply(const Plan& plan) {
         int err = ops_.remove(MapId::kPort, &k);
         if (err && err != -ENOENT) {
             fail(MapId::kPort, err, "delete port override");
-            continue;
+            // Its service or backend id may be released below: keep the raw key, not the names.
+            state_.stray_ports.push_back(k);
         }
         state_.ports.erase(pk);
     }
 
-    // Never delete what a frontend or endpoint still points at (its own removal failed above).
+    // Never delete what a frontend or endpoint still points at. The plan never does, unless one
+    // of its removals failed above, so the (mesh-sized) reference sets are built only then.
+    bool check_refs = !errors_.empty() || !state_.stray_backends.empty();
     std::set<uint64_t> referenced_services;
-    for (const auto& [k, t] : state_.frontends) referenced_services.insert(t.service);
+    if (check_refs)
+        for (const auto& [k, t] : state_.frontends) referenced_services.insert(t.service);
     for (uint64_t hash : plan.delete_services)
         if (!referenced_services.count(hash)) delete_service(hash);
     for (uint32_t id : std::exchange(state_.stray_services, {})) {
@@ -371,8 +401,9 @@ std::string MapWriter::apply(const Plan& plan) {
     }
 
     std::set<uint32_t> referenced_backends;
-    for (const auto& [h, s] : state_.services)
-        for (const auto& slots : s.slots) referenced_backends.insert(slots.begin(), slots.end());
+    if (check_refs)
+        for (const auto& [h, s] : state_.services)
+            for (const auto& slots : s.slots) referenced_backends.insert(slots.begin(), slots.end());
     for (uint64_t hash : plan.delete_backends) {
         auto it = state_.backends.find(hash);
         if (it == state_.backends.end() || referenced_backends.count(it->second.id)) continue;

@@ -52,7 +52,9 @@ class MapWriter {
   private:
     int write_service(uint64_t hash);
     void put_backend(uint64_t hash, const DesiredBackend& b);
-    void put_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds);
+    void create_service(uint64_t hash, uint32_t lb_mode);
+    void grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds);
+    void put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target);
     void remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t> indices);
     void delete_service(uint64_t hash);
     void delete_strays();
@@ -66,6 +68,7 @@ class MapWriter {
     Metrics& metrics_;
     IdAllocator service_ids_, backend_ids_;
     std::vector<std::string> errors_;
+    std::set<std::pair<uint64_t, uint64_t>> unported_;  // (backend, service) whose port write failed
 };
 
 }  // namespace kmesh

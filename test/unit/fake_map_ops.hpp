@@ -102,6 +102,8 @@ class FakeMapOps : public MapOps {
                 return sizeof(kmesh_frontend_key);
             case MapId::kEndpoint:
                 return sizeof(kmesh_endpoint_key);
+            case MapId::kPort:
+                return sizeof(kmesh_port_key);
             default:
                 return sizeof(uint32_t);
         }
@@ -114,6 +116,8 @@ class FakeMapOps : public MapOps {
                 return sizeof(kmesh_service_value);
             case MapId::kEndpoint:
                 return sizeof(kmesh_endpoint_value);
+            case MapId::kPort:
+                return sizeof(kmesh_port_value);
             default:
                 return sizeof(kmesh_backend_value);
         }

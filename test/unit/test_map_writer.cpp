@@ -349,3 +349,46 @@ TEST_CASE("id allocator reuses freed ids and reports exhaustion") {
     ids.release(2);
     CHECK(ids.allocate() == 2);
 }
+
+TEST_CASE("a new endpoint is never counted before its own target port is in place") {
+    Harness h;
+    const std::string key = "default/echo.default.svc.cluster.local";
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}, {{80, 0}}));
+    Workload p1 = workload("p1", {"10.0.0.1"}, {"echo"});
+    p1.services[key] = {{80, 9000}};
+    add(m, p1);
+    // After every map write: each counted endpoint must resolve to its workload's own port.
+    std::vector<std::string> wrong;
+    h.ops.after_mutation = [&] {
+        h.ops.for_each(MapId::kFrontend, [&](const void*, const void* v) {
+            kmesh_frontend_value fe;
+            std::memcpy(&fe, v, sizeof fe);
+            kmesh_service_value sv;
+            if (!h.ops.get(MapId::kService, fe.service_id, &sv)) return true;
+            for (uint32_t i = 1; i <= sv.endpoint_count[0]; i++) {
+                kmesh_endpoint_value ev;
+                kmesh_backend_value bv;
+                if (!h.ops.get(MapId::kEndpoint, kmesh_endpoint_key{fe.service_id, 0, i}, &ev) ||
+                    !h.ops.get(MapId::kBackend, ev.backend_id, &bv))
+                    continue;
+                uint16_t port = fe.target_port;
+                kmesh_port_value pv;
+                if (fe.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS &&
+                    h.ops.get(MapId::kPort, kmesh_port_key{ev.backend_id, fe.service_id, htons(80), 0}, &pv))
+                    port = pv.target_port;
+                uint16_t want = bv.addr4[15] == 1 ? 9000 : 9001;
+                if (ntohs(port) != want) wrong.push_back(std::to_string(ntohs(port)));
+            }
+            return true;
+        });
+    };
+    REQUIRE(h.apply(m) == "");
+    Workload p2 = workload("p2", {"10.0.0.2"}, {"echo"});
+    p2.services[key] = {{80, 9001}};
+    add(m, p2);
+    REQUIRE(h.apply(m) == "");
+    CHECK(wrong.empty());
+    CHECK(h.ops.size(MapId::kPort) == 2);
+    CHECK(mirror_mismatch(h.writer, h.ops) == "");
+}

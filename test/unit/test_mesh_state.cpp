@@ -140,3 +140,82 @@ TEST_CASE("replace applies only the difference between two models") {
     CHECK(d.services.size() == 1);
     CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[0].size() == 49);
 }
+
+namespace {
+
+// DesiredState without the names map (kept for dumps, not part of what the maps must hold).
+bool same_contents(const DesiredState& a, const DesiredState& b) {
+    return a.services == b.services && a.backends == b.backends && a.frontends == b.frontends &&
+           a.ports == b.ports;
+}
+
+}  // namespace
+
+TEST_CASE("incremental updates always equal a from-scratch build (randomised sequences)") {
+    const std::vector<std::string> vips{"10.96.0.1", "10.96.0.2", "fd00::3"};
+    const std::vector<std::vector<ServicePort>> port_sets{
+        {{80, 0}}, {{80, 8080}}, {{53, 0}, {53, 0}}, {{80, 0}, {443, 8443}}};
+    NodeInfo node{"node-1", "c1", "", {"eu", "eu-1a", ""}};
+    for (uint32_t seed = 1; seed <= 300; seed++) {
+        CAPTURE(seed);
+        uint32_t state = seed;
+        auto rnd = [&](uint32_t n) {
+            state = state * 1103515245u + 12345u;
+            return (state >> 16) % n;
+        };
+        MeshState mesh(node);
+        for (int step = 0; step < 40; step++) {
+            CAPTURE(step);
+            std::string svc_name = "s" + std::to_string(rnd(4));
+            std::string key = "default/" + svc_name + ".default.svc.cluster.local";
+            switch (rnd(5)) {
+                case 0: {
+                    Service s = service(svc_name, {vips[rnd(3)]}, port_sets[rnd(4)]);
+                    if (rnd(2)) s.addresses.push_back(*IpAddr::parse(vips[rnd(3)]));
+                    if (rnd(3) == 0)
+                        s.load_balancing = LoadBalancing{{LbScope::kRegion, LbScope::kZone},
+                                                         rnd(2) ? LbMode::kFailover : LbMode::kStrict,
+                                                         rnd(2) == 0};
+                    mesh.upsert_service(s);
+                    break;
+                }
+                case 1:
+                    mesh.remove_service(key);
+                    break;
+                case 2:
+                case 3: {
+                    std::string name = "w" + std::to_string(rnd(8));
+                    Workload w = workload(name, {}, {});
+                    if (rnd(4))
+                        w.addresses.push_back(*IpAddr::parse("10.0.0." + std::to_string(rnd(200) + 1)));
+                    for (int i = 0, n = static_cast<int>(rnd(3)); i < n; i++) {
+                        std::string k = "default/s" + std::to_string(rnd(4)) + ".default.svc.cluster.local";
+                        w.services[k] =
+                            rnd(2) ? std::vector<ServicePort>{{80, static_cast<uint16_t>(9000 + rnd(3))}}
+                                   : std::vector<ServicePort>{};
+                    }
+                    w.status = rnd(4) ? WorkloadStatus::kHealthy : WorkloadStatus::kUnhealthy;
+                    w.locality = rnd(2) ? Locality{"eu", "eu-1a", ""} : Locality{"eu", "eu-1b", ""};
+                    mesh.upsert_workload(w);
+                    break;
+                }
+                case 4:
+                    mesh.remove_workload("Kubernetes//Pod/default/w" + std::to_string(rnd(8)));
+                    break;
+            }
+            REQUIRE(same_contents(mesh.desired(), build_desired(mesh.model(), node)));
+        }
+    }
+}
+
+TEST_CASE("a VIP claimed by two services goes back to the other when one lets go") {
+    MeshState mesh;
+    mesh.upsert_service(service("a", {"10.96.0.10"}));
+    mesh.upsert_service(service("b", {"10.96.0.10"}));
+    REQUIRE(mesh.desired().frontends.size() == 1);
+    mesh.remove_service(mesh.desired().frontends.begin()->second.service ==
+                                name_hash("default/a.default.svc.cluster.local")
+                            ? "default/a.default.svc.cluster.local"
+                            : "default/b.default.svc.cluster.local");
+    CHECK(mesh.desired().frontends.size() == 1);  // the remaining claimant holds it
+}

@@ -8,6 +8,8 @@
 //     holds that no longer exist are sent in removed_resources; one response per type, unique nonce;
 //   - every later request carrying a nonce is an ACK (no error_detail) or a NACK (error_detail);
 //   - on reload (SIGHUP, or <control-dir>/push) the difference is pushed to every stream.
+//   - <control-dir>/patch upserts the resources of <control-dir>/patch.json into the current
+//     snapshot and pushes them: a cheap change on top of a large snapshot.
 // Events are written as JSON lines to <control-dir>/events.jsonl and to stderr. See README.md.
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
@@ -462,6 +464,40 @@ class Server final : public AggregatedDiscoveryService::Service {
         }
     }
 
+    // Upserts the resources of the fixture at `path` into the current snapshot and pushes the
+    // difference: a cheap single-resource change on top of a large snapshot (for benchmarks).
+    void patch(const std::string& path) {
+        std::shared_ptr<Snapshot> delta;
+        try {
+            delta = load_snapshot(path);
+        } catch (const std::exception& e) {
+            g_events.emit("patch", [&](JsonWriter& w) {
+                put_bool(w, "ok", false);
+                put(w, "error", std::string(e.what()));
+            });
+            return;
+        }
+        std::lock_guard lk(mu_);
+        uint64_t changed = 0;
+        for (auto& [type_url, set] : delta->types)
+            for (auto& [name, entry] : set) {
+                snapshot_->types[type_url][name] = entry;
+                changed++;
+            }
+        snapshot_->generation = ++generation_;
+        g_events.emit("patch", [&](JsonWriter& w) {
+            put_bool(w, "ok", true);
+            put(w, "resources", changed);
+        });
+        for (const auto& stream : streams_)
+            for (auto& [type_url, ts] : stream->types) {
+                if (!ts.subscribed) continue;
+                DeltaDiscoveryResponse resp;
+                if (build_delta(snapshot_->find(type_url), ts.client_has, resp))
+                    enqueue(*stream, ts, type_url, std::move(resp), false);
+            }
+    }
+
   private:
     // nullopt: no token expected; otherwise whether the header is exactly "Bearer <token>".
     std::optional<bool> check_token(const std::optional<std::string>& auth) const {
@@ -672,6 +708,7 @@ int run(const Options& opts) {
     std::fflush(stdout);
 
     const fs::path push_file = opts.control_dir.empty() ? fs::path() : fs::path(opts.control_dir) / "push";
+    const fs::path patch_file = opts.control_dir.empty() ? fs::path() : fs::path(opts.control_dir) / "patch";
     for (;;) {
         timespec timeout{0, 20'000'000};
         const int sig = sigtimedwait(&sigs, nullptr, &timeout);
@@ -681,6 +718,10 @@ int run(const Options& opts) {
         if (!push_file.empty() && fs::exists(push_file, ec)) {
             service.reload(reload_source(opts), "push");
             fs::remove(push_file, ec);  // removed only once the diff is queued: scripts wait for this
+        }
+        if (!patch_file.empty() && fs::exists(patch_file, ec)) {
+            service.patch((fs::path(opts.control_dir) / "patch.json").string());
+            fs::remove(patch_file, ec);
         }
     }
     g_events.emit("shutdown");

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -38,9 +39,9 @@ void Client::start() {
 }
 
 void Client::stop() {
-    stopping_ = true;
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(mu_);  // under mu_, so run()'s wait cannot miss it
+        stopping_ = true;
         if (context_) context_->TryCancel();
     }
     wake_.notify_all();
@@ -60,7 +61,8 @@ std::shared_ptr<grpc::Channel> Client::channel() {
         grpc::SslCredentialsOptions ssl;
         bool ok = true;
         if (!options_.root_cert_path.empty()) ssl.pem_root_certs = read_file(options_.root_cert_path, &ok);
-        if (!ok) spdlog::warn("xds: cannot read root certificate {}", options_.root_cert_path);
+        // Never fall back to the system roots: istiod is only trusted through the mesh CA.
+        if (!ok || ssl.pem_root_certs.empty()) return nullptr;
         creds = grpc::SslCredentials(ssl);
     }
     grpc::ChannelArguments args;
@@ -71,7 +73,14 @@ std::shared_ptr<grpc::Channel> Client::channel() {
 }
 
 bool Client::stream_once() {
-    auto stub = AggregatedDiscoveryService::NewStub(channel());
+    auto ch = channel();
+    if (!ch) {
+        std::lock_guard lock(mu_);
+        status_.last_error = fmt::format("cannot read the mesh root certificate {}", options_.root_cert_path);
+        return false;
+    }
+    auto started = std::chrono::steady_clock::now();
+    auto stub = AggregatedDiscoveryService::NewStub(ch);
     grpc::ClientContext ctx;
     if (!options_.token_path.empty()) {
         bool ok = true;
@@ -121,20 +130,26 @@ bool Client::stream_once() {
         DeltaDiscoveryRequest ack;
         ack.set_type_url(resp.type_url());
         ack.set_response_nonce(resp.nonce());
-        std::lock_guard lock(mu_);
-        status_.responses++;
+        std::string msg;
+        for (const auto& r : rejected) msg += (msg.empty() ? "" : "; ") + r;
         if (!rejected.empty()) {
-            std::string msg;
-            for (const auto& r : rejected) msg += (msg.empty() ? "" : "; ") + r;
             ack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
             ack.mutable_error_detail()->set_message(msg);
-            status_.nacks++;
-            status_.last_nack = msg;
             spdlog::warn("xds: NACK {} nonce {}: {}", resp.type_url(), resp.nonce(), msg);
-        } else {
-            status_.acks++;
+        }
+        {
+            std::lock_guard lock(mu_);  // not across Write: a stalled istiod must not block stop()
+            status_.responses++;
+            rejected.empty() ? status_.acks++ : status_.nacks++;
+            if (!rejected.empty()) status_.last_nack = msg;
         }
         if (!stream->Write(ack)) break;
+        // A full snapshot is tens of MB: free it now and hand the pages back, rather than keep
+        // the high-water mark for the life of the agent.
+        if (resp.ByteSizeLong() > (8u << 20)) {
+            resp = DeltaDiscoveryResponse();
+            malloc_trim(0);
+        }
     }
     grpc::Status st = stream->Finish();
     {
@@ -146,7 +161,9 @@ bool Client::stream_once() {
                     : fmt::format("{} (gRPC code {})", st.error_message(), static_cast<int>(st.error_code()));
     }
     if (delivered) handler_.on_connection(false);
-    return delivered;
+    // Only a stream that stayed up resets the backoff: an istiod that accepts and drops at once
+    // must not be redialled in a tight loop.
+    return delivered && std::chrono::steady_clock::now() - started > std::chrono::seconds(5);
 }
 
 // Reconnects forever with exponential backoff and full jitter, from 0.5 s up to 30 s; a stream

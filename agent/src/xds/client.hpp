@@ -58,7 +58,7 @@ class Client {
 
   private:
     void run();
-    // One stream, until it breaks; true if it delivered at least one response.
+    // One stream, until it breaks; true if it delivered responses and stayed up for a while.
     bool stream_once();
     std::shared_ptr<grpc::Channel> channel();
 

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+
 #include "agent/src/xds/convert.hpp"
 #include "istio/workload/workload.pb.h"
 
@@ -20,19 +22,17 @@ std::string Source::apply_address(const Resource& r) {
     if (name.empty()) return "is neither a workload nor a service";
     if (name != r.name()) return fmt::format("is named '{}' but describes '{}'", r.name(), name);
     if (auto e = mesh_.check_name(name); !e.empty()) return e;
-    auto known = kinds_.find(name);
+    // The model itself says what a name is; a name that changes kind drops its old self.
     if (a.has_workload()) {
         Workload w;
         if (auto e = convert_workload(a.workload(), &w); !e.empty()) return e;
-        if (known != kinds_.end() && known->second == Kind::kService) mesh_.remove_service(name);
+        if (mesh_.model().services.count(name)) mesh_.remove_service(name);
         mesh_.upsert_workload(w);
-        kinds_[name] = Kind::kWorkload;
     } else {
         Service s;
         if (auto e = convert_service(a.service(), &s); !e.empty()) return e;
-        if (known != kinds_.end() && known->second == Kind::kWorkload) mesh_.remove_workload(name);
+        if (mesh_.model().workloads.count(name)) mesh_.remove_workload(name);
         mesh_.upsert_service(s);
-        kinds_[name] = Kind::kService;
     }
     return {};
 }
@@ -55,16 +55,14 @@ void Source::remove(const std::string& type_url, const std::string& name) {
         policies_.erase(name);
         return;
     }
-    auto kind = kinds_.find(name);
-    if (kind == kinds_.end()) return;
-    if (kind->second == Kind::kWorkload)
+    if (mesh_.model().workloads.count(name))
         mesh_.remove_workload(name);
     else
         mesh_.remove_service(name);
-    kinds_.erase(kind);
 }
 
 std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp) {
+    auto t0 = std::chrono::steady_clock::now();
     std::lock_guard lock(mu_);
     std::vector<std::string> rejected;
     const std::string& type = resp.type_url();
@@ -88,6 +86,10 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
     // agent wrote: writing now would wipe them.
     if (type == kAddressType) addresses_received_ = true;
     if (addresses_received_) sync_();
+    spdlog::debug(
+        "xds: {} response: {} resources, {} removed, {} rejected; handled in {} us", type,
+        resp.resources_size(), resp.removed_resources_size(), rejected.size(),
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
     return rejected;
 }
 

@@ -30,7 +30,6 @@ class Source : public Handler {
     size_t resources(const std::string& type_url) const;
 
   private:
-    enum class Kind { kWorkload, kService };
     std::string apply_address(const envoy::service::discovery::v3::Resource& r);
     std::string apply_authorization(const envoy::service::discovery::v3::Resource& r);
     void remove(const std::string& type_url, const std::string& name);
@@ -39,7 +38,6 @@ class Source : public Handler {
     std::mutex& mu_;
     std::function<void()> sync_;
     std::map<std::string, std::map<std::string, std::string>> versions_;  // type -> name -> version
-    std::map<std::string, Kind> kinds_;                                   // Address names
     std::map<std::string, istio::security::Authorization> policies_;
     bool addresses_received_ = false;
 };
