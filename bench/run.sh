@@ -8,7 +8,7 @@
 # to program N services, agent RSS and kmesh-cni ADD latency.
 #
 # usage: bench/run.sh [--quick|--full] [--build DIR] [--no-docs]
-#   --quick  3 repetitions of 1 s, services 10 and 10k (about 2 minutes)
+#   --quick  2 repetitions of 1 s, services 10 and 10k (under 2 minutes)
 #   --full   5 repetitions of 5 s, services 10, 10k and 50k (about 15 minutes)
 # Writes bench/results/<mode>.jsonl, prints the table, and (unless --no-docs) regenerates
 # docs/benchmarks.md's results section and the plots in docs/.
@@ -24,7 +24,7 @@ while (($#)); do
     esac
     shift
 done
-if [[ $MODE == quick ]]; then SWEEP=(10 10000) REPS=3 DUR=1; else SWEEP=(10 10000 50000) REPS=5 DUR=5; fi
+if [[ $MODE == quick ]]; then SWEEP=(10 10000) REPS=2 DUR=1; else SWEEP=(10 10000 50000) REPS=5 DUR=5; fi
 
 source "$ROOT/test/e2e/lib.sh"
 e2e_init "$BUILD_DIR"

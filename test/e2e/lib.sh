@@ -119,7 +119,10 @@ agent_start() { # <config file> | <kmesh-daemon source flags...>
 agent_stop() {
     [[ -n $AGENT_PID ]] || return 0
     kill -TERM "$AGENT_PID" 2>/dev/null || true
+    # Under AGENT_WRAPPER the pid is the wrapper's; the agent is found by its private bpffs.
+    pkill -TERM -f -- "kmesh-daemon --bpffs-root $BPFFS " 2>/dev/null || true
     wait "$AGENT_PID" 2>/dev/null || true
+    for _ in $(seq 50); do pgrep -f -- "kmesh-daemon --bpffs-root $BPFFS " >/dev/null || break; sleep 0.1; done
     AGENT_PID=
 }
 
@@ -161,6 +164,8 @@ kmeshctl() { "$BUILD/ctl/kmeshctl" --bpffs-root "$BPFFS" "$@"; }
 e2e_cleanup() {
     local rc=$? pod leaks=""
     set +e
+    # Ctrl-C reaches the whole process group, cleanup included: let nothing interrupt it.
+    trap '' INT TERM
     trap - EXIT
     agent_stop
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done

@@ -108,3 +108,18 @@ TEST_CASE("xds: authorization policies are validated") {
     m->add_destination_ports(70000);
     CHECK(xds::validate_authorization(p).find("out of range") != std::string::npos);
 }
+
+TEST_CASE("xds: fields this agent does not know parse and are ignored") {
+    std::string wire = workload().SerializeAsString();
+    // Field 500 (not in our subset, perhaps added by a newer istiod): varint 7, then a string.
+    wire += std::string("\xa0\x1f\x07", 3);  // tag (500 << 3 | 0) as varint, value 7
+    wire += std::string(
+        "\xaa\x1f\x03"
+        "new",
+        6);  // tag (501 << 3 | 2), length 3, "new"
+    istio::workload::Workload parsed;
+    REQUIRE(parsed.ParseFromString(wire));
+    Workload w;
+    CHECK(xds::convert_workload(parsed, &w) == "");
+    CHECK(w.uid == "Kubernetes//Pod/default/echo-1");
+}
