@@ -155,9 +155,12 @@ std::string Agent::config_dump() {
         w.EndObject();
         str(w, "status", wl.status == WorkloadStatus::kHealthy ? "HEALTHY" : "UNHEALTHY");
         str(w, "network_mode", wl.network_mode == NetworkMode::kHostNetwork ? "HOST_NETWORK" : "STANDARD");
-        str(w, "node", wl.node);
-        str(w, "locality", wl.locality.region + "/" + wl.locality.zone + "/" + wl.locality.subzone);
-        waypoint(w, wl.waypoint);
+        const Placement& pl = *wl.placement;
+        str(w, "node", pl.node);
+        str(w, "locality", pl.locality.region + "/" + pl.locality.zone + "/" + pl.locality.subzone);
+        if (!pl.network.empty()) str(w, "network", pl.network);
+        if (!pl.cluster_id.empty()) str(w, "cluster_id", pl.cluster_id);
+        if (wl.waypoint) waypoint(w, *wl.waypoint);
         w.EndObject();
     }
     w.EndArray();

@@ -167,7 +167,7 @@ class Parser {
                    if (k == "name") w.name = str(v, p);
                    if (k == "namespace") w.namespace_ = str(v, p);
                    if (k == "addresses") w.addresses = ips(v, p);
-                   if (k == "node") w.node = str(v, p);
+                   if (k == "node") w.placement = Placement::intern({str(v, p), "", "", {}});
                    if (k == "status") {
                        std::string st = str(v, p);
                        if (st == "HEALTHY")

@@ -74,22 +74,22 @@ int MeshState::priority(const Service& s, const Workload& w) const {
         bool same = false;
         switch (scope) {
             case LbScope::kRegion:
-                same = w.locality.region == node_.locality.region;
+                same = w.placement->locality.region == node_.locality.region;
                 break;
             case LbScope::kZone:
-                same = w.locality.zone == node_.locality.zone;
+                same = w.placement->locality.zone == node_.locality.zone;
                 break;
             case LbScope::kSubzone:
-                same = w.locality.subzone == node_.locality.subzone;
+                same = w.placement->locality.subzone == node_.locality.subzone;
                 break;
             case LbScope::kNode:
-                same = w.node == node_.node;
+                same = w.placement->node == node_.node;
                 break;
             case LbScope::kCluster:
-                same = w.cluster_id == node_.cluster_id;
+                same = w.placement->cluster_id == node_.cluster_id;
                 break;
             case LbScope::kNetwork:
-                same = w.network == node_.network;
+                same = w.placement->network == node_.network;
                 break;
         }
         if (!same) break;
@@ -255,8 +255,9 @@ void MeshState::upsert_workload(const Workload& w) {
         touched.insert(key);
     }
     model_.workloads[w.uid] = w;
-    if (learn_locality_ && !w.node.empty() && w.node == node_.node && w.locality != node_.locality) {
-        node_.locality = w.locality;  // every priority is relative to it
+    if (learn_locality_ && !w.placement->node.empty() && w.placement->node == node_.node &&
+        w.placement->locality != node_.locality) {
+        node_.locality = w.placement->locality;  // every priority is relative to it
         for (const auto& [key, s] : model_.services) refresh_service(key);
     }
     refresh_backend(w.uid);

@@ -20,7 +20,7 @@ struct ServicePort {
 
 struct Locality {
     std::string region, zone, subzone;
-    bool operator==(const Locality&) const = default;
+    auto operator<=>(const Locality&) const = default;
 };
 
 // Istio's LoadBalancing: where routing_preference is set, endpoints are ranked by how many of
@@ -40,7 +40,22 @@ struct Waypoint {
     std::optional<IpAddr> address;
     std::string hostname;  // "namespace/hostname" when given by name
     uint16_t port = 0;
-    bool operator==(const Waypoint&) const = default;
+    auto operator<=>(const Waypoint&) const = default;
+
+    // Equal waypoints are one shared, immutable object (workloads hold a pointer).
+    static const Waypoint* intern(Waypoint w);
+};
+
+// Where a workload runs. Every workload of a node has the same one, so workloads share an
+// interned, immutable object instead of carrying six strings each (100k workloads: ~20 MB).
+struct Placement {
+    std::string node;
+    std::string network;
+    std::string cluster_id;
+    Locality locality;
+    auto operator<=>(const Placement&) const = default;
+
+    static const Placement* intern(Placement p);
 };
 
 struct Service {
@@ -69,11 +84,8 @@ struct Workload {
     std::map<std::string, std::vector<ServicePort>> services;
     WorkloadStatus status = WorkloadStatus::kHealthy;
     NetworkMode network_mode = NetworkMode::kStandard;
-    std::string node;
-    std::string network;
-    std::string cluster_id;
-    Locality locality;
-    std::optional<Waypoint> waypoint;
+    const Placement* placement = Placement::intern({});  // interned: pointer equality is equality
+    const Waypoint* waypoint = nullptr;                  // interned, or none
     std::vector<std::string> authorization_policies;
     bool operator==(const Workload&) const = default;
 };

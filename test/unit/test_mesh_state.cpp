@@ -14,8 +14,7 @@ const std::string kEcho = "default/echo.default.svc.cluster.local";
 Workload placed(const std::string& name, const std::string& ip, const Locality& loc,
                 const std::string& node) {
     Workload w = workload(name, {ip}, {"echo"});
-    w.locality = loc;
-    w.node = node;
+    w.placement = Placement::intern({node, "", "", loc});
     return w;
 }
 
@@ -56,7 +55,9 @@ TEST_CASE("locality: priority counts the routing preferences missed, in order") 
     }
     SUBCASE("NODE scope compares node names") {
         m.services[kEcho].load_balancing->routing_preference = {LbScope::kNode};
-        m.workloads["Kubernetes//Pod/default/same-zone"].node = "node-1";
+        Placement p = *m.workloads["Kubernetes//Pod/default/same-zone"].placement;
+        p.node = "node-1";
+        m.workloads["Kubernetes//Pod/default/same-zone"].placement = Placement::intern(p);
         DesiredState byNode = build_desired(m, node);
         CHECK(prio_of(byNode, "Kubernetes//Pod/default/same-zone") == 0);
         CHECK(prio_of(byNode, "Kubernetes//Pod/default/same-rack") == 1);
@@ -195,7 +196,9 @@ TEST_CASE("incremental updates always equal a from-scratch build (randomised seq
                                    : std::vector<ServicePort>{};
                     }
                     w.status = rnd(4) ? WorkloadStatus::kHealthy : WorkloadStatus::kUnhealthy;
-                    w.locality = rnd(2) ? Locality{"eu", "eu-1a", ""} : Locality{"eu", "eu-1b", ""};
+                    w.placement = Placement::intern(
+                        {"node-" + std::to_string(rnd(2)), "", "c1",
+                         rnd(2) ? Locality{"eu", "eu-1a", ""} : Locality{"eu", "eu-1b", ""}});
                     mesh.upsert_workload(w);
                     break;
                 }

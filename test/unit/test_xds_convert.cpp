@@ -39,7 +39,8 @@ TEST_CASE("xds: a workload converts with addresses, per-service ports, status an
     CHECK(w.services.at("default/echo.default.svc.cluster.local") == std::vector<ServicePort>{{80, 8080}});
     CHECK(w.status == WorkloadStatus::kUnhealthy);
     CHECK(w.network_mode == NetworkMode::kHostNetwork);
-    CHECK(w.locality == Locality{"eu", "eu-1a", ""});
+    CHECK(w.placement->locality == Locality{"eu", "eu-1a", ""});
+    CHECK(w.placement->node == "node-1");
 }
 
 TEST_CASE("xds: invalid workloads are refused with the reason") {

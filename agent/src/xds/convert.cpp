@@ -97,12 +97,14 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
         in.status() == istio::workload::UNHEALTHY ? WorkloadStatus::kUnhealthy : WorkloadStatus::kHealthy;
     w.network_mode = in.network_mode() == istio::workload::HOST_NETWORK ? NetworkMode::kHostNetwork
                                                                         : NetworkMode::kStandard;
-    w.node = in.node();
-    w.network = in.network();
-    w.cluster_id = in.cluster_id();
-    w.locality = Locality{in.locality().region(), in.locality().zone(), in.locality().subzone()};
-    if (in.has_waypoint())
-        if (auto e = waypoint(in.waypoint(), &w.waypoint); !e.empty()) return e;
+    w.placement =
+        Placement::intern({in.node(), in.network(), in.cluster_id(),
+                           Locality{in.locality().region(), in.locality().zone(), in.locality().subzone()}});
+    if (in.has_waypoint()) {
+        std::optional<Waypoint> wp;
+        if (auto e = waypoint(in.waypoint(), &wp); !e.empty()) return e;
+        w.waypoint = Waypoint::intern(*wp);
+    }
     w.authorization_policies.assign(in.authorization_policies().begin(), in.authorization_policies().end());
     *out = std::move(w);
     return {};

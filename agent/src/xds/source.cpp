@@ -50,7 +50,7 @@ std::string Source::apply_authorization(const Resource& r) {
 }
 
 void Source::remove(const std::string& type_url, const std::string& name) {
-    versions_[type_url].erase(name);
+    versions_[type_url].erase(name_hash(name));
     if (type_url == kAuthorizationType) {
         policies_.erase(name);
         return;
@@ -79,7 +79,7 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
             rejected.push_back(fmt::format("{}: {}", r.name(), err));
             continue;
         }
-        versions[r.name()] = r.version();
+        versions[name_hash(r.name())] = r.version();
     }
     for (const auto& name : resp.removed_resources()) remove(type, name);
     // Until istiod's first Address response, the model is empty and the maps hold what a previous
@@ -95,7 +95,19 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
 
 std::map<std::string, std::string> Source::versions(const std::string& type_url) {
     std::lock_guard lock(mu_);
-    return versions_[type_url];
+    const auto& held = versions_[type_url];
+    std::map<std::string, std::string> out;
+    auto add = [&](const std::string& name) {
+        auto v = held.find(name_hash(name));
+        if (v != held.end()) out.emplace(name, v->second);
+    };
+    if (type_url == kAuthorizationType) {
+        for (const auto& [name, p] : policies_) add(name);
+    } else {
+        for (const auto& [key, s] : mesh_.model().services) add(key);
+        for (const auto& [uid, w] : mesh_.model().workloads) add(uid);
+    }
+    return out;
 }
 
 void Source::on_connection(bool connected) {

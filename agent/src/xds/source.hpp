@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "agent/src/dataplane_state.hpp"
 #include "agent/src/xds/client.hpp"
@@ -37,7 +38,9 @@ class Source : public Handler {
     MeshState& mesh_;
     std::mutex& mu_;
     std::function<void()> sync_;
-    std::map<std::string, std::map<std::string, std::string>> versions_;  // type -> name -> version
+    // type -> name hash -> version. Keyed by hash, not by a fifth copy of each name: the names
+    // are the model's (and the policies') keys, listed again only on reconnect.
+    std::map<std::string, std::unordered_map<uint64_t, std::string>> versions_;
     std::map<std::string, istio::security::Authorization> policies_;
     bool addresses_received_ = false;
 };
