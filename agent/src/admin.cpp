@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <thread>
+#include <unordered_map>
 
 #include "agent/src/agent.hpp"
 #include "agent/src/xds/source.hpp"
@@ -183,11 +184,13 @@ std::string Agent::maps_dump() {
     rapidjson::StringBuffer buf;
     Writer w(buf);
     std::lock_guard lock(mu_);
-    MapState k = recover_map_state(*ops_);  // what the kernel holds, not the writer's mirror
-    const auto& names = mesh_.desired().names;
-    auto name_of = [&](uint64_t h) {
+    MapState k = recover_map_state(*ops_);                 // what the kernel holds, not the writer's mirror
+    std::unordered_map<uint64_t, std::string_view> names;  // built per request: not worth keeping
+    for (const auto& [key, s] : mesh_.model().services) names.emplace(name_hash(key), key);
+    for (const auto& [uid, wl] : mesh_.model().workloads) names.emplace(name_hash(uid), uid);
+    auto name_of = [&](uint64_t h) -> std::string {
         auto it = names.find(h);
-        return it == names.end() ? fmt::format("unknown:{:016x}", h) : it->second;
+        return it == names.end() ? fmt::format("unknown:{:016x}", h) : std::string(it->second);
     };
     std::map<uint32_t, uint64_t> backend_hash;
     for (const auto& [h, b] : k.backends) backend_hash[b.id] = h;

@@ -32,16 +32,14 @@ std::vector<std::string> hash_collisions(const Model& model) {
 }
 
 std::string MeshState::check_name(const std::string& name) const {
-    auto it = desired_.names.find(name_hash(name));
-    if (it != desired_.names.end() && it->second != name)
-        return fmt::format("name '{}' hashes like '{}'; rename one", name, it->second);
+    // A hash in use by a name the model does not hold belongs to another name: a collision.
+    if (hashes_.count(name_hash(name)) && !model_.services.count(name) && !model_.workloads.count(name))
+        return fmt::format("name '{}' hashes like another resource's; rename one", name);
     return {};
 }
 
-uint64_t MeshState::hash_of(const std::string& name) {
-    uint64_t h = name_hash(name);
-    desired_.names[h] = name;
-    return h;
+void MeshState::forget_hash(const std::string& name) {
+    if (!model_.services.count(name) && !model_.workloads.count(name)) hashes_.erase(name_hash(name));
 }
 
 namespace {
@@ -116,7 +114,7 @@ void MeshState::refresh_backend(const std::string& uid) {
             }
         }
     if (b.flags)
-        desired_.backends[hash_of(uid)] = b;
+        desired_.backends[h] = b;
     else
         desired_.backends.erase(h);  // nothing to connect to
 }
@@ -187,7 +185,7 @@ void MeshState::refresh_frontend_flags(const std::string& key) {
 }
 
 void MeshState::refresh_service(const std::string& key) {
-    uint64_t hs = hash_of(key);
+    uint64_t hs = name_hash(key);
     const Service& s = model_.services.at(key);
     dirty_.services.insert(hs);
     DesiredService& ds = desired_.services[hs];
@@ -217,6 +215,7 @@ void MeshState::upsert_service(const Service& s) {
     auto it = model_.services.find(key);
     if (it != model_.services.end() && it->second == s) return;
     model_.services[key] = s;
+    hashes_.insert(name_hash(key));
     refresh_service(key);
 }
 
@@ -236,7 +235,7 @@ void MeshState::remove_service(const std::string& key) {
         for (const auto& fk : released) elect(fk);  // another claimant, if any, takes the VIP
     }
     if (members_[key].empty()) members_.erase(key);
-    desired_.names.erase(hs);
+    forget_hash(key);
 }
 
 void MeshState::upsert_workload(const Workload& w) {
@@ -255,6 +254,7 @@ void MeshState::upsert_workload(const Workload& w) {
         touched.insert(key);
     }
     model_.workloads[w.uid] = w;
+    hashes_.insert(name_hash(w.uid));
     if (learn_locality_ && !w.placement->node.empty() && w.placement->node == node_.node &&
         w.placement->locality != node_.locality) {
         node_.locality = w.placement->locality;  // every priority is relative to it
@@ -279,7 +279,7 @@ void MeshState::remove_workload(const std::string& uid) {
         if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
     }
     refresh_backend(uid);
-    desired_.names.erase(name_hash(uid));
+    forget_hash(uid);
 }
 
 void MeshState::replace(const Model& next) {

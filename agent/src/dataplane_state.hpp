@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -57,8 +58,7 @@ struct DesiredState {
     std::map<uint64_t, DesiredService> services;
     std::map<uint64_t, DesiredBackend> backends;
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
-    std::map<PortKey, uint16_t> ports;      // target port, network order
-    std::map<uint64_t, std::string> names;  // hash -> resource name, for dumps and logs
+    std::map<PortKey, uint16_t> ports;  // target port, network order
 };
 
 // What changed since the last plan: only these are compared with the maps.
@@ -100,7 +100,7 @@ class MeshState {
     void refresh_frontend_flags(const std::string& service_key);
     void elect(const kmesh_frontend_key& fk);                 // which claimant's frontend the map holds
     int priority(const Service& s, const Workload& w) const;  // -1: not an endpoint
-    uint64_t hash_of(const std::string& name);
+    void forget_hash(const std::string& name);
 
     NodeInfo node_;
     bool learn_locality_ = false;
@@ -108,6 +108,7 @@ class MeshState {
     DesiredState desired_;
     Dirty dirty_;
     std::map<std::string, std::set<std::string>> members_;         // service key -> uids listing it
+    std::unordered_set<uint64_t> hashes_;                          // of every name in the model
     std::map<std::pair<uint64_t, uint16_t>, uint32_t> overrides_;  // (service, port) -> workloads overriding
     // Services listing each (VIP, port). istiod may briefly give one VIP to two services; the
     // largest hash wins, so the outcome does not depend on the order the updates came in.
