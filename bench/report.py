@@ -269,7 +269,7 @@ def report(a):
     header = [f"### {a.mode} mode — {datetime.date.today()}", "",
               f"Machine: {machine()}. {a.reps} repetitions of {a.duration} s per cell; "
               "values are medians with (min–max). Command: "
-              f"`sudo bench/run.sh --{a.mode}`. wrk/HTTP errors over the run: {errors}.", ""]
+              f"`bench/run.sh --{a.mode}`. wrk/HTTP errors over the run: {errors}.", ""]
     body = header + tables(agg) + prog_lines + targets(agg, prog, sweep)
     text = "\n".join(body)
     print(text)

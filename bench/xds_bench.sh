@@ -102,7 +102,7 @@ mb = lambda kb: int(kb) / 1024
 rows = [
     f"### istiod at scale — {datetime.date.today()}",
     "",
-    f"Machine: {machine}. Command: `sudo bench/xds_bench.sh --services {services} --per-service {per} --changes {changes}`.",
+    f"Machine: {machine}. Command: `bench/xds_bench.sh --services {services} --per-service {per} --changes {changes}`.",
     f"istiod is `test/xds/fake_istiod` on loopback; the agent talks Delta xDS to it in plaintext.",
     "",
     "| what | measured | target |",
