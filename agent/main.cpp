@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
         ->envname("CLUSTER_ID")
         ->capture_default_str();
     app.add_option("--node-name", opt.node.node, "this node's name")->envname("NODE_NAME");
+    app.add_option("--network", opt.node.network, "this node's mesh network (for NETWORK routing preference)")
+        ->envname("NETWORK");
     app.add_option("--pod-name", pod_name, "this agent's pod")->envname("POD_NAME");
     app.add_option("--pod-namespace", pod_namespace, "this agent's namespace")
         ->envname("POD_NAMESPACE")
