@@ -19,6 +19,7 @@ agent_start "$MESH"
 
 pod_create client
 pod_create backend
+BACKEND_IP=$POD_IP4
 replace_file "$MESH" "$(config "$POD_IP4")"
 wait_log "config generation 2 applied" 1
 pod_serve backend backend 8080
@@ -67,6 +68,30 @@ check "writes to other files in the config directory do not reload the config" \
 kill -HUP "$AGENT_PID"
 wait_log "SIGHUP: reloading" 1
 check "SIGHUP re-reads the config (unchanged: nothing to write)" test "$(grep -c "applied:" "$TMP/agent.log")" = "$reloads"
+
+# A Kubernetes ConfigMap volume: mesh.yaml -> ..data/mesh.yaml, ..data -> ..<timestamp>; an update
+# writes a new timestamped directory and renames a new ..data symlink over the old one.
+agent_stop
+CM=$TMP/configmap
+mkdir -p "$CM/..t1"
+cp "$MESH" "$CM/..t1/mesh.yaml"
+ln -s ..t1 "$CM/..data"
+ln -s ..data/mesh.yaml "$CM/mesh.yaml"
+agent_start "$CM/mesh.yaml"
+applied=$(grep -c "applied:" "$TMP/agent.log")
+mkdir -p "$CM/..t2"
+config 10.244.0.251 >"$CM/..t2/mesh.yaml"
+ln -s ..t2 "$CM/..data_tmp"
+mv -T "$CM/..data_tmp" "$CM/..data"
+check "a ConfigMap update (..data symlink swap) is picked up" wait_log "applied:" $((applied + 1))
+out=$(pod_connect client 10.96.0.10 80 1 --timeout-ms 300)
+check "and the new endpoint is in use: '$out'" test "$out" != backend
+mkdir -p "$CM/..t3"
+config "$BACKEND_IP" >"$CM/..t3/mesh.yaml"
+ln -s ..t3 "$CM/..data_tmp"
+mv -T "$CM/..data_tmp" "$CM/..data"
+check "and the next swap is picked up too" wait_log "applied:" $((applied + 2))
+check "restoring the endpoint" reaches
 
 check "CHECK passes for an enrolled pod" kmesh_cni CHECK client
 check "a repeated ADD succeeds" kmesh_cni ADD client
