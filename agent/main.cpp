@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
                              {"INSTANCE_IPS", instance_ip},
                              {"NODE_NAME", opt.node.node},
                              {"CLUSTER_ID", xds.cluster_id}};
+        if (!opt.node.network.empty()) xds.node_metadata["NETWORK"] = opt.node.network;
         opt.xds = xds;
     } else if (opt.config_path.empty()) {
         spdlog::error("give --config FILE (standalone) or --xds-address / XDS_ADDRESS (istiod)");

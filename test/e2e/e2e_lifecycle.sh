@@ -67,7 +67,7 @@ check "writes to other files in the config directory do not reload the config" \
     test "$(grep -c "applied:\|rejected" "$TMP/agent.log")" = "$reloads"
 kill -HUP "$AGENT_PID"
 wait_log "SIGHUP: reloading" 1
-check "SIGHUP re-reads the config (unchanged: nothing to write)" test "$(grep -c "applied:" "$TMP/agent.log")" = "$reloads"
+check "SIGHUP re-reads the config (unchanged: nothing to write)" test "$(grep -c "applied:\\|rejected" "$TMP/agent.log")" = "$reloads"
 
 # A Kubernetes ConfigMap volume: mesh.yaml -> ..data/mesh.yaml, ..data -> ..<timestamp>; an update
 # writes a new timestamped directory and renames a new ..data symlink over the old one.
@@ -85,7 +85,7 @@ ln -s ..t2 "$CM/..data_tmp"
 mv -T "$CM/..data_tmp" "$CM/..data"
 check "a ConfigMap update (..data symlink swap) is picked up" wait_log "applied:" $((applied + 1))
 out=$(pod_connect client 10.96.0.10 80 1 --timeout-ms 300)
-check "and the new endpoint is in use: '$out'" test "$out" != backend
+check "and the new endpoint is in use: '$out'" grep -qE '^error (ETIMEDOUT|EHOSTUNREACH)$' <<<"$out"
 mkdir -p "$CM/..t3"
 config "$BACKEND_IP" >"$CM/..t3/mesh.yaml"
 ln -s ..t3 "$CM/..data_tmp"
