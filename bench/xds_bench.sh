@@ -29,10 +29,7 @@ PORT=$(free_port)
 log "generating $SERVICES services x $PER workloads"
 $FIXTURE --scale "$SERVICES,$PER" -o "$TMP/scale.json"
 $FIXTURE >"$TMP/empty.json"
-"$BUILD/test/xds/fake_istiod" --listen "127.0.0.1:$PORT" --snapshot "$TMP/empty.json" --control-dir "$CONTROL" \
-    >"$TMP/istiod.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do grep -q "listening on" "$TMP/istiod.log" && break; sleep 0.1; done
+istiod_start "$PORT" "$CONTROL" "$TMP/empty.json"
 
 WORKLOADS=$((SERVICES * PER))
 AGENT_FLAGS="--max-services $((SERVICES + 1024)) --max-endpoints $((WORKLOADS * 11 / 10)) --max-backends $((WORKLOADS * 11 / 10)) --log-level debug"

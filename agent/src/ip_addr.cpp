@@ -37,14 +37,6 @@ std::optional<IpAddr> IpAddr::from_raw(std::string_view raw) {
     return std::nullopt;
 }
 
-IpAddr IpAddr::v4(uint32_t host_order) {
-    IpAddr a;
-    std::memcpy(a.bytes.data(), kV4MappedPrefix.data(), kV4MappedPrefix.size());
-    uint32_t n = htonl(host_order);
-    std::memcpy(a.bytes.data() + 12, &n, 4);
-    return a;
-}
-
 bool IpAddr::is_v4() const { return std::memcmp(bytes.data(), kV4MappedPrefix.data(), 12) == 0; }
 
 bool IpAddr::is_unspecified() const {

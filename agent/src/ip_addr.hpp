@@ -16,7 +16,6 @@ struct IpAddr {
     static std::optional<IpAddr> parse(std::string_view text);
     // From raw bytes as the workload API sends them: 4 (IPv4) or 16 (IPv6) bytes.
     static std::optional<IpAddr> from_raw(std::string_view raw);
-    static IpAddr v4(uint32_t host_order);
 
     bool is_v4() const;
     bool is_unspecified() const;  // 0.0.0.0 or ::

@@ -25,10 +25,8 @@ mkdir -p "$CONTROL"
 SVC=default/echo.default.svc.cluster.local
 
 python3 "$E2E_DIR/../xds/make_fixture.py" --service "$SVC=10.96.0.10:80:8080" >"$TMP/snapshot.json"
-"$BUILD/test/xds/fake_istiod" --listen "127.0.0.1:$PORT" --snapshot "$TMP/snapshot.json" --control-dir "$CONTROL" \
-    --tls-cert "$PKI/istiod.pem" --tls-key "$PKI/istiod.key" --expect-token-file "$PKI/token" >"$TMP/istiod.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do grep -q "listening on" "$TMP/istiod.log" && break; sleep 0.1; done
+istiod_start "$PORT" "$CONTROL" "$TMP/snapshot.json" --tls-cert "$PKI/istiod.pem" --tls-key "$PKI/istiod.key" \
+    --expect-token-file "$PKI/token"
 
 # Wrong CA first: the agent must refuse istiod's certificate and keep the maps as they are.
 agent_start --xds-address "127.0.0.1:$PORT" --root-cert "$PKI/other.pem" --token-file "$PKI/token" --node-name n1

@@ -157,6 +157,18 @@ echo_workload() { # <name> <ip4> <ip6>: a workload line serving the echo service
     printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
 }
 
+istiod_start() { # <port> <control-dir> <snapshot> [fake_istiod flags...]: returns once it listens
+    local port=$1 control=$2 snapshot=$3
+    shift 3
+    : >"$TMP/istiod.log"
+    "$BUILD/test/xds/fake_istiod" --listen "127.0.0.1:$port" --snapshot "$snapshot" --control-dir "$control" "$@" \
+        >>"$TMP/istiod.log" 2>&1 &
+    ISTIOD_PID=$!
+    PIDS+=($ISTIOD_PID)
+    for _ in $(seq 50); do grep -q "listening on" "$TMP/istiod.log" && return 0; sleep 0.1; done
+    log "fake istiod did not start"; cat "$TMP/istiod.log"; return 1
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 kmeshctl() { "$BUILD/ctl/kmeshctl" --bpffs-root "$BPFFS" "$@"; }
