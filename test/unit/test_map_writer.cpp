@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <cstring>
 
@@ -334,7 +335,7 @@ TEST_CASE("ids seen in the maps at recovery are never handed out again") {
     MapWriter w(ops, recover_map_state(ops), MapCapacity{8, 8}, metrics);
     Model m;
     for (int i = 0; i < 7; i++)
-        add(m, service("s" + std::to_string(i), {"10.96.1." + std::to_string(i + 1)}));
+        add(m, service(fmt::format("s{}", i), {fmt::format("10.96.1.{}", i + 1)}));
     CHECK(w.apply(diff(w.state(), build_desired(m), kAll)) == "");
     for (const auto& [h, s] : w.state().services) CHECK(s.id != 7);
     CHECK(ops.size(MapId::kEndpoint) == 0);  // the orphan is gone

@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "agent/src/dataplane_state.hpp"
 #include "model_builders.hpp"
@@ -131,7 +132,7 @@ TEST_CASE("replace applies only the difference between two models") {
     Model m;
     add(m, service("echo", {"10.96.0.10"}));
     for (int i = 0; i < 50; i++)
-        add(m, workload("w" + std::to_string(i), {"10.0.1." + std::to_string(i + 1)}, {"echo"}));
+        add(m, workload(fmt::format("w{}", i), {fmt::format("10.0.1.{}", i + 1)}, {"echo"}));
     mesh.replace(m);
     mesh.take_dirty();
     m.workloads.erase("Kubernetes//Pod/default/w7");
