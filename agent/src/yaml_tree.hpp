@@ -9,6 +9,8 @@
 
 namespace kmesh {
 
+struct YamlEntry;
+
 class YamlNode {
   public:
     enum class Kind { kNull, kScalar, kSequence, kMapping };
@@ -17,12 +19,18 @@ class YamlNode {
     std::string scalar;
     int line = 0;                                        // 1-based
     std::vector<YamlNode> items;                         // kSequence
-    std::vector<std::pair<YamlNode, YamlNode>> entries;  // kMapping, in document order
+    std::vector<YamlEntry> entries;                      // kMapping, in document order
 
     bool is_null() const { return kind == Kind::kNull; }
     bool is_scalar() const { return kind == Kind::kScalar; }
     bool is_sequence() const { return kind == Kind::kSequence; }
     bool is_mapping() const { return kind == Kind::kMapping; }
+};
+
+// A mapping entry. Not std::pair<YamlNode, YamlNode>: a pair needs YamlNode complete where the
+// member is declared, which libstdc++ under clang enforces.
+struct YamlEntry {
+    YamlNode first, second;
 };
 
 // Parses one document. Returns false with *error ("line N: ...") on a syntax error or an
