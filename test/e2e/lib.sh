@@ -192,6 +192,11 @@ e2e_cleanup() {
     ip netns del "$NODE" 2>/dev/null
     # Every pod went through DEL, so kmesh-cni must have left no pins (before the unmount hides it).
     [[ -n $(ls -A "$BPFFS/kmesh/pods" 2>/dev/null) ]] && leaks+=" pod-pins($(ls "$BPFFS/kmesh/pods" | xargs))"
+    # Under a sanitizer build (install/test.sh), daemons report into their logs, not our exit code.
+    local sanitized
+    sanitized=$(grep -l -E 'ERROR: (Address|Leak)Sanitizer|runtime error:|WARNING: ThreadSanitizer' \
+        "$TMP"/*.log 2>/dev/null | xargs -r -n1 basename | xargs)
+    [[ -n $sanitized ]] && { log "sanitizer reports in: $sanitized"; leaks+=" sanitizer($sanitized)"; }
     mountpoint -q "$BPFFS" && umount "$BPFFS"
     [[ -d $CGROOT ]] && find "$CGROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
     if ((rc != 0 || FAILED > 0)) || [[ -n $leaks ]]; then
