@@ -638,9 +638,9 @@ bool all_links_detached(Kernel& kernel, const fs::path& dir) {
 }
 
 // GC (spec 1.1): removes this network's attachments that are not in cni.dev/valid-attachments.
-// Only records marked with this network's name are touched; records of other networks and
+// Only records marked with this network's name are released; records of other networks and
 // unmarked records of older kmesh-cni versions are kept unless all their links are detached
-// (cgroup gone), which is always safe to clean.
+// (cgroup gone: nothing runs any more), which is always safe to clean.
 void cmd_gc(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
     if (!bpffs_holds_pins(req.config, kernel, log)) return;
@@ -658,7 +658,7 @@ void cmd_gc(const Request& req, Kernel& kernel, spdlog::logger& log) {
         if (fs::exists(record / marker, e)) {
             if (release_record(record, req.config.name)) ++removed;
             log.info("GC: {} is not a valid attachment of {}: released", record.string(), req.config.name);
-        } else if (!has_net_markers(record) && all_links_detached(kernel, links_dir)) {
+        } else if (all_links_detached(kernel, links_dir)) {
             remove_tree(record);
             ++removed;
             log.info("GC: {} has only detached links: removed", record.string());
@@ -885,6 +885,9 @@ Request parse_request(const Env& env, std::string_view stdin_json) {
         } catch (const CniError& e) {
             if (e.code() == kErrDecode) throw;
             req.unusable_config = e.what();
+            const Peek peek = peek_config(stdin_json);  // still log where the config says
+            req.config.cni_version = peek.cni_version;
+            req.config.log_file = peek.log_file;
         }
         return req;
     }

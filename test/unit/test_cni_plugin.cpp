@@ -666,6 +666,15 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     CHECK_FALSE(fs::exists(f.layout.pod_dir("legacy")));
     CHECK(fs::exists(f.layout.pod_dir("keep")));
 
+    // Another network's record whose cgroup is gone (links detached) is safe to clean too.
+    add_as(f, "gone", "net-b");
+    f.container_id = "gone";
+    f.detach(kmesh::kProgConnect4);
+    f.detach(kmesh::kProgConnect6);
+    CHECK(gc("net-a", {"keep"}).empty());
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("gone")));
+    CHECK(fs::exists(f.layout.pod_dir("other")));
+
     // Files that are not pod dirs of ours are left alone.
     fs::create_directories(fs::path(f.layout.pods_dir()) / "_unknown");
     CHECK(gc("net-a", {}).empty());
