@@ -88,4 +88,10 @@ int LinuxKernel::link_info(int link_fd, LinkInfo* out) {
 
 void LinuxKernel::close(int fd) { ::close(fd); }
 
+long LinuxKernel::fs_magic(const std::string& path) {
+    struct statfs st {};
+    if (statfs(path.c_str(), &st) != 0) return -errno;
+    return static_cast<long>(st.f_type);
+}
+
 }  // namespace kmesh::cni

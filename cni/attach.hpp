@@ -36,6 +36,8 @@ class Kernel {
     // Info of a cgroup link fd: 0 or -errno (-EINVAL when `fd` is not a cgroup bpf_link).
     virtual int link_info(int link_fd, LinkInfo* info) = 0;
     virtual void close(int fd) = 0;
+    // statfs(path).f_type (BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, ...) or -errno.
+    virtual long fs_magic(const std::string& path) = 0;
 };
 
 // Owns one fd obtained from a Kernel.
@@ -78,6 +80,7 @@ class LinuxKernel final : public Kernel {
     int prog_id(int prog_fd, std::uint32_t* id) override;
     int link_info(int link_fd, LinkInfo* info) override;
     void close(int fd) override;
+    long fs_magic(const std::string& path) override;
 };
 
 }  // namespace kmesh::cni

@@ -1,10 +1,16 @@
 #include "cni/plugin.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/magic.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -13,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -24,7 +31,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::array<std::string_view, 3> kSupportedVersions = {"0.3.1", "0.4.0", "1.0.0"};
+constexpr std::array<std::string_view, 4> kSupportedVersions = {"0.3.1", "0.4.0", "1.0.0", "1.1.0"};
+// Pinned entries must fit bpffs' NAME_MAX (255) after encoding and a prefix.
+constexpr std::size_t kMaxEncodedName = 200;
+// Marker directory naming the network an attachment belongs to (bpffs holds only pins and dirs).
+constexpr std::string_view kNetMarkerPrefix = "net_";
+// pods/_cgroup_<cgroup id>: links shared by every container of one cgroupPath. Container ids start
+// with an alphanumeric, so this can never be a container's own dir.
+constexpr std::string_view kSharedPrefix = "_cgroup_";
+constexpr const char* kUsersDir = "users";
 
 struct ProgSpec {
     const char* name;
@@ -37,57 +52,252 @@ constexpr ProgSpec kProgs[] = {
 
 std::string errno_str(int negative_errno) { return std::strerror(-negative_errno); }
 
-// CNI container ids become a bpffs directory name (dots encoded, see encode_pin_name): spec charset,
-// and never "." or "..".
-bool valid_container_id(std::string_view id) {
-    return !id.empty() && id != "." && id != ".." && std::all_of(id.begin(), id.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
-    });
+bool is_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+
+// The CNI spec's rule for container ids and network names: an alphanumeric, then alphanumerics,
+// '_', '.' or '-'. Both become bpffs names (dots encoded), so their encoded length is bounded too.
+bool valid_cni_name(std::string_view s) {
+    return !s.empty() && is_alnum(s[0]) && encode_pin_name(s).size() <= kMaxEncodedName &&
+           std::all_of(s.begin(), s.end(),
+                       [](char c) { return is_alnum(c) || c == '_' || c == '.' || c == '-'; });
+}
+
+std::string decode_pin_name(std::string_view name) {
+    std::string out;
+    for (size_t i = 0; i < name.size(); ++i) {
+        if (name.substr(i, 3) == "%2E") {
+            out += '.';
+            i += 2;
+        } else {
+            out += name[i];
+        }
+    }
+    return out;
 }
 
 bool valid_pod_uid(std::string_view uid) {
-    return !uid.empty() && std::all_of(uid.begin(), uid.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
-    });
+    return !uid.empty() && uid.size() <= kMaxEncodedName &&
+           std::all_of(uid.begin(), uid.end(), [](char c) { return is_alnum(c) || c == '-' || c == '_'; });
 }
 
-// Reads an optional string field; empty values keep the default.
+bool supported_version(std::string_view v) {
+    return std::find(kSupportedVersions.begin(), kSupportedVersions.end(), v) != kSupportedVersions.end();
+}
+
+// Length of the valid UTF-8 sequence at s[i], 0 when s[i] does not start one (overlongs, surrogates
+// and code points above U+10FFFF are invalid).
+size_t utf8_len(std::string_view s, size_t i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) return 1;
+    size_t n;
+    std::uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (i + n > s.size()) return 0;
+    for (size_t k = 1; k < n; ++k) {
+        const auto b = static_cast<unsigned char>(s[i + k]);
+        if ((b & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (b & 0x3F);
+    }
+    if (n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) return 0;
+    if (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) return 0;
+    return n;
+}
+
+// True when arrays/objects in `json` nest deeper than `limit` (strings skipped). Checked before
+// parsing: rapidjson's recursive parser and writer would overflow the stack on deep input.
+bool nested_deeper_than(std::string_view json, int limit) {
+    bool in_string = false, escaped = false;
+    int depth = 0;
+    for (char c : json) {
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > limit) return true;
+        } else if (c == ']' || c == '}') {
+            --depth;
+        }
+    }
+    return false;
+}
+
+constexpr unsigned kParseFlags = rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag;
+
+// Parses stdin into `doc`; CniError code 6 when it is not a JSON object.
+void parse_json(rapidjson::Document& doc, std::string_view json) {
+    if (nested_deeper_than(json, kMaxJsonDepth)) {
+        throw CniError(kErrDecode, "cannot parse the network configuration",
+                       fmt::format("nested deeper than {} levels", kMaxJsonDepth));
+    }
+    doc.Parse<kParseFlags>(json.data(), json.size());
+    if (doc.HasParseError()) {
+        throw CniError(kErrDecode, "cannot parse the network configuration",
+                       fmt::format("offset {}: {}", doc.GetErrorOffset(),
+                                   rapidjson::GetParseError_En(doc.GetParseError())));
+    }
+    if (!doc.IsObject()) throw CniError(kErrDecode, "the network configuration is not a JSON object");
+}
+
+// Reads an optional string field; empty values keep the default. NUL bytes (from \u0000) would
+// silently cut paths short, so they are refused.
 void read_string(const rapidjson::Value& obj, const char* key, std::string& out, bool allow_empty = false) {
     auto it = obj.FindMember(key);
     if (it == obj.MemberEnd()) return;
     if (!it->value.IsString()) throw CniError(kErrInvalidConfig, fmt::format("{} must be a string", key));
     std::string value(it->value.GetString(), it->value.GetStringLength());
+    if (value.find('\0') != std::string::npos) {
+        throw CniError(kErrInvalidConfig, fmt::format("{} contains a NUL character", key));
+    }
     if (!value.empty() || allow_empty) out = std::move(value);
 }
 
-fs::path resolve_cgroup_root(const Config& config) {
-    if (!config.cgroup_root.empty()) return config.cgroup_root;
-    auto mount = find_cgroup2_mount();
-    if (!mount) {
-        throw CniError(kErrPodCgroupNotFound, "no cgroup v2 mount in /proc/self/mountinfo",
-                       "set cgroupRoot in the plugin config");
+// What can be read from stdin even when the request is refused: the version to answer in and the
+// log file to write the error to.
+struct Peek {
+    bool parsed = false;
+    std::string cni_version;
+    std::string log_file = kDefaultLogFile;
+};
+
+Peek peek_config(std::string_view json) {
+    Peek peek;
+    rapidjson::Document doc;
+    try {
+        parse_json(doc, json);
+    } catch (const CniError&) {
+        return peek;
     }
-    return *mount;
+    peek.parsed = true;
+    auto v = doc.FindMember("cniVersion");
+    if (v != doc.MemberEnd() && v->value.IsString()) peek.cni_version = v->value.GetString();
+    try {
+        read_string(doc, "logFile", peek.log_file, /*allow_empty=*/true);
+    } catch (const CniError&) {
+        peek.log_file.clear();  // a logFile that is not a usable string: no log
+    }
+    return peek;
 }
 
-fs::path resolve_pod_cgroup(const Request& req) {
+bool is_bpffs(long magic) { return magic == static_cast<long>(BPF_FS_MAGIC); }
+
+// ADD/CHECK: bpffsRoot must be a bpffs. A missing root is left to the program lookup (agent not
+// running yet, try again later); any other filesystem is a configuration error that waiting cannot fix.
+void require_bpffs(const Config& config, Kernel& kernel) {
+    const long magic = kernel.fs_magic(config.bpffs_root);
+    if (magic == -ENOENT) return;
+    if (magic < 0) {
+        throw CniError(kErrIo, fmt::format("cannot stat bpffsRoot {}: {}", config.bpffs_root,
+                                           errno_str(static_cast<int>(magic))));
+    }
+    if (!is_bpffs(magic)) {
+        throw CniError(kErrInvalidConfig, fmt::format("bpffsRoot {} is not a bpffs mount", config.bpffs_root),
+                       fmt::format("filesystem magic 0x{:x}; mount bpffs there or fix bpffsRoot", magic));
+    }
+}
+
+// DEL/GC: whether there can be anything of ours under bpffsRoot. Links can only be pinned on a
+// bpffs; on any other filesystem the files under kmesh/pods are not ours and must not be deleted,
+// and as nothing can have been attached there, succeeding is correct (failing would strand the
+// sandbox: runtimes retry DEL forever with the same config).
+bool bpffs_holds_pins(const Config& config, Kernel& kernel, spdlog::logger& log) {
+    const long magic = kernel.fs_magic(config.bpffs_root);
+    if (magic == -ENOENT) {
+        log.info("bpffsRoot {} does not exist: nothing attached", config.bpffs_root);
+        return false;
+    }
+    if (magic < 0 || !is_bpffs(magic)) {
+        log.warn(
+            "bpffsRoot {} is not a bpffs mount ({}): nothing can be attached through it, deleting nothing",
+            config.bpffs_root,
+            magic < 0 ? errno_str(static_cast<int>(magic)) : fmt::format("magic 0x{:x}", magic));
+        return false;
+    }
+    return true;
+}
+
+fs::path resolve_cgroup_root(const Config& config, Kernel& kernel) {
+    fs::path root = config.cgroup_root;
+    if (root.empty()) {
+        auto mount = find_cgroup2_mount();
+        if (!mount) {
+            throw CniError(kErrPodCgroupNotFound, "no cgroup v2 mount in /proc/self/mountinfo",
+                           "set cgroupRoot in the plugin config");
+        }
+        root = *mount;
+    }
+    std::error_code ec;
+    fs::path canonical = fs::canonical(root, ec);
+    if (ec) throw CniError(kErrInvalidConfig, fmt::format("cgroupRoot {}: {}", root.string(), ec.message()));
+    // Only a cgroup v2 tree is searched (and attached to): any other root (e.g. "/") is refused
+    // rather than walked.
+    const long magic = kernel.fs_magic(canonical.string());
+    if (magic != static_cast<long>(CGROUP2_SUPER_MAGIC)) {
+        throw CniError(
+            kErrInvalidConfig, fmt::format("cgroupRoot {} is not on a cgroup v2 mount", canonical.string()),
+            magic < 0 ? errno_str(static_cast<int>(magic)) : fmt::format("filesystem magic 0x{:x}", magic));
+    }
+    return canonical;
+}
+
+// True when `p` is strictly below `root` (both canonical or both lexically normal).
+bool strictly_below(const fs::path& p, const fs::path& root) {
+    const fs::path rel = p.lexically_relative(root);
+    return !rel.empty() && rel != "." && *rel.begin() != "..";
+}
+
+struct Target {
+    fs::path cgroup;
+    bool shared = false;  // cgroupPath: one cgroup for many containers
+};
+
+Target resolve_target(const Request& req, Kernel& kernel) {
     const Config& config = req.config;
     if (!config.cgroup_path.empty()) {
+        const fs::path root = resolve_cgroup_root(config, kernel);
         fs::path p = config.cgroup_path;
-        if (p.is_relative()) p = resolve_cgroup_root(config) / p;
+        if (p.is_relative()) p = root / p;
+        // Lexically first (a "../x" outside the root is refused even when it does not exist), then
+        // after resolving symlinks.
+        if (!strictly_below(p.lexically_normal(), root)) {
+            throw CniError(kErrInvalidConfig, fmt::format("cgroupPath {} is not below cgroupRoot {}",
+                                                          config.cgroup_path, root.string()));
+        }
         std::error_code ec;
-        if (!fs::is_directory(p, ec)) {
+        fs::path canonical = fs::canonical(p, ec);
+        if (ec || !fs::is_directory(canonical, ec)) {
             throw CniError(kErrPodCgroupNotFound,
                            fmt::format("cgroupPath {} is not a directory", p.string()));
         }
-        return p;
+        if (!strictly_below(canonical, root)) {
+            throw CniError(kErrInvalidConfig,
+                           fmt::format("cgroupPath {} resolves to {}, not below cgroupRoot {}",
+                                       config.cgroup_path, canonical.string(), root.string()));
+        }
+        return {canonical, true};
     }
     auto uid = req.args.find("K8S_POD_UID");
     if (uid == req.args.end()) {
         throw CniError(kErrPodCgroupNotFound, "cannot find the pod cgroup: no K8S_POD_UID in CNI_ARGS",
                        "set cgroupPath in the plugin config for runtimes that do not pass K8S_POD_UID");
     }
-    const fs::path root = resolve_cgroup_root(config);
+    const fs::path root = resolve_cgroup_root(config, kernel);
     PodCgroupLookup lookup = find_pod_cgroup(root, uid->second);
     if (!lookup.path) {
         throw CniError(kErrPodCgroupNotFound,
@@ -95,7 +305,7 @@ fs::path resolve_pod_cgroup(const Request& req) {
                        fmt::format("tried {}, then searched {} levels deep", fmt::join(lookup.tried, ", "),
                                    kPodCgroupSearchDepth));
     }
-    return *lookup.path;
+    return {*lookup.path, false};
 }
 
 struct PinnedProg {
@@ -104,30 +314,105 @@ struct PinnedProg {
 };
 
 // Opens the agent's pinned program; a missing pin means the agent has not (yet) loaded it.
-PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name) {
+PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, int missing_code) {
     const std::string path = layout.prog(name);
     int fd = kernel.obj_get(path);
     if (fd == -ENOENT) {
-        throw CniError(kErrTryAgainLater, fmt::format("kmesh agent not running: {} not found", path));
+        throw CniError(missing_code, fmt::format("kmesh agent not running: {} not found", path));
     }
-    if (fd < 0) throw CniError(kErrAttach, fmt::format("cannot open {}: {}", path, errno_str(fd)));
+    if (fd < 0) {
+        throw CniError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
+                       fmt::format("cannot open {}: {}", path, errno_str(fd)));
+    }
     PinnedProg prog{KernelFd(kernel, fd)};
     if (int err = kernel.prog_id(fd, &prog.id); err < 0) {
-        throw CniError(kErrAttach, fmt::format("cannot read program info of {}: {}", path, errno_str(err)));
+        throw CniError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
+                       fmt::format("cannot read program info of {}: {}", path, errno_str(err)));
     }
     return prog;
 }
 
-void remove_pod_dir(const fs::path& dir) {
+// Serialises every change under kmesh/pods between kmesh-cni processes (runtimes run ADDs of
+// different containers in parallel, and a confused one may run two of the same). The lock is a
+// flock on the pods directory itself (bpffs holds no regular files); the agent locks kmesh/, not
+// this. Mutations take milliseconds, so one lock for all containers costs nothing measurable and
+// also covers the shared per-cgroup link sets.
+class PodsLock {
+  public:
+    explicit PodsLock(const std::string& pods_dir) {
+        fd_ = ::open(pods_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd_ < 0)
+            throw CniError(kErrIo, fmt::format("cannot open {}: {}", pods_dir, std::strerror(errno)));
+        int rc;
+        while ((rc = flock(fd_, LOCK_EX)) != 0 && errno == EINTR) {
+        }
+        if (rc != 0) {
+            int err = errno;
+            ::close(fd_);
+            throw CniError(kErrIo, fmt::format("cannot lock {}: {}", pods_dir, std::strerror(err)));
+        }
+    }
+    PodsLock(const PodsLock&) = delete;
+    PodsLock& operator=(const PodsLock&) = delete;
+    ~PodsLock() { ::close(fd_); }
+
+  private:
+    int fd_ = -1;
+};
+
+std::string net_marker(std::string_view network) {
+    return std::string(kNetMarkerPrefix) + encode_pin_name(network);
+}
+
+fs::path shared_dir(const PinLayout& layout, std::uint64_t cgroup_id) {
+    return fs::path(layout.pods_dir()) / (std::string(kSharedPrefix) + std::to_string(cgroup_id));
+}
+
+bool has_net_markers(const fs::path& record) {
+    std::error_code ec;
+    for (fs::directory_iterator it(record, ec), end; !ec && it != end; it.increment(ec)) {
+        if (it->path().filename().string().starts_with(kNetMarkerPrefix)) return true;
+    }
+    return false;
+}
+
+bool is_empty_dir(const fs::path& dir) {
+    std::error_code ec;
+    return fs::is_empty(dir, ec) || ec;
+}
+
+void remove_tree(const fs::path& dir) {
     std::error_code ec;
     fs::remove_all(dir, ec);  // unpinning a link detaches it once no fd holds it
     if (ec) throw CniError(kErrIo, fmt::format("cannot remove {}: {}", dir.string(), ec.message()));
 }
 
+// Drops `network`'s claim on an attachment record (a pod dir, or a user entry of a shared set);
+// the record goes once no network claims it. Records without markers (made before markers
+// existed) and an unknown network name (lenient DEL) remove the record.
+// Returns true when the record was removed.
+bool release_record(const fs::path& record, const std::string& network) {
+    std::error_code ec;
+    if (!fs::exists(record, ec)) return false;
+    if (!network.empty()) fs::remove(record / net_marker(network), ec);
+    if (!network.empty() && has_net_markers(record)) return false;
+    remove_tree(record);
+    return true;
+}
+
+// The last user of a shared link set gone: unpinning its links detaches the programs.
+void drop_shared_if_unused(const fs::path& holder, spdlog::logger& log) {
+    if (is_empty_dir(holder / kUsersDir)) {
+        remove_tree(holder);
+        log.info("{}: last user gone, links removed", holder.string());
+    }
+}
+
 // Makes `pin` a link of `prog` on the cgroup. An existing link on the cgroup is kept, and moved to
 // `prog` with bpf_link_update if it runs another program (agent upgrade): the pod never loses the
 // hook. Only a detached link or one on another cgroup is replaced by a new link.
-void ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
+// Returns true when it pinned a new link.
+bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
                  std::uint64_t cgroup_id, const fs::path& pin, spdlog::logger& log) {
     if (int fd = kernel.obj_get(pin); fd >= 0) {
         KernelFd existing(kernel, fd);
@@ -136,14 +421,14 @@ void ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, i
                           info.cgroup_id == cgroup_id && info.attach_type == spec.type;
         if (ours && info.prog_id == prog.id) {
             log.info("{}: already attached, keeping {}", spec.name, pin.string());
-            return;
+            return false;
         }
         if (ours) {
             int err = kernel.link_update(fd, prog.fd.get());
             if (err == 0) {
                 log.info("{}: moved {} from prog {} to prog {}", spec.name, pin.string(), info.prog_id,
                          prog.id);
-                return;
+                return false;
             }
             log.warn("{}: cannot move {} to prog {}: {}; replacing the link", spec.name, pin.string(),
                      prog.id, errno_str(err));
@@ -158,14 +443,15 @@ void ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, i
 
     int link = kernel.link_create(prog.fd.get(), cgroup_fd, spec.type);
     if (link < 0) {
-        throw CniError(kErrAttach,
-                       fmt::format("cannot attach {} to the pod cgroup: {}", spec.name, errno_str(link)));
+        throw CniError(kErrAttach, fmt::format("cannot attach {} to cgroup {}: {}", spec.name, cgroup_id,
+                                               errno_str(link)));
     }
     KernelFd link_fd(kernel, link);  // closing it after pinning leaves the pin as the only holder
     if (int err = kernel.obj_pin(link, pin); err < 0) {
         throw CniError(kErrAttach, fmt::format("cannot pin {}: {}", pin.string(), errno_str(err)));
     }
     log.info("{}: attached (prog {}, cgroup {}), pinned {}", spec.name, prog.id, cgroup_id, pin.string());
+    return true;
 }
 
 // Opens the pod cgroup; `error_code` is the CNI code for a cgroup that exists but cannot be opened.
@@ -180,40 +466,81 @@ KernelFd open_pod_cgroup(const fs::path& cgroup, Kernel& kernel, int error_code,
     return KernelFd(kernel, cg);
 }
 
+// Creates `dir` if missing; true when this call created it.
+bool make_dir(const fs::path& dir) {
+    std::error_code ec;
+    bool created = fs::create_directory(dir, ec);
+    if (ec) throw CniError(kErrIo, fmt::format("cannot create {}: {}", dir.string(), ec.message()));
+    return created;
+}
+
+// What one ADD created, so that a failing ADD removes exactly that and nothing another
+// invocation made.
+struct Undo {
+    std::vector<fs::path> paths;  // removed in reverse order
+    void created(const fs::path& p) { paths.push_back(p); }
+    void run() {
+        for (auto it = paths.rbegin(); it != paths.rend(); ++it) {
+            std::error_code ec;
+            fs::remove_all(*it, ec);
+        }
+    }
+};
+
 void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
-    const fs::path cgroup = resolve_pod_cgroup(req);
-    // Open everything before touching the pod dir, so a missing agent leaves nothing behind.
+    require_bpffs(req.config, kernel);
+    const Target target = resolve_target(req, kernel);
+    // Open everything before touching the pods dir, so a missing agent leaves nothing behind.
     std::vector<PinnedProg> progs;
-    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name));
+    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
     std::uint64_t cgroup_id = 0;
-    KernelFd cgroup_fd = open_pod_cgroup(cgroup, kernel, kErrAttach, &cgroup_id, log);
+    KernelFd cgroup_fd = open_pod_cgroup(target.cgroup, kernel, kErrAttach, &cgroup_id, log);
 
-    const fs::path dir = layout.pod_dir(req.container_id);
     std::error_code ec;
-    fs::create_directories(dir, ec);
-    if (ec) throw CniError(kErrIo, fmt::format("cannot create {}: {}", dir.string(), ec.message()));
-    // All or nothing: a failed ADD leaves the pod with no kmesh links.
+    fs::create_directories(layout.pods_dir(), ec);
+    if (ec) throw CniError(kErrIo, fmt::format("cannot create {}: {}", layout.pods_dir(), ec.message()));
+    PodsLock lock(layout.pods_dir());
+
+    // Pod cgroup: the links live in the container's own dir. Shared cgroup (cgroupPath): one link
+    // per program on the cgroup, in pods/_cgroup_<id>, with one users/<container> entry per
+    // container; the last DEL detaches. Attaching per container would stack a program per
+    // container on the cgroup (the kernel allows 64 per hook: E2BIG after that).
+    fs::path links_dir, record;
+    Undo undo;
     try {
+        if (target.shared) {
+            links_dir = shared_dir(layout, cgroup_id);
+            if (make_dir(links_dir)) undo.created(links_dir);
+            if (make_dir(links_dir / kUsersDir)) undo.created(links_dir / kUsersDir);
+            record = links_dir / kUsersDir / encode_pin_name(req.container_id);
+        } else {
+            links_dir = record = layout.pod_dir(req.container_id);
+        }
+        if (make_dir(record)) undo.created(record);
+        if (make_dir(record / net_marker(req.config.name)))
+            undo.created(record / net_marker(req.config.name));
+        // All or nothing: a failed ADD leaves the container with no kmesh links of its own.
         for (size_t i = 0; i < std::size(kProgs); ++i) {
-            ensure_link(kernel, kProgs[i], progs[i], cgroup_fd.get(), cgroup_id, dir / kProgs[i].name, log);
+            const fs::path pin = links_dir / kProgs[i].name;
+            if (ensure_link(kernel, kProgs[i], progs[i], cgroup_fd.get(), cgroup_id, pin, log))
+                undo.created(pin);
         }
     } catch (...) {
-        log.error("ADD failed, removing {}", dir.string());
-        std::error_code ignored;
-        fs::remove_all(dir, ignored);
+        log.error("ADD failed, undoing what it created in {}", links_dir.string());
+        undo.run();
+        if (target.shared && !links_dir.empty()) {
+            std::error_code ignored;
+            if (fs::exists(links_dir, ignored) && is_empty_dir(links_dir / kUsersDir))
+                fs::remove_all(links_dir, ignored);
+        }
         throw;
     }
 }
 
-void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
-    const PinLayout layout{req.config.bpffs_root};
-    const fs::path dir = layout.pod_dir(req.container_id);
-    const fs::path cgroup = resolve_pod_cgroup(req);
-    std::vector<PinnedProg> progs;
-    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name));
-    std::uint64_t cgroup_id = 0;
-    open_pod_cgroup(cgroup, kernel, kErrNotAttached, &cgroup_id, log);  // only the id is needed
+// Verifies the links in `dir` run the agent's programs on `cgroup_id`.
+void check_links(Kernel& kernel, const fs::path& dir, const std::vector<PinnedProg>& progs,
+                 std::uint64_t cgroup_id) {
     for (size_t i = 0; i < std::size(kProgs); ++i) {
         const ProgSpec& spec = kProgs[i];
         const PinnedProg& prog = progs[i];
@@ -244,8 +571,179 @@ void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
                                                         info.attach_type, static_cast<int>(spec.type)));
         }
     }
+}
+
+void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
+    const PinLayout layout{req.config.bpffs_root};
+    require_bpffs(req.config, kernel);
+    const Target target = resolve_target(req, kernel);
+    std::vector<PinnedProg> progs;
+    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
+    std::uint64_t cgroup_id = 0;
+    open_pod_cgroup(target.cgroup, kernel, kErrNotAttached, &cgroup_id, log);  // only the id is needed
+    fs::path dir = layout.pod_dir(req.container_id);
+    if (target.shared) {
+        dir = shared_dir(layout, cgroup_id);
+        const fs::path user = dir / kUsersDir / encode_pin_name(req.container_id);
+        std::error_code ec;
+        if (!fs::is_directory(user, ec)) {
+            throw CniError(kErrNotAttached,
+                           fmt::format("container not registered as a user of {}", dir.string()));
+        }
+    }
+    check_links(kernel, dir, progs, cgroup_id);
     log.info("CHECK ok");
 }
+
+void cmd_del(const Request& req, Kernel& kernel, spdlog::logger& log) {
+    if (!req.unusable_config.empty()) {
+        log.warn("DEL with an unusable config ({}): ADD cannot have attached anything with it; nothing to do",
+                 req.unusable_config);
+        return;
+    }
+    const PinLayout layout{req.config.bpffs_root};
+    if (!bpffs_holds_pins(req.config, kernel, log)) return;
+    std::error_code ec;
+    if (!fs::is_directory(layout.pods_dir(), ec)) return;
+    PodsLock lock(layout.pods_dir());
+    const std::string name = encode_pin_name(req.container_id);
+    if (release_record(layout.pod_dir(req.container_id), req.config.name))
+        log.info("removed {}", layout.pod_dir(req.container_id));
+    // The shared link sets this container uses (found by scanning: cgroupPath may have changed
+    // since ADD, or the cgroup be gone).
+    for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+        const fs::path holder = it->path();
+        if (!holder.filename().string().starts_with(kSharedPrefix)) continue;
+        if (release_record(holder / kUsersDir / name, req.config.name)) {
+            log.info("{}: user {} removed", holder.string(), req.container_id);
+            drop_shared_if_unused(holder, log);
+        }
+    }
+    log.info("DEL ok");
+}
+
+// True when `dir` holds at least one link pin and every one is detached (its cgroup is gone):
+// removing such a record can never take the hook away from a live container.
+bool all_links_detached(Kernel& kernel, const fs::path& dir) {
+    int links = 0;
+    for (const auto& spec : kProgs) {
+        int fd = kernel.obj_get((dir / spec.name).string());
+        if (fd < 0) continue;
+        KernelFd link(kernel, fd);
+        LinkInfo info;
+        if (kernel.link_info(fd, &info) != 0 || info.cgroup_id != 0) return false;
+        ++links;
+    }
+    return links > 0;
+}
+
+// GC (spec 1.1): removes this network's attachments that are not in cni.dev/valid-attachments.
+// Only records marked with this network's name are released; records of other networks and
+// unmarked records of older kmesh-cni versions are kept unless all their links are detached
+// (cgroup gone: nothing runs any more), which is always safe to clean.
+void cmd_gc(const Request& req, Kernel& kernel, spdlog::logger& log) {
+    const PinLayout layout{req.config.bpffs_root};
+    if (!bpffs_holds_pins(req.config, kernel, log)) return;
+    std::error_code ec;
+    if (!fs::is_directory(layout.pods_dir(), ec)) return;
+    PodsLock lock(layout.pods_dir());
+    std::set<std::string> valid;
+    for (const auto& a : *req.config.valid_attachments) valid.insert(a.container_id);
+    const std::string marker = net_marker(req.config.name);
+    int removed = 0;
+
+    auto collect = [&](const fs::path& record, const fs::path& links_dir) {
+        if (valid.count(decode_pin_name(record.filename().string()))) return;
+        std::error_code e;
+        if (fs::exists(record / marker, e)) {
+            if (release_record(record, req.config.name)) ++removed;
+            log.info("GC: {} is not a valid attachment of {}: released", record.string(), req.config.name);
+        } else if (all_links_detached(kernel, links_dir)) {
+            remove_tree(record);
+            ++removed;
+            log.info("GC: {} has only detached links: removed", record.string());
+        }
+    };
+    std::vector<fs::path> entries;
+    for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+        entries.push_back(it->path());
+    }
+    for (const auto& entry : entries) {
+        const std::string fname = entry.filename().string();
+        if (fname.starts_with(kSharedPrefix)) {
+            std::vector<fs::path> users;
+            for (fs::directory_iterator u(entry / kUsersDir, ec), end; !ec && u != end; u.increment(ec)) {
+                users.push_back(u->path());
+            }
+            ec.clear();
+            for (const auto& user : users) collect(user, entry);
+            drop_shared_if_unused(entry, log);
+        } else if (!fname.empty() && is_alnum(fname[0])) {  // a container's own dir
+            collect(entry, entry);
+        }
+    }
+    log.info("GC ok: {} attachment(s) removed", removed);
+}
+
+// STATUS (spec 1.1): ready when the agent's programs are pinned, so an ADD would succeed.
+void cmd_status(const Request& req, Kernel& kernel, spdlog::logger& log) {
+    const PinLayout layout{req.config.bpffs_root};
+    const long magic = kernel.fs_magic(req.config.bpffs_root);
+    if (magic >= 0 && !is_bpffs(magic)) {
+        throw CniError(kErrPluginNotAvailable,
+                       fmt::format("bpffsRoot {} is not a bpffs mount", req.config.bpffs_root));
+    }
+    for (const auto& spec : kProgs) open_prog(kernel, layout, spec.name, kErrPluginNotAvailable);
+    log.info("STATUS ok");
+}
+
+// `s` re-encoded byte by byte: valid UTF-8 sequences kept, anything else through `bad`.
+template <typename Bad>
+std::string map_utf8(std::string_view s, Bad bad) {
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size();) {
+        size_t n = utf8_len(s, i);
+        if (n == 0) {
+            bad(out, static_cast<unsigned char>(s[i]));
+            ++i;
+        } else {
+            if (n == 1) {
+                const auto c = static_cast<unsigned char>(s[i]);
+                if (c < 0x20 || c == 0x7f || c == '\\') {
+                    bad(out, c);
+                    ++i;
+                    continue;
+                }
+            }
+            out.append(s.substr(i, n));
+            i += n;
+        }
+    }
+    return out;
+}
+
+// A log sink that escapes each message before the real sink formats it.
+class EscapingSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+  public:
+    explicit EscapingSink(std::shared_ptr<spdlog::sinks::sink> inner) : inner_(std::move(inner)) {}
+
+  protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        const std::string escaped = escape_for_log(std::string_view(msg.payload.data(), msg.payload.size()));
+        spdlog::details::log_msg copy(msg);
+        copy.payload = spdlog::string_view_t(escaped.data(), escaped.size());
+        inner_->log(copy);
+    }
+    void flush_() override { inner_->flush(); }
+    void set_pattern_(const std::string& pattern) override { inner_->set_pattern(pattern); }
+    void set_formatter_(std::unique_ptr<spdlog::formatter> f) override {
+        inner_->set_formatter(std::move(f));
+    }
+
+  private:
+    std::shared_ptr<spdlog::sinks::sink> inner_;
+};
 
 }  // namespace
 
@@ -263,6 +761,8 @@ Command parse_command(std::string_view command) {
     if (command == "DEL") return Command::kDel;
     if (command == "CHECK") return Command::kCheck;
     if (command == "VERSION") return Command::kVersion;
+    if (command == "STATUS") return Command::kStatus;
+    if (command == "GC") return Command::kGc;
     if (command.empty()) throw CniError(kErrInvalidEnv, "CNI_COMMAND is not set");
     throw CniError(kErrInvalidEnv, fmt::format("unsupported CNI_COMMAND {}", command));
 }
@@ -283,15 +783,9 @@ std::map<std::string, std::string> parse_cni_args(std::string_view args) {
     return out;
 }
 
-Config parse_config(std::string_view json) {
+Config parse_config(std::string_view json, bool lenient) {
     rapidjson::Document doc;
-    doc.Parse(json.data(), json.size());
-    if (doc.HasParseError()) {
-        throw CniError(kErrDecode, "cannot parse the network configuration",
-                       fmt::format("offset {}: {}", doc.GetErrorOffset(),
-                                   rapidjson::GetParseError_En(doc.GetParseError())));
-    }
-    if (!doc.IsObject()) throw CniError(kErrDecode, "the network configuration is not a JSON object");
+    parse_json(doc, json);
 
     Config config;
     auto version = doc.FindMember("cniVersion");
@@ -299,18 +793,44 @@ Config parse_config(std::string_view json) {
         throw CniError(kErrInvalidConfig, "cniVersion missing or not a string");
     }
     config.cni_version.assign(version->value.GetString(), version->value.GetStringLength());
-    if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), config.cni_version) ==
-        kSupportedVersions.end()) {
+    if (!lenient && !supported_version(config.cni_version)) {
         throw CniError(kErrIncompatibleVersion,
                        fmt::format("unsupported cniVersion \"{}\"", config.cni_version),
                        fmt::format("supported: {}", fmt::join(kSupportedVersions, ", ")));
     }
     read_string(doc, "name", config.name);
+    read_string(doc, "type", config.type);
+    if (!lenient) {
+        if (config.name.empty()) throw CniError(kErrInvalidConfig, "network name missing");
+        if (!valid_cni_name(config.name)) {
+            throw CniError(kErrInvalidConfig, fmt::format("invalid network name \"{}\"", config.name),
+                           fmt::format("an alphanumeric, then alphanumerics, '_', '.', '-'; at most {} bytes",
+                                       kMaxEncodedName));
+        }
+        if (config.type.empty()) throw CniError(kErrInvalidConfig, "type missing");
+    }
     read_string(doc, "bpffsRoot", config.bpffs_root);
     read_string(doc, "cgroupRoot", config.cgroup_root);
     read_string(doc, "cgroupPath", config.cgroup_path);
     read_string(doc, "logFile", config.log_file, /*allow_empty=*/true);
     read_string(doc, "kubeConfig", config.kube_config);
+
+    if (auto va = doc.FindMember("cni.dev/valid-attachments"); va != doc.MemberEnd()) {
+        if (!va->value.IsArray())
+            throw CniError(kErrInvalidConfig, "cni.dev/valid-attachments is not a list");
+        config.valid_attachments.emplace();
+        for (const auto& a : va->value.GetArray()) {
+            if (!a.IsObject())
+                throw CniError(kErrInvalidConfig, "cni.dev/valid-attachments: entry is not an object");
+            Attachment att;
+            read_string(a, "containerID", att.container_id);
+            read_string(a, "ifname", att.ifname);
+            if (att.container_id.empty()) {
+                throw CniError(kErrInvalidConfig, "cni.dev/valid-attachments: entry without containerID");
+            }
+            config.valid_attachments->push_back(std::move(att));
+        }
+    }
 
     auto prev = doc.FindMember("prevResult");
     if (prev != doc.MemberEnd() && !prev->value.IsNull()) {
@@ -335,17 +855,48 @@ Request parse_request(const Env& env, std::string_view stdin_json) {
     Request req;
     req.command = parse_command(env.command);
     if (req.command == Command::kVersion) return req;
+    if (req.command == Command::kStatus) {
+        req.config = parse_config(stdin_json);
+        return req;
+    }
+    if (req.command == Command::kGc) {
+        req.config = parse_config(stdin_json);
+        if (!req.config.valid_attachments) {
+            throw CniError(kErrInvalidConfig, "GC without cni.dev/valid-attachments",
+                           "refusing to treat every attachment as stale");
+        }
+        return req;
+    }
     if (env.container_id.empty()) throw CniError(kErrInvalidEnv, "CNI_CONTAINERID is not set");
-    if (!valid_container_id(env.container_id)) {
+    if (!valid_cni_name(env.container_id)) {
         throw CniError(kErrInvalidEnv, fmt::format("invalid CNI_CONTAINERID \"{}\"", env.container_id),
-                       "allowed: alphanumerics, '_', '.', '-'");
+                       fmt::format("an alphanumeric, then alphanumerics, '_', '.', '-'; at most {} bytes",
+                                   kMaxEncodedName));
     }
     req.container_id = env.container_id;
     req.args = parse_cni_args(env.args);
     if (auto uid = req.args.find("K8S_POD_UID"); uid != req.args.end() && !valid_pod_uid(uid->second)) {
         throw CniError(kErrInvalidEnv, fmt::format("CNI_ARGS: invalid K8S_POD_UID \"{}\"", uid->second));
     }
+    if (req.command == Command::kDel) {
+        // DEL never fails on what it cannot use: any cniVersion, no name/type/netns/ifname needed.
+        try {
+            req.config = parse_config(stdin_json, /*lenient=*/true);
+        } catch (const CniError& e) {
+            if (e.code() == kErrDecode) throw;
+            req.unusable_config = e.what();
+            const Peek peek = peek_config(stdin_json);  // still log where the config says
+            req.config.cni_version = peek.cni_version;
+            req.config.log_file = peek.log_file;
+        }
+        return req;
+    }
     req.config = parse_config(stdin_json);
+    // Required for ADD and CHECK by the spec.
+    for (auto [value, name] :
+         {std::pair{&env.netns, "CNI_NETNS"}, {&env.ifname, "CNI_IFNAME"}, {&env.path, "CNI_PATH"}}) {
+        if (value->empty()) throw CniError(kErrInvalidEnv, fmt::format("{} is not set", name));
+    }
     if (req.command == Command::kCheck && req.config.cni_version == "0.3.1") {
         throw CniError(kErrIncompatibleVersion, "CHECK is not supported by cniVersion 0.3.1");
     }
@@ -356,18 +907,42 @@ Request parse_request(const Env& env, std::string_view stdin_json) {
     return req;
 }
 
+std::string to_valid_utf8(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size();) {
+        size_t n = utf8_len(s, i);
+        if (n == 0) {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        } else {
+            out.append(s.substr(i, n));
+            i += n;
+        }
+    }
+    return out;
+}
+
+std::string escape_for_log(std::string_view s) {
+    return map_utf8(s, [](std::string& out, unsigned char c) { out += fmt::format("\\x{:02x}", c); });
+}
+
 std::string render_error(const CniError& error, std::string_view cni_version) {
+    // rapidjson escapes control characters; bytes that are not UTF-8 must be replaced first.
+    const std::string version = to_valid_utf8(cni_version);
+    const std::string msg = to_valid_utf8(error.what());
+    const std::string details = to_valid_utf8(error.details());
     rapidjson::StringBuffer buf;
     rapidjson::Writer<rapidjson::StringBuffer> w(buf);
     w.StartObject();
     w.Key("cniVersion");
-    w.String(cni_version.data(), static_cast<rapidjson::SizeType>(cni_version.size()));
+    w.String(version.data(), static_cast<rapidjson::SizeType>(version.size()));
     w.Key("code");
     w.Int(error.code());
     w.Key("msg");
-    w.String(error.what());
+    w.String(msg.data(), static_cast<rapidjson::SizeType>(msg.size()));
     w.Key("details");
-    w.String(error.details().c_str(), static_cast<rapidjson::SizeType>(error.details().size()));
+    w.String(details.data(), static_cast<rapidjson::SizeType>(details.size()));
     w.EndObject();
     return std::string(buf.GetString(), buf.GetSize());
 }
@@ -394,14 +969,87 @@ std::string run(const Request& req, Kernel& kernel, spdlog::logger& log) {
             cmd_add(req, kernel, log);
             return *req.config.prev_result;
         case Command::kDel:
-            remove_pod_dir(PinLayout{req.config.bpffs_root}.pod_dir(req.container_id));
-            log.info("DEL ok");
+            cmd_del(req, kernel, log);
             return "";
         case Command::kCheck:
             cmd_check(req, kernel, log);
             return "";
+        case Command::kStatus:
+            cmd_status(req, kernel, log);
+            return "";
+        case Command::kGc:
+            cmd_gc(req, kernel, log);
+            return "";
     }
     throw CniError(kErrInternal, "unhandled command");
+}
+
+// The version an error is reported in: the config's when it names one we speak.
+static std::string error_version(std::string_view stdin_json) {
+    Peek peek = peek_config(stdin_json);
+    return supported_version(peek.cni_version) ? peek.cni_version : std::string(kCniVersion);
+}
+
+std::string check_input(const Env& env, std::string_view stdin_json) {
+    try {
+        parse_request(env, stdin_json);
+        return "";
+    } catch (const CniError& e) {
+        return render_error(e, error_version(stdin_json));
+    }
+}
+
+std::shared_ptr<spdlog::logger> open_log(const std::string& path) {
+    auto log = std::make_shared<spdlog::logger>("kmesh-cni");
+    if (!path.empty()) {
+        try {
+            // Each plugin process writes a few lines, so checking the size at open bounds the log:
+            // at most kLogRotateBytes plus one invocation, and one old file. Concurrent plugins
+            // may both rename; the loser's rename just moves a fresh file (lines lost, never the
+            // bound).
+            std::error_code ec;
+            if (fs::file_size(path, ec) >= kLogRotateBytes && !ec) fs::rename(path, path + ".1", ec);
+            // The sink creates missing parent directories.
+            auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path);
+            log->sinks().push_back(std::make_shared<EscapingSink>(std::move(file)));
+        } catch (const spdlog::spdlog_ex&) {
+        }
+    }
+    log->set_pattern("%Y-%m-%dT%H:%M:%S.%e [%l] [%P] %v");
+    log->flush_on(spdlog::level::info);
+    return log;
+}
+
+int plugin_main(const Env& env, std::string_view stdin_json, Kernel& kernel, std::string& out,
+                const std::string& default_log) {
+    std::shared_ptr<spdlog::logger> log;
+    std::optional<CniError> error;
+    try {
+        const Request req = parse_request(env, stdin_json);
+        if (req.command == Command::kVersion) {  // runtimes call it constantly: not logged
+            out = render_version();
+            return 0;
+        }
+        log = open_log(req.config.log_file);
+        log->info("{} container={} netns={} ifname={} args={}", env.command, env.container_id, env.netns,
+                  env.ifname, env.args);
+        out = run(req, kernel, *log);
+        return 0;
+    } catch (const CniError& e) {
+        error = e;
+    } catch (const std::exception& e) {
+        error = CniError(kErrInternal, e.what());
+    }
+    if (!log) {
+        // Refused before the config was accepted: still log where the config says, when it can
+        // be read at all.
+        Peek peek = peek_config(stdin_json);
+        log = open_log(peek.parsed ? peek.log_file : default_log);
+    }
+    log->error("{} {} failed: code {}: {} ({})", env.command, env.container_id, error->code(), error->what(),
+               error->details());
+    out = render_error(*error, error_version(stdin_json));
+    return 1;
 }
 
 }  // namespace kmesh::cni

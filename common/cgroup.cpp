@@ -82,7 +82,8 @@ std::optional<std::string> find_cgroup2_mount() {
     return find_cgroup2_mount(text.str());
 }
 
-PodCgroupLookup find_pod_cgroup(const fs::path& cgroup_root, std::string_view pod_uid, int max_depth) {
+PodCgroupLookup find_pod_cgroup(const fs::path& cgroup_root, std::string_view pod_uid, int max_depth,
+                                int max_dirs) {
     const std::string uid(pod_uid);
     const std::string uid_ = systemd_uid(pod_uid);
     const std::string cgroupfs_name = "pod" + uid;
@@ -108,7 +109,7 @@ PodCgroupLookup find_pod_cgroup(const fs::path& cgroup_root, std::string_view po
 
     // Breadth-first, so the shallowest match wins; symlinks are not followed.
     std::deque<std::pair<fs::path, int>> queue{{cgroup_root, 0}};
-    while (!queue.empty()) {
+    for (int listed = 0; !queue.empty() && listed < max_dirs; ++listed) {
         auto [dir, depth] = std::move(queue.front());
         queue.pop_front();
         std::error_code ec;

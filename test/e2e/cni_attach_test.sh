@@ -55,9 +55,11 @@ mkdir -p "$BPFFS/kmesh"
 mkdir -p "$POD_CG"
 
 PREV='{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.9.0.2/24","interface":0}]}'
+CNIVER=1.0.0 # cniVersion of the config; EXTRA: more config fields (JSON members, leading comma)
+EXTRA=
 config() { # <bpffs-root> <with-prevResult>
-    local c='{"cniVersion":"1.0.0","name":"e2e","type":"kmesh-cni","bpffsRoot":"'$1'","cgroupRoot":"'$CGROOT'"'
-    c+=',"logFile":"'$TMP/cni.log'","kubeConfig":"/nonexistent"'
+    local c='{"cniVersion":"'$CNIVER'","name":"e2e","type":"kmesh-cni","bpffsRoot":"'$1'","cgroupRoot":"'$CGROOT'"'
+    c+=',"logFile":"'$TMP/cni.log'","kubeConfig":"/nonexistent"'$EXTRA
     [[ $2 == yes ]] && c+=',"prevResult":'$PREV
     echo "$c}"
 }
@@ -67,13 +69,13 @@ cni() { # <command> [bpffs-root] [with-prevResult] [netns]; stdout = plugin outp
         CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
         CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=e2e;K8S_POD_UID=$POD_UID" "$CNI"
 }
-attached() { "$BPFTOOL" cgroup show "$POD_CG"; }
+attached() { "$BPFTOOL" cgroup show "${1:-$POD_CG}"; }
 # Ids of the bpf_links attached to this test's pod cgroup only (other BPF users on the machine have
 # links too): `bpftool cgroup show` lists program ids, so filter `bpftool link show` by cgroup id,
 # which on cgroup v2 is the directory's inode number.
-link_ids() {
+link_ids() { # [cgroup dir]
     local cgid
-    cgid=$(stat -c %i "$POD_CG")
+    cgid=$(stat -c %i "${1:-$POD_CG}")
     "$BPFTOOL" -j link show | python3 -c '
 import json, sys
 cgid = int(sys.argv[1])
@@ -146,3 +148,118 @@ out=$(CNI_CONTAINERID=$DOT_CID cni DEL) || fail "DEL with dotted id: $out"
 shown=$(attached)
 ! grep -q cgroup_connect <<<"$shown" || fail "dotted id: still attached after DEL: $shown"
 out=$(CNI_CONTAINERID=$DOT_CID cni DEL "$BPFFS" no "") || fail "second DEL with dotted id: $out"
+
+# --- CNI 1.1.0 (containerd with a 1.1.0 conflist): VERSION lists it, ADD/CHECK/DEL work, STATUS
+# reports the agent's readiness, GC removes attachments not in cni.dev/valid-attachments.
+CNI_COMMAND=VERSION "$CNI" | grep -q '"1.1.0"' || fail "VERSION does not list 1.1.0"
+CNIVER=1.1.0
+out=$(cni STATUS "$BPFFS" no) || fail "STATUS with agent: $out"
+[[ -z $out ]] || fail "STATUS printed '$out'"
+out=$(cni STATUS "$TMP/no-agent" no) && fail "STATUS without agent succeeded"
+grep -q '"code":50' <<<"$out" || fail "STATUS without agent: $out"
+out=$(CNI_CONTAINERID=gcA cni ADD) || fail "1.1.0 ADD: $out"
+[[ $out == "${PREV/1.0.0/1.1.0}" ]] || fail "1.1.0 ADD printed '$out'"
+out=$(CNI_CONTAINERID=gcA cni CHECK) || fail "1.1.0 CHECK: $out"
+gc_cgid=$(stat -c %i "$POD_CG")
+EXTRA=',"cni.dev/valid-attachments":[{"containerID":"gcB","ifname":"eth0"}]'
+out=$(cni GC "$BPFFS" no) || fail "GC: $out"
+EXTRA=
+[[ ! -e $BPFFS/kmesh/pods/gcA ]] || fail "GC left the stale attachment gcA"
+! attached | grep -q cgroup_connect || fail "GC: gcA still attached: $(attached)"
+out=$(CNI_CONTAINERID=gcA cni DEL "$BPFFS" no) || fail "1.1.0 DEL after GC: $out"
+# DEL of a version this plugin does not know still succeeds (the sandbox must not be stranded).
+CNIVER=1.2.0
+out=$(CNI_CONTAINERID=gcA cni DEL "$BPFFS" no) || fail "DEL with cniVersion 1.2.0: $out"
+CNIVER=1.0.0
+
+# --- Concurrent ADDs of one container id (50 pairs): both succeed, the links stay pinned.
+for i in $(seq 1 50); do
+    CNI_CONTAINERID=conc$i cni ADD >"$TMP/a.out" & p1=$!
+    CNI_CONTAINERID=conc$i cni ADD >"$TMP/b.out" & p2=$!
+    rc1=0 rc2=0
+    wait $p1 || rc1=$?
+    wait $p2 || rc2=$?
+    ((rc1 == 0 && rc2 == 0)) || fail "pair $i: concurrent ADDs failed: $(cat "$TMP/a.out" "$TMP/b.out")"
+    [[ -e $BPFFS/kmesh/pods/conc$i/cgroup_connect4 && -e $BPFFS/kmesh/pods/conc$i/cgroup_connect6 ]] ||
+        fail "pair $i: links not pinned after concurrent ADDs: $(ls "$BPFFS/kmesh/pods/conc$i" 2>&1)"
+    [[ $(link_ids | wc -l) == 2 ]] || fail "pair $i: expected 2 links: $(link_ids)"
+    out=$(CNI_CONTAINERID=conc$i cni DEL) || fail "pair $i: DEL: $out"
+done
+
+# --- cgroupPath (runtimes without pod cgroups, e.g. podman): 70 containers on one cgroup attach
+# one link per program (the kernel refuses a 65th program per hook), the last DEL detaches.
+SHARED_CG=$CGROOT/shared
+mkdir -p "$SHARED_CG"
+EXTRA=',"cgroupPath":"shared"'
+for i in $(seq 1 70); do
+    out=$(CNI_CONTAINERID=pm$i cni ADD) || fail "shared ADD $i: $out"
+done
+[[ $(link_ids "$SHARED_CG" | wc -l) == 2 ]] || fail "shared cgroup: expected 2 links: $(attached "$SHARED_CG")"
+out=$(CNI_CONTAINERID=pm70 cni CHECK) || fail "shared CHECK: $out"
+for i in $(seq 1 69); do
+    out=$(CNI_CONTAINERID=pm$i cni DEL) || fail "shared DEL $i: $out"
+done
+[[ $(link_ids "$SHARED_CG" | wc -l) == 2 ]] || fail "shared cgroup detached before its last user left"
+out=$(CNI_CONTAINERID=pm70 cni DEL) || fail "shared DEL 70: $out"
+[[ -z $(link_ids "$SHARED_CG") ]] || fail "shared cgroup still attached after the last DEL: $(attached "$SHARED_CG")"
+# Confined to cgroupRoot.
+for bad in .. /sys/fs/cgroup "$CGROOT"; do
+    EXTRA=',"cgroupPath":"'$bad'"'
+    out=$(CNI_CONTAINERID=pmx cni ADD) && fail "cgroupPath $bad accepted"
+    grep -q '"code":7' <<<"$out" || fail "cgroupPath $bad: $out"
+done
+EXTRA=
+
+# --- bpffsRoot that is not a bpffs: ADD refuses (code 7), DEL succeeds and deletes nothing.
+PLAIN=$TMP/plain
+mkdir -p "$PLAIN/kmesh/pods/$CID"
+echo data >"$PLAIN/kmesh/pods/$CID/precious"
+out=$(cni ADD "$PLAIN") && fail "ADD on a plain dir succeeded"
+grep -q '"code":7' <<<"$out" || fail "ADD on a plain dir: $out"
+out=$(cni DEL "$PLAIN" no) || fail "DEL on a plain dir: $out"
+[[ -e $PLAIN/kmesh/pods/$CID/precious ]] || fail "DEL deleted files under a plain dir"
+
+# --- Hostile stdin: 200,000 nested arrays are a decode error (code 6), not a crash.
+rc=0
+out=$(head -c 200000 /dev/zero | tr '\0' '[' | CNI_COMMAND=ADD CNI_CONTAINERID=$CID CNI_NETNS=/x CNI_IFNAME=eth0 \
+    CNI_PATH=/opt/cni/bin "$CNI") || rc=$?
+((rc == 1)) || fail "deep JSON: exit code $rc"
+grep -q '"code":6' <<<"$out" || fail "deep JSON: $out"
+
+# --- Hostile environment and spec rules: error objects stay valid UTF-8 JSON, a newline in the
+# container id cannot forge a log line, errors carry the config's cniVersion, required fields and
+# variables are checked, and neither VERSION nor an early error writes to the default log.
+default_log=/var/log/kmesh-cni.log
+default_before=$(stat -c %s "$default_log" 2>/dev/null || echo none)
+CNI_COMMAND=VERSION "$CNI" >/dev/null
+valid_error() { # <json> <code>: strict UTF-8 JSON error object with that code
+    python3 -c '
+import json, sys
+d = json.loads(sys.stdin.buffer.read().decode("utf-8", "strict"))
+sys.exit(0 if d["code"] == int(sys.argv[1]) else 1)' "$2" <<<"$1"
+}
+out=$(CNI_CONTAINERID=$'a\xff\xfe"b' cni ADD) && fail "ADD with a non-UTF-8 id succeeded"
+valid_error "$out" 4 || fail "non-UTF-8 id: invalid error object: $(od -c <<<"$out" | head -5)"
+out=$(CNI_CONTAINERID=$'x\nFORGED line' cni ADD) && fail "ADD with a newline in the id succeeded"
+valid_error "$out" 4 || fail "newline id: $out"
+! grep -q '^FORGED' "$TMP/cni.log" || fail "a container id forged a log line: $(grep -n FORGED "$TMP/cni.log")"
+grep -q 'x\\x0aFORGED' "$TMP/cni.log" || fail "the refused id is not in the configured log, escaped"
+out=$(CNI_CONTAINERID=-abc cni ADD) && fail "ADD with id -abc succeeded"
+valid_error "$out" 4 || fail "id -abc: $out"
+out=$(cni ADD "$BPFFS" yes "") && fail "ADD without CNI_NETNS succeeded"
+valid_error "$out" 4 || fail "ADD without CNI_NETNS: $out"
+CNIVER=0.4.0
+out=$(cni ADD "$BPFFS" no) && fail "ADD without prevResult succeeded"
+grep -q '"cniVersion":"0.4.0"' <<<"$out" || fail "error not in the config's version: $out"
+CNIVER=1.0.0
+out=$(echo '{"cniVersion":"1.0.0","type":"kmesh-cni","logFile":"","prevResult":{}}' |
+    CNI_COMMAND=ADD CNI_CONTAINERID=$CID CNI_NETNS=/x CNI_IFNAME=eth0 CNI_PATH=/opt "$CNI") && fail "no name accepted"
+valid_error "$out" 7 || fail "config without name: $out"
+start=$(date +%s%N)
+out=$(echo '{"cniVersion":"1.0.0","name":"e2e","type":"kmesh-cni","cgroupRoot":"/","bpffsRoot":"'$BPFFS'","logFile":"","prevResult":{}}' |
+    CNI_COMMAND=ADD CNI_CONTAINERID=$CID CNI_NETNS=/x CNI_IFNAME=eth0 CNI_PATH=/opt CNI_ARGS="K8S_POD_UID=nope" "$CNI") &&
+    fail "cgroupRoot / accepted"
+valid_error "$out" 7 || fail "cgroupRoot /: $out"
+(( ($(date +%s%N) - start) / 1000000 < 1000 )) || fail "cgroupRoot / took more than 1 s"
+[[ $(stat -c %s "$default_log" 2>/dev/null || echo none) == "$default_before" ]] ||
+    fail "$default_log was written although logFile says $TMP/cni.log"

@@ -216,9 +216,11 @@ e2e_cleanup() {
 }
 
 kmesh_cni() { # <ADD|DEL|CHECK> <pod> [netns-path] [with-prevResult=yes|no]: kmesh-cni alone, as the chain calls it
+    # The network name is the conflist's (kmbr0, see make_network), as a runtime sends it: kmesh-cni
+    # records which networks hold a pod's links and a DEL only drops its own network's claim.
     local pod=$2 prev=""
     [[ ${4:-yes} == yes ]] && prev=',"prevResult":'$(cat "$TMP/cache/$RUN-$pod.json")
-    printf '{"cniVersion":"1.0.0","name":"kmesh-e2e","type":"kmesh-cni","bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s"%s}' \
+    printf '{"cniVersion":"1.0.0","name":"kmbr0","type":"kmesh-cni","bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s"%s}' \
         "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" "$prev" |
         CNI_COMMAND=$1 CNI_CONTAINERID=$RUN-$pod CNI_NETNS=${3-/run/netns/$RUN-$pod} CNI_IFNAME=eth0 \
             CNI_ARGS="IgnoreUnknown=1;K8S_POD_UID=$(pod_uid "$pod")" CNI_PATH=$CNI_BIN "$BUILD/cni/kmesh-cni"

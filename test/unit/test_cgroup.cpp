@@ -126,6 +126,17 @@ TEST_CASE("find_pod_cgroup: does not follow symlinks or descend into other pods"
     CHECK_FALSE(find_pod_cgroup(root.path(), kUid).path);
 }
 
+TEST_CASE("find_pod_cgroup: the search lists a bounded number of directories") {
+    TempDir root;
+    // 60 siblings before the branch holding the pod (directory order is not sorted: put the pod
+    // two levels below every sibling's child, so any listing order needs > 60 listings).
+    for (int i = 0; i < 60; ++i) root.mkdirs("d" + std::to_string(i) + "/x");
+    root.mkdirs(std::string("d59/x/pod") + kUid);
+    CHECK(find_pod_cgroup(root.path(), kUid).path == root.path() / "d59/x" / (std::string("pod") + kUid));
+    // Listing the root and 9 more directories cannot reach depth 3 behind 60 siblings.
+    CHECK_FALSE(find_pod_cgroup(root.path(), kUid, kmesh::kPodCgroupSearchDepth, 10).path);
+}
+
 TEST_CASE("cgroup_id: fails on a missing directory") {
     errno = 0;
     auto id = kmesh::cgroup_id("/nonexistent/cgroup");

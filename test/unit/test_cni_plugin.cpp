@@ -1,4 +1,5 @@
 #include <doctest/doctest.h>
+#include <linux/magic.h>
 #include <rapidjson/document.h>
 #include <spdlog/logger.h>
 
@@ -8,6 +9,8 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include "cni/plugin.hpp"
@@ -127,6 +130,30 @@ class FakeKernel : public Kernel {
         return 0;
     }
     void close(int fd) override { CHECK(fds.erase(fd) == 1); }
+    // Filesystem types by path; other existing paths are tmpfs.
+    std::map<std::string, long> magic;
+    long fs_magic(const std::string& path) override {
+        if (auto it = magic.find(path); it != magic.end()) return it->second;
+        return fs::exists(path) ? 0x01021994 /* TMPFS_MAGIC */ : -ENOENT;
+    }
+    // Links currently attached to a cgroup (not detached, still referenced by a pin or fd).
+    int attached_links(std::uint64_t cgroup_id, const fs::path& bpffs) {
+        std::set<std::uint32_t> pinned;
+        for (const auto& e : fs::recursive_directory_iterator(bpffs)) {
+            if (!e.is_regular_file()) continue;
+            std::ifstream in(e.path());
+            std::uint32_t id = 0;
+            if (in >> id) pinned.insert(id);
+        }
+        for (const auto& [fd, id] : fds) pinned.insert(id);
+        int n = 0;
+        for (auto id : pinned) {
+            auto it = objects.find(id);
+            if (it != objects.end() && it->second.kind == Object::kLink && it->second.cgroup_id == cgroup_id)
+                ++n;
+        }
+        return n;
+    }
 
   private:
     int new_fd(std::uint32_t id) {
@@ -150,21 +177,35 @@ struct Fixture {
 
     Fixture() {
         cgroups.mkdirs(std::string("kubepods/besteffort/pod") + kUid);
+        kernel.magic[bpffs.path().string()] = BPF_FS_MAGIC;
+        kernel.magic[fs::canonical(cgroups.path()).string()] = CGROUP2_SUPER_MAGIC;
         load_agent();
     }
     void load_agent() {
         prog4 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         prog6 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
     }
-    Request request(const std::string& command, const std::string& extra_config = "") {
+    std::string config(const std::string& command, const std::string& extra_config = "",
+                       const std::string& version = "1.0.0") {
         std::string cfg = R"("bpffsRoot":")" + bpffs.path().string() + R"(","cgroupRoot":")" +
                           cgroups.path().string() + R"(")";
         if (!extra_config.empty()) cfg += "," + extra_config;
+        return config_json(version, cfg, command == "ADD" || command == "CHECK");
+    }
+    Request request(const std::string& command, const std::string& extra_config = "",
+                    const std::string& version = "1.0.0") {
         return parse_request(
             env(command, std::string("K8S_POD_NAMESPACE=ns;K8S_POD_UID=") + kUid, container_id),
-            config_json("1.0.0", cfg, command != "DEL"));
+            config(command, extra_config, version));
     }
     std::string run_cmd(const std::string& command) { return run(request(command), kernel, log); }
+    // A container of a runtime without pod cgroups (podman): no K8S_POD_UID, cgroupPath given.
+    std::string run_shared(const std::string& command, const std::string& id,
+                           const std::string& cgroup_path = "shared") {
+        return run(parse_request(env(command, "K8S_POD_NAME=p", id),
+                                 config(command, R"("cgroupPath":")" + cgroup_path + R"(")")),
+                   kernel, log);
+    }
     // Object id of the link pinned for program `name`.
     std::uint32_t pinned_id(const char* name) {
         int fd = kernel.obj_get((fs::path(layout.pod_dir(container_id)) / name).string());
@@ -188,7 +229,7 @@ struct Fixture {
 }  // namespace
 
 TEST_CASE("parse_config: every supported version, plugin fields, unknown fields ignored") {
-    for (const char* v : {"0.3.1", "0.4.0", "1.0.0"}) {
+    for (const char* v : {"0.3.1", "0.4.0", "1.0.0", "1.1.0"}) {
         Config c = parse_config(config_json(
             v, R"("bpffsRoot":"/b","cgroupRoot":"/c","cgroupPath":"p","logFile":"/l","kubeConfig":"/k",)"
                R"("somethingElse":{"x":[1,2]})"));
@@ -216,7 +257,8 @@ TEST_CASE("parse_config: prevResult is re-serialized verbatim with the config's 
     expected.replace(expected.find("0.4.0"), 5, "1.0.0");
     CHECK(*c.prev_result == expected);
 
-    Config no_version = parse_config(R"({"cniVersion":"0.4.0","type":"kmesh-cni","prevResult":{"ips":[]}})");
+    Config no_version =
+        parse_config(R"({"cniVersion":"0.4.0","name":"n","type":"kmesh-cni","prevResult":{"ips":[]}})");
     CHECK(*no_version.prev_result == R"({"ips":[],"cniVersion":"0.4.0"})");
 }
 
@@ -254,7 +296,7 @@ TEST_CASE("parse_request: environment and command rules") {
     const std::string cfg = config_json("1.0.0");
     CHECK(parse_request(env("ADD"), cfg).command == Command::kAdd);
     CHECK(error_code([&] { parse_request(env(""), cfg); }) == kErrInvalidEnv);
-    CHECK(error_code([&] { parse_request(env("STATUS"), cfg); }) == kErrInvalidEnv);
+    CHECK(error_code([&] { parse_request(env("FOO"), cfg); }) == kErrInvalidEnv);
     for (const char* bad : {"", "..", "a/b", "a b"}) {
         Env e = env("ADD");
         e.container_id = bad;
@@ -294,7 +336,8 @@ TEST_CASE("render_error and render_version") {
     CHECK(d["code"].GetInt() == 11);
     CHECK(std::string(d["msg"].GetString()) == R"(agent "x" down)");
     CHECK(std::string(d["details"].GetString()) == "d");
-    CHECK(render_version() == R"({"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]})");
+    CHECK(render_version() ==
+          R"({"cniVersion":"1.1.0","supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]})");
 }
 
 TEST_CASE("ADD attaches both programs, prints prevResult, and is idempotent") {
@@ -339,8 +382,10 @@ TEST_CASE("ADD moves links of an old program to the new one in place, without a 
 TEST_CASE("ADD replaces links on another cgroup and detached links") {
     Fixture f;
     f.run_cmd("ADD");
-    auto other = f.cgroups.mkdirs("other");
-    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    // The pod's cgroup is now another directory (another cgroup) than at the first ADD.
+    fs::remove_all(f.cgroups.path() / "kubepods/besteffort");
+    auto other = f.cgroups.mkdirs(std::string("kubepods/burstable/pod") + kUid);
+    f.run_cmd("ADD");
     CHECK(f.kernel.link_creates == 4);
     CHECK(f.kernel.link_updates == 0);
     const std::uint64_t other_id = f.cgroup_id_of(other);
@@ -350,7 +395,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     // A detached link (its cgroup was removed) is replaced even when the program is current.
     const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
     f.detach(kmesh::kProgConnect4);
-    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    f.run_cmd("ADD");
     CHECK(f.kernel.link_creates == 5);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
     CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
@@ -358,7 +403,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     // Detached and running an old program: replaced, not updated.
     f.load_agent();
     f.detach(kmesh::kProgConnect6);
-    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
+    f.run_cmd("ADD");
     CHECK(f.kernel.link_creates == 6);
     CHECK(f.kernel.link_updates == 1);  // connect4 only
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
@@ -453,8 +498,10 @@ TEST_CASE("ADD errors: agent not running, pod cgroup not found") {
     }
 
     // Without K8S_POD_UID only an explicit cgroupPath works.
-    Request r = parse_request(env("ADD", "K8S_POD_NAME=web"),
-                              config_json("1.0.0", R"("cgroupRoot":")" + g.cgroups.path().string() + R"(")"));
+    Request r =
+        parse_request(env("ADD", "K8S_POD_NAME=web"),
+                      config_json("1.0.0", R"("cgroupRoot":")" + g.cgroups.path().string() +
+                                               R"(","bpffsRoot":")" + g.bpffs.path().string() + R"(")"));
     CHECK(error_code([&] { run(r, g.kernel, g.log); }) == kErrPodCgroupNotFound);
 }
 
@@ -493,10 +540,11 @@ TEST_CASE("CHECK verifies the links run the agent's current programs") {
 
 TEST_CASE("CHECK verifies the links are on the pod's cgroup") {
     Fixture f;
-    f.cgroups.mkdirs("other");
     // Links of the current programs, but on another cgroup than the pod's (found from K8S_POD_UID).
-    run(f.request("ADD", R"("cgroupPath":"other")"), f.kernel, f.log);
-    CHECK(run(f.request("CHECK", R"("cgroupPath":"other")"), f.kernel, f.log).empty());
+    f.run_cmd("ADD");
+    CHECK(f.run_cmd("CHECK").empty());
+    fs::remove_all(f.cgroups.path() / "kubepods/besteffort");
+    f.cgroups.mkdirs(std::string("kubepods/burstable/pod") + kUid);
     try {
         f.run_cmd("CHECK");
         FAIL("no error");
@@ -511,4 +559,369 @@ TEST_CASE("CHECK verifies the links are on the pod's cgroup") {
     f.detach(kmesh::kProgConnect6);
     CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrNotAttached);
     CHECK(f.kernel.fds.empty());
+}
+
+// ---- CNI 1.1: DEL of any version, STATUS, GC ----
+
+TEST_CASE("cniVersion 1.1.0: ADD, CHECK, DEL work; DEL succeeds for any version string") {
+    Fixture f;
+    CHECK(run(f.request("ADD", "", "1.1.0"), f.kernel, f.log) ==
+          *f.request("ADD", "", "1.1.0").config.prev_result);
+    CHECK(f.request("ADD", "", "1.1.0").config.prev_result->find(R"("cniVersion":"1.1.0")") !=
+          std::string::npos);
+    CHECK(run(f.request("CHECK", "", "1.1.0"), f.kernel, f.log).empty());
+    CHECK(run(f.request("DEL", "", "1.1.0"), f.kernel, f.log).empty());
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("c0ffee")));
+
+    // A version we do not know still cleans up: refusing would strand the sandbox.
+    f.run_cmd("ADD");
+    REQUIRE(fs::exists(f.layout.pod_dir("c0ffee")));
+    CHECK(error_code([&] { f.request("ADD", "", "9.9.9"); }) == kErrIncompatibleVersion);
+    CHECK(run(f.request("DEL", "", "9.9.9"), f.kernel, f.log).empty());
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("c0ffee")));
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("DEL with a config ADD would refuse succeeds and deletes nothing") {
+    Fixture f;
+    f.run_cmd("ADD");
+    Request r = parse_request(env("DEL"), R"({"cniVersion":"1.0.0","name":"n","type":"t","bpffsRoot":5})");
+    CHECK_FALSE(r.unusable_config.empty());
+    CHECK(run(r, f.kernel, f.log).empty());
+    CHECK(fs::exists(f.layout.pod_dir("c0ffee")));
+    // Undecodable stdin is still an error (a runtime bug, not a config).
+    CHECK(error_code([] { parse_request(env("DEL"), "{"); }) == kErrDecode);
+}
+
+TEST_CASE("STATUS: ready when the agent's programs are pinned, code 50 otherwise") {
+    Fixture f;
+    auto status = [&] {
+        return run(parse_request(env("STATUS"), f.config("STATUS", "", "1.1.0")), f.kernel, f.log);
+    };
+    CHECK(status().empty());
+    fs::remove(f.layout.prog(kmesh::kProgConnect4));
+    CHECK(error_code(status) == kErrPluginNotAvailable);
+    f.load_agent();
+    CHECK(status().empty());
+    f.kernel.magic[f.bpffs.path().string()] = 0x01021994;  // tmpfs
+    CHECK(error_code(status) == kErrPluginNotAvailable);
+    // STATUS needs no container.
+    Env e = env("STATUS");
+    e.container_id.clear();
+    e.netns.clear();
+    CHECK(parse_request(e, f.config("STATUS", "", "1.1.0")).command == Command::kStatus);
+    CHECK(f.kernel.fds.empty());
+}
+
+namespace {
+std::string gc_config(Fixture& f, const std::string& network, const std::vector<std::string>& valid) {
+    std::string list;
+    for (const auto& id : valid) {
+        list += std::string(list.empty() ? "" : ",") + R"({"containerID":")" + id + R"(","ifname":"eth0"})";
+    }
+    return R"({"cniVersion":"1.1.0","name":")" + network + R"(","type":"kmesh-cni","bpffsRoot":")" +
+           f.bpffs.path().string() + R"(","cni.dev/valid-attachments":[)" + list + "]}";
+}
+void add_as(Fixture& f, const std::string& id, const std::string& network) {
+    Request r =
+        parse_request(env("ADD", std::string("K8S_POD_UID=") + kUid, id),
+                      R"({"cniVersion":"1.1.0","name":")" + network +
+                          R"(","type":"kmesh-cni","bpffsRoot":")" + f.bpffs.path().string() +
+                          R"(","cgroupRoot":")" + f.cgroups.path().string() + R"(","prevResult":{}})");
+    run(r, f.kernel, f.log);
+}
+}  // namespace
+
+TEST_CASE("GC removes this network's attachments that are not valid, and nothing else") {
+    Fixture f;
+    add_as(f, "keep", "net-a");
+    add_as(f, "stale", "net-a");
+    add_as(f, "other", "net-b");  // another network chaining kmesh-cni
+    add_as(f, "both", "net-a");
+    add_as(f, "both", "net-b");
+    // A dir of an older kmesh-cni (no network marker), still attached: not knowably ours.
+    add_as(f, "legacy", "net-a");
+    fs::remove(fs::path(f.layout.pod_dir("legacy")) / "net_net-a");
+    f.container_id = "legacy";
+
+    auto gc = [&](const std::string& network, const std::vector<std::string>& valid) {
+        return run(parse_request(env("GC", "", ""), gc_config(f, network, valid)), f.kernel, f.log);
+    };
+    CHECK(gc("net-a", {"keep"}).empty());
+    CHECK(fs::exists(f.layout.pod_dir("keep")));
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("stale")));
+    CHECK(fs::exists(f.layout.pod_dir("other")));
+    CHECK(fs::exists(f.layout.pod_dir("legacy")));
+    // "both" loses net-a's claim but stays attached for net-b.
+    CHECK(fs::exists(fs::path(f.layout.pod_dir("both")) / kmesh::kProgConnect4));
+    CHECK_FALSE(fs::exists(fs::path(f.layout.pod_dir("both")) / "net_net-a"));
+    CHECK(gc("net-b", {"other"}).empty());
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("both")));
+    CHECK(fs::exists(f.layout.pod_dir("other")));
+
+    // The legacy dir goes once its links are detached (its cgroup is gone): always safe.
+    f.detach(kmesh::kProgConnect4);
+    f.detach(kmesh::kProgConnect6);
+    CHECK(gc("net-a", {"keep"}).empty());
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("legacy")));
+    CHECK(fs::exists(f.layout.pod_dir("keep")));
+
+    // Another network's record whose cgroup is gone (links detached) is safe to clean too.
+    add_as(f, "gone", "net-b");
+    f.container_id = "gone";
+    f.detach(kmesh::kProgConnect4);
+    f.detach(kmesh::kProgConnect6);
+    CHECK(gc("net-a", {"keep"}).empty());
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("gone")));
+    CHECK(fs::exists(f.layout.pod_dir("other")));
+
+    // Files that are not pod dirs of ours are left alone.
+    fs::create_directories(fs::path(f.layout.pods_dir()) / "_unknown");
+    CHECK(gc("net-a", {}).empty());
+    CHECK(fs::exists(fs::path(f.layout.pods_dir()) / "_unknown"));
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("keep")));
+
+    // GC without the list would mean "everything is stale": refused.
+    CHECK(error_code([&] {
+              parse_request(env("GC"), R"({"cniVersion":"1.1.0","name":"net-a","type":"kmesh-cni"})");
+          }) == kErrInvalidConfig);
+    CHECK(f.kernel.fds.empty());
+}
+
+// ---- cgroupPath: one link per program on a shared cgroup ----
+
+TEST_CASE("cgroupPath: many containers share one attachment; the last DEL detaches") {
+    Fixture f;
+    const fs::path shared = f.cgroups.mkdirs("shared");
+    const std::uint64_t cgid = f.cgroup_id_of(shared);
+    for (int i = 0; i < 70; ++i) f.run_shared("ADD", "ctr" + std::to_string(i));
+    CHECK(f.kernel.link_creates == 2);  // not 140: the kernel allows 64 programs per hook
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    for (int i = 0; i < 70; ++i) CHECK(f.run_shared("CHECK", "ctr" + std::to_string(i)).empty());
+    for (int i = 0; i < 69; ++i) f.run_shared("DEL", "ctr" + std::to_string(i));
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(error_code([&] { f.run_shared("CHECK", "ctr0"); }) == kErrNotAttached);
+    CHECK(f.run_shared("CHECK", "ctr69").empty());
+    f.run_shared("DEL", "ctr69");
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 0);
+    CHECK(std::distance(fs::directory_iterator(f.layout.pods_dir()), fs::directory_iterator{}) == 0);
+    f.run_shared("DEL", "ctr69");  // repeated DEL
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("a failed ADD removes only what it created") {
+    Fixture f;
+    f.run_cmd("ADD");
+    const std::uint32_t link4 = f.pinned_id(kmesh::kProgConnect4);
+    f.detach(kmesh::kProgConnect6);  // must be re-created, and that fails
+    f.kernel.fail_link_type = BPF_CGROUP_INET6_CONNECT;
+    CHECK(error_code([&] { f.run_cmd("ADD"); }) == kErrAttach);
+    // The pod dir and the connect4 link were there before this ADD: kept.
+    CHECK(f.pinned_id(kmesh::kProgConnect4) == link4);
+    CHECK(fs::exists(fs::path(f.layout.pod_dir("c0ffee")) / "net_k8s-pod-network"));
+    f.kernel.fail_link_type.reset();
+    f.run_cmd("ADD");
+    CHECK(f.run_cmd("CHECK").empty());
+
+    // Shared cgroup: a failing first user leaves no link set behind.
+    const std::uint64_t cgid = f.cgroup_id_of(f.cgroups.mkdirs("shared"));
+    f.kernel.fail_link_type = BPF_CGROUP_INET6_CONNECT;
+    CHECK(error_code([&] { f.run_shared("ADD", "a"); }) == kErrAttach);
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 0);
+    CHECK_FALSE(fs::exists(fs::path(f.layout.pods_dir()) / ("_cgroup_" + std::to_string(cgid))));
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("cgroupPath must be strictly below cgroupRoot") {
+    Fixture f;
+    f.cgroups.mkdirs("shared");
+    TempDir outside;
+    f.kernel.magic[fs::canonical(outside.path()).string()] = CGROUP2_SUPER_MAGIC;
+    fs::create_symlink(outside.path(), f.cgroups.path() / "escape");
+    for (const std::string& bad : std::vector<std::string>{"..", "../x", "shared/../..", ".", "/",
+                                                           outside.path().string(), "escape"}) {
+        CAPTURE(bad);
+        CHECK(error_code([&] { f.run_shared("ADD", "a", bad); }) == kErrInvalidConfig);
+    }
+    CHECK(f.kernel.link_creates == 0);
+    // An absolute path below the root is fine.
+    f.run_shared("ADD", "a", (f.cgroups.path() / "shared").string());
+    CHECK(f.kernel.link_creates == 2);
+}
+
+TEST_CASE("cgroupRoot must be on cgroup v2") {
+    Fixture f;
+    TempDir plain;
+    auto r = parse_request(env("ADD", std::string("K8S_POD_UID=") + kUid),
+                           config_json("1.0.0", R"("bpffsRoot":")" + f.bpffs.path().string() +
+                                                    R"(","cgroupRoot":")" + plain.path().string() + R"(")"));
+    CHECK(error_code([&] { run(r, f.kernel, f.log); }) == kErrInvalidConfig);
+    auto root = parse_request(
+        env("ADD", std::string("K8S_POD_UID=") + kUid),
+        config_json("1.0.0", R"("bpffsRoot":")" + f.bpffs.path().string() + R"(","cgroupRoot":"/")"));
+    CHECK(error_code([&] { run(root, f.kernel, f.log); }) == kErrInvalidConfig);
+}
+
+// ---- bpffsRoot must be a bpffs ----
+
+TEST_CASE("bpffsRoot on another filesystem: ADD/CHECK refuse (code 7), DEL deletes nothing and succeeds") {
+    Fixture f;
+    f.kernel.magic[f.bpffs.path().string()] = 0x01021994;  // a plain tmpfs dir
+    const fs::path victim = fs::path(f.layout.pod_dir("c0ffee")) / "precious";
+    fs::create_directories(victim.parent_path());
+    std::ofstream(victim) << "data";
+    try {
+        f.run_cmd("ADD");
+        FAIL("no error");
+    } catch (const CniError& e) {
+        CHECK(e.code() == kErrInvalidConfig);
+        CHECK(std::string(e.what()).find("not a bpffs") != std::string::npos);
+    }
+    CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrInvalidConfig);
+    CHECK(f.run_cmd("DEL").empty());
+    CHECK(fs::exists(victim));
+    CHECK(run(parse_request(env("GC"), gc_config(f, "k8s-pod-network", {})), f.kernel, f.log).empty());
+    CHECK(fs::exists(victim));
+}
+
+// ---- hostile input ----
+
+TEST_CASE("deeply nested JSON is a decode error, not a crash") {
+    for (const std::string& json :
+         {std::string(200000, '['), "{\"a\":" + std::string(100000, '{'),
+          config_json("1.0.0", R"("x":)" + std::string(70, '[') + std::string(70, ']'))}) {
+        CHECK(error_code([&] { parse_config(json); }) == kErrDecode);
+        CHECK(error_code([&] { parse_request(env("ADD"), json); }) == kErrDecode);
+        CHECK(error_code([&] { parse_request(env("DEL"), json); }) == kErrDecode);
+    }
+    // Brackets inside strings do not count; moderate nesting is fine.
+    CHECK(parse_config(config_json("1.0.0", R"("x":")" + std::string(1000, '[') + R"(")")).name ==
+          "k8s-pod-network");
+    CHECK(parse_config(config_json("1.0.0", R"("x":)" + std::string(30, '[') + std::string(30, ']'))).name ==
+          "k8s-pod-network");
+}
+
+namespace {
+// Parses `json` strictly: UTF-8 validated.
+bool valid_json(const std::string& json, rapidjson::Document* out = nullptr) {
+    rapidjson::Document d;
+    d.Parse<rapidjson::kParseValidateEncodingFlag>(json.c_str(), json.size());
+    if (out) out->CopyFrom(d, out->GetAllocator());
+    return !d.HasParseError();
+}
+}  // namespace
+
+TEST_CASE("error objects are valid UTF-8 JSON whatever the input; invalid UTF-8 in stdin is a decode error") {
+    Env bad_id = env("ADD");
+    bad_id.container_id = "a\xff\xfe\n\"b";
+    std::string out = check_input(bad_id, config_json("1.0.0"));
+    CHECK(valid_json(out));
+    CHECK(out.find("\"code\":4") != std::string::npos);
+    CHECK(valid_json(render_error(CniError(5, "x\xc3", "\xed\xa0\x80 \x01"), "1.0.0")));
+    CHECK(to_valid_utf8("ok \xc3\xa9 \xff") == "ok \xc3\xa9 \xEF\xBF\xBD");
+    // Raw invalid UTF-8 in the config would be echoed in prevResult: refused.
+    CHECK(error_code([] { parse_config(config_json("1.0.0", "\"x\":\"\xff\"")); }) == kErrDecode);
+}
+
+TEST_CASE("errors report the config's cniVersion") {
+    rapidjson::Document d;
+    REQUIRE(valid_json(check_input(env("ADD"), config_json("1.1.0", "", false)), &d));
+    CHECK(d["code"].GetInt() == kErrInvalidConfig);
+    CHECK(std::string(d["cniVersion"].GetString()) == "1.1.0");
+    Env no_netns = env("ADD");
+    no_netns.netns.clear();
+    REQUIRE(valid_json(check_input(no_netns, config_json("0.4.0")), &d));
+    CHECK(std::string(d["cniVersion"].GetString()) == "0.4.0");
+    REQUIRE(valid_json(check_input(env("ADD"), config_json("7.0.0")), &d));
+    CHECK(d["code"].GetInt() == kErrIncompatibleVersion);
+    CHECK(std::string(d["cniVersion"].GetString()) == kCniVersion);
+}
+
+TEST_CASE("spec-required fields and environment") {
+    CHECK(error_code([] { parse_config(R"({"cniVersion":"1.0.0","type":"kmesh-cni"})"); }) ==
+          kErrInvalidConfig);
+    CHECK(error_code([] { parse_config(R"({"cniVersion":"1.0.0","name":"n"})"); }) == kErrInvalidConfig);
+    CHECK(error_code([] { parse_config(R"({"cniVersion":"1.0.0","name":"-n","type":"t"})"); }) ==
+          kErrInvalidConfig);
+    CHECK(error_code([] {
+              parse_config(R"({"cniVersion":"1.0.0","name":"n","type":"t","bpffsRoot":"/a\u0000b"})");
+          }) == kErrInvalidConfig);
+    for (const char* cmd : {"ADD", "CHECK"}) {
+        for (auto field : {&Env::netns, &Env::ifname, &Env::path}) {
+            Env e = env(cmd);
+            e.*field = "";
+            CHECK(error_code([&] { parse_request(e, config_json("1.0.0")); }) == kErrInvalidEnv);
+        }
+    }
+    Env del = env("DEL");
+    del.netns.clear();
+    del.ifname.clear();
+    del.path.clear();
+    CHECK(parse_request(del, config_json("1.0.0", "", false)).command == Command::kDel);
+    for (const std::string& bad : {std::string("-abc"), std::string("_x"), std::string(".a"),
+                                   std::string(300, 'a'), std::string(100, '.'), std::string("a\nb")}) {
+        Env e = env("ADD");
+        e.container_id = bad;
+        CHECK(error_code([&] { parse_request(e, config_json("1.0.0")); }) == kErrInvalidEnv);
+    }
+    Env ok = env("ADD");
+    ok.container_id = std::string(200, 'a');
+    CHECK(parse_request(ok, config_json("1.0.0")).container_id.size() == 200);
+}
+
+// ---- logging ----
+
+namespace {
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+}  // namespace
+
+TEST_CASE("log: VERSION is not logged; early errors go to the config's logFile; lines are escaped") {
+    Fixture f;
+    TempDir logs;
+    const fs::path def = logs.path() / "default.log";
+    const fs::path mine = logs.path() / "mine.log";
+    std::string out;
+    Env v = env("VERSION");
+    CHECK(plugin_main(v, "", f.kernel, out, def.string()) == 0);
+    CHECK(out == render_version());
+    CHECK_FALSE(fs::exists(def));
+
+    // Refused before the config is accepted (bad container id): logged where the config says.
+    Env forged = env("ADD");
+    forged.container_id = "x\n2030-01-01T00:00:00.000 [info] FORGED";
+    const std::string cfg = config_json("1.0.0", R"("logFile":")" + mine.string() + R"(")");
+    CHECK(plugin_main(forged, cfg, f.kernel, out, def.string()) == 1);
+    CHECK(valid_json(out));
+    CHECK_FALSE(fs::exists(def));
+    const std::string text = slurp(mine);
+    CHECK(text.find("x\\x0a2030") != std::string::npos);
+    CHECK(text.find("\n2030-01-01") == std::string::npos);  // no forged line
+    // "logFile": "" means no log at all, even for errors.
+    CHECK(plugin_main(forged, config_json("1.0.0", R"("logFile":"")"), f.kernel, out, def.string()) == 1);
+    CHECK_FALSE(fs::exists(def));
+    // Unreadable stdin: only then the default file.
+    CHECK(plugin_main(env("ADD"), "{", f.kernel, out, def.string()) == 1);
+    CHECK(fs::exists(def));
+    CHECK(escape_for_log("a\tb\\c\x7f\xff\xc3\xa9") == "a\\x09b\\x5cc\\x7f\\xff\xc3\xa9");
+}
+
+TEST_CASE("log: rotated to .1 at kLogRotateBytes") {
+    Fixture f;
+    TempDir logs;
+    const fs::path log = logs.path() / "cni.log";
+    std::ofstream(log) << std::string(kLogRotateBytes, 'x') << "\n";
+    std::string out;
+    const std::string cfg = f.config("DEL", R"("logFile":")" + log.string() + R"(")");
+    CHECK(plugin_main(env("DEL"), cfg, f.kernel, out, "") == 0);
+    REQUIRE(fs::exists(log.string() + ".1"));
+    CHECK(fs::file_size(log.string() + ".1") > kLogRotateBytes);
+    CHECK(fs::file_size(log) < 4096);
+    CHECK(slurp(log).find("DEL") != std::string::npos);
+    for (int i = 0; i < 3; ++i) plugin_main(env("DEL"), cfg, f.kernel, out, "");
+    CHECK(!fs::exists(log.string() + ".2"));
 }
