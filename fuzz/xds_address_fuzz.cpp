@@ -14,6 +14,12 @@
 #include "agent/src/xds/convert.hpp"
 #include "istio/workload/workload.pb.h"
 
+// Invalid UTF-8 in string fields is a parse failure protobuf also logs; fuzzing makes it constant.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    google::protobuf::SetLogHandler(nullptr);
+    return 0;
+}
+
 namespace {
 
 bool same(const kmesh::DesiredState& a, const kmesh::DesiredState& b) {
