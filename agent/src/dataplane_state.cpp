@@ -400,9 +400,14 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
             for (const auto& [fk, claim] : svc.frontends) {
                 auto target = want.frontends.find(fk);
                 if (target == want.frontends.end() || target->second.service != h) continue;
+                FrontendTarget t = target->second;
+                // A kept (rejected) workload's own target port here still needs the flag.
+                for (uint64_t kept : dirty.keep)
+                    if (!(t.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS) &&
+                        cur.ports.count(PortKey{kept, h, fk.port}))
+                        t.flags |= KMESH_FRONTEND_PER_WORKLOAD_PORTS;
                 auto cf = cur.frontends.find(fk);
-                if (cf == cur.frontends.end() || !(cf->second == target->second))
-                    plan.put_frontends.emplace_back(fk, target->second);
+                if (cf == cur.frontends.end() || !(cf->second == t)) plan.put_frontends.emplace_back(fk, t);
             }
         } else if (dirty.keep.count(h)) {
             continue;  // a rejected service keeps its last good entry, endpoints and frontends

@@ -322,3 +322,27 @@ TEST_CASE("xds source: after a restart, resources istiod now sends in a rejected
     CHECK(ops.size(MapId::kService) == 1);  // echo's entry went with it
     CHECK(ops.size(MapId::kPort) == 0);     // and a's override for it
 }
+
+TEST_CASE("xds source: a kept workload's own target port keeps working beside workloads without one") {
+    test::FakeMapOps ops;
+    auto first_response = [] {
+        auto r = response(xds::kAddressType, "n1");
+        add(r, kEcho, service("echo", {10, 96, 0, 10}, 0));  // named port
+        add(r, uid("o"), workload("o", {10, 0, 0, 5}, kEcho, 9001));
+        add(r, uid("p"), workload("p", {10, 0, 0, 6}, kEcho, 80));  // the service port: no override
+        return r;
+    };
+    {
+        Node first(ops);
+        REQUIRE(first.source.on_response(first_response()).empty());
+    }
+    REQUIRE(connects(ops, "10.96.0.10", 80) == std::set<std::string>{"10.0.0.5:9001", "10.0.0.6:80"});
+    Node second(ops);
+    auto r = first_response();
+    auto bad = workload("o", {10, 0, 0, 5}, kEcho, 9001);
+    bad.mutable_workload()->set_network_mode(static_cast<istio::workload::NetworkMode>(5));
+    r.mutable_resources(1)->mutable_resource()->set_value(bad.SerializeAsString());
+    CHECK(second.source.on_response(r) ==
+          std::vector<std::string>{uid("o") + ": network_mode has the unknown value 5"});
+    CHECK(connects(ops, "10.96.0.10", 80) == std::set<std::string>{"10.0.0.5:9001", "10.0.0.6:80"});
+}
