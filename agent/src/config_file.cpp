@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "agent/src/model_validate.hpp"
 #include "agent/src/yaml_tree.hpp"
 
 namespace kmesh {
@@ -93,13 +94,6 @@ class Parser {
         return a;
     }
 
-    // A VIP must be something a pod can connect() to and that is not the pod itself.
-    void check_vip(const YamlNode& n, const std::string& path, const IpAddr& a) {
-        if (a.is_unspecified() || a.is_loopback() || a.is_multicast())
-            fail(n, path,
-                 fmt::format("{} cannot be a service address (unspecified, loopback or multicast)", a.str()));
-    }
-
     std::vector<IpAddr> ips(const YamlNode& n, const std::string& path) {
         std::vector<IpAddr> out;
         if (!n.is_sequence()) {
@@ -111,7 +105,9 @@ class Parser {
         return out;
     }
 
-    std::vector<ServicePort> ports(const YamlNode& n, const std::string& path) {
+    // service_ports: a service's list (an omitted target port means the service port); a
+    // workload's list keeps 0 ("the service's target port").
+    std::vector<ServicePort> ports(const YamlNode& n, const std::string& path, bool service_ports) {
         std::vector<ServicePort> out;
         if (!n.is_sequence()) {
             fail(n, path, "expected a list of ports");
@@ -120,7 +116,7 @@ class Parser {
         for (size_t i = 0; i < n.items.size(); i++) {
             std::string p = fmt::format("{}[{}]", path, i);
             ServicePort sp;
-            bool has_service_port = false;
+            bool has_service_port = false, has_target_port = false;
             fields(n.items[i], p, {"service_port", "target_port"},
                    [&](const std::string& k, const YamlNode& v, const std::string& fp) {
                        if (k == "service_port") {
@@ -128,33 +124,83 @@ class Parser {
                            has_service_port = true;
                        } else {
                            sp.target_port = port(v, fp, true);
+                           has_target_port = true;
                        }
                    });
             if (!has_service_port) fail(n.items[i], p, "service_port is required");
+            // As in Kubernetes, an omitted target port is the service port. An explicit 0 is the
+            // workload API's named port: each workload's own entry gives the number.
+            if (service_ports && !has_target_port) sp.target_port = sp.service_port;
             out.push_back(sp);
         }
         return out;
     }
 
+    // An enum given by its proto name (or, as protojson allows, its number).
+    template <typename E>
+    std::optional<E> enum_value(const YamlNode& n, const std::string& path, const std::string& field,
+                                const std::vector<std::pair<std::string, E>>& names) {
+        std::string text = str(n, path);
+        std::string known;
+        for (const auto& [name, value] : names) {
+            if (text == name || text == std::to_string(static_cast<int>(value))) return value;
+            known += (known.empty() ? "" : ", ") + name;
+        }
+        fail(n, path, fmt::format("{} ({})", unknown_enum(field, "'" + text + "'"), known));
+        return std::nullopt;
+    }
+
+    LoadBalancing load_balancing(const YamlNode& n, const std::string& path) {
+        LoadBalancing lb;
+        fields(n, path, {"routing_preference", "mode", "health_policy"},
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "mode") {
+                       if (auto m = enum_value<LbMode>(v, p, "load_balancing.mode",
+                                                       {{"UNSPECIFIED_MODE", LbMode::kUnspecified},
+                                                        {"STRICT", LbMode::kStrict},
+                                                        {"FAILOVER", LbMode::kFailover},
+                                                        {"PASSTHROUGH", LbMode::kPassthrough}}))
+                           lb.mode = *m;
+                   } else if (k == "health_policy") {
+                       if (auto h = enum_value<int>(v, p, "load_balancing.health_policy",
+                                                    {{"ONLY_HEALTHY", 0}, {"ALLOW_ALL", 1}}))
+                           lb.allow_unhealthy = *h == 1;
+                   } else if (!v.is_sequence()) {
+                       fail(v, p, "expected a list of scopes");
+                   } else {
+                       for (size_t i = 0; i < v.items.size(); i++)
+                           if (auto sc = enum_value<LbScope>(v.items[i], fmt::format("{}[{}]", p, i),
+                                                             "load_balancing.routing_preference",
+                                                             {{"REGION", LbScope::kRegion},
+                                                              {"ZONE", LbScope::kZone},
+                                                              {"SUBZONE", LbScope::kSubzone},
+                                                              {"NODE", LbScope::kNode},
+                                                              {"CLUSTER", LbScope::kCluster},
+                                                              {"NETWORK", LbScope::kNetwork}}))
+                               lb.routing_preference.push_back(*sc);
+                   }
+               });
+        return lb;
+    }
+
+    // The shared rules (model_validate), reported at the object's line.
+    void validated(const YamlNode& n, const std::string& path,
+                   const std::vector<std::string>& problems_found) {
+        for (const auto& p : problems_found) fail(n, path, p);
+    }
+
     Service service(const YamlNode& n, const std::string& path) {
         Service s;
-        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports"},
+        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports", "load_balancing"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
                    if (k == "name") s.name = str(v, p);
                    if (k == "namespace") s.namespace_ = str(v, p);
                    if (k == "hostname") s.hostname = str(v, p);
-                   if (k == "addresses") {
-                       s.addresses = ips(v, p);
-                       for (const auto& a : s.addresses) check_vip(v, p, a);
-                   }
-                   if (k == "ports") s.ports = ports(v, p);
+                   if (k == "addresses") s.addresses = ips(v, p);
+                   if (k == "ports") s.ports = ports(v, p, true);
+                   if (k == "load_balancing") s.load_balancing = load_balancing(v, p);
                });
-        if (s.hostname.empty()) fail(n, path, "hostname is required");
-        if (s.namespace_.empty()) fail(n, path, "namespace is required");
-        std::set<uint16_t> seen;
-        for (const auto& p : s.ports)
-            if (p.service_port && !seen.insert(p.service_port).second)
-                fail(n, path, fmt::format("service port {} listed twice", p.service_port));
+        validated(n, path, validate_service(s));
         return s;
     }
 
@@ -168,24 +214,16 @@ class Parser {
                    if (k == "namespace") w.namespace_ = str(v, p);
                    if (k == "addresses") w.addresses = ips(v, p);
                    if (k == "node") w.placement = Placement::intern({str(v, p), "", "", {}});
-                   if (k == "status") {
-                       std::string st = str(v, p);
-                       if (st == "HEALTHY")
-                           w.status = WorkloadStatus::kHealthy;
-                       else if (st == "UNHEALTHY")
-                           w.status = WorkloadStatus::kUnhealthy;
-                       else
-                           fail(v, p, fmt::format("unknown status '{}' (HEALTHY or UNHEALTHY)", st));
-                   }
-                   if (k == "network_mode") {
-                       std::string m = str(v, p);
-                       if (m == "STANDARD")
-                           w.network_mode = NetworkMode::kStandard;
-                       else if (m == "HOST_NETWORK")
-                           w.network_mode = NetworkMode::kHostNetwork;
-                       else
-                           fail(v, p, fmt::format("unknown network_mode '{}'", m));
-                   }
+                   if (k == "status")
+                       if (auto st = enum_value<WorkloadStatus>(v, p, "status",
+                                                                {{"HEALTHY", WorkloadStatus::kHealthy},
+                                                                 {"UNHEALTHY", WorkloadStatus::kUnhealthy}}))
+                           w.status = *st;
+                   if (k == "network_mode")
+                       if (auto m = enum_value<NetworkMode>(v, p, "network_mode",
+                                                            {{"STANDARD", NetworkMode::kStandard},
+                                                             {"HOST_NETWORK", NetworkMode::kHostNetwork}}))
+                           w.network_mode = *m;
                    if (k == "services") {
                        if (!v.is_mapping()) {
                            fail(v, p, "expected a mapping of \"namespace/hostname\" to {ports: [...]}");
@@ -195,18 +233,16 @@ class Parser {
                            std::string svc = kv.first.scalar;
                            std::string sp = p + "." + svc;
                            std::vector<ServicePort> list;
-                           if (svc.find('/') == std::string::npos)
-                               fail(kv.first, sp, "service key must be \"namespace/hostname\"");
                            if (!kv.second.is_null())
                                fields(kv.second, sp, {"ports"},
                                       [&](const std::string&, const YamlNode& pv, const std::string& pp) {
-                                          list = ports(pv, pp);
+                                          list = ports(pv, pp, false);
                                       });
                            w.services[svc] = list;
                        }
                    }
                });
-        if (w.uid.empty()) fail(n, path, "uid is required");
+        validated(n, path, validate_workload(w));
         return w;
     }
 
@@ -241,6 +277,8 @@ class Parser {
         return m;
     }
 
+    // Whole-file consistency, which only a file can have: istiod may give one VIP to two services
+    // for a moment (MeshState elects one), a file that does so is a mistake to point out.
     void check_cross_references(const Model& m) {
         std::map<IpAddr, std::string> vip_owner;
         for (const auto& [key, s] : m.services)
@@ -251,22 +289,6 @@ class Parser {
                         fmt::format("services '{}' and '{}' share the VIP {}", it->second, key, a.str()));
                 else if (!fresh)
                     problems.push_back(fmt::format("service '{}' lists VIP {} twice", key, a.str()));
-            }
-        for (const auto& [uid, w] : m.workloads)
-            for (const auto& [svc, ports] : w.services) {
-                auto it = m.services.find(svc);
-                if (it == m.services.end()) continue;  // the service may arrive later
-                // Per-workload target ports (named ports resolved per pod) are not in the map ABI yet.
-                auto effective = [](const ServicePort& p) {
-                    return p.target_port ? p.target_port : p.service_port;
-                };
-                for (const auto& wp : ports)
-                    for (const auto& sp : it->second.ports)
-                        if (wp.service_port == sp.service_port && effective(wp) != effective(sp))
-                            problems.push_back(fmt::format(
-                                "workload '{}': target port {} for {}:{} differs from the service's {}; "
-                                "per-workload target ports are not supported yet",
-                                uid, effective(wp), svc, wp.service_port, effective(sp)));
             }
     }
 };

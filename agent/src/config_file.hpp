@@ -5,7 +5,9 @@
 //     namespace: default
 //     hostname: echo.default.svc.cluster.local
 //     addresses: ["10.96.0.10", "fd00:10:96::10"]    # or {network: "", address: ...}
-//     ports: [{service_port: 80, target_port: 8080}]
+//     ports: [{service_port: 80, target_port: 8080}]   # target_port omitted: the service port;
+//                                                     # 0: a named port, each workload maps it
+//     load_balancing: {routing_preference: [REGION, ZONE], mode: FAILOVER}   # or PASSTHROUGH, ...
 //   workloads:
 //   - uid: Kubernetes//Pod/default/echo-1
 //     name: echo-1
@@ -15,6 +17,7 @@
 //     status: HEALTHY                                 # or UNHEALTHY
 //
 // Field names follow the proto (snake_case); protojson's lowerCamelCase spellings are accepted too.
+// Each service and workload meets the same rules as one from istiod (model_validate.hpp).
 #pragma once
 
 #include <string>

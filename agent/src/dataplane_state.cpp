@@ -142,6 +142,17 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
         return;
     auto listed = wl->second.services.find(key);
     if (listed == wl->second.services.end()) return;
+    // A service port with target 0 is a named port, resolved per workload: a workload that has no
+    // entry for it does not serve it (istiod leaves the port out when the pod lacks the name), and
+    // ztunnel skips it for that port. The maps keep one endpoint list per service, not per port,
+    // so a connect to that port could not avoid this workload: it is left out of the service
+    // rather than sent to a port it does not listen on.
+    for (const auto& port : svc->second.ports) {
+        if (port.target_port) continue;
+        bool mapped = false;
+        for (const auto& own : listed->second) mapped |= own.service_port == port.service_port;
+        if (!mapped) return;
+    }
     int prio = priority(svc->second, wl->second);
     if (prio < 0) return;
     ds->second.endpoints[prio].insert(hw);
@@ -196,7 +207,13 @@ void MeshState::refresh_service(const std::string& key) {
         affected.insert(fk);
     }
     ds.frontends.clear();
-    for (const auto& vip : s.addresses)
+    // PASSTHROUGH: no endpoint selection, the connection goes to the address it was made to; so
+    // the service claims no frontend and connect() passes untouched.
+    bool passthrough = s.load_balancing && s.load_balancing->mode == LbMode::kPassthrough;
+    for (const auto& vip : s.addresses) {
+        // ztunnel accepts any VIP, but its capture never sees connections to loopback, unspecified
+        // (local) or multicast addresses; a frontend for one would hijack pods' local traffic.
+        if (passthrough || vip.is_unspecified() || vip.is_loopback() || vip.is_multicast()) continue;
         for (const auto& port : s.ports) {
             kmesh_frontend_key fk{};
             std::memcpy(fk.addr, vip.bytes.data(), 16);
@@ -205,6 +222,7 @@ void MeshState::refresh_service(const std::string& key) {
             claimants_[fk].insert(hs);
             affected.insert(fk);
         }
+    }
     for (const auto& uid : members_[key]) refresh_member(key, uid);
     refresh_frontend_flags(key);
     for (const auto& fk : affected) elect(fk);
@@ -335,6 +353,8 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
         if (w != want.backends.end()) {
             if (c == cur.backends.end() || !(c->second.value == w->second))
                 plan.put_backends.emplace_back(h, w->second);
+        } else if (dirty.keep.count(h)) {
+            continue;  // a rejected workload's last good backend and ports stay
         } else if (c != cur.backends.end()) {
             plan.delete_backends.push_back(h);
         }
@@ -347,7 +367,9 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
         }
         for (auto cp = cur.ports.lower_bound(PortKey{h, 0, 0});
              cp != cur.ports.end() && cp->first.backend == h; ++cp)
-            if (!want.ports.count(cp->first)) plan.delete_ports.push_back(cp->first);
+            // A kept (rejected) service's overrides stay with it.
+            if (!want.ports.count(cp->first) && !dirty.keep.count(cp->first.service))
+                plan.delete_ports.push_back(cp->first);
     }
 
     std::set<kmesh_frontend_key> frontends_deleted;
@@ -365,8 +387,10 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
                     for (uint32_t i = 0; i < slots.size(); i++) {
                         auto bh = cur.backend_hash_by_id.find(slots[i]);
                         uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
-                        // Unknown or unwanted slots go; a backend listed twice keeps one slot.
-                        if (!backend || !svc.endpoints[prio].count(backend) || !have.insert(backend).second)
+                        // Unknown or unwanted slots go, except a kept (rejected) workload's; a
+                        // backend listed twice keeps one slot.
+                        if (!backend || (!svc.endpoints[prio].count(backend) && !dirty.keep.count(backend)) ||
+                            !have.insert(backend).second)
                             plan.remove_endpoints.push_back({h, prio, i + 1});
                     }
                 }
@@ -376,10 +400,17 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
             for (const auto& [fk, claim] : svc.frontends) {
                 auto target = want.frontends.find(fk);
                 if (target == want.frontends.end() || target->second.service != h) continue;
+                FrontendTarget t = target->second;
+                // A kept (rejected) workload's own target port here still needs the flag.
+                for (uint64_t kept : dirty.keep)
+                    if (!(t.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS) &&
+                        cur.ports.count(PortKey{kept, h, fk.port}))
+                        t.flags |= KMESH_FRONTEND_PER_WORKLOAD_PORTS;
                 auto cf = cur.frontends.find(fk);
-                if (cf == cur.frontends.end() || !(cf->second == target->second))
-                    plan.put_frontends.emplace_back(fk, target->second);
+                if (cf == cur.frontends.end() || !(cf->second == t)) plan.put_frontends.emplace_back(fk, t);
             }
+        } else if (dirty.keep.count(h)) {
+            continue;  // a rejected service keeps its last good entry, endpoints and frontends
         } else if (c != cur.services.end()) {
             plan.delete_services.push_back(h);
         }

@@ -65,6 +65,10 @@ struct DesiredState {
 struct Dirty {
     bool all = false;  // after a restart: compare everything
     std::set<uint64_t> services, backends;
+    // Names (hashes) the model does not hold but whose map entries stay as they are: resources
+    // istiod sent in a form that was rejected, after a restart emptied the model. Their service,
+    // frontends, endpoint slots, backend and ports are neither rewritten nor deleted.
+    std::set<uint64_t> keep;
     bool empty() const { return !all && services.empty() && backends.empty(); }
 };
 
@@ -90,8 +94,21 @@ class MeshState {
     const Model& model() const { return model_; }
     const DesiredState& desired() const { return desired_; }
     const NodeInfo& node() const { return node_; }
-    Dirty take_dirty() { return std::exchange(dirty_, Dirty{}); }
+    Dirty take_dirty() {
+        Dirty d = std::exchange(dirty_, Dirty{});
+        d.keep = pinned_;
+        return d;
+    }
     void mark_all_dirty() { dirty_.all = true; }
+
+    // Keeps what the maps hold for `name` while the model lacks it (see Dirty::keep). Unpinning
+    // (the name was applied or removed) compares everything once more, so that what was kept and
+    // is no longer wanted goes.
+    void pin(const std::string& name) { pinned_.insert(name_hash(name)); }
+    void unpin(const std::string& name) {
+        if (pinned_.erase(name_hash(name))) dirty_.all = true;
+    }
+    bool pinned(const std::string& name) const { return pinned_.count(name_hash(name)) > 0; }
 
   private:
     void refresh_service(const std::string& key);  // LB mode, frontends, every member
@@ -113,6 +130,7 @@ class MeshState {
     // Services listing each (VIP, port). istiod may briefly give one VIP to two services; the
     // largest hash wins, so the outcome does not depend on the order the updates came in.
     std::map<kmesh_frontend_key, std::set<uint64_t>> claimants_;
+    std::set<uint64_t> pinned_;
 };
 
 // Full conversion, for tests and tools: a MeshState fed with the whole model.

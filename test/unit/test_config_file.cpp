@@ -50,7 +50,7 @@ TEST_CASE("a config in the workload API shape parses") {
     CHECK(s.addresses[1].str() == "fd00:10:96::10");
     REQUIRE(s.ports.size() == 2);
     CHECK(s.ports[1].service_port == 443);
-    CHECK(s.ports[1].target_port == 0);
+    CHECK(s.ports[1].target_port == 443);  // omitted: the service port, as in Kubernetes
     REQUIRE(m.workloads.size() == 2);
     const Workload& w2 = m.workloads.at("Kubernetes//Pod/default/echo-2");
     CHECK(w2.status == WorkloadStatus::kUnhealthy);
@@ -73,9 +73,12 @@ TEST_CASE("bad configs are rejected with the field and line") {
     CHECK(problems("services:\n- hostname: a\n  namespace: x\n  addresses: [10.96.0.1]\n  ports: "
                    "[{service_port: 70000}]\n")
               .find("not a valid port") != std::string::npos);
-    CHECK(problems("services:\n- namespace: x\n").find("hostname is required") != std::string::npos);
-    CHECK(problems("workloads:\n- name: x\n").find("uid is required") != std::string::npos);
-    CHECK(problems("workloads:\n- uid: x\n  status: SLEEPY\n").find("unknown status") != std::string::npos);
+    CHECK(problems("services:\n- namespace: x\n").find("service 'x/' has an empty hostname") !=
+          std::string::npos);
+    CHECK(problems("workloads:\n- name: x\n").find("workload '/x' has an empty uid") != std::string::npos);
+    CHECK(
+        problems("workloads:\n- uid: x\n  status: SLEEPY\n").find("status has the unknown value 'SLEEPY'") !=
+        std::string::npos);
     CHECK(problems("services: [").find("YAML syntax error") != std::string::npos);
     CHECK(problems("services:\n- hostname: a\n  namespace: x\n  colour: red\n").find("line 4") !=
           std::string::npos);
@@ -94,12 +97,35 @@ services:
           std::string::npos);
 }
 
-TEST_CASE("a per-workload target port that differs from the service's is refused, not ignored") {
+TEST_CASE("per-workload target ports are honoured, as the README says and istiod sends them") {
     std::string yaml = R"(
 services:
 - {hostname: a, namespace: x, addresses: [10.96.0.1], ports: [{service_port: 80, target_port: 8080}]}
 workloads:
 - {uid: u, addresses: [10.0.0.1], services: {x/a: {ports: [{service_port: 80, target_port: 9090}]}}}
 )";
-    CHECK(problems(yaml).find("per-workload target ports are not supported yet") != std::string::npos);
+    auto r = parse_config_yaml(yaml);
+    REQUIRE(std::holds_alternative<Model>(r));
+    CHECK(std::get<Model>(r).workloads.at("u").services.at("x/a") == std::vector<ServicePort>{{80, 9090}});
+}
+
+TEST_CASE("the file accepts what istiod may send: any VIP, a port twice, PASSTHROUGH") {
+    std::string yaml = R"(
+services:
+- hostname: a
+  namespace: x
+  addresses: [127.0.0.1, 0.0.0.0, "::1", 224.0.0.1]
+  ports: [{service_port: 53, target_port: 53}, {service_port: 53, target_port: 53}]
+  load_balancing: {mode: PASSTHROUGH, routing_preference: [REGION, NODE], health_policy: ALLOW_ALL}
+)";
+    auto r = parse_config_yaml(yaml);
+    REQUIRE(std::holds_alternative<Model>(r));
+    const Service& s = std::get<Model>(r).services.at("x/a");
+    CHECK(s.addresses.size() == 4);
+    REQUIRE(s.load_balancing);
+    CHECK(s.load_balancing->mode == LbMode::kPassthrough);
+    CHECK(s.load_balancing->allow_unhealthy);
+    CHECK(s.load_balancing->routing_preference == std::vector<LbScope>{LbScope::kRegion, LbScope::kNode});
+    CHECK(problems("services:\n- {hostname: a, namespace: x, load_balancing: {mode: SOMETIMES}}\n")
+              .find("load_balancing.mode has the unknown value 'SOMETIMES'") != std::string::npos);
 }

@@ -50,10 +50,10 @@ TEST_CASE("xds: invalid workloads are refused with the reason") {
     CHECK(xds::convert_workload(bad, &w) == "workload address is 5 bytes; an IP address is 4 or 16");
     bad = workload();
     bad.clear_uid();
-    CHECK(xds::convert_workload(bad, &w) == "workload without uid");
+    CHECK(xds::convert_workload(bad, &w) == "workload 'default/echo-1' has an empty uid");
     bad = workload();
     (*bad.mutable_services())["noslash"];
-    CHECK(xds::convert_workload(bad, &w).find("not namespace/hostname") != std::string::npos);
+    CHECK(xds::convert_workload(bad, &w).find("is not \"namespace/hostname\"") != std::string::npos);
     bad = workload();
     (*bad.mutable_services())["default/echo.default.svc.cluster.local"].mutable_ports(0)->set_target_port(
         70000);
@@ -123,4 +123,87 @@ TEST_CASE("xds: fields this agent does not know parse and are ignored") {
     Workload w;
     CHECK(xds::convert_workload(parsed, &w) == "");
     CHECK(w.uid == "Kubernetes//Pod/default/echo-1");
+}
+
+TEST_CASE("xds: unknown enum values are refused, naming the field and the value (as ztunnel's try_from)") {
+    auto svc = [] {
+        istio::workload::Service s;
+        s.set_name("echo");
+        s.set_namespace_("default");
+        s.set_hostname("echo.default.svc.cluster.local");
+        s.mutable_load_balancing();
+        return s;
+    };
+    Service out;
+    auto s = svc();
+    s.mutable_load_balancing()->set_mode(static_cast<istio::workload::LoadBalancing::Mode>(77));
+    CHECK(xds::convert_service(s, &out) == "load_balancing.mode has the unknown value 77");
+    s = svc();
+    s.mutable_load_balancing()->set_health_policy(
+        static_cast<istio::workload::LoadBalancing::HealthPolicy>(5));
+    CHECK(xds::convert_service(s, &out) == "load_balancing.health_policy has the unknown value 5");
+    s = svc();
+    s.mutable_load_balancing()->add_routing_preference(
+        static_cast<istio::workload::LoadBalancing::Scope>(99));
+    CHECK(xds::convert_service(s, &out) == "load_balancing.routing_preference has the unknown value 99");
+    s = svc();
+    s.mutable_load_balancing()->add_routing_preference(istio::workload::LoadBalancing::UNSPECIFIED_SCOPE);
+    CHECK(xds::convert_service(s, &out) == "load_balancing.routing_preference has the unknown value 0");
+    s = svc();
+    s.set_ip_families(static_cast<istio::workload::IPFamilies>(9));
+    CHECK(xds::convert_service(s, &out) == "ip_families has the unknown value 9");
+    s = svc();
+    s.mutable_load_balancing()->set_mode(istio::workload::LoadBalancing::PASSTHROUGH);
+    REQUIRE(xds::convert_service(s, &out) == "");
+    CHECK(out.load_balancing->mode == LbMode::kPassthrough);
+
+    Workload w;
+    auto bad = workload();
+    bad.set_status(static_cast<istio::workload::WorkloadStatus>(3));
+    CHECK(xds::convert_workload(bad, &w) == "status has the unknown value 3");
+    bad = workload();
+    bad.set_network_mode(static_cast<istio::workload::NetworkMode>(4));
+    CHECK(xds::convert_workload(bad, &w) == "network_mode has the unknown value 4");
+    bad = workload();
+    bad.set_tunnel_protocol(static_cast<istio::workload::TunnelProtocol>(8));
+    CHECK(xds::convert_workload(bad, &w) == "tunnel_protocol has the unknown value 8");
+    // ztunnel reads workload_type through prost's lenient getter: an unknown one is accepted.
+    bad = workload();
+    bad.set_workload_type(static_cast<istio::workload::WorkloadType>(42));
+    CHECK(xds::convert_workload(bad, &w) == "");
+
+    istio::security::Authorization p;
+    p.set_name("p");
+    p.set_namespace_("default");
+    p.set_action(static_cast<istio::security::Action>(7));
+    CHECK(xds::validate_authorization(p) == "action has the unknown value 7");
+    p.set_action(istio::security::ALLOW);
+    p.set_scope(static_cast<istio::security::Scope>(6));
+    CHECK(xds::validate_authorization(p) == "scope has the unknown value 6");
+}
+
+TEST_CASE("xds: a gateway address naming no destination is refused, as ztunnel does") {
+    Workload w;
+    auto bad = workload();
+    bad.mutable_waypoint()->set_hbone_mtls_port(15008);
+    CHECK(xds::convert_workload(bad, &w) == "waypoint has neither an address nor a hostname");
+    bad = workload();
+    bad.mutable_network_gateway()->mutable_address()->set_address(raw({1, 2, 3}));
+    CHECK(xds::convert_workload(bad, &w) == "network_gateway address is 3 bytes; an IP address is 4 or 16");
+}
+
+TEST_CASE("xds: resources without a name are refused for that, in words") {
+    Workload w;
+    auto bad = workload();
+    bad.clear_uid();
+    bad.set_name("nameless");
+    CHECK(xds::convert_workload(bad, &w) == "workload 'default/nameless' has an empty uid");
+    istio::workload::Service s;
+    s.set_name("echo");
+    s.set_namespace_("default");
+    Service out;
+    CHECK(xds::convert_service(s, &out) == "service 'default/' has an empty hostname");
+    istio::security::Authorization p;
+    p.set_namespace_("default");
+    CHECK(xds::validate_authorization(p) == "authorization policy in namespace 'default' has an empty name");
 }

@@ -28,6 +28,18 @@ std::string read_file(const std::string& path, bool* ok) {
     return s;
 }
 
+// The gRPC stream behind the DeltaStream seam.
+class GrpcStream : public DeltaStream {
+  public:
+    using Raw = grpc::ClientReaderWriterInterface<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+    explicit GrpcStream(Raw& raw) : raw_(raw) {}
+    bool write(const DeltaDiscoveryRequest& r) override { return raw_.Write(r); }
+    bool read(DeltaDiscoveryResponse* r) override { return raw_.Read(r); }
+
+  private:
+    Raw& raw_;
+};
+
 }  // namespace
 
 Client::Client(ClientOptions options, Handler& handler) : options_(std::move(options)), handler_(handler) {}
@@ -97,7 +109,24 @@ bool Client::stream_once() {
         context_ = &ctx;
     }
     auto stream = stub->DeltaAggregatedResources(&ctx);
+    GrpcStream adapter(*stream);
+    bool delivered = serve(adapter);
+    grpc::Status st = stream->Finish();
+    {
+        std::lock_guard lock(mu_);
+        context_ = nullptr;
+        status_.connected = false;
+        status_.last_error =
+            st.ok() ? "stream closed by istiod"
+                    : fmt::format("{} (gRPC code {})", st.error_message(), static_cast<int>(st.error_code()));
+    }
+    if (delivered) handler_.on_connection(false);
+    // Only a stream that stayed up resets the backoff: an istiod that accepts and drops at once
+    // must not be redialled in a tight loop.
+    return delivered && std::chrono::steady_clock::now() - started > std::chrono::seconds(5);
+}
 
+bool Client::serve(DeltaStream& stream) {
     bool first = true;
     for (const char* type : {kAddressType, kAuthorizationType}) {
         DeltaDiscoveryRequest req;
@@ -111,12 +140,12 @@ bool Client::stream_once() {
         }
         for (const auto& [name, version] : handler_.versions(type))
             (*req.mutable_initial_resource_versions())[name] = version;
-        stream->Write(req);
+        if (!stream.write(req)) return false;
     }
 
     bool delivered = false;
     DeltaDiscoveryResponse resp;
-    while (stream->Read(&resp)) {
+    while (stream.read(&resp)) {
         if (!delivered) {
             delivered = true;
             {
@@ -138,12 +167,12 @@ bool Client::stream_once() {
             spdlog::warn("xds: NACK {} nonce {}: {}", resp.type_url(), resp.nonce(), msg);
         }
         {
-            std::lock_guard lock(mu_);  // not across Write: a stalled istiod must not block stop()
+            std::lock_guard lock(mu_);  // not across write: a stalled istiod must not block stop()
             status_.responses++;
             rejected.empty() ? status_.acks++ : status_.nacks++;
             if (!rejected.empty()) status_.last_nack = msg;
         }
-        if (!stream->Write(ack)) break;
+        if (!stream.write(ack)) break;
         // A full snapshot is tens of MB: free it now and hand the pages back, rather than keep
         // the high-water mark for the life of the agent.
         if (resp.ByteSizeLong() > (8u << 20)) {
@@ -151,19 +180,7 @@ bool Client::stream_once() {
             malloc_trim(0);
         }
     }
-    grpc::Status st = stream->Finish();
-    {
-        std::lock_guard lock(mu_);
-        context_ = nullptr;
-        status_.connected = false;
-        status_.last_error =
-            st.ok() ? "stream closed by istiod"
-                    : fmt::format("{} (gRPC code {})", st.error_message(), static_cast<int>(st.error_code()));
-    }
-    if (delivered) handler_.on_connection(false);
-    // Only a stream that stayed up resets the backoff: an istiod that accepts and drops at once
-    // must not be redialled in a tight loop.
-    return delivered && std::chrono::steady_clock::now() - started > std::chrono::seconds(5);
+    return delivered;
 }
 
 // Reconnects forever with exponential backoff and full jitter, from 0.5 s up to 30 s; a stream

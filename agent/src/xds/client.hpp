@@ -42,6 +42,15 @@ class Handler {
     virtual void on_connection(bool connected) = 0;
 };
 
+// One open Delta ADS stream, as the client uses it: the seam between the protocol (Client::serve)
+// and gRPC, so that tests can script istiod.
+class DeltaStream {
+  public:
+    virtual ~DeltaStream() = default;
+    virtual bool write(const envoy::service::discovery::v3::DeltaDiscoveryRequest& r) = 0;
+    virtual bool read(envoy::service::discovery::v3::DeltaDiscoveryResponse* r) = 0;
+};
+
 struct ClientStatus {
     bool connected = false;
     uint64_t connects = 0, responses = 0, acks = 0, nacks = 0;
@@ -55,6 +64,12 @@ class Client {
     void start();
     void stop();
     ClientStatus status() const;
+
+    // The protocol on one open stream: subscribes to both types (the node on the first request
+    // only; the versions held as initial_resource_versions), then hands every response to the
+    // handler and answers it (ACK: the nonce; NACK: the nonce and error_detail), until the stream
+    // ends. Returns whether any response arrived.
+    bool serve(DeltaStream& stream);
 
   private:
     void run();

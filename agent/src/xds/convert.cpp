@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "agent/src/model_validate.hpp"
+
 namespace kmesh::xds {
 
 namespace {
@@ -33,18 +35,34 @@ std::string ports(const google::protobuf::RepeatedPtrField<istio::workload::Port
     return {};
 }
 
-std::string waypoint(const istio::workload::GatewayAddress& in, std::optional<Waypoint>* out) {
+// ztunnel refuses a gateway address that names no destination, or an address of bad length.
+std::string gateway(const istio::workload::GatewayAddress& in, const std::string& what, Waypoint* out) {
     Waypoint w;
     if (in.has_address()) {
         IpAddr a;
-        if (auto e = ip(in.address().address(), "waypoint address", &a); !e.empty()) return e;
+        if (auto e = ip(in.address().address(), what + " address", &a); !e.empty()) return e;
         w.address = a;
     } else if (in.has_hostname()) {
         w.hostname = in.hostname().namespace_() + "/" + in.hostname().hostname();
+    } else {
+        return fmt::format("{} has neither an address nor a hostname", what);
     }
-    if (auto e = port(in.hbone_mtls_port(), true, "waypoint port", &w.port); !e.empty()) return e;
+    if (auto e = port(in.hbone_mtls_port(), true, what + " hbone_mtls_port", &w.port); !e.empty()) return e;
     *out = w;
     return {};
+}
+
+// ztunnel converts enums with try_from: a value it does not know refuses the resource. (The
+// fields it reads through prost's lenient getter, such as workload_type, are only recorded.)
+template <typename IsValid>
+std::string check_enum(int value, IsValid is_valid, const char* field) {
+    return is_valid(value) ? std::string() : unknown_enum(field, std::to_string(value));
+}
+
+std::string first_problem(const std::vector<std::string>& problems) {
+    std::string out;
+    for (const auto& p : problems) out += (out.empty() ? "" : "; ") + p;
+    return out;
 }
 
 }  // namespace
@@ -54,25 +72,42 @@ std::string convert_service(const istio::workload::Service& in, Service* out) {
     s.name = in.name();
     s.namespace_ = in.namespace_();
     s.hostname = in.hostname();
-    if (s.hostname.empty() || s.namespace_.empty()) return "service without namespace or hostname";
+    // Field problems are reported bare: the NACK puts the resource name in front.
+    auto fail = [](const std::string& e) { return e; };
     for (const auto& a : in.addresses()) {
         IpAddr vip;
-        if (auto e = ip(a.address(), "service address", &vip); !e.empty()) return e;
+        if (auto e = ip(a.address(), "service address", &vip); !e.empty()) return fail(e);
         s.addresses.push_back(vip);
     }
-    if (auto e = ports(in.ports(), "service port", &s.ports); !e.empty()) return e;
+    if (auto e = ports(in.ports(), "service port", &s.ports); !e.empty()) return fail(e);
+    if (auto e = check_enum(in.ip_families(), istio::workload::IPFamilies_IsValid, "ip_families"); !e.empty())
+        return fail(e);
     if (in.has_load_balancing()) {
+        const auto& l = in.load_balancing();
         LoadBalancing lb;
-        for (int scope : in.load_balancing().routing_preference()) {
-            if (scope < 1 || scope > 6) return fmt::format("unknown routing_preference scope {}", scope);
+        for (int scope : l.routing_preference()) {
+            // UNSPECIFIED_SCOPE is refused too ("invalid target" in ztunnel).
+            if (scope < 1 || scope > 6)
+                return fail(unknown_enum("load_balancing.routing_preference", std::to_string(scope)));
             lb.routing_preference.push_back(static_cast<LbScope>(scope));
         }
-        lb.mode = static_cast<LbMode>(in.load_balancing().mode());
-        lb.allow_unhealthy = in.load_balancing().health_policy() == istio::workload::LoadBalancing::ALLOW_ALL;
+        if (auto e = check_enum(l.mode(), istio::workload::LoadBalancing_Mode_IsValid, "load_balancing.mode");
+            !e.empty())
+            return fail(e);
+        lb.mode = static_cast<LbMode>(l.mode());
+        if (auto e = check_enum(l.health_policy(), istio::workload::LoadBalancing_HealthPolicy_IsValid,
+                                "load_balancing.health_policy");
+            !e.empty())
+            return fail(e);
+        lb.allow_unhealthy = l.health_policy() == istio::workload::LoadBalancing::ALLOW_ALL;
         s.load_balancing = lb;
     }
-    if (in.has_waypoint())
-        if (auto e = waypoint(in.waypoint(), &s.waypoint); !e.empty()) return e;
+    if (in.has_waypoint()) {
+        Waypoint w;
+        if (auto e = gateway(in.waypoint(), "waypoint", &w); !e.empty()) return fail(e);
+        s.waypoint = w;
+    }
+    if (auto e = first_problem(validate_service(s)); !e.empty()) return e;
     *out = std::move(s);
     return {};
 }
@@ -80,19 +115,24 @@ std::string convert_service(const istio::workload::Service& in, Service* out) {
 std::string convert_workload(const istio::workload::Workload& in, Workload* out) {
     Workload w;
     w.uid = in.uid();
-    if (w.uid.empty()) return "workload without uid";
     w.name = in.name();
     w.namespace_ = in.namespace_();
+    auto fail = [](const std::string& e) { return e; };
     for (const auto& raw : in.addresses()) {
         IpAddr a;
-        if (auto e = ip(raw, "workload address", &a); !e.empty()) return e;
+        if (auto e = ip(raw, "workload address", &a); !e.empty()) return fail(e);
         w.addresses.push_back(a);
     }
-    for (const auto& [key, list] : in.services()) {
-        if (key.find('/') == std::string::npos)
-            return fmt::format("service key '{}' is not namespace/hostname", key);
-        if (auto e = ports(list.ports(), "workload port", &w.services[key]); !e.empty()) return e;
-    }
+    for (const auto& [key, list] : in.services())
+        if (auto e = ports(list.ports(), "workload port", &w.services[key]); !e.empty()) return fail(e);
+    if (auto e = check_enum(in.status(), istio::workload::WorkloadStatus_IsValid, "status"); !e.empty())
+        return fail(e);
+    if (auto e = check_enum(in.network_mode(), istio::workload::NetworkMode_IsValid, "network_mode");
+        !e.empty())
+        return fail(e);
+    if (auto e = check_enum(in.tunnel_protocol(), istio::workload::TunnelProtocol_IsValid, "tunnel_protocol");
+        !e.empty())
+        return fail(e);
     w.status =
         in.status() == istio::workload::UNHEALTHY ? WorkloadStatus::kUnhealthy : WorkloadStatus::kHealthy;
     w.network_mode = in.network_mode() == istio::workload::HOST_NETWORK ? NetworkMode::kHostNetwork
@@ -101,17 +141,26 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
         Placement::intern({in.node(), in.network(), in.cluster_id(),
                            Locality{in.locality().region(), in.locality().zone(), in.locality().subzone()}});
     if (in.has_waypoint()) {
-        std::optional<Waypoint> wp;
-        if (auto e = waypoint(in.waypoint(), &wp); !e.empty()) return e;
-        w.waypoint = Waypoint::intern(*wp);
+        Waypoint wp;
+        if (auto e = gateway(in.waypoint(), "waypoint", &wp); !e.empty()) return fail(e);
+        w.waypoint = Waypoint::intern(wp);
+    }
+    if (in.has_network_gateway()) {  // not used yet, but refused as ztunnel refuses it
+        Waypoint gw;
+        if (auto e = gateway(in.network_gateway(), "network_gateway", &gw); !e.empty()) return fail(e);
     }
     w.authorization_policies.assign(in.authorization_policies().begin(), in.authorization_policies().end());
+    if (auto e = first_problem(validate_workload(w)); !e.empty()) return e;
     *out = std::move(w);
     return {};
 }
 
 std::string validate_authorization(const istio::security::Authorization& in) {
-    if (in.name().empty()) return "authorization without name";
+    if (in.name().empty())
+        return fmt::format("authorization policy in namespace '{}' has an empty name", in.namespace_());
+    if (auto e = check_enum(in.scope(), istio::security::Scope_IsValid, "scope"); !e.empty()) return e;
+    if (auto e = check_enum(in.action(), istio::security::Action_IsValid, "action"); !e.empty()) return e;
+    // Stricter than ztunnel, which drops a bad address from a match (widening an ALLOW): refused.
     auto addresses = [](const auto& list) -> std::string {
         for (const auto& a : list) {
             size_t bits = a.address().size() * 8;

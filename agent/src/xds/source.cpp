@@ -18,19 +18,21 @@ std::string Source::apply_address(const Resource& r) {
         return fmt::format("carries {}, not {}", r.resource().type_url(), kAddressType);
     istio::workload::Address a;
     if (!a.ParseFromString(r.resource().value())) return "cannot be decoded as istio.workload.Address";
+    if (!a.has_workload() && !a.has_service()) return "is neither a workload nor a service";
+    // Converted (and validated) first, so that a resource without a name is refused for that.
+    Workload w;
+    Service s;
+    if (auto e = a.has_workload() ? convert_workload(a.workload(), &w) : convert_service(a.service(), &s);
+        !e.empty())
+        return e;
     std::string name = resource_name(a);
-    if (name.empty()) return "is neither a workload nor a service";
     if (name != r.name()) return fmt::format("is named '{}' but describes '{}'", r.name(), name);
     if (auto e = mesh_.check_name(name); !e.empty()) return e;
     // The model itself says what a name is; a name that changes kind drops its old self.
     if (a.has_workload()) {
-        Workload w;
-        if (auto e = convert_workload(a.workload(), &w); !e.empty()) return e;
         if (mesh_.model().services.count(name)) mesh_.remove_service(name);
         mesh_.upsert_workload(w);
     } else {
-        Service s;
-        if (auto e = convert_service(a.service(), &s); !e.empty()) return e;
         if (mesh_.model().workloads.count(name)) mesh_.remove_workload(name);
         mesh_.upsert_service(s);
     }
@@ -51,10 +53,12 @@ std::string Source::apply_authorization(const Resource& r) {
 
 void Source::remove(const std::string& type_url, const std::string& name) {
     versions_[type_url].erase(name_hash(name));
+    rejected_[type_url].erase(name);
     if (type_url == kAuthorizationType) {
         policies_.erase(name);
         return;
     }
+    mesh_.unpin(name);  // what a previous agent wrote for it goes now
     if (mesh_.model().workloads.count(name))
         mesh_.remove_workload(name);
     else
@@ -76,10 +80,14 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
         // that a reconnect asks for it again.
         std::string err = type == kAddressType ? apply_address(r) : apply_authorization(r);
         if (!err.empty()) {
-            rejected.push_back(fmt::format("{}: {}", r.name(), err));
+            rejected.push_back(
+                fmt::format("{}: {}", r.name().empty() ? "(resource with an empty name)" : r.name(), err));
+            if (!r.name().empty()) reject(type, r);
             continue;
         }
         versions[name_hash(r.name())] = r.version();
+        rejected_[type].erase(r.name());
+        if (type == kAddressType) mesh_.unpin(r.name());
     }
     for (const auto& name : resp.removed_resources()) remove(type, name);
     // Until istiod's first Address response, the model is empty and the maps hold what a previous
@@ -91,6 +99,20 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
         resp.resources_size(), resp.removed_resources_size(), rejected.size(),
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
     return rejected;
+}
+
+// A rejected resource keeps its last good state. When the model holds none (this agent started
+// after it was last good), that state is whatever the maps hold for its name: pinned, so that the
+// first sync after a restart does not delete it. A name whose hash belongs to another resource
+// (check_name refused it) is not pinned: the hash is not its own.
+void Source::reject(const std::string& type_url, const Resource& r) {
+    const std::string& name = r.name();
+    bool held = type_url == kAuthorizationType
+                    ? policies_.count(name) > 0
+                    : mesh_.model().services.count(name) || mesh_.model().workloads.count(name);
+    if (held) return;  // its version stays the last good one's
+    rejected_[type_url][name] = r.version();
+    if (type_url == kAddressType && mesh_.check_name(name).empty()) mesh_.pin(name);
 }
 
 std::map<std::string, std::string> Source::versions(const std::string& type_url) {
@@ -107,6 +129,10 @@ std::map<std::string, std::string> Source::versions(const std::string& type_url)
         for (const auto& [key, s] : mesh_.model().services) add(key);
         for (const auto& [uid, w] : mesh_.model().workloads) add(uid);
     }
+    // Rejected names the model does not hold are named too, with the rejected version: istiod
+    // then sends them again only when they change, and says so when they are removed (which
+    // releases what the maps kept for them).
+    for (const auto& [name, version] : rejected_[type_url]) out.emplace(name, version);
     return out;
 }
 

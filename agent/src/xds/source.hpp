@@ -28,12 +28,17 @@ class Source : public Handler {
 
     // Callers hold `mu`.
     const std::map<std::string, istio::security::Authorization>& policies() const { return policies_; }
+    // Rejected resources the model holds no good state of (name -> rejected version).
+    const std::map<std::string, std::string>& rejected(const std::string& type_url) {
+        return rejected_[type_url];
+    }
     size_t resources(const std::string& type_url) const;
 
   private:
     std::string apply_address(const envoy::service::discovery::v3::Resource& r);
     std::string apply_authorization(const envoy::service::discovery::v3::Resource& r);
     void remove(const std::string& type_url, const std::string& name);
+    void reject(const std::string& type_url, const envoy::service::discovery::v3::Resource& r);
 
     MeshState& mesh_;
     std::mutex& mu_;
@@ -42,6 +47,8 @@ class Source : public Handler {
     // are the model's (and the policies') keys, listed again only on reconnect.
     std::map<std::string, std::unordered_map<uint64_t, std::string>> versions_;
     std::map<std::string, istio::security::Authorization> policies_;
+    // type -> name -> version of resources rejected while the model held no good state of them.
+    std::map<std::string, std::map<std::string, std::string>> rejected_;
     bool addresses_received_ = false;
 };
 
