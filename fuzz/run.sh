@@ -13,7 +13,7 @@ TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(cni_fuzz yaml_fuzz xds_address_fuzz xds_authz_fuzz)
 OUT=${FUZZ_OUT:-/tmp/kmesh-fuzz}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:suppressions=$PWD/fuzz/ubsan.supp}
 status=0
 for t in "${TARGETS[@]}"; do
     bin=$BUILD/fuzz/$t
