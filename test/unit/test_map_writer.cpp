@@ -47,10 +47,10 @@ struct Harness {
         const auto& svc =
             writer.state().services.at(name_hash("default/" + host + ".default.svc.cluster.local"));
         auto v = service_value(host);
-        for (uint32_t i = 1; i <= v.endpoint_count[0]; i++) {
+        for (uint32_t i = 1; i <= v.endpoint_count[KMESH_FAMILY_V4][0]; i++) {
             kmesh_endpoint_value ev;
             kmesh_backend_value bv;
-            REQUIRE(ops.get(MapId::kEndpoint, kmesh_endpoint_key{svc.id, 0, i}, &ev));
+            REQUIRE(ops.get(MapId::kEndpoint, kmesh_endpoint_key{svc.id, KMESH_FAMILY_V4, 0, i}, &ev));
             REQUIRE(ops.get(MapId::kBackend, ev.backend_id, &bv));
             IpAddr a;
             std::memcpy(a.bytes.data(), bv.addr4, 16);
@@ -118,7 +118,7 @@ TEST_CASE("removing a middle endpoint keeps indices dense and every state consis
     REQUIRE(h.apply(m) == "");
     // Remove whichever workload sits at index 1, so the last entry must move into the hole.
     const auto& st = h.writer.state();
-    uint64_t first = st.backend_hash_by_id.at(st.services.begin()->second.slots[0][0]);
+    uint64_t first = st.backend_hash_by_id.at(st.services.begin()->second.slots[0][0][0]);
     std::string gone;
     for (const auto& [uid, w] : m.workloads)
         if (name_hash(uid) == first) gone = uid;
@@ -126,7 +126,7 @@ TEST_CASE("removing a middle endpoint keeps indices dense and every state consis
     h.ops.ops.clear();
     REQUIRE(h.apply(m) == "");
     CHECK(h.violations.empty());
-    CHECK(h.service_value("echo").endpoint_count[0] == 2);
+    CHECK(h.service_value("echo").endpoint_count[0][0] == 2);
     CHECK(h.resolve("echo").size() == 2);
     CHECK(h.ops.size(MapId::kEndpoint) == 2);  // the old last index is gone
     CHECK(h.ops.size(MapId::kBackend) == 2);
@@ -141,7 +141,7 @@ TEST_CASE("a service without endpoints keeps its frontend with a zero count") {
     Model m;
     add(m, service("lonely", {"10.96.0.20"}));
     REQUIRE(h.apply(m) == "");
-    CHECK(h.service_value("lonely").endpoint_count[0] == 0);
+    CHECK(h.service_value("lonely").endpoint_count[0][0] == 0);
     CHECK(h.ops.size(MapId::kFrontend) == 1);
 }
 
@@ -198,7 +198,7 @@ TEST_CASE("a full endpoint map gives an error and a metric, and leaves consisten
     CHECK(h.metrics.map_full_errors[static_cast<int>(MapId::kEndpoint)] == 1);
     CHECK(h.violations.empty());
     // The failed run was rolled back: the count did not move and no stray entry is left.
-    CHECK(h.service_value("echo").endpoint_count[0] == 2);
+    CHECK(h.service_value("echo").endpoint_count[0][0] == 2);
     CHECK(h.ops.size(MapId::kEndpoint) == 2);
     // Once room is made, a fresh diff completes the work.
     h.ops.set_capacity(MapId::kEndpoint, 10);
@@ -253,8 +253,8 @@ TEST_CASE("one service's failure does not hold back the others") {
     CHECK(err.find("map full") != std::string::npos);
     CHECK(h.ops.size(MapId::kFrontend) == 2);  // "other" was still written
     CHECK(h.violations.empty());
-    CHECK(h.service_value("echo").endpoint_count[0] == 1);  // the removal went through
-    CHECK(h.apply(m) == "");                                // and the retry fits
+    CHECK(h.service_value("echo").endpoint_count[0][0] == 1);  // the removal went through
+    CHECK(h.apply(m) == "");                                   // and the retry fits
     CHECK(h.resolve("echo") == std::set<std::string>{"10.244.0.12", "10.244.0.13"});
 }
 
@@ -282,11 +282,11 @@ TEST_CASE("recovery repairs holes and strays left by a crash") {
     // A crash left holes at index 2 and at the last index, and an entry written just past the count
     // (the next add reuses that key, so the stray must not be deleted after it).
     for (uint32_t idx : {2u, 4u}) {
-        kmesh_endpoint_key hole{svc.id, 0, idx};
+        kmesh_endpoint_key hole{svc.id, 0, 0, idx};
         REQUIRE(h.ops.remove(MapId::kEndpoint, &hole) == 0);
     }
-    kmesh_endpoint_key stray{svc.id, 0, 5};
-    kmesh_endpoint_value any{svc.slots[0][0]};
+    kmesh_endpoint_key stray{svc.id, 0, 0, 5};
+    kmesh_endpoint_value any{svc.slots[0][0][0]};
     REQUIRE(h.ops.update(MapId::kEndpoint, &stray, &any) == 0);
 
     Metrics metrics;
@@ -313,7 +313,7 @@ TEST_CASE("trailing unknown slots are trimmed without copying a dead entry into 
     REQUIRE(h.apply(m) == "");
     const auto& svc = h.writer.state().services.begin()->second;
     h.ops.after_mutation = nullptr;
-    kmesh_endpoint_key last{svc.id, 0, 3};
+    kmesh_endpoint_key last{svc.id, 0, 0, 3};
     REQUIRE(h.ops.remove(MapId::kEndpoint, &last) == 0);  // slot 3 is now unknown (backend 0)
     m.workloads.erase(h.writer.state().backends.begin()->first == name_hash("Kubernetes//Pod/default/echo-1")
                           ? "Kubernetes//Pod/default/echo-2"
@@ -327,7 +327,7 @@ TEST_CASE("trailing unknown slots are trimmed without copying a dead entry into 
 
 TEST_CASE("ids seen in the maps at recovery are never handed out again") {
     FakeMapOps ops;
-    kmesh_endpoint_key orphan{7, 0, 1};  // an endpoint of a service deleted mid-way by a crash
+    kmesh_endpoint_key orphan{7, 0, 0, 1};  // an endpoint of a service deleted mid-way by a crash
     kmesh_endpoint_value v{3};
     REQUIRE(ops.update(MapId::kEndpoint, &orphan, &v) == 0);
     Metrics metrics;
@@ -366,10 +366,10 @@ TEST_CASE("a new endpoint is never counted before its own target port is in plac
             std::memcpy(&fe, v, sizeof fe);
             kmesh_service_value sv;
             if (!h.ops.get(MapId::kService, fe.service_id, &sv)) return true;
-            for (uint32_t i = 1; i <= sv.endpoint_count[0]; i++) {
+            for (uint32_t i = 1; i <= sv.endpoint_count[0][0]; i++) {
                 kmesh_endpoint_value ev;
                 kmesh_backend_value bv;
-                if (!h.ops.get(MapId::kEndpoint, kmesh_endpoint_key{fe.service_id, 0, i}, &ev) ||
+                if (!h.ops.get(MapId::kEndpoint, kmesh_endpoint_key{fe.service_id, 0, 0, i}, &ev) ||
                     !h.ops.get(MapId::kBackend, ev.backend_id, &bv))
                     continue;
                 uint16_t port = fe.target_port;

@@ -21,7 +21,7 @@ Workload placed(const std::string& name, const std::string& ip, const Locality& 
 int prio_of(const DesiredState& d, const std::string& uid) {
     const auto& svc = d.services.at(name_hash(kEcho));
     for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-        if (svc.endpoints[p].count(name_hash(uid))) return p;
+        if (svc.endpoints[KMESH_FAMILY_V4][p].count(name_hash(uid))) return p;
     return -1;
 }
 
@@ -139,7 +139,7 @@ TEST_CASE("replace applies only the difference between two models") {
     Dirty d = mesh.take_dirty();
     CHECK(d.backends.size() == 1);
     CHECK(d.services.size() == 1);
-    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[0].size() == 49);
+    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[KMESH_FAMILY_V4][0].size() == 49);
 }
 
 namespace {
