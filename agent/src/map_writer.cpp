@@ -556,6 +556,24 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
     bool check_refs = run.check_refs || !errors_.empty() || !state_.stray_backends.empty();
     switch (stage) {
         case Stage::kFrontends:
+            // Making room first, a VIP moving from a service being deleted to one being created
+            // would pin the old service (its frontend still points at it) while the new one has
+            // no room: unpublish the VIP for the moment instead; the new service publishes it.
+            if (run.removals_first && !run.shrunk)
+                for (const auto& [key, target] : plan.put_frontends) {
+                    auto cur = state_.frontends.find(key);
+                    if (cur == state_.frontends.end() || cur->second.service == target.service ||
+                        std::find(plan.delete_services.begin(), plan.delete_services.end(),
+                                  cur->second.service) == plan.delete_services.end())
+                        continue;
+                    int err = ops_.remove(MapId::kFrontend, &key);
+                    if (err && err != -ENOENT) {
+                        fail(MapId::kFrontend, err, "delete frontend");
+                        continue;
+                    }
+                    forget_frontend(key);
+                    run.unpublished.insert(target.service);
+                }
             for (const auto& key : plan.delete_frontends) {
                 if (!state_.frontends.count(key)) continue;
                 int err = ops_.remove(MapId::kFrontend, &key);
@@ -683,8 +701,9 @@ std::string MapWriter::apply(const Plan& plan) {
     }
 
     if (errors_.empty()) return {};
-    std::string out = errors_.front();
-    if (errors_.size() > 1) out += fmt::format(" (and {} more)", errors_.size() - 1);
+    std::string out;
+    for (size_t i = 0; i < errors_.size() && i < 3; i++) out += (i ? "; " : "") + errors_[i];
+    if (errors_.size() > 3) out += fmt::format(" (and {} more)", errors_.size() - 3);
     return out;
 }
 

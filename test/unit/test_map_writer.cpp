@@ -17,10 +17,10 @@ const Dirty kAll{true, {}, {}};
 struct Harness {
     FakeMapOps ops;
     Metrics metrics;
-    MapWriter writer{ops, MapState{}, MapCapacity{}, metrics};
+    MapWriter writer;
     std::vector<std::string> violations;
 
-    Harness() {
+    explicit Harness(MapCapacity cap = {}) : writer(ops, MapState{}, cap, metrics) {
         ops.after_mutation = [this] {
             if (auto v = ops.check_connect_invariant(); !v.empty()) violations.push_back(v);
         };
@@ -350,7 +350,8 @@ TEST_CASE("id allocator reuses freed ids and reports exhaustion") {
     CHECK(ids.allocate() == 2);
 }
 
-TEST_CASE("a new endpoint is never counted before its own target port is in place") {
+TEST_CASE(
+    "per-workload ports: every addition and every removal step keeps each counted endpoint on its port") {
     Harness h;
     const std::string key = "default/echo.default.svc.cluster.local";
     Model m;
@@ -377,7 +378,7 @@ TEST_CASE("a new endpoint is never counted before its own target port is in plac
                 if (fe.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS &&
                     h.ops.get(MapId::kPort, kmesh_port_key{ev.backend_id, fe.service_id, htons(80), 0}, &pv))
                     port = pv.target_port;
-                uint16_t want = bv.addr4[15] == 1 ? 9000 : 9001;
+                uint16_t want = bv.addr4[15] == 1 ? 9000 : bv.addr4[15] == 2 ? 9001 : 80;
                 if (ntohs(port) != want) wrong.push_back(std::to_string(ntohs(port)));
             }
             return true;
@@ -390,5 +391,149 @@ TEST_CASE("a new endpoint is never counted before its own target port is in plac
     REQUIRE(h.apply(m) == "");
     CHECK(wrong.empty());
     CHECK(h.ops.size(MapId::kPort) == 2);
+    CHECK(mirror_mismatch(h.writer, h.ops) == "");
+
+    // The mirror: the last overriding endpoints go. Uncounted first, then the flag is cleared,
+    // then the overrides go; the hook above runs after every one of those removal steps.
+    SUBCASE("removing every overriding endpoint") {
+        m.workloads.erase(p1.uid);
+        m.workloads.erase(p2.uid);
+    }
+    SUBCASE("replacing them with a workload on the default port") {
+        m.workloads.erase(p1.uid);
+        m.workloads.erase(p2.uid);
+        add(m, workload("plain", {"10.0.0.3"}, {"echo"}));  // the service's own port, 80
+    }
+    wrong.clear();
+    REQUIRE(h.apply(m) == "");
+    CHECK(wrong.empty());
+    CHECK(h.violations.empty());
+    CHECK(h.ops.size(MapId::kPort) == 0);
+    kmesh_frontend_value fe;
+    REQUIRE(h.ops.get(MapId::kFrontend, frontend("10.96.0.10", 80), &fe));
+    CHECK(fe.flags == 0);
+    CHECK(mirror_mismatch(h.writer, h.ops) == "");
+}
+
+TEST_CASE("the writer runs one stage table: additions forwards, removals in mirror order") {
+    Harness h;
+    REQUIRE(h.apply(two_backends()) == "");
+    std::vector<std::string> expected;
+    for (Stage s : kStageOrder) expected.push_back(std::string("+") + stage_name(s));
+    for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s)
+        expected.push_back(std::string("-") + stage_name(*s));
+    CHECK(h.writer.stage_log() == expected);
+}
+
+TEST_CASE("a new service that cannot be written completely is not published") {
+    Harness h;
+    h.ops.set_capacity(MapId::kEndpoint, 1);  // the kernel says full before the writer expects it
+    Model m = two_backends();
+    std::string err = h.apply(m);
+    CHECK(err.find("map full") != std::string::npos);
+    CHECK(err.find("not published") != std::string::npos);
+    CHECK(h.metrics.services_unpublished == 1);
+    // No frontend: connects to the VIP pass through untouched instead of being refused.
+    CHECK(h.ops.size(MapId::kFrontend) == 0);
+    CHECK(h.violations.empty());
+    CHECK(mirror_mismatch(h.writer, h.ops) == "");
+    // Once there is room the service is completed and published.
+    h.ops.set_capacity(MapId::kEndpoint, 10);
+    CHECK(h.apply(m) == "");
+    CHECK(h.ops.size(MapId::kFrontend) == 1);
+    CHECK(h.resolve("echo").size() == 2);
+    CHECK(h.violations.empty());
+}
+
+TEST_CASE("a service that was published keeps its frontend when it cannot grow") {
+    Harness h;
+    Model m = two_backends();
+    REQUIRE(h.apply(m) == "");
+    h.ops.set_capacity(MapId::kEndpoint, 2);
+    add(m, workload("echo-3", {"10.244.0.13"}, {"echo"}));
+    CHECK(h.apply(m).find("map full") != std::string::npos);
+    CHECK(h.metrics.services_unpublished == 0);
+    CHECK(h.resolve("echo").size() == 2);
+}
+
+namespace {
+
+// A writer whose capacities match the fake kernel's.
+struct SizedHarness : Harness {
+    explicit SizedHarness(MapCapacity cap) : Harness(cap) {
+        ops.set_capacity(MapId::kService, cap.services);
+        ops.set_capacity(MapId::kBackend, cap.backends);
+        ops.set_capacity(MapId::kEndpoint, cap.endpoints);
+        ops.set_capacity(MapId::kFrontend, cap.frontends);
+        ops.set_capacity(MapId::kPort, cap.ports);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("capacity: fits() names the map and the overflow, and writes nothing") {
+    Model m;
+    for (int i = 0; i < 3; i++)
+        add(m, service("s" + std::to_string(i), {"10.96.1." + std::to_string(i + 1)}));
+    for (int i = 0; i < 4; i++)
+        add(m, workload("w" + std::to_string(i),
+                        {"10.0.0." + std::to_string(i + 1), "fd00::" + std::to_string(i + 1)}, {"s0", "s1"}));
+    DesiredState d = build_desired(m);
+    // 3 services, 4 backends, 4 dual-stack backends in 2 services = 16 endpoints, 3 frontends.
+    MapSizes sizes{3, 3, 16, 4, 0};
+    CHECK(fits(d, sizes) == "");
+    sizes.services = 2;
+    sizes.endpoints = 12;
+    std::string e = fits(d, sizes);
+    CHECK(e.find("km_service needs 3 entries for this config but holds 2 (1 over; raise --max-services)") !=
+          std::string::npos);
+    CHECK(
+        e.find("km_endpoint needs 16 entries for this config but holds 12 (4 over; raise --max-endpoints)") !=
+        std::string::npos);
+    CHECK(e.find("km_backend") == std::string::npos);
+
+    SizedHarness h(MapCapacity{2, 8, 12, 8, 8});
+    std::string err = h.apply(m);
+    CHECK(err.find("nothing written") != std::string::npos);
+    CHECK(err.find("km_service") != std::string::npos);
+    CHECK(err.find("km_endpoint") != std::string::npos);
+    CHECK(h.ops.ops.empty());
+}
+
+TEST_CASE("capacity: when additions only fit after the removals, removals run first and one apply does it") {
+    SizedHarness h(MapCapacity{4, 4, 3, 4, 4});
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}));
+    for (int i = 1; i <= 3; i++)
+        add(m, workload("old" + std::to_string(i), {"10.0.0." + std::to_string(i)}, {"echo"}));
+    REQUIRE(h.apply(m) == "");
+    // Same size, different members: 3 endpoints before and after, 5 if the additions went first.
+    m.workloads.erase("Kubernetes//Pod/default/old1");
+    m.workloads.erase("Kubernetes//Pod/default/old2");
+    add(m, workload("new1", {"10.0.0.11"}, {"echo"}));
+    add(m, workload("new2", {"10.0.0.12"}, {"echo"}));
+    CHECK(h.apply(m) == "");
+    CHECK(h.violations.empty());
+    CHECK(h.resolve("echo") == std::set<std::string>{"10.0.0.3", "10.0.0.11", "10.0.0.12"});
+    CHECK(h.writer.stage_log().front() == "-frontends");
+    CHECK(mirror_mismatch(h.writer, h.ops) == "");
+    CHECK(diff(h.writer.state(), build_desired(m), kAll).empty());
+}
+
+TEST_CASE("capacity: a VIP moving to a new service when the service map is full converges in one apply") {
+    SizedHarness h(MapCapacity{2, 4, 4, 4, 4});
+    Model m = two_backends();
+    add(m, service("other", {"10.96.0.30"}));
+    REQUIRE(h.apply(m) == "");
+    m.services.erase("default/echo.default.svc.cluster.local");
+    add(m, service("echo2", {"10.96.0.10"}, {{80, 9090}}));
+    for (auto& [uid, w] : m.workloads) w.services = {{"default/echo2.default.svc.cluster.local", {}}};
+    CHECK(h.apply(m) == "");
+    CHECK(h.violations.empty());
+    kmesh_frontend_value fe;
+    REQUIRE(h.ops.get(MapId::kFrontend, frontend("10.96.0.10", 80), &fe));
+    CHECK(ntohs(fe.target_port) == 9090);
+    CHECK(h.resolve("echo2").size() == 2);
+    CHECK(h.ops.size(MapId::kService) == 2);
     CHECK(mirror_mismatch(h.writer, h.ops) == "");
 }
