@@ -8,8 +8,8 @@
  *
  * Lookup stages (one header each under bpf/include/):
  *   frontend (VIP, port) -> service id + target port
- *   service  id          -> endpoint count per priority, LB mode
- *   endpoint (service id, priority, 1-based index) -> backend id
+ *   service  id          -> endpoint count per (address family, priority), LB mode
+ *   endpoint (service id, family, priority, 1-based index) -> backend id
  *   backend  id          -> workload addresses
  *   port     (backend, service, port) -> per-workload target port, where it differs
  */
@@ -24,10 +24,22 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 2
+#define KMESH_ABI_VERSION 3
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
+
+/*
+ * Each service keeps one endpoint list per address family, so a connect picks uniformly among the
+ * endpoints that can serve its socket (and never fails while one exists). A dual-stack backend sits
+ * in both lists. IPv4 and IPv4-mapped IPv6 sockets pick from the IPv4 list, IPv6 ones from the
+ * IPv6.
+ */
+enum kmesh_family {
+	KMESH_FAMILY_V4 = 0,
+	KMESH_FAMILY_V6 = 1,
+	KMESH_FAMILY_COUNT = 2,
+};
 
 /* Default map capacities; the agent takes them as flags. */
 #define KMESH_DEFAULT_MAX_SERVICES  20000
@@ -67,15 +79,17 @@ struct kmesh_service_value {
 	 * Written as a whole with BPF_ANY on a hash map: the kernel swaps in a new element under
 	 * RCU, so a reader sees either the old or the new counts, never a torn mix.
 	 */
-	__u32 endpoint_count[KMESH_PRIO_COUNT];
-	__u32 lb_mode;	 /* enum kmesh_lb_mode */
+	__u32 endpoint_count[KMESH_FAMILY_COUNT][KMESH_PRIO_COUNT];
+	__u32 lb_mode; /* enum kmesh_lb_mode */
+	__u32 pad;
 	__u64 name_hash; /* lets a restarted agent recover the id of "namespace/hostname" */
 };
 
 struct kmesh_endpoint_key {
 	__u32 service_id;
-	__u32 prio;
-	__u32 index; /* 1-based and dense: 1..endpoint_count[prio] */
+	__u16 family; /* enum kmesh_family */
+	__u16 prio;
+	__u32 index; /* 1-based and dense: 1..endpoint_count[family][prio] */
 };
 
 struct kmesh_endpoint_value {
@@ -113,8 +127,9 @@ struct kmesh_port_value {
 enum kmesh_stat {
 	KMESH_STAT_TRANSLATED = 0,  /* connect rewritten to an endpoint */
 	KMESH_STAT_NO_ENDPOINT = 1, /* service without endpoints: refused */
-	KMESH_STAT_NO_FAMILY = 2,   /* picked endpoint lacks the socket's address family */
-	KMESH_STAT_RACE_RETRY = 3,  /* an entry vanished between two lookups; picked again */
+	KMESH_STAT_NO_FAMILY = 2,   /* endpoints exist, none of the socket's family: EHOSTUNREACH */
+	KMESH_STAT_RACE_RETRY =
+	    3, /* an entry vanished (or lost the family) between lookups; picked again */
 	KMESH_STAT_MAX = 4,
 };
 

@@ -31,82 +31,77 @@
 #define PICK_ATTEMPTS 3
 
 /*
- * A dual-stack VIP may have endpoints of one family only (an IPv4-only pod behind it). When the
- * pick lacks the socket's family, walk forward from it for one that has it, a bounded number of
- * steps, rather than failing a connect that another endpoint could serve.
+ * Set by the agent before load: false on kernels without bpf_set_retval (< 5.18). The verifier
+ * then prunes the call as dead code, and a refused connect fails with the default EPERM.
  */
-#define FAMILY_PROBES 8
+const volatile bool kmesh_has_set_retval = true;
 
-static __always_inline const struct kmesh_backend_value *
-endpoint_backend(__u32 service_id, __u32 prio, __u32 index, __u32 *backend_id)
-{
-	const struct kmesh_endpoint_value *ep = endpoint_lookup(service_id, prio, index);
-
-	if (!ep)
-		return NULL;
-	*backend_id = ep->backend_id;
-	return backend_lookup(ep->backend_id);
-}
-
-static __always_inline const struct kmesh_backend_value *probe_family(__u32 service_id, __u32 prio,
-								      __u32 index, __u32 count,
-								      bool want_v4,
-								      __u32 *backend_id)
-{
-	/* A bounded loop (kernel >= 5.3): unrolling eight map lookups would bloat the program. */
-	for (int step = 1; step <= FAMILY_PROBES; step++) {
-		const struct kmesh_backend_value *be;
-
-		if (step >= count)
-			break;
-		be = endpoint_backend(service_id, prio, (index - 1 + step) % count + 1, backend_id);
-		if (be && backend_has_family(be, want_v4))
-			return be;
-	}
-	return NULL;
-}
-
-/* Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno. */
-static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key *key, bool want_v4,
+/*
+ * Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno.
+ *
+ * Every map value is copied to the stack before the next lookup: since 6.1 a hash element freed by
+ * a concurrent agent update can be reused at once (bpf_mem_alloc), so a pointer held across another
+ * helper call may already show someone else's value.
+ */
+static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key *key, __u32 family,
 						__u32 addr[4], __u16 *port)
 {
-	const struct kmesh_frontend_value *fe = frontend_lookup(key);
+	const struct kmesh_frontend_value *fe_ptr = frontend_lookup(key);
+	struct kmesh_frontend_value fe;
 
-	if (!fe)
+	if (!fe_ptr)
 		return -ENOENT;
+	fe = *fe_ptr;
 
 #pragma unroll
 	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
-		const struct kmesh_service_value *svc = service_lookup(fe->service_id);
+		const struct kmesh_service_value *svc_ptr = service_lookup(fe.service_id);
+		const struct kmesh_endpoint_value *ep;
 		const struct kmesh_backend_value *be;
-		__u32 count = 0, index, backend_id = 0;
+		struct kmesh_service_value svc;
+		__u32 count = 0, index, backend_id, flags;
 		int prio;
 
 		/* Frontends are written after and deleted before their service, so this is a
 		 * service in the middle of removal: leave the connect alone. */
-		if (!svc)
+		if (!svc_ptr)
 			return -ENOENT;
+		__builtin_memcpy(&svc, svc_ptr, sizeof(svc));
 
-		prio = service_pick_prio(svc, &count);
+		prio = service_pick_prio(&svc, family, &count);
 		if (prio < 0) {
+			__u32 other = 0;
+
+			/* Endpoints exist, none of this socket's family: the host is unreachable
+			 * from here, which is not the same as a service without endpoints. */
+			if (service_pick_prio(&svc, family ^ 1, &other) >= 0) {
+				stat_inc(KMESH_STAT_NO_FAMILY);
+				return -EHOSTUNREACH;
+			}
 			stat_inc(KMESH_STAT_NO_ENDPOINT);
 			return -ECONNREFUSED;
 		}
 		index = attempt < PICK_ATTEMPTS - 1 ? bpf_get_prandom_u32() % count + 1 : 1;
-		be = endpoint_backend(fe->service_id, prio, index, &backend_id);
+		ep = endpoint_lookup(fe.service_id, family, prio, index);
+		if (!ep) {
+			stat_inc(KMESH_STAT_RACE_RETRY);
+			continue;
+		}
+		backend_id = ep->backend_id;
+		be = backend_lookup(backend_id);
 		if (!be) {
 			stat_inc(KMESH_STAT_RACE_RETRY);
 			continue;
 		}
-		if (!backend_has_family(be, want_v4)) {
-			be = probe_family(fe->service_id, prio, index, count, want_v4, &backend_id);
-			if (!be) {
-				stat_inc(KMESH_STAT_NO_FAMILY);
-				return -EHOSTUNREACH;
-			}
+		flags = be->flags;
+		__builtin_memcpy(addr, family == KMESH_FAMILY_V4 ? be->addr4 : be->addr6, 16);
+		/* The per-family lists only hold backends of that family; a backend that just lost
+		 * it is on its way out of the list: pick again. */
+		if (!backend_has_family(flags, family)) {
+			stat_inc(KMESH_STAT_RACE_RETRY);
+			continue;
 		}
-		__builtin_memcpy(addr, want_v4 ? be->addr4 : be->addr6, 16);
-		*port = backend_target_port(backend_id, key, fe);
+		*port = backend_target_port(backend_id, key, &fe);
 		stat_inc(KMESH_STAT_TRANSLATED);
 		return 0;
 	}
@@ -118,12 +113,13 @@ static __always_inline bool sock_is_tcp(const struct bpf_sock_addr *ctx)
 	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
 }
 
-/* connect() fails with the worker's errno: bpf_set_retval overrides the default EPERM. */
+/* connect() fails with the worker's errno where bpf_set_retval exists (5.18+), else with EPERM. */
 static __always_inline int sock_verdict(int ret)
 {
 	if (ret == 0 || ret == -ENOENT)
 		return SYS_PROCEED;
-	bpf_set_retval(ret);
+	if (kmesh_has_set_retval)
+		bpf_set_retval(ret);
 	return SYS_REJECT;
 }
 
@@ -143,7 +139,7 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(&key.addr[12], &dst, sizeof(dst));
 	key.port = (__u16)ctx->user_port;
 
-	ret = sock_select_endpoint(&key, true, addr, &port);
+	ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
 	if (ret)
 		return ret;
 	ctx->user_ip4 = addr[3];
@@ -174,7 +170,8 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 
 	/* A dual-stack socket connecting to ::ffff:a.b.c.d goes out as IPv4 and only this hook
 	 * sees it (connect4 does not run), so it needs an IPv4 endpoint, written back mapped. */
-	ret = sock_select_endpoint(&key, addr6_is_v4mapped(dst), addr, &port);
+	ret = sock_select_endpoint(&key, addr6_is_v4mapped(dst) ? KMESH_FAMILY_V4 : KMESH_FAMILY_V6,
+				   addr, &port);
 	if (ret)
 		return ret;
 	ctx->user_ip6[0] = addr[0];

@@ -104,19 +104,22 @@ int dump(const kmesh::PinLayout& layout) {
         fmt::print("  service {} (name hash {:016x}) lb={}\n", id, sv.name_hash, lb_name(sv.lb_mode));
         auto range = frontends_by_service.equal_range(id);
         for (auto it = range.first; it != range.second; ++it) fmt::print("    frontend {}\n", it->second);
-        for (uint32_t p = 0; p < KMESH_PRIO_COUNT; p++) {
-            if (!sv.endpoint_count[p] && p) continue;
-            fmt::print("    priority {}: {} endpoint(s){}\n", p, sv.endpoint_count[p],
-                       sv.endpoint_count[p] ? "" : " -> connect() refused");
-            for (uint32_t i = 1; i <= sv.endpoint_count[p]; i++) {
-                kmesh_endpoint_key ek{id, p, i};
-                kmesh_endpoint_value ev;
-                if (ops.lookup(kmesh::MapId::kEndpoint, &ek, &ev) == 0)
-                    fmt::print("      #{} {}\n", i, backend_str(ev.backend_id));
-                else
-                    fmt::print("      #{} (missing)\n", i);
+        // One endpoint list per socket family: IPv4 (and IPv4-mapped) sockets pick from the first.
+        for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++) {
+                uint32_t n = sv.endpoint_count[f][p];
+                if (!n && p) continue;
+                fmt::print("    {} priority {}: {} endpoint(s){}\n", f == KMESH_FAMILY_V4 ? "IPv4" : "IPv6",
+                           p, n, n ? "" : " -> connect() refused");
+                for (uint32_t i = 1; i <= n; i++) {
+                    kmesh_endpoint_key ek{id, f, p, i};
+                    kmesh_endpoint_value ev;
+                    if (ops.lookup(kmesh::MapId::kEndpoint, &ek, &ev) == 0)
+                        fmt::print("      #{} {}\n", i, backend_str(ev.backend_id));
+                    else
+                        fmt::print("      #{} (missing)\n", i);
+                }
             }
-        }
     }
     auto orphans = frontends_by_service.size();
     for (const auto& [id, sv] : services) orphans -= frontends_by_service.count(id);

@@ -216,19 +216,21 @@ std::string Agent::maps_dump() {
                 w.String(f.c_str());
             }
         w.EndArray();
-        w.Key("endpoints");
-        w.StartArray();  // one list per priority
-        for (const auto& slots : s.slots) {
+        for (int f = 0; f < KMESH_FAMILY_COUNT; f++) {  // per address family, one list per priority
+            w.Key(f == KMESH_FAMILY_V4 ? "endpoints_v4" : "endpoints_v6");
             w.StartArray();
-            for (uint32_t id : slots) {
-                auto bh = backend_hash.find(id);
-                std::string e =
-                    bh == backend_hash.end() ? fmt::format("missing backend {}", id) : name_of(bh->second);
-                w.String(e.c_str());
+            for (const auto& slots : s.slots[f]) {
+                w.StartArray();
+                for (uint32_t id : slots) {
+                    auto bh = backend_hash.find(id);
+                    std::string e = bh == backend_hash.end() ? fmt::format("missing backend {}", id)
+                                                             : name_of(bh->second);
+                    w.String(e.c_str());
+                }
+                w.EndArray();
             }
             w.EndArray();
         }
-        w.EndArray();
         w.EndObject();
     }
     w.EndArray();
@@ -254,6 +256,19 @@ std::string Agent::maps_dump() {
         w.EndObject();
     }
     w.EndArray();
+    w.Key("vip_conflicts");  // (VIP, port)s several services claim; the winner holds the frontend
+    w.StartArray();
+    for (const auto& c : mesh_.vip_conflicts()) {
+        w.StartObject();
+        str(w, "frontend", c.frontend);
+        str(w, "winner", c.winner);
+        w.Key("losers");
+        w.StartArray();
+        for (const auto& l : c.losers) w.String(l.c_str());
+        w.EndArray();
+        w.EndObject();
+    }
+    w.EndArray();
     w.Key("port_overrides");
     w.StartArray();
     for (const auto& [pk, target] : k.ports) {
@@ -274,6 +289,16 @@ std::string Agent::metrics_text() {
     counter("kmesh_config_applied_total", "Config generations written to the maps.", metrics_.config_applied);
     counter("kmesh_config_rejected_total", "Configs rejected as invalid.", metrics_.config_rejected);
     counter("kmesh_map_writes_total", "BPF map updates issued.", metrics_.map_writes);
+    counter("kmesh_services_unpublished_total",
+            "New services held back (no frontend) because they could not be written completely.",
+            metrics_.services_unpublished);
+    {
+        std::lock_guard lock(mu_);
+        out += fmt::format(
+            "# HELP kmesh_vip_conflicts VIP:ports claimed by more than one service now.\n"
+            "# TYPE kmesh_vip_conflicts gauge\nkmesh_vip_conflicts {}\n",
+            mesh_.vip_conflict_count());
+    }
     for (int i = 0; i < kMapCount; i++) {
         std::string l = fmt::format("{{map=\"{}\"}}", map_name(static_cast<MapId>(i)));
         out += fmt::format("kmesh_map_write_errors_total{} {}\n", l, metrics_.map_write_errors[i].load());

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -118,8 +119,35 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
 
+    // Kernel feature probe (as Cilium does): bpf_set_retval needs 5.18. Without it the flag stays
+    // false in rodata, the verifier prunes the call, and a refused connect fails with EPERM.
+    // KMESH_PRETEND_NO_SET_RETVAL=1 forces that path (tests, or to rule the helper out).
+    {
+        std::string reason;
+        const char* pretend = getenv("KMESH_PRETEND_NO_SET_RETVAL");
+        if (pretend && *pretend && std::strcmp(pretend, "0") != 0) {
+            reason = "KMESH_PRETEND_NO_SET_RETVAL is set";
+        } else {
+            int probe = libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_set_retval, nullptr);
+            if (probe == 0)
+                reason = "this kernel lacks it (needs 5.18)";
+            else if (probe < 0)
+                reason = fmt::format("probing it failed: {}", errno_text(probe));
+        }
+        skel->rodata->kmesh_has_set_retval = reason.empty();
+        if (reason.empty())
+            spdlog::info("bpf_set_retval available: refused connects fail with ECONNREFUSED");
+        else
+            spdlog::warn(
+                "bpf_set_retval unavailable ({}): connects to a service without endpoints fail "
+                "with EPERM instead of ECONNREFUSED",
+                reason);
+    }
+
     bpf_map* map;
     bpf_object__for_each_map(map, skel->obj) {
+        // .rodata (the feature flags) belongs to this load, not to the pinned ABI.
+        if (bpf_map__is_internal(map)) continue;
         std::string path = layout.map(bpf_map__name(map));
         if (auto e = check_pinned_map(path, map); !e.empty()) {
             *error = e;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>
@@ -128,7 +129,8 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
     auto ds = desired_.services.find(hs);
     if (ds != desired_.services.end()) {
         dirty_.services.insert(hs);
-        for (auto& prio : ds->second.endpoints) prio.erase(hw);
+        for (auto& family : ds->second.endpoints)
+            for (auto& prio : family) prio.erase(hw);
     }
     for (auto it = desired_.ports.lower_bound(PortKey{hw, hs, 0});
          it != desired_.ports.end() && it->first.backend == hw && it->first.service == hs;) {
@@ -155,7 +157,9 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
     }
     int prio = priority(svc->second, wl->second);
     if (prio < 0) return;
-    ds->second.endpoints[prio].insert(hw);
+    uint32_t flags = desired_.backends.at(hw).flags;
+    for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+        if (backend_serves(flags, f)) ds->second.endpoints[f][prio].insert(hw);
     for (const auto& port : svc->second.ports) {
         uint16_t target = default_target(port);
         for (const auto& own : listed->second)
@@ -176,11 +180,59 @@ void MeshState::elect(const kmesh_frontend_key& fk) {
     if (c == claimants_.end() || c->second.empty()) {
         if (c != claimants_.end()) claimants_.erase(c);
         if (current != desired_.frontends.end()) desired_.frontends.erase(current);
+        note_conflict(fk, {});
         return;
     }
+    note_conflict(fk, c->second);
     uint64_t owner = *c->second.rbegin();
     desired_.frontends[fk] = desired_.services.at(owner).frontends.at(fk);
     dirty_.services.insert(owner);
+}
+
+std::string frontend_key_str(const kmesh_frontend_key& k) {
+    IpAddr a;
+    std::memcpy(a.bytes.data(), k.addr, 16);
+    return a.is_v4() ? fmt::format("{}:{}", a.str(), ntohs(k.port))
+                     : fmt::format("[{}]:{}", a.str(), ntohs(k.port));
+}
+
+std::string MeshState::service_name(uint64_t hash) const {
+    for (const auto& [key, s] : model_.services)
+        if (name_hash(key) == hash) return key;
+    return fmt::format("unknown:{:016x}", hash);
+}
+
+// Logs a conflict once when it appears (or its claimants change) and once when it is resolved.
+void MeshState::note_conflict(const kmesh_frontend_key& fk, const std::set<uint64_t>& claimants) {
+    auto logged = conflicts_logged_.find(fk);
+    if (claimants.size() < 2) {
+        if (logged == conflicts_logged_.end()) return;
+        conflicts_logged_.erase(logged);
+        spdlog::info("VIP conflict on {} resolved{}", frontend_key_str(fk),
+                     claimants.empty() ? "" : ": " + service_name(*claimants.begin()) + " holds it alone");
+        return;
+    }
+    if (logged != conflicts_logged_.end() && logged->second == claimants) return;
+    conflicts_logged_[fk] = claimants;
+    std::string losers;
+    for (auto it = std::next(claimants.rbegin()); it != claimants.rend(); ++it)
+        losers += (losers.empty() ? "" : ", ") + service_name(*it);
+    spdlog::warn(
+        "VIP conflict: {} is claimed by {} services; {} holds it (largest name hash wins), connects "
+        "meant for {} reach its endpoints",
+        frontend_key_str(fk), claimants.size(), service_name(*claimants.rbegin()), losers);
+}
+
+std::vector<MeshState::VipConflict> MeshState::vip_conflicts() const {
+    std::vector<VipConflict> out;
+    for (const auto& [fk, claimants] : claimants_) {
+        if (claimants.size() < 2) continue;
+        VipConflict c{frontend_key_str(fk), service_name(*claimants.rbegin()), {}};
+        for (auto it = std::next(claimants.rbegin()); it != claimants.rend(); ++it)
+            c.losers.push_back(service_name(*it));
+        out.push_back(std::move(c));
+    }
+    return out;
 }
 
 void MeshState::refresh_frontend_flags(const std::string& key) {
@@ -380,23 +432,25 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
             const DesiredService& svc = w->second;
             if (c == cur.services.end() || c->second.lb_mode != svc.lb_mode)
                 plan.put_services.emplace_back(h, svc.lb_mode);
-            for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
-                std::set<uint64_t> have;
-                if (c != cur.services.end()) {
-                    const auto& slots = c->second.slots[prio];
-                    for (uint32_t i = 0; i < slots.size(); i++) {
-                        auto bh = cur.backend_hash_by_id.find(slots[i]);
-                        uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
-                        // Unknown or unwanted slots go, except a kept (rejected) workload's; a
-                        // backend listed twice keeps one slot.
-                        if (!backend || (!svc.endpoints[prio].count(backend) && !dirty.keep.count(backend)) ||
-                            !have.insert(backend).second)
-                            plan.remove_endpoints.push_back({h, prio, i + 1});
+            for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+                for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
+                    std::set<uint64_t> have;
+                    const auto& wanted = svc.endpoints[f][prio];
+                    if (c != cur.services.end()) {
+                        const auto& slots = c->second.slots[f][prio];
+                        for (uint32_t i = 0; i < slots.size(); i++) {
+                            auto bh = cur.backend_hash_by_id.find(slots[i]);
+                            uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
+                            // Unknown or unwanted slots go, except a kept (rejected) workload's; a
+                            // backend listed twice keeps one slot.
+                            if (!backend || (!wanted.count(backend) && !dirty.keep.count(backend)) ||
+                                !have.insert(backend).second)
+                                plan.remove_endpoints.push_back({h, f, prio, i + 1});
+                        }
                     }
+                    for (uint64_t backend : wanted)
+                        if (!have.count(backend)) plan.add_endpoints.push_back({h, f, prio, backend});
                 }
-                for (uint64_t backend : svc.endpoints[prio])
-                    if (!have.count(backend)) plan.add_endpoints.push_back({h, prio, backend});
-            }
             for (const auto& [fk, claim] : svc.frontends) {
                 auto target = want.frontends.find(fk);
                 if (target == want.frontends.end() || target->second.service != h) continue;

@@ -32,9 +32,17 @@ struct FrontendTarget {
     auto operator<=>(const FrontendTarget&) const = default;
 };
 
+// Backend hashes per [address family][priority]: a dual-stack backend is in both families' lists.
+using EndpointLists = std::array<std::array<std::set<uint64_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT>;
+
+// The address families a backend's flags say it can serve.
+inline bool backend_serves(uint32_t backend_flags, uint32_t family) {
+    return backend_flags & (family == KMESH_FAMILY_V4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6);
+}
+
 struct DesiredService {
     uint32_t lb_mode = KMESH_LB_RANDOM;
-    std::array<std::set<uint64_t>, KMESH_PRIO_COUNT> endpoints;  // backend hashes per priority
+    EndpointLists endpoints;
     // This service's claim on each (VIP, port); desired frontends holds the elected claim.
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
     bool operator==(const DesiredService&) const = default;
@@ -118,6 +126,8 @@ class MeshState {
     void elect(const kmesh_frontend_key& fk);                 // which claimant's frontend the map holds
     int priority(const Service& s, const Workload& w) const;  // -1: not an endpoint
     void forget_hash(const std::string& name);
+    void note_conflict(const kmesh_frontend_key& fk, const std::set<uint64_t>& claimants);
+    std::string service_name(uint64_t hash) const;  // for logs and dumps
 
     NodeInfo node_;
     bool learn_locality_ = false;
@@ -131,7 +141,24 @@ class MeshState {
     // largest hash wins, so the outcome does not depend on the order the updates came in.
     std::map<kmesh_frontend_key, std::set<uint64_t>> claimants_;
     std::set<uint64_t> pinned_;
+    // Conflicts (more than one claimant) already logged, with the claimants seen then: each is
+    // logged once when it appears or changes, and once when it is resolved.
+    std::map<kmesh_frontend_key, std::set<uint64_t>> conflicts_logged_;
+
+  public:
+    // A (VIP, port) claimed by several services: the winner holds the frontend, the losers'
+    // connects to it reach the winner's endpoints.
+    struct VipConflict {
+        std::string frontend;  // "10.96.0.10:80", "[fd00::10]:80"
+        std::string winner;    // service key
+        std::vector<std::string> losers;
+    };
+    std::vector<VipConflict> vip_conflicts() const;
+    size_t vip_conflict_count() const { return conflicts_logged_.size(); }
 };
+
+// "10.96.0.10:80" or "[fd00::10]:80" (IPv4-mapped keys print as IPv4).
+std::string frontend_key_str(const kmesh_frontend_key& k);
 
 // Full conversion, for tests and tools: a MeshState fed with the whole model.
 DesiredState build_desired(const Model& model, const NodeInfo& node = {});
@@ -143,8 +170,9 @@ struct MapState {
     struct Service {
         uint32_t id = 0;
         uint32_t lb_mode = KMESH_LB_RANDOM;
-        // slots[prio][i] is the backend id at endpoint index i + 1; 0 = entry missing or unknown.
-        std::array<std::vector<uint32_t>, KMESH_PRIO_COUNT> slots;
+        // slots[family][prio][i] is the backend id at endpoint index i + 1; 0 = entry missing or
+        // unknown.
+        std::array<std::array<std::vector<uint32_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT> slots;
     };
     struct Backend {
         uint32_t id = 0;
@@ -170,6 +198,7 @@ struct MapState {
 
 struct EndpointAdd {
     uint64_t service;
+    uint32_t family;
     uint32_t prio;
     uint64_t backend;
     bool operator==(const EndpointAdd&) const = default;
@@ -177,14 +206,14 @@ struct EndpointAdd {
 
 struct EndpointRemove {
     uint64_t service;
+    uint32_t family;
     uint32_t prio;
     uint32_t index;  // 1-based slot in the current state
     bool operator==(const EndpointRemove&) const = default;
 };
 
-// Executed phase by phase in member order; the order is what keeps every connect() consistent:
-// new backends, endpoints and port overrides exist before anything points at them, and a
-// frontend disappears before its service, which disappears before its endpoints and backends.
+// What to write and delete; MapWriter (map_writer.hpp, enum Stage) executes it in one documented
+// order, additions forwards and removals in mirror order, which keeps every connect() consistent.
 struct Plan {
     std::vector<std::pair<uint64_t, DesiredBackend>> put_backends;
     std::vector<std::pair<uint64_t, uint32_t>> put_services;  // new or LB mode changed: (hash, lb_mode)
@@ -192,7 +221,7 @@ struct Plan {
     std::vector<std::pair<PortKey, uint16_t>> put_ports;
     std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> put_frontends;
     std::vector<kmesh_frontend_key> delete_frontends;
-    std::vector<EndpointRemove> remove_endpoints;  // grouped by service and priority
+    std::vector<EndpointRemove> remove_endpoints;  // grouped by service, family and priority
     std::vector<PortKey> delete_ports;
     std::vector<uint64_t> delete_services;
     std::vector<uint64_t> delete_backends;

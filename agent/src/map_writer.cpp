@@ -1,6 +1,7 @@
 #include "agent/src/map_writer.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -44,7 +45,8 @@ MapState recover_map_state(const MapOps& ops) {
         auto& s = st.services[sv.name_hash];
         s.id = id;
         s.lb_mode = sv.lb_mode;
-        for (int p = 0; p < KMESH_PRIO_COUNT; p++) s.slots[p].assign(sv.endpoint_count[p], 0);
+        for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (int p = 0; p < KMESH_PRIO_COUNT; p++) s.slots[f][p].assign(sv.endpoint_count[f][p], 0);
         service_hash_by_id[id] = sv.name_hash;
         return true;
     });
@@ -70,12 +72,13 @@ MapState recover_map_state(const MapOps& ops) {
         st.reserved_service_ids.insert(ek.service_id);
         st.reserved_backend_ids.insert(ev.backend_id);
         auto sh = service_hash_by_id.find(ek.service_id);
-        if (sh == service_hash_by_id.end() || ek.prio >= KMESH_PRIO_COUNT || ek.index == 0 ||
-            ek.index > st.services[sh->second].slots[ek.prio].size()) {
+        if (sh == service_hash_by_id.end() || ek.family >= KMESH_FAMILY_COUNT ||
+            ek.prio >= KMESH_PRIO_COUNT || ek.index == 0 ||
+            ek.index > st.services[sh->second].slots[ek.family][ek.prio].size()) {
             st.stray_endpoints.push_back(ek);
             return true;
         }
-        st.services[sh->second].slots[ek.prio][ek.index - 1] = ev.backend_id;
+        st.services[sh->second].slots[ek.family][ek.prio][ek.index - 1] = ev.backend_id;
         return true;
     });
     ops.for_each(MapId::kFrontend, [&](const void* k, const void* v) {
@@ -106,6 +109,7 @@ MapState recover_map_state(const MapOps& ops) {
 MapWriter::MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics& metrics)
     : ops_(ops),
       state_(std::move(state)),
+      capacity_(capacity),
       metrics_(metrics),
       service_ids_(capacity.services),
       backend_ids_(capacity.backends) {
@@ -145,7 +149,9 @@ void MapWriter::drop_entry(const kmesh_endpoint_key& key) {
 int MapWriter::write_service(uint64_t hash) {
     const auto& s = state_.services.at(hash);
     kmesh_service_value v{};
-    for (int p = 0; p < KMESH_PRIO_COUNT; p++) v.endpoint_count[p] = static_cast<uint32_t>(s.slots[p].size());
+    for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
+        for (int p = 0; p < KMESH_PRIO_COUNT; p++)
+            v.endpoint_count[f][p] = static_cast<uint32_t>(s.slots[f][p].size());
     v.lb_mode = s.lb_mode;
     v.name_hash = hash;
     metrics_.map_writes++;
@@ -192,37 +198,45 @@ void MapWriter::create_service(uint64_t hash, uint32_t lb_mode) {
 }
 
 // Grows one service: endpoint entries past the current counts first, then the counts (and LB
-// mode) in a single service write, so no connect picks an index that is not written yet.
-void MapWriter::grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds) {
+// mode) in a single service write, so no connect picks an index that is not written yet. Returns
+// whether every add went in.
+bool MapWriter::grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds) {
     auto it = state_.services.find(hash);
-    if (it == state_.services.end()) return;  // its creation failed
+    if (it == state_.services.end()) return false;  // its creation failed
     MapState::Service svc = it->second;
     if (lb_mode) svc.lb_mode = *lb_mode;
     std::vector<kmesh_endpoint_key> written;
     int err = 0;
+    bool skipped = false;
     for (const auto& a : adds) {
         auto b = state_.backends.find(a.backend);
         // Its backend or one of its port overrides failed to be written: added by a later apply.
-        if (b == state_.backends.end() || unported_.count({a.backend, hash})) continue;
-        kmesh_endpoint_key k{svc.id, a.prio, static_cast<uint32_t>(svc.slots[a.prio].size() + 1)};
+        if (b == state_.backends.end() || unported_.count({a.backend, hash})) {
+            skipped = true;
+            continue;
+        }
+        auto& slots = svc.slots[a.family][a.prio];
+        kmesh_endpoint_key k{svc.id, static_cast<uint16_t>(a.family), static_cast<uint16_t>(a.prio),
+                             static_cast<uint32_t>(slots.size() + 1)};
         kmesh_endpoint_value v{b->second.id};
         metrics_.map_writes++;
         if ((err = ops_.update(MapId::kEndpoint, &k, &v))) {
             fail(MapId::kEndpoint, err,
-                 fmt::format("write endpoint {}/{}/{}", k.service_id, k.prio, k.index));
+                 fmt::format("write endpoint {}/{}/{}/{}", k.service_id, k.family, k.prio, k.index));
             break;
         }
-        svc.slots[a.prio].push_back(b->second.id);
+        slots.push_back(b->second.id);
         written.push_back(k);
     }
     if (!err) {
         MapState::Service before = it->second;
         it->second = svc;
-        if (!(err = write_service(hash))) return;
+        if (!(err = write_service(hash))) return !skipped;
         it->second = before;
     }
     // Entries past the kernel's count are never picked; remove them to keep capacity.
     for (const auto& k : written) drop_entry(k);
+    return false;
 }
 
 void MapWriter::put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target) {
@@ -243,9 +257,11 @@ void MapWriter::put_frontend(const kmesh_frontend_key& key, const FrontendTarget
 // then the count shrinks, then the old last entry goes. A connect racing with this sees either the
 // old or the new count, and every index below it holds a live backend (BPF retries the one window
 // where the last entry has just vanished).
-void MapWriter::remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t> indices) {
+void MapWriter::remove_endpoints(uint64_t hash, uint32_t family, uint32_t prio, std::set<uint32_t> indices) {
     auto& svc = state_.services.at(hash);
-    auto& slots = svc.slots[prio];
+    auto& slots = svc.slots[family][prio];
+    auto fam = static_cast<uint16_t>(family);
+    auto pri = static_cast<uint16_t>(prio);
     while (!indices.empty()) {
         auto last = static_cast<uint32_t>(slots.size());
         uint32_t hole = *indices.rbegin();
@@ -254,11 +270,12 @@ void MapWriter::remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t
             continue;
         }
         if (hole != last) {
-            kmesh_endpoint_key k{svc.id, prio, hole};
+            kmesh_endpoint_key k{svc.id, fam, pri, hole};
             kmesh_endpoint_value v{slots.back()};
             metrics_.map_writes++;
             if (int err = ops_.update(MapId::kEndpoint, &k, &v)) {
-                fail(MapId::kEndpoint, err, fmt::format("move endpoint {}/{}/{}", svc.id, prio, hole));
+                fail(MapId::kEndpoint, err,
+                     fmt::format("move endpoint {}/{}/{}/{}", svc.id, family, prio, hole));
                 return;
             }
             slots[hole - 1] = slots.back();
@@ -269,7 +286,7 @@ void MapWriter::remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t
             slots.push_back(moved);  // the kernel still counts `last`, whose entry is intact
             return;
         }
-        drop_entry(kmesh_endpoint_key{svc.id, prio, last});
+        drop_entry(kmesh_endpoint_key{svc.id, fam, pri, last});
         indices.erase(hole);
     }
 }
@@ -283,9 +300,10 @@ void MapWriter::delete_service(uint64_t hash) {
         fail(MapId::kService, err, fmt::format("delete service {}", svc.id));
         return;
     }
-    for (uint32_t p = 0; p < KMESH_PRIO_COUNT; p++)
-        for (uint32_t idx = 1; idx <= svc.slots[p].size(); idx++)
-            drop_entry(kmesh_endpoint_key{svc.id, p, idx});
+    for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+        for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
+            for (uint32_t idx = 1; idx <= svc.slots[f][p].size(); idx++)
+                drop_entry(kmesh_endpoint_key{svc.id, f, p, idx});
     // The id stays reserved while stray entries of it may remain, so no new service inherits them.
     bool strays = std::any_of(state_.stray_endpoints.begin(), state_.stray_endpoints.end(),
                               [&](const auto& k) { return k.service_id == svc.id; });
@@ -315,119 +333,377 @@ bool MapWriter::port_key(const PortKey& p, kmesh_port_key* out) const {
     return true;
 }
 
+const char* stage_name(Stage s) {
+    switch (s) {
+        case Stage::kBackends:
+            return "backends";
+        case Stage::kServices:
+            return "services";
+        case Stage::kPorts:
+            return "ports";
+        case Stage::kFrontendFlags:
+            return "frontend-flags";
+        case Stage::kEndpoints:
+            return "endpoints";
+        case Stage::kFrontends:
+            return "frontends";
+    }
+    return "?";
+}
+
+namespace {
+
+// The size flag of each map, for messages.
+const char* size_flag(MapId m) {
+    switch (m) {
+        case MapId::kFrontend:
+            return "--max-frontends";
+        case MapId::kService:
+            return "--max-services";
+        case MapId::kEndpoint:
+            return "--max-endpoints";
+        case MapId::kBackend:
+            return "--max-backends";
+        case MapId::kPort:
+            return "--max-ports";
+    }
+    return "?";
+}
+
+MapCounts capacity_counts(const MapCapacity& c) {
+    MapCounts out{};
+    out[static_cast<int>(MapId::kFrontend)] = c.frontends;
+    out[static_cast<int>(MapId::kService)] = c.services;
+    out[static_cast<int>(MapId::kEndpoint)] = c.endpoints;
+    out[static_cast<int>(MapId::kBackend)] = c.backends;
+    out[static_cast<int>(MapId::kPort)] = c.ports;
+    return out;
+}
+
+// "" or one clause per map whose need exceeds its capacity.
+std::string overflow(const MapCounts& need, const MapCapacity& capacity, const char* what) {
+    MapCounts cap = capacity_counts(capacity);
+    std::string out;
+    for (int i = 0; i < kMapCount; i++)
+        if (need[i] > cap[i])
+            out += fmt::format("{}{} needs {} entries {} but holds {} ({} over; raise {})",
+                               out.empty() ? "" : "; ", map_name(static_cast<MapId>(i)), need[i], what,
+                               cap[i], need[i] - cap[i], size_flag(static_cast<MapId>(i)));
+    return out;
+}
+
+size_t endpoint_entries(const MapState::Service& s) {
+    size_t n = 0;
+    for (const auto& family : s.slots)
+        for (const auto& slots : family) n += slots.size();
+    return n;
+}
+
+}  // namespace
+
+MapCounts entries_needed(const DesiredState& d) {
+    MapCounts n{};
+    n[static_cast<int>(MapId::kService)] = d.services.size();
+    n[static_cast<int>(MapId::kBackend)] = d.backends.size();
+    n[static_cast<int>(MapId::kFrontend)] = d.frontends.size();
+    n[static_cast<int>(MapId::kPort)] = d.ports.size();
+    for (const auto& [h, s] : d.services)
+        for (const auto& family : s.endpoints)
+            for (const auto& prio : family) n[static_cast<int>(MapId::kEndpoint)] += prio.size();
+    return n;
+}
+
+std::string fits(const DesiredState& desired, const MapCapacity& capacity) {
+    std::string o = overflow(entries_needed(desired), capacity, "for this config");
+    return o.empty() ? o : "the config does not fit the maps: " + o;
+}
+
+std::string fits(const DesiredState& desired, const MapSizes& sizes) {
+    return fits(desired, MapCapacity::of(sizes));
+}
+
+MapCounts MapWriter::entries() const {
+    MapCounts n{};
+    n[static_cast<int>(MapId::kService)] = state_.services.size();
+    n[static_cast<int>(MapId::kBackend)] = state_.backends.size();
+    n[static_cast<int>(MapId::kFrontend)] = state_.frontends.size();
+    n[static_cast<int>(MapId::kPort)] = state_.ports.size();
+    for (const auto& [h, s] : state_.services) n[static_cast<int>(MapId::kEndpoint)] += endpoint_entries(s);
+    return n;
+}
+
+// What the plan adds and removes per map, against the mirror (strays are deleted first and not
+// counted). Refuses a plan whose end result exceeds a map; tells whether the additions fit next
+// to everything the plan is about to remove.
+std::string MapWriter::check_capacity(const Plan& plan, bool* additions_fit) const {
+    MapCounts now = entries(), add{}, del{};
+    auto at = [](MapCounts& c, MapId m) -> uint64_t& { return c[static_cast<int>(m)]; };
+    for (const auto& [h, b] : plan.put_backends) at(add, MapId::kBackend) += !state_.backends.count(h);
+    for (const auto& [h, m] : plan.put_services) at(add, MapId::kService) += !state_.services.count(h);
+    at(add, MapId::kEndpoint) = plan.add_endpoints.size();
+    for (const auto& [k, t] : plan.put_frontends) at(add, MapId::kFrontend) += !state_.frontends.count(k);
+    for (const auto& [k, t] : plan.put_ports) at(add, MapId::kPort) += !state_.ports.count(k);
+    for (uint64_t h : plan.delete_backends) at(del, MapId::kBackend) += state_.backends.count(h);
+    for (uint64_t h : plan.delete_services) {
+        auto it = state_.services.find(h);
+        if (it == state_.services.end()) continue;
+        at(del, MapId::kService)++;
+        at(del, MapId::kEndpoint) += endpoint_entries(it->second);
+    }
+    at(del, MapId::kEndpoint) += plan.remove_endpoints.size();
+    for (const auto& k : plan.delete_frontends) at(del, MapId::kFrontend) += state_.frontends.count(k);
+    for (const auto& k : plan.delete_ports) at(del, MapId::kPort) += state_.ports.count(k);
+
+    MapCounts result{}, peak{};
+    for (int i = 0; i < kMapCount; i++) {
+        result[i] = now[i] + add[i] - std::min(del[i], now[i] + add[i]);
+        peak[i] = now[i] + add[i];
+    }
+    *additions_fit = overflow(peak, capacity_, "").empty();
+    std::string o = overflow(result, capacity_, "after this change");
+    return o.empty() ? o : "nothing written: " + o;
+}
+
+struct MapWriter::Run {
+    // Services without any frontend in the maps before this apply (new, or held back before):
+    // published only in the last addition stage, and only when all their endpoints went in.
+    std::set<uint64_t> unpublished;
+    std::set<uint64_t> incomplete;
+    bool shrunk = false;      // endpoint removals done: their indices refer to the state before
+    bool check_refs = false;  // removals verify nothing published still points at what goes
+    bool removals_first = false;
+};
+
+namespace {
+
+bool clears_flag(const MapState& st, const kmesh_frontend_key& key, const FrontendTarget& target) {
+    auto cur = st.frontends.find(key);
+    return cur != st.frontends.end() && cur->second.service == target.service &&
+           (cur->second.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS) &&
+           !(target.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS);
+}
+
+}  // namespace
+
+void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
+    stage_log_.push_back(std::string("+") + stage_name(stage));
+    switch (stage) {
+        case Stage::kBackends:
+            for (const auto& [hash, b] : plan.put_backends) put_backend(hash, b);
+            break;
+        case Stage::kServices:
+            for (const auto& [hash, mode] : plan.put_services)
+                if (!state_.services.count(hash)) create_service(hash, mode);
+            break;
+        case Stage::kPorts:
+            for (const auto& [pk, target] : plan.put_ports) {
+                kmesh_port_key k;
+                if (!port_key(pk, &k)) continue;  // its service or backend failed to be written
+                kmesh_port_value v{target, 0};
+                metrics_.map_writes++;
+                if (int err = ops_.update(MapId::kPort, &k, &v)) {
+                    fail(MapId::kPort, err, "write port override");
+                    unported_.insert({pk.backend, pk.service});
+                    continue;
+                }
+                state_.ports[pk] = target;
+            }
+            break;
+        case Stage::kFrontendFlags:
+            for (const auto& [key, target] : plan.put_frontends)
+                if (!run.unpublished.count(target.service) && !clears_flag(state_, key, target))
+                    put_frontend(key, target);
+            break;
+        case Stage::kEndpoints: {
+            // plan.put_services and plan.add_endpoints are both ordered by service hash.
+            std::map<uint64_t, std::pair<std::optional<uint32_t>, std::vector<EndpointAdd>>> grow;
+            for (const auto& [hash, mode] : plan.put_services) grow[hash].first = mode;
+            for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
+            for (const auto& [hash, g] : grow)
+                if (!grow_service(hash, g.first ? &*g.first : nullptr, g.second)) run.incomplete.insert(hash);
+            break;
+        }
+        case Stage::kFrontends: {
+            std::set<uint64_t> held;
+            for (const auto& [key, target] : plan.put_frontends) {
+                if (!run.unpublished.count(target.service)) continue;
+                if (run.incomplete.count(target.service) || !state_.services.count(target.service)) {
+                    held.insert(target.service);
+                    continue;
+                }
+                put_frontend(key, target);
+            }
+            for (uint64_t hash : held) {
+                metrics_.services_unpublished++;
+                std::string msg = fmt::format(
+                    "service {:016x} not published: it could not be written completely, so its VIPs "
+                    "pass through untouched until a retry succeeds",
+                    hash);
+                spdlog::warn("{}", msg);
+                errors_.push_back(msg);
+            }
+            break;
+        }
+    }
+}
+
+void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
+    stage_log_.push_back(std::string("-") + stage_name(stage));
+    // Never delete what a frontend or endpoint still points at. The plan never does when executed
+    // in stage order, unless one of its removals failed or removals run first (a VIP moving to a
+    // new service keeps its old one alive until then), so the (mesh-sized) reference sets are built
+    // only then.
+    bool check_refs = run.check_refs || !errors_.empty() || !state_.stray_backends.empty();
+    switch (stage) {
+        case Stage::kFrontends:
+            // Making room first, a VIP moving from a service being deleted to one being created
+            // would pin the old service (its frontend still points at it) while the new one has
+            // no room: unpublish the VIP for the moment instead; the new service publishes it.
+            if (run.removals_first && !run.shrunk)
+                for (const auto& [key, target] : plan.put_frontends) {
+                    auto cur = state_.frontends.find(key);
+                    if (cur == state_.frontends.end() || cur->second.service == target.service ||
+                        std::find(plan.delete_services.begin(), plan.delete_services.end(),
+                                  cur->second.service) == plan.delete_services.end())
+                        continue;
+                    int err = ops_.remove(MapId::kFrontend, &key);
+                    if (err && err != -ENOENT) {
+                        fail(MapId::kFrontend, err, "delete frontend");
+                        continue;
+                    }
+                    forget_frontend(key);
+                    run.unpublished.insert(target.service);
+                }
+            for (const auto& key : plan.delete_frontends) {
+                if (!state_.frontends.count(key)) continue;
+                int err = ops_.remove(MapId::kFrontend, &key);
+                if (err && err != -ENOENT) {
+                    fail(MapId::kFrontend, err, "delete frontend");
+                    continue;
+                }
+                forget_frontend(key);
+            }
+            break;
+        case Stage::kEndpoints: {
+            if (run.shrunk) break;
+            run.shrunk = true;
+            std::map<std::tuple<uint64_t, uint32_t, uint32_t>, std::set<uint32_t>> shrink;
+            for (const auto& r : plan.remove_endpoints) shrink[{r.service, r.family, r.prio}].insert(r.index);
+            for (auto& [sfp, indices] : shrink)
+                if (state_.services.count(std::get<0>(sfp)))
+                    remove_endpoints(std::get<0>(sfp), std::get<1>(sfp), std::get<2>(sfp),
+                                     std::move(indices));
+            break;
+        }
+        case Stage::kFrontendFlags:
+            // Only once every endpoint that needed an override is uncounted: after a failure the
+            // flag stays until a retry.
+            if (!errors_.empty()) break;
+            for (const auto& [key, target] : plan.put_frontends)
+                if (!run.unpublished.count(target.service) && clears_flag(state_, key, target))
+                    put_frontend(key, target);
+            break;
+        case Stage::kPorts:
+            // A removed override makes BPF fall back to the frontend's port, which is then right.
+            for (const auto& pk : plan.delete_ports) {
+                if (!state_.ports.count(pk)) continue;
+                kmesh_port_key k;
+                if (!port_key(pk, &k)) {
+                    state_.ports.erase(pk);
+                    continue;
+                }
+                if (!errors_.empty()) {  // keep it while its endpoint is still counted
+                    const auto& slots = state_.services.at(pk.service).slots;
+                    bool counted = false;
+                    for (const auto& family : slots)
+                        for (const auto& prio : family)
+                            counted |= std::find(prio.begin(), prio.end(), k.backend_id) != prio.end();
+                    if (counted) continue;
+                }
+                int err = ops_.remove(MapId::kPort, &k);
+                if (err && err != -ENOENT) {
+                    fail(MapId::kPort, err, "delete port override");
+                    // Its service or backend id may be released below: keep the raw key, not the names.
+                    state_.stray_ports.push_back(k);
+                }
+                state_.ports.erase(pk);
+            }
+            break;
+        case Stage::kServices: {
+            std::set<uint64_t> referenced;
+            if (check_refs)
+                for (const auto& [k, t] : state_.frontends) referenced.insert(t.service);
+            for (uint64_t hash : plan.delete_services)
+                if (!referenced.count(hash)) delete_service(hash);
+            for (uint32_t id : std::exchange(state_.stray_services, {})) {
+                int err = ops_.remove(MapId::kService, &id);
+                if (err && err != -ENOENT) state_.stray_services.push_back(id);
+            }
+            break;
+        }
+        case Stage::kBackends: {
+            std::set<uint32_t> referenced;
+            if (check_refs)
+                for (const auto& [h, s] : state_.services)
+                    for (const auto& family : s.slots)
+                        for (const auto& slots : family) referenced.insert(slots.begin(), slots.end());
+            for (uint64_t hash : plan.delete_backends) {
+                auto it = state_.backends.find(hash);
+                if (it == state_.backends.end() || referenced.count(it->second.id)) continue;
+                int err = ops_.remove(MapId::kBackend, &it->second.id);
+                if (err && err != -ENOENT) {
+                    fail(MapId::kBackend, err, "delete backend");
+                    continue;
+                }
+                backend_ids_.release(it->second.id);
+                state_.backend_hash_by_id.erase(it->second.id);
+                state_.backends.erase(it);
+            }
+            for (uint32_t id : std::exchange(state_.stray_backends, {})) {
+                if (referenced.count(id)) {
+                    state_.stray_backends.push_back(id);
+                    continue;
+                }
+                int err = ops_.remove(MapId::kBackend, &id);
+                if (err && err != -ENOENT) state_.stray_backends.push_back(id);
+            }
+            break;
+        }
+    }
+}
+
 std::string MapWriter::apply(const Plan& plan) {
     errors_.clear();
     unported_.clear();
+    stage_log_.clear();
+    bool additions_fit = true;
+    if (auto e = check_capacity(plan, &additions_fit); !e.empty()) {
+        spdlog::warn("{}", e);
+        return e;
+    }
     delete_strays();
 
-    for (const auto& [hash, b] : plan.put_backends) put_backend(hash, b);
-
-    std::set<uint64_t> fresh;
-    for (const auto& [hash, mode] : plan.put_services)
-        if (!state_.services.count(hash)) {
-            create_service(hash, mode);
-            fresh.insert(hash);
-        }
-
-    // Port overrides before the endpoints and frontends that use them (make-before-break).
-    for (const auto& [pk, target] : plan.put_ports) {
-        kmesh_port_key k;
-        if (!port_key(pk, &k)) continue;  // its service or backend failed to be written
-        kmesh_port_value v{target, 0};
-        metrics_.map_writes++;
-        if (int err = ops_.update(MapId::kPort, &k, &v)) {
-            fail(MapId::kPort, err, "write port override");
-            unported_.insert({pk.backend, pk.service});
-            continue;
-        }
-        state_.ports[pk] = target;
-    }
-
-    // Existing services' frontends first: a frontend that now announces per-workload ports must
-    // do so before an endpoint relying on it is counted. New services' frontends come last,
-    // once their endpoints exist.
+    Run run;
     for (const auto& [key, target] : plan.put_frontends)
-        if (!fresh.count(target.service)) put_frontend(key, target);
+        if (!state_.frontends_by_service.count(target.service)) run.unpublished.insert(target.service);
 
-    // plan.put_services and plan.add_endpoints are both ordered by service hash.
-    std::map<uint64_t, std::pair<std::optional<uint32_t>, std::vector<EndpointAdd>>> grow;
-    for (const auto& [hash, mode] : plan.put_services) grow[hash].first = mode;
-    for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
-    for (const auto& [hash, g] : grow) grow_service(hash, g.first ? &*g.first : nullptr, g.second);
-
-    for (const auto& [key, target] : plan.put_frontends)
-        if (fresh.count(target.service)) put_frontend(key, target);
-    for (const auto& key : plan.delete_frontends) {
-        int err = ops_.remove(MapId::kFrontend, &key);
-        if (err && err != -ENOENT) {
-            fail(MapId::kFrontend, err, "delete frontend");
-            continue;
-        }
-        forget_frontend(key);
-    }
-
-    std::map<std::pair<uint64_t, uint32_t>, std::set<uint32_t>> shrink;
-    for (const auto& r : plan.remove_endpoints) shrink[{r.service, r.prio}].insert(r.index);
-    for (auto& [sp, indices] : shrink)
-        if (state_.services.count(sp.first)) remove_endpoints(sp.first, sp.second, std::move(indices));
-
-    // A removed override makes BPF fall back to the frontend's port, which is then the right one.
-    for (const auto& pk : plan.delete_ports) {
-        kmesh_port_key k;
-        if (!port_key(pk, &k)) {
-            state_.ports.erase(pk);
-            continue;
-        }
-        int err = ops_.remove(MapId::kPort, &k);
-        if (err && err != -ENOENT) {
-            fail(MapId::kPort, err, "delete port override");
-            // Its service or backend id may be released below: keep the raw key, not the names.
-            state_.stray_ports.push_back(k);
-        }
-        state_.ports.erase(pk);
-    }
-
-    // Never delete what a frontend or endpoint still points at. The plan never does, unless one
-    // of its removals failed above, so the (mesh-sized) reference sets are built only then.
-    bool check_refs = !errors_.empty() || !state_.stray_backends.empty();
-    std::set<uint64_t> referenced_services;
-    if (check_refs)
-        for (const auto& [k, t] : state_.frontends) referenced_services.insert(t.service);
-    for (uint64_t hash : plan.delete_services)
-        if (!referenced_services.count(hash)) delete_service(hash);
-    for (uint32_t id : std::exchange(state_.stray_services, {})) {
-        int err = ops_.remove(MapId::kService, &id);
-        if (err && err != -ENOENT) state_.stray_services.push_back(id);
-    }
-
-    std::set<uint32_t> referenced_backends;
-    if (check_refs)
-        for (const auto& [h, s] : state_.services)
-            for (const auto& slots : s.slots) referenced_backends.insert(slots.begin(), slots.end());
-    for (uint64_t hash : plan.delete_backends) {
-        auto it = state_.backends.find(hash);
-        if (it == state_.backends.end() || referenced_backends.count(it->second.id)) continue;
-        int err = ops_.remove(MapId::kBackend, &it->second.id);
-        if (err && err != -ENOENT) {
-            fail(MapId::kBackend, err, "delete backend");
-            continue;
-        }
-        backend_ids_.release(it->second.id);
-        state_.backend_hash_by_id.erase(it->second.id);
-        state_.backends.erase(it);
-    }
-    for (uint32_t id : std::exchange(state_.stray_backends, {})) {
-        if (referenced_backends.count(id)) {
-            state_.stray_backends.push_back(id);
-            continue;
-        }
-        int err = ops_.remove(MapId::kBackend, &id);
-        if (err && err != -ENOENT) state_.stray_backends.push_back(id);
+    if (additions_fit) {
+        for (Stage s : kStageOrder) add_stage(s, plan, run);
+        for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s) remove_stage(*s, plan, run);
+    } else {
+        // The maps cannot hold the additions next to what this plan removes: make room first.
+        // Whatever a published frontend still needs (a VIP moving to a service created below)
+        // survives this pass and goes in the second one.
+        run.removals_first = run.check_refs = true;
+        for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s) remove_stage(*s, plan, run);
+        for (Stage s : kStageOrder) add_stage(s, plan, run);
+        for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s) remove_stage(*s, plan, run);
     }
 
     if (errors_.empty()) return {};
-    std::string out = errors_.front();
-    if (errors_.size() > 1) out += fmt::format(" (and {} more)", errors_.size() - 1);
+    std::string out;
+    for (size_t i = 0; i < errors_.size() && i < 3; i++) out += (i ? "; " : "") + errors_[i];
+    if (errors_.size() > 3) out += fmt::format(" (and {} more)", errors_.size() - 3);
     return out;
 }
 

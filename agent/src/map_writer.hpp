@@ -2,11 +2,13 @@
 // service, and keeps MapState an exact mirror of what the kernel holds.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "agent/src/bpf_loader.hpp"
 #include "agent/src/dataplane_state.hpp"
 #include "agent/src/map_ops.hpp"
 #include "agent/src/metrics.hpp"
@@ -27,10 +29,55 @@ class IdAllocator {
     uint32_t hint_ = 1;
 };
 
+// Entries each map can hold (the --max-* flags). Aggregate order kept for existing callers.
 struct MapCapacity {
     uint32_t services = KMESH_DEFAULT_MAX_SERVICES;
     uint32_t backends = KMESH_DEFAULT_MAX_BACKENDS;
+    uint32_t endpoints = KMESH_DEFAULT_MAX_ENDPOINTS;
+    uint32_t frontends = KMESH_DEFAULT_MAX_FRONTENDS;
+    uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
+
+    static MapCapacity of(const MapSizes& s) {
+        return {s.services, s.backends, s.endpoints, s.frontends, s.ports};
+    }
 };
+
+// Entries per map, indexed by MapId.
+using MapCounts = std::array<uint64_t, kMapCount>;
+
+// Entries the maps need to hold `desired` once it is written.
+MapCounts entries_needed(const DesiredState& desired);
+
+// "" when `desired` fits the maps, else which maps are too small and by how much (names the map,
+// its size flag and the overflow). Call it before handing a new config to the writer: a config that
+// cannot fit is rejected as a whole and nothing is written.
+std::string fits(const DesiredState& desired, const MapSizes& sizes);
+std::string fits(const DesiredState& desired, const MapCapacity& capacity);
+
+// The writer's one ordering contract. Every kind of map entry belongs to a stage; additions run the
+// stages top to bottom, removals bottom to top (the exact mirror), so whatever a connect() can
+// reach is written before anything points at it and unlinked before it goes:
+//
+//   stage          addition (forwards)                         removal (backwards)
+//   kBackends      write new/changed backends                  delete backends
+//   kServices      create services, empty                      delete services (and their slots)
+//   kPorts         write per-workload port overrides           delete overrides
+//   kFrontendFlags rewrite published frontends (flag set,      rewrite published frontends that
+//                  target port, VIP moved between services)    clear the per-workload-ports flag
+//   kEndpoints     write endpoint slots, then raise counts     lower counts, then delete slots
+//                  (and LB mode) in one service write
+//   kFrontends     publish frontends of services with no       delete frontends nobody claims
+//                  frontend yet, once all their endpoints are
+//                  written
+//
+// So an override exists before the flag that makes BPF look for it, the flag before an endpoint
+// that needs it is counted, and in removal the endpoint is uncounted before the flag is cleared and
+// before its override goes.
+enum class Stage { kBackends, kServices, kPorts, kFrontendFlags, kEndpoints, kFrontends };
+inline constexpr std::array<Stage, 6> kStageOrder{Stage::kBackends,  Stage::kServices,
+                                                  Stage::kPorts,     Stage::kFrontendFlags,
+                                                  Stage::kEndpoints, Stage::kFrontends};
+const char* stage_name(Stage s);
 
 // Reads the pinned maps back into a MapState (agent restart). Missing entries inside a count
 // become slots with backend id 0 and anything unreachable becomes a stray; the next diff and
@@ -41,21 +88,36 @@ class MapWriter {
   public:
     MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics& metrics);
 
-    // Applies the plan. A failed kernel write skips what depends on it (the rest of that service,
-    // the deletion of what is still referenced) and everything else goes on; the errors are
-    // returned joined ("" when all went through) and counted in metrics. The maps stay consistent
-    // throughout and the mirror exact, so a later apply() of a fresh diff finishes the work.
+    MapWriter(MapOps& ops, MapState state, const MapSizes& sizes, Metrics& metrics)
+        : MapWriter(ops, std::move(state), MapCapacity::of(sizes), metrics) {}
+
+    // Applies the plan in the stage order above. A plan whose result cannot fit the maps is refused
+    // before anything is written. When the additions would not fit next to what the plan removes,
+    // the removals run first (those not referenced by anything still published).
+    // A failed kernel write skips what depends on it (the rest of that service, the deletion of
+    // what is still referenced) and everything else goes on; a new service that could not be
+    // written completely is not published (no frontend: its connects pass through untouched) and
+    // counted in metrics.services_unpublished. The errors are returned joined ("" when all went
+    // through) and counted in metrics. The maps stay consistent throughout and the mirror exact,
+    // so a later apply() of a fresh diff finishes the work.
     std::string apply(const Plan& plan);
 
     const MapState& state() const { return state_; }
+    // Stages run by the last apply(), in order: "+name" an addition stage, "-name" a removal one.
+    const std::vector<std::string>& stage_log() const { return stage_log_; }
+    MapCounts entries() const;  // what the maps hold now, by the mirror
 
   private:
+    struct Run;  // one apply()'s bookkeeping
+    void add_stage(Stage s, const Plan& plan, Run& run);
+    void remove_stage(Stage s, const Plan& plan, Run& run);
+    std::string check_capacity(const Plan& plan, bool* additions_fit) const;
     int write_service(uint64_t hash);
     void put_backend(uint64_t hash, const DesiredBackend& b);
     void create_service(uint64_t hash, uint32_t lb_mode);
-    void grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds);
+    bool grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds);
     void put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target);
-    void remove_endpoints(uint64_t hash, uint32_t prio, std::set<uint32_t> indices);
+    void remove_endpoints(uint64_t hash, uint32_t family, uint32_t prio, std::set<uint32_t> indices);
     void delete_service(uint64_t hash);
     void delete_strays();
     void drop_entry(const kmesh_endpoint_key& key);  // a failed delete leaves a stray, not a leak
@@ -65,7 +127,9 @@ class MapWriter {
 
     MapOps& ops_;
     MapState state_;
+    MapCapacity capacity_;
     Metrics& metrics_;
+    std::vector<std::string> stage_log_;
     IdAllocator service_ids_, backend_ids_;
     std::vector<std::string> errors_;
     std::set<std::pair<uint64_t, uint64_t>> unported_;  // (backend, service) whose port write failed

@@ -15,6 +15,9 @@ struct Metrics {
     std::atomic<uint64_t> map_writes{0};
     std::atomic<uint64_t> config_applied{0};
     std::atomic<uint64_t> config_rejected{0};
+    // New services held back (no frontend written) because their endpoints could not all be
+    // written: their connects pass through untouched instead of being refused.
+    std::atomic<uint64_t> services_unpublished{0};
 };
 
 }  // namespace kmesh

@@ -10,12 +10,12 @@ static __always_inline const struct kmesh_backend_value *backend_lookup(__u32 ba
 	return bpf_map_lookup_elem(&km_backend, &backend_id);
 }
 
-static __always_inline bool backend_has_family(const struct kmesh_backend_value *be, bool want_v4)
+static __always_inline bool backend_has_family(__u32 flags, __u32 family)
 {
-	return be->flags & (want_v4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6);
+	return flags & (family == KMESH_FAMILY_V4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6);
 }
 
-/* The workload's own target port for this service port, if it has one. */
+/* The workload's own target port for this service port, if it has one. fe is a stack copy. */
 static __always_inline __u16 backend_target_port(__u32 backend_id,
 						 const struct kmesh_frontend_key *key,
 						 const struct kmesh_frontend_value *fe)

@@ -1,15 +1,16 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Stage 3: (service, priority, random 1-based index) -> backend id. */
+/* Stage 3: (service, family, priority, random 1-based index) -> backend id. */
 #ifndef KMESH_BPF_ENDPOINT_H
 #define KMESH_BPF_ENDPOINT_H
 
 #include "maps.h"
 
-static __always_inline const struct kmesh_endpoint_value *endpoint_lookup(__u32 service_id,
-									  __u32 prio, __u32 index)
+static __always_inline const struct kmesh_endpoint_value *
+endpoint_lookup(__u32 service_id, __u32 family, __u32 prio, __u32 index)
 {
 	struct kmesh_endpoint_key key = {
 	    .service_id = service_id,
+	    .family = family,
 	    .prio = prio,
 	    .index = index,
 	};

@@ -74,20 +74,28 @@ class FakeMapOps : public MapOps {
                 broken = "frontend points at missing service " + std::to_string(fe.service_id);
                 return false;
             }
-            for (uint32_t p = 0; p < KMESH_PRIO_COUNT; p++)
-                for (uint32_t i = 1; i <= svc.endpoint_count[p]; i++) {
-                    kmesh_endpoint_key ek{fe.service_id, p, i};
-                    kmesh_endpoint_value ev;
-                    kmesh_backend_value bv;
-                    if (!get(MapId::kEndpoint, ek, &ev)) {
-                        broken = "count covers missing endpoint index " + std::to_string(i);
-                        return false;
+            for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+                for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
+                    for (uint32_t i = 1; i <= svc.endpoint_count[f][p]; i++) {
+                        kmesh_endpoint_key ek{fe.service_id, f, p, i};
+                        kmesh_endpoint_value ev;
+                        kmesh_backend_value bv;
+                        if (!get(MapId::kEndpoint, ek, &ev)) {
+                            broken = "count covers missing endpoint index " + std::to_string(i);
+                            return false;
+                        }
+                        if (!get(MapId::kBackend, ev.backend_id, &bv)) {
+                            broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
+                            return false;
+                        }
+                        // BPF picks from the socket family's list: every entry must serve it.
+                        if (!(bv.flags &
+                              (f == KMESH_FAMILY_V4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6))) {
+                            broken = "family list holds backend " + std::to_string(ev.backend_id) +
+                                     " without that family";
+                            return false;
+                        }
                     }
-                    if (!get(MapId::kBackend, ev.backend_id, &bv)) {
-                        broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
-                        return false;
-                    }
-                }
             return true;
         });
         return broken;

@@ -22,8 +22,9 @@ MapState written(const DesiredState& d) {
         auto& out = st.services[h];
         out.id = id++;
         out.lb_mode = s.lb_mode;
-        for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-            for (uint64_t b : s.endpoints[p]) out.slots[p].push_back(st.backends.at(b).id);
+        for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (int p = 0; p < KMESH_PRIO_COUNT; p++)
+                for (uint64_t b : s.endpoints[f][p]) out.slots[f][p].push_back(st.backends.at(b).id);
     }
     st.frontends = d.frontends;
     for (const auto& [k, t] : d.frontends) st.frontends_by_service[t.service].insert(k);
@@ -55,7 +56,8 @@ TEST_CASE(
     const auto& b = d.backends.begin()->second;
     CHECK(b.flags == (KMESH_BACKEND_HAS_V4 | KMESH_BACKEND_HAS_V6));
     CHECK(b.addr4[15] == 5);
-    CHECK(d.services.begin()->second.endpoints[0].size() == 1);
+    CHECK(d.services.begin()->second.endpoints[KMESH_FAMILY_V4][0].size() == 1);
+    CHECK(d.services.begin()->second.endpoints[KMESH_FAMILY_V6][0].size() == 1);
 }
 
 TEST_CASE("diff: identical states give an empty plan") {

@@ -1,6 +1,11 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include "agent/src/dataplane_state.hpp"
 #include "model_builders.hpp"
@@ -22,7 +27,7 @@ Workload placed(const std::string& name, const std::string& ip, const Locality& 
 int prio_of(const DesiredState& d, const std::string& uid) {
     const auto& svc = d.services.at(name_hash(kEcho));
     for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-        if (svc.endpoints[p].count(name_hash(uid))) return p;
+        if (svc.endpoints[KMESH_FAMILY_V4][p].count(name_hash(uid))) return p;
     return -1;
 }
 
@@ -140,7 +145,7 @@ TEST_CASE("replace applies only the difference between two models") {
     Dirty d = mesh.take_dirty();
     CHECK(d.backends.size() == 1);
     CHECK(d.services.size() == 1);
-    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[0].size() == 49);
+    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[KMESH_FAMILY_V4][0].size() == 49);
 }
 
 namespace {
@@ -153,7 +158,107 @@ bool same_contents(const DesiredState& a, const DesiredState& b) {
 
 }  // namespace
 
-TEST_CASE("incremental updates always equal a from-scratch build (randomised sequences)") {
+namespace {
+
+// An independent from-scratch statement of what the maps must hold for a model, written from the
+// rules in README.md and the ABI header. It shares no code with MeshState (only name_hash, the id
+// scheme itself), so the randomised test below compares two separate derivations.
+DesiredState oracle(const Model& m, const NodeInfo& node) {
+    DesiredState d;
+    for (const auto& [uid, w] : m.workloads) {
+        DesiredBackend b;
+        for (const auto& a : w.addresses) {
+            static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            bool v4 = std::memcmp(a.bytes.data(), kMapped, 12) == 0;
+            uint32_t bit = v4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6;
+            if (b.flags & bit) continue;  // the first address of each family
+            (v4 ? b.addr4 : b.addr6) = a.bytes;
+            b.flags |= bit;
+        }
+        if (b.flags) d.backends[name_hash(uid)] = b;
+    }
+    std::map<kmesh_frontend_key, std::vector<uint64_t>> claims;
+    for (const auto& [key, s] : m.services) {
+        uint64_t hs = name_hash(key);
+        DesiredService ds;
+        const auto& lb = s.load_balancing;
+        if (lb && lb->mode == LbMode::kStrict) ds.lb_mode = KMESH_LB_STRICT;
+        if (lb && lb->mode == LbMode::kFailover) ds.lb_mode = KMESH_LB_FAILOVER;
+        std::set<uint16_t> overridden;  // service ports (host order) with a per-workload port
+        for (const auto& [uid, w] : m.workloads) {
+            uint64_t hw = name_hash(uid);
+            auto listed = w.services.find(key);
+            auto backend = d.backends.find(hw);
+            if (listed == w.services.end() || backend == d.backends.end()) continue;
+            if (w.status != WorkloadStatus::kHealthy && !(lb && lb->allow_unhealthy)) continue;
+            size_t prio = 0;
+            if (lb && !lb->routing_preference.empty()) {
+                size_t same = 0;
+                for (LbScope scope : lb->routing_preference) {
+                    const Placement& p = *w.placement;
+                    bool eq = scope == LbScope::kRegion    ? p.locality.region == node.locality.region
+                              : scope == LbScope::kZone    ? p.locality.zone == node.locality.zone
+                              : scope == LbScope::kSubzone ? p.locality.subzone == node.locality.subzone
+                              : scope == LbScope::kNode    ? p.node == node.node
+                              : scope == LbScope::kCluster ? p.cluster_id == node.cluster_id
+                                                           : p.network == node.network;
+                    if (!eq) break;
+                    same++;
+                }
+                prio = std::min<size_t>(lb->routing_preference.size() - same, KMESH_PRIO_COUNT - 1);
+                if (lb->mode == LbMode::kStrict && prio != 0) continue;
+            }
+            if (backend->second.flags & KMESH_BACKEND_HAS_V4) ds.endpoints[KMESH_FAMILY_V4][prio].insert(hw);
+            if (backend->second.flags & KMESH_BACKEND_HAS_V6) ds.endpoints[KMESH_FAMILY_V6][prio].insert(hw);
+            for (const auto& port : s.ports) {
+                uint16_t dflt = port.target_port ? port.target_port : port.service_port, own = dflt;
+                for (const auto& p : listed->second)
+                    if (p.service_port == port.service_port && p.target_port) own = p.target_port;
+                if (own == dflt) continue;
+                d.ports[PortKey{hw, hs, htons(port.service_port)}] = htons(own);
+                overridden.insert(port.service_port);
+            }
+        }
+        for (const auto& vip : s.addresses)
+            for (const auto& port : s.ports) {
+                kmesh_frontend_key fk{};
+                std::memcpy(fk.addr, vip.bytes.data(), 16);
+                fk.port = htons(port.service_port);
+                uint16_t target = port.target_port ? port.target_port : port.service_port;
+                ds.frontends[fk] = FrontendTarget{
+                    hs, htons(target),
+                    static_cast<uint16_t>(
+                        overridden.count(port.service_port) ? KMESH_FRONTEND_PER_WORKLOAD_PORTS : 0)};
+                claims[fk].push_back(hs);
+            }
+        d.services[hs] = ds;
+    }
+    for (const auto& [fk, hashes] : claims) {  // the largest name hash holds a shared VIP
+        uint64_t winner = *std::max_element(hashes.begin(), hashes.end());
+        d.frontends[fk] = d.services.at(winner).frontends.at(fk);
+    }
+    return d;
+}
+
+}  // namespace
+
+TEST_CASE("the independent oracle agrees with hand-checked cases") {
+    Model m;
+    add(m, service("echo", {"10.96.0.10"}, {{80, 0}}));
+    Workload a = workload("a", {"10.0.0.1", "fd00::1"}, {"echo"});
+    a.services[kEcho] = {{80, 9000}};
+    add(m, a);
+    add(m, workload("b", {"10.0.0.2"}, {"echo"}));
+    DesiredState d = oracle(m, {});
+    const auto& svc = d.services.at(name_hash(kEcho));
+    CHECK(svc.endpoints[KMESH_FAMILY_V4][0].size() == 2);
+    CHECK(svc.endpoints[KMESH_FAMILY_V6][0] == std::set<uint64_t>{name_hash(a.uid)});
+    CHECK(d.ports.size() == 1);
+    CHECK(d.frontends.begin()->second.flags == KMESH_FRONTEND_PER_WORKLOAD_PORTS);
+    CHECK(same_contents(d, build_desired(m)));
+}
+
+TEST_CASE("incremental updates always equal an independent from-scratch model (randomised sequences)") {
     const std::vector<std::string> vips{"10.96.0.1", "10.96.0.2", "fd00::3"};
     const std::vector<std::vector<ServicePort>> port_sets{
         {{80, 0}}, {{80, 8080}}, {{53, 0}, {53, 0}}, {{80, 0}, {443, 8443}}};
@@ -190,6 +295,8 @@ TEST_CASE("incremental updates always equal a from-scratch build (randomised seq
                     Workload w = workload(name, {}, {});
                     if (rnd(4))
                         w.addresses.push_back(*IpAddr::parse("10.0.0." + std::to_string(rnd(200) + 1)));
+                    if (rnd(3) == 0)  // IPv6-only and dual-stack workloads: per-family endpoint lists
+                        w.addresses.push_back(*IpAddr::parse("fd00::" + std::to_string(rnd(200) + 1)));
                     for (int i = 0, n = static_cast<int>(rnd(3)); i < n; i++) {
                         std::string k = "default/s" + std::to_string(rnd(4)) + ".default.svc.cluster.local";
                         w.services[k] =
@@ -207,7 +314,7 @@ TEST_CASE("incremental updates always equal a from-scratch build (randomised seq
                     mesh.remove_workload("Kubernetes//Pod/default/w" + std::to_string(rnd(8)));
                     break;
             }
-            REQUIRE(same_contents(mesh.desired(), build_desired(mesh.model(), node)));
+            REQUIRE(same_contents(mesh.desired(), oracle(mesh.model(), node)));
         }
     }
 }
@@ -222,4 +329,39 @@ TEST_CASE("a VIP claimed by two services goes back to the other when one lets go
                             ? "default/a.default.svc.cluster.local"
                             : "default/b.default.svc.cluster.local");
     CHECK(mesh.desired().frontends.size() == 1);  // the remaining claimant holds it
+}
+
+TEST_CASE("VIP conflicts: listed with winner and losers, logged once, counted, resolved") {
+    auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+    auto previous = spdlog::default_logger();
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("vip-test", sink));
+    auto logged = [&](const std::string& text) {
+        auto lines = sink->last_formatted();
+        return std::count_if(lines.begin(), lines.end(),
+                             [&](const std::string& l) { return l.find(text) != std::string::npos; });
+    };
+    const std::string ka = "default/a.default.svc.cluster.local", kb = "default/b.default.svc.cluster.local";
+    const std::string winner = name_hash(ka) > name_hash(kb) ? ka : kb, loser = winner == ka ? kb : ka;
+
+    MeshState mesh;
+    mesh.upsert_service(service("a", {"10.96.0.10"}));
+    CHECK(mesh.vip_conflicts().empty());
+    mesh.upsert_service(service("b", {"10.96.0.10", "10.96.0.11"}));
+    auto c = mesh.vip_conflicts();
+    REQUIRE(c.size() == 1);
+    CHECK(c[0].frontend == "10.96.0.10:80");
+    CHECK(c[0].winner == winner);
+    CHECK(c[0].losers == std::vector<std::string>{loser});
+    CHECK(mesh.vip_conflict_count() == 1);
+    CHECK(mesh.desired().frontends.begin()->second.service == name_hash(winner));
+    // Unrelated updates of the claimants do not log the same conflict again.
+    mesh.upsert_service(service("b", {"10.96.0.10", "10.96.0.11"}, {{80, 9090}}));
+    mesh.upsert_workload(workload("w", {"10.0.0.1"}, {"a", "b"}));
+    CHECK(logged("VIP conflict: 10.96.0.10:80 is claimed by 2 services; " + winner + " holds it") == 1);
+
+    mesh.remove_service(loser);
+    CHECK(mesh.vip_conflicts().empty());
+    CHECK(mesh.vip_conflict_count() == 0);
+    CHECK(logged("VIP conflict on 10.96.0.10:80 resolved") == 1);
+    spdlog::set_default_logger(previous);
 }
