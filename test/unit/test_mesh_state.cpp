@@ -191,6 +191,16 @@ DesiredState oracle(const Model& m, const NodeInfo& node) {
             auto backend = d.backends.find(hw);
             if (listed == w.services.end() || backend == d.backends.end()) continue;
             if (w.status != WorkloadStatus::kHealthy && !(lb && lb->allow_unhealthy)) continue;
+            // A named service port (target 0) the workload does not map: it cannot serve that
+            // port, and endpoint lists are per service, so it serves none of them.
+            bool serves_all = true;
+            for (const auto& port : s.ports) {
+                if (port.target_port) continue;
+                bool mapped = false;
+                for (const auto& p : listed->second) mapped = mapped || p.service_port == port.service_port;
+                serves_all = serves_all && mapped;
+            }
+            if (!serves_all) continue;
             size_t prio = 0;
             if (lb && !lb->routing_preference.empty()) {
                 size_t same = 0;
@@ -219,7 +229,18 @@ DesiredState oracle(const Model& m, const NodeInfo& node) {
                 overridden.insert(port.service_port);
             }
         }
-        for (const auto& vip : s.addresses)
+        for (const auto& vip : s.addresses) {
+            // PASSTHROUGH services and VIPs no capture sees (unspecified, loopback, multicast)
+            // publish nothing: connects to them go where the client sent them.
+            const uint8_t* b = vip.bytes.data();
+            static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            static const uint8_t kZero[16] = {};
+            bool v4 = std::memcmp(b, kMapped, 12) == 0;
+            bool local = v4 ? (b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] == 0) || b[12] == 127 ||
+                                  (b[12] & 0xf0) == 0xe0
+                            : std::memcmp(b, kZero, 16) == 0 ||
+                                  (std::memcmp(b, kZero, 15) == 0 && b[15] == 1) || b[0] == 0xff;
+            if (local || (lb && lb->mode == LbMode::kPassthrough)) continue;
             for (const auto& port : s.ports) {
                 kmesh_frontend_key fk{};
                 std::memcpy(fk.addr, vip.bytes.data(), 16);
@@ -231,6 +252,7 @@ DesiredState oracle(const Model& m, const NodeInfo& node) {
                         overridden.count(port.service_port) ? KMESH_FRONTEND_PER_WORKLOAD_PORTS : 0)};
                 claims[fk].push_back(hs);
             }
+        }
         d.services[hs] = ds;
     }
     for (const auto& [fk, hashes] : claims) {  // the largest name hash holds a shared VIP
@@ -248,12 +270,15 @@ TEST_CASE("the independent oracle agrees with hand-checked cases") {
     Workload a = workload("a", {"10.0.0.1", "fd00::1"}, {"echo"});
     a.services[kEcho] = {{80, 9000}};
     add(m, a);
-    add(m, workload("b", {"10.0.0.2"}, {"echo"}));
+    Workload b = workload("b", {"10.0.0.2"}, {"echo"});
+    b.services[kEcho] = {{80, 9001}};
+    add(m, b);
+    add(m, workload("c", {"10.0.0.3"}, {"echo"}));  // no mapping for the named port: left out
     DesiredState d = oracle(m, {});
     const auto& svc = d.services.at(name_hash(kEcho));
-    CHECK(svc.endpoints[KMESH_FAMILY_V4][0].size() == 2);
+    CHECK(svc.endpoints[KMESH_FAMILY_V4][0] == std::set<uint64_t>{name_hash(a.uid), name_hash(b.uid)});
     CHECK(svc.endpoints[KMESH_FAMILY_V6][0] == std::set<uint64_t>{name_hash(a.uid)});
-    CHECK(d.ports.size() == 1);
+    CHECK(d.ports.size() == 2);
     CHECK(d.frontends.begin()->second.flags == KMESH_FRONTEND_PER_WORKLOAD_PORTS);
     CHECK(same_contents(d, build_desired(m)));
 }

@@ -18,7 +18,8 @@ const std::string kEcho = "default/echo.default.svc.cluster.local";
 int endpoint_prio(const DesiredState& d, const std::string& uid) {
     const auto& svc = d.services.at(name_hash(kEcho));
     for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-        if (svc.endpoints[p].count(name_hash(uid))) return p;
+        for (const auto& family : svc.endpoints)
+            if (family[p].count(name_hash(uid))) return p;
     return -1;
 }
 

@@ -114,7 +114,7 @@ struct Node {
 };
 
 // Where a connect() to vip:port goes, read from the maps as the BPF program reads them: every
-// endpoint's "address:port" (empty: no frontend, the connect passes untouched).
+// IPv4 endpoint's "address:port" (empty: no frontend, the connect passes untouched).
 std::set<std::string> connects(const test::FakeMapOps& ops, const std::string& vip, uint16_t port) {
     std::set<std::string> out;
     kmesh_frontend_key fk{};
@@ -125,11 +125,11 @@ std::set<std::string> connects(const test::FakeMapOps& ops, const std::string& v
     kmesh_service_value sv;
     if (!ops.get(MapId::kService, fe.service_id, &sv)) return {"(no service)"};
     for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++)
-        for (uint32_t i = 1; i <= sv.endpoint_count[prio]; i++) {
+        for (uint32_t i = 1; i <= sv.endpoint_count[KMESH_FAMILY_V4][prio]; i++) {
             kmesh_endpoint_value ev;
             kmesh_backend_value bv;
-            if (!ops.get(MapId::kEndpoint, kmesh_endpoint_key{fe.service_id, prio, i}, &ev) ||
-                !ops.get(MapId::kBackend, ev.backend_id, &bv)) {
+            kmesh_endpoint_key ek{fe.service_id, KMESH_FAMILY_V4, static_cast<uint16_t>(prio), i};
+            if (!ops.get(MapId::kEndpoint, ek, &ev) || !ops.get(MapId::kBackend, ev.backend_id, &bv)) {
                 out.insert("(broken)");
                 continue;
             }
