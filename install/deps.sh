@@ -13,6 +13,8 @@ PKGS=(
   libnl-3-dev libnl-route-3-dev libnl-xfrm-3-dev doctest-dev clang-format
   # tests and demo: real CNI plugins, namespaces, cgroups
   containernetworking-plugins iproute2 util-linux procps python3 curl openssl
+  # tests: promtool (validates the /metrics text)
+  prometheus
 )
 
 $SUDO apt-get update -q

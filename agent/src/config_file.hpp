@@ -17,6 +17,7 @@
 // Field names follow the proto (snake_case); protojson's lowerCamelCase spellings are accepted too.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <variant>
 #include <vector>
@@ -31,6 +32,24 @@ struct ConfigError {
 };
 
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text);
-std::variant<Model, ConfigError> load_config_file(const std::string& path);
+
+inline constexpr uint64_t kDefaultMaxConfigBytes = 64ull << 20;
+
+// What stat says about a file's content: an unchanged stamp means no need to parse it again.
+struct FileStamp {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0;
+    bool operator==(const FileStamp&) const = default;
+};
+
+// Stats the file (following symlinks); "" or why it cannot be read.
+std::string stat_config_file(const std::string& path, FileStamp* stamp);
+
+// Reads and parses the file. Only a regular file (after following symlinks) of at most max_bytes is
+// read: a FIFO would block the agent, a device like /dev/zero would never end. *stamp, if given,
+// is set to the stamp of what was read (zero when nothing was).
+std::variant<Model, ConfigError> load_config_file(const std::string& path,
+                                                  uint64_t max_bytes = kDefaultMaxConfigBytes,
+                                                  FileStamp* stamp = nullptr);
 
 }  // namespace kmesh
