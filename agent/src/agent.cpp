@@ -151,7 +151,7 @@ Agent::Reload Agent::reload_config(bool force) {
     }
     auto t0 = std::chrono::steady_clock::now();
     FileStamp stamp;
-    auto parsed = load_config_file(path, options_.max_config_bytes, &stamp);
+    auto parsed = load_config_file(path, {options_.max_config_bytes, options_.sizes.services}, &stamp);
     spdlog::debug("parsed {} in {} us", path, micros_since(t0));
     if (auto* bad = std::get_if<ConfigError>(&parsed)) {
         err = bad->summary();

@@ -4,12 +4,14 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <set>
+#include <string_view>
 
 #include "agent/src/yaml_tree.hpp"
 
@@ -320,8 +322,53 @@ std::string stat_config_file(const std::string& path, FileStamp* stamp) {
     return {};
 }
 
-std::variant<Model, ConfigError> load_config_file(const std::string& path, uint64_t max_bytes,
+long count_config_services(const std::string& text) {
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) return -1;
+    yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()), text.size());
+    int depth = 0;         // open collections
+    bool key_turn = true;  // at depth 1 (the root mapping), nodes alternate key, value
+    bool services_key = false;
+    int seq_depth = -1;  // depth inside the services sequence, while in it
+    long count = -1;
+    for (bool done = false; !done;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            count = -1;
+            break;
+        }
+        bool node_start = ev.type == YAML_SCALAR_EVENT || ev.type == YAML_ALIAS_EVENT ||
+                          ev.type == YAML_MAPPING_START_EVENT || ev.type == YAML_SEQUENCE_START_EVENT;
+        if (node_start) {
+            if (depth == 0 && ev.type != YAML_MAPPING_START_EVENT) done = true;  // not a mapping
+            if (seq_depth >= 0 && depth == seq_depth) count++;
+            if (depth == 1) {
+                if (key_turn) {
+                    services_key = ev.type == YAML_SCALAR_EVENT &&
+                                   std::string_view(reinterpret_cast<const char*>(ev.data.scalar.value),
+                                                    ev.data.scalar.length) == "services";
+                } else if (services_key && count < 0 && ev.type == YAML_SEQUENCE_START_EVENT) {
+                    count = 0;
+                    seq_depth = depth + 1;
+                }
+                key_turn = !key_turn;
+            }
+            if (ev.type == YAML_MAPPING_START_EVENT || ev.type == YAML_SEQUENCE_START_EVENT) depth++;
+        } else if (ev.type == YAML_MAPPING_END_EVENT || ev.type == YAML_SEQUENCE_END_EVENT) {
+            depth--;
+            if (seq_depth >= 0 && depth < seq_depth) done = true;  // the services sequence ended
+        } else if (ev.type == YAML_STREAM_END_EVENT) {
+            done = true;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return seq_depth >= 0 && depth < seq_depth ? count : -1;
+}
+
+std::variant<Model, ConfigError> load_config_file(const std::string& path, const ConfigLimits& limits,
                                                   FileStamp* stamp) {
+    const uint64_t max_bytes = limits.max_bytes;
     if (stamp) *stamp = {};
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, signals unheard.
     int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -358,6 +405,11 @@ std::variant<Model, ConfigError> load_config_file(const std::string& path, uint6
             "cannot read {}: more than the limit of {} bytes (--max-config-bytes)", path, max_bytes)}};
     text.resize(got);
     if (stamp) *stamp = stamp_of(st);
+    // A mesh that cannot fit the maps is refused before the tree and model are built: for a
+    // 100k-service file those take hundreds of MB, beyond the DaemonSet's memory limit.
+    if (limits.max_services)
+        if (long n = count_config_services(text); n > 0 && static_cast<uint64_t>(n) > limits.max_services)
+            return ConfigError{{fmt::format("{} services exceed --max-services {}", n, limits.max_services)}};
     return parse_config_yaml(text);
 }
 

@@ -51,7 +51,7 @@ TEST_CASE("a symlink to a regular file is followed") {
     std::ofstream(dir.path() / "real.yaml") << kMesh;
     fs::create_symlink("real.yaml", dir.path() / "mesh.yaml");
     FileStamp stamp;
-    auto r = load_config_file((dir.path() / "mesh.yaml").string(), kDefaultMaxConfigBytes, &stamp);
+    auto r = load_config_file((dir.path() / "mesh.yaml").string(), {}, &stamp);
     CHECK(std::holds_alternative<Model>(r));
     struct stat st {};
     REQUIRE(stat((dir.path() / "real.yaml").c_str(), &st) == 0);
@@ -63,10 +63,10 @@ TEST_CASE("a file over the size limit is refused before it is read, naming the f
     test::TempDir dir;
     std::string path = (dir.path() / "mesh.yaml").string();
     std::ofstream(path) << kMesh << std::string(200, '#') << "\n";
-    std::string err = error_of(load_config_file(path, 100));
+    std::string err = error_of(load_config_file(path, {.max_bytes = 100}));
     CHECK(err.find("exceed the limit of 100 bytes") != std::string::npos);
     CHECK(err.find("--max-config-bytes") != std::string::npos);
-    CHECK(std::holds_alternative<Model>(load_config_file(path, 1000)));
+    CHECK(std::holds_alternative<Model>(load_config_file(path, {.max_bytes = 1000})));
 }
 
 TEST_CASE("a directory is reported as a directory, not as an empty config") {
@@ -98,4 +98,24 @@ TEST_CASE("stat_config_file: the stamp changes with the content, not with a re-s
     fs::rename(dir.path() / "new.yaml", path);
     REQUIRE(stat_config_file(path, &c).empty());
     CHECK_FALSE(a == c);
+}
+
+TEST_CASE("services are counted from the YAML events, block and flow style alike") {
+    CHECK(count_config_services(
+              "services:\n- {name: a}\n- name: b\n  ports: [{service_port: 1}]\nworkloads: []\n") == 2);
+    CHECK(count_config_services(
+              "workloads: [{uid: x, services: {a: }}]\nservices: [{name: a}, {name: b}, c]\n") == 3);
+    CHECK(count_config_services("services: []\n") == 0);
+    CHECK(count_config_services("workloads: []\n") == -1);
+    CHECK(count_config_services("- services\n") == -1);
+    CHECK(count_config_services("services: [\n") == -1);  // syntax error: the full parser reports it
+}
+
+TEST_CASE("a file with more services than the limit is refused before it is parsed into a model") {
+    test::TempDir dir;
+    std::string path = (dir.path() / "mesh.yaml").string();
+    std::ofstream(path) << "services:\n- {name: a}\n- {name: b}\n- {name: c}\nworkloads: []\n";
+    CHECK(error_of(load_config_file(path, {.max_services = 2})) == "3 services exceed --max-services 2");
+    // Within the limit the full parser runs (and finds these services incomplete).
+    CHECK(error_of(load_config_file(path, {.max_services = 3})).find("exceed") == std::string::npos);
 }
