@@ -29,7 +29,6 @@ struct Agent::Admin {
     bool stopping = false;  // mu
     std::atomic<bool> done{false};
     std::atomic<bool> listening{false};
-    std::atomic<uint64_t> bind_failures{0};
     ~Admin() {
         {
             std::lock_guard lock(mu);
@@ -341,9 +340,9 @@ std::string Agent::metrics_text() {
           dataplane_->stale_links());
     gauge("kmesh_old_map_versions_kept", "Map directories of older layouts kept for stale pod links.",
           dataplane_->old_maps_kept());
-    if (admin_)
-        counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
-                admin_->bind_failures);
+    // From metrics_, not admin_: the main thread resets admin_ while a request may still run.
+    counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
+            metrics_.admin_bind_failures);
     if (xds_client_) {
         auto st = xds_client_->status();
         gauge("kmesh_xds_connected", "1 while a stream to istiod is up.", st.connected ? 1 : 0);
@@ -408,7 +407,7 @@ void Agent::start_admin() {
         auto wait = std::chrono::seconds(1);
         for (;;) {
             if (admin->server.bind_to_port(options_.admin_address.c_str(), options_.admin_port)) break;
-            uint64_t failures = ++admin->bind_failures;
+            uint64_t failures = ++metrics_.admin_bind_failures;
             if (failures == 1 || failures % 10 == 0)
                 spdlog::error(
                     "admin: cannot listen on {}:{} ({} attempts; is another process on that port?); the "

@@ -15,6 +15,7 @@ struct Metrics {
     std::atomic<uint64_t> map_writes{0};
     std::atomic<uint64_t> config_applied{0};
     std::atomic<uint64_t> config_rejected{0};
+    std::atomic<uint64_t> admin_bind_failures{0};
 };
 
 }  // namespace kmesh
