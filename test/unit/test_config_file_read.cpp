@@ -9,7 +9,9 @@
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "agent/src/config_file.hpp"
 #include "temp_dir.hpp"
@@ -32,7 +34,10 @@ TEST_CASE("a config FIFO is refused at once instead of blocking the agent in ope
     std::string fifo = (dir.path() / "mesh.yaml").string();
     REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
     // With no writer, a blocking open() would never return: run it where a hang can be detected.
-    auto result = std::async(std::launch::async, [&] { return error_of(load_config_file(fifo)); });
+    // A detached thread, not std::async: a future's destructor would wait for a hung open().
+    auto done = std::make_shared<std::promise<std::string>>();
+    auto result = done->get_future();
+    std::thread([done, fifo] { done->set_value(error_of(load_config_file(fifo))); }).detach();
     REQUIRE(result.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
     std::string err = result.get();
     CHECK(err.find("is a FIFO") != std::string::npos);
