@@ -50,9 +50,17 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--max-ports", opt.sizes.ports, "per-workload target port map capacity")
         ->capture_default_str();
+    app.add_option("--max-config-bytes", opt.max_config_bytes,
+                   "a --config file larger than this is refused without being read")
+        ->capture_default_str();
+    // Tests only: acts out an upgrade across a map layout bump (maps/v<N>) with one binary.
+    app.add_option("--maps-version", opt.layout.maps_version, "")->group("");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
-    auto* uninstall =
-        app.add_subcommand("uninstall", "detach every pod and remove all pinned programs and maps");
+    auto* uninstall = app.add_subcommand(
+        "uninstall",
+        "detach every pod and remove all pinned programs and maps. Pods stay detached (no mesh "
+        "translation) after the agent is started again, until their next CNI ADD (pod re-creation); "
+        "in a cluster, the Kubernetes reconciliation to come will re-enrol running pods");
     CLI11_PARSE(app, argc, argv);
 
     spdlog::set_level(spdlog::level::from_str(log_level));

@@ -32,11 +32,14 @@ inline std::string encode_pin_name(std::string_view container_id) {
 
 struct PinLayout {
     std::string bpffs_root = kDefaultBpffsRoot;
+    // The map layout version this build pins under; only tests change it (to act out an upgrade
+    // across a layout bump with one binary).
+    unsigned maps_version = KMESH_ABI_VERSION;
 
     std::string kmesh_dir() const { return bpffs_root + "/kmesh"; }
     // All map layouts live side by side during an upgrade; maps/v<N> is this build's.
     std::string maps_root() const { return kmesh_dir() + "/maps"; }
-    std::string maps_dir() const { return maps_root() + "/v" + std::to_string(KMESH_ABI_VERSION); }
+    std::string maps_dir() const { return maps_root() + "/v" + std::to_string(maps_version); }
     std::string progs_dir() const { return kmesh_dir() + "/progs"; }
     std::string pods_dir() const { return kmesh_dir() + "/pods"; }
 

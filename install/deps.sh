@@ -15,6 +15,8 @@ PKGS=(
   libfuzzer-14-dev libclang-rt-14-dev
   # tests and demo: real CNI plugins, namespaces, cgroups
   containernetworking-plugins iproute2 util-linux procps python3 curl openssl
+  # tests: promtool (validates the /metrics text)
+  prometheus
 )
 
 $SUDO apt-get update -q

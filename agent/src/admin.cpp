@@ -1,6 +1,8 @@
 // The agent's admin server (localhost only by default): what the sources gave the agent, what the
 // BPF maps hold (read back from the kernel, with names), the xDS connection, and metrics.
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <fmt/format.h>
 #include <google/protobuf/util/json_util.h>
 #include <httplib.h>
@@ -9,6 +11,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
 #include <thread>
 #include <unordered_map>
@@ -21,8 +24,22 @@ namespace kmesh {
 struct Agent::Admin {
     httplib::Server server;
     std::thread thread;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool stopping = false;  // mu
+    std::atomic<bool> done{false};
+    std::atomic<bool> listening{false};
     ~Admin() {
-        server.stop();
+        {
+            std::lock_guard lock(mu);
+            stopping = true;
+        }
+        cv.notify_all();
+        // httplib's stop() does nothing until listen has begun: repeat it until the thread ends.
+        while (thread.joinable() && !done) {
+            server.stop();
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
         if (thread.joinable()) thread.join();
     }
 };
@@ -183,11 +200,17 @@ std::string Agent::config_dump() {
 std::string Agent::maps_dump() {
     rapidjson::StringBuffer buf;
     Writer w(buf);
-    std::lock_guard lock(mu_);
-    MapState k = recover_map_state(*ops_);                 // what the kernel holds, not the writer's mirror
-    std::unordered_map<uint64_t, std::string_view> names;  // built per request: not worth keeping
-    for (const auto& [key, s] : mesh_.model().services) names.emplace(name_hash(key), key);
-    for (const auto& [uid, wl] : mesh_.model().workloads) names.emplace(name_hash(uid), uid);
+    // What the kernel holds, not the writer's mirror: read through the map fds, without mu_, so a
+    // dump of a large mesh never holds up an xDS push or a reload. Only the names (hash -> name,
+    // copied under mu_) come from the model.
+    MapState k = recover_map_state(*ops_);
+    std::unordered_map<uint64_t, std::string> names;  // built per request: not worth keeping
+    {
+        std::lock_guard lock(mu_);
+        names.reserve(mesh_.model().services.size() + mesh_.model().workloads.size());
+        for (const auto& [key, s] : mesh_.model().services) names.emplace(name_hash(key), key);
+        for (const auto& [uid, wl] : mesh_.model().workloads) names.emplace(name_hash(uid), uid);
+    }
     auto name_of = [&](uint64_t h) -> std::string {
         auto it = names.find(h);
         return it == names.end() ? fmt::format("unknown:{:016x}", h) : std::string(it->second);
@@ -283,30 +306,67 @@ std::string Agent::maps_dump() {
 
 std::string Agent::metrics_text() {
     std::string out;
-    auto counter = [&](const char* name, const char* help, uint64_t v, const std::string& labels = "") {
-        out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{}{} {}\n", name, help, name, name, labels, v);
+    auto header = [&](const char* name, const char* help, const char* type) {
+        out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
     };
+    auto counter = [&](const char* name, const char* help, uint64_t v) {
+        header(name, help, "counter");
+        out += fmt::format("{} {}\n", name, v);
+    };
+    auto gauge = [&](const char* name, const char* help, int64_t v) {
+        header(name, help, "gauge");
+        out += fmt::format("{} {}\n", name, v);
+    };
+    gauge("kmesh_ready", "1 once the first full state is applied and the programs are published.",
+          not_ready_reason().empty() ? 1 : 0);
+    gauge("kmesh_config_generation", "Config generations written to the maps since start.", generation_);
     counter("kmesh_config_applied_total", "Config generations written to the maps.", metrics_.config_applied);
     counter("kmesh_config_rejected_total", "Configs rejected as invalid.", metrics_.config_rejected);
     counter("kmesh_map_writes_total", "BPF map updates issued.", metrics_.map_writes);
     counter("kmesh_services_unpublished_total",
             "New services held back (no frontend) because they could not be written completely.",
             metrics_.services_unpublished);
-    {
-        std::lock_guard lock(mu_);
-        out += fmt::format(
-            "# HELP kmesh_vip_conflicts VIP:ports claimed by more than one service now.\n"
-            "# TYPE kmesh_vip_conflicts gauge\nkmesh_vip_conflicts {}\n",
-            mesh_.vip_conflict_count());
+    // Kept by the main thread after each sync: reading it never waits for a config update.
+    gauge("kmesh_vip_conflicts", "VIP:ports claimed by more than one service now.",
+          static_cast<int64_t>(metrics_.vip_conflicts.load()));
+    header("kmesh_map_write_errors_total", "BPF map updates that failed, per map.", "counter");
+    for (int i = 0; i < kMapCount; i++)
+        out += fmt::format("kmesh_map_write_errors_total{{map=\"{}\"}} {}\n", map_name(static_cast<MapId>(i)),
+                           metrics_.map_write_errors[i].load());
+    header("kmesh_map_full_errors_total", "BPF map updates refused because the map is full, per map.",
+           "counter");
+    for (int i = 0; i < kMapCount; i++)
+        out += fmt::format("kmesh_map_full_errors_total{{map=\"{}\"}} {}\n", map_name(static_cast<MapId>(i)),
+                           metrics_.map_full_errors[i].load());
+    // The data plane's own counters: a per-CPU array, summed here.
+    std::array<uint64_t, KMESH_STAT_MAX> stats{};
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu > 0) {
+        std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu));
+        for (uint32_t slot = 0; slot < KMESH_STAT_MAX; slot++)
+            if (bpf_map_lookup_elem(dataplane_->stats_fd(), &slot, per_cpu.data()) == 0)
+                for (uint64_t v : per_cpu) stats[slot] += v;
     }
-    for (int i = 0; i < kMapCount; i++) {
-        std::string l = fmt::format("{{map=\"{}\"}}", map_name(static_cast<MapId>(i)));
-        out += fmt::format("kmesh_map_write_errors_total{} {}\n", l, metrics_.map_write_errors[i].load());
-        out += fmt::format("kmesh_map_full_errors_total{} {}\n", l, metrics_.map_full_errors[i].load());
-    }
+    header("kmesh_connect_total",
+           "connect() calls to a mesh service seen by the BPF programs, by outcome (translated; "
+           "no_endpoint: refused; no_family: endpoint lacks the address family; race_retry: picked again "
+           "after a concurrent map change).",
+           "counter");
+    for (auto [slot, result] : {std::pair{KMESH_STAT_TRANSLATED, "translated"},
+                                {KMESH_STAT_NO_ENDPOINT, "no_endpoint"},
+                                {KMESH_STAT_NO_FAMILY, "no_family"},
+                                {KMESH_STAT_RACE_RETRY, "race_retry"}})
+        out += fmt::format("kmesh_connect_total{{result=\"{}\"}} {}\n", result, stats[slot]);
+    gauge("kmesh_pod_links_stale", "Pod links still running older programs (their bpf_link_update failed).",
+          dataplane_->stale_links());
+    gauge("kmesh_old_map_versions_kept", "Map directories of older layouts kept for stale pod links.",
+          dataplane_->old_maps_kept());
+    // From metrics_, not admin_: the main thread resets admin_ while a request may still run.
+    counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
+            metrics_.admin_bind_failures);
     if (xds_client_) {
         auto st = xds_client_->status();
-        out += fmt::format("kmesh_xds_connected {}\n", st.connected ? 1 : 0);
+        gauge("kmesh_xds_connected", "1 while a stream to istiod is up.", st.connected ? 1 : 0);
         counter("kmesh_xds_connects_total", "Streams to istiod that delivered a response.", st.connects);
         counter("kmesh_xds_acks_total", "Responses acknowledged.", st.acks);
         counter("kmesh_xds_nacks_total", "Responses rejected (in part).", st.nacks);
@@ -314,13 +374,26 @@ std::string Agent::metrics_text() {
     return out;
 }
 
-bool Agent::start_admin() {
-    if (!options_.admin_port) return true;
+void Agent::start_admin() {
+    if (!options_.admin_port) return;
     admin_ = std::make_unique<Admin>();
     auto& srv = admin_->server;
+    // Bounded per connection and in number: a few idle or half-sent requests must not keep
+    // /metrics and /ready from answering (the kubelet's probe has a short timeout).
+    srv.set_read_timeout(1, 0);
+    srv.set_write_timeout(5, 0);
+    srv.set_keep_alive_timeout(1);
+    srv.set_keep_alive_max_count(20);
+    srv.set_payload_max_length(64 << 10);
+    srv.new_task_queue = [] { return new httplib::ThreadPool(4); };
     auto json = [](httplib::Response& res, const std::string& body) {
         res.set_content(body, "application/json");
     };
+    srv.Get("/ready", [this](const httplib::Request&, httplib::Response& res) {
+        std::string reason = not_ready_reason();
+        res.status = reason.empty() ? 200 : 503;
+        res.set_content(reason.empty() ? "ready\n" : "not ready: " + reason + "\n", "text/plain");
+    });
     srv.Get("/debug/config_dump",
             [this, json](const httplib::Request&, httplib::Response& res) { json(res, config_dump()); });
     srv.Get("/debug/maps",
@@ -348,14 +421,32 @@ bool Agent::start_admin() {
     srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
-    if (!srv.bind_to_port(options_.admin_address.c_str(), options_.admin_port)) {
-        spdlog::error("admin: cannot listen on {}:{}", options_.admin_address, options_.admin_port);
-        return false;
-    }
-    admin_->thread = std::thread([&srv] { srv.listen_after_bind(); });
-    spdlog::info("admin on http://{}:{} (/debug/config_dump, /debug/maps, /debug/xds, /metrics)",
-                 options_.admin_address, options_.admin_port);
-    return true;
+    // The admin server is not needed to serve traffic: if the port is taken (another process got
+    // there first), the agent runs on and keeps trying, 1 s doubling to 30 s.
+    Admin* admin = admin_.get();
+    admin->thread = std::thread([this, admin] {
+        auto wait = std::chrono::seconds(1);
+        for (;;) {
+            if (admin->server.bind_to_port(options_.admin_address.c_str(), options_.admin_port)) break;
+            uint64_t failures = ++metrics_.admin_bind_failures;
+            if (failures == 1 || failures % 10 == 0)
+                spdlog::error(
+                    "admin: cannot listen on {}:{} ({} attempts; is another process on that port?); the "
+                    "agent serves on without /ready and /metrics and keeps retrying (up to every 30 s)",
+                    options_.admin_address, options_.admin_port, failures);
+            std::unique_lock lock(admin->mu);
+            if (admin->cv.wait_for(lock, wait, [admin] { return admin->stopping; })) {
+                admin->done = true;
+                return;
+            }
+            wait = std::min(wait * 2, std::chrono::seconds(30));
+        }
+        admin->listening = true;
+        spdlog::info("admin on http://{}:{} (/ready, /debug/config_dump, /debug/maps, /debug/xds, /metrics)",
+                     options_.admin_address, options_.admin_port);
+        admin->server.listen_after_bind();
+        admin->done = true;
+    });
 }
 
 }  // namespace kmesh

@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstring>
 
-#include "agent/src/config_file.hpp"
 #include "agent/src/file_watcher.hpp"
 #include "agent/src/xds/source.hpp"
 
@@ -26,14 +25,21 @@ int64_t micros_since(std::chrono::steady_clock::time_point t) {
         .count();
 }
 
+// Pods stranded on old programs (a failed bpf_link_update) are retried this often.
+constexpr auto kStaleLinkRetry = std::chrono::seconds(10);
+
 }  // namespace
 
 std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* error) {
     std::unique_ptr<Agent> agent(new Agent());
     agent->options_ = options;
     agent->mesh_ = MeshState(options.node, options.learn_locality);
+    // Programs pinned by a previous agent that serve pods from other maps (a map layout bump):
+    // moving the pods to our new, empty maps before they hold the mesh would stop translation.
+    bool old_programs = access(options.layout.prog(kProgConnect4).c_str(), F_OK) == 0;
     agent->dataplane_ = Dataplane::load(options.layout, options.sizes, error);
     if (!agent->dataplane_) return nullptr;
+    agent->hold_publish_ = old_programs && !agent->dataplane_->reused_maps();
     agent->ops_ = std::make_unique<KernelMapOps>(agent->dataplane_->map_fds());
     MapState recovered = recover_map_state(*agent->ops_);
     spdlog::info("data plane loaded ({} maps under {}); recovered {} services, {} backends, {} frontends",
@@ -41,16 +47,67 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
                  recovered.services.size(), recovered.backends.size(), recovered.frontends.size());
     agent->mesh_.mark_all_dirty();  // the first plan compares everything the maps hold
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
-                                                 MapCapacity{options.sizes.services, options.sizes.backends},
-                                                 agent->metrics_);
+                                                 MapCapacity::of(options.sizes), agent->metrics_);
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (options.xds) {
+        // Made here, before the admin server's thread exists, so that it never sees them change;
+        // the client is started by run().
+        Agent* a = agent.get();
+        agent->xds_source_ = std::make_unique<xds::Source>(a->mesh_, a->mu_, [a] { a->sync_from_xds(); });
+        agent->xds_client_ = std::make_unique<xds::Client>(*options.xds, *agent->xds_source_);
+        agent->set_waiting("waiting for istiod's first Address response");
+    } else {
+        agent->set_waiting("waiting for the config file to be accepted");
+    }
     return agent;
+}
+
+void Agent::set_waiting(std::string reason) {
+    std::lock_guard lock(status_mu_);
+    waiting_for_ = std::move(reason);
+}
+
+std::string Agent::not_ready_reason() {
+    if (!state_applied_) {
+        std::string reason;
+        {
+            std::lock_guard lock(status_mu_);
+            reason = waiting_for_;
+        }
+        if (xds_client_) {
+            auto st = xds_client_->status();
+            if (!st.connected && !st.last_error.empty())
+                reason += fmt::format(" (last error: {})", st.last_error);
+        }
+        return reason;
+    }
+    if (!published_) return "the first state is applied but the programs are not published yet";
+    return {};
+}
+
+void Agent::wake_main_loop() {
+    uint64_t one = 1;
+    if (write(wake_fd_, &one, sizeof one) < 0) spdlog::warn("eventfd: {}", std::strerror(errno));
 }
 
 Agent::Reload Agent::sync_maps(std::string* error) {
     auto t0 = std::chrono::steady_clock::now();
+    metrics_.vip_conflicts = mesh_.vip_conflict_count();
     Dirty dirty = mesh_.take_dirty();
     if (dirty.empty()) return Reload::kUnchanged;
+    // A state that cannot fit is not written at all: half of it would serve some services and
+    // not others, and every retry would rewrite the same half.
+    if (size_t n = mesh_.model().services.size(); n > options_.sizes.services) {
+        mesh_.mark_all_dirty();
+        *error =
+            fmt::format("{} services exceed --max-services {}; nothing written", n, options_.sizes.services);
+        return Reload::kFailed;
+    }
+    if (std::string short_of_room = fits(mesh_.desired(), options_.sizes); !short_of_room.empty()) {
+        mesh_.mark_all_dirty();
+        *error = short_of_room;
+        return Reload::kFailed;
+    }
     Plan plan = diff(writer_->state(), mesh_.desired(), dirty);
     int64_t plan_us = micros_since(t0);
     auto t1 = std::chrono::steady_clock::now();
@@ -65,8 +122,8 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     metrics_.config_applied++;
     spdlog::info(
         "config generation {} applied: {} services, {} workloads; {} map changes in {} us (planned in {} us)",
-        generation_, mesh_.model().services.size(), mesh_.model().workloads.size(), plan.size(), write_us,
-        plan_us);
+        generation_.load(), mesh_.model().services.size(), mesh_.model().workloads.size(), plan.size(),
+        write_us, plan_us);
     // Parsing and planning peak well above steady state; give the memory back to the system.
     if (plan.size() > 1000) {
         malloc_trim(0);
@@ -75,19 +132,47 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     return Reload::kApplied;
 }
 
-Agent::Reload Agent::reload_config() {
-    auto t0 = std::chrono::steady_clock::now();
-    auto parsed = load_config_file(options_.config_path);
-    spdlog::debug("parsed {} in {} us", options_.config_path, micros_since(t0));
+Agent::Reload Agent::reload_config(bool force) {
+    const std::string& path = options_.config_path;
     std::string err;
+    // A timed retry of a file that has not changed since it was parsed needs no new parse: the
+    // verdict would be the same, and parsing a large file is the agent's most expensive step.
+    if (!force && last_stamp_) {
+        FileStamp now;
+        if (stat_config_file(path, &now).empty() && now == *last_stamp_) {
+            if (!last_parse_ok_) return Reload::kRejected;
+            std::lock_guard lock(mu_);
+            if (applied_once_) return Reload::kUnchanged;
+            Reload result = sync_maps(&err);
+            if (result == Reload::kFailed) {
+                spdlog::error("config {} not fully applied: {}", path, err);
+                if (!state_applied_) set_waiting("config not fully written to the maps: " + err);
+                return result;
+            }
+            applied_once_ = true;
+            state_applied_ = true;
+            return result;
+        }
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    FileStamp stamp;
+    auto parsed = load_config_file(path, {options_.max_config_bytes, options_.sizes.services}, &stamp);
+    spdlog::debug("parsed {} in {} us", path, micros_since(t0));
     if (auto* bad = std::get_if<ConfigError>(&parsed)) {
         err = bad->summary();
     } else if (auto problems = hash_collisions(std::get<Model>(parsed)); !problems.empty()) {
         err = problems.front();
+    } else if (size_t n = std::get<Model>(parsed).services.size(); n > options_.sizes.services) {
+        err = fmt::format("{} services exceed --max-services {}", n, options_.sizes.services);
     }
+    last_stamp_ = stamp;  // zero when the file could not be opened: then it never matches
+    last_parse_ok_ = err.empty();
     if (!err.empty()) {
+        parsed = ConfigError{};  // free the parsed model now, not after the next reload
+        malloc_trim(0);
         metrics_.config_rejected++;
-        spdlog::error("config {} rejected, still serving the last good state: {}", options_.config_path, err);
+        spdlog::error("config {} rejected, still serving the last good state: {}", path, err);
+        if (!state_applied_) set_waiting("config file rejected: " + err);
         return Reload::kRejected;
     }
     std::lock_guard lock(mu_);
@@ -96,22 +181,38 @@ Agent::Reload Agent::reload_config() {
     mesh_.replace(model);
     Reload result = sync_maps(&err);
     if (result == Reload::kFailed) {
-        spdlog::error("config {} not fully applied: {}", options_.config_path, err);
+        spdlog::error("config {} not fully applied: {}", path, err);
         applied_once_ = false;  // a retry must apply even though the file is the same
+        if (!state_applied_) set_waiting("config not fully written to the maps: " + err);
         return result;
     }
     applied_once_ = true;
+    state_applied_ = true;
     return result;
 }
 
 void Agent::sync_from_xds() {
+    // Runs only once istiod's first Address response is in the model (xds::Source holds it back
+    // until then), so success here means the first full state is in the maps.
     std::string err;
     if (sync_maps(&err) == Reload::kFailed) {
         spdlog::error("xds update not fully applied to the maps: {}", err);
+        if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
         retry_pending_ = true;
-        uint64_t one = 1;
-        if (write(wake_fd_, &one, sizeof one) < 0) spdlog::warn("eventfd: {}", std::strerror(errno));
+        wake_main_loop();
+        return;
     }
+    if (!state_applied_.exchange(true)) wake_main_loop();  // the main loop publishes
+}
+
+std::string Agent::publish_if_ready() {
+    if (published_ || (hold_publish_ && !state_applied_)) return {};
+    if (auto err = dataplane_->publish(options_.layout); !err.empty()) return err;
+    published_ = true;
+    spdlog::info("programs published: {} pod links moved to them, {} pods without a cgroup forgotten{}",
+                 dataplane_->links_updated(), dataplane_->pods_forgotten(),
+                 hold_publish_ ? " (held until the first full state was applied)" : "");
+    return {};
 }
 
 int Agent::run() {
@@ -124,20 +225,20 @@ int Agent::run() {
         spdlog::error("signalfd: {}", std::strerror(errno));
         return 1;
     }
-    if (!start_admin()) return 1;
+    start_admin();
 
     // A failed apply (full map, kernel error) is retried with exponential backoff, 1 s to 30 s.
     using Clock = std::chrono::steady_clock;
-    std::optional<Clock::time_point> retry_at;
-    auto backoff = std::chrono::milliseconds(1000);
+    std::optional<Clock::time_point> retry_at, relink_at;
+    RetryBackoff backoff;
     auto schedule = [&](bool failed) {
         if (failed) {
-            retry_at = Clock::now() + backoff;
-            spdlog::info("retrying in {} ms", backoff.count());
-            backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));
+            auto delay = backoff.next();
+            retry_at = Clock::now() + delay;
+            spdlog::info("retrying in {} ms", delay.count());
         } else {
             retry_at.reset();
-            backoff = std::chrono::milliseconds(1000);
+            backoff.reset();
         }
     };
     auto retry = [&] {
@@ -145,40 +246,67 @@ int Agent::run() {
             std::lock_guard lock(mu_);
             std::string err;
             bool failed = sync_maps(&err) == Reload::kFailed;
-            if (failed) spdlog::error("retry: {}", err);
+            if (failed) {
+                spdlog::error("retry: {}", err);
+                if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
+            } else {
+                state_applied_ = true;  // retries follow a failed sync, which only runs with istiod's state
+            }
             schedule(failed);
         } else {
-            schedule(reload_config() == Reload::kFailed);
+            schedule(reload_config(false) == Reload::kFailed);
         }
+    };
+    // A new source generation (file event, SIGHUP) is tried at once with a fresh backoff.
+    auto new_file_generation = [&](bool force) {
+        backoff.reset();
+        schedule(reload_config(force) == Reload::kFailed);
     };
 
     std::unique_ptr<FileWatcher> watcher;
     if (options_.xds) {
         // The maps keep what they held (recovered) until istiod has sent its state.
-        xds_source_ = std::make_unique<xds::Source>(mesh_, mu_, [this] { sync_from_xds(); });
-        xds_client_ = std::make_unique<xds::Client>(*options_.xds, *xds_source_);
         xds_client_->start();
         spdlog::info("xds: connecting to {} as {}", options_.xds->address, options_.xds->node_id);
     } else {
         watcher = std::make_unique<FileWatcher>(options_.config_path);
         if (!watcher->error().empty()) spdlog::warn("{}; send SIGHUP to reload the config", watcher->error());
-        schedule(reload_config() == Reload::kFailed);
+        new_file_generation(true);
     }
-    // Only now, with the maps holding the mesh, do new programs serve pods (upgrade included).
-    if (auto err = dataplane_->publish(options_.layout); !err.empty()) {
-        spdlog::error("{}", err);
+    if (hold_publish_ && !state_applied_)
+        spdlog::warn(
+            "programs of another map layout serve the pods: they keep them (and their maps) until the "
+            "first full state is applied here");
+    bool ready_logged = false;
+    auto after_event = [&]() -> bool {
+        if (auto err = publish_if_ready(); !err.empty()) {
+            spdlog::error("{}", err);
+            return false;
+        }
+        if (published_ && dataplane_->stale_links() > 0 && !relink_at)
+            relink_at = Clock::now() + kStaleLinkRetry;
+        if (!ready_logged && not_ready_reason().empty()) {
+            ready_logged = true;
+            set_waiting("");
+            spdlog::info("kmesh-daemon ready");
+        }
+        return true;
+    };
+    if (!after_event()) {
         close(sfd);
         return 1;
     }
-    spdlog::info("programs published: {} pod links moved to them, {} pods without a cgroup forgotten",
-                 dataplane_->links_updated(), dataplane_->pods_forgotten());
-    spdlog::info("kmesh-daemon ready");
+    spdlog::info("kmesh-daemon started");
 
+    int rc = 0;
     for (;;) {
         int timeout = -1;
-        if (retry_at)
-            timeout = static_cast<int>(std::max<int64_t>(
-                0, std::chrono::duration_cast<std::chrono::milliseconds>(*retry_at - Clock::now()).count()));
+        for (const auto& at : {retry_at, relink_at})
+            if (at) {
+                int ms = static_cast<int>(std::max<int64_t>(
+                    0, std::chrono::duration_cast<std::chrono::milliseconds>(*at - Clock::now()).count()));
+                timeout = timeout < 0 ? ms : std::min(timeout, ms);
+            }
         pollfd fds[3] = {{sfd, POLLIN, 0}, {wake_fd_, POLLIN, 0}, {watcher ? watcher->fd() : -1, POLLIN, 0}};
         int n = poll(fds, 3, timeout);
         if (n < 0) {
@@ -186,32 +314,40 @@ int Agent::run() {
             spdlog::error("poll: {}", std::strerror(errno));
             break;
         }
-        if (n == 0) {
-            retry();
-            continue;
+        if (retry_at && Clock::now() >= *retry_at) retry();
+        if (relink_at && Clock::now() >= *relink_at) {
+            relink_at.reset();
+            dataplane_->reconcile(options_.layout);
         }
         if (fds[0].revents & POLLIN) {
             signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) != sizeof si) continue;
             if (si.ssi_signo == SIGHUP && !options_.xds) {
                 spdlog::info("SIGHUP: reloading {}", options_.config_path);
-                schedule(reload_config() == Reload::kFailed);
-                continue;
+                new_file_generation(true);
+            } else if (si.ssi_signo != SIGHUP) {
+                spdlog::info("signal {}: exiting; pinned maps and pod links keep serving", si.ssi_signo);
+                break;
             }
-            if (si.ssi_signo == SIGHUP) continue;
-            spdlog::info("signal {}: exiting; pinned maps and pod links keep serving", si.ssi_signo);
-            break;
         }
         if (fds[1].revents & POLLIN) {
             uint64_t v;
-            if (read(wake_fd_, &v, sizeof v) == sizeof v && retry_pending_.exchange(false) && !retry_at)
+            // A failed xDS push: the push itself was the immediate try; a new push restarts the
+            // backoff rather than waiting out the one an older failure earned.
+            if (read(wake_fd_, &v, sizeof v) == sizeof v && retry_pending_.exchange(false)) {
+                backoff.reset();
                 schedule(true);
+            }
         }
-        if (fds[2].revents & POLLIN && watcher->drain()) schedule(reload_config() == Reload::kFailed);
+        if (fds[2].revents & POLLIN && watcher->drain()) new_file_generation(true);
+        if (!after_event()) {
+            rc = 1;
+            break;
+        }
     }
     if (xds_client_) xds_client_->stop();
     close(sfd);
-    return 0;
+    return rc;
 }
 
 }  // namespace kmesh

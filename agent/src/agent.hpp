@@ -2,13 +2,16 @@
 // map writer, and keeps the maps in sync: source -> model -> desired state -> diff -> map writer.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 
 #include "agent/src/bpf_loader.hpp"
+#include "agent/src/config_file.hpp"
 #include "agent/src/dataplane_state.hpp"
 #include "agent/src/map_writer.hpp"
 #include "agent/src/metrics.hpp"
@@ -29,7 +32,26 @@ struct AgentOptions {
     NodeInfo node;
     bool learn_locality = true;  // take this node's locality from its workloads
     std::string admin_address = "127.0.0.1";
-    int admin_port = 15200;  // 0: no admin server
+    int admin_port = 15200;                              // 0: no admin server
+    uint64_t max_config_bytes = kDefaultMaxConfigBytes;  // a bigger config file is refused unread
+};
+
+// Exponential retry delay for failed map writes: 1 s doubling to 30 s. A new source generation
+// (new file content, new xDS push) starts it over, so fresh config is never stuck behind a long
+// wait earned by an older one.
+class RetryBackoff {
+  public:
+    std::chrono::milliseconds next() {  // the delay before the next retry; doubles the one after
+        auto d = delay_;
+        delay_ = std::min(delay_ * 2, kMax);
+        return d;
+    }
+    void reset() { delay_ = kMin; }
+
+    static constexpr std::chrono::milliseconds kMin{1000}, kMax{30000};
+
+  private:
+    std::chrono::milliseconds delay_ = kMin;
 };
 
 class Agent {
@@ -45,14 +67,21 @@ class Agent {
     std::string config_dump();   // the model as the sources gave it
     std::string maps_dump();     // read back from the BPF maps, with names
     std::string metrics_text();  // Prometheus text format
+    // Readiness: "" once the first full state is applied and the programs are published; else why not.
+    std::string not_ready_reason();
 
   private:
     enum class Reload { kApplied, kUnchanged, kRejected, kFailed };
     Agent();
-    Reload reload_config();
+    // force: parse even if the file looks unchanged (a watcher event, SIGHUP); a timed retry doesn't.
+    Reload reload_config(bool force);
     Reload sync_maps(std::string* error);  // mu_ held
     void sync_from_xds();                  // mu_ held, on the xDS thread
-    bool start_admin();
+    void start_admin();                    // never fails: binding is retried in the background
+    // Moves pods to this agent's programs once the first full state is in the maps; "" or an error.
+    std::string publish_if_ready();
+    void set_waiting(std::string reason);
+    void wake_main_loop();
 
     AgentOptions options_;
     std::unique_ptr<Dataplane> dataplane_;
@@ -63,9 +92,22 @@ class Agent {
     std::mutex mu_;  // guards mesh_, writer_ and the sources' state
     MeshState mesh_;
     bool applied_once_ = false;
-    uint64_t generation_ = 0;
+    std::atomic<uint64_t> generation_{0};
     std::atomic<bool> retry_pending_{false};
-    int wake_fd_ = -1;  // eventfd: the xDS thread asks the main loop for a retry
+    int wake_fd_ = -1;  // eventfd: the xDS thread asks the main loop for a retry or a publish
+
+    // File source: the stamp of the last file parsed and whether it parsed (and fitted).
+    std::optional<FileStamp> last_stamp_;
+    bool last_parse_ok_ = false;
+
+    // Readiness. Pods are moved to this agent's programs only once the first full state (the file
+    // accepted, or istiod's first Address response applied) is in the maps: on a map layout bump
+    // the new maps start empty, and moving pods onto them earlier would stop translation on the node.
+    std::atomic<bool> state_applied_{false};
+    std::atomic<bool> published_{false};
+    bool hold_publish_ = false;  // set at start: would publishing now lose what pods see?
+    std::mutex status_mu_;
+    std::string waiting_for_;  // status_mu_
 
     std::unique_ptr<xds::Source> xds_source_;
     std::unique_ptr<xds::Client> xds_client_;

@@ -163,6 +163,110 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     return dp;
 }
 
+LinkMoveResult move_pod_links(const std::string& pods_dir, LinkOps& ops, int attempts) {
+    LinkMoveResult result;
+    std::vector<std::string> pending;  // link pins to move
+    std::error_code ec;
+    for (const auto& pod : fs::directory_iterator(pods_dir, ec)) {
+        bool detached = false;
+        std::vector<std::string> links;
+        for (const auto& link : fs::directory_iterator(pod.path(), ec)) {
+            int fd = ops.open(link.path().string());
+            if (fd < 0) continue;
+            if (ops.detached(fd))
+                detached = true;
+            else
+                links.push_back(link.path().string());
+            ops.close(fd);
+        }
+        if (detached) {  // its cgroup is gone: the pod was deleted without a CNI DEL
+            fs::remove_all(pod.path(), ec);
+            result.forgotten++;
+        } else {
+            pending.insert(pending.end(), links.begin(), links.end());
+        }
+    }
+    auto wait = std::chrono::milliseconds(20);
+    for (int attempt = 1; attempt <= attempts && !pending.empty(); attempt++) {
+        if (attempt > 1) {
+            ops.sleep(wait);
+            wait *= 4;
+        }
+        std::vector<std::string> failed;
+        for (const auto& path : pending) {
+            int fd = ops.open(path);
+            if (fd < 0) continue;  // unpinned meanwhile (CNI DEL): nothing to move
+            int err = ops.update(fd, fs::path(path).filename().string());
+            ops.close(fd);
+            if (err == 0) {
+                result.updated++;
+                continue;
+            }
+            spdlog::warn("moving {} to the new program (attempt {} of {}): {}", path, attempt, attempts,
+                         errno_text(err));
+            failed.push_back(path);
+        }
+        pending = std::move(failed);
+    }
+    result.stale = std::move(pending);
+    return result;
+}
+
+std::vector<std::string> remove_old_maps(const std::string& maps_root, const std::string& keep,
+                                         int stale_links) {
+    std::vector<std::string> kept;
+    std::error_code ec;
+    for (const auto& dir : fs::directory_iterator(maps_root, ec)) {
+        if (dir.path() == fs::path(keep)) continue;
+        if (stale_links > 0)
+            kept.push_back(dir.path().string());
+        else
+            fs::remove_all(dir.path(), ec);
+    }
+    return kept;
+}
+
+namespace {
+
+class KernelLinkOps : public LinkOps {
+  public:
+    explicit KernelLinkOps(bpf_object* obj) : obj_(obj) {}
+    int open(const std::string& path) override { return bpf_obj_get(path.c_str()); }
+    void close(int fd) override { ::close(fd); }
+    bool detached(int fd) override { return link_detached(fd); }
+    int update(int fd, const std::string& prog_name) override {
+        bpf_program* prog = bpf_object__find_program_by_name(obj_, prog_name.c_str());
+        if (!prog) return ENOENT;
+        return bpf_link_update(fd, bpf_program__fd(prog), nullptr) == 0 ? 0 : errno;
+    }
+    void sleep(std::chrono::milliseconds d) override { usleep(static_cast<useconds_t>(d.count() * 1000)); }
+
+  private:
+    bpf_object* obj_;
+};
+
+}  // namespace
+
+void Dataplane::move_links_and_clean(const PinLayout& layout) {
+    KernelLinkOps ops(skel_->obj);
+    LinkMoveResult moved = move_pod_links(layout.pods_dir(), ops);
+    links_updated_ = moved.updated;
+    pods_forgotten_ += moved.forgotten;
+    stale_links_ = static_cast<int>(moved.stale.size());
+    // Maps of other ABI versions are used only by the programs just replaced, unless a pod could
+    // not be moved: then its programs still read them, and unpinning would strand it.
+    auto kept = remove_old_maps(layout.maps_root(), layout.maps_dir(), stale_links_);
+    old_maps_kept_ = static_cast<int>(kept.size());
+    if (!moved.stale.empty()) {
+        std::string dirs;
+        for (const auto& d : kept) dirs += (dirs.empty() ? "" : ", ") + d;
+        spdlog::error(
+            "{} pod links still run the previous programs (first: {}); keeping the old maps ({}) until "
+            "they are moved or their pods are gone; retrying",
+            moved.stale.size(), moved.stale.front(), dirs.empty() ? "none" : dirs);
+    }
+}
+
 // Each program is pinned under a temporary name and renamed over the old pin, so kmesh-cni never
 // finds it missing. Pods attached by an older agent move to the new program in place with
 // bpf_link_update: no detach window, no reconnects (hitless upgrade).
@@ -176,31 +280,18 @@ std::string Dataplane::publish(const PinLayout& layout) {
             return fmt::format("pin {}: {}", tmp, errno_text(errno));
         if (rename(tmp.c_str(), path.c_str()) != 0) return fmt::format("pin {}: {}", path, errno_text(errno));
     }
-    std::error_code ec;
-    for (const auto& pod : fs::directory_iterator(layout.pods_dir(), ec)) {
-        bool detached = false;
-        for (const auto& link : fs::directory_iterator(pod.path(), ec)) {
-            int fd = bpf_obj_get(link.path().c_str());
-            if (fd < 0) continue;
-            prog = bpf_object__find_program_by_name(skel_->obj, link.path().filename().c_str());
-            if (link_detached(fd))
-                detached = true;
-            else if (prog && bpf_link_update(fd, bpf_program__fd(prog), nullptr) == 0)
-                links_updated_++;
-            else
-                spdlog::warn("moving {} to the new program: {}", link.path().string(), errno_text(errno));
-            close(fd);
-        }
-        if (detached) {  // its cgroup is gone: the pod was deleted without a CNI DEL
-            fs::remove_all(pod.path(), ec);
-            pods_forgotten_++;
-        }
-    }
-    // Maps of other ABI versions were only used by the programs just replaced.
-    for (const auto& dir : fs::directory_iterator(layout.maps_root(), ec))
-        if (dir.path() != fs::path(layout.maps_dir())) fs::remove_all(dir.path(), ec);
+    move_links_and_clean(layout);
     return {};
 }
+
+void Dataplane::reconcile(const PinLayout& layout) {
+    int before = stale_links_;
+    move_links_and_clean(layout);
+    if (before > 0 && stale_links_ == 0)
+        spdlog::info("every pod link now runs the current programs; old maps removed");
+}
+
+int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }
 
 std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),

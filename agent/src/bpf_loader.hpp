@@ -3,9 +3,12 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "agent/src/map_ops.hpp"
 #include "common/abi.hpp"
@@ -26,6 +29,35 @@ struct MapSizes {
 // Mounts bpffs at root unless one is there already. Returns an error message or "".
 std::string ensure_bpffs(const std::string& root);
 
+// The kernel calls made on pinned pod links when moving pods to new programs, behind an interface
+// so that failures (which the kernel rarely produces on demand) can be tested.
+class LinkOps {
+  public:
+    virtual ~LinkOps() = default;
+    virtual int open(const std::string& path) = 0;  // fd, or -1 (errno set)
+    virtual void close(int fd) = 0;
+    virtual bool detached(int fd) = 0;  // the link's cgroup is gone
+    // Points the link at our program of that name; 0 or an errno value.
+    virtual int update(int fd, const std::string& prog_name) = 0;
+    virtual void sleep(std::chrono::milliseconds d) = 0;
+};
+
+struct LinkMoveResult {
+    int updated = 0;                 // links now on our programs
+    int forgotten = 0;               // pods whose cgroup is gone, unpinned
+    std::vector<std::string> stale;  // links still on older programs (update kept failing)
+};
+
+// Moves every pinned pod link under pods_dir (pods_dir/<pod>/<program name>) to our program of the
+// same name. A failed update is retried a few times with backoff (all failures of a round share
+// one wait); what still fails is returned as stale. Pods whose cgroup is gone are unpinned.
+LinkMoveResult move_pod_links(const std::string& pods_dir, LinkOps& ops, int attempts = 4);
+
+// Removes the map directories under maps_root other than keep, unless some pod still runs older
+// programs (stale_links > 0), which may read any of them. Returns the directories left in place.
+std::vector<std::string> remove_old_maps(const std::string& maps_root, const std::string& keep,
+                                         int stale_links);
+
 class Dataplane {
   public:
     ~Dataplane();
@@ -40,12 +72,19 @@ class Dataplane {
 
     // Call once the maps hold the mesh: pins the programs for kmesh-cni, moves already-attached
     // pods to them in place, forgets pods whose cgroup is gone, and drops other ABIs' maps.
+    // Maps of other layouts are kept while a pod link still uses older programs (stale_links()).
     std::string publish(const PinLayout& layout);
+    // After publish: retries moving stale links, and drops the old maps once none is left.
+    void reconcile(const PinLayout& layout);
 
     std::array<int, kMapCount> map_fds() const;
+    int stats_fd() const;  // per-CPU km_stats (enum kmesh_stat slots)
     bool reused_maps() const { return reused_maps_; }
     int links_updated() const { return links_updated_; }
     int pods_forgotten() const { return pods_forgotten_; }
+    // Read by the admin thread.
+    int stale_links() const { return stale_links_; }
+    int old_maps_kept() const { return old_maps_kept_; }
 
   private:
     Dataplane(kmesh_sock* skel, int lock_fd) : skel_(skel), lock_fd_(lock_fd) {}
@@ -55,6 +94,9 @@ class Dataplane {
     bool reused_maps_ = false;
     int links_updated_ = 0;
     int pods_forgotten_ = 0;
+    std::atomic<int> stale_links_{0};
+    std::atomic<int> old_maps_kept_{0};
+    void move_links_and_clean(const PinLayout& layout);
 };
 
 // Holds an exclusive lock on <bpffs>/kmesh while alive, so that two agents (or an agent and

@@ -1,11 +1,17 @@
 #include "agent/src/config_file.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
-#include <fstream>
+#include <cstring>
 #include <set>
-#include <sstream>
+#include <string_view>
 
 #include "agent/src/model_validate.hpp"
 #include "agent/src/yaml_tree.hpp"
@@ -311,12 +317,122 @@ std::variant<Model, ConfigError> parse_config_yaml(const std::string& text) {
     return m;
 }
 
-std::variant<Model, ConfigError> load_config_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) return ConfigError{{fmt::format("cannot read {}", path)}};
-    std::stringstream buf;
-    buf << in.rdbuf();
-    return parse_config_yaml(buf.str());
+namespace {
+
+FileStamp stamp_of(const struct stat& st) {
+    return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+            static_cast<uint64_t>(st.st_size), st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec};
+}
+
+std::string file_type_problem(const std::string& path, const struct stat& st) {
+    if (S_ISREG(st.st_mode)) return {};
+    const char* what = S_ISDIR(st.st_mode)    ? "is a directory"
+                       : S_ISFIFO(st.st_mode) ? "is a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "is a character device"
+                       : S_ISBLK(st.st_mode)  ? "is a block device"
+                       : S_ISSOCK(st.st_mode) ? "is a socket"
+                                              : "is not a regular file";
+    return fmt::format("cannot read {}: it {}; the config must be a regular file", path, what);
+}
+
+}  // namespace
+
+std::string stat_config_file(const std::string& path, FileStamp* stamp) {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) return fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    *stamp = stamp_of(st);
+    return {};
+}
+
+long count_config_services(const std::string& text) {
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) return -1;
+    yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()), text.size());
+    int depth = 0;         // open collections
+    bool key_turn = true;  // at depth 1 (the root mapping), nodes alternate key, value
+    bool services_key = false;
+    int seq_depth = -1;  // depth inside the services sequence, while in it
+    long count = -1;
+    for (bool done = false; !done;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            count = -1;
+            break;
+        }
+        bool node_start = ev.type == YAML_SCALAR_EVENT || ev.type == YAML_ALIAS_EVENT ||
+                          ev.type == YAML_MAPPING_START_EVENT || ev.type == YAML_SEQUENCE_START_EVENT;
+        if (node_start) {
+            if (depth == 0 && ev.type != YAML_MAPPING_START_EVENT) done = true;  // not a mapping
+            if (seq_depth >= 0 && depth == seq_depth) count++;
+            if (depth == 1) {
+                if (key_turn) {
+                    services_key = ev.type == YAML_SCALAR_EVENT &&
+                                   std::string_view(reinterpret_cast<const char*>(ev.data.scalar.value),
+                                                    ev.data.scalar.length) == "services";
+                } else if (services_key && count < 0 && ev.type == YAML_SEQUENCE_START_EVENT) {
+                    count = 0;
+                    seq_depth = depth + 1;
+                }
+                key_turn = !key_turn;
+            }
+            if (ev.type == YAML_MAPPING_START_EVENT || ev.type == YAML_SEQUENCE_START_EVENT) depth++;
+        } else if (ev.type == YAML_MAPPING_END_EVENT || ev.type == YAML_SEQUENCE_END_EVENT) {
+            depth--;
+            if (seq_depth >= 0 && depth < seq_depth) done = true;  // the services sequence ended
+        } else if (ev.type == YAML_STREAM_END_EVENT) {
+            done = true;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return seq_depth >= 0 && depth < seq_depth ? count : -1;
+}
+
+std::variant<Model, ConfigError> load_config_file(const std::string& path, const ConfigLimits& limits,
+                                                  FileStamp* stamp) {
+    const uint64_t max_bytes = limits.max_bytes;
+    if (stamp) *stamp = {};
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, signals unheard.
+    int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return ConfigError{{fmt::format("cannot read {}: {}", path, std::strerror(errno))}};
+    struct Closer {
+        int fd;
+        ~Closer() { close(fd); }
+    } closer{fd};
+    struct stat st {};
+    if (fstat(fd, &st) != 0)
+        return ConfigError{{fmt::format("cannot read {}: {}", path, std::strerror(errno))}};
+    if (auto e = file_type_problem(path, st); !e.empty()) return ConfigError{{e}};
+    if (static_cast<uint64_t>(st.st_size) > max_bytes)
+        return ConfigError{
+            {fmt::format("cannot read {}: {} bytes exceed the limit of {} bytes (--max-config-bytes)", path,
+                         st.st_size, max_bytes)}};
+    std::string text;
+    text.resize(static_cast<size_t>(st.st_size));
+    size_t got = 0;
+    // Read at most one byte past the size stat gave: a file growing meanwhile is still bounded.
+    for (;;) {
+        if (got == text.size()) {
+            if (got >= max_bytes + 1) break;
+            text.resize(std::min<uint64_t>(max_bytes + 1, std::max<size_t>(got * 2, 4096)));
+        }
+        ssize_t n = read(fd, text.data() + got, text.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return ConfigError{{fmt::format("cannot read {}: {}", path, std::strerror(errno))}};
+        if (n == 0) break;
+        got += static_cast<size_t>(n);
+    }
+    if (got > max_bytes)
+        return ConfigError{{fmt::format(
+            "cannot read {}: more than the limit of {} bytes (--max-config-bytes)", path, max_bytes)}};
+    text.resize(got);
+    if (stamp) *stamp = stamp_of(st);
+    // A mesh that cannot fit the maps is refused before the tree and model are built: for a
+    // 100k-service file those take hundreds of MB, beyond the DaemonSet's memory limit.
+    if (limits.max_services)
+        if (long n = count_config_services(text); n > 0 && static_cast<uint64_t>(n) > limits.max_services)
+            return ConfigError{{fmt::format("{} services exceed --max-services {}", n, limits.max_services)}};
+    return parse_config_yaml(text);
 }
 
 }  // namespace kmesh

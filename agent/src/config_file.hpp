@@ -20,6 +20,7 @@
 // Each service and workload meets the same rules as one from istiod (model_validate.hpp).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <variant>
 #include <vector>
@@ -34,6 +35,35 @@ struct ConfigError {
 };
 
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text);
-std::variant<Model, ConfigError> load_config_file(const std::string& path);
+
+inline constexpr uint64_t kDefaultMaxConfigBytes = 64ull << 20;
+
+// What stat says about a file's content: an unchanged stamp means no need to parse it again.
+struct FileStamp {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0;
+    bool operator==(const FileStamp&) const = default;
+};
+
+// Stats the file (following symlinks); "" or why it cannot be read.
+std::string stat_config_file(const std::string& path, FileStamp* stamp);
+
+struct ConfigLimits {
+    uint64_t max_bytes = kDefaultMaxConfigBytes;
+    uint64_t max_services = 0;  // 0: no limit
+};
+
+// Reads and parses the file. Only a regular file (after following symlinks) of at most max_bytes is
+// read: a FIFO would block the agent, a device like /dev/zero would never end. A file with more
+// than max_services services is refused after a streaming count, before the (much larger) tree
+// and model are built. *stamp, if given, is set to the stamp of what was read (zero when nothing
+// was).
+std::variant<Model, ConfigError> load_config_file(const std::string& path, const ConfigLimits& limits = {},
+                                                  FileStamp* stamp = nullptr);
+
+// The number of entries of the top-level `services` sequence, counted from the YAML events
+// without building a tree (memory independent of the file's size); -1 if there is no such
+// sequence or the text does not parse (the full parser then says why).
+long count_config_services(const std::string& text);
 
 }  // namespace kmesh

@@ -42,6 +42,11 @@ bool FileWatcher::drain() {
         for (char* p = buf; p < buf + n;) {
             auto* ev = reinterpret_cast<inotify_event*>(p);
             p += sizeof(inotify_event) + ev->len;
+            if (ev->mask & IN_Q_OVERFLOW) {  // events were dropped: one of them may have been ours
+                overflows_++;
+                relevant = true;
+                continue;
+            }
             if (ev->mask & IN_IGNORED) {  // the directory went away or was replaced: watch again
                 watch();
                 relevant = true;

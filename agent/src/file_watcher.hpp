@@ -3,6 +3,7 @@
 // rather than writing it in place, which would orphan a watch on the file itself.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace kmesh {
@@ -17,13 +18,16 @@ class FileWatcher {
     int fd() const { return fd_; }  // readable when something in the directory changed
     const std::string& error() const { return error_; }
     // Drains pending events; true if one concerns the file: it was closed after writing, or renamed
-    // into place, or the ConfigMap's "..data" symlink was swapped.
+    // into place, or the ConfigMap's "..data" symlink was swapped; or the kernel's event queue
+    // overflowed (IN_Q_OVERFLOW), so that an event about the file may have been lost.
     bool drain();
+    uint64_t overflows() const { return overflows_; }
 
   private:
     void watch();
 
     int fd_ = -1;
+    uint64_t overflows_ = 0;
     std::string dir_, name_;
     std::string error_;
 };

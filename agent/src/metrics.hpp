@@ -18,6 +18,8 @@ struct Metrics {
     // New services held back (no frontend written) because their endpoints could not all be
     // written: their connects pass through untouched instead of being refused.
     std::atomic<uint64_t> services_unpublished{0};
+    std::atomic<uint64_t> admin_bind_failures{0};
+    std::atomic<uint64_t> vip_conflicts{0};  // MeshState's count, copied after each sync
 };
 
 }  // namespace kmesh

@@ -113,7 +113,8 @@ agent_start() { # <config file> | <kmesh-daemon source flags...>
         >>"$TMP/agent.log" 2>&1 &
     AGENT_PID=$!
     AGENT_STARTS=$((${AGENT_STARTS:-0} + 1))
-    wait_log "kmesh-daemon ready" "$AGENT_STARTS"
+    # "started", not "ready": an agent waiting for istiod or for an acceptable config has started.
+    wait_log "kmesh-daemon started" "$AGENT_STARTS"
 }
 
 agent_stop() {
@@ -167,6 +168,15 @@ istiod_start() { # <port> <control-dir> <snapshot> [fake_istiod flags...]: retur
     PIDS+=($ISTIOD_PID)
     for _ in $(seq 50); do grep -q "listening on" "$TMP/istiod.log" && return 0; sleep 0.1; done
     log "fake istiod did not start"; cat "$TMP/istiod.log"; return 1
+}
+
+admin_get() { # <path> [curl flags...]: GET from the agent's admin server ($ADMIN_PORT); prints the body
+    local path=$1; shift
+    curl -sS --max-time 5 "$@" "http://127.0.0.1:$ADMIN_PORT$path"
+}
+
+admin_status() { # <path>: the HTTP status of a GET from the admin server
+    curl -s -o /dev/null --max-time 5 -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT$1" || true
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The agent's admin server and its config retries: a taken admin port does not stop the agent,
+# idle or half-sent connections do not starve /metrics, /metrics is valid Prometheus text with the
+# BPF programs' connect() counters, a state that cannot fit is refused before anything is written,
+# an unchanged file is not parsed again on a retry, and a new file restarts the retry backoff.
+# Usage: e2e_agent_admin.sh <build-dir>
+source "$(dirname "$0")/lib.sh"
+e2e_init "${1:?usage: $0 <build-dir>}"
+
+MESH=$TMP/mesh.yaml
+SVC=default/echo.default.svc.cluster.local
+config() { # <backend ip4>
+    cat <<YAML
+services:
+- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: ["10.96.0.10"], ports: [{service_port: 80, target_port: 8080}]}
+workloads:
+- {uid: Kubernetes//Pod/default/backend, addresses: ["$1"], services: {$SVC: }}
+YAML
+}
+replace_file "$MESH" "$(config 10.244.0.250)"
+
+# 1. Another process holds the admin port when the agent starts (fresh node: nothing pinned yet).
+# The blocker picks the port (a port free_port saw free may be taken again by the time it binds).
+python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True); time.sleep(120)' >"$TMP/blocker.port" &
+BLOCKER=$!
+PIDS+=($BLOCKER)
+for _ in $(seq 50); do [[ -s $TMP/blocker.port ]] && break; sleep 0.1; done
+ADMIN_PORT=$(cat "$TMP/blocker.port")
+AGENT_FLAGS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256 --log-level debug"
+agent_start "$MESH"
+check "the agent runs although its admin port is taken" kill -0 "$AGENT_PID"
+check "and says so" grep -q "admin: cannot listen on 127.0.0.1:$ADMIN_PORT" "$TMP/agent.log"
+check "it still publishes its programs: a pod can be enrolled" pod_create client
+pod_create backend
+BACKEND_IP=$POD_IP4
+pod_serve backend backend 8080
+replace_file "$MESH" "$(config "$BACKEND_IP")"
+wait_log "config generation 2 applied" 1
+kill "$BLOCKER"
+check "once the port is free the admin server binds it" wait_log "admin on http://127.0.0.1:$ADMIN_PORT" 1
+check "/ready answers 200" test "$(admin_status /ready)" = 200
+check "the failed binds are counted" eval 'admin_get /metrics | grep -Eq "^kmesh_admin_bind_failures_total [1-9]"'
+
+# 2. Translated connections show up in the BPF counters, summed over CPUs.
+out=$(pod_connect client 10.96.0.10 80 7)
+check "7 connections reach the backend" test "$(grep -c '^backend$' <<<"$out")" = 7
+check "kmesh_connect_total{result=translated} counts them" \
+    eval 'admin_get /metrics | grep -qx "kmesh_connect_total{result=\"translated\"} 7"'
+admin_get /metrics >"$TMP/metrics.txt"
+check "/metrics passes promtool check metrics" eval 'promtool check metrics <"$TMP/metrics.txt"'
+check "every series has HELP and TYPE" python3 - "$TMP/metrics.txt" <<'PY'
+import re, sys
+lines = open(sys.argv[1]).read().splitlines()
+helped = {l.split()[2] for l in lines if l.startswith("# HELP ")}
+typed = {l.split()[2] for l in lines if l.startswith("# TYPE ")}
+names = {re.split(r"[{ ]", l)[0] for l in lines if l and not l.startswith("#")}
+missing = sorted(n for n in names if n not in helped or n not in typed)
+print("missing:", missing)
+sys.exit(1 if missing or not names else 0)
+PY
+
+# 3. Idle and half-sent connections hold no worker for long: /metrics still answers quickly.
+python3 -c 'import socket, sys, time
+conns = []
+while len(conns) < 8:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    if len(conns) % 2: s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half a request, never finished
+    conns.append(s)
+print("8 connections open", flush=True)
+time.sleep(10)' "$ADMIN_PORT" >"$TMP/idle.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do grep -q "8 connections open" "$TMP/idle.log" && break; sleep 0.1; done
+check "8 idle or half-sent connections are open" grep -q "8 connections open" "$TMP/idle.log"
+t0=$(date +%s%N)
+code=$(curl -s -o /dev/null --max-time 4 -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/metrics" || true)
+ms=$((($(date +%s%N) - t0) / 1000000))
+check "with 8 idle/half-sent connections open, /metrics answers within 4 s (took $ms ms, status $code)" test "$code" = 200
+
+# 4. More services than --max-services: refused before anything is written.
+python3 "$E2E_DIR/../../bench/mesh_config.py" 70 "$BACKEND_IP" >"$TMP/big.yaml"
+mv "$TMP/big.yaml" "$MESH"
+check "a file with 70 services is refused naming the limit" wait_log "70 services exceed --max-services 64" 1
+check "nothing of it was written: the maps still hold 1 service" \
+    eval 'admin_get /debug/maps | python3 -c "import json,sys; sys.exit(len(json.load(sys.stdin)[\"services\"]) != 1)"'
+check "and the client still reaches the service" eval '[[ $(pod_connect client 10.96.0.10 80 3 | sort -u) == backend ]]'
+
+# 5. A file that does not fit the frontend map (60 services x 5 ports > 256 frontends): the map
+# write fails and is retried with backoff, without parsing the unchanged file again.
+frontends() { # <services> <first VIP octet>
+    echo "services:"
+    for i in $(seq "$1"); do
+        echo "- {name: s$i, namespace: f, hostname: s$i.f.svc.cluster.local, addresses: [\"10.$2.0.$i\"], ports: [{service_port: 1}, {service_port: 2}, {service_port: 3}, {service_port: 4}, {service_port: 5}]}"
+    done
+    echo "workloads: []"
+}
+parsed=$(grep -c "parsed $MESH in" "$TMP/agent.log")
+replace_file "$MESH" "$(frontends 60 98)"
+check "the map-full write is retried after 1, 2 and 4 s" wait_log "retrying in 4000 ms" 1
+check "the unchanged file was parsed once, not on every retry" \
+    test "$(grep -c "parsed $MESH in" "$TMP/agent.log")" = $((parsed + 1))
+replace_file "$MESH" "$(frontends 61 99)"
+check "a new file is tried at once" wait_log "parsed $MESH in" $((parsed + 2))
+first_retry_after_new_file() {
+    awk -v n=$((parsed + 2)) -v p="parsed $MESH in" 'index($0, p) { seen++ } seen >= n && /retrying in/ { sub(/.*retrying in /, ""); print; exit }' "$TMP/agent.log"
+}
+check "and restarts the backoff at 1 s (was: 8 s): '$(sleep 0.5; first_retry_after_new_file)'" \
+    test "$(first_retry_after_new_file)" = "1000 ms"
+replace_file "$MESH" "$(config "$BACKEND_IP")"
+check "a fitting file is applied again" wait_log "applied: 1 services, 1 workloads" 3
+check "and the client reaches the service" eval '[[ $(pod_connect client 10.96.0.10 80 3 | sort -u) == backend ]]'

@@ -1,0 +1,126 @@
+// load_config_file's reading side: what it refuses to open or read, and why it says so.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "agent/src/config_file.hpp"
+#include "temp_dir.hpp"
+
+using namespace kmesh;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string error_of(const std::variant<Model, ConfigError>& r) {
+    return std::holds_alternative<ConfigError>(r) ? std::get<ConfigError>(r).summary() : "";
+}
+
+const char* kMesh = "services: []\nworkloads: []\n";
+
+}  // namespace
+
+TEST_CASE("a config FIFO is refused at once instead of blocking the agent in open()") {
+    test::TempDir dir;
+    std::string fifo = (dir.path() / "mesh.yaml").string();
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    // With no writer, a blocking open() would never return: run it where a hang can be detected.
+    // A detached thread, not std::async: a future's destructor would wait for a hung open().
+    auto done = std::make_shared<std::promise<std::string>>();
+    auto result = done->get_future();
+    std::thread([done, fifo] { done->set_value(error_of(load_config_file(fifo))); }).detach();
+    REQUIRE(result.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    std::string err = result.get();
+    CHECK(err.find("is a FIFO") != std::string::npos);
+    CHECK(err.find("regular file") != std::string::npos);
+}
+
+TEST_CASE("a symlink to /dev/zero is refused, not read until memory runs out") {
+    test::TempDir dir;
+    fs::create_symlink("/dev/zero", dir.path() / "mesh.yaml");
+    std::string err = error_of(load_config_file((dir.path() / "mesh.yaml").string()));
+    CHECK(err.find("is a character device") != std::string::npos);
+}
+
+TEST_CASE("a symlink to a regular file is followed") {
+    test::TempDir dir;
+    std::ofstream(dir.path() / "real.yaml") << kMesh;
+    fs::create_symlink("real.yaml", dir.path() / "mesh.yaml");
+    FileStamp stamp;
+    auto r = load_config_file((dir.path() / "mesh.yaml").string(), {}, &stamp);
+    CHECK(std::holds_alternative<Model>(r));
+    struct stat st {};
+    REQUIRE(stat((dir.path() / "real.yaml").c_str(), &st) == 0);
+    CHECK(stamp.ino == st.st_ino);
+    CHECK(stamp.size == static_cast<uint64_t>(st.st_size));
+}
+
+TEST_CASE("a file over the size limit is refused before it is read, naming the flag") {
+    test::TempDir dir;
+    std::string path = (dir.path() / "mesh.yaml").string();
+    std::ofstream(path) << kMesh << std::string(200, '#') << "\n";
+    std::string err = error_of(load_config_file(path, {.max_bytes = 100}));
+    CHECK(err.find("exceed the limit of 100 bytes") != std::string::npos);
+    CHECK(err.find("--max-config-bytes") != std::string::npos);
+    CHECK(std::holds_alternative<Model>(load_config_file(path, {.max_bytes = 1000})));
+}
+
+TEST_CASE("a directory is reported as a directory, not as an empty config") {
+    test::TempDir dir;
+    std::string err = error_of(load_config_file(dir.mkdirs("mesh.yaml").string()));
+    CHECK(err.find("is a directory") != std::string::npos);
+    CHECK(err.find("empty") == std::string::npos);
+}
+
+TEST_CASE("a symlink loop and a missing file say why they cannot be read") {
+    test::TempDir dir;
+    fs::create_symlink("b", dir.path() / "a");
+    fs::create_symlink("a", dir.path() / "b");
+    CHECK(error_of(load_config_file((dir.path() / "a").string())).find(std::strerror(ELOOP)) !=
+          std::string::npos);
+    CHECK(error_of(load_config_file((dir.path() / "missing").string())).find(std::strerror(ENOENT)) !=
+          std::string::npos);
+}
+
+TEST_CASE("stat_config_file: the stamp changes with the content, not with a re-stat") {
+    test::TempDir dir;
+    std::string path = (dir.path() / "mesh.yaml").string();
+    std::ofstream(path) << kMesh;
+    FileStamp a, b, c;
+    REQUIRE(stat_config_file(path, &a).empty());
+    REQUIRE(stat_config_file(path, &b).empty());
+    CHECK(a == b);
+    std::ofstream((dir.path() / "new.yaml").string()) << kMesh << "# changed\n";
+    fs::rename(dir.path() / "new.yaml", path);
+    REQUIRE(stat_config_file(path, &c).empty());
+    CHECK_FALSE(a == c);
+}
+
+TEST_CASE("services are counted from the YAML events, block and flow style alike") {
+    CHECK(count_config_services(
+              "services:\n- {name: a}\n- name: b\n  ports: [{service_port: 1}]\nworkloads: []\n") == 2);
+    CHECK(count_config_services(
+              "workloads: [{uid: x, services: {a: }}]\nservices: [{name: a}, {name: b}, c]\n") == 3);
+    CHECK(count_config_services("services: []\n") == 0);
+    CHECK(count_config_services("workloads: []\n") == -1);
+    CHECK(count_config_services("- services\n") == -1);
+    CHECK(count_config_services("services: [\n") == -1);  // syntax error: the full parser reports it
+}
+
+TEST_CASE("a file with more services than the limit is refused before it is parsed into a model") {
+    test::TempDir dir;
+    std::string path = (dir.path() / "mesh.yaml").string();
+    std::ofstream(path) << "services:\n- {name: a}\n- {name: b}\n- {name: c}\nworkloads: []\n";
+    CHECK(error_of(load_config_file(path, {.max_services = 2})) == "3 services exceed --max-services 2");
+    // Within the limit the full parser runs (and finds these services incomplete).
+    CHECK(error_of(load_config_file(path, {.max_services = 3})).find("exceed") == std::string::npos);
+}

@@ -1,0 +1,111 @@
+// Moving pinned pod links to new programs on upgrade: failed updates are retried, and the maps of
+// older layouts are kept while a pod still runs the older programs.
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+
+#include "agent/src/bpf_loader.hpp"
+#include "temp_dir.hpp"
+
+using namespace kmesh;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Pins are plain files here; each path has a scripted number of failing updates.
+class FakeLinks : public LinkOps {
+  public:
+    std::map<std::string, int> failures_left;  // path -> updates that fail before one succeeds
+    std::set<std::string> detached_paths;
+    std::map<std::string, std::string> program;  // path -> program the link runs after updates
+    int updates = 0;
+    std::vector<std::chrono::milliseconds> sleeps;
+
+    int open(const std::string& path) override {
+        if (!fs::exists(path)) return -1;
+        paths_.push_back(path);
+        return static_cast<int>(paths_.size() - 1);
+    }
+    void close(int) override {}
+    bool detached(int fd) override { return detached_paths.count(paths_[fd]) > 0; }
+    int update(int fd, const std::string& prog_name) override {
+        updates++;
+        auto& left = failures_left[paths_[fd]];
+        if (left != 0) {
+            if (left > 0) left--;
+            return EBUSY;
+        }
+        program[paths_[fd]] = prog_name;
+        return 0;
+    }
+    void sleep(std::chrono::milliseconds d) override { sleeps.push_back(d); }
+
+  private:
+    std::vector<std::string> paths_;
+};
+
+struct Node {
+    test::TempDir dir;
+    fs::path pods = dir.mkdirs("pods"), maps = dir.mkdirs("maps");
+    std::string pod(const std::string& name) {
+        auto d = dir.mkdirs("pods/" + name);
+        for (const char* p : {"cgroup_connect4", "cgroup_connect6"}) std::ofstream(d / p) << "";
+        return (d / "cgroup_connect4").string();
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a link update that fails a few times is retried with growing waits") {
+    Node n;
+    std::string link = n.pod("a");
+    FakeLinks ops;
+    ops.failures_left[link] = 2;
+    LinkMoveResult r = move_pod_links(n.pods.string(), ops);
+    CHECK(r.updated == 2);
+    CHECK(r.stale.empty());
+    CHECK(ops.program[link] == "cgroup_connect4");
+    REQUIRE(ops.sleeps.size() == 2);  // one wait per retry round, not per link
+    CHECK(ops.sleeps[1] > ops.sleeps[0]);
+}
+
+TEST_CASE("a link that cannot be moved is reported stale and keeps the old maps") {
+    Node n;
+    std::string stuck = n.pod("stuck");
+    n.pod("fine");
+    n.dir.mkdirs("maps/v1");
+    n.dir.mkdirs("maps/v2");
+    FakeLinks ops;
+    ops.failures_left[stuck] = -1;  // always fails
+    LinkMoveResult r = move_pod_links(n.pods.string(), ops, 3);
+    CHECK(r.updated == 3);
+    REQUIRE(r.stale.size() == 1);
+    CHECK(r.stale[0] == stuck);
+    auto kept = remove_old_maps(n.maps.string(), (n.maps / "v2").string(), static_cast<int>(r.stale.size()));
+    CHECK(kept == std::vector<std::string>{(n.maps / "v1").string()});
+    CHECK(fs::exists(n.maps / "v1"));  // the stuck pod's programs still read these
+    CHECK(fs::exists(n.maps / "v2"));
+
+    // Later the pod is gone (CNI DEL unpinned it): the old maps go with the next reconcile.
+    fs::remove_all(n.pods / "stuck");
+    r = move_pod_links(n.pods.string(), ops, 3);
+    CHECK(r.stale.empty());
+    kept = remove_old_maps(n.maps.string(), (n.maps / "v2").string(), static_cast<int>(r.stale.size()));
+    CHECK(kept.empty());
+    CHECK_FALSE(fs::exists(n.maps / "v1"));
+    CHECK(fs::exists(n.maps / "v2"));
+}
+
+TEST_CASE("pods whose cgroup is gone are unpinned, not updated") {
+    Node n;
+    std::string ghost = n.pod("ghost");
+    FakeLinks ops;
+    ops.detached_paths.insert(ghost);
+    LinkMoveResult r = move_pod_links(n.pods.string(), ops);
+    CHECK(r.forgotten == 1);
+    CHECK(r.updated == 0);
+    CHECK_FALSE(fs::exists(n.pods / "ghost"));
+}
