@@ -843,9 +843,16 @@ Config parse_config(std::string_view json, bool lenient) {
         } else {
             result.AddMember("cniVersion", v, doc.GetAllocator());
         }
+        // The input bytes are valid UTF-8, but a \u escape of an unpaired UTF-16 surrogate (e.g.
+        // "\udc00") decodes to a code point UTF-8 cannot carry; passing it on would hand the next
+        // plugin or the runtime invalid JSON text. Found by fuzz/cni_fuzz.cpp.
         rapidjson::StringBuffer buf;
-        rapidjson::Writer<rapidjson::StringBuffer> writer(buf);
-        result.Accept(writer);
+        rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::UTF8<>,
+                          rapidjson::CrtAllocator, rapidjson::kWriteValidateEncodingFlag>
+            writer(buf);
+        if (!result.Accept(writer))
+            throw CniError(kErrDecode, "cannot parse prevResult",
+                           "a string holds an unpaired UTF-16 surrogate escape (not valid Unicode)");
         config.prev_result = std::string(buf.GetString(), buf.GetSize());
     }
     return config;

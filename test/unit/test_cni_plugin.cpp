@@ -821,6 +821,15 @@ TEST_CASE("error objects are valid UTF-8 JSON whatever the input; invalid UTF-8 
     CHECK(to_valid_utf8("ok \xc3\xa9 \xff") == "ok \xc3\xa9 \xEF\xBF\xBD");
     // Raw invalid UTF-8 in the config would be echoed in prevResult: refused.
     CHECK(error_code([] { parse_config(config_json("1.0.0", "\"x\":\"\xff\"")); }) == kErrDecode);
+    // Valid bytes, but an escaped unpaired surrogate in prevResult would be passed on as invalid
+    // UTF-8 (found by fuzz/cni_fuzz.cpp): refused as a decode error; a proper pair passes.
+    CHECK(error_code([] {
+              parse_config(R"({"cniVersion":"1.0.0","name":"n","type":"t","prevResult":{"s":"\udc00"}})");
+          }) == kErrDecode);
+    auto paired =
+        parse_config(R"({"cniVersion":"1.0.0","name":"n","type":"t","prevResult":{"s":"\ud83d\ude00"}})");
+    REQUIRE(paired.prev_result);
+    CHECK(valid_json(*paired.prev_result));
 }
 
 TEST_CASE("errors report the config's cniVersion") {
