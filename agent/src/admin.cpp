@@ -205,8 +205,10 @@ std::string Agent::maps_dump() {
     // copied under mu_) come from the model.
     MapState k = recover_map_state(*ops_);
     std::unordered_map<uint64_t, std::string> names;  // built per request: not worth keeping
+    std::vector<MeshState::VipConflict> conflicts;
     {
         std::lock_guard lock(mu_);
+        conflicts = mesh_.vip_conflicts();  // walks the model: copied under the lock with the names
         names.reserve(mesh_.model().services.size() + mesh_.model().workloads.size());
         for (const auto& [key, s] : mesh_.model().services) names.emplace(name_hash(key), key);
         for (const auto& [uid, wl] : mesh_.model().workloads) names.emplace(name_hash(uid), uid);
@@ -281,7 +283,7 @@ std::string Agent::maps_dump() {
     w.EndArray();
     w.Key("vip_conflicts");  // (VIP, port)s several services claim; the winner holds the frontend
     w.StartArray();
-    for (const auto& c : mesh_.vip_conflicts()) {
+    for (const auto& c : conflicts) {
         w.StartObject();
         str(w, "frontend", c.frontend);
         str(w, "winner", c.winner);

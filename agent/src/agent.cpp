@@ -140,23 +140,14 @@ Agent::Reload Agent::reload_config(bool force) {
     if (!force && last_stamp_) {
         FileStamp now;
         if (stat_config_file(path, &now).empty() && now == *last_stamp_) {
-            if (!last_parse_ok_) return Reload::kRejected;
-            std::lock_guard lock(mu_);
-            if (applied_once_) return Reload::kUnchanged;
-            Reload result = sync_maps(&err);
-            if (result == Reload::kFailed) {
-                spdlog::error("config {} not fully applied: {}", path, err);
-                if (!state_applied_) set_waiting("config not fully written to the maps: " + err);
-                return result;
-            }
-            applied_once_ = true;
-            state_applied_ = true;
-            return result;
+            Reload result = retry_pending_apply();
+            return !last_parse_ok_ && result != Reload::kFailed ? Reload::kRejected : result;
         }
     }
     auto t0 = std::chrono::steady_clock::now();
     FileStamp stamp;
-    auto parsed = load_config_file(path, {options_.max_config_bytes, options_.sizes.services}, &stamp);
+    auto parsed = load_config_file(
+        path, {options_.max_config_bytes, options_.sizes.services, options_.sizes.backends}, &stamp);
     spdlog::debug("parsed {} in {} us", path, micros_since(t0));
     if (auto* bad = std::get_if<ConfigError>(&parsed)) {
         err = bad->summary();
@@ -173,7 +164,9 @@ Agent::Reload Agent::reload_config(bool force) {
         metrics_.config_rejected++;
         spdlog::error("config {} rejected, still serving the last good state: {}", path, err);
         if (!state_applied_) set_waiting("config file rejected: " + err);
-        return Reload::kRejected;
+        // The last accepted config may still be half-way into the maps (a map was full): a bad
+        // new file must not cancel its retries.
+        return retry_pending_apply() == Reload::kFailed ? Reload::kFailed : Reload::kRejected;
     }
     std::lock_guard lock(mu_);
     auto& model = std::get<Model>(parsed);
@@ -183,10 +176,27 @@ Agent::Reload Agent::reload_config(bool force) {
     if (result == Reload::kFailed) {
         spdlog::error("config {} not fully applied: {}", path, err);
         applied_once_ = false;  // a retry must apply even though the file is the same
+        apply_pending_ = true;
         if (!state_applied_) set_waiting("config not fully written to the maps: " + err);
         return result;
     }
     applied_once_ = true;
+    apply_pending_ = false;
+    state_applied_ = true;
+    return result;
+}
+
+Agent::Reload Agent::retry_pending_apply() {
+    std::lock_guard lock(mu_);
+    if (!apply_pending_) return Reload::kUnchanged;
+    std::string err;
+    Reload result = sync_maps(&err);
+    if (result == Reload::kFailed) {
+        spdlog::error("config {} (last accepted) still not fully applied: {}", options_.config_path, err);
+        return result;
+    }
+    applied_once_ = true;
+    apply_pending_ = false;
     state_applied_ = true;
     return result;
 }

@@ -92,6 +92,10 @@ class Agent {
     std::mutex mu_;  // guards mesh_, writer_ and the sources' state
     MeshState mesh_;
     bool applied_once_ = false;
+    // The model last accepted from the file is in mesh_ but not (fully) in the maps yet: it is
+    // retried even while newer versions of the file are rejected.
+    bool apply_pending_ = false;
+    Reload retry_pending_apply();  // mu_ not held
     std::atomic<uint64_t> generation_{0};
     std::atomic<bool> retry_pending_{false};
     int wake_fd_ = -1;  // eventfd: the xDS thread asks the main loop for a retry or a publish

@@ -344,7 +344,7 @@ std::string stat_config_file(const std::string& path, FileStamp* stamp) {
     return {};
 }
 
-long count_config_services(const std::string& text) {
+long count_config_entries(const std::string& text, std::string_view key) {
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) return -1;
     yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()), text.size());
@@ -368,7 +368,7 @@ long count_config_services(const std::string& text) {
                 if (key_turn) {
                     services_key = ev.type == YAML_SCALAR_EVENT &&
                                    std::string_view(reinterpret_cast<const char*>(ev.data.scalar.value),
-                                                    ev.data.scalar.length) == "services";
+                                                    ev.data.scalar.length) == key;
                 } else if (services_key && count < 0 && ev.type == YAML_SEQUENCE_START_EVENT) {
                     count = 0;
                     seq_depth = depth + 1;
@@ -387,6 +387,8 @@ long count_config_services(const std::string& text) {
     yaml_parser_delete(&parser);
     return seq_depth >= 0 && depth < seq_depth ? count : -1;
 }
+
+long count_config_services(const std::string& text) { return count_config_entries(text, "services"); }
 
 std::variant<Model, ConfigError> load_config_file(const std::string& path, const ConfigLimits& limits,
                                                   FileStamp* stamp) {
@@ -432,6 +434,12 @@ std::variant<Model, ConfigError> load_config_file(const std::string& path, const
     if (limits.max_services)
         if (long n = count_config_services(text); n > 0 && static_cast<uint64_t>(n) > limits.max_services)
             return ConfigError{{fmt::format("{} services exceed --max-services {}", n, limits.max_services)}};
+    // Workloads likewise: each needs a backend entry, and they are most of a large file's model.
+    if (limits.max_workloads)
+        if (long n = count_config_entries(text, "workloads");
+            n > 0 && static_cast<uint64_t>(n) > limits.max_workloads)
+            return ConfigError{
+                {fmt::format("{} workloads exceed --max-backends {}", n, limits.max_workloads)}};
     return parse_config_yaml(text);
 }
 

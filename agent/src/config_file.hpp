@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -50,7 +51,8 @@ std::string stat_config_file(const std::string& path, FileStamp* stamp);
 
 struct ConfigLimits {
     uint64_t max_bytes = kDefaultMaxConfigBytes;
-    uint64_t max_services = 0;  // 0: no limit
+    uint64_t max_services = 0;   // 0: no limit
+    uint64_t max_workloads = 0;  // 0: no limit (the agent passes --max-backends)
 };
 
 // Reads and parses the file. Only a regular file (after following symlinks) of at most max_bytes is
@@ -65,5 +67,7 @@ std::variant<Model, ConfigError> load_config_file(const std::string& path, const
 // without building a tree (memory independent of the file's size); -1 if there is no such
 // sequence or the text does not parse (the full parser then says why).
 long count_config_services(const std::string& text);
+// The same for any top-level sequence ("workloads").
+long count_config_entries(const std::string& text, std::string_view key);
 
 }  // namespace kmesh

@@ -107,6 +107,12 @@ first_retry_after_new_file() {
 }
 check "and restarts the backoff at 1 s (was: 8 s): '$(sleep 0.5; first_retry_after_new_file)'" \
     test "$(first_retry_after_new_file)" = "1000 ms"
+# A bad file now must not cancel the retries of the last accepted (and not yet written) one.
+rejected=$(grep -c "rejected, still serving the last good state" "$TMP/agent.log" || true)
+replace_file "$MESH" "services: ["
+check "a bad file after a failed apply is rejected" \
+    wait_log "rejected, still serving the last good state" $((rejected + 1))
+check "and the last accepted config is still retried" wait_log "(last accepted) still not fully applied" 2
 replace_file "$MESH" "$(config "$BACKEND_IP")"
 check "a fitting file is applied again" wait_log "applied: 1 services, 1 workloads" 3
 check "and the client reaches the service" eval '[[ $(pod_connect client 10.96.0.10 80 3 | sort -u) == backend ]]'

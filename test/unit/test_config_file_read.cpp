@@ -124,3 +124,13 @@ TEST_CASE("a file with more services than the limit is refused before it is pars
     // Within the limit the full parser runs (and finds these services incomplete).
     CHECK(error_of(load_config_file(path, {.max_services = 3})).find("exceed") == std::string::npos);
 }
+
+TEST_CASE("a file with more workloads than backend entries is refused before it is parsed into a model") {
+    CHECK(count_config_entries("services: []\nworkloads:\n- {uid: a}\n- uid: b\n", "workloads") == 2);
+    CHECK(count_config_entries("services: [{name: a, workloads: [x, y, z]}]\n", "workloads") == -1);
+    test::TempDir dir;
+    std::string path = (dir.path() / "mesh.yaml").string();
+    std::ofstream(path) << "services: []\nworkloads:\n- {uid: a}\n- {uid: b}\n- {uid: c}\n";
+    CHECK(error_of(load_config_file(path, {.max_workloads = 2})) == "3 workloads exceed --max-backends 2");
+    CHECK(std::holds_alternative<Model>(load_config_file(path, {.max_workloads = 3})));
+}

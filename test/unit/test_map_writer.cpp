@@ -334,8 +334,7 @@ TEST_CASE("ids seen in the maps at recovery are never handed out again") {
     Metrics metrics;
     MapWriter w(ops, recover_map_state(ops), MapCapacity{8, 8}, metrics);
     Model m;
-    for (int i = 0; i < 7; i++)
-        add(m, service(fmt::format("s{}", i), {fmt::format("10.96.1.{}", i + 1)}));
+    for (int i = 0; i < 7; i++) add(m, service(fmt::format("s{}", i), {fmt::format("10.96.1.{}", i + 1)}));
     CHECK(w.apply(diff(w.state(), build_desired(m), kAll)) == "");
     for (const auto& [h, s] : w.state().services) CHECK(s.id != 7);
     CHECK(ops.size(MapId::kEndpoint) == 0);  // the orphan is gone
@@ -362,7 +361,9 @@ TEST_CASE(
     add(m, p1);
     // After every map write: each counted endpoint must resolve to its workload's own port.
     std::vector<std::string> wrong;
-    h.ops.after_mutation = [&] {
+    // Chained after the harness's own invariant hook (h.violations), which keeps running too.
+    h.ops.after_mutation = [&, invariants = h.ops.after_mutation] {
+        if (invariants) invariants();
         h.ops.for_each(MapId::kFrontend, [&](const void*, const void* v) {
             kmesh_frontend_value fe;
             std::memcpy(&fe, v, sizeof fe);
