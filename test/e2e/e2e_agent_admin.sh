@@ -8,16 +8,7 @@ source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
 
 MESH=$TMP/mesh.yaml
-SVC=default/echo.default.svc.cluster.local
-config() { # <backend ip4>
-    cat <<YAML
-services:
-- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: ["10.96.0.10"], ports: [{service_port: 80, target_port: 8080}]}
-workloads:
-- {uid: Kubernetes//Pod/default/backend, addresses: ["$1"], services: {$SVC: }}
-YAML
-}
-replace_file "$MESH" "$(config 10.244.0.250)"
+replace_file "$MESH" "$(echo_one_backend 10.244.0.250)"
 
 # 1. Another process holds the admin port when the agent starts (fresh node: nothing pinned yet).
 # The blocker picks the port (a port free_port saw free may be taken again by the time it binds).
@@ -36,7 +27,7 @@ check "it still publishes its programs: a pod can be enrolled" pod_create client
 pod_create backend
 BACKEND_IP=$POD_IP4
 pod_serve backend backend 8080
-replace_file "$MESH" "$(config "$BACKEND_IP")"
+replace_file "$MESH" "$(echo_one_backend "$BACKEND_IP")"
 wait_log "config generation 2 applied" 1
 kill "$BLOCKER"
 check "once the port is free the admin server binds it" wait_log "admin on http://127.0.0.1:$ADMIN_PORT" 1
@@ -113,6 +104,6 @@ replace_file "$MESH" "services: ["
 check "a bad file after a failed apply is rejected" \
     wait_log "rejected, still serving the last good state" $((rejected + 1))
 check "and the last accepted config is still retried" wait_log "(last accepted) still not fully applied" 2
-replace_file "$MESH" "$(config "$BACKEND_IP")"
+replace_file "$MESH" "$(echo_one_backend "$BACKEND_IP")"
 check "a fitting file is applied again" wait_log "applied: 1 services, 1 workloads" 3
 check "and the client reaches the service" eval '[[ $(pod_connect client 10.96.0.10 80 3 | sort -u) == backend ]]'

@@ -9,20 +9,12 @@ e2e_init "${1:?usage: $0 <build-dir>}"
 
 MESH=$TMP/mesh.yaml
 SVC=default/echo.default.svc.cluster.local
-config() { # <backend ip4>
-    cat <<YAML
-services:
-- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: ["10.96.0.10"], ports: [{service_port: 80, target_port: 8080}]}
-workloads:
-- {uid: Kubernetes//Pod/default/backend, addresses: ["$1"], services: {$SVC: }}
-YAML
-}
-replace_file "$MESH" "$(config 10.244.0.250)"
+replace_file "$MESH" "$(echo_one_backend 10.244.0.250)"
 agent_start "$MESH"
 pod_create client
 pod_create backend
 BACKEND_IP=$POD_IP4
-replace_file "$MESH" "$(config "$BACKEND_IP")"
+replace_file "$MESH" "$(echo_one_backend "$BACKEND_IP")"
 wait_log "config generation 2 applied" 1
 pod_serve backend backend 8080
 sleep 0.2
@@ -45,7 +37,7 @@ check "kmesh_ready is 0" eval 'admin_get /metrics | grep -qx "kmesh_ready 0"'
 pod_create client2
 check "a pod created meanwhile is enrolled with the programs pinned, and translates" reaches client2
 
-replace_file "$MESH" "$(config "$BACKEND_IP")"
+replace_file "$MESH" "$(echo_one_backend "$BACKEND_IP")"
 check "the accepted file makes the agent ready" wait_log "kmesh-daemon ready" 2
 check "pods were moved to the new programs then (3 pods x 2 hooks)" grep -q "programs published: 6 pod links moved" "$TMP/agent.log"
 check "/ready answers 200" test "$(admin_status /ready)" = 200

@@ -6,21 +6,13 @@ source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
 
 MESH=$TMP/mesh.yaml
-config() { # <backend ip4>
-    cat <<YAML
-services:
-- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: ["10.96.0.10"], ports: [{service_port: 80, target_port: 8080}]}
-workloads:
-- {uid: Kubernetes//Pod/default/backend, addresses: ["$1"], services: {default/echo.default.svc.cluster.local: }}
-YAML
-}
-replace_file "$MESH" "$(config 10.244.0.250)"
+replace_file "$MESH" "$(echo_one_backend 10.244.0.250)"
 agent_start "$MESH"
 
 pod_create client
 pod_create backend
 BACKEND_IP=$POD_IP4
-replace_file "$MESH" "$(config "$POD_IP4")"
+replace_file "$MESH" "$(echo_one_backend "$POD_IP4")"
 wait_log "config generation 2 applied" 1
 pod_serve backend backend 8080
 sleep 0.2
@@ -80,14 +72,14 @@ ln -s ..data/mesh.yaml "$CM/mesh.yaml"
 agent_start "$CM/mesh.yaml"
 applied=$(grep -c "applied:" "$TMP/agent.log")
 mkdir -p "$CM/..t2"
-config 10.244.0.251 >"$CM/..t2/mesh.yaml"
+echo_one_backend 10.244.0.251 >"$CM/..t2/mesh.yaml"
 ln -s ..t2 "$CM/..data_tmp"
 mv -T "$CM/..data_tmp" "$CM/..data"
 check "a ConfigMap update (..data symlink swap) is picked up" wait_log "applied:" $((applied + 1))
 out=$(pod_connect client 10.96.0.10 80 1 --timeout-ms 300)
 check "and the new endpoint is in use: '$out'" grep -qE '^error (ETIMEDOUT|EHOSTUNREACH)$' <<<"$out"
 mkdir -p "$CM/..t3"
-config "$BACKEND_IP" >"$CM/..t3/mesh.yaml"
+echo_one_backend "$BACKEND_IP" >"$CM/..t3/mesh.yaml"
 ln -s ..t3 "$CM/..data_tmp"
 mv -T "$CM/..data_tmp" "$CM/..data"
 check "and the next swap is picked up too" wait_log "applied:" $((applied + 2))

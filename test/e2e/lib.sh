@@ -154,6 +154,15 @@ $2
 YAML
 }
 
+echo_one_backend() { # <backend ip4>: the echo service (10.96.0.10:80 -> 8080) with one backend workload
+    cat <<YAML
+services:
+- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: ["10.96.0.10"], ports: [{service_port: 80, target_port: 8080}]}
+workloads:
+- {uid: Kubernetes//Pod/default/backend, addresses: ["$1"], services: {default/echo.default.svc.cluster.local: }}
+YAML
+}
+
 echo_workload() { # <name> <ip4> <ip6>: a workload line serving the echo service
     printf -- '- {uid: Kubernetes//Pod/default/%s, name: %s, namespace: default, addresses: ["%s", "%s"], services: {default/echo.default.svc.cluster.local: }}\n' "$1" "$1" "$2" "$3"
 }
