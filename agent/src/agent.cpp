@@ -95,22 +95,11 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     metrics_.vip_conflicts = mesh_.vip_conflict_count();
     Dirty dirty = mesh_.take_dirty();
     if (dirty.empty()) return Reload::kUnchanged;
-    // A state that cannot fit is not written at all: half of it would serve some services and
-    // not others, and every retry would rewrite the same half.
-    if (size_t n = mesh_.model().services.size(); n > options_.sizes.services) {
-        mesh_.mark_all_dirty();
-        *error =
-            fmt::format("{} services exceed --max-services {}; nothing written", n, options_.sizes.services);
-        return Reload::kFailed;
-    }
-    if (std::string short_of_room = fits(mesh_.desired(), options_.sizes); !short_of_room.empty()) {
-        mesh_.mark_all_dirty();
-        *error = short_of_room;
-        return Reload::kFailed;
-    }
     Plan plan = diff(writer_->state(), mesh_.desired(), dirty);
     int64_t plan_us = micros_since(t0);
     auto t1 = std::chrono::steady_clock::now();
+    // A plan whose result cannot fit is refused whole by the writer (nothing written): half of it
+    // would serve some services and not others, and every retry would rewrite the same half.
     std::string err = writer_->apply(plan);
     int64_t write_us = micros_since(t1);
     if (!err.empty()) {
