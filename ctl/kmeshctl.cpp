@@ -11,8 +11,8 @@
 #include <map>
 #include <vector>
 
-#include "agent/src/ip_addr.hpp"
-#include "agent/src/map_ops.hpp"
+#include "agent/src/dataplane/map_ops.hpp"
+#include "agent/src/model/ip_addr.hpp"
 #include "common/abi.hpp"
 #include "common/pin_layout.hpp"
 

@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "agent/src/dataplane_state.hpp"
-#include "agent/src/xds/convert.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/sources/xds/convert.hpp"
 #include "istio/workload/workload.pb.h"
 
 // Invalid UTF-8 in string fields is a parse failure protobuf also logs; fuzzing makes it constant.

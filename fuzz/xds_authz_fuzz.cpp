@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "agent/src/xds/convert.hpp"
+#include "agent/src/sources/xds/convert.hpp"
 #include "istio/security/authorization.pb.h"
 
 // Invalid UTF-8 in string fields is a parse failure protobuf also logs; fuzzing makes it constant.

@@ -6,8 +6,8 @@
 #include <string>
 #include <variant>
 
-#include "agent/src/config_file.hpp"
-#include "agent/src/dataplane_state.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/sources/file/config_file.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string text(reinterpret_cast<const char*>(data), size);

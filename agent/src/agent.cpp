@@ -13,8 +13,8 @@
 #include <chrono>
 #include <cstring>
 
-#include "agent/src/file_watcher.hpp"
-#include "agent/src/xds/source.hpp"
+#include "agent/src/sources/file/file_watcher.hpp"
+#include "agent/src/sources/xds/source.hpp"
 
 namespace kmesh {
 

@@ -10,13 +10,13 @@
 #include <optional>
 #include <string>
 
-#include "agent/src/bpf_loader.hpp"
-#include "agent/src/config_file.hpp"
-#include "agent/src/dataplane_state.hpp"
-#include "agent/src/map_writer.hpp"
-#include "agent/src/metrics.hpp"
-#include "agent/src/model.hpp"
-#include "agent/src/xds/client.hpp"
+#include "agent/src/admin/metrics.hpp"
+#include "agent/src/dataplane/bpf_loader.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/dataplane/map_writer.hpp"
+#include "agent/src/model/model.hpp"
+#include "agent/src/sources/file/config_file.hpp"
+#include "agent/src/sources/xds/client.hpp"
 
 namespace kmesh {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/src/map_ops.hpp"
+#include "agent/src/dataplane/map_ops.hpp"
 #include "common/abi.hpp"
 
 namespace kmesh::test {

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/src/model.hpp"
+#include "agent/src/model/model.hpp"
 
 namespace kmesh::test {
 

@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include "agent/src/config_file.hpp"
+#include "agent/src/sources/file/config_file.hpp"
 
 using namespace kmesh;
 

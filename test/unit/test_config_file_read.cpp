@@ -13,7 +13,7 @@
 #include <string>
 #include <thread>
 
-#include "agent/src/config_file.hpp"
+#include "agent/src/sources/file/config_file.hpp"
 #include "temp_dir.hpp"
 
 using namespace kmesh;

@@ -1,7 +1,7 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 
-#include "agent/src/dataplane_state.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
 #include "model_builders.hpp"
 
 using namespace kmesh;

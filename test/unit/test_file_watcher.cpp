@@ -4,7 +4,7 @@
 #include <fstream>
 #include <string>
 
-#include "agent/src/file_watcher.hpp"
+#include "agent/src/sources/file/file_watcher.hpp"
 #include "temp_dir.hpp"
 
 using namespace kmesh;

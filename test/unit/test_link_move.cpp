@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-#include "agent/src/bpf_loader.hpp"
+#include "agent/src/dataplane/bpf_loader.hpp"
 #include "temp_dir.hpp"
 
 using namespace kmesh;

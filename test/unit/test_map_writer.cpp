@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "agent/src/map_writer.hpp"
+#include "agent/src/dataplane/map_writer.hpp"
 #include "fake_map_ops.hpp"
 #include "model_builders.hpp"
 

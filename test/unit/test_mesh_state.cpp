@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "agent/src/dataplane_state.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
 #include "model_builders.hpp"
 
 using namespace kmesh;

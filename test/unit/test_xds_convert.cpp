@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include "agent/src/xds/convert.hpp"
+#include "agent/src/sources/xds/convert.hpp"
 
 using namespace kmesh;
 

@@ -3,9 +3,9 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 
-#include "agent/src/config_file.hpp"
-#include "agent/src/dataplane_state.hpp"
-#include "agent/src/xds/convert.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/sources/file/config_file.hpp"
+#include "agent/src/sources/xds/convert.hpp"
 #include "model_builders.hpp"
 
 using namespace kmesh;

@@ -10,9 +10,9 @@
 #include <mutex>
 #include <set>
 
-#include "agent/src/map_writer.hpp"
-#include "agent/src/xds/client.hpp"
-#include "agent/src/xds/source.hpp"
+#include "agent/src/dataplane/map_writer.hpp"
+#include "agent/src/sources/xds/client.hpp"
+#include "agent/src/sources/xds/source.hpp"
 #include "fake_map_ops.hpp"
 #include "istio/workload/workload.pb.h"
 

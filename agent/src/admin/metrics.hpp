@@ -5,7 +5,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "agent/src/map_ops.hpp"
+#include "agent/src/dataplane/map_ops.hpp"
 
 namespace kmesh {
 

@@ -1,4 +1,4 @@
-#include "agent/src/dataplane_state.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>

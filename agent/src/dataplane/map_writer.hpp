@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "agent/src/bpf_loader.hpp"
-#include "agent/src/dataplane_state.hpp"
-#include "agent/src/map_ops.hpp"
-#include "agent/src/metrics.hpp"
+#include "agent/src/admin/metrics.hpp"
+#include "agent/src/dataplane/bpf_loader.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/dataplane/map_ops.hpp"
 
 namespace kmesh {
 

@@ -26,7 +26,7 @@
 #include <variant>
 #include <vector>
 
-#include "agent/src/model.hpp"
+#include "agent/src/model/model.hpp"
 
 namespace kmesh {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "agent/src/model.hpp"
+#include "agent/src/model/model.hpp"
 #include "istio/security/authorization.pb.h"
 #include "istio/workload/workload.pb.h"
 

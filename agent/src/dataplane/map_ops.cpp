@@ -1,4 +1,4 @@
-#include "agent/src/map_ops.hpp"
+#include "agent/src/dataplane/map_ops.hpp"
 
 #include <bpf/bpf.h>
 

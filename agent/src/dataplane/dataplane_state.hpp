@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/src/model.hpp"
+#include "agent/src/model/model.hpp"
 #include "common/abi.hpp"
 
 namespace kmesh {

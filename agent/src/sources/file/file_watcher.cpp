@@ -1,4 +1,4 @@
-#include "agent/src/file_watcher.hpp"
+#include "agent/src/sources/file/file_watcher.hpp"
 
 #include <fmt/format.h>
 #include <sys/inotify.h>

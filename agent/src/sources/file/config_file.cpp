@@ -1,4 +1,4 @@
-#include "agent/src/config_file.hpp"
+#include "agent/src/sources/file/config_file.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -13,8 +13,8 @@
 #include <set>
 #include <string_view>
 
-#include "agent/src/model_validate.hpp"
-#include "agent/src/yaml_tree.hpp"
+#include "agent/src/model/model_validate.hpp"
+#include "agent/src/sources/file/yaml_tree.hpp"
 
 namespace kmesh {
 

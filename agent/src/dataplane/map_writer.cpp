@@ -1,4 +1,4 @@
-#include "agent/src/map_writer.hpp"
+#include "agent/src/dataplane/map_writer.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>

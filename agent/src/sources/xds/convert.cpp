@@ -1,8 +1,8 @@
-#include "agent/src/xds/convert.hpp"
+#include "agent/src/sources/xds/convert.hpp"
 
 #include <fmt/format.h>
 
-#include "agent/src/model_validate.hpp"
+#include "agent/src/model/model_validate.hpp"
 
 namespace kmesh::xds {
 

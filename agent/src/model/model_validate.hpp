@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/src/model.hpp"
+#include "agent/src/model/model.hpp"
 
 namespace kmesh {
 

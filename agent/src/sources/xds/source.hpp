@@ -9,8 +9,8 @@
 #include <string>
 #include <unordered_map>
 
-#include "agent/src/dataplane_state.hpp"
-#include "agent/src/xds/client.hpp"
+#include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/sources/xds/client.hpp"
 #include "istio/security/authorization.pb.h"
 
 namespace kmesh::xds {

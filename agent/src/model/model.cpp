@@ -1,4 +1,4 @@
-#include "agent/src/model.hpp"
+#include "agent/src/model/model.hpp"
 
 #include <mutex>
 #include <set>

@@ -1,4 +1,4 @@
-#include "agent/src/bpf_loader.hpp"
+#include "agent/src/dataplane/bpf_loader.hpp"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

@@ -1,4 +1,4 @@
-#include "agent/src/xds/client.hpp"
+#include "agent/src/sources/xds/client.hpp"
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>

@@ -17,9 +17,9 @@ class YamlNode {
 
     Kind kind = Kind::kNull;
     std::string scalar;
-    int line = 0;                                        // 1-based
-    std::vector<YamlNode> items;                         // kSequence
-    std::vector<YamlEntry> entries;                      // kMapping, in document order
+    int line = 0;                    // 1-based
+    std::vector<YamlNode> items;     // kSequence
+    std::vector<YamlEntry> entries;  // kMapping, in document order
 
     bool is_null() const { return kind == Kind::kNull; }
     bool is_scalar() const { return kind == Kind::kScalar; }

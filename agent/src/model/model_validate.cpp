@@ -1,4 +1,4 @@
-#include "agent/src/model_validate.hpp"
+#include "agent/src/model/model_validate.hpp"
 
 #include <fmt/format.h>
 

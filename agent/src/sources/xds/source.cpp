@@ -1,11 +1,11 @@
-#include "agent/src/xds/source.hpp"
+#include "agent/src/sources/xds/source.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 
-#include "agent/src/xds/convert.hpp"
+#include "agent/src/sources/xds/convert.hpp"
 #include "istio/workload/workload.pb.h"
 
 namespace kmesh::xds {

@@ -1,4 +1,4 @@
-#include "agent/src/ip_addr.hpp"
+#include "agent/src/model/ip_addr.hpp"
 
 #include <arpa/inet.h>
 

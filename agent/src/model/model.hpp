@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/src/ip_addr.hpp"
+#include "agent/src/model/ip_addr.hpp"
 
 namespace kmesh {
 

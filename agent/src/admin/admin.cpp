@@ -17,7 +17,7 @@
 #include <unordered_map>
 
 #include "agent/src/agent.hpp"
-#include "agent/src/xds/source.hpp"
+#include "agent/src/sources/xds/source.hpp"
 
 namespace kmesh {
 
