@@ -56,6 +56,37 @@ int main(int argc, char** argv) {
     // Tests only: acts out an upgrade across a map layout bump (maps/v<N>) with one binary.
     app.add_option("--maps-version", opt.layout.maps_version, "")->group("");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+    // The CNI installer: on the daemon with --install-cni, and as one-shot `cni install|uninstall`.
+    kmesh::installer::Options cni;
+    bool install_cni = false;
+    app.add_flag("--install-cni", install_cni,
+                 "install kmesh-cni and chain it into the node's CNI config at start, and keep it there");
+    app.add_option("--cni-bin-dir", cni.bin_dir, "CNI plugin directory")->capture_default_str();
+    app.add_option("--cni-conf-dir", cni.conf_dir, "CNI config directory")->capture_default_str();
+    app.add_option("--cni-conf-name", cni.conf_name,
+                   "config file to chain into (default: the one the runtime reads, the first "
+                   ".conf/.conflist/.json in byte order)");
+    app.add_option("--cni-binary", cni.cni_binary,
+                   "kmesh-cni to install (default: next to this executable, else on PATH)");
+    app.add_option("--cni-log-file", cni.log_file, "the plugin's logFile in the chained entry")
+        ->capture_default_str();
+    // Tests only: a fake service-account dir makes the installer believe it runs in a cluster.
+    app.add_option("--service-account-dir", cni.sa_dir, "")->group("");
+    auto* cni_cmd = app.add_subcommand("cni", "install or uninstall kmesh-cni once, then exit")
+                        ->require_subcommand(1)
+                        ->fallthrough();
+    auto* cni_install =
+        cni_cmd
+            ->add_subcommand("install",
+                             "copy kmesh-cni into --cni-bin-dir, chain it into the CNI config "
+                             "and write its kubeconfig (in a cluster)")
+            ->fallthrough();
+    auto* cni_uninstall =
+        cni_cmd
+            ->add_subcommand("uninstall",
+                             "take kmesh-cni out of every CNI config (restoring the original bytes when "
+                             "nothing else changed them), remove its kubeconfig and the binary")
+            ->fallthrough();
     auto* uninstall = app.add_subcommand(
         "uninstall",
         "detach every pod and remove all pinned programs and maps. Pods stay detached (no mesh "
@@ -66,6 +97,19 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(log_level));
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
+    cni.kmesh_namespace = pod_namespace;
+    cni.bpffs_root = opt.layout.bpffs_root;
+    if (cni_install->parsed() || cni_uninstall->parsed()) {
+        kmesh::installer::Installer installer(cni);
+        auto st = cni_install->parsed() ? installer.install() : installer.uninstall();
+        if (!st) {
+            spdlog::error("cni {}: {}", cni_install->parsed() ? "install" : "uninstall", st.to_string());
+            return 1;
+        }
+        if (cni_uninstall->parsed()) spdlog::info("cni uninstall: kmesh-cni removed from {}", cni.conf_dir);
+        return 0;
+    }
+    if (install_cni) opt.install_cni = cni;
     if (uninstall->parsed()) {
         auto problems = kmesh::uninstall(opt.layout);
         if (!problems.empty()) {

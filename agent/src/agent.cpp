@@ -225,6 +225,14 @@ int Agent::run() {
         return 1;
     }
     start_admin();
+    if (options_.install_cni) {
+        // On its own thread, started after the signal mask so that it inherits it. Stopping it (or
+        // a restart) leaves everything installed: pods keep being created while the agent is down.
+        if (auto w = installer::Watcher::start(*options_.install_cni); w)
+            cni_installer_ = std::move(*w);
+        else
+            spdlog::error("cni installer not started: {}", w.status().message());
+    }
 
     // A failed apply (full map, kernel error) is retried with exponential backoff, 1 s to 30 s.
     using Clock = std::chrono::steady_clock;
@@ -345,6 +353,7 @@ int Agent::run() {
         }
     }
     if (xds_client_) xds_client_->stop();
+    cni_installer_.reset();
     close(sfd);
     return rc;
 }
