@@ -1,6 +1,7 @@
 // The CNI installer against temp dirs: atomic writes, modes, saved originals, byte-for-byte
 // uninstall, the kubeconfig, and the watcher re-chaining a rewritten config.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -186,6 +187,11 @@ TEST_CASE("installer: config choice: the runtime's first loadable file, or --cni
     put(f.conf / "20-b.conflist", R"({"name":"b","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]})");
     put(f.conf / "05-broken.conflist", "{half a fi");
     fs::create_directories(f.conf / "01-dir.conf");
+    // Fresh: maybe being written in place; the next file is not chained meanwhile.
+    CHECK(inst.sync_chain(std::nullopt).status().code() == Errc::kUnavailable);
+    CHECK_FALSE(has_entry(slurp(f.conf / "20-b.conflist")));
+    timespec old_times[2] = {{1, 0}, {1, 0}};
+    REQUIRE(utimensat(AT_FDCWD, (f.conf / "05-broken.conflist").c_str(), old_times, 0) == 0);
     auto r = inst.sync_chain(std::nullopt);
     REQUIRE(r);
     CHECK(r->file == "20-b.conflist");  // the broken one and the directory are skipped
@@ -302,4 +308,28 @@ TEST_CASE(
     w->reset();  // stops the thread; everything stays installed
     CHECK(count_entries(slurp(f.conf / "10-a.conflist")) == 1);
     CHECK(fs::exists(f.bin / "kmesh-cni"));
+}
+
+TEST_CASE("installer: --cni-conf-name naming a .conf follows it into the .conflist it became") {
+    Fixture f;
+    f.opt.conf_name = "20-b.conf";
+    put(f.conf / "10-a.conflist", R"({"name":"a","cniVersion":"1.0.0","plugins":[{"type":"ptp"}]})");
+    std::string b = R"({"cniVersion":"0.4.0","name":"b","type":"bridge"})";
+    put(f.conf / "20-b.conf", b);
+    Installer inst(f.opt);
+    REQUIRE(inst.install());
+    CHECK_FALSE(has_entry(slurp(f.conf / "10-a.conflist")));  // not the runtime's first: the named one
+    CHECK(count_entries(slurp(f.conf / "20-b.conflist")) == 1);
+    auto again = inst.sync_chain(std::nullopt);
+    REQUIRE(again);
+    CHECK(again->outcome == Installer::Outcome::kUnchanged);
+    CHECK(again->file == "20-b.conflist");
+    put(f.conf / "20-b.conf", b);  // its owner writes it again
+    auto r = inst.sync_chain(std::nullopt);
+    REQUIRE(r);
+    CHECK(r->outcome == Installer::Outcome::kWritten);
+    CHECK_FALSE(fs::exists(f.conf / "20-b.conf"));
+    REQUIRE(inst.uninstall());
+    CHECK(slurp(f.conf / "20-b.conf") == b);
+    CHECK_FALSE(fs::exists(f.conf / "20-b.conflist"));
 }

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 #include <vector>
 
 namespace kmesh::installer {
@@ -27,6 +29,7 @@ namespace {
 constexpr const char* kTempPrefix = ".kmesh-cni.tmp-";  // no config extension: libcni never reads it
 constexpr mode_t kBinaryMode = 0755;
 constexpr mode_t kKubeconfigMode = 0600;
+constexpr time_t kFreshSeconds = 2;  // an unloadable config younger than this may be half-written
 
 Status errno_status(const std::string& what) {
     int e = errno;
@@ -258,6 +261,15 @@ Result<std::optional<std::string>> Installer::pick_config() {
         auto bytes = read_file(dir + "/" + name);
         Status st = bytes ? validate_config(name, *bytes) : bytes.status();
         if (st) return std::optional<std::string>(name);
+        // A file written in place (not renamed into place) can be read half-way. While it is that
+        // fresh, wait for its close event (or the next tick) rather than chain the next file.
+        if (auto info = stat_file(dir + "/" + name); info) {
+            timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            if (now.tv_sec - info->mtime.tv_sec < kFreshSeconds)
+                return Status(Errc::kUnavailable,
+                              fmt::format("{}/{}: {} (being written?)", dir, name, st.message()));
+        }
         // Skipped, as CRI-O and Istio's installer skip it; the runtime would not run it either.
         if (warned_.insert(name + st.message()).second)
             spdlog::warn("cni installer: skipping {}/{}: {}", dir, name, st.message());
@@ -313,7 +325,10 @@ Status Installer::install() {
             kube->standalone_reason);
     for (int attempt = 0;; attempt++) {
         auto r = sync_chain(kube->path);
-        if (!r && r.status().code() == Errc::kUnavailable && attempt < 5) continue;
+        if (!r && r.status().code() == Errc::kUnavailable && attempt < 10) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the primary is writing
+            continue;
+        }
         if (!r) return r.status();
         if (r->outcome == Outcome::kNoConfig)
             return Status(Errc::kNotFound,
