@@ -104,6 +104,8 @@ chained_within() { # <file> <ms>: the file has exactly one entry, last, within t
         sleep 0.01
     done
 }
+sleep 2.5  # past the installer's 2 s tick: the wait is logged once, not on every pass
+check "the wait is logged once" test "$(grep -c 'waiting for a CNI config' "$TMP/agent.log")" = 1
 cp "$TMP/plain.conflist" "$CONF/.new" && mv "$CONF/.new" "$PRIMARY"
 ms=$(chained_within "$PRIMARY" 1000) && ok "the primary appearing after the agent is chained ($ms ms)" || not_ok "primary appearing: $ms"
 
