@@ -3,11 +3,19 @@
 #include <fmt/format.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
 #include <rapidjson/prettywriter.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <type_traits>
 
 namespace kmesh::installer {
 
@@ -26,14 +34,62 @@ std::string_view extension(std::string_view name) {
     return dot == std::string_view::npos ? std::string_view{} : name.substr(dot);
 }
 
+// Builds the document like GenericDocument's own handler, except that each number arrives as its
+// token and is converted here, exactly: integers with from_chars, other numbers with glibc's
+// strtod (correctly rounded), so a number we re-serialise keeps the value Go's encoding/json reads.
+// RapidJSON 1.1's own exact path (kParseFullPrecisionFlag) is not used: on a zero significand it
+// calls __builtin_clzll(0) and on long mantissas it indexes past its power table (both found by
+// fuzz/conflist_fuzz.cpp under UBSan); its default path may be off by one ulp.
+template <class Handler>
+struct ExactNumbers {
+    Handler& h;
+    bool Null() { return h.Null(); }
+    bool Bool(bool b) { return h.Bool(b); }
+    bool Int(int i) { return h.Int(i); }
+    bool Uint(unsigned u) { return h.Uint(u); }
+    bool Int64(int64_t i) { return h.Int64(i); }
+    bool Uint64(uint64_t u) { return h.Uint64(u); }
+    bool Double(double d) { return h.Double(d); }
+    bool String(const char* s, rapidjson::SizeType n, bool copy) { return h.String(s, n, copy); }
+    bool StartObject() { return h.StartObject(); }
+    bool Key(const char* s, rapidjson::SizeType n, bool copy) { return h.Key(s, n, copy); }
+    bool EndObject(rapidjson::SizeType members) { return h.EndObject(members); }
+    bool StartArray() { return h.StartArray(); }
+    bool EndArray(rapidjson::SizeType elements) { return h.EndArray(elements); }
+    bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
+        const std::string_view token(s, n);
+        if (token.find_first_of(".eE") == std::string_view::npos) {
+            std::int64_t i = 0;
+            if (std::from_chars(token.data(), token.data() + token.size(), i).ec == std::errc{})
+                return h.Int64(i);
+            std::uint64_t u = 0;
+            if (std::from_chars(token.data(), token.data() + token.size(), u).ec == std::errc{})
+                return h.Uint64(u);
+        }
+        const std::string copy(token);  // strtod needs the terminating NUL
+        errno = 0;
+        char* end = nullptr;
+        const double d = std::strtod(copy.c_str(), &end);
+        if (end != copy.c_str() + copy.size() || (errno == ERANGE && std::isinf(d))) return false;
+        return h.Double(d);
+    }
+};
+
 Result<Document> parse(std::string_view name, std::string_view bytes) {
     Document doc;
-    // Full precision: a number we re-serialise keeps the value Go's encoding/json reads.
-    doc.Parse<rapidjson::kParseFullPrecisionFlag>(bytes.data(), bytes.size());
-    if (doc.HasParseError())
+    rapidjson::MemoryStream ms(bytes.data(), bytes.size());
+    rapidjson::ParseResult result;
+    auto generate = [&](Document& handler) {
+        rapidjson::Reader reader;
+        ExactNumbers<Document> exact{handler};
+        result = reader.Parse<rapidjson::kParseNumbersAsStringsFlag>(ms, exact);
+        return !result.IsError();
+    };
+    doc.Populate(generate);
+    if (result.IsError())
         return Status(Errc::kDataLoss,
                       fmt::format("{}: not JSON: {} at offset {}", name,
-                                  rapidjson::GetParseError_En(doc.GetParseError()), doc.GetErrorOffset()));
+                                  rapidjson::GetParseError_En(result.Code()), result.Offset()));
     if (!doc.IsObject()) return Status(Errc::kInvalidArgument, fmt::format("{}: not a JSON object", name));
     return doc;
 }
