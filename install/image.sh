@@ -44,8 +44,10 @@ if ! "${PODMAN[@]}" image exists "$BASE"; then
   if [[ ! -s $tarball ]]; then
     step "making $BASE with mmdebstrap (no registry needed)"
     mkdir -p "$CACHE"
-    # The slim image's dpkg filters: no docs, man pages or translations.
-    mmdebstrap --variant=minbase --format=tar \
+    # merged-usr as debootstrap sets it up (directory symlinks and usr-is-merged; otherwise
+    # usrmerge comes in and pulls in perl), and the slim image's dpkg filters: no docs, man pages
+    # or translations.
+    mmdebstrap --variant=minbase --format=tar --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
       --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/info/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
