@@ -22,7 +22,7 @@ RUN --mount=type=cache,id=kmesh-ccache,target=/ccache \
  && cmake --build /build -j"$(nproc)" --target kmesh-daemon kmesh-cni kmeshctl \
  && install -D -s -m 0755 -t /out/usr/local/bin \
         /build/agent/kmesh-daemon /build/cni/kmesh-cni /build/ctl/kmeshctl \
- && ccache --show-stats | grep -iE 'hits|misses' || true
+ && ccache --show-stats
 # The runtime packages are derived from the binaries themselves (the Debian way, dpkg-shlibdeps),
 # so they follow the build's libraries without a second hand-kept list.
 RUN mkdir -p /tmp/shlibs/debian && cd /tmp/shlibs && touch debian/control \
