@@ -122,7 +122,9 @@ function validateObject(where, obj) {
 
 const srcFile = (p) => readFileSync(path.join(opt.src, p), "utf8");
 const version = /^project\(kmesh-cpp VERSION ([0-9][0-9.]*)/m.exec(srcFile("CMakeLists.txt"))?.[1];
-const wantImage = `kmesh-cpp/kmesh:${version}`;
+// install/image.sh's default name (IMAGE=${IMAGE:-name}) and the version it tags.
+const imageName = /^IMAGE=\$\{IMAGE:-([^}]+)\}/m.exec(srcFile("install/image.sh"))?.[1];
+const wantImage = `${imageName}:${version}`;
 
 // The calls common/kube/api.hpp declares, as RBAC (resource, verb) pairs: get_pod -> pods get,
 // watch_namespaces -> namespaces watch, patch_pod_annotations -> pods patch.
