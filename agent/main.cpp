@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
     xds.root_cert_path = "/var/run/secrets/istio/root-cert.pem";
     xds.token_path = "/var/run/secrets/tokens/istio-token";
     std::string pod_name, pod_namespace = "kmesh-system", instance_ip;
+    app.set_version_flag("--version", "kmesh-daemon " KMESH_VERSION);
 
     app.add_option("--bpffs-root", opt.layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();

@@ -6,12 +6,18 @@
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <string_view>
 
 #include "cni/attach.hpp"
 #include "cni/plugin.hpp"
 
-int main() {
+int main(int argc, char** argv) {
     using namespace kmesh::cni;
+    // For operators and the image test; runtimes never pass arguments, so the protocol is untouched.
+    if (argc == 2 && std::string_view(argv[1]) == "--version") {
+        std::cout << "kmesh-cni " KMESH_VERSION "\n";
+        return 0;
+    }
     // Nothing may reach stdout through spdlog's default (console) logger.
     spdlog::set_default_logger(std::make_shared<spdlog::logger>("null"));
     const Env env = Env::from_process();

@@ -154,6 +154,7 @@ int dump(const kmesh::PinLayout& layout) {
 int main(int argc, char** argv) {
     CLI::App app{"kmeshctl: inspect the Kmesh data plane on this node"};
     kmesh::PinLayout layout;
+    app.set_version_flag("--version", "kmeshctl " KMESH_VERSION);
     app.add_option("--bpffs-root", layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();
     auto* dump_cmd =
