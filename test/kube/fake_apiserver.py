@@ -38,6 +38,9 @@ Control API (no auth; JSON bodies; every answer is JSON):
     POST   /_control/compact            positions older than the current resourceVersion expire:
                                         a WATCH from them gets the 410 ERROR event
     POST   /_control/expire_watches     body {"count": n}: the next n WATCH requests get the 410
+    POST   /_control/rewind_watches     body {"count": n, "by": k}: the next n WATCH requests start k
+                                        changes before the resourceVersion asked for, re-sending
+                                        events the client has seen (duplicates a client must drop)
     POST   /_control/drop_watches       every open watch connection is cut without the final
                                         chunk (as a dying apiserver or load balancer does)
     POST   /_control/pause_watches      cut open watches, answer new WATCH requests with 503
@@ -164,6 +167,7 @@ class Store:
         self.log = []  # {"rv", "type", "kind", "key", "object", "old"}
         self.compacted = 0
         self.expire_next = 0
+        self.rewind = (0, 0)  # (count, by)
         self.generation = 0  # bumped by drop_watches: open watches end abruptly
         self.paused = False
         self.faults = []
@@ -474,6 +478,12 @@ class Handler(BaseHTTPRequestHandler):
                     if STORE.expire_next > 0:
                         STORE.expire_next -= 1
                 initial = []
+                if not expired and STORE.rewind[0] > 0:
+                    count, by = STORE.rewind
+                    STORE.rewind = (count - 1, by)
+                    earlier = [e["rv"] for e in STORE.log if e["rv"] <= cursor]
+                    if earlier:
+                        cursor = earlier[-min(by, len(earlier))] - 1
             else:
                 cursor = STORE.rv
                 initial = [copy.deepcopy(o) for _, o in sorted(STORE.objs[kind].items()) if match(o)]
@@ -563,6 +573,10 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "POST" and parts == ["expire_watches"]:
             with STORE.cv:
                 STORE.expire_next = int(data.get("count", 1))
+            return self.send_json(200, {})
+        if verb == "POST" and parts == ["rewind_watches"]:
+            with STORE.cv:
+                STORE.rewind = (int(data.get("count", 1)), int(data.get("by", 1)))
             return self.send_json(200, {})
         if verb == "POST" and parts in (["drop_watches"], ["pause_watches"], ["resume_watches"]):
             with STORE.cv:

@@ -517,6 +517,29 @@ TEST_CASE("informer: dropped connections resume from the last resourceVersion, n
     CHECK(saw_unavailable);
 }
 
+TEST_CASE("informer: events a server re-sends after a reconnect are not delivered twice") {
+    auto api = make_client(config());
+    std::string rv0 = current_rv();
+    Recorder rec;
+    auto inf = make_informer(*api, rec, "replay");
+    inf->start();
+    REQUIRE(wait_until([&] { return inf->synced(); }));
+    add_pod("replay", "r1", "n", "replay");
+    add_pod("replay", "r2", "n", "replay");
+    add_pod("replay", "r1", "n", "replay", "2");
+    REQUIRE(wait_until([&] { return rec.get().size() == 3; }));
+    // The next watch starts 3 changes early: ADDED r1, ADDED r2, MODIFIED r1 arrive again.
+    ctl("POST", "rewind_watches", R"({"count": 1, "by": 3})");
+    ctl("POST", "drop_watches");
+    REQUIRE(wait_until([&] { return ctl("GET", "stats")["watches_active"].GetInt() == 1; }));
+    add_pod("replay", "r3", "n", "replay");
+    auto want = server_changes(rv0, "replay");
+    REQUIRE(want.size() == 4);
+    CHECK(wait_until([&] { return rec.get().size() >= 4; }));
+    std::this_thread::sleep_for(300ms);
+    CHECK(rec.get() == want);
+}
+
 TEST_CASE("informer: 410 relists and delivers exactly the difference") {
     auto api = make_client(config());
     add_pod("relist", "keep", "n", "relist");
