@@ -41,6 +41,9 @@ Control API (no auth; JSON bodies; every answer is JSON):
     POST   /_control/rewind_watches     body {"count": n, "by": k}: the next n WATCH requests start k
                                         changes before the resourceVersion asked for, re-sending
                                         events the client has seen (duplicates a client must drop)
+    POST   /_control/stall_watches      body {"count": n}: the next n WATCH requests get their headers
+                                        and then silence (no events, no bookmarks, no end at
+                                        timeoutSeconds) until drop_watches: a dead peer TCP misses
     POST   /_control/drop_watches       every open watch connection is cut without the final
                                         chunk (as a dying apiserver or load balancer does)
     POST   /_control/pause_watches      cut open watches, answer new WATCH requests with 503
@@ -168,6 +171,7 @@ class Store:
         self.compacted = 0
         self.expire_next = 0
         self.rewind = (0, 0)  # (count, by)
+        self.stall_next = 0
         self.generation = 0  # bumped by drop_watches: open watches end abruptly
         self.paused = False
         self.faults = []
@@ -467,6 +471,15 @@ class Handler(BaseHTTPRequestHandler):
         with STORE.cv:
             STORE.watches_active += 1
             gen = STORE.generation
+            if STORE.stall_next > 0:
+                STORE.stall_next -= 1
+                try:
+                    while STORE.generation == gen:
+                        STORE.cv.wait(1.0)
+                finally:
+                    STORE.watches_active -= 1
+                self.cut()
+                return
             expired = False
             if rv_q not in ("", "0"):
                 try:
@@ -573,6 +586,10 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "POST" and parts == ["expire_watches"]:
             with STORE.cv:
                 STORE.expire_next = int(data.get("count", 1))
+            return self.send_json(200, {})
+        if verb == "POST" and parts == ["stall_watches"]:
+            with STORE.cv:
+                STORE.stall_next = int(data.get("count", 1))
             return self.send_json(200, {})
         if verb == "POST" and parts == ["rewind_watches"]:
             with STORE.cv:

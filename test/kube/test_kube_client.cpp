@@ -382,6 +382,21 @@ TEST_CASE("client WATCH: a connection cut mid-stream is kUnavailable, not a norm
     CHECK_MESSAGE(s.code() == Errc::kUnavailable, s.to_string());
 }
 
+TEST_CASE("client WATCH: a silent connection is given up (timeoutSeconds + 10 s without a byte)") {
+    auto api = make_client(config());
+    ctl("POST", "stall_watches", R"({"count": 1})");
+    std::atomic<bool> stop{false};
+    auto t0 = std::chrono::steady_clock::now();
+    Status s = api->watch_pods(
+        {}, current_rv(), 1, [](const WatchEvent<Pod>&) { return true; }, stop);
+    auto took = std::chrono::steady_clock::now() - t0;
+    CHECK_MESSAGE(s.code() == Errc::kUnavailable, s.to_string());
+    CHECK(s.message().find("no data") != std::string::npos);
+    CHECK(took >= 10s);
+    CHECK(took < 14s);
+    ctl("POST", "drop_watches");
+}
+
 TEST_CASE("client auth: wrong token => kUnauthenticated, token never in the message; rotation") {
     ClientConfig c = config();
     c.token_file.clear();
