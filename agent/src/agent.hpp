@@ -14,6 +14,7 @@
 #include "agent/src/dataplane/bpf_loader.hpp"
 #include "agent/src/dataplane/dataplane_state.hpp"
 #include "agent/src/dataplane/map_writer.hpp"
+#include "agent/src/enrolment/reconciler.hpp"
 #include "agent/src/model/model.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
@@ -34,6 +35,9 @@ struct AgentOptions {
     std::string admin_address = "127.0.0.1";
     int admin_port = 15200;                              // 0: no admin server
     uint64_t max_config_bytes = kDefaultMaxConfigBytes;  // a bigger config file is refused unread
+    // Enrolment by labels (agent/src/enrolment): set when there is a kube config and a node name.
+    std::shared_ptr<kube::Api> kube_api;
+    std::optional<enrolment::ReconcilerOptions> enrolment;
 };
 
 // Exponential retry delay for failed map writes: 1 s doubling to 30 s. A new source generation
@@ -117,6 +121,7 @@ class Agent {
     std::unique_ptr<xds::Client> xds_client_;
     struct Admin;
     std::unique_ptr<Admin> admin_;
+    std::unique_ptr<enrolment::Reconciler> enrolment_;  // started by run() when configured
 };
 
 }  // namespace kmesh
