@@ -436,6 +436,12 @@ void cmd_del(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const std::string name = encode_pin_name(req.container_id);
     if (release_record(layout.pod_dir(req.container_id), req.config.name))
         log.info("removed {}", layout.pod_dir(req.container_id));
+    // The links the agent's enrolment reconciler attached to this pod (pods/_pod_<uid>): the
+    // sandbox is going away. Were it only recreated, the ADD that follows attaches it again.
+    if (auto uid = req.args.find("K8S_POD_UID"); uid != req.args.end()) {
+        const fs::path agent_record = fs::path(layout.pods_dir()) / agent_pod_record(uid->second);
+        if (release_record(agent_record, "")) log.info("removed {}", agent_record.string());
+    }
     // The shared link sets this container uses (found by scanning: cgroupPath may have changed
     // since ADD, or the cgroup be gone).
     for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {

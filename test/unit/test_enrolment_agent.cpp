@@ -323,3 +323,26 @@ TEST_CASE("executor: a failed annotation is an error retried, the attachment sta
     CHECK(r.errors.empty());
     CHECK(n.api.pods["meshed/web"].meta.annotations.count("kmesh.net/redirection") == 1);
 }
+
+TEST_CASE("kmesh-cni DEL of a pod also removes the agent's record of it (pods/_pod_<uid>)") {
+    Node n;
+    n.load_agent();
+    const fs::path cg = n.cgroups.mkdirs("kubepods/pod9999");
+    n.api.add_pod("meshed", "web", "9999");
+    CHECK(n.pass().errors.empty());
+    REQUIRE(n.links(cg) == 2);
+    n.kernel.magic[n.bpffs.path().string()] = 0xcafe4a11;  // BPF_FS_MAGIC
+    auto del = [&](const std::string& uid) {
+        return kmesh::cni::run(
+            kmesh::cni::parse_request(kmesh::cni::Env{"DEL", "sandbox1", "", "", "K8S_POD_UID=" + uid, ""},
+                                      R"({"cniVersion":"1.0.0","name":"net","type":"kmesh-cni","logFile":"",)"
+                                      R"("bpffsRoot":")" +
+                                          n.bpffs.path().string() + R"("})"),
+            n.kernel, n.log);
+    };
+    del("1234");  // another pod: untouched
+    CHECK(n.links(cg) == 2);
+    del("9999");
+    CHECK(n.links(cg) == 0);
+    CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_9999"));
+}
