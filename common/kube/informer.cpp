@@ -14,6 +14,22 @@ namespace kmesh::kube {
 
 namespace {
 
+std::optional<uint64_t> as_number(const std::string& rv) {
+    if (rv.empty() || rv.size() > 19) return std::nullopt;
+    uint64_t v = 0;
+    for (char c : rv) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + static_cast<uint64_t>(c - '0');
+    }
+    return v;
+}
+
+// True when both are numeric and `event_rv` <= `position`.
+bool not_newer(const std::string& event_rv, const std::string& position) {
+    auto e = as_number(event_rv), p = as_number(position);
+    return e && p && *e <= *p;
+}
+
 Result<List<Pod>> list_of(Api& api, const ListOptions& o, const Pod*) { return api.list_pods(o); }
 Result<List<Namespace>> list_of(Api& api, const ListOptions& o, const Namespace*) {
     return api.list_namespaces(o);
@@ -113,6 +129,14 @@ struct Informer<T>::Impl {
     Status watch_once(bool* got_event) {
         WatchHandler<T> handler = [&](const WatchEvent<T>& ev) {
             *got_event = true;
+            // A server may re-send changes at or before the position the watch asked for (a
+            // restarted watch cache, a proxy replaying a stream). resourceVersions are opaque to
+            // clients in general, but every API server backed by etcd uses the etcd revision, a
+            // number that only grows: when both are numbers, an event not newer than the position
+            // already applied is a replay and is dropped (otherwise the cache check below still
+            // drops a replay of the object's current state).
+            if (ev.type != EventType::kBookmark && not_newer(ev.object.meta.resource_version, rv))
+                return !stop.load();
             switch (ev.type) {
                 case EventType::kAdded:
                 case EventType::kModified:

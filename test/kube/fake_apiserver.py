@@ -38,6 +38,12 @@ Control API (no auth; JSON bodies; every answer is JSON):
     POST   /_control/compact            positions older than the current resourceVersion expire:
                                         a WATCH from them gets the 410 ERROR event
     POST   /_control/expire_watches     body {"count": n}: the next n WATCH requests get the 410
+    POST   /_control/rewind_watches     body {"count": n, "by": k}: the next n WATCH requests start k
+                                        changes before the resourceVersion asked for, re-sending
+                                        events the client has seen (duplicates a client must drop)
+    POST   /_control/stall_watches      body {"count": n}: the next n WATCH requests get their headers
+                                        and then silence (no events, no bookmarks, no end at
+                                        timeoutSeconds) until drop_watches: a dead peer TCP misses
     POST   /_control/drop_watches       every open watch connection is cut without the final
                                         chunk (as a dying apiserver or load balancer does)
     POST   /_control/pause_watches      cut open watches, answer new WATCH requests with 503
@@ -164,6 +170,8 @@ class Store:
         self.log = []  # {"rv", "type", "kind", "key", "object", "old"}
         self.compacted = 0
         self.expire_next = 0
+        self.rewind = (0, 0)  # (count, by)
+        self.stall_next = 0
         self.generation = 0  # bumped by drop_watches: open watches end abruptly
         self.paused = False
         self.faults = []
@@ -258,6 +266,9 @@ ARGS = None
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-apiserver/1.0"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK (40 ms a request), which would swamp any latency measurement.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):  # quiet unless asked
         if os.environ.get("FAKE_APISERVER_VERBOSE"):
@@ -463,6 +474,15 @@ class Handler(BaseHTTPRequestHandler):
         with STORE.cv:
             STORE.watches_active += 1
             gen = STORE.generation
+            if STORE.stall_next > 0:
+                STORE.stall_next -= 1
+                try:
+                    while STORE.generation == gen:
+                        STORE.cv.wait(1.0)
+                finally:
+                    STORE.watches_active -= 1
+                self.cut()
+                return
             expired = False
             if rv_q not in ("", "0"):
                 try:
@@ -474,6 +494,12 @@ class Handler(BaseHTTPRequestHandler):
                     if STORE.expire_next > 0:
                         STORE.expire_next -= 1
                 initial = []
+                if not expired and STORE.rewind[0] > 0:
+                    count, by = STORE.rewind
+                    STORE.rewind = (count - 1, by)
+                    earlier = [e["rv"] for e in STORE.log if e["rv"] <= cursor]
+                    if earlier:
+                        cursor = earlier[-min(by, len(earlier))] - 1
             else:
                 cursor = STORE.rv
                 initial = [copy.deepcopy(o) for _, o in sorted(STORE.objs[kind].items()) if match(o)]
@@ -563,6 +589,14 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "POST" and parts == ["expire_watches"]:
             with STORE.cv:
                 STORE.expire_next = int(data.get("count", 1))
+            return self.send_json(200, {})
+        if verb == "POST" and parts == ["stall_watches"]:
+            with STORE.cv:
+                STORE.stall_next = int(data.get("count", 1))
+            return self.send_json(200, {})
+        if verb == "POST" and parts == ["rewind_watches"]:
+            with STORE.cv:
+                STORE.rewind = (int(data.get("count", 1)), int(data.get("by", 1)))
             return self.send_json(200, {})
         if verb == "POST" and parts in (["drop_watches"], ["pause_watches"], ["resume_watches"]):
             with STORE.cv:

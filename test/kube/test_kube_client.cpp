@@ -364,9 +364,10 @@ TEST_CASE("client WATCH: a connection cut mid-stream is kUnavailable, not a norm
     std::atomic<bool> stop{false};
     std::atomic<int> events{0};
     Status s;
+    std::string from = current_rv();  // taken before the thread: the pod below comes after it
     std::thread t([&] {
         s = api->watch_pods(
-            {}, current_rv(), 30,
+            {}, from, 30,
             [&](const WatchEvent<Pod>& ev) {
                 if (ev.type != EventType::kBookmark) ++events;
                 return true;
@@ -374,10 +375,26 @@ TEST_CASE("client WATCH: a connection cut mid-stream is kUnavailable, not a norm
             stop);
     });
     add_pod("drop", "d1", "n", "drop");
-    REQUIRE(wait_until([&] { return events.load() == 1; }));
+    CHECK(wait_until([&] { return events.load() == 1; }));
+    if (events.load() != 1) stop = true;
     ctl("POST", "drop_watches");
     t.join();
-    CHECK(s.code() == Errc::kUnavailable);
+    CHECK_MESSAGE(s.code() == Errc::kUnavailable, s.to_string());
+}
+
+TEST_CASE("client WATCH: a silent connection is given up (timeoutSeconds + 10 s without a byte)") {
+    auto api = make_client(config());
+    ctl("POST", "stall_watches", R"({"count": 1})");
+    std::atomic<bool> stop{false};
+    auto t0 = std::chrono::steady_clock::now();
+    Status s = api->watch_pods(
+        {}, current_rv(), 1, [](const WatchEvent<Pod>&) { return true; }, stop);
+    auto took = std::chrono::steady_clock::now() - t0;
+    CHECK_MESSAGE(s.code() == Errc::kUnavailable, s.to_string());
+    CHECK(s.message().find("no data") != std::string::npos);
+    CHECK(took >= 10s);
+    CHECK(took < 14s);
+    ctl("POST", "drop_watches");
 }
 
 TEST_CASE("client auth: wrong token => kUnauthenticated, token never in the message; rotation") {
@@ -513,6 +530,29 @@ TEST_CASE("informer: dropped connections resume from the last resourceVersion, n
     bool saw_unavailable = false;
     for (const auto& e : rec.errs()) saw_unavailable |= e.code() == Errc::kUnavailable;
     CHECK(saw_unavailable);
+}
+
+TEST_CASE("informer: events a server re-sends after a reconnect are not delivered twice") {
+    auto api = make_client(config());
+    std::string rv0 = current_rv();
+    Recorder rec;
+    auto inf = make_informer(*api, rec, "replay");
+    inf->start();
+    REQUIRE(wait_until([&] { return inf->synced(); }));
+    add_pod("replay", "r1", "n", "replay");
+    add_pod("replay", "r2", "n", "replay");
+    add_pod("replay", "r1", "n", "replay", "2");
+    REQUIRE(wait_until([&] { return rec.get().size() == 3; }));
+    // The next watch starts 3 changes early: ADDED r1, ADDED r2, MODIFIED r1 arrive again.
+    ctl("POST", "rewind_watches", R"({"count": 1, "by": 3})");
+    ctl("POST", "drop_watches");
+    REQUIRE(wait_until([&] { return ctl("GET", "stats")["watches_active"].GetInt() == 1; }));
+    add_pod("replay", "r3", "n", "replay");
+    auto want = server_changes(rv0, "replay");
+    REQUIRE(want.size() == 4);
+    CHECK(wait_until([&] { return rec.get().size() >= 4; }));
+    std::this_thread::sleep_for(300ms);
+    CHECK(rec.get() == want);
 }
 
 TEST_CASE("informer: 410 relists and delivers exactly the difference") {
