@@ -20,14 +20,10 @@ source "$ROOT/test/kube/lib.sh"
 e2e_init "$BUILD_DIR"
 
 curl() { nsenter --net="/run/netns/$NODE" curl "$@"; }
-python3() { # the server through bench/fake_apiserver_nodelay.py (see there why)
-    local args=("$@")
-    [[ ${args[0]} == */fake_apiserver.py ]] && args[0]=$ROOT/bench/fake_apiserver_nodelay.py
-    nsenter --net="/run/netns/$NODE" python3 "${args[@]}"
-}
+python3() { nsenter --net="/run/netns/$NODE" python3 "$@"; }
 kube_fake_start "$TMP/kube"
 unset -f python3
-FAKE_PID=$(pgrep -f "fake_apiserver_nodelay.py --cert $TMP/kube/server.crt" | head -1)
+FAKE_PID=$(pgrep -f "fake_apiserver.py --cert $TMP/kube/server.crt" | head -1)
 trap 'rc=$?; set +e; kill "$FAKE_PID" 2>/dev/null; (exit $rc); e2e_cleanup' EXIT
 ctl() { kube_fake_ctl "$@" >/dev/null; }
 ctl POST namespaces '{"metadata":{"name":"meshed","labels":{"istio.io/dataplane-mode":"Kmesh"}}}'
