@@ -56,6 +56,15 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     // Tests only: acts out an upgrade across a map layout bump (maps/v<N>) with one binary.
     app.add_option("--maps-version", opt.layout.maps_version, "")->group("");
+    std::string kubeconfig, enrol_pods = "auto", cgroup_root;
+    app.add_option("--kubeconfig", kubeconfig, "kubeconfig for the API server (default: in-cluster config)");
+    app.add_option("--enrol-pods", enrol_pods,
+                   "enrol this node's pods by their istio.io/dataplane-mode labels: auto (when a kube config "
+                   "and --node-name are there), on, off")
+        ->check(CLI::IsMember({"auto", "on", "off"}))
+        ->capture_default_str();
+    app.add_option("--cgroup-root", cgroup_root,
+                   "cgroup v2 tree holding the pod cgroups (default: its mount)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
     // The CNI installer: on the daemon with --install-cni, and as one-shot `cni install|uninstall`.
     kmesh::installer::Options cni;
@@ -144,6 +153,27 @@ int main(int argc, char** argv) {
     } else if (opt.config_path.empty()) {
         spdlog::error("give --config FILE (standalone) or --xds-address / XDS_ADDRESS (istiod)");
         return 2;
+    }
+    if (enrol_pods != "off") {
+        auto kube =
+            kubeconfig.empty() ? kmesh::kube::load_in_cluster() : kmesh::kube::load_kubeconfig(kubeconfig);
+        if (!kube && (enrol_pods == "on" || !kubeconfig.empty())) {
+            spdlog::error("enrolment: no usable kube config: {}", kube.status().to_string());
+            return 2;
+        }
+        if (kube && opt.node.node.empty()) {
+            if (enrol_pods == "on") {
+                spdlog::error("enrolment: --node-name / NODE_NAME is required");
+                return 2;
+            }
+            spdlog::warn("enrolment off: no --node-name / NODE_NAME");
+        } else if (kube) {
+            opt.kube_api = kmesh::kube::make_client(*kube);
+            opt.enrolment =
+                kmesh::enrolment::ReconcilerOptions{{opt.layout, cgroup_root, pod_namespace}, opt.node.node};
+        } else {
+            spdlog::info("enrolment off: not in a cluster ({})", kube.status().message());
+        }
     }
     std::string error;
     auto agent = kmesh::Agent::start(opt, &error);

@@ -27,7 +27,13 @@ int main(int argc, char** argv) {
     }
     LinuxKernel kernel;
     std::string out;
-    const int rc = plugin_main(env, input, kernel, out);
+    // The kube client is only made for an ADD whose config has a kubeConfig.
+    ApiFactory api = [](const std::string& path) -> kmesh::Result<std::unique_ptr<kmesh::kube::Api>> {
+        auto config = kmesh::kube::load_kubeconfig(path);
+        if (!config) return config.status();
+        return kmesh::kube::make_client(*config);
+    };
+    const int rc = plugin_main(env, input, kernel, out, kDefaultLogFile, api);
     std::cout << out;
     return rc;
 }

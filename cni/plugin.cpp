@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/cgroup.hpp"
+#include "common/enrolment.hpp"
 
 namespace kmesh::cni {
 
@@ -34,23 +35,6 @@ namespace {
 constexpr std::array<std::string_view, 4> kSupportedVersions = {"0.3.1", "0.4.0", "1.0.0", "1.1.0"};
 // Pinned entries must fit bpffs' NAME_MAX (255) after encoding and a prefix.
 constexpr std::size_t kMaxEncodedName = 200;
-// Marker directory naming the network an attachment belongs to (bpffs holds only pins and dirs).
-constexpr std::string_view kNetMarkerPrefix = "net_";
-// pods/_cgroup_<cgroup id>: links shared by every container of one cgroupPath. Container ids start
-// with an alphanumeric, so this can never be a container's own dir.
-constexpr std::string_view kSharedPrefix = "_cgroup_";
-constexpr const char* kUsersDir = "users";
-
-struct ProgSpec {
-    const char* name;
-    bpf_attach_type type;
-};
-constexpr ProgSpec kProgs[] = {
-    {kProgConnect4, BPF_CGROUP_INET4_CONNECT},
-    {kProgConnect6, BPF_CGROUP_INET6_CONNECT},
-};
-
-std::string errno_str(int negative_errno) { return std::strerror(-negative_errno); }
 
 bool is_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
 
@@ -308,192 +292,13 @@ Target resolve_target(const Request& req, Kernel& kernel) {
     return {*lookup.path, false};
 }
 
-struct PinnedProg {
-    KernelFd fd;
-    std::uint32_t id = 0;
-};
-
-// Opens the agent's pinned program; a missing pin means the agent has not (yet) loaded it.
-PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, int missing_code) {
-    const std::string path = layout.prog(name);
-    int fd = kernel.obj_get(path);
-    if (fd == -ENOENT) {
-        throw CniError(missing_code, fmt::format("kmesh agent not running: {} not found", path));
-    }
-    if (fd < 0) {
-        throw CniError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
-                       fmt::format("cannot open {}: {}", path, errno_str(fd)));
-    }
-    PinnedProg prog{KernelFd(kernel, fd)};
-    if (int err = kernel.prog_id(fd, &prog.id); err < 0) {
-        throw CniError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
-                       fmt::format("cannot read program info of {}: {}", path, errno_str(err)));
-    }
-    return prog;
-}
-
-// Serialises every change under kmesh/pods between kmesh-cni processes (runtimes run ADDs of
-// different containers in parallel, and a confused one may run two of the same). The lock is a
-// flock on the pods directory itself (bpffs holds no regular files); the agent locks kmesh/, not
-// this. Mutations take milliseconds, so one lock for all containers costs nothing measurable and
-// also covers the shared per-cgroup link sets.
-class PodsLock {
-  public:
-    explicit PodsLock(const std::string& pods_dir) {
-        fd_ = ::open(pods_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd_ < 0)
-            throw CniError(kErrIo, fmt::format("cannot open {}: {}", pods_dir, std::strerror(errno)));
-        int rc;
-        while ((rc = flock(fd_, LOCK_EX)) != 0 && errno == EINTR) {
-        }
-        if (rc != 0) {
-            int err = errno;
-            ::close(fd_);
-            throw CniError(kErrIo, fmt::format("cannot lock {}: {}", pods_dir, std::strerror(err)));
-        }
-    }
-    PodsLock(const PodsLock&) = delete;
-    PodsLock& operator=(const PodsLock&) = delete;
-    ~PodsLock() { ::close(fd_); }
-
-  private:
-    int fd_ = -1;
-};
-
-std::string net_marker(std::string_view network) {
-    return std::string(kNetMarkerPrefix) + encode_pin_name(network);
-}
-
-fs::path shared_dir(const PinLayout& layout, std::uint64_t cgroup_id) {
-    return fs::path(layout.pods_dir()) / (std::string(kSharedPrefix) + std::to_string(cgroup_id));
-}
-
-bool has_net_markers(const fs::path& record) {
-    std::error_code ec;
-    for (fs::directory_iterator it(record, ec), end; !ec && it != end; it.increment(ec)) {
-        if (it->path().filename().string().starts_with(kNetMarkerPrefix)) return true;
-    }
-    return false;
-}
-
-bool is_empty_dir(const fs::path& dir) {
-    std::error_code ec;
-    return fs::is_empty(dir, ec) || ec;
-}
-
-void remove_tree(const fs::path& dir) {
-    std::error_code ec;
-    fs::remove_all(dir, ec);  // unpinning a link detaches it once no fd holds it
-    if (ec) throw CniError(kErrIo, fmt::format("cannot remove {}: {}", dir.string(), ec.message()));
-}
-
-// Drops `network`'s claim on an attachment record (a pod dir, or a user entry of a shared set);
-// the record goes once no network claims it. Records without markers (made before markers
-// existed) and an unknown network name (lenient DEL) remove the record.
-// Returns true when the record was removed.
-bool release_record(const fs::path& record, const std::string& network) {
-    std::error_code ec;
-    if (!fs::exists(record, ec)) return false;
-    if (!network.empty()) fs::remove(record / net_marker(network), ec);
-    if (!network.empty() && has_net_markers(record)) return false;
-    remove_tree(record);
-    return true;
-}
-
-// The last user of a shared link set gone: unpinning its links detaches the programs.
-void drop_shared_if_unused(const fs::path& holder, spdlog::logger& log) {
-    if (is_empty_dir(holder / kUsersDir)) {
-        remove_tree(holder);
-        log.info("{}: last user gone, links removed", holder.string());
-    }
-}
-
-// Makes `pin` a link of `prog` on the cgroup. An existing link on the cgroup is kept, and moved to
-// `prog` with bpf_link_update if it runs another program (agent upgrade): the pod never loses the
-// hook. Only a detached link or one on another cgroup is replaced by a new link.
-// Returns true when it pinned a new link.
-bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
-                 std::uint64_t cgroup_id, const fs::path& pin, spdlog::logger& log) {
-    if (int fd = kernel.obj_get(pin); fd >= 0) {
-        KernelFd existing(kernel, fd);
-        LinkInfo info;
-        const bool ours = kernel.link_info(fd, &info) == 0 && info.cgroup_id != 0 &&
-                          info.cgroup_id == cgroup_id && info.attach_type == spec.type;
-        if (ours && info.prog_id == prog.id) {
-            log.info("{}: already attached, keeping {}", spec.name, pin.string());
-            return false;
-        }
-        if (ours) {
-            int err = kernel.link_update(fd, prog.fd.get());
-            if (err == 0) {
-                log.info("{}: moved {} from prog {} to prog {}", spec.name, pin.string(), info.prog_id,
-                         prog.id);
-                return false;
-            }
-            log.warn("{}: cannot move {} to prog {}: {}; replacing the link", spec.name, pin.string(),
-                     prog.id, errno_str(err));
-        } else {
-            log.info("{}: replacing stale pin {} (prog {}, cgroup {})", spec.name, pin.string(), info.prog_id,
-                     info.cgroup_id);
-        }
-    }
-    std::error_code ec;
-    fs::remove(pin, ec);
-    if (ec) throw CniError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
-
-    int link = kernel.link_create(prog.fd.get(), cgroup_fd, spec.type);
-    if (link < 0) {
-        throw CniError(kErrAttach, fmt::format("cannot attach {} to cgroup {}: {}", spec.name, cgroup_id,
-                                               errno_str(link)));
-    }
-    KernelFd link_fd(kernel, link);  // closing it after pinning leaves the pin as the only holder
-    if (int err = kernel.obj_pin(link, pin); err < 0) {
-        throw CniError(kErrAttach, fmt::format("cannot pin {}: {}", pin.string(), errno_str(err)));
-    }
-    log.info("{}: attached (prog {}, cgroup {}), pinned {}", spec.name, prog.id, cgroup_id, pin.string());
-    return true;
-}
-
-// Opens the pod cgroup; `error_code` is the CNI code for a cgroup that exists but cannot be opened.
-KernelFd open_pod_cgroup(const fs::path& cgroup, Kernel& kernel, int error_code, std::uint64_t* cgroup_id,
-                         spdlog::logger& log) {
-    int cg = kernel.open_cgroup(cgroup.string(), cgroup_id);
-    if (cg < 0) {
-        throw CniError(error_code, fmt::format("cannot open pod cgroup {}: {}", cgroup.string(),
-                                               cg == -EMEDIUMTYPE ? "not on cgroup v2" : errno_str(cg)));
-    }
-    log.info("pod cgroup {} (id {})", cgroup.string(), *cgroup_id);
-    return KernelFd(kernel, cg);
-}
-
-// Creates `dir` if missing; true when this call created it.
-bool make_dir(const fs::path& dir) {
-    std::error_code ec;
-    bool created = fs::create_directory(dir, ec);
-    if (ec) throw CniError(kErrIo, fmt::format("cannot create {}: {}", dir.string(), ec.message()));
-    return created;
-}
-
-// What one ADD created, so that a failing ADD removes exactly that and nothing another
-// invocation made.
-struct Undo {
-    std::vector<fs::path> paths;  // removed in reverse order
-    void created(const fs::path& p) { paths.push_back(p); }
-    void run() {
-        for (auto it = paths.rbegin(); it != paths.rend(); ++it) {
-            std::error_code ec;
-            fs::remove_all(*it, ec);
-        }
-    }
-};
-
-void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log) {
+// The attach itself, as before issue 8: every pod reaching it is enrolled.
+void attach_pod(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
     require_bpffs(req.config, kernel);
     const Target target = resolve_target(req, kernel);
     // Open everything before touching the pods dir, so a missing agent leaves nothing behind.
-    std::vector<PinnedProg> progs;
-    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
+    std::vector<PinnedProg> progs = open_pod_progs(kernel, layout, kErrTryAgainLater);
     std::uint64_t cgroup_id = 0;
     KernelFd cgroup_fd = open_pod_cgroup(target.cgroup, kernel, kErrAttach, &cgroup_id, log);
 
@@ -501,48 +306,69 @@ void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log) {
     fs::create_directories(layout.pods_dir(), ec);
     if (ec) throw CniError(kErrIo, fmt::format("cannot create {}: {}", layout.pods_dir(), ec.message()));
     PodsLock lock(layout.pods_dir());
+    attach_locked(kernel, layout, progs, cgroup_fd.get(), cgroup_id, target.shared, req.container_id,
+                  req.config.name, log);
+}
 
-    // Pod cgroup: the links live in the container's own dir. Shared cgroup (cgroupPath): one link
-    // per program on the cgroup, in pods/_cgroup_<id>, with one users/<container> entry per
-    // container; the last DEL detaches. Attaching per container would stack a program per
-    // container on the cgroup (the kernel allows 64 per hook: E2BIG after that).
-    fs::path links_dir, record;
-    Undo undo;
-    try {
-        if (target.shared) {
-            links_dir = shared_dir(layout, cgroup_id);
-            if (make_dir(links_dir)) undo.created(links_dir);
-            if (make_dir(links_dir / kUsersDir)) undo.created(links_dir / kUsersDir);
-            record = links_dir / kUsersDir / encode_pin_name(req.container_id);
-        } else {
-            links_dir = record = layout.pod_dir(req.container_id);
-        }
-        if (make_dir(record)) undo.created(record);
-        if (make_dir(record / net_marker(req.config.name)))
-            undo.created(record / net_marker(req.config.name));
-        // All or nothing: a failed ADD leaves the container with no kmesh links of its own.
-        for (size_t i = 0; i < std::size(kProgs); ++i) {
-            const fs::path pin = links_dir / kProgs[i].name;
-            if (ensure_link(kernel, kProgs[i], progs[i], cgroup_fd.get(), cgroup_id, pin, log))
-                undo.created(pin);
-        }
-    } catch (...) {
-        log.error("ADD failed, undoing what it created in {}", links_dir.string());
-        undo.run();
-        if (target.shared && !links_dir.empty()) {
-            std::error_code ignored;
-            if (fs::exists(links_dir, ignored) && is_empty_dir(links_dir / kUsersDir))
-                fs::remove_all(links_dir, ignored);
-        }
-        throw;
+std::string arg_or_empty(const Request& req, const char* key) {
+    auto it = req.args.find(key);
+    return it == req.args.end() ? std::string() : it->second;
+}
+
+// ADD with a kubeConfig: the pod is attached only when the labels put it in the mesh. Everything
+// that decides "not in the mesh" runs before bpffs is looked at, so a pod outside the mesh is never
+// blocked, whatever the agent's state. A selected pod that cannot be asked about or attached fails
+// with code 11 (the runtime retries) rather than starting outside the policy it asked for.
+void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log, const ApiFactory& make_api) {
+    const Config& config = req.config;
+    if (config.kube_config.empty()) {
+        attach_pod(req, kernel, log);
+        return;
     }
+    const std::string ns = arg_or_empty(req, "K8S_POD_NAMESPACE");
+    const std::string name = arg_or_empty(req, "K8S_POD_NAME");
+    if (ns.empty() || name.empty()) {
+        log.info("ADD: no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS: not a Kubernetes pod, not enrolled");
+        return;
+    }
+    const auto& excluded = config.exclude_namespaces;
+    if (std::find(excluded.begin(), excluded.end(), ns) != excluded.end()) {
+        log.info("ADD: pod {}/{}: namespace {} is in excludeNamespaces: not enrolled", ns, name, ns);
+        return;
+    }
+    auto unavailable = [&](const Status& st) {
+        return CniError(
+            kErrTryAgainLater,
+            fmt::format("cannot tell whether pod {}/{} is in the mesh: {}", ns, name, st.to_string()),
+            fmt::format("kubeConfig {}", config.kube_config));
+    };
+    if (!make_api) throw unavailable(Status(Errc::kInternal, "no Kubernetes API client in this build"));
+    auto api = make_api(config.kube_config);
+    if (!api) throw unavailable(api.status());
+    auto pod = (*api)->get_pod(ns, name);
+    if (!pod) throw unavailable(pod.status());
+    auto nsobj = (*api)->get_namespace(ns);
+    if (!nsobj) throw unavailable(nsobj.status());
+    const EnrolmentDecision decision = decide_enrolment(*pod, &*nsobj, config.kmesh_namespace);
+    if (!decision.enrolled) {
+        log.info("ADD: pod {}/{} not enrolled: {}", ns, name, decision.reason);
+        return;
+    }
+    log.info("ADD: pod {}/{} enrolled: {}", ns, name, decision.reason);
+    attach_pod(req, kernel, log);
+    // Best effort: the pod is enrolled whether or not the annotation lands; the agent's reconciler
+    // writes it when this fails.
+    kube::AnnotationPatch patch{{kRedirectionAnnotation, std::string(kRedirectionEnabled)}};
+    if (Status st = (*api)->patch_pod_annotations(ns, name, patch); !st)
+        log.warn("ADD: pod {}/{}: cannot set {}: {} (the agent will)", ns, name, kRedirectionAnnotation,
+                 st.to_string());
 }
 
 // Verifies the links in `dir` run the agent's programs on `cgroup_id`.
 void check_links(Kernel& kernel, const fs::path& dir, const std::vector<PinnedProg>& progs,
                  std::uint64_t cgroup_id) {
-    for (size_t i = 0; i < std::size(kProgs); ++i) {
-        const ProgSpec& spec = kProgs[i];
+    for (size_t i = 0; i < std::size(kPodProgs); ++i) {
+        const ProgSpec& spec = kPodProgs[i];
         const PinnedProg& prog = progs[i];
         const std::string pin = (dir / spec.name).string();
         int fd = kernel.obj_get(pin);
@@ -578,7 +404,8 @@ void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
     require_bpffs(req.config, kernel);
     const Target target = resolve_target(req, kernel);
     std::vector<PinnedProg> progs;
-    for (const auto& spec : kProgs) progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
+    for (const auto& spec : kPodProgs)
+        progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
     std::uint64_t cgroup_id = 0;
     open_pod_cgroup(target.cgroup, kernel, kErrNotAttached, &cgroup_id, log);  // only the id is needed
     fs::path dir = layout.pod_dir(req.container_id);
@@ -609,6 +436,12 @@ void cmd_del(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const std::string name = encode_pin_name(req.container_id);
     if (release_record(layout.pod_dir(req.container_id), req.config.name))
         log.info("removed {}", layout.pod_dir(req.container_id));
+    // The links the agent's enrolment reconciler attached to this pod (pods/_pod_<uid>): the
+    // sandbox is going away. Were it only recreated, the ADD that follows attaches it again.
+    if (auto uid = req.args.find("K8S_POD_UID"); uid != req.args.end()) {
+        const fs::path agent_record = fs::path(layout.pods_dir()) / agent_pod_record(uid->second);
+        if (release_record(agent_record, "")) log.info("removed {}", agent_record.string());
+    }
     // The shared link sets this container uses (found by scanning: cgroupPath may have changed
     // since ADD, or the cgroup be gone).
     for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {
@@ -620,21 +453,6 @@ void cmd_del(const Request& req, Kernel& kernel, spdlog::logger& log) {
         }
     }
     log.info("DEL ok");
-}
-
-// True when `dir` holds at least one link pin and every one is detached (its cgroup is gone):
-// removing such a record can never take the hook away from a live container.
-bool all_links_detached(Kernel& kernel, const fs::path& dir) {
-    int links = 0;
-    for (const auto& spec : kProgs) {
-        int fd = kernel.obj_get((dir / spec.name).string());
-        if (fd < 0) continue;
-        KernelFd link(kernel, fd);
-        LinkInfo info;
-        if (kernel.link_info(fd, &info) != 0 || info.cgroup_id != 0) return false;
-        ++links;
-    }
-    return links > 0;
 }
 
 // GC (spec 1.1): removes this network's attachments that are not in cni.dev/valid-attachments.
@@ -693,7 +511,7 @@ void cmd_status(const Request& req, Kernel& kernel, spdlog::logger& log) {
         throw CniError(kErrPluginNotAvailable,
                        fmt::format("bpffsRoot {} is not a bpffs mount", req.config.bpffs_root));
     }
-    for (const auto& spec : kProgs) open_prog(kernel, layout, spec.name, kErrPluginNotAvailable);
+    for (const auto& spec : kPodProgs) open_prog(kernel, layout, spec.name, kErrPluginNotAvailable);
     log.info("STATUS ok");
 }
 
@@ -814,6 +632,17 @@ Config parse_config(std::string_view json, bool lenient) {
     read_string(doc, "cgroupPath", config.cgroup_path);
     read_string(doc, "logFile", config.log_file, /*allow_empty=*/true);
     read_string(doc, "kubeConfig", config.kube_config);
+    read_string(doc, "kmeshNamespace", config.kmesh_namespace);
+    if (auto ex = doc.FindMember("excludeNamespaces"); ex != doc.MemberEnd()) {
+        if (!ex->value.IsArray())
+            throw CniError(kErrInvalidConfig, "excludeNamespaces must be a list of strings");
+        config.exclude_namespaces.clear();
+        for (const auto& n : ex->value.GetArray()) {
+            if (!n.IsString())
+                throw CniError(kErrInvalidConfig, "excludeNamespaces must be a list of strings");
+            config.exclude_namespaces.emplace_back(n.GetString(), n.GetStringLength());
+        }
+    }
 
     if (auto va = doc.FindMember("cni.dev/valid-attachments"); va != doc.MemberEnd()) {
         if (!va->value.IsArray())
@@ -968,12 +797,12 @@ std::string render_version() {
     return std::string(buf.GetString(), buf.GetSize());
 }
 
-std::string run(const Request& req, Kernel& kernel, spdlog::logger& log) {
+std::string run(const Request& req, Kernel& kernel, spdlog::logger& log, const ApiFactory& api) {
     switch (req.command) {
         case Command::kVersion:
             return render_version();
         case Command::kAdd:
-            cmd_add(req, kernel, log);
+            cmd_add(req, kernel, log, api);
             return *req.config.prev_result;
         case Command::kDel:
             cmd_del(req, kernel, log);
@@ -1028,7 +857,7 @@ std::shared_ptr<spdlog::logger> open_log(const std::string& path) {
 }
 
 int plugin_main(const Env& env, std::string_view stdin_json, Kernel& kernel, std::string& out,
-                const std::string& default_log) {
+                const std::string& default_log, const ApiFactory& api) {
     std::shared_ptr<spdlog::logger> log;
     std::optional<CniError> error;
     try {
@@ -1040,7 +869,7 @@ int plugin_main(const Env& env, std::string_view stdin_json, Kernel& kernel, std
         log = open_log(req.config.log_file);
         log->info("{} container={} netns={} ifname={} args={}", env.command, env.container_id, env.netns,
                   env.ifname, env.args);
-        out = run(req, kernel, *log);
+        out = run(req, kernel, *log, api);
         return 0;
     } catch (const CniError& e) {
         error = e;

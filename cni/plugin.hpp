@@ -4,6 +4,7 @@
 
 #include <spdlog/logger.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -14,7 +15,9 @@
 #include <vector>
 
 #include "cni/attach.hpp"
+#include "common/kube/api.hpp"
 #include "common/pin_layout.hpp"
+#include "common/status.hpp"
 
 namespace kmesh::cni {
 
@@ -26,32 +29,10 @@ inline constexpr std::size_t kLogRotateBytes = 1 << 20;
 // Deepest JSON nesting accepted on stdin (real configs nest < 10 levels).
 inline constexpr int kMaxJsonDepth = 64;
 
-// CNI spec error codes, then ours (>= 100).
-enum ErrorCode : int {
-    kErrIncompatibleVersion = 1,
-    kErrInvalidEnv = 4,
-    kErrIo = 5,
-    kErrDecode = 6,
-    kErrInvalidConfig = 7,
-    kErrTryAgainLater = 11,
-    kErrPluginNotAvailable = 50,  // STATUS: cannot service ADD requests
-    kErrPodCgroupNotFound = 100,
-    kErrAttach = 101,
-    kErrNotAttached = 102,
-    kErrInternal = 103,
-};
-
-class CniError : public std::runtime_error {
-  public:
-    CniError(int code, const std::string& msg, std::string details = "")
-        : std::runtime_error(msg), code_(code), details_(std::move(details)) {}
-    int code() const { return code_; }
-    const std::string& details() const { return details_; }
-
-  private:
-    int code_;
-    std::string details_;
-};
+// The error codes and the error type are shared with the attach code (common/pod_links.hpp).
+using ErrorCode = kmesh::CniErrorCode;
+using enum kmesh::CniErrorCode;
+using CniError = kmesh::PodLinkError;
 
 enum class Command { kAdd, kDel, kCheck, kVersion, kStatus, kGc };
 
@@ -81,7 +62,11 @@ struct Config {
     std::string cgroup_root;                 // empty: the cgroup v2 mount in /proc/self/mountinfo
     std::string cgroup_path;                 // empty: find the pod cgroup from K8S_POD_UID
     std::string log_file = kDefaultLogFile;  // empty: no log
+    // Enrolment by labels (issue 8): with a kubeconfig, ADD asks the API server whether the pod is
+    // in the mesh; without one every pod of the chain is enrolled (standalone setups).
     std::string kube_config;
+    std::vector<std::string> exclude_namespaces = {"kube-system"};  // never asked about, never blocked
+    std::string kmesh_namespace = "kmesh-system";                   // the agent's own pods: never enrolled
     // prevResult re-serialized with cniVersion set to cni_version; nullopt when absent.
     std::optional<std::string> prev_result;
     // GC only: cni.dev/valid-attachments (nullopt when the key is absent).
@@ -110,7 +95,11 @@ std::string render_version();
 
 // Executes the request; returns what goes to stdout (prevResult for ADD, nothing for the others).
 // Throws CniError.
-std::string run(const Request& request, Kernel& kernel, spdlog::logger& log);
+// Makes the API client from the config's kubeConfig path: the seam unit tests fake (main.cpp
+// passes load_kubeconfig + make_client). Without one, a config with kubeConfig fails ADD (code 11).
+using ApiFactory = std::function<Result<std::unique_ptr<kube::Api>>(const std::string& kubeconfig)>;
+
+std::string run(const Request& request, Kernel& kernel, spdlog::logger& log, const ApiFactory& api = {});
 
 // The parse + validate path of one invocation, without the kernel: what the plugin would print
 // when the input is refused (a CNI error object), or "" when it is accepted. For the fuzzer.
@@ -126,7 +115,7 @@ std::string escape_for_log(std::string_view s);
 // logFile (or `default_log` when the config cannot be read), writes the CNI output to `out`,
 // returns the exit code.
 int plugin_main(const Env& env, std::string_view stdin_json, Kernel& kernel, std::string& out,
-                const std::string& default_log = kDefaultLogFile);
+                const std::string& default_log = kDefaultLogFile, const ApiFactory& api = {});
 // A logger writing to `path` (rotated at kLogRotateBytes, lines escaped), or dropping everything
 // when `path` is empty or cannot be opened.
 std::shared_ptr<spdlog::logger> open_log(const std::string& path);

@@ -304,6 +304,12 @@ int Agent::run() {
         return 1;
     }
     spdlog::info("kmesh-daemon started");
+    if (options_.enrolment && options_.kube_api) {
+        // Pods are attached to the programs pinned now; a later publish moves their links too.
+        enrolment_ =
+            std::make_unique<enrolment::Reconciler>(options_.kube_api, *options_.enrolment, metrics_);
+        enrolment_->start();
+    }
 
     int rc = 0;
     for (;;) {
@@ -352,6 +358,7 @@ int Agent::run() {
             break;
         }
     }
+    if (enrolment_) enrolment_->stop();
     if (xds_client_) xds_client_->stop();
     cni_installer_.reset();
     close(sfd);

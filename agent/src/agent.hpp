@@ -14,6 +14,7 @@
 #include "agent/src/dataplane/bpf_loader.hpp"
 #include "agent/src/dataplane/dataplane_state.hpp"
 #include "agent/src/dataplane/map_writer.hpp"
+#include "agent/src/enrolment/reconciler.hpp"
 #include "agent/src/installer/installer.hpp"
 #include "agent/src/model/model.hpp"
 #include "agent/src/sources/file/config_file.hpp"
@@ -36,6 +37,9 @@ struct AgentOptions {
     int admin_port = 15200;                              // 0: no admin server
     uint64_t max_config_bytes = kDefaultMaxConfigBytes;  // a bigger config file is refused unread
     std::optional<installer::Options> install_cni;       // --install-cni: keep kmesh-cni installed
+    // Enrolment by labels (agent/src/enrolment): set when there is a kube config and a node name.
+    std::shared_ptr<kube::Api> kube_api;
+    std::optional<enrolment::ReconcilerOptions> enrolment;
 };
 
 // Exponential retry delay for failed map writes: 1 s doubling to 30 s. A new source generation
@@ -120,6 +124,7 @@ class Agent {
     struct Admin;
     std::unique_ptr<Admin> admin_;
     std::unique_ptr<installer::Watcher> cni_installer_;  // --install-cni
+    std::unique_ptr<enrolment::Reconciler> enrolment_;   // started by run() when configured
 };
 
 }  // namespace kmesh

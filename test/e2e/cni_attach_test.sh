@@ -59,7 +59,7 @@ CNIVER=1.0.0 # cniVersion of the config; EXTRA: more config fields (JSON members
 EXTRA=
 config() { # <bpffs-root> <with-prevResult>
     local c='{"cniVersion":"'$CNIVER'","name":"e2e","type":"kmesh-cni","bpffsRoot":"'$1'","cgroupRoot":"'$CGROOT'"'
-    c+=',"logFile":"'$TMP/cni.log'","kubeConfig":"/nonexistent"'$EXTRA
+    c+=',"logFile":"'$TMP/cni.log'"'$EXTRA
     [[ $2 == yes ]] && c+=',"prevResult":'$PREV
     echo "$c}"
 }

@@ -15,10 +15,12 @@
 
 #include "cni/plugin.hpp"
 #include "common/pin_layout.hpp"
+#include "fake_kernel.hpp"
 #include "temp_dir.hpp"
 
 using namespace kmesh::cni;
 using kmesh::PinLayout;
+using kmesh::test::FakeKernel;
 using kmesh::test::TempDir;
 namespace fs = std::filesystem;
 
@@ -49,121 +51,6 @@ int error_code(const std::function<void()>& f) {
     }
     return 0;
 }
-
-// Pins are files holding an object id; fds map to objects. A link stays attached while a pin or an
-// open fd refers to it.
-class FakeKernel : public Kernel {
-  public:
-    struct Object {
-        enum Kind { kProg, kLink, kCgroup } kind;
-        std::uint32_t prog_id = 0;
-        std::uint64_t cgroup_id = 0;
-        std::uint32_t attach_type = 0;
-    };
-
-    std::map<std::uint32_t, Object> objects;
-    std::map<int, std::uint32_t> fds;
-    std::optional<bpf_attach_type> fail_link_type;
-    int fail_link_update = 0;  // -errno returned by link_update when non-zero
-    int link_creates = 0;
-    int link_updates = 0;
-
-    std::uint32_t pin_new_prog(const std::string& path) {
-        std::uint32_t id = next_id_++;
-        objects[id] = {Object::kProg};
-        fs::create_directories(fs::path(path).parent_path());
-        std::ofstream(path, std::ios::trunc) << id;
-        return id;
-    }
-
-    int obj_get(const std::string& path) override {
-        std::ifstream in(path);
-        std::uint32_t id = 0;
-        if (!(in >> id)) return -ENOENT;
-        return new_fd(id);
-    }
-    int obj_pin(int fd, const std::string& path) override {
-        if (fs::exists(path)) return -EEXIST;
-        if (!fs::is_directory(fs::path(path).parent_path())) return -ENOENT;
-        std::ofstream(path) << fds.at(fd);
-        return 0;
-    }
-    int open_cgroup(const std::string& dir, std::uint64_t* cgroup_id) override {
-        if (!fs::is_directory(dir)) return -ENOENT;
-        auto [it, added] = cgroups_.try_emplace(fs::canonical(dir).string(), 0);
-        if (added) {
-            it->second = next_id_++;
-            objects[it->second] = {Object::kCgroup, 0, 1000 + it->second};
-        }
-        *cgroup_id = objects[it->second].cgroup_id;
-        return new_fd(it->second);
-    }
-    int link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) override {
-        ++link_creates;
-        if (type == fail_link_type) return -EPERM;
-        const Object& prog = objects.at(fds.at(prog_fd));
-        const Object& cg = objects.at(fds.at(cgroup_fd));
-        REQUIRE(prog.kind == Object::kProg);
-        REQUIRE(cg.kind == Object::kCgroup);
-        std::uint32_t id = next_id_++;
-        objects[id] = {Object::kLink, fds.at(prog_fd), cg.cgroup_id, static_cast<std::uint32_t>(type)};
-        return new_fd(id);
-    }
-    int link_update(int link_fd, int prog_fd) override {
-        ++link_updates;
-        if (fail_link_update != 0) return fail_link_update;
-        Object& link = objects.at(fds.at(link_fd));
-        REQUIRE(link.kind == Object::kLink);
-        REQUIRE(objects.at(fds.at(prog_fd)).kind == Object::kProg);
-        if (link.cgroup_id == 0) return -ENOLINK;
-        link.prog_id = fds.at(prog_fd);
-        return 0;
-    }
-    int prog_id(int prog_fd, std::uint32_t* id) override {
-        *id = fds.at(prog_fd);
-        return objects.at(*id).kind == Object::kProg ? 0 : -EINVAL;
-    }
-    int link_info(int link_fd, LinkInfo* info) override {
-        const Object& o = objects.at(fds.at(link_fd));
-        if (o.kind != Object::kLink) return -EINVAL;
-        *info = {o.prog_id, o.cgroup_id, o.attach_type};
-        return 0;
-    }
-    void close(int fd) override { CHECK(fds.erase(fd) == 1); }
-    // Filesystem types by path; other existing paths are tmpfs.
-    std::map<std::string, long> magic;
-    long fs_magic(const std::string& path) override {
-        if (auto it = magic.find(path); it != magic.end()) return it->second;
-        return fs::exists(path) ? 0x01021994 /* TMPFS_MAGIC */ : -ENOENT;
-    }
-    // Links currently attached to a cgroup (not detached, still referenced by a pin or fd).
-    int attached_links(std::uint64_t cgroup_id, const fs::path& bpffs) {
-        std::set<std::uint32_t> pinned;
-        for (const auto& e : fs::recursive_directory_iterator(bpffs)) {
-            if (!e.is_regular_file()) continue;
-            std::ifstream in(e.path());
-            std::uint32_t id = 0;
-            if (in >> id) pinned.insert(id);
-        }
-        for (const auto& [fd, id] : fds) pinned.insert(id);
-        int n = 0;
-        for (auto id : pinned) {
-            auto it = objects.find(id);
-            if (it != objects.end() && it->second.kind == Object::kLink && it->second.cgroup_id == cgroup_id)
-                ++n;
-        }
-        return n;
-    }
-
-  private:
-    int new_fd(std::uint32_t id) {
-        fds[next_fd_] = id;
-        return next_fd_++;
-    }
-    std::map<std::string, std::uint32_t> cgroups_;  // cgroup dir -> object id
-    int next_fd_ = 100;
-    std::uint32_t next_id_ = 1;
-};
 
 // A bpffs stand-in with the agent's programs pinned, and a cgroupfs pod cgroup.
 struct Fixture {

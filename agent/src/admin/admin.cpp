@@ -331,6 +331,13 @@ std::string Agent::metrics_text() {
     // Kept by the main thread after each sync: reading it never waits for a config update.
     gauge("kmesh_vip_conflicts", "VIP:ports claimed by more than one service now.",
           static_cast<int64_t>(metrics_.vip_conflicts.load()));
+    gauge("kmesh_enrolled_pods", "Pods of this node enrolled by their labels (enrolment reconciler).",
+          metrics_.enrolled_pods);
+    gauge("kmesh_enrolment_waiting_pods", "Enrolled pods whose cgroup is not there yet.",
+          metrics_.enrolment_waiting);
+    counter("kmesh_enrolment_passes_total", "Enrolment reconciler passes.", metrics_.enrolment_passes);
+    counter("kmesh_enrolment_errors_total", "Enrolment actions (attach, release, annotate) that failed.",
+            metrics_.enrolment_errors);
     header("kmesh_map_write_errors_total", "BPF map updates that failed, per map.", "counter");
     for (int i = 0; i < kMapCount; i++)
         out += fmt::format("kmesh_map_write_errors_total{{map=\"{}\"}} {}\n", map_name(static_cast<MapId>(i)),

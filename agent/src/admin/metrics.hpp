@@ -20,6 +20,11 @@ struct Metrics {
     std::atomic<uint64_t> services_unpublished{0};
     std::atomic<uint64_t> admin_bind_failures{0};
     std::atomic<uint64_t> vip_conflicts{0};  // MeshState's count, copied after each sync
+    // Enrolment reconciler (agent/src/enrolment), after its last pass.
+    std::atomic<int64_t> enrolled_pods{0};      // selected pods of this node attached
+    std::atomic<int64_t> enrolment_waiting{0};  // selected pods whose cgroup is not there yet
+    std::atomic<uint64_t> enrolment_passes{0};
+    std::atomic<uint64_t> enrolment_errors{0};  // failed attach/release/annotate actions
 };
 
 }  // namespace kmesh

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/pod_links.hpp"
 #include "kmesh_sock.skel.h"
 
 namespace fs = std::filesystem;
@@ -167,23 +168,41 @@ LinkMoveResult move_pod_links(const std::string& pods_dir, LinkOps& ops, int att
     LinkMoveResult result;
     std::vector<std::string> pending;  // link pins to move
     std::error_code ec;
-    for (const auto& pod : fs::directory_iterator(pods_dir, ec)) {
+    // The pins of one record: live links, and whether one is detached.
+    auto scan = [&](const fs::path& dir, std::vector<std::string>* links) {
         bool detached = false;
-        std::vector<std::string> links;
-        for (const auto& link : fs::directory_iterator(pod.path(), ec)) {
+        std::error_code e;
+        for (const auto& link : fs::directory_iterator(dir, e)) {
             int fd = ops.open(link.path().string());
             if (fd < 0) continue;
             if (ops.detached(fd))
                 detached = true;
-            else
-                links.push_back(link.path().string());
+            else if (links)
+                links->push_back(link.path().string());
             ops.close(fd);
         }
-        if (detached) {  // its cgroup is gone: the pod was deleted without a CNI DEL
-            fs::remove_all(pod.path(), ec);
-            result.forgotten++;
-        } else {
+        return detached;
+    };
+    std::vector<fs::path> gone;
+    for (const auto& pod : fs::directory_iterator(pods_dir, ec)) {
+        std::vector<std::string> links;
+        if (scan(pod.path(), &links))  // its cgroup is gone: the pod was deleted without a CNI DEL
+            gone.push_back(pod.path());
+        else
             pending.insert(pending.end(), links.begin(), links.end());
+    }
+    if (!gone.empty()) {
+        // Removed under the pods lock, after looking again: kmesh-cni or the enrolment reconciler
+        // may have replaced the record's links (a re-ADD of the same container) since the scan.
+        try {
+            PodsLock lock(pods_dir);
+            for (const auto& dir : gone) {
+                if (!scan(dir, nullptr)) continue;
+                fs::remove_all(dir, ec);
+                result.forgotten++;
+            }
+        } catch (const PodLinkError& e) {
+            spdlog::warn("pods whose cgroup is gone left in place: {}", e.what());
         }
     }
     auto wait = std::chrono::milliseconds(20);

@@ -1,0 +1,61 @@
+#include "common/enrolment.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+namespace kmesh {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+const std::string* find(const std::map<std::string, std::string>& m, const char* key) {
+    auto it = m.find(key);
+    return it == m.end() ? nullptr : &it->second;
+}
+
+EnrolmentDecision no(std::string reason) { return {false, std::move(reason)}; }
+
+}  // namespace
+
+EnrolmentDecision decide_enrolment(const kube::Pod& pod, const kube::Namespace* ns,
+                                   const std::string& agent_namespace, const std::string& agent_app_label) {
+    const auto& meta = pod.meta;
+    // Exclusions first: they hold whatever the labels say.
+    if (meta.deleting) return no("pod is being deleted");
+    if (pod.host_network) return no("hostNetwork pod");
+    if (find(meta.annotations, kSidecarStatusAnnotation))
+        return no(std::string("has an Istio sidecar (annotation ") + kSidecarStatusAnnotation + ")");
+    const auto& c = pod.containers;
+    if (std::find(c.begin(), c.end(), "istio-proxy") != c.end())
+        return no("has an Istio sidecar (container istio-proxy)");
+    if (auto* w = find(meta.labels, kWaypointLabel); w && *w == kWaypointLabelValue)
+        return no(std::string("waypoint (") + kWaypointLabel + "=" + kWaypointLabelValue + ")");
+    if (auto* app = find(meta.labels, "app");
+        app && *app == agent_app_label && meta.namespace_ == agent_namespace)
+        return no("the kmesh agent's own pod");
+
+    // The pod's own label beats its namespace's.
+    if (auto* mode = find(meta.labels, kDataplaneModeLabel)) {
+        if (iequals(*mode, kDataplaneModeKmesh))
+            return {true, std::string("pod has ") + kDataplaneModeLabel + "=" + *mode};
+        if (iequals(*mode, kDataplaneModeNone))
+            return no(std::string("pod opts out with ") + kDataplaneModeLabel + "=" + *mode);
+        // Another data plane (e.g. ambient's ztunnel): not ours, whatever the namespace says.
+        return no(std::string("pod has ") + kDataplaneModeLabel + "=" + *mode + " (not Kmesh)");
+    }
+    if (ns) {
+        if (auto* mode = find(ns->meta.labels, kDataplaneModeLabel);
+            mode && iequals(*mode, kDataplaneModeKmesh))
+            return {true, "namespace " + ns->meta.name + " has " + kDataplaneModeLabel + "=" + *mode};
+    }
+    return no(std::string("neither the pod nor namespace ") + (ns ? ns->meta.name : meta.namespace_) +
+              " has " + kDataplaneModeLabel + "=" + kDataplaneModeKmesh);
+}
+
+}  // namespace kmesh

@@ -1,0 +1,350 @@
+#include "common/pod_links.hpp"
+
+#include <bpf/bpf.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/magic.h>
+#include <sys/file.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "common/cgroup.hpp"
+
+namespace kmesh {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// bpf fds are anon inodes named "bpf-link", "bpf-prog", "bpf-map"; the info syscall alone cannot
+// tell a link from a program.
+bool is_bpf_link_fd(int fd) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(fd), ec);
+    return !ec && target == "anon_inode:bpf-link";
+}
+
+}  // namespace
+
+int LinuxKernel::obj_get(const std::string& path) {
+    int fd = bpf_obj_get(path.c_str());
+    return fd >= 0 ? fd : -errno;
+}
+
+int LinuxKernel::obj_pin(int fd, const std::string& path) {
+    return bpf_obj_pin(fd, path.c_str()) == 0 ? 0 : -errno;
+}
+
+int LinuxKernel::open_cgroup(const std::string& dir, std::uint64_t* id) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct statfs st {};
+    int err = 0;
+    std::optional<std::uint64_t> cgid;
+    if (fstatfs(fd, &st) != 0) {
+        err = errno;
+    } else if (st.f_type != CGROUP2_SUPER_MAGIC) {
+        err = EMEDIUMTYPE;
+    } else if (cgid = cgroup_id(dir); !cgid) {
+        err = errno;
+    }
+    if (err != 0) {
+        ::close(fd);
+        return -err;
+    }
+    *id = *cgid;
+    return fd;
+}
+
+int LinuxKernel::link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) {
+    int fd = bpf_link_create(prog_fd, cgroup_fd, type, nullptr);
+    return fd >= 0 ? fd : -errno;
+}
+
+int LinuxKernel::link_update(int link_fd, int prog_fd) {
+    return bpf_link_update(link_fd, prog_fd, nullptr) == 0 ? 0 : -errno;
+}
+
+int LinuxKernel::prog_id(int prog_fd, std::uint32_t* id) {
+    bpf_prog_info info{};
+    __u32 len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) return -errno;
+    *id = info.id;
+    return 0;
+}
+
+int LinuxKernel::link_info(int link_fd, LinkInfo* out) {
+    if (!is_bpf_link_fd(link_fd)) return -EINVAL;
+    bpf_link_info info{};
+    __u32 len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return -errno;
+    if (info.type != BPF_LINK_TYPE_CGROUP) return -EINVAL;
+    out->prog_id = info.prog_id;
+    out->cgroup_id = info.cgroup.cgroup_id;
+    out->attach_type = info.cgroup.attach_type;
+    return 0;
+}
+
+void LinuxKernel::close(int fd) { ::close(fd); }
+
+long LinuxKernel::fs_magic(const std::string& path) {
+    struct statfs st {};
+    if (statfs(path.c_str(), &st) != 0) return -errno;
+    return static_cast<long>(st.f_type);
+}
+
+std::string errno_str(int negative_errno) { return std::strerror(-negative_errno); }
+
+// Opens the agent's pinned program; a missing pin means the agent has not (yet) loaded it.
+PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, int missing_code) {
+    const std::string path = layout.prog(name);
+    int fd = kernel.obj_get(path);
+    if (fd == -ENOENT) {
+        throw PodLinkError(missing_code, fmt::format("kmesh agent not running: {} not found", path));
+    }
+    if (fd < 0) {
+        throw PodLinkError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
+                           fmt::format("cannot open {}: {}", path, errno_str(fd)));
+    }
+    PinnedProg prog{KernelFd(kernel, fd)};
+    if (int err = kernel.prog_id(fd, &prog.id); err < 0) {
+        throw PodLinkError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
+                           fmt::format("cannot read program info of {}: {}", path, errno_str(err)));
+    }
+    return prog;
+}
+
+std::vector<PinnedProg> open_pod_progs(Kernel& kernel, const PinLayout& layout, int missing_code) {
+    std::vector<PinnedProg> progs;
+    for (const auto& spec : kPodProgs) progs.push_back(open_prog(kernel, layout, spec.name, missing_code));
+    return progs;
+}
+
+PodsLock::PodsLock(const std::string& pods_dir) {
+    fd_ = ::open(pods_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_ < 0)
+        throw PodLinkError(kErrIo, fmt::format("cannot open {}: {}", pods_dir, std::strerror(errno)));
+    int rc;
+    while ((rc = flock(fd_, LOCK_EX)) != 0 && errno == EINTR) {
+    }
+    if (rc != 0) {
+        int err = errno;
+        ::close(fd_);
+        throw PodLinkError(kErrIo, fmt::format("cannot lock {}: {}", pods_dir, std::strerror(err)));
+    }
+}
+
+PodsLock::~PodsLock() { ::close(fd_); }
+
+std::string agent_pod_record(std::string_view pod_uid) {
+    return std::string(kAgentPodPrefix) + std::string(pod_uid);
+}
+
+std::string net_marker(std::string_view network) {
+    return std::string(kNetMarkerPrefix) + encode_pin_name(network);
+}
+
+fs::path shared_dir(const PinLayout& layout, std::uint64_t cgroup_id) {
+    return fs::path(layout.pods_dir()) / (std::string(kSharedPrefix) + std::to_string(cgroup_id));
+}
+
+bool has_net_markers(const fs::path& record) {
+    std::error_code ec;
+    for (fs::directory_iterator it(record, ec), end; !ec && it != end; it.increment(ec)) {
+        if (it->path().filename().string().starts_with(kNetMarkerPrefix)) return true;
+    }
+    return false;
+}
+
+bool is_empty_dir(const fs::path& dir) {
+    std::error_code ec;
+    return fs::is_empty(dir, ec) || ec;
+}
+
+void remove_tree(const fs::path& dir) {
+    std::error_code ec;
+    fs::remove_all(dir, ec);  // unpinning a link detaches it once no fd holds it
+    if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", dir.string(), ec.message()));
+}
+
+// Drops `network`'s claim on an attachment record (a pod dir, or a user entry of a shared set);
+// the record goes once no network claims it. Records without markers (made before markers
+// existed) and an unknown network name (lenient DEL) remove the record.
+// Returns true when the record was removed.
+bool release_record(const fs::path& record, const std::string& network) {
+    std::error_code ec;
+    if (!fs::exists(record, ec)) return false;
+    if (!network.empty()) fs::remove(record / net_marker(network), ec);
+    if (!network.empty() && has_net_markers(record)) return false;
+    remove_tree(record);
+    return true;
+}
+
+// The last user of a shared link set gone: unpinning its links detaches the programs.
+void drop_shared_if_unused(const fs::path& holder, spdlog::logger& log) {
+    if (is_empty_dir(holder / kUsersDir)) {
+        remove_tree(holder);
+        log.info("{}: last user gone, links removed", holder.string());
+    }
+}
+
+// Makes `pin` a link of `prog` on the cgroup. An existing link on the cgroup is kept, and moved to
+// `prog` with bpf_link_update if it runs another program (agent upgrade): the pod never loses the
+// hook. Only a detached link or one on another cgroup is replaced by a new link.
+// Returns true when it pinned a new link.
+bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
+                 std::uint64_t cgroup_id, const fs::path& pin, spdlog::logger& log) {
+    if (int fd = kernel.obj_get(pin); fd >= 0) {
+        KernelFd existing(kernel, fd);
+        LinkInfo info;
+        const bool ours = kernel.link_info(fd, &info) == 0 && info.cgroup_id != 0 &&
+                          info.cgroup_id == cgroup_id && info.attach_type == spec.type;
+        if (ours && info.prog_id == prog.id) {
+            log.info("{}: already attached, keeping {}", spec.name, pin.string());
+            return false;
+        }
+        if (ours) {
+            int err = kernel.link_update(fd, prog.fd.get());
+            if (err == 0) {
+                log.info("{}: moved {} from prog {} to prog {}", spec.name, pin.string(), info.prog_id,
+                         prog.id);
+                return false;
+            }
+            log.warn("{}: cannot move {} to prog {}: {}; replacing the link", spec.name, pin.string(),
+                     prog.id, errno_str(err));
+        } else {
+            log.info("{}: replacing stale pin {} (prog {}, cgroup {})", spec.name, pin.string(), info.prog_id,
+                     info.cgroup_id);
+        }
+    }
+    std::error_code ec;
+    fs::remove(pin, ec);
+    if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
+
+    int link = kernel.link_create(prog.fd.get(), cgroup_fd, spec.type);
+    if (link < 0) {
+        throw PodLinkError(kErrAttach, fmt::format("cannot attach {} to cgroup {}: {}", spec.name, cgroup_id,
+                                                   errno_str(link)));
+    }
+    KernelFd link_fd(kernel, link);  // closing it after pinning leaves the pin as the only holder
+    if (int err = kernel.obj_pin(link, pin); err < 0) {
+        throw PodLinkError(kErrAttach, fmt::format("cannot pin {}: {}", pin.string(), errno_str(err)));
+    }
+    log.info("{}: attached (prog {}, cgroup {}), pinned {}", spec.name, prog.id, cgroup_id, pin.string());
+    return true;
+}
+
+// Opens the pod cgroup; `error_code` is the CNI code for a cgroup that exists but cannot be opened.
+KernelFd open_pod_cgroup(const fs::path& cgroup, Kernel& kernel, int error_code, std::uint64_t* cgroup_id,
+                         spdlog::logger& log) {
+    int cg = kernel.open_cgroup(cgroup.string(), cgroup_id);
+    if (cg < 0) {
+        throw PodLinkError(error_code, fmt::format("cannot open pod cgroup {}: {}", cgroup.string(),
+                                                   cg == -EMEDIUMTYPE ? "not on cgroup v2" : errno_str(cg)));
+    }
+    log.info("pod cgroup {} (id {})", cgroup.string(), *cgroup_id);
+    return KernelFd(kernel, cg);
+}
+
+namespace {
+
+// Creates `dir` if missing; true when this call created it.
+bool make_dir(const fs::path& dir) {
+    std::error_code ec;
+    bool created = fs::create_directory(dir, ec);
+    if (ec) throw PodLinkError(kErrIo, fmt::format("cannot create {}: {}", dir.string(), ec.message()));
+    return created;
+}
+
+// What one ADD created, so that a failing ADD removes exactly that and nothing another
+// invocation made.
+struct Undo {
+    std::vector<fs::path> paths;  // removed in reverse order
+    void created(const fs::path& p) { paths.push_back(p); }
+    void run() {
+        for (auto it = paths.rbegin(); it != paths.rend(); ++it) {
+            std::error_code ec;
+            fs::remove_all(*it, ec);
+        }
+    }
+};
+
+}  // namespace
+
+void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<PinnedProg>& progs,
+                   int cgroup_fd, std::uint64_t cgroup_id, bool shared, const std::string& record_name,
+                   const std::string& network, spdlog::logger& log) {
+    // Pod cgroup: the links live in the container's own dir. Shared cgroup (cgroupPath): one link
+    // per program on the cgroup, in pods/_cgroup_<id>, with one users/<container> entry per
+    // container; the last DEL detaches. Attaching per container would stack a program per
+    // container on the cgroup (the kernel allows 64 per hook: E2BIG after that).
+    fs::path links_dir, record;
+    Undo undo;
+    try {
+        if (shared) {
+            links_dir = shared_dir(layout, cgroup_id);
+            if (make_dir(links_dir)) undo.created(links_dir);
+            if (make_dir(links_dir / kUsersDir)) undo.created(links_dir / kUsersDir);
+            record = links_dir / kUsersDir / encode_pin_name(record_name);
+        } else {
+            links_dir = record = layout.pod_dir(record_name);
+        }
+        if (make_dir(record)) undo.created(record);
+        if (!network.empty() && make_dir(record / net_marker(network)))
+            undo.created(record / net_marker(network));
+        // All or nothing: a failed attach leaves the record owner with no kmesh links of its own.
+        for (size_t i = 0; i < std::size(kPodProgs); ++i) {
+            const fs::path pin = links_dir / kPodProgs[i].name;
+            if (ensure_link(kernel, kPodProgs[i], progs[i], cgroup_fd, cgroup_id, pin, log))
+                undo.created(pin);
+        }
+    } catch (...) {
+        log.error("attach failed, undoing what it created in {}", links_dir.string());
+        undo.run();
+        if (shared && !links_dir.empty()) {
+            std::error_code ignored;
+            if (fs::exists(links_dir, ignored) && is_empty_dir(links_dir / kUsersDir))
+                fs::remove_all(links_dir, ignored);
+        }
+        throw;
+    }
+}
+
+RecordLinks read_record_links(Kernel& kernel, const fs::path& links_dir) {
+    RecordLinks out;
+    for (const auto& spec : kPodProgs) {
+        int fd = kernel.obj_get((links_dir / spec.name).string());
+        if (fd < 0) continue;
+        KernelFd link(kernel, fd);
+        LinkInfo info;
+        if (kernel.link_info(fd, &info) != 0) continue;
+        if (info.cgroup_id == 0)
+            ++out.detached;
+        else
+            out.live_cgroups.push_back(info.cgroup_id);
+    }
+    return out;
+}
+
+// True when `dir` holds at least one link pin and every one is detached (its cgroup is gone):
+// removing such a record can never take the hook away from a live container.
+bool all_links_detached(Kernel& kernel, const fs::path& dir) {
+    int links = 0;
+    for (const auto& spec : kPodProgs) {
+        int fd = kernel.obj_get((dir / spec.name).string());
+        if (fd < 0) continue;
+        KernelFd link(kernel, fd);
+        LinkInfo info;
+        if (kernel.link_info(fd, &info) != 0 || info.cgroup_id != 0) return false;
+        ++links;
+    }
+    return links > 0;
+}
+
+}  // namespace kmesh
