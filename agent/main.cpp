@@ -63,6 +63,12 @@ int main(int argc, char** argv) {
                    "and --node-name are there), on, off")
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->capture_default_str();
+    std::vector<std::string> exclude_namespaces{"kube-system"};
+    app.add_option("--exclude-namespaces", exclude_namespaces,
+                   "namespaces never enrolled (kmesh-cni passes their pods without asking the API, so "
+                   "the cluster's own components always start); the plugin's excludeNamespaces")
+        ->delimiter(',')
+        ->capture_default_str();
     app.add_option("--cgroup-root", cgroup_root,
                    "cgroup v2 tree holding the pod cgroups (default: its mount)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
@@ -100,14 +106,15 @@ int main(int argc, char** argv) {
     auto* uninstall = app.add_subcommand(
         "uninstall",
         "detach every pod and remove all pinned programs and maps. Pods stay detached (no mesh "
-        "translation) after the agent is started again, until their next CNI ADD (pod re-creation); "
-        "in a cluster, the Kubernetes reconciliation to come will re-enrol running pods");
+        "translation) after the agent is started again, until their next CNI ADD (pod re-creation) or, "
+        "with enrolment by labels on, until the agent's reconciler re-enrols them at its start");
     CLI11_PARSE(app, argc, argv);
 
     spdlog::set_level(spdlog::level::from_str(log_level));
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
     cni.kmesh_namespace = pod_namespace;
+    cni.exclude_namespaces = exclude_namespaces;
     cni.bpffs_root = opt.layout.bpffs_root;
     if (cni_install->parsed() || cni_uninstall->parsed()) {
         kmesh::installer::Installer installer(cni);
@@ -169,8 +176,8 @@ int main(int argc, char** argv) {
             spdlog::warn("enrolment off: no --node-name / NODE_NAME");
         } else if (kube) {
             opt.kube_api = kmesh::kube::make_client(*kube);
-            opt.enrolment =
-                kmesh::enrolment::ReconcilerOptions{{opt.layout, cgroup_root, pod_namespace}, opt.node.node};
+            opt.enrolment = kmesh::enrolment::ReconcilerOptions{
+                {opt.layout, cgroup_root, pod_namespace, exclude_namespaces}, opt.node.node};
         } else {
             spdlog::info("enrolment off: not in a cluster ({})", kube.status().message());
         }

@@ -346,3 +346,22 @@ TEST_CASE("kmesh-cni DEL of a pod also removes the agent's record of it (pods/_p
     CHECK(n.links(cg) == 0);
     CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_9999"));
 }
+
+TEST_CASE("planner: excluded namespaces are never enrolled by the agent, labels or not (as kmesh-cni)") {
+    Inputs in = base();
+    Namespace sys;
+    sys.meta.name = "kube-system";
+    sys.meta.labels = {{kMode, "Kmesh"}};
+    in.namespaces["kube-system"] = sys;
+    in.pods.push_back({pod("kube-system", "coredns", "uid-dns", {{kMode, "Kmesh"}}), 601, "/cg/dns"});
+    Plan p = plan(in);
+    CHECK(count(p, Action::kAttach) == 0);
+    CHECK(p.enrolled == 0);
+    // Attached earlier (e.g. by a chain without kubeConfig): released, as any unselected pod.
+    in.records.push_back({"dnsbox", RecordKind::kContainer, {601, 601}, false});
+    CHECK(count(plan(in), Action::kRemoveRecord) == 1);
+    // The list is an option: with none excluded the same pod is enrolled.
+    in.exclude_namespaces.clear();
+    in.records.clear();
+    CHECK(count(plan(in), Action::kAttach) == 1);
+}

@@ -64,6 +64,7 @@ PassResult Executor::pass(const std::vector<kube::Pod>& pods,
     Inputs in;
     in.namespaces = namespaces;
     in.agent_namespace = options_.agent_namespace;
+    in.exclude_namespaces = options_.exclude_namespaces;
 
     fs::path root = options_.cgroup_root;
     if (root.empty()) {

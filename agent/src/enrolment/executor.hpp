@@ -21,6 +21,7 @@ struct ExecutorOptions {
     PinLayout layout;
     std::string cgroup_root;  // empty: the cgroup v2 mount (hybrid: the unified one)
     std::string agent_namespace = "kmesh-system";
+    std::vector<std::string> exclude_namespaces{"kube-system"};  // as Inputs::exclude_namespaces
 };
 
 struct PassResult {

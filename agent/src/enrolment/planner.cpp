@@ -53,8 +53,12 @@ Plan plan(const Inputs& in) {
         // traffic during graceful shutdown.
         if (pod.meta.deleting) continue;
         auto ns = in.namespaces.find(pod.meta.namespace_);
+        const bool excluded = std::find(in.exclude_namespaces.begin(), in.exclude_namespaces.end(),
+                                        pod.meta.namespace_) != in.exclude_namespaces.end();
         const EnrolmentDecision d =
-            decide_enrolment(pod, ns == in.namespaces.end() ? nullptr : &ns->second, in.agent_namespace);
+            excluded ? EnrolmentDecision{false, "namespace " + pod.meta.namespace_ + " is excluded"}
+                     : decide_enrolment(pod, ns == in.namespaces.end() ? nullptr : &ns->second,
+                                        in.agent_namespace);
         std::vector<const Record*> mine;  // live records on this pod's cgroup
         if (view.cgroup_id) {
             for (const auto& r : in.records)

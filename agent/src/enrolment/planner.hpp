@@ -40,6 +40,9 @@ struct Inputs {
     std::map<std::string, kube::Namespace> namespaces;  // by name
     std::vector<Record> records;
     std::string agent_namespace = "kmesh-system";
+    // Never enrolled here, whatever their labels: kmesh-cni's excludeNamespaces (the same list), so
+    // that the agent does not enrol what the plugin passes through.
+    std::vector<std::string> exclude_namespaces{"kube-system"};
 };
 
 struct Action {

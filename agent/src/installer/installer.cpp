@@ -292,6 +292,7 @@ Result<Installer::ChainOutcome> Installer::sync_chain(const std::optional<std::s
     entry.kmesh_namespace = options_.kmesh_namespace;
     entry.bpffs_root = options_.bpffs_root;
     entry.log_file = options_.log_file;
+    entry.exclude_namespaces = options_.exclude_namespaces;
     auto chained = chain(name, *bytes, entry);
     if (!chained) return chained.status();
     if (!chained->changed) return ChainOutcome{Outcome::kUnchanged, name};

@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "agent/src/installer/chain.hpp"
 #include "common/status.hpp"
@@ -28,6 +29,9 @@ struct Options {
     std::string kmesh_namespace = "kmesh-system";
     std::string bpffs_root = kDefaultBpffsRoot;
     std::string log_file = "/var/log/kmesh-cni.log";
+    // Namespaces kmesh-cni enrols without asking the API (never blocked); the agent's reconciler
+    // skips the same ones.
+    std::vector<std::string> exclude_namespaces{"kube-system"};
 };
 
 // kmesh-cni next to /proc/self/exe, else the first on PATH.
