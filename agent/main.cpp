@@ -86,8 +86,10 @@ int main(int argc, char** argv) {
                    "kmesh-cni to install (default: next to this executable, else on PATH)");
     app.add_option("--cni-log-file", cni.log_file, "the plugin's logFile in the chained entry")
         ->capture_default_str();
-    // Tests only: a fake service-account dir makes the installer believe it runs in a cluster.
-    app.add_option("--service-account-dir", cni.sa_dir, "")->group("");
+    app.add_option("--cni-service-account-dir,--service-account-dir", cni.sa_dir,
+                   "token and ca.crt written into kmesh-cni's kubeconfig: in the DaemonSet, the kmesh-cni "
+                   "ServiceAccount's token Secret, which outlives the agent's pod")
+        ->capture_default_str();
     auto* cni_cmd = app.add_subcommand("cni", "install or uninstall kmesh-cni once, then exit")
                         ->require_subcommand(1)
                         ->fallthrough();

@@ -59,6 +59,18 @@ for p in enrolled:meshed skipped:plain excluded:kube-system; do
     echo "$line" | tee -a "$RESULTS"
     grep -q '"failures": 0' <<<"$res" || { log "$pod: some ADDs failed"; tail -5 "$TMP/kmesh-cni.log"; FAILED=1; }
 done
+# The reference: the loopback plugin's ADD (containernetworking-plugins, a static Go binary) in the
+# same run, what every pod's runtime pays for a plugin doing almost nothing.
+printf '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}' >"$TMP/lo.json"
+LOOPBACK=$(command -v /usr/lib/cni/loopback /opt/cni/bin/loopback 2>/dev/null | head -1)
+if [[ -n $LOOPBACK ]]; then
+    res=$(nsenter --net="/run/netns/$NODE" python3 "$ROOT/bench/cni_add_timer.py" --plugin "$LOOPBACK" \
+        --config "$TMP/lo.json" --runs "$RUNS" --env CNI_CONTAINERID=bench-lo \
+        --env CNI_NETNS="/run/netns/$NODE" --env CNI_IFNAME=lo --env CNI_PATH=/opt/cni/bin)
+    line="{\"kind\":\"cni_kube_add\",\"pod\":\"loopback-plugin\",\"date\":\"$(date -u +%FT%TZ)\",${res#\{}"
+    echo "$line" | tee -a "$RESULTS"
+fi
+echo "{\"kind\":\"cni_kube_add_load\",\"cpu_pressure\":\"$(head -1 /proc/pressure/cpu)\"}" | tee -a "$RESULTS"
 # The enrolled pod's DEL leaves nothing; the last ADD's attachment goes with the cleanup's check.
 printf '%s' "$(conf no)" | CNI_COMMAND=DEL CNI_CONTAINERID=bench-enrolled CNI_ARGS="K8S_POD_UID=$(pod_uid enrolled)" \
     "$BUILD/cni/kmesh-cni" >/dev/null

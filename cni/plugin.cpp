@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <utility>
 #include <vector>
@@ -347,9 +348,24 @@ void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log, const ApiF
     if (!api) throw unavailable(api.status());
     auto pod = (*api)->get_pod(ns, name);
     if (!pod) throw unavailable(pod.status());
-    auto nsobj = (*api)->get_namespace(ns);
-    if (!nsobj) throw unavailable(nsobj.status());
-    const EnrolmentDecision decision = decide_enrolment(*pod, &*nsobj, config.kmesh_namespace);
+    // A pod re-created under the same name (StatefulSet) may still be the old object in the API:
+    // deciding from it could put the new pod on the wrong side of the mesh.
+    if (const std::string uid = arg_or_empty(req, "K8S_POD_UID");
+        !uid.empty() && !pod->meta.uid.empty() && uid != pod->meta.uid) {
+        throw unavailable(
+            Status(Errc::kConflict,
+                   fmt::format("the API server has uid {}, the runtime creates {}", pod->meta.uid, uid)));
+    }
+    // The namespace is asked for only when its labels can change the answer, so a namespace GET
+    // that fails never blocks a pod its own fields already keep out of the mesh.
+    std::optional<kube::Namespace> nsobj;
+    if (namespace_decides(*pod, config.kmesh_namespace)) {
+        auto got = (*api)->get_namespace(ns);
+        if (!got) throw unavailable(got.status());
+        nsobj = std::move(*got);
+    }
+    const EnrolmentDecision decision =
+        decide_enrolment(*pod, nsobj ? &*nsobj : nullptr, config.kmesh_namespace);
     if (!decision.enrolled) {
         log.info("ADD: pod {}/{} not enrolled: {}", ns, name, decision.reason);
         return;
@@ -401,6 +417,27 @@ void check_links(Kernel& kernel, const fs::path& dir, const std::vector<PinnedPr
 
 void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
+    // With enrolment by labels, ADD passes pods that are not in the mesh (and the agent releases
+    // pods relabelled out of it): no attachment record is then the expected state, and CHECK must
+    // agree with ADD rather than fail a pod that is correctly outside the mesh. A pod the agent
+    // enrolled has its links in pods/_pod_<uid>.
+    std::optional<fs::path> enrolled_dir;
+    if (!req.config.kube_config.empty() && req.config.cgroup_path.empty()) {
+        std::error_code ec;
+        const fs::path own = layout.pod_dir(req.container_id);
+        const auto uid = req.args.find("K8S_POD_UID");
+        const fs::path agent = uid != req.args.end() && valid_pod_uid(uid->second)
+                                   ? fs::path(layout.pods_dir()) / agent_pod_record(uid->second)
+                                   : fs::path();
+        if (fs::is_directory(own, ec)) {
+            enrolled_dir = own;
+        } else if (!agent.empty() && fs::is_directory(agent, ec)) {
+            enrolled_dir = agent;
+        } else {
+            log.info("CHECK: no attachment record: the pod is not in the mesh; ok");
+            return;
+        }
+    }
     require_bpffs(req.config, kernel);
     const Target target = resolve_target(req, kernel);
     std::vector<PinnedProg> progs;
@@ -408,7 +445,7 @@ void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
         progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
     std::uint64_t cgroup_id = 0;
     open_pod_cgroup(target.cgroup, kernel, kErrNotAttached, &cgroup_id, log);  // only the id is needed
-    fs::path dir = layout.pod_dir(req.container_id);
+    fs::path dir = enrolled_dir.value_or(fs::path(layout.pod_dir(req.container_id)));
     if (target.shared) {
         dir = shared_dir(layout, cgroup_id);
         const fs::path user = dir / kUsersDir / encode_pin_name(req.container_id);

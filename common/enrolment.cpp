@@ -31,14 +31,17 @@ EnrolmentDecision decide_enrolment(const kube::Pod& pod, const kube::Namespace* 
     if (pod.host_network) return no("hostNetwork pod");
     if (find(meta.annotations, kSidecarStatusAnnotation))
         return no(std::string("has an Istio sidecar (annotation ") + kSidecarStatusAnnotation + ")");
-    const auto& c = pod.containers;
-    if (std::find(c.begin(), c.end(), "istio-proxy") != c.end())
-        return no("has an Istio sidecar (container istio-proxy)");
+    // Istio's native sidecar (Kubernetes >= 1.28) is an init container with restartPolicy Always.
+    for (const auto* list : {&pod.containers, &pod.init_containers})
+        if (std::find(list->begin(), list->end(), "istio-proxy") != list->end())
+            return no("has an Istio sidecar (container istio-proxy)");
     if (auto* w = find(meta.labels, kWaypointLabel); w && *w == kWaypointLabelValue)
         return no(std::string("waypoint (") + kWaypointLabel + "=" + kWaypointLabelValue + ")");
-    if (auto* app = find(meta.labels, "app");
-        app && *app == agent_app_label && meta.namespace_ == agent_namespace)
-        return no("the kmesh agent's own pod");
+    // The agent's pods: `app` (Kmesh's manifests) or `app.kubernetes.io/name` (deploy/base).
+    for (const char* key : {"app", "app.kubernetes.io/name"})
+        if (auto* app = find(meta.labels, key);
+            app && *app == agent_app_label && meta.namespace_ == agent_namespace)
+            return no("the kmesh agent's own pod");
 
     // The pod's own label beats its namespace's.
     if (auto* mode = find(meta.labels, kDataplaneModeLabel)) {
@@ -56,6 +59,14 @@ EnrolmentDecision decide_enrolment(const kube::Pod& pod, const kube::Namespace* 
     }
     return no(std::string("neither the pod nor namespace ") + (ns ? ns->meta.name : meta.namespace_) +
               " has " + kDataplaneModeLabel + "=" + kDataplaneModeKmesh);
+}
+
+bool namespace_decides(const kube::Pod& pod, const std::string& agent_namespace,
+                       const std::string& agent_app_label) {
+    kube::Namespace meshed, plain;
+    meshed.meta.labels[kDataplaneModeLabel] = kDataplaneModeKmesh;
+    return decide_enrolment(pod, &meshed, agent_namespace, agent_app_label).enrolled !=
+           decide_enrolment(pod, &plain, agent_namespace, agent_app_label).enrolled;
 }
 
 }  // namespace kmesh

@@ -22,10 +22,16 @@ struct EnrolmentDecision {
     std::string reason;  // why, for logs: "namespace default has istio.io/dataplane-mode=Kmesh", ...
 };
 
-// `agent_namespace`/`agent_app_label`: the agent's own pods (label app=<agent_app_label> in that
-// namespace) are never enrolled.
+// `agent_namespace`/`agent_app_label`: the agent's own pods (label app or app.kubernetes.io/name =
+// <agent_app_label> in that namespace) are never enrolled. `ns` nullptr: the namespace is unknown
+// (see namespace_decides).
 EnrolmentDecision decide_enrolment(const kube::Pod& pod, const kube::Namespace* ns,
                                    const std::string& agent_namespace = "kmesh-system",
                                    const std::string& agent_app_label = "kmesh");
+
+// True when the pod's namespace labels can change the decision for this pod (no exclusion and no
+// dataplane-mode label of its own apply): only then does the namespace have to be known.
+bool namespace_decides(const kube::Pod& pod, const std::string& agent_namespace = "kmesh-system",
+                       const std::string& agent_app_label = "kmesh");
 
 }  // namespace kmesh

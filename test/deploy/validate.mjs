@@ -147,12 +147,20 @@ function checkSemantics(name, objs) {
   const byKind = (k) => objs.filter((o) => o.kind === k);
   const where = (o) => `${name}: ${o.kind}/${o.metadata?.name}`;
 
-  // RBAC: exactly the used set, core group only, nothing cluster-wide beyond it.
-  const want = usedRbac();
-  if (want.size === 0) fail(name, "found no API calls in common/kube/api.hpp (did its shape change?)");
+  // RBAC: exactly the used set, per caller, core group only. The agent LISTs and WATCHes, kmesh-cni
+  // GETs (at ADD), both PATCH the annotation: ClusterRole "kmesh" for the agent's ServiceAccount,
+  // "kmesh-cni" for the plugin's.
+  const used = usedRbac();
+  if (used.size === 0) fail(name, "found no API calls in common/kube/api.hpp (did its shape change?)");
+  const wantBy = {
+    kmesh: new Set([...used].filter((x) => /(list|watch|patch)$/.test(x))),
+    "kmesh-cni": new Set([...used].filter((x) => /(get|patch)$/.test(x))),
+  };
   const roles = byKind("ClusterRole").concat(byKind("Role"));
-  if (roles.length !== 1) fail(name, `want exactly one (Cluster)Role, found ${roles.length}`);
+  if (roles.length !== 2 || !roles.every((r) => wantBy[r.metadata?.name]))
+    fail(name, `want the ClusterRoles kmesh and kmesh-cni, found ${roles.map((r) => r.metadata?.name).join(", ")}`);
   for (const r of roles) {
+    const want = wantBy[r.metadata?.name] ?? new Set();
     const got = new Set();
     for (const rule of r.rules ?? []) {
       if (JSON.stringify(rule.apiGroups) !== '[""]') fail(where(r), `rule for apiGroups ${JSON.stringify(rule.apiGroups)}: only the core group is used`);
@@ -163,13 +171,24 @@ function checkSemantics(name, objs) {
     if (extra.length) fail(where(r), `grants what no call in api.hpp uses: ${extra.join(", ")}`);
     if (missing.length) fail(where(r), `lacks what api.hpp calls: ${missing.join(", ")}`);
   }
-  const sa = byKind("ServiceAccount")[0];
-  for (const b of byKind("ClusterRoleBinding")) {
+  const sas = byKind("ServiceAccount");
+  const sa = sas.find((x) => x.metadata?.name === "kmesh");
+  const cniSa = sas.find((x) => x.metadata?.name === "kmesh-cni");
+  if (!sa || !cniSa || sas.length !== 2) fail(name, "want the ServiceAccounts kmesh and kmesh-cni");
+  const bindings = byKind("ClusterRoleBinding");
+  if (bindings.length !== 2) fail(name, `want 2 ClusterRoleBindings, found ${bindings.length}`);
+  for (const b of bindings) {
     const s = b.subjects ?? [];
-    if (b.roleRef?.name !== roles[0]?.metadata?.name || s.length !== 1 || s[0].kind !== "ServiceAccount" ||
-        s[0].name !== sa?.metadata?.name || s[0].namespace !== sa?.metadata?.namespace)
-      fail(where(b), "must bind the ClusterRole to the ServiceAccount, and nothing else");
+    const acct = sas.find((x) => x.metadata?.name === b.roleRef?.name);
+    if (!acct || s.length !== 1 || s[0].kind !== "ServiceAccount" ||
+        s[0].name !== acct.metadata.name || s[0].namespace !== acct.metadata.namespace)
+      fail(where(b), "must bind each ClusterRole to the ServiceAccount of the same name, and nothing else");
   }
+  // kmesh-cni's token: a Secret of the token controller bound to no pod (a projected token would
+  // die with the agent's pod), mounted where --cni-service-account-dir points.
+  const tokenSecret = byKind("Secret").find((x) => x.type === "kubernetes.io/service-account-token" &&
+    x.metadata?.annotations?.["kubernetes.io/service-account.name"] === cniSa?.metadata?.name);
+  if (!tokenSecret) fail(name, "no kubernetes.io/service-account-token Secret for the kmesh-cni ServiceAccount");
 
   const ds = byKind("DaemonSet");
   if (ds.length !== 1) fail(name, `want exactly one DaemonSet, found ${ds.length}`);
@@ -209,6 +228,12 @@ function checkSemantics(name, objs) {
     if (!agent) { fail(where(d), "no kmesh-daemon container"); continue; }
     if ((agent.command ?? [])[0] !== "kmesh-daemon") continue;  // the uninstall overlay's placeholder
     const env = new Map((agent.env ?? []).map((e) => [e.name, e]));
+    // The installer must write kmesh-cni's kubeconfig from kmesh-cni's own token Secret.
+    const saDirArg = (agent.args ?? []).find((a) => a.startsWith("--cni-service-account-dir="));
+    const saDir = saDirArg?.split("=")[1];
+    const saMount = (agent.volumeMounts ?? []).find((m) => m.mountPath === saDir);
+    if (!saDir || !saMount || volumes.get(saMount.name)?.secret?.secretName !== tokenSecret?.metadata?.name)
+      fail(where(d), "--cni-service-account-dir must point at the mounted kmesh-cni token Secret");
     for (const [n, field] of [["NODE_NAME", "spec.nodeName"], ["POD_NAME", "metadata.name"],
                               ["POD_NAMESPACE", "metadata.namespace"], ["INSTANCE_IP", "status.podIP"]])
       if (env.get(n)?.valueFrom?.fieldRef?.fieldPath !== field) fail(where(d), `env ${n} must come from the downward API (${field})`);
@@ -336,6 +361,10 @@ const breakages = [
   ["volumeMount naming no volume", (o) => { o.spec.template.spec.containers[0].volumeMounts[0].name = "nope"; }, /names no volume "nope"/],
   ["image tag other than the project version", (o) => { o.spec.template.spec.containers[0].image = "kmesh-cpp/kmesh:latest"; }, /image kmesh-cpp\/kmesh:latest/],
   ["ClusterRole granting delete on pods", null, /grants what no call in api.hpp uses: pods delete/],
+  ["kmesh-cni's token dir pointing at the agent's own token", (o) => {
+    const a = o.spec.template.spec.containers[0].args;
+    a[a.findIndex((x) => x.startsWith("--cni-service-account-dir="))] = "--cni-service-account-dir=/var/run/secrets/kubernetes.io/serviceaccount";
+  }, /--cni-service-account-dir must point at the mounted kmesh-cni token Secret/],
 ];
 for (const [what, breakIt, want] of breakages) {
   const objs = structuredClone(base.objs);

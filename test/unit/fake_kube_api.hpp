@@ -18,6 +18,8 @@ class FakeKubeApi : public kube::Api {
     std::optional<Status> fail_get;    // every GET fails with this
     std::optional<Status> fail_patch;  // every PATCH fails with this
     int gets = 0;
+    int namespace_gets = 0;
+    std::optional<Status> fail_namespace_get;                            // only namespace GETs fail with this
     std::vector<std::pair<std::string, kube::AnnotationPatch>> patches;  // "<ns>/<name>", patch
 
     kube::Pod& add_pod(const std::string& ns, const std::string& name, const std::string& uid,
@@ -48,7 +50,9 @@ class FakeKubeApi : public kube::Api {
     }
     Result<kube::Namespace> get_namespace(const std::string& name) override {
         ++gets;
+        ++namespace_gets;
         if (fail_get) return *fail_get;
+        if (fail_namespace_get) return *fail_namespace_get;
         auto it = namespaces.find(name);
         if (it == namespaces.end()) return Status(Errc::kNotFound, "namespaces \"" + name + "\" not found");
         return it->second;

@@ -9,6 +9,7 @@
 #include "common/enrolment.hpp"
 
 using kmesh::decide_enrolment;
+using kmesh::namespace_decides;
 using kmesh::kube::Namespace;
 using kmesh::kube::Pod;
 
@@ -124,4 +125,27 @@ TEST_CASE("decide_enrolment: the agent's namespace and app label are parameters"
     pod.meta.labels = {{"app", "agent"}, {M, "Kmesh"}};
     CHECK(decide_enrolment(pod, nullptr, "mesh", "agent").enrolled == false);
     CHECK(decide_enrolment(pod, nullptr).enrolled == true);  // defaults: kmesh-system, app=kmesh
+}
+
+TEST_CASE("decide_enrolment: Istio's native sidecar (init container) and deploy/base's agent label") {
+    Namespace meshed;
+    meshed.meta.name = "default";
+    meshed.meta.labels = {{M, "Kmesh"}};
+    Pod pod;
+    pod.meta.namespace_ = "default";
+    pod.init_containers = {"istio-proxy"};
+    CHECK_FALSE(decide_enrolment(pod, &meshed).enrolled);
+    pod.init_containers = {"istio-init"};
+    CHECK(decide_enrolment(pod, &meshed).enrolled);
+    // The DaemonSet in deploy/base labels its pods app.kubernetes.io/name: kmesh.
+    Pod agent;
+    agent.meta.namespace_ = "kmesh-system";
+    agent.meta.labels = {{"app.kubernetes.io/name", "kmesh"}, {M, "Kmesh"}};
+    CHECK_FALSE(decide_enrolment(agent, nullptr).enrolled);
+    CHECK_FALSE(namespace_decides(agent));
+    Pod plain;
+    plain.meta.namespace_ = "default";
+    CHECK(namespace_decides(plain));
+    plain.meta.labels = {{M, "Kmesh"}};
+    CHECK_FALSE(namespace_decides(plain));
 }

@@ -365,3 +365,16 @@ TEST_CASE("planner: excluded namespaces are never enrolled by the agent, labels 
     in.records.clear();
     CHECK(count(plan(in), Action::kAttach) == 1);
 }
+
+TEST_CASE("planner: a pod whose namespace is not known yet is neither enrolled nor released") {
+    Inputs in = base();
+    // The plugin attached it after a fresh GET of a new Kmesh namespace the watch has not delivered.
+    in.pods.push_back({pod("brand-new", "a", "uid-a"), 701, "/cg/a"});
+    in.records.push_back({"c0ffee", RecordKind::kContainer, {701, 701}, false});
+    Plan p = plan(in);
+    CHECK(p.actions.empty());
+    CHECK(p.waiting_for_namespace == 1);
+    // Its own label decides without the namespace: planned as usual.
+    in.pods[0].pod.meta.labels[kMode] = "none";
+    CHECK(count(plan(in), Action::kRemoveRecord) == 1);
+}

@@ -289,3 +289,47 @@ TEST_CASE("parse_config: excludeNamespaces and kmeshNamespace") {
     CHECK_THROWS_AS(parse_config(R"({"cniVersion":"1.0.0","name":"n","type":"t","excludeNamespaces":[1]})"),
                     CniError);
 }
+
+TEST_CASE("kubeConfig: CHECK agrees with ADD: a pod outside the mesh has nothing to verify") {
+    KubeFixture f;
+    std::string out;
+    // Not selected: ADD passed it; CHECK must not fail it (agent not even loaded).
+    CHECK(f.add("plain", "web", out) == 0);
+    CHECK(plugin_main(f.env("CHECK", "plain", "web"), f.config(), f.kernel, out, "", f.factory()) == 0);
+    CHECK(f.api.gets == 2);  // CHECK never asks the API
+    // Selected and attached: CHECK verifies the links, and fails when they are gone.
+    f.load_agent();
+    CHECK(f.add("meshed", "web", out) == 0);
+    CHECK(plugin_main(f.env("CHECK", "meshed", "web"), f.config(), f.kernel, out, "", f.factory()) == 0);
+    fs::remove(fs::path(f.layout.pod_dir("c0ffee")) / kmesh::kProgConnect4);
+    CHECK(plugin_main(f.env("CHECK", "meshed", "web"), f.config(), f.kernel, out, "", f.factory()) == 1);
+    CHECK(code_of(out) == kErrNotAttached);
+}
+
+TEST_CASE(
+    "kubeConfig: the namespace is asked for only when its labels decide; a stale pod object is refused") {
+    KubeFixture f;
+    std::string out;
+    f.api.fail_namespace_get = kmesh::Status(kmesh::Errc::kPermissionDenied, "namespaces is forbidden");
+    // Opted out by its own label, or hostNetwork: passes though the namespace cannot be read.
+    f.api.pods["meshed/web"].meta.labels[kMode] = "none";
+    CHECK(f.add("meshed", "web", out) == 0);
+    CHECK(is_prev_result(out));
+    f.api.pods["meshed/web"].meta.labels.erase(kMode);
+    f.api.pods["meshed/web"].host_network = true;
+    CHECK(f.add("meshed", "web", out) == 0);
+    CHECK(f.api.namespace_gets == 0);
+    // Only the namespace can decide: its GET failing is "try again later".
+    f.api.pods["meshed/web"].host_network = false;
+    CHECK(f.add("meshed", "web", out) == 1);
+    CHECK(code_of(out) == kErrTryAgainLater);
+    CHECK(f.api.namespace_gets == 1);
+    // The API's pod is an older object of the same name (uid differs): not decided from it.
+    f.api.fail_namespace_get.reset();
+    f.load_agent();
+    f.api.pods["meshed/web"].meta.uid = "11111111-0000-4000-8000-000000000000";
+    CHECK(f.add("meshed", "web", out) == 1);
+    CHECK(code_of(out) == kErrTryAgainLater);
+    CHECK(msg_of(out).find("uid") != std::string::npos);
+    CHECK(f.kernel.link_creates == 0);
+}

@@ -277,6 +277,19 @@ TEST_CASE(
     CHECK(slurp(kc).find("token: \"token-two\"") != std::string::npos);
     CHECK(mode_of(kc) == 0600);
 
+    // A token or CA that cannot be read for a moment (the kubelet swapping ..data) is an error that
+    // keeps the last kubeconfig, never standalone mode (which would drop kubeConfig from the entry
+    // and make kmesh-cni enrol every pod).
+    fs::remove(f.sa / "token");
+    auto hiccup = inst.sync_kubeconfig();
+    CHECK(hiccup.status().code() == Errc::kUnavailable);
+    REQUIRE(inst.sync_chain(kc.string()));
+    fs::remove(f.sa / "ca.crt");
+    put(f.sa / "token", "token-three");
+    CHECK(inst.sync_kubeconfig().status().code() == Errc::kUnavailable);
+    CHECK(slurp(kc).find("token: \"token-two\"") != std::string::npos);
+    CHECK(slurp(f.conf / "10-a.conflist").find("\"kubeConfig\"") != std::string::npos);
+
     REQUIRE(inst.uninstall());
     CHECK_FALSE(fs::exists(kc));
     unsetenv("KUBERNETES_SERVICE_HOST");

@@ -55,6 +55,13 @@ Plan plan(const Inputs& in) {
         auto ns = in.namespaces.find(pod.meta.namespace_);
         const bool excluded = std::find(in.exclude_namespaces.begin(), in.exclude_namespaces.end(),
                                         pod.meta.namespace_) != in.exclude_namespaces.end();
+        // Namespace not (yet) in the cache while its labels would decide: neither enrol nor release
+        // on a guess (the plugin may have enrolled the pod from a fresher GET); the namespace event
+        // brings the next pass.
+        if (!excluded && ns == in.namespaces.end() && namespace_decides(pod, in.agent_namespace)) {
+            ++out.waiting_for_namespace;
+            continue;
+        }
         const EnrolmentDecision d =
             excluded ? EnrolmentDecision{false, "namespace " + pod.meta.namespace_ + " is excluded"}
                      : decide_enrolment(pod, ns == in.namespaces.end() ? nullptr : &ns->second,

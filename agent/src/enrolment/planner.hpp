@@ -60,9 +60,10 @@ struct Action {
 };
 
 struct Plan {
-    std::vector<Action> actions;  // in order: removals, attaches, annotations
-    int enrolled = 0;             // selected pods attached (or attached by this plan)
-    int waiting_for_cgroup = 0;   // selected pods whose cgroup is not there yet: plan again later
+    std::vector<Action> actions;    // in order: removals, attaches, annotations
+    int enrolled = 0;               // selected pods attached (or attached by this plan)
+    int waiting_for_cgroup = 0;     // selected pods whose cgroup is not there yet: plan again later
+    int waiting_for_namespace = 0;  // pods whose namespace (which decides) is not known yet
 };
 
 Plan plan(const Inputs& in);

@@ -220,17 +220,29 @@ Result<bool> Installer::install_binary() {
 Result<Installer::KubeconfigOutcome> Installer::sync_kubeconfig() {
     KubeconfigOutcome out;
     std::string host = env("KUBERNETES_SERVICE_HOST"), port = env("KUBERNETES_SERVICE_PORT");
+    // In a cluster or not is decided once, by the environment the kubelet gives every container,
+    // and by whether a token was ever there. Inside one, a token or CA that cannot be read now (the
+    // kubelet swapping ..data under us, a volume not mounted yet) is an error, never "standalone":
+    // dropping kubeConfig from the entry would make kmesh-cni enrol every pod of the node.
     auto token = read_file(options_.sa_dir + "/token");
-    if (!token || trim(*token).empty()) {
-        out.standalone_reason = fmt::format("no service-account token in {}", options_.sa_dir);
+    const bool in_cluster = !host.empty() && !port.empty();
+    const bool had_kubeconfig = fs::exists(kubeconfig_path());
+    if (!in_cluster || ((!token || trim(*token).empty()) && !had_kubeconfig)) {
+        out.standalone_reason = in_cluster ? fmt::format("no service-account token in {}", options_.sa_dir)
+                                           : "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set";
         return out;
     }
-    if (host.empty() || port.empty()) {
-        out.standalone_reason = "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set";
-        return out;
-    }
+    if (!token || trim(*token).empty())
+        return Status(Errc::kUnavailable,
+                      fmt::format("cannot read the service-account token in {}; keeping the last kubeconfig",
+                                  options_.sa_dir));
     auto ca = read_file(options_.sa_dir + "/ca.crt");
-    std::string content = kubeconfig_yaml(server_url(host, port), ca ? *ca : "", trim(*token));
+    if (!ca || trim(*ca).empty())
+        return Status(Errc::kUnavailable,
+                      fmt::format("cannot read the cluster CA {}/ca.crt; without it kmesh-cni would trust "
+                                  "any CA: keeping the last kubeconfig",
+                                  options_.sa_dir));
+    std::string content = kubeconfig_yaml(server_url(host, port), *ca, trim(*token));
     out.path = kubeconfig_path();
     if (auto cur = read_file(*out.path); cur && *cur == content) {
         // Identical bytes but a wider mode (made by hand, or an older version): replace the file
