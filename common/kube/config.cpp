@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
-#include <yaml.h>
 
 #include <array>
 #include <cstdlib>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "common/kube/api.hpp"
+#include "common/yaml_tree.hpp"
 
 namespace kmesh::kube {
 
@@ -36,90 +36,27 @@ struct Node {
     }
 };
 
-// ---- YAML (libyaml events) ----
-class YamlReader {
-  public:
-    explicit YamlReader(const std::string& text) {
-        yaml_parser_initialize(&parser_);
-        yaml_parser_set_input_string(&parser_, reinterpret_cast<const unsigned char*>(text.data()),
-                                     text.size());
+// ---- YAML (common/yaml_tree, the parser of the standalone config) into the tree ----
+Node from_yaml(const YamlNode& y) {
+    Node n;
+    switch (y.kind) {
+        case YamlNode::Kind::kNull:
+            break;
+        case YamlNode::Kind::kScalar:
+            n.kind = Node::Kind::kScalar;
+            n.scalar = y.scalar;
+            break;
+        case YamlNode::Kind::kSequence:
+            n.kind = Node::Kind::kSeq;
+            for (const auto& item : y.items) n.seq.push_back(from_yaml(item));
+            break;
+        case YamlNode::Kind::kMapping:
+            n.kind = Node::Kind::kMap;
+            for (const auto& [k, v] : y.entries) n.map.emplace_back(k.scalar, from_yaml(v));
+            break;
     }
-    ~YamlReader() {
-        if (has_event_) yaml_event_delete(&event_);
-        yaml_parser_delete(&parser_);
-    }
-    YamlReader(const YamlReader&) = delete;
-    YamlReader& operator=(const YamlReader&) = delete;
-
-    Status read(Node* root) {
-        // STREAM-START, DOCUMENT-START, node, ...
-        for (;;) {
-            if (!next()) return error();
-            if (event_.type == YAML_STREAM_END_EVENT) return {};  // empty file: null root
-            if (event_.type == YAML_STREAM_START_EVENT || event_.type == YAML_DOCUMENT_START_EVENT) continue;
-            return node(root, 0);
-        }
-    }
-
-  private:
-    bool next() {
-        if (has_event_) yaml_event_delete(&event_);
-        has_event_ = yaml_parser_parse(&parser_, &event_) == 1;
-        return has_event_;
-    }
-    Status error() const {
-        return {Errc::kDataLoss, fmt::format("YAML line {}: {}", parser_.problem_mark.line + 1,
-                                             parser_.problem ? parser_.problem : "syntax error")};
-    }
-    Status node(Node* out, int depth) {
-        if (depth > 64) return {Errc::kDataLoss, "YAML nesting too deep"};
-        switch (event_.type) {
-            case YAML_SCALAR_EVENT: {
-                std::string v(reinterpret_cast<const char*>(event_.data.scalar.value),
-                              event_.data.scalar.length);
-                bool plain = event_.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-                if (plain && (v.empty() || v == "~" || v == "null" || v == "Null" || v == "NULL")) {
-                    out->kind = Node::Kind::kNull;
-                } else {
-                    out->kind = Node::Kind::kScalar;
-                    out->scalar = std::move(v);
-                }
-                return {};
-            }
-            case YAML_SEQUENCE_START_EVENT:
-                out->kind = Node::Kind::kSeq;
-                for (;;) {
-                    if (!next()) return error();
-                    if (event_.type == YAML_SEQUENCE_END_EVENT) return {};
-                    out->seq.emplace_back();
-                    if (auto s = node(&out->seq.back(), depth + 1); !s) return s;
-                }
-            case YAML_MAPPING_START_EVENT:
-                out->kind = Node::Kind::kMap;
-                for (;;) {
-                    if (!next()) return error();
-                    if (event_.type == YAML_MAPPING_END_EVENT) return {};
-                    if (event_.type != YAML_SCALAR_EVENT)
-                        return {Errc::kDataLoss, fmt::format("YAML line {}: mapping key is not a scalar",
-                                                             event_.start_mark.line + 1)};
-                    std::string key(reinterpret_cast<const char*>(event_.data.scalar.value),
-                                    event_.data.scalar.length);
-                    if (!next()) return error();
-                    out->map.emplace_back(std::move(key), Node{});
-                    if (auto s = node(&out->map.back().second, depth + 1); !s) return s;
-                }
-            case YAML_ALIAS_EVENT:
-                return {Errc::kDataLoss, "YAML aliases are not supported in a kubeconfig"};
-            default:
-                return {Errc::kDataLoss,
-                        fmt::format("YAML line {}: unexpected event", event_.start_mark.line + 1)};
-        }
-    }
-
-    yaml_parser_t parser_{};
-    yaml_event_t event_{};
-    bool has_event_ = false;
-};
+    return n;
+}
 
 // ---- JSON (RapidJSON) into the same tree ----
 Node from_json(const rapidjson::Value& v) {
@@ -153,10 +90,10 @@ Result<Node> parse_tree(const std::string& text) {
                                                        rapidjson::GetParseError_En(doc.GetParseError())));
         return from_json(doc);
     }
-    Node root;
-    YamlReader reader(text);
-    if (auto s = reader.read(&root); !s) return s;
-    return root;
+    YamlNode root;
+    std::string error;
+    if (!parse_yaml(text, &root, &error)) return Status(Errc::kDataLoss, "YAML " + error);
+    return from_yaml(root);
 }
 
 Result<std::string> read_file(const fs::path& path, std::string_view what) {

@@ -14,7 +14,7 @@
 #include <string_view>
 
 #include "agent/src/model/model_validate.hpp"
-#include "agent/src/sources/file/yaml_tree.hpp"
+#include "common/yaml_tree.hpp"
 
 namespace kmesh {
 

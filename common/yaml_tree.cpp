@@ -1,4 +1,4 @@
-#include "agent/src/sources/file/yaml_tree.hpp"
+#include "common/yaml_tree.hpp"
 
 #include <fmt/format.h>
 #include <yaml.h>
