@@ -10,7 +10,7 @@ BUILD=${1:?usage: fuzz/run.sh <build-dir> [seconds] [target...]}
 SECS=${2:-60}
 shift $(($# < 2 ? $# : 2))
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(cni_fuzz yaml_fuzz xds_address_fuzz xds_authz_fuzz conflist_fuzz)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(cni_fuzz yaml_fuzz xds_address_fuzz xds_authz_fuzz conflist_fuzz kube_objects_fuzz)
 OUT=${FUZZ_OUT:-/tmp/kmesh-fuzz}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:suppressions=$PWD/fuzz/ubsan.supp}

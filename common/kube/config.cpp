@@ -24,17 +24,27 @@ namespace {
 namespace fs = std::filesystem;
 
 struct Node {
+    // Not std::pair<std::string, Node>: a pair needs Node complete where the member is declared,
+    // which libstdc++ under clang (the fuzz build) enforces.
+    struct Entry;
     enum class Kind { kNull, kScalar, kMap, kSeq } kind = Kind::kNull;
     std::string scalar;
-    std::vector<std::pair<std::string, Node>> map;
+    std::vector<Entry> map;
     std::vector<Node> seq;
 
-    const Node* get(std::string_view key) const {
-        for (const auto& [k, v] : map)
-            if (k == key) return &v;
-        return nullptr;
-    }
+    const Node* get(std::string_view key) const;
 };
+
+struct Node::Entry {
+    std::string first;
+    Node second;
+};
+
+const Node* Node::get(std::string_view key) const {
+    for (const auto& [k, v] : map)
+        if (k == key) return &v;
+    return nullptr;
+}
 
 // ---- YAML (common/yaml_tree, the parser of the standalone config) into the tree ----
 Node from_yaml(const YamlNode& y) {
@@ -52,7 +62,7 @@ Node from_yaml(const YamlNode& y) {
             break;
         case YamlNode::Kind::kMapping:
             n.kind = Node::Kind::kMap;
-            for (const auto& [k, v] : y.entries) n.map.emplace_back(k.scalar, from_yaml(v));
+            for (const auto& [k, v] : y.entries) n.map.push_back({k.scalar, from_yaml(v)});
             break;
     }
     return n;
@@ -63,7 +73,7 @@ Node from_json(const rapidjson::Value& v) {
     Node n;
     if (v.IsObject()) {
         n.kind = Node::Kind::kMap;
-        for (const auto& m : v.GetObject()) n.map.emplace_back(m.name.GetString(), from_json(m.value));
+        for (const auto& m : v.GetObject()) n.map.push_back({m.name.GetString(), from_json(m.value)});
     } else if (v.IsArray()) {
         n.kind = Node::Kind::kSeq;
         for (const auto& e : v.GetArray()) n.seq.push_back(from_json(e));
