@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/file.hpp"
 #include "common/kube/api.hpp"
 #include "common/yaml_tree.hpp"
 
@@ -106,15 +107,13 @@ Result<Node> parse_tree(const std::string& text) {
     return from_yaml(root);
 }
 
+// common/file's read, with the message naming what the file is for.
 Result<std::string> read_file(const fs::path& path, std::string_view what) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        Errc code = fs::exists(path) ? Errc::kIo : Errc::kNotFound;
-        return Status(code, fmt::format("cannot read {} {}", what, path.string()));
-    }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    auto bytes = kmesh::read_file(path.string());
+    if (!bytes)
+        return Status(bytes.status().code() == Errc::kNotFound ? Errc::kNotFound : Errc::kIo,
+                      fmt::format("cannot read {} {}", what, path.string()));
+    return bytes;
 }
 
 Result<std::string> base64_decode(std::string_view in, std::string_view what) {

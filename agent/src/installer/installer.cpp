@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/file.hpp"
+
 namespace kmesh::installer {
 
 namespace fs = std::filesystem;
@@ -30,14 +32,6 @@ constexpr const char* kTempPrefix = ".kmesh-cni.tmp-";  // no config extension: 
 constexpr mode_t kBinaryMode = 0755;
 constexpr mode_t kKubeconfigMode = 0600;
 constexpr time_t kFreshSeconds = 2;  // an unloadable config younger than this may be half-written
-
-Status errno_status(const std::string& what) {
-    int e = errno;
-    return Status(e == ENOENT                 ? Errc::kNotFound
-                  : e == EACCES || e == EPERM ? Errc::kPermissionDenied
-                                              : Errc::kIo,
-                  fmt::format("{}: {}", what, std::strerror(e)));
-}
 
 struct FileInfo {
     mode_t mode = 0;  // permission bits
@@ -60,26 +54,6 @@ Result<FileInfo> stat_file(const std::string& path) {
 }
 
 bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
-
-Result<std::string> read_file(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno_status("open " + path);
-    std::string out;
-    char buf[65536];
-    for (;;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            auto st = errno_status("read " + path);
-            close(fd);
-            return st;
-        }
-        if (n == 0) break;
-        out.append(buf, static_cast<size_t>(n));
-    }
-    close(fd);
-    return out;
-}
 
 Status fsync_dir(const std::string& dir) {
     int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -10,6 +10,8 @@
 #include <random>
 #include <sstream>
 
+#include "common/file.hpp"
+
 namespace kmesh::xds {
 
 using envoy::service::discovery::v3::AggregatedDiscoveryService;
@@ -18,12 +20,11 @@ using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
 namespace {
 
-std::string read_file(const std::string& path, bool* ok) {
-    std::ifstream in(path);
-    std::stringstream buf;
-    buf << in.rdbuf();
-    *ok = static_cast<bool>(in);
-    std::string s = buf.str();
+// The file's text without trailing whitespace (a token file's newline).
+std::string read_trimmed(const std::string& path, bool* ok) {
+    auto bytes = read_file(path);
+    *ok = bytes.is_ok();
+    std::string s = bytes ? std::move(*bytes) : std::string();
     while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
     return s;
 }
@@ -72,7 +73,7 @@ std::shared_ptr<grpc::Channel> Client::channel() {
     } else {
         grpc::SslCredentialsOptions ssl;
         bool ok = true;
-        if (!options_.root_cert_path.empty()) ssl.pem_root_certs = read_file(options_.root_cert_path, &ok);
+        if (!options_.root_cert_path.empty()) ssl.pem_root_certs = read_trimmed(options_.root_cert_path, &ok);
         // Never fall back to the system roots: istiod is only trusted through the mesh CA.
         if (!ok || ssl.pem_root_certs.empty()) return nullptr;
         creds = grpc::SslCredentials(ssl);
@@ -96,7 +97,8 @@ bool Client::stream_once() {
     grpc::ClientContext ctx;
     if (!options_.token_path.empty()) {
         bool ok = true;
-        std::string token = read_file(options_.token_path, &ok);  // projected tokens rotate: read every time
+        std::string token =
+            read_trimmed(options_.token_path, &ok);  // projected tokens rotate: read every time
         if (ok && !token.empty())
             ctx.AddMetadata("authorization", "Bearer " + token);
         else
