@@ -193,5 +193,3 @@ int cgroup_connect6(struct bpf_sock_addr *ctx)
 {
 	return sock_verdict(sock6_connect(ctx));
 }
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";

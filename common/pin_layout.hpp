@@ -14,6 +14,14 @@ inline constexpr const char* kDefaultBpffsRoot = "/sys/fs/bpf";
 // Program names as pinned under progs/ (the BPF function names in bpf/sock_connect.c).
 inline constexpr const char* kProgConnect4 = "cgroup_connect4";
 inline constexpr const char* kProgConnect6 = "cgroup_connect6";
+// Issue 9 (names fixed before the work is split): L4 authorization on each enrolled pod's netns
+// (sk_lookup: a refused SYN gets an RST), the waypoint TLV path (sockops on the pod cgroup puts
+// waypoint-bound sockets in a sockhash whose sk_msg program prepends the TLV), and the TCP socket
+// iterator that closes connections a policy change now denies.
+inline constexpr const char* kProgSkLookup = "sk_lookup_authz";
+inline constexpr const char* kProgSockops = "cgroup_sockops";
+inline constexpr const char* kProgSkMsg = "sk_msg_tlv";
+inline constexpr const char* kProgAuthzIter = "iter_tcp_authz";
 
 // A CNI container id as a bpffs directory name. bpffs refuses any name containing '.' (EPERM), which
 // the CNI spec allows in ids, so '.' becomes "%2E"; unambiguous because '%' is not allowed in ids.

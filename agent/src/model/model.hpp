@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/src/model/authz.hpp"
 #include "agent/src/model/ip_addr.hpp"
 
 namespace kmesh {
@@ -65,7 +66,7 @@ struct Service {
     std::vector<IpAddr> addresses;  // VIPs
     std::vector<ServicePort> ports;
     std::optional<LoadBalancing> load_balancing;
-    std::optional<Waypoint> waypoint;  // recorded; the redirect comes with the waypoint work
+    std::optional<Waypoint> waypoint;  // connects to a VIP go to the waypoint (port 15019) instead
 
     // Resource name in the workload API: "namespace/hostname".
     std::string key() const { return namespace_ + "/" + hostname; }
@@ -86,13 +87,16 @@ struct Workload {
     NetworkMode network_mode = NetworkMode::kStandard;
     const Placement* placement = Placement::intern({});  // interned: pointer equality is equality
     const Waypoint* waypoint = nullptr;                  // interned, or none
-    std::vector<std::string> authorization_policies;
+    std::vector<std::string> authorization_policies;  // WORKLOAD_SELECTOR policies, "namespace/name"
+    std::string trust_domain;                         // empty: "cluster.local"
+    std::string service_account;
     bool operator==(const Workload&) const = default;
 };
 
 struct Model {
     std::map<std::string, Service> services;    // by Service::key()
     std::map<std::string, Workload> workloads;  // by uid
+    std::map<std::string, AuthzPolicy> policies;  // by AuthzPolicy::key()
     bool operator==(const Model&) const = default;
 };
 

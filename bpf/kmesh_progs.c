@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The one BPF object the agent loads (one skeleton, one set of maps shared by every program):
+ * each program file is included here rather than linked, so that maps are defined exactly once.
+ */
+#include "sock_connect.c"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
