@@ -31,25 +31,40 @@ struct Cidr {
     auto operator<=>(const Cidr&) const = default;
 };
 
+// istio.security.ServiceAccountMatch (ztunnel src/rbac.rs): both compared exactly with the source
+// identity's namespace and service account; a source without identity never matches.
+struct ServiceAccountMatch {
+    std::string namespace_;
+    std::string service_account;
+    auto operator<=>(const ServiceAccountMatch&) const = default;
+};
+
 // One match group: every field type present must match (AND), any entry within a type matches
 // (OR), a not_ list fails the group when any entry matches, an absent (empty) list imposes nothing.
 struct AuthzMatch {
     std::vector<StringMatch> namespaces, not_namespaces;
     std::vector<StringMatch> principals, not_principals;  // compared without "spiffe://"
-    std::vector<StringMatch> service_accounts, not_service_accounts;
+    std::vector<ServiceAccountMatch> service_accounts, not_service_accounts;
     std::vector<Cidr> source_ips, not_source_ips;
     std::vector<Cidr> destination_ips, not_destination_ips;
     std::vector<uint16_t> destination_ports, not_destination_ports;
     bool operator==(const AuthzMatch&) const = default;
+    // ztunnel skips an empty group inside a clause (it matches nothing there).
+    bool empty() const {
+        return namespaces.empty() && not_namespaces.empty() && principals.empty() && not_principals.empty() &&
+               service_accounts.empty() && not_service_accounts.empty() && source_ips.empty() &&
+               not_source_ips.empty() && destination_ips.empty() && not_destination_ips.empty() &&
+               destination_ports.empty() && not_destination_ports.empty();
+    }
 };
 
 struct AuthzClause {
-    std::vector<AuthzMatch> matches;  // OR-ed
+    std::vector<AuthzMatch> matches;  // OR-ed; a clause with no groups at all matches (ztunnel)
     bool operator==(const AuthzClause&) const = default;
 };
 
 struct AuthzRule {
-    std::vector<AuthzClause> clauses;  // AND-ed
+    std::vector<AuthzClause> clauses;  // AND-ed; a rule with no clauses matches (ztunnel)
     bool operator==(const AuthzRule&) const = default;
 };
 
@@ -69,7 +84,7 @@ struct AuthzPolicy {
 // Who a connection's source is, as far as the workload API tells (from the source IP's workload).
 // A source whose IP is no known workload has no identity: every field empty.
 struct SourceIdentity {
-    std::string trust_domain;     // "cluster.local" when the workload does not say
+    std::string trust_domain;  // "cluster.local" when the workload does not say
     std::string namespace_;
     std::string service_account;
     bool known() const { return !namespace_.empty() || !service_account.empty(); }
