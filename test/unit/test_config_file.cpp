@@ -231,3 +231,39 @@ TEST_CASE("config file: a bad policy field is named by its path") {
     CHECK(problems("workloads:\n- uid: x\n  authorization_policies: d/p\n") ==
           "config.workloads[0].authorization_policies (line 3): expected a list of strings");
 }
+
+TEST_CASE("config file: waypoints of services and workloads, as GatewayAddress") {
+    const char* yaml = R"(
+services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  addresses: ["10.96.0.10"]
+  waypoint: {hostname: {namespace: istio-system, hostname: wp.istio-system.svc.cluster.local}, hbone_mtls_port: 15008}
+workloads:
+- uid: w1
+  addresses: ["10.244.0.11"]
+  waypoint: {address: "fd00::5", hbone_mtls_port: 15019}
+- uid: w2
+  addresses: ["10.244.0.12"]
+  waypoint: {address: {network: "", address: "10.244.0.5"}}
+)";
+    auto r = parse_config_yaml(yaml);
+    REQUIRE_MESSAGE(std::holds_alternative<Model>(r), problems(yaml));
+    const Model& m = std::get<Model>(r);
+    const auto& swp = m.services.at("default/echo.default.svc.cluster.local").waypoint;
+    REQUIRE(swp);
+    CHECK(swp->hostname == "istio-system/wp.istio-system.svc.cluster.local");
+    CHECK_FALSE(swp->address);
+    CHECK(swp->port == 15008);
+    const Waypoint* w1 = m.workloads.at("w1").waypoint;
+    REQUIRE(w1);
+    CHECK(w1->address == IpAddr::parse("fd00::5"));
+    CHECK(w1->port == 15019);
+    REQUIRE(m.workloads.at("w2").waypoint);
+    CHECK(m.workloads.at("w2").waypoint->address == IpAddr::parse("10.244.0.5"));
+    CHECK(problems("workloads:\n- uid: w\n  waypoint: {hbone_mtls_port: 1}\n") ==
+          "config.workloads[0].waypoint (line 3): a waypoint has exactly one of address, hostname");
+    CHECK(problems("workloads:\n- uid: w\n  waypoint: {hostname: {namespace: a}}\n") ==
+          "config.workloads[0].waypoint.hostname (line 3): namespace and hostname are both required");
+}

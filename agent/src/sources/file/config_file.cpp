@@ -195,10 +195,39 @@ class Parser {
         for (const auto& p : problems_found) fail(n, path, p);
     }
 
+    // GatewayAddress: {address: IP | {network, address}, hbone_mtls_port} or
+    // {hostname: {namespace, hostname}, hbone_mtls_port}.
+    Waypoint gateway(const YamlNode& n, const std::string& path) {
+        Waypoint w;
+        int kinds = 0;
+        fields(n, path, {"address", "hostname", "hbone_mtls_port"},
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "hbone_mtls_port") {
+                       w.port = port(v, p, true);
+                   } else if (k == "address") {
+                       kinds++;
+                       w.address = ip(v, p);
+                   } else {
+                       kinds++;
+                       std::string ns, host;
+                       fields(v, p, {"namespace", "hostname"},
+                              [&](const std::string& hk, const YamlNode& hv, const std::string& hp) {
+                                  (hk == "namespace" ? ns : host) = str(hv, hp);
+                              });
+                       if (v.is_mapping() && (ns.empty() || host.empty()))
+                           fail(v, p, "namespace and hostname are both required");
+                       w.hostname = ns + "/" + host;
+                   }
+               });
+        if (n.is_mapping() && kinds != 1) fail(n, path, "a waypoint has exactly one of address, hostname");
+        return w;
+    }
+
     Service service(const YamlNode& n, const std::string& path) {
         Service s;
-        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports", "load_balancing"},
+        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports", "load_balancing", "waypoint"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "waypoint") s.waypoint = gateway(v, p);
                    if (k == "name") s.name = str(v, p);
                    if (k == "namespace") s.namespace_ = str(v, p);
                    if (k == "hostname") s.hostname = str(v, p);
@@ -214,8 +243,9 @@ class Parser {
         Workload w;
         fields(n, path,
                {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node",
-                "trust_domain", "service_account", "authorization_policies"},
+                "trust_domain", "service_account", "authorization_policies", "waypoint"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "waypoint") w.waypoint = Waypoint::intern(gateway(v, p));
                    if (k == "uid") w.uid = str(v, p);
                    if (k == "trust_domain") w.trust_domain = str(v, p);
                    if (k == "service_account") w.service_account = str(v, p);
