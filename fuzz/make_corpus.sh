@@ -42,6 +42,9 @@ enc istio.security.Authorization $P/deny_ips 'name: "deny" namespace: "default" 
   rules { clauses { matches { source_ips { address: "\x0a\x00\x00\x00" length: 8 }
     not_destination_ips { address: "\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" length: 64 }
     service_accounts { namespace: "default" service_account: "sleep" } not_principals { suffix: "/sa/evil" } } } }'
+enc istio.security.Authorization $P/presence_not_sa 'name: "p" namespace: "default" action: DENY
+  rules { clauses { matches { principals { presence { } } not_service_accounts { namespace: "foo" service_account: "bar" } } } }
+  rules { }'
 enc istio.security.Authorization $P/global_empty 'name: "g" scope: GLOBAL'
 enc istio.security.Authorization $P/bad_prefix 'name: "b" namespace: "x" rules { clauses { matches { source_ips { address: "\x0a\x00\x00\x00" length: 40 } } } }'
 ls -l $A $P

@@ -15,6 +15,16 @@
 //     addresses: ["10.244.0.11"]
 //     services: {"default/echo.default.svc.cluster.local": {ports: [{service_port: 80, target_port: 8080}]}}
 //     status: HEALTHY                                 # or UNHEALTHY
+//     service_account: echo                           # with trust_domain (default cluster.local)
+//     authorization_policies: [default/p]             # WORKLOAD_SELECTOR policies selecting it
+//     waypoint: {address: "10.244.0.5", hbone_mtls_port: 15019}   # or {hostname: {namespace, hostname}}
+//   policies:                                         # istio.security.Authorization (README: config)
+//   - name: p
+//     namespace: default
+//     scope: WORKLOAD_SELECTOR                        # GLOBAL | NAMESPACE | WORKLOAD_SELECTOR
+//     action: DENY                                    # ALLOW | DENY
+//     rules: [{clauses: [{matches: [{namespaces: [{exact: foo}], source_ips: ["10.0.0.0/8"],
+//                                    service_accounts: [{namespace: foo, service_account: bar}]}]}]}]
 //
 // Field names follow the proto (snake_case); protojson's lowerCamelCase spellings are accepted too.
 // Each service and workload meets the same rules as one from istiod (model_validate.hpp).
