@@ -3,7 +3,8 @@
 # pushes reach connect(), a malformed resource is NACKed while the rest applies and traffic keeps
 # flowing, istiod restarting with a smaller snapshot removes what vanished, per-workload target
 # ports work, the admin server shows both the model and the maps, and agent restarts keep traffic
-# flowing (a resource istiod now sends in a refused form included). Usage: e2e_xds.sh <build-dir>
+# flowing (a resource istiod now sends in a refused form included); authorization policies reach
+# the model and the admin's authz check. Usage: e2e_xds.sh <build-dir>
 source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
 
@@ -158,3 +159,35 @@ wait_log "applied: 0 services, 1 workloads" 2
 out=$(pod_connect client 10.96.0.10 80 3 --timeout-ms 500 || true)
 check "once istiod removes it, echo's VIP is no longer translated ($(sort -u <<<"$out" | xargs))" \
     eval '! grep -q backend <<<"$out"'
+
+# Authorization policies from istiod reach the model (service accounts and presence included),
+# identities come with the workloads, and the reference evaluator answers on them; a policy with
+# a prefix longer than its address is NACKed naming it.
+DENY_SLEEP='{"name":"deny-sleep","namespace":"default","scope":"NAMESPACE","action":"DENY","rules":[{"clauses":[{"matches":[{"serviceAccounts":[{"namespace":"default","serviceAccount":"sleep"}],"principals":[{"presence":{}}]}]}]}]}'
+BAD_POLICY='{"name":"bad-prefix","namespace":"default","rules":[{"clauses":[{"matches":[{"sourceIps":[{"address":"CgAAAA==","length":40}]}]}]}]}'
+nacks=$(events | grep -cE '"event": ?"nack"' || true)
+$FIXTURE $(wl backend-2 "${B2[@]}") \
+    --workload "uid=Kubernetes//Pod/default/sleep,name=sleep,namespace=default,sa=sleep,trust_domain=example.org,ip=10.244.0.201" \
+    --workload "uid=Kubernetes//Pod/default/server,name=server,namespace=default,sa=server,ip=10.244.0.202" \
+    --authorization-json "$DENY_SLEEP" --authorization-json "$BAD_POLICY" >"$TMP/policies.json"
+push "$TMP/policies.json"
+wait_event '"event": ?"nack"' $((nacks + 1))
+check "the policy with a 40-bit prefix is NACKed, naming it" \
+    grep -q 'default/bad-prefix: source_ips: prefix length 40 longer than the address' "$CONTROL/events.jsonl"
+has_policy() { admin /debug/config_dump | grep -q '"name":"deny-sleep"'; }
+for _ in $(seq 50); do has_policy && break; sleep 0.1; done
+admin /debug/config_dump >"$TMP/dump.json"
+check "the config dump shows istiod's policy in words, and the workloads' identities" python3 - "$TMP/dump.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = {x["namespace"] + "/" + x["name"]: x for x in d["policies"]}
+print(json.dumps(p), [w.get("principal") for w in d["workloads"]])
+assert list(p) == ["default/deny-sleep"]
+assert p["default/deny-sleep"]["rules"] == ["(principal in [present] and service account in [default/sleep])"]
+w = {x["uid"]: x for x in d["workloads"]}
+assert w["Kubernetes//Pod/default/sleep"]["principal"] == "spiffe://example.org/ns/default/sa/sleep"
+PY
+rc=0; out=$(kmeshctl --admin "127.0.0.1:$ADMIN_PORT" authz check --src 10.244.0.201 --dst 10.244.0.202 --port 8080) || rc=$?
+check "authz check: sleep -> server is denied by deny-sleep (exit $rc)" eval '[[ $rc == 2 && $out == *"DENY policy default/deny-sleep"* ]]'
+rc=0; out=$(kmeshctl --admin "127.0.0.1:$ADMIN_PORT" authz check --src 10.244.0.202 --dst 10.244.0.201 --port 8080) || rc=$?
+check "authz check: server -> sleep is allowed (exit $rc)" eval '[[ $rc == 0 && $out == allow* ]]'
