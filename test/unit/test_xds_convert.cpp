@@ -302,3 +302,19 @@ TEST_CASE("xds: a workload's identity is converted") {
     CHECK(out.service_account == "sleep-sa");
     CHECK(out.authorization_policies == std::vector<std::string>{"default/p1"});
 }
+
+TEST_CASE("xds: an IPv4-mapped CIDR is an IPv4 one, its prefix counted in the last 32 bits") {
+    istio::security::Authorization p;
+    p.set_name("mapped");
+    p.set_namespace_("default");
+    auto* a = p.add_rules()->add_clauses()->add_matches()->add_source_ips();
+    a->set_address(raw({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 0, 0}));
+    a->set_length(112);
+    AuthzPolicy out;
+    REQUIRE(xds::convert_authorization(p, &out) == "");
+    CHECK(out.rules[0].clauses[0].matches[0].source_ips ==
+          std::vector<Cidr>{{*IpAddr::parse("10.1.0.0"), 16}});
+    a->set_length(64);
+    CHECK(xds::convert_authorization(p, &out) ==
+          "source_ips: IPv4-mapped address 10.1.0.0 with prefix length 64 (below 96)");
+}

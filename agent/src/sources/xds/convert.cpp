@@ -192,7 +192,16 @@ std::string cidrs(const google::protobuf::RepeatedPtrField<istio::security::Addr
         size_t bits = a.address().size() * 8;
         if (a.length() > bits)
             return fmt::format("{}: prefix length {} longer than the address", field, a.length());
-        out->push_back(Cidr{*ip, static_cast<uint8_t>(a.length())});
+        uint32_t len = a.length();
+        // 16 bytes of IPv4-mapped IPv6 are IPv4 in the model (as a v4 peer on a v6 socket is): the
+        // prefix then counts the last 32 bits. One reaching into the ::ffff:0:0/96 part is refused.
+        if (a.address().size() == 16 && ip->is_v4()) {
+            if (len < 96)
+                return fmt::format("{}: IPv4-mapped address {} with prefix length {} (below 96)", field,
+                                   ip->str(), len);
+            len -= 96;
+        }
+        out->push_back(Cidr{*ip, static_cast<uint8_t>(len)});
     }
     return {};
 }
