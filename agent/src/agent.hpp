@@ -73,6 +73,8 @@ class Agent {
     std::string config_dump();   // the model as the sources gave it
     std::string maps_dump();     // read back from the BPF maps, with names
     std::string metrics_text();  // Prometheus text format
+    // The kernel's authorization counters by policy (any thread): a policy::HitsReader for the admin.
+    policy::AuthzReport authz_report() const { return authz_writer_->report(); }
     // Readiness: "" once the first full state is applied and the programs are published; else why not.
     std::string not_ready_reason();
 
@@ -82,8 +84,11 @@ class Agent {
     // force: parse even if the file looks unchanged (a watcher event, SIGHUP); a timed retry doesn't.
     Reload reload_config(bool force);
     Reload sync_maps(std::string* error);  // mu_ held
-    void sync_from_xds();                  // mu_ held, on the xDS thread
-    void start_admin();                    // never fails: binding is retried in the background
+    // Compiles the model's authorization policies and publishes them when the model changed (or a
+    // previous publish failed); "" or the error. mu_ held.
+    std::string sync_authz(bool model_changed);
+    void sync_from_xds();  // mu_ held, on the xDS thread
+    void start_admin();    // never fails: binding is retried in the background
     // Moves pods to this agent's programs once the first full state is in the maps; "" or an error.
     std::string publish_if_ready();
     void set_waiting(std::string reason);
@@ -93,6 +98,10 @@ class Agent {
     std::unique_ptr<Dataplane> dataplane_;
     std::unique_ptr<KernelMapOps> ops_;
     std::unique_ptr<MapWriter> writer_;
+    std::unique_ptr<policy::KernelAuthzMapOps> authz_ops_;
+    std::unique_ptr<policy::AuthzWriter> authz_writer_;
+    std::map<std::string, AuthzPolicy> authz_policies_;  // the policies last published
+    bool authz_pending_ = true;                          // the model is not (fully) published yet
     Metrics metrics_;
 
     std::mutex mu_;  // guards mesh_, writer_ and the sources' state
