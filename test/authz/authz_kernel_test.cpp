@@ -98,56 +98,61 @@ constexpr int kSkPass = 1, kSkDrop = 0;
 
 }  // namespace
 
-TEST_CASE("authz kernel replay of the hand-written decision table") {
-    auto table = kmesh::test::authz::load_table(KMESH_SOURCE_DIR "/test/authz/decision_table.json");
-    REQUIRE(table.cases.size() >= 30);
-    Probe probe;
-    int checked = 0;
-    for (const auto& c : table.cases) {
-        INFO("case: " << c.name);
-        probe.publish(c.model, table.node);
-        for (const auto& conn : c.conns) {
-            INFO("conn: " << conn.text << " expected " << (conn.allow ? "allow" : "deny"));
-            probe.drop_cache();  // an IPv4 and an IPv4-mapped conn share one cache key
-            AuthzReport before = probe.writer->report();
-            // Twice: the first decision is computed (cold path), the second served by the cache.
-            int cold = probe.check(conn);
-            int cached = probe.check(conn);
-            CHECK(cold == (conn.allow ? kSkPass : kSkDrop));
-            CHECK(cached == cold);
-            AuthzReport after = probe.writer->report();
-            bool ours = false;
-            for (const auto& [uid, w] : c.model.workloads)
-                for (const auto& a : w.addresses)
-                    if (a == conn.dst && w.placement->node == table.node) ours = true;
-            if (ours) {
-                CHECK(after.totals.cache_hits == before.totals.cache_hits + 1);
-                uint64_t decided = (after.totals.allowed - before.totals.allowed) +
-                                   (after.totals.denied_by_policy - before.totals.denied_by_policy) +
-                                   (after.totals.denied_no_allow - before.totals.denied_no_allow);
-                CHECK(decided == 2);
-                CHECK((after.totals.allowed - before.totals.allowed) == (conn.allow ? 2u : 0u));
-            }
-            if (conn.by) CHECK(after.policies[*conn.by].matched - before.policies[*conn.by].matched == 2);
-            if (conn.dry_run) {
-                for (const auto& [key, p] : c.model.policies) {
-                    if (!p.dry_run) continue;
-                    bool listed =
-                        std::find(conn.dry_run->begin(), conn.dry_run->end(), key) != conn.dry_run->end();
-                    INFO("dry-run policy " << key);
-                    CHECK(after.policies[key].dry_run_matched - before.policies[key].dry_run_matched ==
-                          (listed ? 2u : 0u));
+#define KMESH_KERNEL_TABLE KMESH_SOURCE_DIR "/test/authz/decision_table_kernel.json"
+
+TEST_CASE("authz kernel replay of the hand-written decision tables") {
+    for (const char* path : {KMESH_SOURCE_DIR "/test/authz/decision_table.json", KMESH_KERNEL_TABLE}) {
+        INFO("table: " << std::string(path));
+        auto table = kmesh::test::authz::load_table(path);
+        REQUIRE(table.cases.size() >= 30);
+        Probe probe;
+        int checked = 0;
+        for (const auto& c : table.cases) {
+            INFO("case: " << c.name);
+            probe.publish(c.model, table.node);
+            for (const auto& conn : c.conns) {
+                INFO("conn: " << conn.text << " expected " << (conn.allow ? "allow" : "deny"));
+                probe.drop_cache();  // an IPv4 and an IPv4-mapped conn share one cache key
+                AuthzReport before = probe.writer->report();
+                // Twice: the first decision is computed (cold path), the second served by the cache.
+                int cold = probe.check(conn);
+                int cached = probe.check(conn);
+                CHECK(cold == (conn.allow ? kSkPass : kSkDrop));
+                CHECK(cached == cold);
+                AuthzReport after = probe.writer->report();
+                bool ours = false;
+                for (const auto& [uid, w] : c.model.workloads)
+                    for (const auto& a : w.addresses)
+                        if (a == conn.dst && w.placement->node == table.node) ours = true;
+                if (ours) {
+                    CHECK(after.totals.cache_hits == before.totals.cache_hits + 1);
+                    uint64_t decided = (after.totals.allowed - before.totals.allowed) +
+                                       (after.totals.denied_by_policy - before.totals.denied_by_policy) +
+                                       (after.totals.denied_no_allow - before.totals.denied_no_allow);
+                    CHECK(decided == 2);
+                    CHECK((after.totals.allowed - before.totals.allowed) == (conn.allow ? 2u : 0u));
                 }
+                if (conn.by) CHECK(after.policies[*conn.by].matched - before.policies[*conn.by].matched == 2);
+                if (conn.dry_run) {
+                    for (const auto& [key, p] : c.model.policies) {
+                        if (!p.dry_run) continue;
+                        bool listed =
+                            std::find(conn.dry_run->begin(), conn.dry_run->end(), key) != conn.dry_run->end();
+                        INFO("dry-run policy " << key);
+                        CHECK(after.policies[key].dry_run_matched - before.policies[key].dry_run_matched ==
+                              (listed ? 2u : 0u));
+                    }
+                }
+                checked++;
             }
-            checked++;
         }
+        MESSAGE(checked << " decisions of " << std::string(path) << " replayed through the kernel");
     }
-    MESSAGE(checked << " decisions replayed through the kernel");
 }
 
 TEST_CASE(
     "authz kernel: a re-check (count == false) counts nothing; a policy change invalidates cached verdicts") {
-    auto table = kmesh::test::authz::load_table(KMESH_SOURCE_DIR "/test/authz/decision_table.json");
+    auto table = kmesh::test::authz::load_table(KMESH_KERNEL_TABLE);
     Probe probe;
     Model model = table.cases.front().model;  // no policies
     probe.publish(model, table.node);
@@ -242,7 +247,7 @@ Model scale_model(const kmesh::test::authz::Table& table, int n) {
 }  // namespace
 
 TEST_CASE("authz scale: 1,000 policies x 10 rules compile and load with default sizes") {
-    auto table = kmesh::test::authz::load_table(KMESH_SOURCE_DIR "/test/authz/decision_table.json");
+    auto table = kmesh::test::authz::load_table(KMESH_KERNEL_TABLE);
     Probe probe;
     Model model = scale_model(table, 1000);
     auto t0 = std::chrono::steady_clock::now();
@@ -284,7 +289,7 @@ TEST_CASE("authz scale: 1,000 policies x 10 rules compile and load with default 
 
 TEST_CASE("authz bench: cold and cached decision time for N policies applying to the destination" *
           doctest::skip(getenv("KMESH_AUTHZ_BENCH") == nullptr)) {
-    auto table = kmesh::test::authz::load_table(KMESH_SOURCE_DIR "/test/authz/decision_table.json");
+    auto table = kmesh::test::authz::load_table(KMESH_KERNEL_TABLE);
     for (int n : {0, 100, 1000}) {
         Probe probe;
         probe.publish(scale_model(table, n), table.node);

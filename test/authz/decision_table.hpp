@@ -1,6 +1,8 @@
-// Loader for test/authz/decision_table.json: hand-written Istio L4 authorization decisions, shared
-// by the kernel replay (test/authz/authz_kernel_test.cpp), the userspace reference evaluator's unit
-// test and the end-to-end tests. Header-only (RapidJSON), throws std::runtime_error on a bad file.
+// Loader for the hand-written Istio L4 authorization decision tables, test/authz/decision_table.json
+// (h9-pmodel's, format in test/authz/README.md) and test/authz/decision_table_kernel.json (same
+// idea, proto-JSON spelling, node placement), shared by the kernel replay (test/authz/authz_kernel_test.cpp),
+// the userspace reference evaluator's unit test and the end-to-end tests. Header-only (RapidJSON), throws
+// std::runtime_error on a bad file.
 #pragma once
 
 #include <rapidjson/document.h>
@@ -46,7 +48,7 @@ inline std::runtime_error bad(const std::string& what) {
 
 inline std::string str(const rapidjson::Value& v, const char* key, const std::string& dflt = "") {
     auto it = v.FindMember(key);
-    if (it == v.MemberEnd()) return dflt;
+    if (it == v.MemberEnd() || it->value.IsNull()) return dflt;
     if (!it->value.IsString()) throw bad(std::string(key) + " is not a string");
     return it->value.GetString();
 }
@@ -67,9 +69,25 @@ inline Cidr cidr(const std::string& text) {
     return {a, static_cast<uint8_t>(len)};
 }
 
+// Both spellings are accepted: proto JSON (camelCase) and the config file's (snake_case).
+inline rapidjson::Value::ConstMemberIterator field(const rapidjson::Value& m, const char* camel) {
+    auto it = m.FindMember(camel);
+    if (it != m.MemberEnd()) return it;
+    std::string snake;
+    for (const char* c = camel; *c; c++) {
+        if (*c >= 'A' && *c <= 'Z') {
+            snake += '_';
+            snake += static_cast<char>(*c - 'A' + 'a');
+        } else {
+            snake += *c;
+        }
+    }
+    return m.FindMember(snake.c_str());
+}
+
 inline std::vector<StringMatch> strings(const rapidjson::Value& m, const char* key) {
     std::vector<StringMatch> out;
-    auto it = m.FindMember(key);
+    auto it = field(m, key);
     if (it == m.MemberEnd()) return out;
     for (const auto& s : it->value.GetArray()) {
         StringMatch sm;
@@ -91,15 +109,18 @@ inline std::vector<StringMatch> strings(const rapidjson::Value& m, const char* k
 
 inline std::vector<ServiceAccountMatch> accounts(const rapidjson::Value& m, const char* key) {
     std::vector<ServiceAccountMatch> out;
-    auto it = m.FindMember(key);
+    auto it = field(m, key);
     if (it == m.MemberEnd()) return out;
-    for (const auto& s : it->value.GetArray()) out.push_back({str(s, "namespace"), str(s, "serviceAccount")});
+    for (const auto& s : it->value.GetArray())
+        out.push_back({str(s, "namespace"), field(s, "serviceAccount") != s.MemberEnd()
+                                                ? std::string(field(s, "serviceAccount")->value.GetString())
+                                                : std::string()});
     return out;
 }
 
 inline std::vector<Cidr> cidrs(const rapidjson::Value& m, const char* key) {
     std::vector<Cidr> out;
-    auto it = m.FindMember(key);
+    auto it = field(m, key);
     if (it == m.MemberEnd()) return out;
     for (const auto& s : it->value.GetArray()) out.push_back(cidr(s.GetString()));
     return out;
@@ -107,7 +128,7 @@ inline std::vector<Cidr> cidrs(const rapidjson::Value& m, const char* key) {
 
 inline std::vector<uint16_t> ports(const rapidjson::Value& m, const char* key) {
     std::vector<uint16_t> out;
-    auto it = m.FindMember(key);
+    auto it = field(m, key);
     if (it == m.MemberEnd()) return out;
     for (const auto& s : it->value.GetArray()) out.push_back(static_cast<uint16_t>(s.GetUint()));
     return out;
@@ -125,7 +146,7 @@ inline AuthzPolicy policy(const rapidjson::Value& v) {
     p.action = action == "ALLOW"  ? AuthzAction::kAllow
                : action == "DENY" ? AuthzAction::kDeny
                                   : throw bad("action " + action);
-    p.dry_run = v.HasMember("dryRun") && v["dryRun"].GetBool();
+    p.dry_run = field(v, "dryRun") != v.MemberEnd() && field(v, "dryRun")->value.GetBool();
     if (v.HasMember("rules"))
         for (const auto& r : v["rules"].GetArray()) {
             AuthzRule rule;
@@ -168,24 +189,39 @@ inline Table load_table(const std::string& path) {
     if (doc.HasParseError() || !doc.IsObject()) throw detail::bad(path + " is not a JSON object");
     Table t;
     t.node = detail::str(doc, "node");
+    // h9-pmodel's format: an omitted dry_run means "no dry-run policy matches".
+    const bool dry_run_default_empty = doc.HasMember("format");
     Model base;
     std::map<std::string, std::string> uid_of;  // workload name -> uid
-    for (const auto& w : doc["workloads"].GetArray()) {
+    auto workload = [&](const rapidjson::Value& w) {
         Workload wl;
         wl.name = detail::str(w, "name");
         wl.namespace_ = detail::str(w, "namespace");
-        wl.uid = "Kubernetes//Pod/" + wl.namespace_ + "/" + wl.name;
+        wl.uid = detail::str(w, "uid", "Kubernetes//Pod/" + wl.namespace_ + "/" + wl.name);
         wl.service_account = detail::str(w, "service_account");
         wl.trust_domain = detail::str(w, "trust_domain");
         for (const auto& a : w["addresses"].GetArray()) wl.addresses.push_back(detail::ip(a.GetString()));
+        if (w.HasMember("authorization_policies"))
+            for (const auto& n : w["authorization_policies"].GetArray())
+                wl.authorization_policies.push_back(n.GetString());
         wl.placement = Placement::intern({detail::str(w, "node"), "", "", {}});
         uid_of[wl.name] = wl.uid;
+        return wl;
+    };
+    for (const auto& w : doc["workloads"].GetArray()) {
+        Workload wl = workload(w);
         base.workloads[wl.uid] = wl;
     }
     for (const auto& c : doc["cases"].GetArray()) {
         Case k;
         k.name = detail::str(c, "name");
         k.model = base;
+        // A case's own workloads replace those with the same uid and add the others.
+        if (c.HasMember("workloads"))
+            for (const auto& w : c["workloads"].GetArray()) {
+                Workload wl = workload(w);
+                k.model.workloads[wl.uid] = wl;
+            }
         for (const auto& p : c["policies"].GetArray()) {
             AuthzPolicy pol = detail::policy(p);
             k.model.policies[pol.key()] = pol;
@@ -198,15 +234,18 @@ inline Table load_table(const std::string& path) {
                 for (const auto& n : m.value.GetArray())
                     k.model.workloads[uid->second].authorization_policies.push_back(n.GetString());
             }
-        for (const auto& x : c["conns"].GetArray()) {
+        const char* list = c.HasMember("conns") ? "conns" : "checks";
+        for (const auto& x : c[list].GetArray()) {
             Conn conn;
             conn.src = detail::ip(detail::str(x, "src"));
             conn.dst = detail::ip(detail::str(x, "dst"));
             conn.port = static_cast<uint16_t>(x["port"].GetUint());
-            std::string expect = detail::str(x, "expect");
+            std::string expect = detail::str(x, x.HasMember("expect") ? "expect" : "verdict");
             if (expect != "allow" && expect != "deny") throw detail::bad("expect " + expect);
             conn.allow = expect == "allow";
             if (x.HasMember("by")) conn.by = detail::str(x, "by");
+            if (x.HasMember("policy") && x["policy"].IsString()) conn.by = x["policy"].GetString();
+            if (!x.HasMember("dry_run") && dry_run_default_empty) conn.dry_run.emplace();
             if (x.HasMember("dry_run")) {
                 conn.dry_run.emplace();
                 for (const auto& d : x["dry_run"].GetArray()) conn.dry_run->push_back(d.GetString());
