@@ -177,6 +177,7 @@ struct Node {
     void load_agent() {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
+        kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
     }
     PassResult pass() {
         std::vector<Pod> pods;
