@@ -15,7 +15,10 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "common/cgroup.hpp"
@@ -211,6 +214,100 @@ bool ensure_netns_link(Kernel& kernel, const PinnedProg& prog, const PodNetns& n
     }
     log.info("{}: attached (prog {}, netns {}), pinned {}", spec.name, prog.id, netns.ino, pin.string());
     return true;
+}
+
+std::optional<PodNetns> find_pod_netns(Kernel& kernel, const fs::path& cgroup, spdlog::logger& log,
+                                       const std::string& proc_root) {
+    std::vector<fs::path> queue{cgroup};
+    constexpr size_t kMaxDirs = 1024;  // a pod cgroup has a handful of containers
+    for (size_t i = 0; i < queue.size() && i < kMaxDirs; ++i) {
+        std::ifstream procs(queue[i] / "cgroup.procs");
+        long pid = 0;
+        while (procs >> pid) {
+            const std::string path = fmt::format("{}/{}/ns/net", proc_root, pid);
+            PodNetns netns;
+            int fd = kernel.open_netns(path, &netns.ino);
+            if (fd < 0) continue;  // exited meanwhile
+            netns.fd = KernelFd(kernel, fd);
+            for (const char* node : {"/1/ns/net", "/self/ns/net"}) {
+                std::uint64_t node_ino = 0;
+                int nfd = kernel.open_netns(proc_root + node, &node_ino);
+                if (nfd < 0) continue;
+                kernel.close(nfd);
+                if (node_ino == netns.ino) {
+                    log.warn("{}: process {} is in the node's network namespace: no sk_lookup link",
+                             cgroup.string(), pid);
+                    return std::nullopt;
+                }
+            }
+            log.info("{}: netns of process {}: inode {}", cgroup.string(), pid, netns.ino);
+            return netns;
+        }
+        std::error_code ec;
+        for (fs::directory_iterator it(queue[i], ec), end; !ec && it != end; it.increment(ec)) {
+            if (it->is_directory(ec)) queue.push_back(it->path());
+        }
+    }
+    log.warn("{}: no process in the pod cgroup: cannot find its network namespace", cgroup.string());
+    return std::nullopt;
+}
+
+int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout, const fs::path& cgroup_root,
+                               spdlog::logger& log, const std::string& proc_root) {
+    struct Todo {
+        fs::path record;
+        std::uint64_t cgroup_id;
+    };
+    std::vector<Todo> todo;
+    std::error_code ec;
+    for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.starts_with(kSharedPrefix)) continue;
+        const RecordLinks links = read_record_links(kernel, it->path());
+        if (!links.live_netns.empty() || links.live_cgroups.empty()) continue;
+        todo.push_back({it->path(), links.live_cgroups.front()});
+    }
+    if (todo.empty()) return 0;
+    // Cgroup ids to directories: one bounded walk of the tree for all records.
+    std::map<std::uint64_t, fs::path> dirs;
+    {
+        std::set<std::uint64_t> wanted;
+        for (const auto& t : todo) wanted.insert(t.cgroup_id);
+        std::vector<std::pair<fs::path, int>> queue{{cgroup_root, 0}};
+        for (size_t i = 0; i < queue.size() && i < 65536 && dirs.size() < wanted.size(); ++i) {
+            std::uint64_t id = 0;
+            int fd = kernel.open_cgroup(queue[i].first.string(), &id);
+            if (fd >= 0) {
+                kernel.close(fd);
+                if (wanted.count(id)) dirs[id] = queue[i].first;
+            }
+            if (queue[i].second >= kPodCgroupSearchDepth + 2) continue;
+            std::error_code e;
+            for (fs::directory_iterator d(queue[i].first, e), end; !e && d != end; d.increment(e)) {
+                if (d->is_directory(e) && !d->is_symlink(e))
+                    queue.push_back({d->path(), queue[i].second + 1});
+            }
+        }
+    }
+    int attached = 0;
+    std::optional<PinnedProg> prog;
+    for (const auto& t : todo) {
+        auto dir = dirs.find(t.cgroup_id);
+        if (dir == dirs.end()) {
+            log.warn("{}: cgroup {} not found under {}: no sk_lookup link", t.record.string(), t.cgroup_id,
+                     cgroup_root.string());
+            continue;
+        }
+        try {
+            std::optional<PodNetns> netns = find_pod_netns(kernel, dir->second, log, proc_root);
+            if (!netns) continue;
+            if (!prog) prog = open_prog(kernel, layout, kNetnsProg.name, kErrTryAgainLater);
+            if (ensure_netns_link(kernel, *prog, *netns, t.record / kNetnsProg.name, log)) ++attached;
+        } catch (const PodLinkError& e) {
+            log.warn("{}: cannot attach {}: {}", t.record.string(), kNetnsProg.name, e.what());
+        }
+    }
+    return attached;
 }
 
 fs::path netns_link_pin(const PinLayout& layout, bool shared, std::uint64_t cgroup_id,

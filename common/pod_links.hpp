@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -228,6 +229,23 @@ bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, i
 // Opens a pod cgroup; `error_code` is the code for a cgroup that exists but cannot be opened.
 KernelFd open_pod_cgroup(const std::filesystem::path& cgroup, Kernel& kernel, int error_code,
                          std::uint64_t* cgroup_id, spdlog::logger& log);
+
+// The network namespace of a pod found from its processes: the first process (breadth first) in
+// `cgroup` or below, as <proc_root>/<pid>/ns/net. nullopt (with the reason logged) when the cgroup
+// holds no process, or when that namespace is the node's own (a hostNetwork pod: authorization
+// must never be attached to the node's namespace).
+std::optional<PodNetns> find_pod_netns(Kernel& kernel, const std::filesystem::path& cgroup,
+                                       spdlog::logger& log, const std::string& proc_root = "/proc");
+
+// Pods attached before issue 9 (or whose process could not be found then) have cgroup links but
+// no sk_lookup link: for each container and agent record under pods/ whose netns link is missing
+// or detached while a cgroup link is live, finds the cgroup (by id, under `cgroup_root`), a
+// process in it and attaches the netns link. Shared-cgroup records (cgroupPath) are left alone:
+// which process is which container cannot be told; their next ADD attaches it. Returns how many
+// links it attached; failures are logged. The caller holds the PodsLock.
+int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout,
+                               const std::filesystem::path& cgroup_root, spdlog::logger& log,
+                               const std::string& proc_root = "/proc");
 
 // Attaches the pod programs to the cgroup and the sk_lookup program to `netns` (when given) and
 // records it: under pods/<record_name> (a container's or the agent's record), or, `shared`, in
