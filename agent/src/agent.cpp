@@ -49,6 +49,8 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
                                                  MapCapacity::of(options.sizes), agent->metrics_);
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    // Made before any thread that applies generations exists; its thread starts in run().
+    agent->closer_ = std::make_unique<policy::ConnectionCloser>(options.layout);
     if (options.xds) {
         // Made here, before the admin server's thread exists, so that it never sees them change;
         // the client is started by run().
@@ -109,6 +111,8 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     }
     generation_++;
     metrics_.config_applied++;
+    // Policies may have changed: connections they now deny are closed (on the closer's thread).
+    if (closer_) closer_->request();
     spdlog::info(
         "config generation {} applied: {} services, {} workloads; {} map changes in {} us (planned in {} us)",
         generation_.load(), mesh_.model().services.size(), mesh_.model().workloads.size(), plan.size(),
@@ -304,6 +308,8 @@ int Agent::run() {
         return 1;
     }
     spdlog::info("kmesh-daemon started");
+    closer_->start();
+    closer_->request();  // policies recovered from the maps apply to connections made while down
     if (options_.enrolment && options_.kube_api) {
         // Pods are attached to the programs pinned now; a later publish moves their links too.
         enrolment_ =
@@ -360,6 +366,7 @@ int Agent::run() {
     }
     if (enrolment_) enrolment_->stop();
     if (xds_client_) xds_client_->stop();
+    if (closer_) closer_->stop();
     cni_installer_.reset();
     close(sfd);
     return rc;

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/cgroup.hpp"
 #include "common/pod_links.hpp"
 #include "kmesh_sock.skel.h"
 
@@ -341,6 +342,18 @@ std::string Dataplane::publish(const PinLayout& layout) {
         if (rename(tmp.c_str(), path.c_str()) != 0) return fmt::format("pin {}: {}", path, errno_text(errno));
     }
     move_links_and_clean(layout);
+    // Pods attached by an agent before issue 9 have no sk_lookup link: attached where a process of
+    // the pod shows its netns (kmesh-cni's next ADD or CHECK-driven repair covers the others).
+    if (auto root = find_cgroup2_mount()) {
+        try {
+            PodsLock lock(layout.pods_dir());
+            LinuxKernel kernel;
+            int n = attach_missing_netns_links(kernel, layout, *root, *spdlog::default_logger());
+            if (n > 0) spdlog::info("{} pods without an sk_lookup link got one", n);
+        } catch (const PodLinkError& e) {
+            spdlog::warn("pods without an sk_lookup link left as they are: {}", e.what());
+        }
+    }
     return {};
 }
 
