@@ -24,7 +24,7 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 3
+#define KMESH_ABI_VERSION 4
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
@@ -132,5 +132,180 @@ enum kmesh_stat {
 	    3, /* an entry vanished (or lost the family) between lookups; picked again */
 	KMESH_STAT_MAX = 4,
 };
+
+/* ===================== authz (issue 9, L4 authorization; bpf/include/authz.h)
+ * =====================
+ *
+ * The agent compiles every Istio Authorization that applies to a local workload into tables the
+ * kernel walks without ever comparing strings (docs/authz.md, "kernel evaluation"):
+ *
+ *   km_authz_ident   addr16 -> source identity id (0 = no identity; incremental, not generational)
+ *   km_authz_dst     (gen, local workload addr16) -> policy set id
+ *   km_authz_set     [gen * sets_per_gen + set]   -> slice of km_authz_setpol, flags
+ *   km_authz_setpol  [gen * setpol_per_gen + i]   -> policy index (dry-run first, then DENY, ALLOW)
+ *   km_authz_policy  [gen * policies_per_gen + p] -> slice of km_authz_row, action, counter slot
+ *   km_authz_row     [gen * rows_per_gen + r]     -> one match group: which checks it makes
+ *   km_authz_idset   (gen, identity set, identity id) -> present (accept set, or reject set)
+ *   km_authz_cidr    LPM (gen, row, kind, addr16)  -> source / destination CIDRs of a row
+ *   km_authz_port    (gen, row, kind, port)        -> destination ports of a row
+ *   km_authz_config  [0] -> state word: bit 0 = active generation, bits 1.. = epoch
+ *   km_authz_cache   LRU (src, dst, port) -> verdict, deciding slot, epoch
+ *   km_authz_hits    per-CPU [slot * KMESH_AUTHZ_HIT_COUNT + enum kmesh_authz_hit]
+ *   km_authz_totals  per-CPU [enum kmesh_authz_total]
+ *
+ * The agent writes the inactive generation completely, then flips bit 0 of the state word (one
+ * 64-bit store, which also bumps the epoch), so the kernel never sees a half-written policy set.
+ * The epoch also bumps when an address changes identity: cached verdicts of older epochs are
+ * ignored.
+ */
+#define KMESH_AUTHZ_ALLOW 0
+#define KMESH_AUTHZ_DENY  1
+
+/* Per-generation capacities (agent flags); arrays hold two generations. */
+#define KMESH_AUTHZ_DEFAULT_MAX_POLICIES 16384
+#define KMESH_AUTHZ_DEFAULT_MAX_ROWS	 131072
+#define KMESH_AUTHZ_DEFAULT_MAX_SETS	 4096
+#define KMESH_AUTHZ_DEFAULT_MAX_SETPOL	 262144
+#define KMESH_AUTHZ_DEFAULT_MAX_DSTS	 16384
+#define KMESH_AUTHZ_DEFAULT_MAX_ENTRIES	 262144 /* identity-set, CIDR, port entries (each) */
+#define KMESH_AUTHZ_DEFAULT_MAX_IDENTS	 262144 /* source addresses with an identity */
+#define KMESH_AUTHZ_DEFAULT_MAX_CACHE	 65536	/* verdict cache (LRU) */
+
+/* km_authz_config[0]. One 64-bit word so that generation and epoch change together. */
+struct kmesh_authz_config {
+	__u64 state; /* bit 0: active generation; state >> 1: epoch */
+};
+
+struct kmesh_authz_ident_value {
+	__u32 identity; /* 0 = no identity */
+};
+
+struct kmesh_authz_dst_key {
+	__u32 gen;
+	__u8 addr[16];
+};
+
+struct kmesh_authz_dst_value {
+	__u32 set; /* index inside its generation */
+};
+
+#define KMESH_AUTHZ_SET_HAS_ALLOW (1u << 0) /* a non-dry-run ALLOW policy applies */
+
+struct kmesh_authz_set_value {
+	__u32 first; /* first km_authz_setpol index inside the generation */
+	__u32 count; /* policies in the set */
+	__u32 flags; /* KMESH_AUTHZ_SET_* */
+	__u32 pad;
+};
+
+struct kmesh_authz_setpol_value {
+	__u32 policy; /* km_authz_policy index inside the generation */
+};
+
+#define KMESH_AUTHZ_POLICY_DENY	   (1u << 0)
+#define KMESH_AUTHZ_POLICY_DRY_RUN (1u << 1)
+
+struct kmesh_authz_policy_value {
+	__u32 first_row; /* km_authz_row index inside the generation */
+	__u32 rows;	 /* 0: the policy never matches */
+	__u32 slot;	 /* counter slot (stable for the policy's key) */
+	__u32 flags;	 /* KMESH_AUTHZ_POLICY_* */
+};
+
+/*
+ * One match group. Rows of a policy are ordered by rule, then clause; END_CLAUSE / END_RULE mark
+ * the last row of each. A rule that always matches is one row with ALWAYS.
+ */
+#define KMESH_AUTHZ_ROW_ALWAYS	     (1u << 0)
+#define KMESH_AUTHZ_ROW_END_CLAUSE   (1u << 1)
+#define KMESH_AUTHZ_ROW_END_RULE     (1u << 2)
+#define KMESH_AUTHZ_ROW_IDENT	     (1u << 3) /* identity must be in (or, INVERT, not in) idset */
+#define KMESH_AUTHZ_ROW_IDENT_INVERT (1u << 4)
+#define KMESH_AUTHZ_ROW_SRC	     (1u << 5) /* source in a KMESH_AUTHZ_KIND_SRC CIDR */
+#define KMESH_AUTHZ_ROW_NOT_SRC	     (1u << 6) /* source in no KMESH_AUTHZ_KIND_NOT_SRC CIDR */
+#define KMESH_AUTHZ_ROW_DST	     (1u << 7)
+#define KMESH_AUTHZ_ROW_NOT_DST	     (1u << 8)
+#define KMESH_AUTHZ_ROW_PORT	     (1u << 9)
+#define KMESH_AUTHZ_ROW_NOT_PORT     (1u << 10)
+
+struct kmesh_authz_row_value {
+	__u32 idset; /* identity set id, with KMESH_AUTHZ_ROW_IDENT */
+	__u32 flags; /* KMESH_AUTHZ_ROW_* */
+};
+
+struct kmesh_authz_idset_key {
+	__u32 gen;
+	__u32 idset;
+	__u32 identity;
+};
+
+enum kmesh_authz_kind {
+	KMESH_AUTHZ_KIND_SRC = 0,
+	KMESH_AUTHZ_KIND_NOT_SRC = 1,
+	KMESH_AUTHZ_KIND_DST = 2,
+	KMESH_AUTHZ_KIND_NOT_DST = 3,
+	KMESH_AUTHZ_KIND_PORT = 0,
+	KMESH_AUTHZ_KIND_NOT_PORT = 1,
+};
+
+/* (gen << 31) | (row << 2) | kind: rows per generation stay below 2^29. */
+#define KMESH_AUTHZ_MATCH_ID(gen, row, kind)                                                       \
+	(((__u32)(gen) << 31) | ((__u32)(row) << 2) | (__u32)(kind))
+#define KMESH_AUTHZ_MAX_ROWS_LIMIT (1u << 29)
+
+/* LPM trie key: prefixlen counts the 32 bits of match plus the address prefix (IPv4 as mapped). */
+struct kmesh_authz_cidr_key {
+	__u32 prefixlen;
+	__u32 match; /* KMESH_AUTHZ_MATCH_ID (always fully inside the prefix, so byte order is moot)
+		      */
+	__u8 addr[16];
+};
+
+struct kmesh_authz_port_key {
+	__u32 match; /* KMESH_AUTHZ_MATCH_ID */
+	__u16 port;  /* host byte order */
+	__u16 pad;
+};
+
+/* Value of the presence-only maps (idset, cidr, port). */
+struct kmesh_authz_present {
+	__u8 present;
+	__u8 pad[3];
+};
+
+struct kmesh_authz_cache_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 port; /* host byte order */
+	__u16 pad;
+};
+
+enum kmesh_authz_total {
+	KMESH_AUTHZ_TOTAL_ALLOWED = 0,
+	KMESH_AUTHZ_TOTAL_DENIED_POLICY = 1,
+	KMESH_AUTHZ_TOTAL_DENIED_NO_ALLOW = 2,
+	KMESH_AUTHZ_TOTAL_CLOSED = 3,
+	KMESH_AUTHZ_TOTAL_CACHE_HITS = 4,
+	KMESH_AUTHZ_TOTAL_COUNT = 5,
+};
+
+#define KMESH_AUTHZ_NO_SLOT   0xffffffffu
+#define KMESH_AUTHZ_CACHE_DRY 2 /* dry-run slots remembered by a cache entry */
+
+struct kmesh_authz_cache_value {
+	__u64 epoch;
+	__u32 slot;  /* deciding policy, or KMESH_AUTHZ_NO_SLOT */
+	__u32 total; /* enum kmesh_authz_total of the decision */
+	__u32
+	    dry[KMESH_AUTHZ_CACHE_DRY]; /* dry-run policies that matched, or KMESH_AUTHZ_NO_SLOT */
+};
+
+enum kmesh_authz_hit {
+	KMESH_AUTHZ_HIT_MATCHED = 0,
+	KMESH_AUTHZ_HIT_DRY_RUN = 1,
+	KMESH_AUTHZ_HIT_CLOSED = 2,
+	KMESH_AUTHZ_HIT_COUNT = 3,
+};
+/* ===================== end authz ===================== */
 
 #endif /* KMESH_ABI_H */

@@ -19,11 +19,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#if __has_include("include/authz.h")
 #include "include/authz.h"
-#else
-#include "include/authz_placeholder.h"
-#endif
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -177,6 +173,8 @@ int iter_tcp_authz(struct bpf_iter__tcp *ctx)
 	rec.dst_port = port;
 	rec.family = skc->skc_family;
 	rec.err = bpf_sock_destroy(skc);
+	if (rec.err == 0)
+		authz_count_closed(); /* per policy and in total, for the admin server */
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }

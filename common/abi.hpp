@@ -30,6 +30,29 @@ static_assert(offsetof(kmesh_backend_value, addr6) == 16);
 static_assert(offsetof(kmesh_backend_value, flags) == 32);
 static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
 
+// authz (issue 9)
+static_assert(sizeof(kmesh_authz_config) == 8);
+static_assert(sizeof(kmesh_authz_ident_value) == 4);
+static_assert(sizeof(kmesh_authz_dst_key) == 20);
+static_assert(offsetof(kmesh_authz_dst_key, addr) == 4);
+static_assert(sizeof(kmesh_authz_dst_value) == 4);
+static_assert(sizeof(kmesh_authz_set_value) == 16);
+static_assert(sizeof(kmesh_authz_setpol_value) == 4);
+static_assert(sizeof(kmesh_authz_policy_value) == 16);
+static_assert(offsetof(kmesh_authz_policy_value, slot) == 8);
+static_assert(sizeof(kmesh_authz_row_value) == 8);
+static_assert(sizeof(kmesh_authz_idset_key) == 12);
+static_assert(sizeof(kmesh_authz_cidr_key) == 24);
+static_assert(offsetof(kmesh_authz_cidr_key, match) == 4);
+static_assert(offsetof(kmesh_authz_cidr_key, addr) == 8);
+static_assert(sizeof(kmesh_authz_port_key) == 8);
+static_assert(offsetof(kmesh_authz_port_key, port) == 4);
+static_assert(sizeof(kmesh_authz_present) == 4);
+static_assert(sizeof(kmesh_authz_cache_key) == 36);
+static_assert(offsetof(kmesh_authz_cache_key, port) == 32);
+static_assert(sizeof(kmesh_authz_cache_value) == 24);
+static_assert(offsetof(kmesh_authz_cache_value, dry) == 16);
+
 inline bool operator<(const kmesh_frontend_key& a, const kmesh_frontend_key& b) {
     return std::memcmp(&a, &b, sizeof a) < 0;
 }
