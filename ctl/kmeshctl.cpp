@@ -1,14 +1,19 @@
-// kmeshctl: operator CLI. `kmeshctl dump` prints what the pinned BPF maps hold, as connect() sees it.
+// kmeshctl: operator CLI. `kmeshctl dump` prints what the pinned BPF maps hold, as connect() sees it,
+// then what the agent's admin server says of the model (policies with hit counts, waypoints,
+// identities). `kmeshctl authz check` asks the admin server what the reference evaluator decides.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fmt/format.h>
+#include <httplib.h>
+#include <rapidjson/document.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <array>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "agent/src/dataplane/map_ops.hpp"
@@ -149,6 +154,140 @@ int dump(const kmesh::PinLayout& layout) {
     return 0;
 }
 
+// The admin server, "host:port" (localhost only, like every admin endpoint).
+struct Admin {
+    std::string address = "127.0.0.1:15200";
+    // The body of GET path, or nullopt with *error set.
+    std::optional<std::string> get(const std::string& path, std::string* error, int* status = nullptr) const {
+        auto colon = address.rfind(':');
+        if (colon == std::string::npos) {
+            *error = fmt::format("--admin '{}' is not host:port", address);
+            return std::nullopt;
+        }
+        httplib::Client cli(address.substr(0, colon), std::atoi(address.c_str() + colon + 1));
+        cli.set_connection_timeout(2, 0);
+        cli.set_read_timeout(5, 0);
+        auto res = cli.Get(path);
+        if (!res) {
+            *error = fmt::format("cannot reach the admin server at {}: {} (is kmesh-daemon running?)",
+                                 address, httplib::to_string(res.error()));
+            return std::nullopt;
+        }
+        if (status) *status = res->status;
+        return res->body;
+    }
+};
+
+std::string member_str(const rapidjson::Value& v, const char* key) {
+    if (!v.IsObject() || !v.HasMember(key) || !v[key].IsString()) return {};
+    return v[key].GetString();
+}
+
+std::string waypoint_str(const rapidjson::Value& v) {
+    if (!v.HasMember("waypoint")) return {};
+    const auto& wp = v["waypoint"];
+    std::string where = wp.HasMember("address") ? member_str(wp, "address") : member_str(wp, "hostname");
+    return fmt::format("{} port {}", where, wp.HasMember("port") ? wp["port"].GetUint() : 0);
+}
+
+// Policies (rules and hit counts), waypoints and identities from /debug/config_dump.
+int dump_model(const Admin& admin) {
+    std::string error;
+    auto body = admin.get("/debug/config_dump", &error);
+    if (!body) {
+        fmt::print("model: not shown: {}\n", error);
+        return 0;  // the maps above are still a full answer
+    }
+    rapidjson::Document d;
+    d.Parse(body->c_str());
+    if (d.HasParseError() || !d.IsObject()) {
+        fmt::print(stderr, "the admin server's config dump is not JSON\n");
+        return 1;
+    }
+    fmt::print("waypoints:\n");
+    size_t waypoints = 0;
+    for (const char* kind : {"services", "workloads"}) {
+        if (!d.HasMember(kind)) continue;
+        for (const auto& x : d[kind].GetArray()) {
+            std::string wp = waypoint_str(x);
+            if (wp.empty()) continue;
+            waypoints++;
+            std::string name = std::string(kind) == "services"
+                                   ? member_str(x, "namespace") + "/" + member_str(x, "hostname")
+                                   : member_str(x, "uid");
+            fmt::print("  {} {} -> waypoint {}\n", kind[0] == 's' ? "service" : "workload", name, wp);
+        }
+    }
+    if (!waypoints) fmt::print("  (none)\n");
+    fmt::print("workload identities:\n");
+    if (d.HasMember("workloads"))
+        for (const auto& x : d["workloads"].GetArray()) {
+            std::string pols;
+            if (x.HasMember("authorization_policies"))
+                for (const auto& p : x["authorization_policies"].GetArray())
+                    pols += (pols.empty() ? "" : ", ") + std::string(p.GetString());
+            fmt::print("  {} {}{}\n", member_str(x, "uid"), member_str(x, "principal"),
+                       pols.empty() ? "" : fmt::format(" (selected by: {})", pols));
+        }
+    size_t n = d.HasMember("policies") ? d["policies"].GetArray().Size() : 0;
+    fmt::print("authorization policies ({}):\n", n);
+    if (n)
+        for (const auto& p : d["policies"].GetArray()) {
+            const auto& h = p["hits"];
+            fmt::print("  {}/{} {} {}{}: matched={} dry_run_matched={} closed={}\n",
+                       member_str(p, "namespace"), member_str(p, "name"), member_str(p, "scope"),
+                       member_str(p, "action"), p["dry_run"].GetBool() ? " (dry run)" : "",
+                       h["matched"].GetUint64(), h["dry_run_matched"].GetUint64(), h["closed"].GetUint64());
+            const auto& rules = p["rules"].GetArray();
+            if (rules.Empty()) fmt::print("    no rules: matches nothing\n");
+            for (rapidjson::SizeType i = 0; i < rules.Size(); i++)
+                fmt::print("    rule {}: {}\n", i + 1, rules[i].GetString());
+        }
+    if (d.HasMember("authz_totals")) {
+        const auto& t = d["authz_totals"];
+        fmt::print(
+            "authorization totals: allowed={} denied_by_policy={} denied_no_allow={} closed_existing={}\n",
+            t["allowed"].GetUint64(), t["denied_by_policy"].GetUint64(), t["denied_no_allow"].GetUint64(),
+            t["closed_existing"].GetUint64());
+    }
+    return 0;
+}
+
+// Exit status: 0 allowed, 2 denied, 1 the question could not be answered.
+int authz_check(const Admin& admin, const std::string& src, const std::string& dst, unsigned port) {
+    std::string error;
+    int status = 0;
+    auto body = admin.get(
+        fmt::format("/debug/authz_check?src={}&dst={}&port={}", httplib::detail::encode_query_param(src),
+                    httplib::detail::encode_query_param(dst), port),
+        &error, &status);
+    if (!body) {
+        fmt::print(stderr, "{}\n", error);
+        return 1;
+    }
+    rapidjson::Document d;
+    d.Parse(body->c_str());
+    if (d.HasParseError() || !d.IsObject()) {
+        fmt::print(stderr, "the admin server answered {}: {}\n", status, *body);
+        return 1;
+    }
+    if (status != 200) {
+        fmt::print(stderr, "{}\n", member_str(d, "error"));
+        return 1;
+    }
+    std::string verdict = member_str(d, "verdict");
+    fmt::print("{}\n", verdict);
+    fmt::print("  {}\n", member_str(d, "reason"));
+    std::string id = member_str(d, "source_identity");
+    fmt::print("  source {} ({}) -> {} port {}{}\n", member_str(d, "src"), id.empty() ? "no identity" : id,
+               member_str(d, "dst"), port,
+               d.HasMember("destination_workload") ? " (" + member_str(d, "destination_workload") + ")" : "");
+    if (d.HasMember("dry_run"))
+        for (const auto& k : d["dry_run"].GetArray())
+            fmt::print("  dry-run policy {} matches\n", k.GetString());
+    return verdict == "allow" ? 0 : 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,10 +296,28 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", "kmeshctl " KMESH_VERSION);
     app.add_option("--bpffs-root", layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();
-    auto* dump_cmd =
-        app.add_subcommand("dump", "print the BPF maps (services, endpoints, backends, counters)");
+    Admin admin;
+    app.add_option("--admin", admin.address, "the agent's admin server (host:port)")->capture_default_str();
+    auto* dump_cmd = app.add_subcommand(
+        "dump",
+        "print the BPF maps (services, endpoints, backends, counters), then from the admin server the "
+        "authorization policies with their hit counts, waypoints and workload identities");
+    auto* authz_cmd = app.add_subcommand("authz", "authorization policies");
+    auto* check_cmd = authz_cmd->add_subcommand(
+        "check", "what the policies decide for a new connection (exit 0: allow, 2: deny, 1: error)");
+    std::string src, dst;
+    unsigned port = 0;
+    check_cmd->add_option("--src", src, "source IP")->required();
+    check_cmd->add_option("--dst", dst, "destination IP (a workload's address)")->required();
+    check_cmd->add_option("--port", port, "destination port")->required()->check(CLI::Range(1, 65535));
+    authz_cmd->require_subcommand(1);
     app.require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
-    if (dump_cmd->parsed()) return dump(layout);
+    if (dump_cmd->parsed()) {
+        int rc = dump(layout);
+        if (rc) return rc;
+        return dump_model(admin);
+    }
+    if (check_cmd->parsed()) return authz_check(admin, src, dst, port);
     return 0;
 }

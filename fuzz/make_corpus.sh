@@ -41,7 +41,7 @@ enc istio.security.Authorization $P/allow 'name: "allow" namespace: "default" sc
 enc istio.security.Authorization $P/deny_ips 'name: "deny" namespace: "default" scope: WORKLOAD_SELECTOR action: DENY dry_run: true
   rules { clauses { matches { source_ips { address: "\x0a\x00\x00\x00" length: 8 }
     not_destination_ips { address: "\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" length: 64 }
-    service_accounts { exact: "default/sleep" } not_principals { suffix: "/sa/evil" } } } }'
+    service_accounts { namespace: "default" service_account: "sleep" } not_principals { suffix: "/sa/evil" } } } }'
 enc istio.security.Authorization $P/global_empty 'name: "g" scope: GLOBAL'
 enc istio.security.Authorization $P/bad_prefix 'name: "b" namespace: "x" rules { clauses { matches { source_ips { address: "\x0a\x00\x00\x00" length: 40 } } } }'
 ls -l $A $P

@@ -18,6 +18,7 @@
 #include "agent/src/installer/installer.hpp"
 #include "agent/src/model/model.hpp"
 #include "agent/src/policy/closer.hpp"
+#include "agent/src/policy/hits.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
 
@@ -74,6 +75,13 @@ class Agent {
     std::string config_dump();   // the model as the sources gave it
     std::string maps_dump();     // read back from the BPF maps, with names
     std::string metrics_text();  // Prometheus text format
+    // What the reference evaluator (policy/evaluate.hpp) decides for a new connection src -> dst:port
+    // on the current model, as JSON; *status is the HTTP status (400: bad arguments).
+    std::string authz_check(const std::string& src, const std::string& dst, const std::string& port,
+                            int* status);
+    // Where the config dump takes the authorization hit counts from (the authz writer's counters).
+    // Unset: every policy shows zero hits.
+    void set_authz_hits_reader(policy::HitsReader reader);
     // Readiness: "" once the first full state is applied and the programs are published; else why not.
     std::string not_ready_reason();
 
@@ -119,6 +127,9 @@ class Agent {
     bool hold_publish_ = false;  // set at start: would publishing now lose what pods see?
     std::mutex status_mu_;
     std::string waiting_for_;  // status_mu_
+
+    std::mutex hits_mu_;
+    policy::HitsReader hits_reader_;  // hits_mu_
 
     std::unique_ptr<xds::Source> xds_source_;
     std::unique_ptr<xds::Client> xds_client_;

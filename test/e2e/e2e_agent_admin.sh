@@ -2,7 +2,9 @@
 # The agent's admin server and its config retries: a taken admin port does not stop the agent,
 # idle or half-sent connections do not starve /metrics, /metrics is valid Prometheus text with the
 # BPF programs' connect() counters, a state that cannot fit is refused before anything is written,
-# an unchanged file is not parsed again on a retry, and a new file restarts the retry backoff.
+# an unchanged file is not parsed again on a retry, and a new file restarts the retry backoff;
+# the config dump and `kmeshctl dump` show policies (rules, hit counts), waypoints and identities,
+# and `kmeshctl authz check` answers from the reference evaluator.
 # Usage: e2e_agent_admin.sh <build-dir>
 source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
@@ -107,3 +109,83 @@ check "and the last accepted config is still retried" wait_log "(last accepted) 
 replace_file "$MESH" "$(echo_one_backend "$BACKEND_IP")"
 check "a fitting file is applied again" wait_log "applied: 1 services, 1 workloads" 3
 check "and the client reaches the service" eval '[[ $(pod_connect client 10.96.0.10 80 3 | sort -u) == backend ]]'
+
+# 6. Authorization policies, waypoints and identities in the admin views; authz check.
+replace_file "$MESH" "services:
+- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: [\"10.96.0.10\"], ports: [{service_port: 80, target_port: 8080}]}
+- name: wp
+  namespace: default
+  hostname: wp.default.svc.cluster.local
+  addresses: [\"10.96.0.99\"]
+  waypoint: {hostname: {namespace: istio-system, hostname: waypoint.istio-system.svc.cluster.local}, hbone_mtls_port: 15008}
+workloads:
+- {uid: Kubernetes//Pod/default/backend, addresses: [\"$BACKEND_IP\"], services: {default/echo.default.svc.cluster.local: }}
+- {uid: Kubernetes//Pod/foo/bar, namespace: foo, service_account: bar, trust_domain: example.org, addresses: [\"10.244.0.77\"]}
+- {uid: Kubernetes//Pod/default/sleep, namespace: default, service_account: sleep, addresses: [\"10.244.0.78\"], waypoint: {address: \"10.244.0.5\", hbone_mtls_port: 15019}}
+- uid: Kubernetes//Pod/default/server
+  namespace: default
+  service_account: server
+  addresses: [\"10.244.0.79\", \"fd00:10:244::79\"]
+  authorization_policies: [default/only-8080]
+policies:
+- name: deny-foo
+  namespace: default
+  scope: NAMESPACE
+  action: DENY
+  rules: [{clauses: [{matches: [{namespaces: [{exact: foo}]}]}]}]
+- name: only-8080
+  namespace: default
+  scope: WORKLOAD_SELECTOR
+  action: ALLOW
+  rules: [{clauses: [{matches: [{destination_ports: [8080]}]}]}]
+- {name: audit, namespace: default, scope: NAMESPACE, action: DENY, dry_run: true, rules: [{}]}"
+check "the config with policies is applied" wait_log "applied: 2 services, 4 workloads" 1
+admin_get /debug/config_dump >"$TMP/dump.json"
+check "the config dump shows every policy with its rules in words and hit counts" python3 - "$TMP/dump.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = {x["namespace"] + "/" + x["name"]: x for x in d["policies"]}
+print(json.dumps(p, indent=1))
+assert sorted(p) == ["default/audit", "default/deny-foo", "default/only-8080"]
+assert p["default/deny-foo"]["rules"] == ['(namespace in ["foo"])'], p["default/deny-foo"]["rules"]
+assert p["default/only-8080"]["rules"] == ["(port in [8080])"]
+assert p["default/audit"]["rules"] == ["any connection"] and p["default/audit"]["dry_run"] is True
+assert p["default/only-8080"]["scope"] == "WORKLOAD_SELECTOR" and p["default/deny-foo"]["action"] == "DENY"
+assert all(x["hits"] == {"matched": 0, "dry_run_matched": 0, "closed": 0} for x in p.values())
+assert set(d["authz_totals"]) >= {"allowed", "denied_by_policy", "denied_no_allow", "closed_existing"}
+PY
+check "workloads show their identity and waypoint, services their waypoint" python3 - "$TMP/dump.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = {x["uid"]: x for x in d["workloads"]}
+assert w["Kubernetes//Pod/foo/bar"]["principal"] == "spiffe://example.org/ns/foo/sa/bar"
+assert w["Kubernetes//Pod/default/server"]["principal"] == "spiffe://cluster.local/ns/default/sa/server"
+assert w["Kubernetes//Pod/default/server"]["authorization_policies"] == ["default/only-8080"]
+assert w["Kubernetes//Pod/default/sleep"]["waypoint"] == {"address": "10.244.0.5", "port": 15019}
+s = {x["hostname"]: x for x in d["services"]}
+assert s["wp.default.svc.cluster.local"]["waypoint"] == {"hostname": "istio-system/waypoint.istio-system.svc.cluster.local", "port": 15008}
+PY
+dump=$(kmeshctl --admin "127.0.0.1:$ADMIN_PORT" dump)
+echo "$dump" >>"$TMP/check.log"
+check "kmeshctl dump lists the 3 policies" grep -q "^authorization policies (3):" <<<"$dump"
+check "with hit counts" grep -q "^  default/deny-foo NAMESPACE DENY: matched=0 dry_run_matched=0 closed=0" <<<"$dump"
+check "and their rules" grep -q '^    rule 1: (port in \[8080\])' <<<"$dump"
+check "kmeshctl dump shows the waypoints" grep -q "^  workload Kubernetes//Pod/default/sleep -> waypoint 10.244.0.5 port 15019" <<<"$dump"
+check "and the service's by hostname" grep -q "^  service default/wp.default.svc.cluster.local -> waypoint istio-system/waypoint.istio-system.svc.cluster.local port 15008" <<<"$dump"
+check "and the identities" grep -q "^  Kubernetes//Pod/foo/bar spiffe://example.org/ns/foo/sa/bar" <<<"$dump"
+authz_check() { # <src> <dst> <port> [admin]: sets out and rc
+    rc=0
+    out=$(kmeshctl --admin "${4:-127.0.0.1:$ADMIN_PORT}" authz check --src "$1" --dst "$2" --port "$3" 2>&1) || rc=$?
+    echo "$out" >>"$TMP/check.log"
+}
+authz_check 10.244.0.78 10.244.0.79 8080
+check "authz check: sleep -> server:8080 is allowed by only-8080 (exit $rc)" eval '[[ $rc == 0 && $out == allow* && $out == *"ALLOW policy default/only-8080"* && $out == *"dry-run policy default/audit matches"* ]]'
+authz_check 10.244.0.78 fd00:10:244::79 9090
+check "authz check: sleep -> server:9090 is denied, no ALLOW matches (exit $rc)" eval '[[ $rc == 2 && $out == deny* && $out == *"none matches"* ]]'
+authz_check ::ffff:10.244.0.77 10.244.0.79 8080
+check "authz check: bar (IPv4-mapped) -> server is denied by deny-foo (exit $rc)" eval '[[ $rc == 2 && $out == *"DENY policy default/deny-foo"* && $out == *"spiffe://example.org/ns/foo/sa/bar"* ]]'
+authz_check 10.244.0.300 10.244.0.79 8080
+check "authz check: a bad address is an error naming it (exit $rc)" eval '[[ $rc == 1 && $out == *"src '"'"'10.244.0.300'"'"' is not an IP address"* ]]'
+check "/debug/authz_check without arguments is a 400" test "$(admin_status /debug/authz_check)" = 400
+authz_check 10.244.0.78 10.244.0.79 8080 127.0.0.1:1
+check "authz check: no admin server is an error saying so (exit $rc)" eval '[[ $rc == 1 && $out == *"cannot reach the admin server at 127.0.0.1:1"* ]]'

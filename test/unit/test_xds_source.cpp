@@ -346,3 +346,83 @@ TEST_CASE("xds source: a kept workload's own target port keeps working beside wo
           std::vector<std::string>{uid("o") + ": network_mode has the unknown value 5"});
     CHECK(connects(ops, "10.96.0.10", 80) == std::set<std::string>{"10.0.0.5:9001", "10.0.0.6:80"});
 }
+
+namespace {
+
+void add_policy(DeltaDiscoveryResponse& r, const istio::security::Authorization& p,
+                const std::string& version) {
+    auto* res = r.add_resources();
+    res->set_name(p.namespace_() + "/" + p.name());
+    res->set_version(version);
+    res->mutable_resource()->set_type_url(xds::kAuthorizationType);
+    res->mutable_resource()->set_value(p.SerializeAsString());
+}
+
+istio::security::Authorization deny_port(uint32_t port) {
+    istio::security::Authorization p;
+    p.set_name("deny-port");
+    p.set_namespace_("default");
+    p.set_scope(istio::security::NAMESPACE);
+    p.set_action(istio::security::DENY);
+    p.add_rules()->add_clauses()->add_matches()->add_destination_ports(port);
+    return p;
+}
+
+}  // namespace
+
+TEST_CASE("xds source: authorization policies live in the model; a bad update keeps the last good; removal") {
+    test::FakeMapOps ops;
+    Node node(ops);
+    auto r0 = response(xds::kAddressType, "n0");
+    add(r0, uid("a"), workload("a", {10, 0, 0, 1}, kEcho));
+    CHECK(node.source.on_response(r0).empty());
+
+    auto r1 = response(xds::kAuthorizationType, "n1");
+    add_policy(r1, deny_port(80), "v1");
+    CHECK(node.source.on_response(r1).empty());
+    {
+        std::lock_guard lock(node.mu);
+        const auto& pols = node.mesh.model().policies;
+        REQUIRE(pols.count("default/deny-port") == 1);
+        const AuthzPolicy& p = pols.at("default/deny-port");
+        CHECK(p.action == AuthzAction::kDeny);
+        CHECK(p.scope == AuthzScope::kNamespace);
+        CHECK(p.rules.at(0).clauses.at(0).matches.at(0).destination_ports == std::vector<uint16_t>{80});
+    }
+    uint64_t v1 = node.mesh.policies_version();
+
+    // Changed: the model follows.
+    auto r2 = response(xds::kAuthorizationType, "n2");
+    add_policy(r2, deny_port(81), "v2");
+    CHECK(node.source.on_response(r2).empty());
+    CHECK(node.mesh.model()
+              .policies.at("default/deny-port")
+              .rules.at(0)
+              .clauses.at(0)
+              .matches.at(0)
+              .destination_ports == std::vector<uint16_t>{81});
+    CHECK(node.mesh.policies_version() > v1);
+
+    // Refused (port out of range): NACK, the last good policy stays, its version too.
+    auto r3 = response(xds::kAuthorizationType, "n3");
+    add_policy(r3, deny_port(70000), "v3");
+    CHECK(node.source.on_response(r3) ==
+          std::vector<std::string>{
+              "default/deny-port: destination_ports: destination port 70000 out of range"});
+    CHECK(node.mesh.model()
+              .policies.at("default/deny-port")
+              .rules.at(0)
+              .clauses.at(0)
+              .matches.at(0)
+              .destination_ports == std::vector<uint16_t>{81});
+    CHECK(node.source.versions(xds::kAuthorizationType).at("default/deny-port") == "v2");
+
+    // Removed: gone from the model, and from the versions sent on reconnect.
+    auto r4 = response(xds::kAuthorizationType, "n4");
+    r4.add_removed_resources("default/deny-port");
+    CHECK(node.source.on_response(r4).empty());
+    CHECK(node.mesh.model().policies.empty());
+    CHECK(node.source.versions(xds::kAuthorizationType).empty());
+    // The workloads were untouched by all this.
+    CHECK(node.mesh.model().workloads.count(uid("a")) == 1);
+}

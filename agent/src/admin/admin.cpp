@@ -4,19 +4,21 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fmt/format.h>
-#include <google/protobuf/util/json_util.h>
 #include <httplib.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <thread>
 #include <unordered_map>
 
 #include "agent/src/agent.hpp"
+#include "agent/src/policy/evaluate.hpp"
+#include "agent/src/policy/match.hpp"
 #include "agent/src/sources/xds/source.hpp"
 
 namespace kmesh {
@@ -113,9 +115,121 @@ std::string frontend_str(const kmesh_frontend_key& k) {
                      : fmt::format("[{}]:{}", a.str(), ntohs(k.port));
 }
 
+std::string string_match_str(const StringMatch& m) {
+    switch (m.kind) {
+        case StringMatch::Kind::kExact:
+            return fmt::format("\"{}\"", m.value);
+        case StringMatch::Kind::kPrefix:
+            return fmt::format("\"{}*\"", m.value);
+        case StringMatch::Kind::kSuffix:
+            return fmt::format("\"*{}\"", m.value);
+        case StringMatch::Kind::kPresence:
+            return "present";
+    }
+    return "?";
+}
+
+std::string cidr_str(const Cidr& c) { return fmt::format("{}/{}", c.addr.str(), c.prefix_len); }
+
+// One match group for people: "namespace in ["default"] and port in [80]"; the not_ forms read
+// "not in".
+std::string group_str(const AuthzMatch& m) {
+    std::vector<std::string> parts;
+    auto add = [&](const char* what, bool negated, const auto& list, auto fn) {
+        if (list.empty()) return;
+        std::string items;
+        for (const auto& x : list) items += (items.empty() ? "" : ", ") + fn(x);
+        parts.push_back(fmt::format("{} {} [{}]", what, negated ? "not in" : "in", items));
+    };
+    auto sa = [](const ServiceAccountMatch& x) { return x.namespace_ + "/" + x.service_account; };
+    auto port = [](uint16_t p) { return std::to_string(p); };
+    add("namespace", false, m.namespaces, string_match_str);
+    add("namespace", true, m.not_namespaces, string_match_str);
+    add("principal", false, m.principals, string_match_str);
+    add("principal", true, m.not_principals, string_match_str);
+    add("service account", false, m.service_accounts, sa);
+    add("service account", true, m.not_service_accounts, sa);
+    add("source ip", false, m.source_ips, cidr_str);
+    add("source ip", true, m.not_source_ips, cidr_str);
+    add("destination ip", false, m.destination_ips, cidr_str);
+    add("destination ip", true, m.not_destination_ips, cidr_str);
+    add("port", false, m.destination_ports, port);
+    add("port", true, m.not_destination_ports, port);
+    if (parts.empty()) return "(empty group: skipped)";
+    std::string out;
+    for (const auto& p : parts) out += (out.empty() ? "" : " and ") + p;
+    return out;
+}
+
+// A rule: its clauses AND-ed, each clause's groups OR-ed.
+std::string rule_str(const AuthzRule& r) {
+    if (r.clauses.empty()) return "any connection";
+    std::string out;
+    for (const auto& c : r.clauses) {
+        std::string clause;
+        if (c.matches.empty()) clause = "any connection";
+        for (const auto& m : c.matches) clause += (clause.empty() ? "" : " OR ") + group_str(m);
+        out += (out.empty() ? "" : " AND ") + ("(" + clause + ")");
+    }
+    return out;
+}
+
+const char* scope_name(AuthzScope s) {
+    switch (s) {
+        case AuthzScope::kNamespace:
+            return "NAMESPACE";
+        case AuthzScope::kWorkloadSelector:
+            return "WORKLOAD_SELECTOR";
+        default:
+            return "GLOBAL";
+    }
+}
+
+void policy_json(Writer& w, const AuthzPolicy& p, const policy::PolicyHits& hits) {
+    w.StartObject();
+    str(w, "name", p.name);
+    str(w, "namespace", p.namespace_);
+    str(w, "scope", scope_name(p.scope));
+    str(w, "action", p.action == AuthzAction::kDeny ? "DENY" : "ALLOW");
+    w.Key("dry_run");
+    w.Bool(p.dry_run);
+    w.Key("rules");  // one line per rule (rules are OR-ed); none: the policy matches nothing
+    w.StartArray();
+    for (const auto& r : p.rules) {
+        std::string t = rule_str(r);
+        w.String(t.c_str(), static_cast<rapidjson::SizeType>(t.size()));
+    }
+    w.EndArray();
+    w.Key("hits");
+    w.StartObject();
+    w.Key("matched");
+    w.Uint64(hits.matched);
+    w.Key("dry_run_matched");
+    w.Uint64(hits.dry_run_matched);
+    w.Key("closed");
+    w.Uint64(hits.closed);
+    w.EndObject();
+    w.EndObject();
+}
+
 }  // namespace
 
+void Agent::set_authz_hits_reader(policy::HitsReader reader) {
+    std::lock_guard lock(hits_mu_);
+    hits_reader_ = std::move(reader);
+}
+
 std::string Agent::config_dump() {
+    // The counters are read from the kernel before mu_ is taken: a dump never holds up a push.
+    policy::AuthzReport report;
+    {
+        policy::HitsReader reader;
+        {
+            std::lock_guard lock(hits_mu_);
+            reader = hits_reader_;
+        }
+        if (reader) report = reader();
+    }
     rapidjson::StringBuffer buf;
     Writer w(buf);
     std::lock_guard lock(mu_);
@@ -179,20 +293,92 @@ std::string Agent::config_dump() {
         if (!pl.network.empty()) str(w, "network", pl.network);
         if (!pl.cluster_id.empty()) str(w, "cluster_id", pl.cluster_id);
         if (wl.waypoint) waypoint(w, *wl.waypoint);
+        // The identity its connections carry (what policies match the source against).
+        SourceIdentity id = policy::identity_of(wl);
+        str(w, "trust_domain", id.trust_domain);
+        str(w, "service_account", wl.service_account);
+        str(w, "principal", "spiffe://" + id.principal());
+        w.Key("authorization_policies");
+        w.StartArray();
+        for (const auto& name : wl.authorization_policies) w.String(name.c_str());
+        w.EndArray();
         w.EndObject();
     }
     w.EndArray();
     w.Key("policies");
     w.StartArray();
-    if (xds_source_)
-        for (const auto& [name, p] : xds_source_->policies()) {
-            std::string json;
-            google::protobuf::util::JsonPrintOptions opts;
-            opts.preserve_proto_field_names = true;
-            (void)google::protobuf::util::MessageToJsonString(p, &json, opts);
-            w.RawValue(json.c_str(), json.size(), rapidjson::kObjectType);
-        }
+    for (const auto& [key, p] : m.policies) {
+        auto h = report.policies.find(key);
+        policy_json(w, p, h == report.policies.end() ? policy::PolicyHits{} : h->second);
+    }
     w.EndArray();
+    w.Key("authz_totals");
+    w.StartObject();
+    for (auto [k, v] : {std::pair{"allowed", report.totals.allowed},
+                        {"denied_by_policy", report.totals.denied_by_policy},
+                        {"denied_no_allow", report.totals.denied_no_allow},
+                        {"closed_existing", report.totals.closed_existing},
+                        {"cache_hits", report.totals.cache_hits}}) {
+        w.Key(k);
+        w.Uint64(v);
+    }
+    w.EndObject();
+    w.EndObject();
+    return buf.GetString();
+}
+
+std::string Agent::authz_check(const std::string& src, const std::string& dst, const std::string& port,
+                               int* status) {
+    auto bad = [&](const std::string& why) {
+        *status = 400;
+        rapidjson::StringBuffer b;
+        Writer w(b);
+        w.StartObject();
+        str(w, "error", why);
+        w.EndObject();
+        return std::string(b.GetString());
+    };
+    auto s = IpAddr::parse(src);
+    if (!s) return bad(fmt::format("src '{}' is not an IP address", src));
+    auto d = IpAddr::parse(dst);
+    if (!d) return bad(fmt::format("dst '{}' is not an IP address", dst));
+    unsigned p = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (port.empty() || ec != std::errc() || end != port.data() + port.size() || p == 0 || p > 65535)
+        return bad(fmt::format("port '{}' is not a port (1-65535)", port));
+    policy::Connection c{*s, *d, static_cast<uint16_t>(p)};
+    rapidjson::StringBuffer buf;
+    Writer w(buf);
+    std::lock_guard lock(mu_);
+    const Model& m = mesh_.model();
+    const Workload* target = policy::workload_at(m, c.dst);
+    *status = 200;
+    w.StartObject();
+    str(w, "src", c.src.str());
+    str(w, "dst", c.dst.str());
+    w.Key("port");
+    w.Uint(c.dst_port);
+    SourceIdentity id = policy::source_identity(m, c.src);
+    str(w, "source_identity", id.known() ? "spiffe://" + id.principal() : "");
+    if (!target) {
+        str(w, "verdict", "allow");
+        str(w, "reason", "the destination is no known workload: no policy applies");
+        w.EndObject();
+        return buf.GetString();
+    }
+    policy::Decision dec = policy::decide(m, *target, c);
+    str(w, "destination_workload", target->uid);
+    str(w, "verdict", dec.allow ? "allow" : "deny");
+    w.Key("policy");
+    if (dec.policy.empty())
+        w.Null();
+    else
+        w.String(dec.policy.c_str());
+    w.Key("dry_run");
+    w.StartArray();
+    for (const auto& k : dec.dry_run) w.String(k.c_str());
+    w.EndArray();
+    str(w, "reason", dec.reason);
     w.EndObject();
     return buf.GetString();
 }
@@ -427,6 +613,14 @@ void Agent::start_admin() {
         w.EndObject();
         json(res, buf.GetString());
     });
+    // What the reference evaluator decides for src -> dst:port on the current model.
+    srv.Get("/debug/authz_check", [this, json](const httplib::Request& req, httplib::Response& res) {
+        int status = 200;
+        std::string body = authz_check(req.get_param_value("src"), req.get_param_value("dst"),
+                                       req.get_param_value("port"), &status);
+        res.status = status;
+        json(res, body);
+    });
     srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
@@ -451,8 +645,10 @@ void Agent::start_admin() {
             wait = std::min(wait * 2, std::chrono::seconds(30));
         }
         admin->listening = true;
-        spdlog::info("admin on http://{}:{} (/ready, /debug/config_dump, /debug/maps, /debug/xds, /metrics)",
-                     options_.admin_address, options_.admin_port);
+        spdlog::info(
+            "admin on http://{}:{} (/ready, /debug/config_dump, /debug/maps, /debug/xds, /debug/authz_check, "
+            "/metrics)",
+            options_.admin_address, options_.admin_port);
         admin->server.listen_after_bind();
         admin->done = true;
     });

@@ -352,7 +352,24 @@ void MeshState::remove_workload(const std::string& uid) {
     forget_hash(uid);
 }
 
+void MeshState::upsert_policy(const AuthzPolicy& p) {
+    auto [it, fresh] = model_.policies.try_emplace(p.key(), p);
+    if (!fresh) {
+        if (it->second == p) return;
+        it->second = p;
+    }
+    policies_version_++;
+}
+
+void MeshState::remove_policy(const std::string& key) {
+    if (model_.policies.erase(key)) policies_version_++;
+}
+
 void MeshState::replace(const Model& next) {
+    if (model_.policies != next.policies) {
+        model_.policies = next.policies;
+        policies_version_++;
+    }
     std::vector<std::string> gone;
     for (const auto& [key, s] : model_.services)
         if (!next.services.count(key)) gone.push_back(key);

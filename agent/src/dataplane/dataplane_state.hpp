@@ -96,6 +96,11 @@ class MeshState {
     void remove_service(const std::string& key);
     void upsert_workload(const Workload& w);
     void remove_workload(const std::string& uid);
+    // Authorization policies live in the model too; they imply no service/backend map entries.
+    // policies_version() changes whenever one does, for whoever compiles them.
+    void upsert_policy(const AuthzPolicy& p);
+    void remove_policy(const std::string& key);
+    uint64_t policies_version() const { return policies_version_; }
     // Makes the model equal to `next`, touching only what differs.
     void replace(const Model& next);
 
@@ -131,6 +136,7 @@ class MeshState {
 
     NodeInfo node_;
     bool learn_locality_ = false;
+    uint64_t policies_version_ = 0;
     Model model_;
     DesiredState desired_;
     Dirty dirty_;

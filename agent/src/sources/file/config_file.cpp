@@ -195,10 +195,39 @@ class Parser {
         for (const auto& p : problems_found) fail(n, path, p);
     }
 
+    // GatewayAddress: {address: IP | {network, address}, hbone_mtls_port} or
+    // {hostname: {namespace, hostname}, hbone_mtls_port}.
+    Waypoint gateway(const YamlNode& n, const std::string& path) {
+        Waypoint w;
+        int kinds = 0;
+        fields(n, path, {"address", "hostname", "hbone_mtls_port"},
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "hbone_mtls_port") {
+                       w.port = port(v, p, true);
+                   } else if (k == "address") {
+                       kinds++;
+                       w.address = ip(v, p);
+                   } else {
+                       kinds++;
+                       std::string ns, host;
+                       fields(v, p, {"namespace", "hostname"},
+                              [&](const std::string& hk, const YamlNode& hv, const std::string& hp) {
+                                  (hk == "namespace" ? ns : host) = str(hv, hp);
+                              });
+                       if (v.is_mapping() && (ns.empty() || host.empty()))
+                           fail(v, p, "namespace and hostname are both required");
+                       w.hostname = ns + "/" + host;
+                   }
+               });
+        if (n.is_mapping() && kinds != 1) fail(n, path, "a waypoint has exactly one of address, hostname");
+        return w;
+    }
+
     Service service(const YamlNode& n, const std::string& path) {
         Service s;
-        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports", "load_balancing"},
+        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports", "load_balancing", "waypoint"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "waypoint") s.waypoint = gateway(v, p);
                    if (k == "name") s.name = str(v, p);
                    if (k == "namespace") s.namespace_ = str(v, p);
                    if (k == "hostname") s.hostname = str(v, p);
@@ -213,9 +242,14 @@ class Parser {
     Workload workload(const YamlNode& n, const std::string& path) {
         Workload w;
         fields(n, path,
-               {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node"},
+               {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node",
+                "trust_domain", "service_account", "authorization_policies", "waypoint"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "waypoint") w.waypoint = Waypoint::intern(gateway(v, p));
                    if (k == "uid") w.uid = str(v, p);
+                   if (k == "trust_domain") w.trust_domain = str(v, p);
+                   if (k == "service_account") w.service_account = str(v, p);
+                   if (k == "authorization_policies") w.authorization_policies = strings(v, p);
                    if (k == "name") w.name = str(v, p);
                    if (k == "namespace") w.namespace_ = str(v, p);
                    if (k == "addresses") w.addresses = ips(v, p);
@@ -252,6 +286,204 @@ class Parser {
         return w;
     }
 
+    std::vector<std::string> strings(const YamlNode& n, const std::string& path) {
+        std::vector<std::string> out;
+        if (!n.is_sequence()) {
+            fail(n, path, "expected a list of strings");
+            return out;
+        }
+        for (size_t i = 0; i < n.items.size(); i++)
+            out.push_back(str(n.items[i], fmt::format("{}[{}]", path, i)));
+        return out;
+    }
+
+    // A list of items, each parsed by fn(item, "path[i]").
+    template <typename T, typename Fn>
+    std::vector<T> list(const YamlNode& n, const std::string& path, const char* what, Fn&& fn) {
+        std::vector<T> out;
+        if (n.is_null()) return out;
+        if (!n.is_sequence()) {
+            fail(n, path, fmt::format("expected a list of {}", what));
+            return out;
+        }
+        for (size_t i = 0; i < n.items.size(); i++)
+            out.push_back(fn(n.items[i], fmt::format("{}[{}]", path, i)));
+        return out;
+    }
+
+    bool boolean(const YamlNode& n, const std::string& path) {
+        std::string t = n.is_scalar() ? n.scalar : "";
+        if (t == "true") return true;
+        if (t == "false") return false;
+        fail(n, path, fmt::format("'{}' is not true or false", t));
+        return false;
+    }
+
+    // {exact: s} | {prefix: s} | {suffix: s} | {presence: true}: exactly one.
+    StringMatch string_match(const YamlNode& n, const std::string& path) {
+        StringMatch m;
+        int kinds = 0;
+        fields(n, path, {"exact", "prefix", "suffix", "presence"},
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   kinds++;
+                   if (k == "presence") {
+                       if (!boolean(v, p)) fail(v, p, "presence can only be true");
+                       m.kind = StringMatch::Kind::kPresence;
+                       return;
+                   }
+                   m.kind = k == "exact"    ? StringMatch::Kind::kExact
+                            : k == "prefix" ? StringMatch::Kind::kPrefix
+                                            : StringMatch::Kind::kSuffix;
+                   m.value = str(v, p);
+               });
+        if (n.is_mapping() && kinds != 1)
+            fail(n, path, "a string match takes exactly one of exact, prefix, suffix, presence");
+        return m;
+    }
+
+    ServiceAccountMatch service_account_match(const YamlNode& n, const std::string& path) {
+        ServiceAccountMatch m;
+        bool ns = false, sa = false;
+        fields(n, path, {"namespace", "service_account"},
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "namespace") {
+                       m.namespace_ = str(v, p);
+                       ns = true;
+                   } else {
+                       m.service_account = str(v, p);
+                       sa = true;
+                   }
+               });
+        if (n.is_mapping() && (!ns || !sa)) fail(n, path, "namespace and service_account are both required");
+        return m;
+    }
+
+    // "10.0.0.0/24", "fd00::/64", or one host ("10.0.0.1": the full width).
+    Cidr cidr(const YamlNode& n, const std::string& path) {
+        std::string text = str(n, path);
+        std::string addr = text;
+        std::optional<unsigned> len;
+        if (auto slash = text.find('/'); slash != std::string::npos) {
+            addr = text.substr(0, slash);
+            unsigned v = 0;
+            std::string l = text.substr(slash + 1);
+            auto [end, ec] = std::from_chars(l.data(), l.data() + l.size(), v);
+            if (l.empty() || ec != std::errc() || end != l.data() + l.size()) {
+                fail(n, path, fmt::format("'{}' is not an address or CIDR", text));
+                return {};
+            }
+            len = v;
+        }
+        auto ip = IpAddr::parse(addr);
+        if (!ip) {
+            fail(n, path, fmt::format("'{}' is not an address or CIDR", text));
+            return {};
+        }
+        // IPv4 written IPv4-mapped is IPv4: its prefix counts the last 32 bits.
+        bool mapped = ip->is_v4() && addr.find(':') != std::string::npos;
+        unsigned width = ip->is_v4() ? 32 : 128;
+        unsigned v = len.value_or(mapped ? 128 : width);
+        if (mapped) {
+            if (v < 96) {
+                fail(n, path, fmt::format("'{}': an IPv4-mapped CIDR needs a prefix of at least 96", text));
+                return {};
+            }
+            v -= 96;
+        }
+        if (v > width) {
+            fail(n, path,
+                 fmt::format("'{}': prefix length {} longer than the address", text, len.value_or(0)));
+            return {};
+        }
+        return Cidr{*ip, static_cast<uint8_t>(v)};
+    }
+
+    AuthzMatch authz_match(const YamlNode& n, const std::string& path) {
+        AuthzMatch m;
+        auto sm = [&](const YamlNode& v, const std::string& p) {
+            return list<StringMatch>(v, p, "string matches",
+                                     [&](const auto& i, const auto& ip) { return string_match(i, ip); });
+        };
+        auto sa = [&](const YamlNode& v, const std::string& p) {
+            return list<ServiceAccountMatch>(v, p, "service accounts", [&](const auto& i, const auto& ip) {
+                return service_account_match(i, ip);
+            });
+        };
+        auto ci = [&](const YamlNode& v, const std::string& p) {
+            return list<Cidr>(v, p, "addresses", [&](const auto& i, const auto& ip) { return cidr(i, ip); });
+        };
+        auto po = [&](const YamlNode& v, const std::string& p) {
+            return list<uint16_t>(v, p, "ports",
+                                  [&](const auto& i, const auto& ip) { return port(i, ip, false); });
+        };
+        fields(n, path,
+               {"namespaces", "not_namespaces", "principals", "not_principals", "service_accounts",
+                "not_service_accounts", "source_ips", "not_source_ips", "destination_ips",
+                "not_destination_ips", "destination_ports", "not_destination_ports"},
+               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "namespaces") m.namespaces = sm(v, p);
+                   if (k == "not_namespaces") m.not_namespaces = sm(v, p);
+                   if (k == "principals") m.principals = sm(v, p);
+                   if (k == "not_principals") m.not_principals = sm(v, p);
+                   if (k == "service_accounts") m.service_accounts = sa(v, p);
+                   if (k == "not_service_accounts") m.not_service_accounts = sa(v, p);
+                   if (k == "source_ips") m.source_ips = ci(v, p);
+                   if (k == "not_source_ips") m.not_source_ips = ci(v, p);
+                   if (k == "destination_ips") m.destination_ips = ci(v, p);
+                   if (k == "not_destination_ips") m.not_destination_ips = ci(v, p);
+                   if (k == "destination_ports") m.destination_ports = po(v, p);
+                   if (k == "not_destination_ports") m.not_destination_ports = po(v, p);
+               });
+        return m;
+    }
+
+    AuthzClause authz_clause(const YamlNode& n, const std::string& path) {
+        AuthzClause c;
+        if (n.is_null()) return c;
+        fields(n, path, {"matches"}, [&](const std::string&, const YamlNode& v, const std::string& p) {
+            c.matches = list<AuthzMatch>(v, p, "match groups",
+                                         [&](const auto& i, const auto& ip) { return authz_match(i, ip); });
+        });
+        return c;
+    }
+
+    AuthzRule authz_rule(const YamlNode& n, const std::string& path) {
+        AuthzRule r;
+        if (n.is_null()) return r;
+        fields(n, path, {"clauses"}, [&](const std::string&, const YamlNode& v, const std::string& p) {
+            r.clauses = list<AuthzClause>(v, p, "clauses",
+                                          [&](const auto& i, const auto& ip) { return authz_clause(i, ip); });
+        });
+        return r;
+    }
+
+    AuthzPolicy policy(const YamlNode& n, const std::string& path) {
+        AuthzPolicy pol;
+        fields(
+            n, path, {"name", "namespace", "scope", "action", "dry_run", "rules"},
+            [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                if (k == "name") pol.name = str(v, p);
+                if (k == "namespace") pol.namespace_ = str(v, p);
+                if (k == "dry_run") pol.dry_run = boolean(v, p);
+                if (k == "scope")
+                    if (auto sc =
+                            enum_value<AuthzScope>(v, p, "scope",
+                                                   {{"GLOBAL", AuthzScope::kGlobal},
+                                                    {"NAMESPACE", AuthzScope::kNamespace},
+                                                    {"WORKLOAD_SELECTOR", AuthzScope::kWorkloadSelector}}))
+                        pol.scope = *sc;
+                if (k == "action")
+                    if (auto a = enum_value<AuthzAction>(
+                            v, p, "action", {{"ALLOW", AuthzAction::kAllow}, {"DENY", AuthzAction::kDeny}}))
+                        pol.action = *a;
+                if (k == "rules")
+                    pol.rules = list<AuthzRule>(
+                        v, p, "rules", [&](const auto& i, const auto& ip) { return authz_rule(i, ip); });
+            });
+        if (n.is_mapping() && pol.name.empty()) fail(n, path, "name is required");
+        return pol;
+    }
+
     Model model(const YamlNode& root) {
         Model m;
         // An empty document is far more often a file caught mid-write or a failed template than an
@@ -260,7 +492,7 @@ class Parser {
             problems.push_back("the config is empty; write `services: []` for an empty mesh");
             return m;
         }
-        fields(root, "config", {"services", "workloads"},
+        fields(root, "config", {"services", "workloads", "policies"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
                    if (!v.is_sequence() && !v.is_null()) {
                        fail(v, p, "expected a list");
@@ -268,7 +500,11 @@ class Parser {
                    }
                    for (size_t i = 0; i < v.items.size(); i++) {
                        std::string ip = fmt::format("{}[{}]", p, i);
-                       if (k == "services") {
+                       if (k == "policies") {
+                           AuthzPolicy pol = policy(v.items[i], ip);
+                           if (!m.policies.emplace(pol.key(), pol).second)
+                               fail(v.items[i], ip, fmt::format("duplicate policy '{}'", pol.key()));
+                       } else if (k == "services") {
                            Service s = service(v.items[i], ip);
                            if (!m.services.emplace(s.key(), s).second)
                                fail(v.items[i], ip, fmt::format("duplicate service '{}'", s.key()));

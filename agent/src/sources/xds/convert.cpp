@@ -150,36 +150,112 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
         if (auto e = gateway(in.network_gateway(), "network_gateway", &gw); !e.empty()) return fail(e);
     }
     w.authorization_policies.assign(in.authorization_policies().begin(), in.authorization_policies().end());
+    w.trust_domain = in.trust_domain();
+    w.service_account = in.service_account();
     if (auto e = first_problem(validate_workload(w)); !e.empty()) return e;
     *out = std::move(w);
     return {};
 }
 
-std::string validate_authorization(const istio::security::Authorization& in) {
+namespace {
+
+std::string string_matches(const google::protobuf::RepeatedPtrField<istio::security::StringMatch>& in,
+                           const char* field, std::vector<StringMatch>* out) {
+    for (const auto& m : in) {
+        StringMatch sm;
+        switch (m.match_type_case()) {
+            case istio::security::StringMatch::kExact:
+                sm = {StringMatch::Kind::kExact, m.exact()};
+                break;
+            case istio::security::StringMatch::kPrefix:
+                sm = {StringMatch::Kind::kPrefix, m.prefix()};
+                break;
+            case istio::security::StringMatch::kSuffix:
+                sm = {StringMatch::Kind::kSuffix, m.suffix()};
+                break;
+            case istio::security::StringMatch::kPresence:
+                sm = {StringMatch::Kind::kPresence, {}};
+                break;
+            default:
+                return fmt::format("{}: a string match with none of exact, prefix, suffix, presence", field);
+        }
+        out->push_back(std::move(sm));
+    }
+    return {};
+}
+
+std::string cidrs(const google::protobuf::RepeatedPtrField<istio::security::Address>& in, const char* field,
+                  std::vector<Cidr>* out) {
+    for (const auto& a : in) {
+        auto ip = IpAddr::from_raw(a.address());
+        if (!ip) return fmt::format("{}: address of {} bytes", field, a.address().size());
+        size_t bits = a.address().size() * 8;
+        if (a.length() > bits)
+            return fmt::format("{}: prefix length {} longer than the address", field, a.length());
+        out->push_back(Cidr{*ip, static_cast<uint8_t>(a.length())});
+    }
+    return {};
+}
+
+std::string dst_ports(const google::protobuf::RepeatedField<uint32_t>& in, const char* field,
+                      std::vector<uint16_t>* out) {
+    for (uint32_t p : in) {
+        if (p > 65535) return fmt::format("{}: destination port {} out of range", field, p);
+        out->push_back(static_cast<uint16_t>(p));
+    }
+    return {};
+}
+
+void service_accounts(const google::protobuf::RepeatedPtrField<istio::security::ServiceAccountMatch>& in,
+                      std::vector<ServiceAccountMatch>* out) {
+    for (const auto& m : in) out->push_back({m.namespace_(), m.service_account()});
+}
+
+std::string match(const istio::security::Match& in, AuthzMatch* m) {
+    for (auto e : {string_matches(in.namespaces(), "namespaces", &m->namespaces),
+                   string_matches(in.not_namespaces(), "not_namespaces", &m->not_namespaces),
+                   string_matches(in.principals(), "principals", &m->principals),
+                   string_matches(in.not_principals(), "not_principals", &m->not_principals),
+                   cidrs(in.source_ips(), "source_ips", &m->source_ips),
+                   cidrs(in.not_source_ips(), "not_source_ips", &m->not_source_ips),
+                   cidrs(in.destination_ips(), "destination_ips", &m->destination_ips),
+                   cidrs(in.not_destination_ips(), "not_destination_ips", &m->not_destination_ips),
+                   dst_ports(in.destination_ports(), "destination_ports", &m->destination_ports),
+                   dst_ports(in.not_destination_ports(), "not_destination_ports", &m->not_destination_ports)})
+        if (!e.empty()) return e;
+    service_accounts(in.service_accounts(), &m->service_accounts);
+    service_accounts(in.not_service_accounts(), &m->not_service_accounts);
+    return {};
+}
+
+}  // namespace
+
+std::string convert_authorization(const istio::security::Authorization& in, AuthzPolicy* out) {
     if (in.name().empty())
         return fmt::format("authorization policy in namespace '{}' has an empty name", in.namespace_());
     if (auto e = check_enum(in.scope(), istio::security::Scope_IsValid, "scope"); !e.empty()) return e;
     if (auto e = check_enum(in.action(), istio::security::Action_IsValid, "action"); !e.empty()) return e;
-    // Stricter than ztunnel, which drops a bad address from a match (widening an ALLOW): refused.
-    auto addresses = [](const auto& list) -> std::string {
-        for (const auto& a : list) {
-            size_t bits = a.address().size() * 8;
-            if (bits != 32 && bits != 128) return fmt::format("address of {} bytes", a.address().size());
-            if (a.length() > bits) return fmt::format("prefix length {} longer than the address", a.length());
+    AuthzPolicy p;
+    p.name = in.name();
+    p.namespace_ = in.namespace_();
+    p.scope = static_cast<AuthzScope>(in.scope());
+    p.action = static_cast<AuthzAction>(in.action());
+    p.dry_run = in.dry_run();
+    for (const auto& rule : in.rules()) {
+        AuthzRule& r = p.rules.emplace_back();
+        for (const auto& clause : rule.clauses()) {
+            AuthzClause& c = r.clauses.emplace_back();
+            for (const auto& m : clause.matches())
+                if (auto e = match(m, &c.matches.emplace_back()); !e.empty()) return e;
         }
-        return {};
-    };
-    for (const auto& rule : in.rules())
-        for (const auto& clause : rule.clauses())
-            for (const auto& m : clause.matches()) {
-                for (const auto* list :
-                     {&m.source_ips(), &m.not_source_ips(), &m.destination_ips(), &m.not_destination_ips()})
-                    if (auto e = addresses(*list); !e.empty()) return e;
-                for (const auto* list : {&m.destination_ports(), &m.not_destination_ports()})
-                    for (uint32_t p : *list)
-                        if (p > 65535) return fmt::format("destination port {} out of range", p);
-            }
+    }
+    *out = std::move(p);
     return {};
+}
+
+std::string validate_authorization(const istio::security::Authorization& in) {
+    AuthzPolicy unused;
+    return convert_authorization(in, &unused);
 }
 
 std::string resource_name(const istio::workload::Address& a) {

@@ -44,10 +44,11 @@ std::string Source::apply_authorization(const Resource& r) {
         return fmt::format("carries {}, not {}", r.resource().type_url(), kAuthorizationType);
     istio::security::Authorization p;
     if (!p.ParseFromString(r.resource().value())) return "cannot be decoded as istio.security.Authorization";
-    if (auto e = validate_authorization(p); !e.empty()) return e;
+    AuthzPolicy policy;
+    if (auto e = convert_authorization(p, &policy); !e.empty()) return e;
     if (resource_name(p) != r.name())
         return fmt::format("is named '{}' but describes '{}'", r.name(), resource_name(p));
-    policies_[r.name()] = std::move(p);
+    mesh_.upsert_policy(policy);
     return {};
 }
 
@@ -55,7 +56,7 @@ void Source::remove(const std::string& type_url, const std::string& name) {
     versions_[type_url].erase(name_hash(name));
     rejected_[type_url].erase(name);
     if (type_url == kAuthorizationType) {
-        policies_.erase(name);
+        mesh_.remove_policy(name);
         return;
     }
     mesh_.unpin(name);  // what a previous agent wrote for it goes now
@@ -108,7 +109,7 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
 void Source::reject(const std::string& type_url, const Resource& r) {
     const std::string& name = r.name();
     bool held = type_url == kAuthorizationType
-                    ? policies_.count(name) > 0
+                    ? mesh_.model().policies.count(name) > 0
                     : mesh_.model().services.count(name) || mesh_.model().workloads.count(name);
     if (held) return;  // its version stays the last good one's
     rejected_[type_url][name] = r.version();
@@ -124,7 +125,7 @@ std::map<std::string, std::string> Source::versions(const std::string& type_url)
         if (v != held.end()) out.emplace(name, v->second);
     };
     if (type_url == kAuthorizationType) {
-        for (const auto& [name, p] : policies_) add(name);
+        for (const auto& [name, p] : mesh_.model().policies) add(name);
     } else {
         for (const auto& [key, s] : mesh_.model().services) add(key);
         for (const auto& [uid, w] : mesh_.model().workloads) add(uid);

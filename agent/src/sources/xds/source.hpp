@@ -1,6 +1,6 @@
 // The istiod source: turns Delta xDS responses into MeshState changes (resource by resource, so a
 // bad resource is NACKed while the rest of the response applies), keeps the versions held for
-// reconnects, and stores authorization policies for the enforcement to come.
+// reconnects. Authorization policies go into the same model (Model.policies).
 #pragma once
 
 #include <functional>
@@ -27,7 +27,7 @@ class Source : public Handler {
     void on_connection(bool connected) override;
 
     // Callers hold `mu`.
-    const std::map<std::string, istio::security::Authorization>& policies() const { return policies_; }
+    const std::map<std::string, AuthzPolicy>& policies() const { return mesh_.model().policies; }
     // Rejected resources the model holds no good state of (name -> rejected version).
     const std::map<std::string, std::string>& rejected(const std::string& type_url) {
         return rejected_[type_url];
@@ -46,7 +46,6 @@ class Source : public Handler {
     // type -> name hash -> version. Keyed by hash, not by a fifth copy of each name: the names
     // are the model's (and the policies') keys, listed again only on reconnect.
     std::map<std::string, std::unordered_map<uint64_t, std::string>> versions_;
-    std::map<std::string, istio::security::Authorization> policies_;
     // type -> name -> version of resources rejected while the model held no good state of them.
     std::map<std::string, std::map<std::string, std::string>> rejected_;
     bool addresses_received_ = false;
