@@ -51,6 +51,24 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--max-ports", opt.sizes.ports, "per-workload target port map capacity")
         ->capture_default_str();
+    // Authorization tables, per generation (the kernel maps hold two while a change is published).
+    auto& az = opt.sizes.authz;
+    app.add_option("--max-authz-policies", az.policies, "authorization policies (and their counter slots)")
+        ->capture_default_str();
+    app.add_option("--max-authz-rows", az.rows, "authorization match groups, all policies together")
+        ->capture_default_str();
+    app.add_option("--max-authz-sets", az.sets, "distinct applicable-policy lists of local workloads")
+        ->capture_default_str();
+    app.add_option("--max-authz-set-entries", az.setpol, "entries of those lists together")
+        ->capture_default_str();
+    app.add_option("--max-authz-destinations", az.dsts, "local workload addresses with authorization")
+        ->capture_default_str();
+    app.add_option("--max-authz-entries", az.entries, "identity-set, CIDR and port entries (each)")
+        ->capture_default_str();
+    app.add_option("--max-authz-identities", az.idents, "source addresses with a known identity")
+        ->capture_default_str();
+    app.add_option("--max-authz-cache", az.cache, "authorization verdict cache entries")
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();

@@ -48,6 +48,10 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->mesh_.mark_all_dirty();  // the first plan compares everything the maps hold
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
                                                  MapCapacity::of(options.sizes), agent->metrics_);
+    agent->authz_ops_ = std::make_unique<policy::KernelAuthzMapOps>(agent->dataplane_->authz_map_fds());
+    agent->authz_writer_ = std::make_unique<policy::AuthzWriter>(*agent->authz_ops_, options.sizes.authz);
+    if (Status st = agent->authz_writer_->recover(); !st)
+        spdlog::warn("authz: reading the pinned authorization maps back: {}", st.to_string());
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     // Made before any thread that applies generations exists; its thread starts in run().
     agent->closer_ = std::make_unique<policy::ConnectionCloser>(options.layout);
@@ -96,7 +100,16 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     auto t0 = std::chrono::steady_clock::now();
     metrics_.vip_conflicts = mesh_.vip_conflict_count();
     Dirty dirty = mesh_.take_dirty();
-    if (dirty.empty()) return Reload::kUnchanged;
+    // Authorization first: a policy-only change leaves `dirty` empty. Its failure (a full map) keeps
+    // the last good generation serving and makes this sync fail, so it is retried with backoff.
+    std::string authz_err = sync_authz(!dirty.empty());
+    if (dirty.empty()) {
+        if (!authz_err.empty()) {
+            *error = authz_err;
+            return Reload::kFailed;
+        }
+        return Reload::kUnchanged;
+    }
     Plan plan = diff(writer_->state(), mesh_.desired(), dirty);
     int64_t plan_us = micros_since(t0);
     auto t1 = std::chrono::steady_clock::now();
@@ -109,10 +122,12 @@ Agent::Reload Agent::sync_maps(std::string* error) {
         *error = fmt::format("{} (after {} us; every service in the maps stays consistent)", err, write_us);
         return Reload::kFailed;
     }
+    if (!authz_err.empty()) {
+        *error = authz_err;
+        return Reload::kFailed;
+    }
     generation_++;
     metrics_.config_applied++;
-    // Policies may have changed: connections they now deny are closed (on the closer's thread).
-    if (closer_) closer_->request();
     spdlog::info(
         "config generation {} applied: {} services, {} workloads; {} map changes in {} us (planned in {} us)",
         generation_.load(), mesh_.model().services.size(), mesh_.model().workloads.size(), plan.size(),
@@ -123,6 +138,29 @@ Agent::Reload Agent::sync_maps(std::string* error) {
         spdlog::debug("heap in use after apply: {} MB", mallinfo2().uordblks >> 20);
     }
     return Reload::kApplied;
+}
+
+std::string Agent::sync_authz(bool model_changed) {
+    const Model& model = mesh_.model();
+    if (!model_changed && !authz_pending_ && model.policies == authz_policies_) return {};
+    auto t0 = std::chrono::steady_clock::now();
+    auto compiled =
+        policy::compile_authz(model, options_.node.node, authz_writer_->identities(), options_.sizes.authz);
+    Status st = compiled ? authz_writer_->publish(*compiled) : compiled.status();
+    if (!st) {
+        authz_pending_ = true;
+        spdlog::error("authz: policies not published, the previous ones keep being enforced: {}",
+                      st.to_string());
+        return "authorization: " + st.to_string();
+    }
+    authz_pending_ = false;
+    authz_policies_ = model.policies;
+    // Existing connections the new policies deny are closed (on the closer's thread).
+    if (closer_) closer_->request();
+    spdlog::info("authz: {} policies published ({} match groups, {} local destination sets) in {} us",
+                 model.policies.size(), compiled->tables.rows.size(), compiled->tables.sets.size(),
+                 micros_since(t0));
+    return {};
 }
 
 Agent::Reload Agent::reload_config(bool force) {

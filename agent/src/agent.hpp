@@ -82,6 +82,8 @@ class Agent {
     // Where the config dump takes the authorization hit counts from (the authz writer's counters).
     // Unset: every policy shows zero hits.
     void set_authz_hits_reader(policy::HitsReader reader);
+    // The kernel's authorization counters by policy (any thread): a policy::HitsReader for the admin.
+    policy::AuthzReport authz_report() const { return authz_writer_->report(); }
     // Readiness: "" once the first full state is applied and the programs are published; else why not.
     std::string not_ready_reason();
 
@@ -91,8 +93,11 @@ class Agent {
     // force: parse even if the file looks unchanged (a watcher event, SIGHUP); a timed retry doesn't.
     Reload reload_config(bool force);
     Reload sync_maps(std::string* error);  // mu_ held
-    void sync_from_xds();                  // mu_ held, on the xDS thread
-    void start_admin();                    // never fails: binding is retried in the background
+    // Compiles the model's authorization policies and publishes them when the model changed (or a
+    // previous publish failed); "" or the error. mu_ held.
+    std::string sync_authz(bool model_changed);
+    void sync_from_xds();  // mu_ held, on the xDS thread
+    void start_admin();    // never fails: binding is retried in the background
     // Moves pods to this agent's programs once the first full state is in the maps; "" or an error.
     std::string publish_if_ready();
     void set_waiting(std::string reason);
@@ -102,6 +107,10 @@ class Agent {
     std::unique_ptr<Dataplane> dataplane_;
     std::unique_ptr<KernelMapOps> ops_;
     std::unique_ptr<MapWriter> writer_;
+    std::unique_ptr<policy::KernelAuthzMapOps> authz_ops_;
+    std::unique_ptr<policy::AuthzWriter> authz_writer_;
+    std::map<std::string, AuthzPolicy> authz_policies_;  // the policies last published
+    bool authz_pending_ = true;                          // the model is not (fully) published yet
     Metrics metrics_;
 
     std::mutex mu_;  // guards mesh_, writer_ and the sources' state

@@ -137,6 +137,34 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_port, sizes.ports},
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
+    // Authz tables: arrays and generation-keyed maps hold two generations; the evaluator finds a
+    // generation's array slice through the per-generation sizes in rodata.
+    const auto& az = sizes.authz;
+    const std::pair<bpf_map*, uint64_t> authz_sized[] = {
+        {skel->maps.km_authz_ident, az.idents},
+        {skel->maps.km_authz_dst, 2ull * az.dsts},
+        {skel->maps.km_authz_set, 2ull * az.sets},
+        {skel->maps.km_authz_setpol, 2ull * az.setpol},
+        {skel->maps.km_authz_policy, 2ull * az.policies},
+        {skel->maps.km_authz_row, 2ull * az.rows},
+        {skel->maps.km_authz_idset, 2ull * az.entries},
+        {skel->maps.km_authz_cidr, 2ull * az.entries},
+        {skel->maps.km_authz_port, 2ull * az.entries},
+        {skel->maps.km_authz_cache, az.cache},
+        {skel->maps.km_authz_hits, uint64_t{az.policies} * KMESH_AUTHZ_HIT_COUNT},
+    };
+    for (auto [map, entries] : authz_sized) {
+        if (entries == 0 || entries > UINT32_MAX || az.rows > KMESH_AUTHZ_MAX_ROWS_LIMIT) {
+            *error = fmt::format("authz map {}: {} entries is out of range; check the --max-authz-* flags",
+                                 bpf_map__name(map), entries);
+            return nullptr;
+        }
+        bpf_map__set_max_entries(map, static_cast<uint32_t>(entries));
+    }
+    skel->rodata->kmesh_authz_sets_per_gen = az.sets;
+    skel->rodata->kmesh_authz_setpol_per_gen = az.setpol;
+    skel->rodata->kmesh_authz_policies_per_gen = az.policies;
+    skel->rodata->kmesh_authz_rows_per_gen = az.rows;
 
     // Kernel feature probe (as Cilium does): bpf_set_retval needs 5.18. Without it the flag stays
     // false in rodata, the verifier prunes the call, and a refused connect fails with EPERM.
@@ -365,6 +393,15 @@ void Dataplane::reconcile(const PinLayout& layout) {
 }
 
 int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }
+
+std::array<int, policy::kAuthzMapCount> Dataplane::authz_map_fds() const {
+    const auto& m = skel_->maps;
+    return {bpf_map__fd(m.km_authz_config), bpf_map__fd(m.km_authz_ident),  bpf_map__fd(m.km_authz_dst),
+            bpf_map__fd(m.km_authz_set),    bpf_map__fd(m.km_authz_setpol), bpf_map__fd(m.km_authz_policy),
+            bpf_map__fd(m.km_authz_row),    bpf_map__fd(m.km_authz_idset),  bpf_map__fd(m.km_authz_cidr),
+            bpf_map__fd(m.km_authz_port),   bpf_map__fd(m.km_authz_cache),  bpf_map__fd(m.km_authz_hits),
+            bpf_map__fd(m.km_authz_totals)};
+}
 
 std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/src/dataplane/map_ops.hpp"
+#include "agent/src/policy/authz_writer.hpp"
 #include "common/abi.hpp"
 #include "common/pin_layout.hpp"
 
@@ -24,6 +25,7 @@ struct MapSizes {
     uint32_t endpoints = KMESH_DEFAULT_MAX_ENDPOINTS;
     uint32_t backends = KMESH_DEFAULT_MAX_BACKENDS;
     uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
+    policy::AuthzSizes authz;  // per generation (the --max-authz-* flags)
 };
 
 // Mounts bpffs at root unless one is there already. Returns an error message or "".
@@ -81,6 +83,7 @@ class Dataplane {
     int stats_fd() const;  // per-CPU km_stats (enum kmesh_stat slots)
     // The iterator that closes denied connections was loaded (bpf_sock_destroy, kernel >= 6.5).
     bool can_close_connections() const { return can_close_; }
+    std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
     bool reused_maps() const { return reused_maps_; }
     int links_updated() const { return links_updated_; }
     int pods_forgotten() const { return pods_forgotten_; }

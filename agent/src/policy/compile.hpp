@@ -1,0 +1,109 @@
+// Compiles the model's authorization policies into the tables the kernel evaluator walks
+// (bpf/include/authz.h, bpf/kmesh_abi.h "authz"). Pure: Model + this node's name (+ the identity
+// ids handed out before, so they stay stable) -> desired tables. The writer (authz_writer.hpp)
+// puts them into a generation of the maps.
+//
+// The kernel never compares strings: every match group's identity fields (namespaces, principals,
+// service accounts and their not_ forms) become the set of identity ids that satisfy them, where
+// an identity id stands for one distinct (trust domain, namespace, service account) of a known
+// workload and id 0 for "no identity". Addresses become LPM entries, ports hash entries.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "agent/src/model/model.hpp"
+#include "common/abi.hpp"
+#include "common/status.hpp"
+
+namespace kmesh::policy {
+
+// Per-generation capacities of the authz tables (the --max-authz-* flags). The kernel maps hold two
+// generations of each (the address -> identity map and the cache only one).
+struct AuthzSizes {
+    uint32_t policies = KMESH_AUTHZ_DEFAULT_MAX_POLICIES;  // also the number of counter slots
+    uint32_t rows = KMESH_AUTHZ_DEFAULT_MAX_ROWS;          // match groups
+    uint32_t sets = KMESH_AUTHZ_DEFAULT_MAX_SETS;          // distinct applicable-policy lists
+    uint32_t setpol = KMESH_AUTHZ_DEFAULT_MAX_SETPOL;      // entries of all those lists together
+    uint32_t dsts = KMESH_AUTHZ_DEFAULT_MAX_DSTS;          // local workload addresses
+    uint32_t entries = KMESH_AUTHZ_DEFAULT_MAX_ENTRIES;    // identity-set, CIDR and port entries (each)
+    uint32_t idents = KMESH_AUTHZ_DEFAULT_MAX_IDENTS;      // addresses with an identity
+    uint32_t cache = KMESH_AUTHZ_DEFAULT_MAX_CACHE;        // verdict cache
+};
+
+// One CIDR of a row, IPv4 as IPv4-mapped with the prefix counted over 128 bits, host bits zeroed.
+struct CidrEntry {
+    uint32_t row = 0;
+    uint32_t kind = 0;  // KMESH_AUTHZ_KIND_{SRC,NOT_SRC,DST,NOT_DST}
+    IpAddr addr;
+    uint8_t prefix_len = 0;  // 0..128
+    auto operator<=>(const CidrEntry&) const = default;
+};
+
+struct PortEntry {
+    uint32_t row = 0;
+    uint32_t kind = 0;  // KMESH_AUTHZ_KIND_{PORT,NOT_PORT}
+    uint16_t port = 0;
+    auto operator<=>(const PortEntry&) const = default;
+};
+
+struct CompiledPolicy {
+    std::string key;  // "namespace/name": the writer gives it a stable counter slot
+    uint32_t first_row = 0;
+    uint32_t rows = 0;   // 0: never matches
+    uint32_t flags = 0;  // KMESH_AUTHZ_POLICY_*
+    bool operator==(const CompiledPolicy&) const = default;
+};
+
+struct CompiledSet {
+    uint32_t first = 0;  // into setpol
+    uint32_t count = 0;
+    uint32_t flags = 0;  // KMESH_AUTHZ_SET_*
+    bool operator==(const CompiledSet&) const = default;
+};
+
+struct CompiledRow {
+    uint32_t idset = 0;
+    uint32_t flags = 0;  // KMESH_AUTHZ_ROW_*
+    bool operator==(const CompiledRow&) const = default;
+};
+
+// One generation's tables, indices relative to the generation.
+struct AuthzTables {
+    std::vector<CompiledSet> sets;
+    std::vector<uint32_t> setpol;  // policy indices; per set: dry-run, then DENY, then ALLOW
+    std::vector<CompiledPolicy> policies;
+    std::vector<CompiledRow> rows;
+    std::map<IpAddr, uint32_t> dsts;                // local workload address -> set
+    std::set<std::pair<uint32_t, uint32_t>> idset;  // (identity set, identity id)
+    std::set<CidrEntry> cidrs;
+    std::set<PortEntry> ports;
+    bool operator==(const AuthzTables&) const = default;
+};
+
+struct CompiledAuthz {
+    AuthzTables tables;
+    // Identity ids (stable across compiles when passed back in): 1.. for known identities.
+    std::map<SourceIdentity, uint32_t> identities;
+    // Every workload address (any node) whose workload has an identity -> its id. An address that
+    // workloads of different identities share (host network) has none: it is left out.
+    std::map<IpAddr, uint32_t> addr_identity;
+    // Every policy key of the model (the writer keeps a counter slot for each).
+    std::vector<std::string> policy_keys;
+};
+
+// Which workloads get destination tables: those whose placement node is `node` (all when node is
+// empty, as in standalone mode). `previous_ids`: identity ids of the last compile, kept for
+// identities still present. Fails with kResourceExhausted (naming the flag) when a table exceeds
+// `sizes`.
+Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
+                                    const std::map<SourceIdentity, uint32_t>& previous_ids,
+                                    const AuthzSizes& sizes = {});
+
+// The 128-bit form of a policy CIDR: IPv4 as IPv4-mapped (prefix + 96), host bits zeroed.
+CidrEntry cidr_entry(uint32_t row, uint32_t kind, const Cidr& c);
+
+}  // namespace kmesh::policy
