@@ -118,3 +118,13 @@ try: s.connect(("10.244.0.10", 8080)); print("connected")
 except OSError as e: print(errno.errorcode[e.errno], "%.3f" % (time.monotonic() - t))'
 out=$(pod_exec cli python3 -c "$NEW")
 check "a new connection from sleep is refused at once: $out" eval '[[ $out == ECONNREFUSED\ 0.* ]]'
+
+# --- kernels without bpf_sock_destroy (< 6.5): the iterator is not loaded; new connections are
+# still refused, existing ones are kept until they close.
+agent_stop
+KMESH_PRETEND_NO_SOCK_DESTROY=1 agent_start "$MESH"
+check "the agent says why it cannot close connections" \
+    grep -q "KMESH_PRETEND_NO_SOCK_DESTROY is set: connections that a policy change denies are kept until they close" "$TMP/agent.log"
+check "and pins no iterator" test ! -e "$BPFFS/kmesh/progs/iter_tcp_authz" -a -e "$BPFFS/kmesh/progs/sk_lookup_authz"
+out=$(pod_exec cli python3 -c "$NEW")
+check "new connections are still refused: $out" eval '[[ $out == ECONNREFUSED\ 0.* ]]'
