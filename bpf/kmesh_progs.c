@@ -6,5 +6,6 @@
 #include "sock_connect.c"
 /* The authz evaluator and its maps (the sk_lookup entry includes it too; the guard keeps one copy). */
 #include "include/authz.h"
+#include "sock_lookup.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

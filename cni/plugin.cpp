@@ -302,13 +302,15 @@ void attach_pod(const Request& req, Kernel& kernel, spdlog::logger& log) {
     std::vector<PinnedProg> progs = open_pod_progs(kernel, layout, kErrTryAgainLater);
     std::uint64_t cgroup_id = 0;
     KernelFd cgroup_fd = open_pod_cgroup(target.cgroup, kernel, kErrAttach, &cgroup_id, log);
+    // L4 authorization runs on the pod's network namespace (sk_lookup).
+    const PodNetns netns = open_pod_netns(kernel, req.netns, kErrAttach, log);
 
     std::error_code ec;
     fs::create_directories(layout.pods_dir(), ec);
     if (ec) throw CniError(kErrIo, fmt::format("cannot create {}: {}", layout.pods_dir(), ec.message()));
     PodsLock lock(layout.pods_dir());
     attach_locked(kernel, layout, progs, cgroup_fd.get(), cgroup_id, target.shared, req.container_id,
-                  req.config.name, log);
+                  req.config.name, log, &netns);
 }
 
 std::string arg_or_empty(const Request& req, const char* key) {
@@ -415,6 +417,35 @@ void check_links(Kernel& kernel, const fs::path& dir, const std::vector<PinnedPr
     }
 }
 
+// Verifies the sk_lookup link pinned at `pin` runs the agent's program on the pod's netns.
+void check_netns_link(Kernel& kernel, const fs::path& pin, const PinnedProg& prog, std::uint64_t netns_ino) {
+    int fd = kernel.obj_get(pin.string());
+    if (fd < 0) {
+        throw CniError(kErrNotAttached,
+                       fmt::format("{} not attached: {}: {}", kNetnsProg.name, pin.string(), errno_str(fd)));
+    }
+    KernelFd link(kernel, fd);
+    LinkInfo info;
+    if (int err = kernel.link_info(fd, &info); err < 0 || !info.netns) {
+        throw CniError(kErrNotAttached, fmt::format("{} is not a netns link: {}", pin.string(),
+                                                    err < 0 ? errno_str(err) : "a cgroup link"));
+    }
+    if (info.prog_id != prog.id) {
+        throw CniError(kErrNotAttached, fmt::format("{} runs program {}, the agent's {} is program {}",
+                                                    pin.string(), info.prog_id, kNetnsProg.name, prog.id));
+    }
+    if (info.netns_ino == 0)
+        throw CniError(kErrNotAttached, fmt::format("{} is detached (netns gone)", pin.string()));
+    if (info.netns_ino != netns_ino) {
+        throw CniError(kErrNotAttached, fmt::format("{} is attached to netns {}, the pod's CNI_NETNS is {}",
+                                                    pin.string(), info.netns_ino, netns_ino));
+    }
+    if (info.attach_type != static_cast<std::uint32_t>(kNetnsProg.type)) {
+        throw CniError(kErrNotAttached, fmt::format("{} has attach type {}, expected {}", pin.string(),
+                                                    info.attach_type, static_cast<int>(kNetnsProg.type)));
+    }
+}
+
 void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
     const PinLayout layout{req.config.bpffs_root};
     // With enrolment by labels, ADD passes pods that are not in the mesh (and the agent releases
@@ -440,22 +471,23 @@ void cmd_check(const Request& req, Kernel& kernel, spdlog::logger& log) {
     }
     require_bpffs(req.config, kernel);
     const Target target = resolve_target(req, kernel);
-    std::vector<PinnedProg> progs;
-    for (const auto& spec : kPodProgs)
-        progs.push_back(open_prog(kernel, layout, spec.name, kErrTryAgainLater));
+    std::vector<PinnedProg> progs = open_pod_progs(kernel, layout, kErrTryAgainLater);
     std::uint64_t cgroup_id = 0;
     open_pod_cgroup(target.cgroup, kernel, kErrNotAttached, &cgroup_id, log);  // only the id is needed
+    const PodNetns netns = open_pod_netns(kernel, req.netns, kErrNotAttached, log);
     fs::path dir = enrolled_dir.value_or(fs::path(layout.pod_dir(req.container_id)));
+    fs::path record = dir;
     if (target.shared) {
         dir = shared_dir(layout, cgroup_id);
-        const fs::path user = dir / kUsersDir / encode_pin_name(req.container_id);
+        record = dir / kUsersDir / encode_pin_name(req.container_id);
         std::error_code ec;
-        if (!fs::is_directory(user, ec)) {
+        if (!fs::is_directory(record, ec)) {
             throw CniError(kErrNotAttached,
                            fmt::format("container not registered as a user of {}", dir.string()));
         }
     }
     check_links(kernel, dir, progs, cgroup_id);
+    check_netns_link(kernel, record / kNetnsProg.name, progs.at(std::size(kPodProgs)), netns.ino);
     log.info("CHECK ok");
 }
 
@@ -548,7 +580,7 @@ void cmd_status(const Request& req, Kernel& kernel, spdlog::logger& log) {
         throw CniError(kErrPluginNotAvailable,
                        fmt::format("bpffsRoot {} is not a bpffs mount", req.config.bpffs_root));
     }
-    for (const auto& spec : kPodProgs) open_prog(kernel, layout, spec.name, kErrPluginNotAvailable);
+    open_pod_progs(kernel, layout, kErrPluginNotAvailable);
     log.info("STATUS ok");
 }
 
@@ -747,6 +779,7 @@ Request parse_request(const Env& env, std::string_view stdin_json) {
                                    kMaxEncodedName));
     }
     req.container_id = env.container_id;
+    req.netns = env.netns;
     req.args = parse_cni_args(env.args);
     if (auto uid = req.args.find("K8S_POD_UID"); uid != req.args.end() && !valid_pod_uid(uid->second)) {
         throw CniError(kErrInvalidEnv, fmt::format("CNI_ARGS: invalid K8S_POD_UID \"{}\"", uid->second));

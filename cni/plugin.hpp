@@ -77,6 +77,7 @@ struct Request {
     Command command = Command::kVersion;
     std::string container_id;
     std::map<std::string, std::string> args;  // CNI_ARGS
+    std::string netns;                        // CNI_NETNS (ADD/CHECK: required; DEL: may be empty)
     Config config;                            // not parsed for VERSION
     // DEL only: why the config cannot be used. A DEL with a config that ADD would have refused has
     // nothing to undo, so it succeeds (with a logged warning) instead of stranding the sandbox.

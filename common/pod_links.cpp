@@ -4,14 +4,21 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/magic.h>
+#include <linux/nsfs.h>
+#include <sched.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "common/cgroup.hpp"
@@ -62,6 +69,24 @@ int LinuxKernel::open_cgroup(const std::string& dir, std::uint64_t* id) {
     return fd;
 }
 
+int LinuxKernel::open_netns(const std::string& path, std::uint64_t* ino) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct statfs sfs {};
+    struct stat st {};
+    int err = 0;
+    if (fstatfs(fd, &sfs) != 0 || fstat(fd, &st) != 0)
+        err = errno;
+    else if (sfs.f_type != NSFS_MAGIC || ioctl(fd, NS_GET_NSTYPE) != CLONE_NEWNET)
+        err = EMEDIUMTYPE;
+    if (err != 0) {
+        ::close(fd);
+        return -err;
+    }
+    *ino = st.st_ino;
+    return fd;
+}
+
 int LinuxKernel::link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) {
     int fd = bpf_link_create(prog_fd, cgroup_fd, type, nullptr);
     return fd >= 0 ? fd : -errno;
@@ -84,11 +109,20 @@ int LinuxKernel::link_info(int link_fd, LinkInfo* out) {
     bpf_link_info info{};
     __u32 len = sizeof(info);
     if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return -errno;
-    if (info.type != BPF_LINK_TYPE_CGROUP) return -EINVAL;
+    *out = LinkInfo{};
     out->prog_id = info.prog_id;
-    out->cgroup_id = info.cgroup.cgroup_id;
-    out->attach_type = info.cgroup.attach_type;
-    return 0;
+    if (info.type == BPF_LINK_TYPE_CGROUP) {
+        out->cgroup_id = info.cgroup.cgroup_id;
+        out->attach_type = info.cgroup.attach_type;
+        return 0;
+    }
+    if (info.type == BPF_LINK_TYPE_NETNS) {
+        out->netns = true;
+        out->netns_ino = info.netns.netns_ino;
+        out->attach_type = info.netns.attach_type;
+        return 0;
+    }
+    return -EINVAL;
 }
 
 void LinuxKernel::close(int fd) { ::close(fd); }
@@ -123,7 +157,164 @@ PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, 
 std::vector<PinnedProg> open_pod_progs(Kernel& kernel, const PinLayout& layout, int missing_code) {
     std::vector<PinnedProg> progs;
     for (const auto& spec : kPodProgs) progs.push_back(open_prog(kernel, layout, spec.name, missing_code));
+    progs.push_back(open_prog(kernel, layout, kNetnsProg.name, missing_code));
     return progs;
+}
+
+PodNetns open_pod_netns(Kernel& kernel, const std::string& path, int error_code, spdlog::logger& log) {
+    PodNetns out;
+    int fd = kernel.open_netns(path, &out.ino);
+    if (fd < 0) {
+        throw PodLinkError(error_code,
+                           fmt::format("cannot open pod network namespace {}: {}", path,
+                                       fd == -EMEDIUMTYPE ? "not a network namespace" : errno_str(fd)));
+    }
+    out.fd = KernelFd(kernel, fd);
+    log.info("pod netns {} (inode {})", path, out.ino);
+    return out;
+}
+
+bool ensure_netns_link(Kernel& kernel, const PinnedProg& prog, const PodNetns& netns, const fs::path& pin,
+                       spdlog::logger& log) {
+    const ProgSpec& spec = kNetnsProg;
+    if (int fd = kernel.obj_get(pin); fd >= 0) {
+        KernelFd existing(kernel, fd);
+        LinkInfo info;
+        const bool ours = kernel.link_info(fd, &info) == 0 && info.netns && info.netns_ino != 0 &&
+                          info.netns_ino == netns.ino && info.attach_type == spec.type;
+        if (ours && info.prog_id == prog.id) {
+            log.info("{}: already attached, keeping {}", spec.name, pin.string());
+            return false;
+        }
+        if (ours) {
+            int err = kernel.link_update(fd, prog.fd.get());
+            if (err == 0) {
+                log.info("{}: moved {} from prog {} to prog {}", spec.name, pin.string(), info.prog_id,
+                         prog.id);
+                return false;
+            }
+            log.warn("{}: cannot move {} to prog {}: {}; replacing the link", spec.name, pin.string(),
+                     prog.id, errno_str(err));
+        } else {
+            log.info("{}: replacing stale pin {} (prog {}, netns {})", spec.name, pin.string(), info.prog_id,
+                     info.netns_ino);
+        }
+    }
+    std::error_code ec;
+    fs::remove(pin, ec);
+    if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
+    int link = kernel.link_create(prog.fd.get(), netns.fd.get(), spec.type);
+    if (link < 0) {
+        throw PodLinkError(kErrAttach, fmt::format("cannot attach {} to netns {}: {}", spec.name, netns.ino,
+                                                   errno_str(link)));
+    }
+    KernelFd link_fd(kernel, link);
+    if (int err = kernel.obj_pin(link, pin); err < 0) {
+        throw PodLinkError(kErrAttach, fmt::format("cannot pin {}: {}", pin.string(), errno_str(err)));
+    }
+    log.info("{}: attached (prog {}, netns {}), pinned {}", spec.name, prog.id, netns.ino, pin.string());
+    return true;
+}
+
+std::optional<PodNetns> find_pod_netns(Kernel& kernel, const fs::path& cgroup, spdlog::logger& log,
+                                       const std::string& proc_root) {
+    std::vector<fs::path> queue{cgroup};
+    constexpr size_t kMaxDirs = 1024;  // a pod cgroup has a handful of containers
+    for (size_t i = 0; i < queue.size() && i < kMaxDirs; ++i) {
+        std::ifstream procs(queue[i] / "cgroup.procs");
+        long pid = 0;
+        while (procs >> pid) {
+            const std::string path = fmt::format("{}/{}/ns/net", proc_root, pid);
+            PodNetns netns;
+            int fd = kernel.open_netns(path, &netns.ino);
+            if (fd < 0) continue;  // exited meanwhile
+            netns.fd = KernelFd(kernel, fd);
+            for (const char* node : {"/1/ns/net", "/self/ns/net"}) {
+                std::uint64_t node_ino = 0;
+                int nfd = kernel.open_netns(proc_root + node, &node_ino);
+                if (nfd < 0) continue;
+                kernel.close(nfd);
+                if (node_ino == netns.ino) {
+                    log.warn("{}: process {} is in the node's network namespace: no sk_lookup link",
+                             cgroup.string(), pid);
+                    return std::nullopt;
+                }
+            }
+            log.info("{}: netns of process {}: inode {}", cgroup.string(), pid, netns.ino);
+            return netns;
+        }
+        std::error_code ec;
+        for (fs::directory_iterator it(queue[i], ec), end; !ec && it != end; it.increment(ec)) {
+            if (it->is_directory(ec)) queue.push_back(it->path());
+        }
+    }
+    log.warn("{}: no process in the pod cgroup: cannot find its network namespace", cgroup.string());
+    return std::nullopt;
+}
+
+int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout, const fs::path& cgroup_root,
+                               spdlog::logger& log, const std::string& proc_root) {
+    struct Todo {
+        fs::path record;
+        std::uint64_t cgroup_id;
+    };
+    std::vector<Todo> todo;
+    std::error_code ec;
+    for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.starts_with(kSharedPrefix)) continue;
+        const RecordLinks links = read_record_links(kernel, it->path());
+        if (!links.live_netns.empty() || links.live_cgroups.empty()) continue;
+        todo.push_back({it->path(), links.live_cgroups.front()});
+    }
+    if (todo.empty()) return 0;
+    // Cgroup ids to directories: one bounded walk of the tree for all records.
+    std::map<std::uint64_t, fs::path> dirs;
+    {
+        std::set<std::uint64_t> wanted;
+        for (const auto& t : todo) wanted.insert(t.cgroup_id);
+        std::vector<std::pair<fs::path, int>> queue{{cgroup_root, 0}};
+        for (size_t i = 0; i < queue.size() && i < 65536 && dirs.size() < wanted.size(); ++i) {
+            std::uint64_t id = 0;
+            int fd = kernel.open_cgroup(queue[i].first.string(), &id);
+            if (fd >= 0) {
+                kernel.close(fd);
+                if (wanted.count(id)) dirs[id] = queue[i].first;
+            }
+            if (queue[i].second >= kPodCgroupSearchDepth + 2) continue;
+            std::error_code e;
+            for (fs::directory_iterator d(queue[i].first, e), end; !e && d != end; d.increment(e)) {
+                if (d->is_directory(e) && !d->is_symlink(e))
+                    queue.push_back({d->path(), queue[i].second + 1});
+            }
+        }
+    }
+    int attached = 0;
+    std::optional<PinnedProg> prog;
+    for (const auto& t : todo) {
+        auto dir = dirs.find(t.cgroup_id);
+        if (dir == dirs.end()) {
+            log.warn("{}: cgroup {} not found under {}: no sk_lookup link", t.record.string(), t.cgroup_id,
+                     cgroup_root.string());
+            continue;
+        }
+        try {
+            std::optional<PodNetns> netns = find_pod_netns(kernel, dir->second, log, proc_root);
+            if (!netns) continue;
+            if (!prog) prog = open_prog(kernel, layout, kNetnsProg.name, kErrTryAgainLater);
+            if (ensure_netns_link(kernel, *prog, *netns, t.record / kNetnsProg.name, log)) ++attached;
+        } catch (const PodLinkError& e) {
+            log.warn("{}: cannot attach {}: {}", t.record.string(), kNetnsProg.name, e.what());
+        }
+    }
+    return attached;
+}
+
+fs::path netns_link_pin(const PinLayout& layout, bool shared, std::uint64_t cgroup_id,
+                        const std::string& record_name) {
+    const fs::path record = shared ? shared_dir(layout, cgroup_id) / kUsersDir / encode_pin_name(record_name)
+                                   : fs::path(layout.pod_dir(record_name));
+    return record / kNetnsProg.name;
 }
 
 PodsLock::PodsLock(const std::string& pods_dir) {
@@ -279,7 +470,7 @@ struct Undo {
 
 void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<PinnedProg>& progs,
                    int cgroup_fd, std::uint64_t cgroup_id, bool shared, const std::string& record_name,
-                   const std::string& network, spdlog::logger& log) {
+                   const std::string& network, spdlog::logger& log, const PodNetns* netns) {
     // Pod cgroup: the links live in the container's own dir. Shared cgroup (cgroupPath): one link
     // per program on the cgroup, in pods/_cgroup_<id>, with one users/<container> entry per
     // container; the last DEL detaches. Attaching per container would stack a program per
@@ -304,6 +495,11 @@ void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<Pi
             if (ensure_link(kernel, kPodProgs[i], progs[i], cgroup_fd, cgroup_id, pin, log))
                 undo.created(pin);
         }
+        if (netns != nullptr) {
+            const fs::path pin = record / kNetnsProg.name;
+            if (ensure_netns_link(kernel, progs.at(std::size(kPodProgs)), *netns, pin, log))
+                undo.created(pin);
+        }
     } catch (...) {
         log.error("attach failed, undoing what it created in {}", links_dir.string());
         undo.run();
@@ -316,16 +512,28 @@ void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<Pi
     }
 }
 
+namespace {
+// Every link pin name a record can hold.
+std::vector<const char*> record_pin_names() {
+    std::vector<const char*> names;
+    for (const auto& spec : kPodProgs) names.push_back(spec.name);
+    names.push_back(kNetnsProg.name);
+    return names;
+}
+}  // namespace
+
 RecordLinks read_record_links(Kernel& kernel, const fs::path& links_dir) {
     RecordLinks out;
-    for (const auto& spec : kPodProgs) {
-        int fd = kernel.obj_get((links_dir / spec.name).string());
+    for (const char* name : record_pin_names()) {
+        int fd = kernel.obj_get((links_dir / name).string());
         if (fd < 0) continue;
         KernelFd link(kernel, fd);
         LinkInfo info;
         if (kernel.link_info(fd, &info) != 0) continue;
-        if (info.cgroup_id == 0)
+        if (info.detached())
             ++out.detached;
+        else if (info.netns)
+            out.live_netns.push_back(info.netns_ino);
         else
             out.live_cgroups.push_back(info.cgroup_id);
     }
@@ -336,12 +544,12 @@ RecordLinks read_record_links(Kernel& kernel, const fs::path& links_dir) {
 // removing such a record can never take the hook away from a live container.
 bool all_links_detached(Kernel& kernel, const fs::path& dir) {
     int links = 0;
-    for (const auto& spec : kPodProgs) {
-        int fd = kernel.obj_get((dir / spec.name).string());
+    for (const char* name : record_pin_names()) {
+        int fd = kernel.obj_get((dir / name).string());
         if (fd < 0) continue;
         KernelFd link(kernel, fd);
         LinkInfo info;
-        if (kernel.link_info(fd, &info) != 0 || info.cgroup_id != 0) return false;
+        if (kernel.link_info(fd, &info) != 0 || !info.detached()) return false;
         ++links;
     }
     return links > 0;

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -56,6 +57,11 @@ struct LinkInfo {
     std::uint32_t prog_id = 0;
     std::uint64_t cgroup_id = 0;  // 0 once the cgroup is gone (the link is then detached)
     std::uint32_t attach_type = 0;
+    // A netns link (sk_lookup): cgroup_id stays 0 and netns_ino is the namespace's inode, 0 once
+    // the namespace is gone (detached).
+    bool netns = false;
+    std::uint64_t netns_ino = 0;
+    bool detached() const { return netns ? netns_ino == 0 : cgroup_id == 0; }
 };
 
 // The few BPF/cgroup kernel calls made on pods, behind an interface so the logic can be
@@ -70,14 +76,18 @@ class Kernel {
     // Opens a cgroup v2 directory and reports its cgroup id: fd or -errno (-EMEDIUMTYPE when the
     // directory is not on cgroup2).
     virtual int open_cgroup(const std::string& dir, std::uint64_t* cgroup_id) = 0;
-    // bpf_link_create(prog_fd, cgroup_fd, type): link fd or -errno.
+    // Opens a network namespace file (CNI_NETNS, /proc/<pid>/ns/net) and reports its inode: fd or
+    // -errno (-EMEDIUMTYPE when the path is not a namespace file).
+    virtual int open_netns(const std::string& path, std::uint64_t* netns_ino) = 0;
+    // bpf_link_create(prog_fd, target_fd, type), the target a cgroup or (BPF_SK_LOOKUP) a netns fd:
+    // link fd or -errno.
     virtual int link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) = 0;
     // bpf_link_update(link_fd, prog_fd): atomically swaps the link's program, the link stays attached
     // throughout. 0 or -errno (-ENOLINK when the link is detached).
     virtual int link_update(int link_fd, int prog_fd) = 0;
     // Id of a program fd: 0 or -errno.
     virtual int prog_id(int prog_fd, std::uint32_t* id) = 0;
-    // Info of a cgroup link fd: 0 or -errno (-EINVAL when `fd` is not a cgroup bpf_link).
+    // Info of a cgroup or netns link fd: 0 or -errno (-EINVAL when `fd` is neither).
     virtual int link_info(int link_fd, LinkInfo* info) = 0;
     virtual void close(int fd) = 0;
     // statfs(path).f_type (BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, ...) or -errno.
@@ -119,6 +129,7 @@ class LinuxKernel final : public Kernel {
     int obj_get(const std::string& path) override;
     int obj_pin(int fd, const std::string& path) override;
     int open_cgroup(const std::string& dir, std::uint64_t* cgroup_id) override;
+    int open_netns(const std::string& path, std::uint64_t* netns_ino) override;
     int link_create(int prog_fd, int cgroup_fd, bpf_attach_type type) override;
     int link_update(int link_fd, int prog_fd) override;
     int prog_id(int prog_fd, std::uint32_t* id) override;
@@ -146,6 +157,10 @@ inline constexpr ProgSpec kPodProgs[] = {
     {kProgConnect4, BPF_CGROUP_INET4_CONNECT},
     {kProgConnect6, BPF_CGROUP_INET6_CONNECT},
 };
+// L4 authorization: attached to the pod's network namespace (not its cgroup), pinned in the
+// container's own record (for a shared cgroup: in its users/<container> entry, as each container
+// may have its own netns).
+inline constexpr ProgSpec kNetnsProg = {kProgSkLookup, BPF_SK_LOOKUP};
 
 struct PinnedProg {
     KernelFd fd;
@@ -157,8 +172,22 @@ std::string errno_str(int negative_errno);
 // Opens the agent's pinned program; a missing pin means the agent has not (yet) loaded it
 // (`missing_code`, "kmesh agent not running: ...").
 PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, int missing_code);
-// Both programs, in kPodProgs order.
+// The pod programs in kPodProgs order, then kNetnsProg's (index std::size(kPodProgs)).
 std::vector<PinnedProg> open_pod_progs(Kernel& kernel, const PinLayout& layout, int missing_code);
+
+// A pod's network namespace, opened.
+struct PodNetns {
+    KernelFd fd;
+    std::uint64_t ino = 0;
+};
+// Opens `path` as a network namespace; `error_code` for a path that cannot be opened.
+PodNetns open_pod_netns(Kernel& kernel, const std::string& path, int error_code, spdlog::logger& log);
+
+// Makes `pin` a link of `prog` (kNetnsProg) on the netns, as ensure_link does for cgroups: an
+// existing link on that netns is kept (moved to `prog` when it runs another); a detached link or
+// one on another netns is replaced. Returns true when it pinned a new link.
+bool ensure_netns_link(Kernel& kernel, const PinnedProg& prog, const PodNetns& netns,
+                       const std::filesystem::path& pin, spdlog::logger& log);
 
 // Serialises every change under kmesh/pods between kmesh-cni processes and the agent (runtimes run
 // ADDs of different containers in parallel; the agent's reconciler and its cleanup of detached
@@ -201,19 +230,42 @@ bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, i
 KernelFd open_pod_cgroup(const std::filesystem::path& cgroup, Kernel& kernel, int error_code,
                          std::uint64_t* cgroup_id, spdlog::logger& log);
 
-// Attaches both programs to the cgroup and records it: under pods/<record_name> (a container's or
-// the agent's record), or, `shared`, in pods/_cgroup_<id> with users/<record_name>. `network`
-// (may be empty) marks the record. All or nothing: a failure removes exactly what this call
-// created. The caller holds the PodsLock.
+// The network namespace of a pod found from its processes: the first process (breadth first) in
+// `cgroup` or below, as <proc_root>/<pid>/ns/net. nullopt (with the reason logged) when the cgroup
+// holds no process, or when that namespace is the node's own (a hostNetwork pod: authorization
+// must never be attached to the node's namespace).
+std::optional<PodNetns> find_pod_netns(Kernel& kernel, const std::filesystem::path& cgroup,
+                                       spdlog::logger& log, const std::string& proc_root = "/proc");
+
+// Pods attached before issue 9 (or whose process could not be found then) have cgroup links but
+// no sk_lookup link: for each container and agent record under pods/ whose netns link is missing
+// or detached while a cgroup link is live, finds the cgroup (by id, under `cgroup_root`), a
+// process in it and attaches the netns link. Shared-cgroup records (cgroupPath) are left alone:
+// which process is which container cannot be told; their next ADD attaches it. Returns how many
+// links it attached; failures are logged. The caller holds the PodsLock.
+int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout,
+                               const std::filesystem::path& cgroup_root, spdlog::logger& log,
+                               const std::string& proc_root = "/proc");
+
+// Attaches the pod programs to the cgroup and the sk_lookup program to `netns` (when given) and
+// records it: under pods/<record_name> (a container's or the agent's record), or, `shared`, in
+// pods/_cgroup_<id> with users/<record_name> (the netns link in the users/ entry). `network`
+// (may be empty) marks the record. `progs` as open_pod_progs returns them. All or nothing: a
+// failure removes exactly what this call created. The caller holds the PodsLock.
 void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<PinnedProg>& progs,
                    int cgroup_fd, std::uint64_t cgroup_id, bool shared, const std::string& record_name,
-                   const std::string& network, spdlog::logger& log);
+                   const std::string& network, spdlog::logger& log, const PodNetns* netns = nullptr);
+
+// Where a record's netns link is pinned.
+std::filesystem::path netns_link_pin(const PinLayout& layout, bool shared, std::uint64_t cgroup_id,
+                                     const std::string& record_name);
 
 // What one record's pins say: cgroup ids of its live links, and how many are detached.
 struct RecordLinks {
     std::vector<std::uint64_t> live_cgroups;
+    std::vector<std::uint64_t> live_netns;  // inode of the netns link's namespace, when live
     int detached = 0;
-    bool all_detached() const { return detached > 0 && live_cgroups.empty(); }
+    bool all_detached() const { return detached > 0 && live_cgroups.empty() && live_netns.empty(); }
 };
 RecordLinks read_record_links(Kernel& kernel, const std::filesystem::path& links_dir);
 

@@ -55,6 +55,8 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     // The admin server's policy hit counts are the kernel's counters.
     agent->set_authz_hits_reader([a = agent.get()] { return a->authz_report(); });
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    // Made before any thread that applies generations exists; its thread starts in run().
+    agent->closer_ = std::make_unique<policy::ConnectionCloser>(options.layout);
     if (options.xds) {
         // Made here, before the admin server's thread exists, so that it never sees them change;
         // the client is started by run().
@@ -155,6 +157,8 @@ std::string Agent::sync_authz(bool model_changed) {
     }
     authz_pending_ = false;
     authz_policies_ = model.policies;
+    // Existing connections the new policies deny are closed (on the closer's thread).
+    if (closer_) closer_->request();
     spdlog::info("authz: {} policies published ({} match groups, {} local destination sets) in {} us",
                  model.policies.size(), compiled->tables.rows.size(), compiled->tables.sets.size(),
                  micros_since(t0));
@@ -344,6 +348,8 @@ int Agent::run() {
         return 1;
     }
     spdlog::info("kmesh-daemon started");
+    closer_->start();
+    closer_->request();  // policies recovered from the maps apply to connections made while down
     if (options_.enrolment && options_.kube_api) {
         // Pods are attached to the programs pinned now; a later publish moves their links too.
         enrolment_ =
@@ -400,6 +406,7 @@ int Agent::run() {
     }
     if (enrolment_) enrolment_->stop();
     if (xds_client_) xds_client_->stop();
+    if (closer_) closer_->stop();
     cni_installer_.reset();
     close(sfd);
     return rc;

@@ -17,6 +17,7 @@
 #include "agent/src/enrolment/reconciler.hpp"
 #include "agent/src/installer/installer.hpp"
 #include "agent/src/model/model.hpp"
+#include "agent/src/policy/closer.hpp"
 #include "agent/src/policy/hits.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
@@ -145,6 +146,8 @@ class Agent {
     std::unique_ptr<Admin> admin_;
     std::unique_ptr<installer::Watcher> cni_installer_;  // --install-cni
     std::unique_ptr<enrolment::Reconciler> enrolment_;   // started by run() when configured
+    // Closes existing connections a policy change now denies (after every applied generation).
+    std::unique_ptr<policy::ConnectionCloser> closer_;
 };
 
 }  // namespace kmesh

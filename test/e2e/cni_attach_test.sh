@@ -25,6 +25,7 @@ CID=e2e$$
 PODDIR=$BPFFS/kmesh/pods/$CID
 DOT_CID=k8s.e2e.$$
 DOT_PODDIR=$BPFFS/kmesh/pods/k8s%2Ee2e%2E$$
+NETNS=kmcni-e2e-$$ # the pod's network namespace (CNI_NETNS): kmesh-cni attaches sk_lookup there
 
 cleanup() {
     local rc=$?
@@ -32,6 +33,8 @@ cleanup() {
     # Unmounting the private bpffs drops every pin (programs and links) with it.
     mountpoint -q "$BPFFS" && umount "$BPFFS"
     [[ -d $CGROOT ]] && find "$CGROOT" -depth -type d -exec rmdir {} \;
+    ip netns del "$NETNS" 2>/dev/null
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$NETNS-pm"); do ip netns del "$ns"; done
     rm -rf "$TMP"
     if ((rc == 0)); then echo "PASS cni_attach_test"; else echo "FAIL cni_attach_test (rc=$rc)" >&2; fi
     exit $rc
@@ -47,6 +50,17 @@ fail() {
 
 mkdir -p "$BPFFS"
 mount -t bpf bpf "$BPFFS"
+ip netns add "$NETNS"
+# Links of sk_lookup_authz on this test's netns (by the namespace's inode).
+netns_links() {
+    "$BPFTOOL" -j link show | python3 -c '
+import json, sys
+ino = int(sys.argv[1])
+for link in json.load(sys.stdin):
+    if link.get("type") == "netns" and link.get("netns_ino") == ino:
+        print(link["id"], link["prog_id"], link.get("attach_type"))
+' "$(stat -L -c %i "/run/netns/$NETNS")"
+}
 mkdir -p "$BPFFS/kmesh"
 # loadall pins each program under its function name: exactly <bpffs>/kmesh/progs/cgroup_connect{4,6}.
 "$BPFTOOL" prog loadall "$OBJ" "$BPFFS/kmesh/progs"
@@ -65,7 +79,7 @@ config() { # <bpffs-root> <with-prevResult>
 }
 cni() { # <command> [bpffs-root] [with-prevResult] [netns]; stdout = plugin output, rc = plugin rc
     # The container id is $CID, or the caller's CNI_CONTAINERID when set.
-    config "${2:-$BPFFS}" "${3:-yes}" | CNI_COMMAND=$1 CNI_CONTAINERID=${CNI_CONTAINERID:-$CID} CNI_NETNS=${4-/var/run/netns/e2e} \
+    config "${2:-$BPFFS}" "${3:-yes}" | CNI_COMMAND=$1 CNI_CONTAINERID=${CNI_CONTAINERID:-$CID} CNI_NETNS=${4-/run/netns/$NETNS} \
         CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
         CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=e2e;K8S_POD_UID=$POD_UID" "$CNI"
 }
@@ -98,6 +112,11 @@ shown=$(attached)
 grep -Eq 'cgroup_inet4_connect .*cgroup_connect4' <<<"$shown" || fail "connect4 not attached: $shown"
 grep -Eq 'cgroup_inet6_connect .*cgroup_connect6' <<<"$shown" || fail "connect6 not attached: $shown"
 [[ -e $PODDIR/cgroup_connect4 && -e $PODDIR/cgroup_connect6 ]] || fail "links not pinned in $PODDIR"
+# ... and sk_lookup_authz to the pod's network namespace (CNI_NETNS), pinned in the same record.
+[[ -e $PODDIR/sk_lookup_authz ]] || fail "sk_lookup link not pinned in $PODDIR"
+[[ $(netns_links | wc -l) == 1 ]] || fail "expected one sk_lookup link on $NETNS: $(netns_links)"
+grep -q 'sk_lookup' <<<"$(netns_links)" || fail "netns link is not sk_lookup: $(netns_links)"
+netns_before=$(netns_links)
 
 out=$(cni CHECK) || fail "CHECK after ADD: $out"
 [[ -z $out ]] || fail "CHECK printed '$out'"
@@ -108,6 +127,7 @@ before=$(link_ids)
 out=$(cni ADD) || fail "second ADD: $out"
 [[ $(link_ids) == "$before" ]] || fail "second ADD replaced links"
 [[ $(attached | grep -c cgroup_connect) == 2 ]] || fail "second ADD attached twice: $(attached)"
+[[ $(netns_links) == "$netns_before" ]] || fail "second ADD changed the netns link: $(netns_links)"
 
 # Agent restart (new programs pinned): CHECK notices, ADD moves the same links to the new programs
 # with bpf_link_update (no detach window), the old programs are no longer attached.
@@ -122,6 +142,9 @@ out=$(cni CHECK) || fail "CHECK after re-ADD: $out"
 [[ $(attached | grep -c cgroup_connect) == 2 ]] || fail "stale links still attached: $(attached)"
 new_progs=$(attached | awk '/cgroup_connect/ { print $1 }' | sort -n)
 [[ $new_progs != "$old_progs" ]] || fail "links still run the old programs: $(attached)"
+# The netns link too: same link, new program.
+[[ $(netns_links | awk '{print $1}') == $(awk '{print $1}' <<<"$netns_before") ]] || fail "netns link replaced"
+[[ $(netns_links | awk '{print $2}') != $(awk '{print $2}' <<<"$netns_before") ]] || fail "netns link runs the old program"
 
 # DEL detaches; containerd's second DEL (no netns, no prevResult) and a DEL without agent succeed.
 out=$(cni DEL) || fail "DEL: $out"
@@ -129,6 +152,7 @@ out=$(cni DEL) || fail "DEL: $out"
 [[ ! -e $PODDIR ]] || fail "DEL left $PODDIR"
 shown=$(attached)
 ! grep -q cgroup_connect <<<"$shown" || fail "programs still attached after DEL: $shown"
+[[ -z $(netns_links) ]] || fail "sk_lookup still attached after DEL: $(netns_links)"
 out=$(cni DEL "$BPFFS" no "") || fail "second DEL: $out"
 out=$(cni DEL "$TMP/no-agent" no "") || fail "DEL without agent: $out"
 
@@ -188,14 +212,18 @@ done
 
 # --- cgroupPath (runtimes without pod cgroups, e.g. podman): 70 containers on one cgroup attach
 # one link per program (the kernel refuses a 65th program per hook), the last DEL detaches.
+# Each container has its own network namespace (podman without a pod), holding its sk_lookup link.
 SHARED_CG=$CGROOT/shared
 mkdir -p "$SHARED_CG"
 EXTRA=',"cgroupPath":"shared"'
 for i in $(seq 1 70); do
-    out=$(CNI_CONTAINERID=pm$i cni ADD) || fail "shared ADD $i: $out"
+    ip netns add "$NETNS-pm$i"
+    out=$(CNI_CONTAINERID=pm$i cni ADD "$BPFFS" yes "/run/netns/$NETNS-pm$i") || fail "shared ADD $i: $out"
 done
 [[ $(link_ids "$SHARED_CG" | wc -l) == 2 ]] || fail "shared cgroup: expected 2 links: $(attached "$SHARED_CG")"
-out=$(CNI_CONTAINERID=pm70 cni CHECK) || fail "shared CHECK: $out"
+out=$(CNI_CONTAINERID=pm70 cni CHECK "$BPFFS" yes "/run/netns/$NETNS-pm70") || fail "shared CHECK: $out"
+[[ -e $BPFFS/kmesh/pods/_cgroup_$(stat -c %i "$SHARED_CG")/users/pm70/sk_lookup_authz ]] ||
+    fail "shared cgroup: pm70's sk_lookup link not in its users/ entry"
 for i in $(seq 1 69); do
     out=$(CNI_CONTAINERID=pm$i cni DEL) || fail "shared DEL $i: $out"
 done

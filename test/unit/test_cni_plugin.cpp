@@ -60,7 +60,7 @@ struct Fixture {
     spdlog::logger log{"test"};  // no sinks
     PinLayout layout{bpffs.path().string()};
     std::string container_id = "c0ffee";
-    std::uint32_t prog4 = 0, prog6 = 0;
+    std::uint32_t prog4 = 0, prog6 = 0, prog_sl = 0;
 
     Fixture() {
         cgroups.mkdirs(std::string("kubepods/besteffort/pod") + kUid);
@@ -71,6 +71,7 @@ struct Fixture {
     void load_agent() {
         prog4 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         prog6 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
+        prog_sl = kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
     }
     std::string config(const std::string& command, const std::string& extra_config = "",
                        const std::string& version = "1.0.0") {
@@ -89,9 +90,10 @@ struct Fixture {
     // A container of a runtime without pod cgroups (podman): no K8S_POD_UID, cgroupPath given.
     std::string run_shared(const std::string& command, const std::string& id,
                            const std::string& cgroup_path = "shared") {
-        return run(parse_request(env(command, "K8S_POD_NAME=p", id),
-                                 config(command, R"("cgroupPath":")" + cgroup_path + R"(")")),
-                   kernel, log);
+        Env e = env(command, "K8S_POD_NAME=p", id);
+        e.netns = "/var/run/netns/" + id;  // each container its own netns (podman without a pod)
+        return run(parse_request(e, config(command, R"("cgroupPath":")" + cgroup_path + R"(")")), kernel,
+                   log);
     }
     // Object id of the link pinned for program `name`.
     std::uint32_t pinned_id(const char* name) {
@@ -238,11 +240,17 @@ TEST_CASE("ADD attaches both programs, prints prevResult, and is idempotent") {
     CHECK(l4.attach_type == BPF_CGROUP_INET4_CONNECT);
     CHECK(l6.prog_id == f.prog6);
     CHECK(l6.attach_type == BPF_CGROUP_INET6_CONNECT);
-    CHECK(f.kernel.link_creates == 2);
+    auto sl = f.pinned(kmesh::kProgSkLookup);
+    CHECK(sl.kind == FakeKernel::Object::kLink);
+    CHECK(sl.prog_id == f.prog_sl);
+    CHECK(sl.attach_type == BPF_SK_LOOKUP);
+    CHECK(sl.netns_ino == f.kernel.netns_ino_of("/var/run/netns/x"));
+    CHECK(f.kernel.link_creates == 3);
     CHECK(f.kernel.fds.empty());
 
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 2);  // both kept
+    CHECK(f.kernel.link_creates == 3);  // all kept
+    CHECK(f.kernel.attached_netns_links(sl.netns_ino, f.bpffs.path()) == 1);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.kernel.fds.empty());
 }
@@ -252,11 +260,14 @@ TEST_CASE("ADD moves links of an old program to the new one in place, without a 
     f.run_cmd("ADD");
     const std::uint32_t link4 = f.pinned_id(kmesh::kProgConnect4);
     const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
+    const std::uint32_t link_sl = f.pinned_id(kmesh::kProgSkLookup);
     const std::uint64_t pod_cgroup = f.pinned(kmesh::kProgConnect4).cgroup_id;
     f.load_agent();  // agent upgraded: new programs pinned
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_updates == 2);
-    CHECK(f.kernel.link_creates == 2);  // no new link: the pod is never without the hook
+    CHECK(f.kernel.link_updates == 3);
+    CHECK(f.kernel.link_creates == 3);  // no new link: the pod is never without the hook
+    CHECK(f.pinned_id(kmesh::kProgSkLookup) == link_sl);
+    CHECK(f.pinned(kmesh::kProgSkLookup).prog_id == f.prog_sl);
     CHECK(f.pinned_id(kmesh::kProgConnect4) == link4);
     CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
@@ -273,7 +284,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     fs::remove_all(f.cgroups.path() / "kubepods/besteffort");
     auto other = f.cgroups.mkdirs(std::string("kubepods/burstable/pod") + kUid);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 4);
+    CHECK(f.kernel.link_creates == 5);  // two cgroup links; the netns link is kept
     CHECK(f.kernel.link_updates == 0);
     const std::uint64_t other_id = f.cgroup_id_of(other);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
@@ -283,7 +294,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
     f.detach(kmesh::kProgConnect4);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 5);
+    CHECK(f.kernel.link_creates == 6);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
     CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
 
@@ -291,8 +302,8 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     f.load_agent();
     f.detach(kmesh::kProgConnect6);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 6);
-    CHECK(f.kernel.link_updates == 1);  // connect4 only
+    CHECK(f.kernel.link_creates == 7);
+    CHECK(f.kernel.link_updates == 2);  // connect4 and sk_lookup
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
     CHECK(f.pinned(kmesh::kProgConnect6).cgroup_id == other_id);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
@@ -305,8 +316,8 @@ TEST_CASE("ADD falls back to a new link when bpf_link_update fails") {
     f.load_agent();
     f.kernel.fail_link_update = -EINVAL;
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_updates == 2);
-    CHECK(f.kernel.link_creates == 4);
+    CHECK(f.kernel.link_updates == 3);
+    CHECK(f.kernel.link_creates == 6);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
     CHECK(f.run_cmd("CHECK").empty());
@@ -546,9 +557,12 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     CHECK_FALSE(fs::exists(f.layout.pod_dir("both")));
     CHECK(fs::exists(f.layout.pod_dir("other")));
 
-    // The legacy dir goes once its links are detached (its cgroup is gone): always safe.
+    // The legacy dir goes once its links are detached (its cgroup and netns are gone): always safe.
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    CHECK(gc("net-a", {"keep"}).empty());
+    CHECK(fs::exists(f.layout.pod_dir("legacy")));  // its netns link is still attached
+    f.kernel.destroy_netns("/var/run/netns/x");
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK_FALSE(fs::exists(f.layout.pod_dir("legacy")));
     CHECK(fs::exists(f.layout.pod_dir("keep")));
@@ -558,6 +572,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     f.container_id = "gone";
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    f.kernel.destroy_netns("/var/run/netns/x");
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK_FALSE(fs::exists(f.layout.pod_dir("gone")));
     CHECK(fs::exists(f.layout.pod_dir("other")));
@@ -582,11 +597,15 @@ TEST_CASE("cgroupPath: many containers share one attachment; the last DEL detach
     const fs::path shared = f.cgroups.mkdirs("shared");
     const std::uint64_t cgid = f.cgroup_id_of(shared);
     for (int i = 0; i < 70; ++i) f.run_shared("ADD", "ctr" + std::to_string(i));
-    CHECK(f.kernel.link_creates == 2);  // not 140: the kernel allows 64 programs per hook
+    // Not 140 cgroup links: the kernel allows 64 programs per hook; one netns link per container.
+    CHECK(f.kernel.link_creates == 2 + 70);
     CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/ctr5"), f.bpffs.path()) == 1);
     for (int i = 0; i < 70; ++i) CHECK(f.run_shared("CHECK", "ctr" + std::to_string(i)).empty());
     for (int i = 0; i < 69; ++i) f.run_shared("DEL", "ctr" + std::to_string(i));
     CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/ctr5"), f.bpffs.path()) == 0);
+    CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/ctr69"), f.bpffs.path()) == 1);
     CHECK(error_code([&] { f.run_shared("CHECK", "ctr0"); }) == kErrNotAttached);
     CHECK(f.run_shared("CHECK", "ctr69").empty());
     f.run_shared("DEL", "ctr69");
@@ -633,7 +652,7 @@ TEST_CASE("cgroupPath must be strictly below cgroupRoot") {
     CHECK(f.kernel.link_creates == 0);
     // An absolute path below the root is fine.
     f.run_shared("ADD", "a", (f.cgroups.path() / "shared").string());
-    CHECK(f.kernel.link_creates == 2);
+    CHECK(f.kernel.link_creates == 3);
 }
 
 TEST_CASE("cgroupRoot must be on cgroup v2") {
@@ -820,4 +839,100 @@ TEST_CASE("log: rotated to .1 at kLogRotateBytes") {
     CHECK(slurp(log).find("DEL") != std::string::npos);
     for (int i = 0; i < 3; ++i) plugin_main(env("DEL"), cfg, f.kernel, out, "");
     CHECK(!fs::exists(log.string() + ".2"));
+}
+
+// ---- the sk_lookup link on the pod's network namespace (L4 authorization) ----
+
+TEST_CASE("ADD attaches sk_lookup to CNI_NETNS; CHECK verifies it; DEL removes it") {
+    Fixture f;
+    f.run_cmd("ADD");
+    const std::uint64_t ino = f.kernel.netns_ino_of("/var/run/netns/x");
+    CHECK(f.kernel.attached_netns_links(ino, f.bpffs.path()) == 1);
+    CHECK(f.run_cmd("CHECK").empty());
+
+    // CHECK: missing, detached (netns gone) or on another netns are all "not attached".
+    fs::remove(fs::path(f.layout.pod_dir("c0ffee")) / kmesh::kProgSkLookup);
+    CHECK(f.kernel.attached_netns_links(ino, f.bpffs.path()) == 0);  // unpinned: detached
+    try {
+        f.run_cmd("CHECK");
+        FAIL("no error");
+    } catch (const CniError& e) {
+        CHECK(e.code() == kErrNotAttached);
+        CHECK(std::string(e.what()).find(kmesh::kProgSkLookup) != std::string::npos);
+    }
+    f.run_cmd("ADD");  // repairs it
+    CHECK(f.run_cmd("CHECK").empty());
+    f.kernel.destroy_netns("/var/run/netns/x");
+    try {
+        f.run_cmd("CHECK");
+        FAIL("no error");
+    } catch (const CniError& e) {
+        CHECK(e.code() == kErrNotAttached);
+        CHECK(std::string(e.what()).find("detached (netns gone)") != std::string::npos);
+    }
+    // A new netns at that path (sandbox re-created): ADD replaces the detached link.
+    const int creates = f.kernel.link_creates;
+    f.run_cmd("ADD");
+    CHECK(f.kernel.link_creates == creates + 1);
+    CHECK(f.pinned(kmesh::kProgSkLookup).netns_ino == f.kernel.netns_ino_of("/var/run/netns/x"));
+    CHECK(f.run_cmd("CHECK").empty());
+
+    CHECK(f.run_cmd("DEL").empty());
+    CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/x"), f.bpffs.path()) == 0);
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("ADD is all-or-nothing when the netns cannot be opened or the sk_lookup link fails") {
+    Fixture f;
+    f.kernel.missing_netns.insert("/var/run/netns/x");
+    CHECK(error_code([&] { f.run_cmd("ADD"); }) == kErrAttach);
+    CHECK(f.kernel.link_creates == 0);  // opened before anything is attached
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("c0ffee")));
+    f.kernel.missing_netns.clear();
+
+    f.kernel.fail_link_type = BPF_SK_LOOKUP;
+    CHECK(error_code([&] { f.run_cmd("ADD"); }) == kErrAttach);
+    CHECK_FALSE(fs::exists(f.layout.pod_dir("c0ffee")));
+    const std::uint64_t cgid =
+        f.cgroup_id_of(f.cgroups.path() / "kubepods/besteffort" / (std::string("pod") + kUid));
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 0);  // the cgroup links it made are gone
+    f.kernel.fail_link_type.reset();
+
+    // The agent has not pinned the sk_lookup program (older agent still running): try again later.
+    fs::remove(f.layout.prog(kmesh::kProgSkLookup));
+    CHECK(error_code([&] { f.run_cmd("ADD"); }) == kErrTryAgainLater);
+    CHECK(f.kernel.link_creates == 3);  // the two cgroup links and the failed one above; none now
+    CHECK(f.kernel.fds.empty());
+}
+
+TEST_CASE("an old record without the netns link gets it at ADD; CHECK fails until then") {
+    Fixture f;
+    f.run_cmd("ADD");
+    // As kmesh-cni before issue 9 left it: cgroup links only.
+    fs::remove(fs::path(f.layout.pod_dir("c0ffee")) / kmesh::kProgSkLookup);
+    CHECK(error_code([&] { f.run_cmd("CHECK"); }) == kErrNotAttached);
+    const int creates = f.kernel.link_creates;
+    f.run_cmd("ADD");
+    CHECK(f.kernel.link_creates == creates + 1);
+    CHECK(f.run_cmd("CHECK").empty());
+}
+
+TEST_CASE("record links: a live netns link keeps a record, a detached one counts as detached") {
+    Fixture f;
+    f.run_cmd("ADD");
+    const fs::path dir = f.layout.pod_dir("c0ffee");
+    kmesh::RecordLinks links = kmesh::read_record_links(f.kernel, dir);
+    CHECK(links.live_cgroups.size() == 2);
+    REQUIRE(links.live_netns.size() == 1);
+    CHECK(links.live_netns[0] == f.kernel.netns_ino_of("/var/run/netns/x"));
+    f.detach(kmesh::kProgConnect4);
+    f.detach(kmesh::kProgConnect6);
+    CHECK_FALSE(kmesh::read_record_links(f.kernel, dir).all_detached());
+    CHECK_FALSE(kmesh::all_links_detached(f.kernel, dir));
+    f.kernel.destroy_netns("/var/run/netns/x");
+    links = kmesh::read_record_links(f.kernel, dir);
+    CHECK(links.detached == 3);
+    CHECK(links.all_detached());
+    CHECK(kmesh::all_links_detached(f.kernel, dir));
+    CHECK(f.kernel.fds.empty());
 }

@@ -4,6 +4,7 @@
 #include <spdlog/logger.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "agent/src/enrolment/executor.hpp"
@@ -177,6 +178,7 @@ struct Node {
     void load_agent() {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
+        kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
     }
     PassResult pass() {
         std::vector<Pod> pods;
@@ -377,4 +379,81 @@ TEST_CASE("planner: a pod whose namespace is not known yet is neither enrolled n
     // Its own label decides without the namespace: planned as usual.
     in.pods[0].pod.meta.labels[kMode] = "none";
     CHECK(count(plan(in), Action::kRemoveRecord) == 1);
+}
+
+// ---- the sk_lookup link on the pod's network namespace, found from a process of the pod ----
+
+namespace {
+void write_procs(const fs::path& cgroup, const std::string& pids) {
+    std::ofstream(cgroup / "cgroup.procs") << pids;
+}
+int netns_links(Node& n, const std::string& path) {
+    return n.kernel.attached_netns_links(n.kernel.netns_ino_of(path), n.bpffs.path());
+}
+}  // namespace
+
+TEST_CASE("executor: attaches sk_lookup to the netns of a process in the pod cgroup") {
+    Node n;
+    n.load_agent();
+    const fs::path cg = n.cgroups.mkdirs("kubepods/besteffort/pod1111-aaaa");
+    write_procs(n.cgroups.mkdirs("kubepods/besteffort/pod1111-aaaa/ctr1"), "4242\n4243\n");
+    n.api.add_pod("meshed", "web", "1111-aaaa");
+    PassResult r = n.pass();
+    CHECK(r.errors.empty());
+    CHECK(n.links(cg) == 2);
+    CHECK(netns_links(n, "/proc/4242/ns/net") == 1);
+    CHECK(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgSkLookup));
+    const int creates = n.kernel.link_creates;
+    CHECK(n.pass().plan.actions.empty());
+    CHECK(n.kernel.link_creates == creates);
+
+    n.api.namespaces["meshed"].meta.labels.clear();  // released: the netns link goes too
+    n.pass();
+    CHECK(netns_links(n, "/proc/4242/ns/net") == 0);
+    CHECK(n.kernel.fds.empty());
+}
+
+TEST_CASE("executor: never attaches sk_lookup to the node's own netns") {
+    Node n;
+    n.load_agent();
+    const fs::path cg = n.cgroups.mkdirs("kubepods/besteffort/pod1111-aaaa");
+    write_procs(cg, "1\n");  // a process in the node's namespace (/proc/1/ns/net)
+    n.api.add_pod("meshed", "web", "1111-aaaa");
+    CHECK(n.pass().errors.empty());
+    CHECK(n.links(cg) == 2);
+    CHECK(netns_links(n, "/proc/1/ns/net") == 0);
+    CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgSkLookup));
+    CHECK(n.kernel.fds.empty());
+}
+
+TEST_CASE("records without the sk_lookup link (older kmesh, no process yet) get it once a process is found") {
+    Node n;
+    n.load_agent();
+    const fs::path cg = n.cgroups.mkdirs("kubepods/besteffort/pod1111-aaaa");
+    n.api.add_pod("meshed", "web", "1111-aaaa");
+    CHECK(n.pass().errors.empty());  // no process yet: enrolled without it
+    CHECK(n.links(cg) == 2);
+    CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgSkLookup));
+    write_procs(cg, "777\n");
+    CHECK(n.pass().errors.empty());
+    CHECK(netns_links(n, "/proc/777/ns/net") == 1);
+
+    // A container record made by kmesh-cni before issue 9: cgroup links only.
+    const fs::path cg2 = n.cgroups.mkdirs("kubepods/burstable/pod2222");
+    std::vector<kmesh::PinnedProg> progs =
+        kmesh::open_pod_progs(n.kernel, n.layout, kmesh::kErrTryAgainLater);
+    std::uint64_t id = 0;
+    kmesh::KernelFd cgfd = kmesh::open_pod_cgroup(cg2, n.kernel, kmesh::kErrAttach, &id, n.log);
+    kmesh::attach_locked(n.kernel, n.layout, progs, cgfd.get(), id, false, "oldctr", "net", n.log);
+    cgfd.reset();
+    progs.clear();
+    CHECK_FALSE(fs::exists(fs::path(n.layout.pod_dir("oldctr")) / kmesh::kProgSkLookup));
+    // No process: nothing to attach to, nothing attached.
+    CHECK(kmesh::attach_missing_netns_links(n.kernel, n.layout, n.cgroups.path(), n.log) == 0);
+    write_procs(n.cgroups.mkdirs("kubepods/burstable/pod2222/sandbox"), "888\n");
+    CHECK(kmesh::attach_missing_netns_links(n.kernel, n.layout, n.cgroups.path(), n.log) == 1);
+    CHECK(netns_links(n, "/proc/888/ns/net") == 1);
+    CHECK(fs::exists(fs::path(n.layout.pod_dir("oldctr")) / kmesh::kProgSkLookup));
+    CHECK(kmesh::attach_missing_netns_links(n.kernel, n.layout, n.cgroups.path(), n.log) == 0);
+    CHECK(n.kernel.fds.empty());
 }

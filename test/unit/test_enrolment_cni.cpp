@@ -53,6 +53,7 @@ struct KubeFixture {
     void load_agent() {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
+        kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
     }
     ApiFactory factory() {
         return [this](const std::string& path) -> kmesh::Result<std::unique_ptr<kmesh::kube::Api>> {

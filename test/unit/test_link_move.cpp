@@ -25,7 +25,7 @@ class FakeLinks : public LinkOps {
     std::vector<std::chrono::milliseconds> sleeps;
 
     int open(const std::string& path) override {
-        if (!fs::exists(path)) return -1;
+        if (!fs::is_regular_file(path)) return -1;  // bpf_obj_get fails on directories
         paths_.push_back(path);
         return static_cast<int>(paths_.size() - 1);
     }
@@ -108,4 +108,27 @@ TEST_CASE("pods whose cgroup is gone are unpinned, not updated") {
     CHECK(r.forgotten == 1);
     CHECK(r.updated == 0);
     CHECK_FALSE(fs::exists(n.pods / "ghost"));
+}
+
+TEST_CASE("netns links in a shared cgroup's users/<container> entries are moved too") {
+    Node n;
+    n.pod("ctr");
+    const fs::path own_sl = n.pods / "ctr" / "sk_lookup_authz";
+    std::ofstream(own_sl) << "";
+    const fs::path holder = n.dir.mkdirs("pods/_cgroup_42");
+    for (const char* p : {"cgroup_connect4", "cgroup_connect6"}) std::ofstream(holder / p) << "";
+    const fs::path user = n.dir.mkdirs("pods/_cgroup_42/users/pm1");
+    std::ofstream(user / "sk_lookup_authz") << "";
+    FakeLinks ops;
+    LinkMoveResult r = move_pod_links(n.pods.string(), ops);
+    CHECK(r.updated == 6);
+    CHECK(ops.program[own_sl.string()] == "sk_lookup_authz");
+    CHECK(ops.program[(user / "sk_lookup_authz").string()] == "sk_lookup_authz");
+
+    // A container whose netns is gone: its record is forgotten like one whose cgroup is gone.
+    FakeLinks gone;
+    gone.detached_paths.insert(own_sl.string());
+    r = move_pod_links(n.pods.string(), gone);
+    CHECK(r.forgotten == 1);
+    CHECK_FALSE(fs::exists(n.pods / "ctr"));
 }

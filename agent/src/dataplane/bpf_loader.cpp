@@ -1,9 +1,11 @@
 #include "agent/src/dataplane/bpf_loader.hpp"
 
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/btf.h>
 #include <linux/magic.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/cgroup.hpp"
 #include "common/pod_links.hpp"
 #include "kmesh_sock.skel.h"
 
@@ -47,12 +50,27 @@ std::string check_pinned_map(const std::string& path, bpf_map* map) {
     return {};
 }
 
-// A link whose cgroup was removed (pod gone without a DEL, e.g. a node crash) reports cgroup id 0.
+// A link whose cgroup was removed (pod gone without a DEL, e.g. a node crash) reports cgroup id 0;
+// a netns link (sk_lookup) whose network namespace is gone reports netns_ino 0.
 bool link_detached(int link_fd) {
     bpf_link_info info{};
     uint32_t len = sizeof info;
-    return bpf_obj_get_info_by_fd(link_fd, &info, &len) == 0 && info.type == BPF_LINK_TYPE_CGROUP &&
-           info.cgroup.cgroup_id == 0;
+    if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return false;
+    if (info.type == BPF_LINK_TYPE_CGROUP) return info.cgroup.cgroup_id == 0;
+    if (info.type == BPF_LINK_TYPE_NETNS) return info.netns.netns_ino == 0;
+    return false;
+}
+
+// bpf_sock_destroy (6.5) is a kfunc: present when vmlinux BTF has a function of that name.
+// Returns "" when present, else why not.
+std::string probe_sock_destroy() {
+    const char* pretend = getenv("KMESH_PRETEND_NO_SOCK_DESTROY");
+    if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_SOCK_DESTROY is set";
+    btf* vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux) return fmt::format("cannot read the kernel BTF: {}", errno_text(errno));
+    const int id = btf__find_by_name_kind(vmlinux, "bpf_sock_destroy", BTF_KIND_FUNC);
+    btf__free(vmlinux);
+    return id > 0 ? std::string() : "this kernel lacks the bpf_sock_destroy kfunc (needs 6.5)";
 }
 
 }  // namespace
@@ -173,6 +191,19 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
                 reason);
     }
 
+    // Closing connections a policy change now denies needs bpf_sock_destroy; without it the
+    // iterator would not load (unknown kfunc), so it is left out and only new connections are
+    // checked: existing ones are kept until they close.
+    if (auto reason = probe_sock_destroy(); !reason.empty()) {
+        bpf_program__set_autoload(skel->progs.iter_tcp_authz, false);
+        spdlog::warn(
+            "{}: connections that a policy change denies are kept until they close; new connections "
+            "are checked",
+            reason);
+    } else {
+        dp->can_close_ = true;
+    }
+
     bpf_map* map;
     bpf_object__for_each_map(map, skel->obj) {
         // .rodata (the feature flags) belongs to this load, not to the pinned ABI.
@@ -214,10 +245,17 @@ LinkMoveResult move_pod_links(const std::string& pods_dir, LinkOps& ops, int att
     std::vector<fs::path> gone;
     for (const auto& pod : fs::directory_iterator(pods_dir, ec)) {
         std::vector<std::string> links;
-        if (scan(pod.path(), &links))  // its cgroup is gone: the pod was deleted without a CNI DEL
+        if (scan(pod.path(), &links))  // its cgroup/netns is gone: deleted without a CNI DEL
             gone.push_back(pod.path());
         else
             pending.insert(pending.end(), links.begin(), links.end());
+        // A shared cgroup's users/<container> entries hold each container's own netns link.
+        std::error_code e;
+        for (const auto& user : fs::directory_iterator(pod.path() / kUsersDir, e)) {
+            std::vector<std::string> user_links;
+            if (!scan(user.path(), &user_links))
+                pending.insert(pending.end(), user_links.begin(), user_links.end());
+        }
     }
     if (!gone.empty()) {
         // Removed under the pods lock, after looking again: kmesh-cni or the enrolment reconciler
@@ -320,6 +358,10 @@ void Dataplane::move_links_and_clean(const PinLayout& layout) {
 std::string Dataplane::publish(const PinLayout& layout) {
     bpf_program* prog;
     bpf_object__for_each_program(prog, skel_->obj) {
+        if (!bpf_program__autoload(prog)) {  // not loaded on this kernel: no pin, no stale one
+            unlink(layout.prog(bpf_program__name(prog)).c_str());
+            continue;
+        }
         std::string path = layout.prog(bpf_program__name(prog));
         std::string tmp = path + "_new";  // bpffs refuses names with dots
         unlink(tmp.c_str());
@@ -328,6 +370,18 @@ std::string Dataplane::publish(const PinLayout& layout) {
         if (rename(tmp.c_str(), path.c_str()) != 0) return fmt::format("pin {}: {}", path, errno_text(errno));
     }
     move_links_and_clean(layout);
+    // Pods attached by an agent before issue 9 have no sk_lookup link: attached where a process of
+    // the pod shows its netns (kmesh-cni's next ADD or CHECK-driven repair covers the others).
+    if (auto root = find_cgroup2_mount()) {
+        try {
+            PodsLock lock(layout.pods_dir());
+            LinuxKernel kernel;
+            int n = attach_missing_netns_links(kernel, layout, *root, *spdlog::default_logger());
+            if (n > 0) spdlog::info("{} pods without an sk_lookup link got one", n);
+        } catch (const PodLinkError& e) {
+            spdlog::warn("pods without an sk_lookup link left as they are: {}", e.what());
+        }
+    }
     return {};
 }
 

@@ -81,6 +81,8 @@ class Dataplane {
 
     std::array<int, kMapCount> map_fds() const;
     int stats_fd() const;  // per-CPU km_stats (enum kmesh_stat slots)
+    // The iterator that closes denied connections was loaded (bpf_sock_destroy, kernel >= 6.5).
+    bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
     bool reused_maps() const { return reused_maps_; }
     int links_updated() const { return links_updated_; }
@@ -95,6 +97,7 @@ class Dataplane {
     kmesh_sock* skel_;
     int lock_fd_;
     bool reused_maps_ = false;
+    bool can_close_ = false;
     int links_updated_ = 0;
     int pods_forgotten_ = 0;
     std::atomic<int> stale_links_{0};

@@ -112,6 +112,8 @@ PassResult Executor::pass(const std::vector<kube::Pod>& pods,
                 result.errors.push_back(st);
             }
         }
+        // Records attached without their sk_lookup link (older kmesh, or no process yet).
+        attach_missing_netns_links(kernel_, options_.layout, root, log_, options_.proc_root);
     } catch (const PodLinkError& e) {  // the lock itself
         result.errors.push_back(to_status(e));
         return result;
@@ -149,8 +151,12 @@ Status Executor::apply(const Action& a, std::vector<PinnedProg>& progs) {
                 if (id != a.cgroup_id)  // recreated between the lookup and now: plan again
                     return Status(Errc::kUnavailable,
                                   fmt::format("pod {}: cgroup {} changed", pod, a.cgroup_path));
+                // L4 authorization needs the pod's netns, found from a process of the pod; without
+                // one the pod is enrolled without it and a later pass attaches it.
+                std::optional<PodNetns> netns =
+                    find_pod_netns(kernel_, a.cgroup_path, log_, options_.proc_root);
                 attach_locked(kernel_, options_.layout, progs, cg.get(), id, /*shared=*/false, a.record, "",
-                              log_);
+                              log_, netns ? &*netns : nullptr);
             } catch (const PodLinkError& e) {
                 return Status(to_status(e).code(),
                               fmt::format("pod {}: cannot enrol: {}", pod, to_status(e).message()));

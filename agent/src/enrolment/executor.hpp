@@ -22,6 +22,7 @@ struct ExecutorOptions {
     std::string cgroup_root;  // empty: the cgroup v2 mount (hybrid: the unified one)
     std::string agent_namespace = "kmesh-system";
     std::vector<std::string> exclude_namespaces{"kube-system"};  // as Inputs::exclude_namespaces
+    std::string proc_root = "/proc";  // where pods' processes (and their ns/net) are found
 };
 
 struct PassResult {
