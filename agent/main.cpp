@@ -51,6 +51,14 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--max-ports", opt.sizes.ports, "per-workload target port map capacity")
         ->capture_default_str();
+    app.add_option("--max-waypoints", opt.sizes.waypoints, "waypoint map capacity (distinct waypoints)")
+        ->capture_default_str();
+    app.add_option("--max-waypoint-addresses", opt.sizes.waypoint_addrs,
+                   "addresses (service VIPs, workload addresses) with a waypoint")
+        ->capture_default_str();
+    app.add_option("--max-waypoint-sockets", opt.sizes.waypoint_sockets,
+                   "open connections to waypoints tracked for the TLV at once")
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();

@@ -4,5 +4,6 @@
  * each program file is included here rather than linked, so that maps are defined exactly once.
  */
 #include "sock_connect.c"
+#include "waypoint.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

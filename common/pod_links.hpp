@@ -145,6 +145,7 @@ struct ProgSpec {
 inline constexpr ProgSpec kPodProgs[] = {
     {kProgConnect4, BPF_CGROUP_INET4_CONNECT},
     {kProgConnect6, BPF_CGROUP_INET6_CONNECT},
+    {kProgSockops, BPF_CGROUP_SOCK_OPS},
 };
 
 struct PinnedProg {

@@ -60,7 +60,7 @@ struct Fixture {
     spdlog::logger log{"test"};  // no sinks
     PinLayout layout{bpffs.path().string()};
     std::string container_id = "c0ffee";
-    std::uint32_t prog4 = 0, prog6 = 0;
+    std::uint32_t prog4 = 0, prog6 = 0, progops = 0;
 
     Fixture() {
         cgroups.mkdirs(std::string("kubepods/besteffort/pod") + kUid);
@@ -71,6 +71,7 @@ struct Fixture {
     void load_agent() {
         prog4 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         prog6 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
+        progops = kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
     }
     std::string config(const std::string& command, const std::string& extra_config = "",
                        const std::string& version = "1.0.0") {
@@ -114,6 +115,9 @@ struct Fixture {
 };
 
 }  // namespace
+
+// Programs kmesh-cni attaches per pod (connect4, connect6, sockops).
+constexpr int kProgs = static_cast<int>(std::size(kmesh::kPodProgs));
 
 TEST_CASE("parse_config: every supported version, plugin fields, unknown fields ignored") {
     for (const char* v : {"0.3.1", "0.4.0", "1.0.0", "1.1.0"}) {
@@ -238,11 +242,11 @@ TEST_CASE("ADD attaches both programs, prints prevResult, and is idempotent") {
     CHECK(l4.attach_type == BPF_CGROUP_INET4_CONNECT);
     CHECK(l6.prog_id == f.prog6);
     CHECK(l6.attach_type == BPF_CGROUP_INET6_CONNECT);
-    CHECK(f.kernel.link_creates == 2);
+    CHECK(f.kernel.link_creates == kProgs);
     CHECK(f.kernel.fds.empty());
 
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 2);  // both kept
+    CHECK(f.kernel.link_creates == kProgs);  // all kept
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.kernel.fds.empty());
 }
@@ -255,8 +259,8 @@ TEST_CASE("ADD moves links of an old program to the new one in place, without a 
     const std::uint64_t pod_cgroup = f.pinned(kmesh::kProgConnect4).cgroup_id;
     f.load_agent();  // agent upgraded: new programs pinned
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_updates == 2);
-    CHECK(f.kernel.link_creates == 2);  // no new link: the pod is never without the hook
+    CHECK(f.kernel.link_updates == kProgs);
+    CHECK(f.kernel.link_creates == kProgs);  // no new link: the pod is never without the hook
     CHECK(f.pinned_id(kmesh::kProgConnect4) == link4);
     CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
@@ -273,7 +277,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     fs::remove_all(f.cgroups.path() / "kubepods/besteffort");
     auto other = f.cgroups.mkdirs(std::string("kubepods/burstable/pod") + kUid);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 4);
+    CHECK(f.kernel.link_creates == 2 * kProgs);
     CHECK(f.kernel.link_updates == 0);
     const std::uint64_t other_id = f.cgroup_id_of(other);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
@@ -283,7 +287,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
     f.detach(kmesh::kProgConnect4);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 5);
+    CHECK(f.kernel.link_creates == 2 * kProgs + 1);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
     CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
 
@@ -291,8 +295,8 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     f.load_agent();
     f.detach(kmesh::kProgConnect6);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 6);
-    CHECK(f.kernel.link_updates == 1);  // connect4 only
+    CHECK(f.kernel.link_creates == 2 * kProgs + 2);
+    CHECK(f.kernel.link_updates == kProgs - 1);  // all but connect6
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
     CHECK(f.pinned(kmesh::kProgConnect6).cgroup_id == other_id);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
@@ -305,8 +309,8 @@ TEST_CASE("ADD falls back to a new link when bpf_link_update fails") {
     f.load_agent();
     f.kernel.fail_link_update = -EINVAL;
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_updates == 2);
-    CHECK(f.kernel.link_creates == 4);
+    CHECK(f.kernel.link_updates == kProgs);
+    CHECK(f.kernel.link_creates == 2 * kProgs);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
     CHECK(f.run_cmd("CHECK").empty());
@@ -549,6 +553,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     // The legacy dir goes once its links are detached (its cgroup is gone): always safe.
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    f.detach(kmesh::kProgSockops);
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK_FALSE(fs::exists(f.layout.pod_dir("legacy")));
     CHECK(fs::exists(f.layout.pod_dir("keep")));
@@ -558,6 +563,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     f.container_id = "gone";
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    f.detach(kmesh::kProgSockops);
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK_FALSE(fs::exists(f.layout.pod_dir("gone")));
     CHECK(fs::exists(f.layout.pod_dir("other")));
@@ -582,11 +588,11 @@ TEST_CASE("cgroupPath: many containers share one attachment; the last DEL detach
     const fs::path shared = f.cgroups.mkdirs("shared");
     const std::uint64_t cgid = f.cgroup_id_of(shared);
     for (int i = 0; i < 70; ++i) f.run_shared("ADD", "ctr" + std::to_string(i));
-    CHECK(f.kernel.link_creates == 2);  // not 140: the kernel allows 64 programs per hook
-    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(f.kernel.link_creates == kProgs);  // not 70 * kProgs: the kernel allows 64 programs per hook
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == kProgs);
     for (int i = 0; i < 70; ++i) CHECK(f.run_shared("CHECK", "ctr" + std::to_string(i)).empty());
     for (int i = 0; i < 69; ++i) f.run_shared("DEL", "ctr" + std::to_string(i));
-    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == kProgs);
     CHECK(error_code([&] { f.run_shared("CHECK", "ctr0"); }) == kErrNotAttached);
     CHECK(f.run_shared("CHECK", "ctr69").empty());
     f.run_shared("DEL", "ctr69");
@@ -633,7 +639,7 @@ TEST_CASE("cgroupPath must be strictly below cgroupRoot") {
     CHECK(f.kernel.link_creates == 0);
     // An absolute path below the root is fine.
     f.run_shared("ADD", "a", (f.cgroups.path() / "shared").string());
-    CHECK(f.kernel.link_creates == 2);
+    CHECK(f.kernel.link_creates == kProgs);
 }
 
 TEST_CASE("cgroupRoot must be on cgroup v2") {

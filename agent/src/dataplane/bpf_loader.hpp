@@ -24,6 +24,9 @@ struct MapSizes {
     uint32_t endpoints = KMESH_DEFAULT_MAX_ENDPOINTS;
     uint32_t backends = KMESH_DEFAULT_MAX_BACKENDS;
     uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
+    uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
+    uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
+    uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
 };
 
 // Mounts bpffs at root unless one is there already. Returns an error message or "".
