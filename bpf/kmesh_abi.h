@@ -147,9 +147,9 @@ enum kmesh_stat {
 /* The waypoint's plaintext listener that reads Kmesh's TLV (not HBONE's 15008). */
 #define KMESH_WAYPOINT_PORT 15019
 
-#define KMESH_DEFAULT_MAX_WAYPOINTS	    4096
-#define KMESH_DEFAULT_MAX_WAYPOINT_ADDRS    65536
-#define KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS  65536
+#define KMESH_DEFAULT_MAX_WAYPOINTS	   4096
+#define KMESH_DEFAULT_MAX_WAYPOINT_ADDRS   65536
+#define KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS 65536
 
 #define KMESH_WAYPOINT_HAS_V4 (1u << 0)
 #define KMESH_WAYPOINT_HAS_V6 (1u << 1)
@@ -182,7 +182,7 @@ struct kmesh_wp_dest_value {
 enum kmesh_wp_sock_state {
 	KMESH_WP_SOCK_NONE = 0,
 	KMESH_WP_SOCK_PENDING = 1, /* redirected, TLV not sent yet */
-	KMESH_WP_SOCK_SENT = 2,    /* TLV sent: sk_msg_tlv passes everything untouched */
+	KMESH_WP_SOCK_SENT = 2,	   /* TLV sent: sk_msg_tlv passes everything untouched */
 };
 
 /* TLV of reference §3: 0x01, length (BE32, 6 or 18), address, port, then 0xfe and a zero BE32. */
@@ -192,10 +192,11 @@ enum kmesh_wp_sock_state {
 #define KMESH_TLV_V6_SIZE  28
 
 struct kmesh_wp_sock {
-	__u8 orig_addr[16]; /* as the client asked, IPv4-mapped for IPv4 (and IPv4-mapped sockets) */
-	__u16 orig_port;    /* network byte order */
-	__u8 state;	    /* enum kmesh_wp_sock_state */
-	__u8 v4;	    /* 1: the destination is IPv4 on the wire, send the 16-byte form */
+	/* As the client asked, IPv4-mapped for IPv4 (and for IPv4-mapped sockets). */
+	__u8 orig_addr[16];
+	__u16 orig_port; /* network byte order */
+	__u8 state;	 /* enum kmesh_wp_sock_state */
+	__u8 v4;	 /* 1: the destination is IPv4 on the wire, send the 16-byte form */
 };
 
 /* Slots of the per-CPU counter array km_wp_stats. */

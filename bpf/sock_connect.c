@@ -205,7 +205,8 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 	}
 	/* A mapped socket's destination is IPv4 on the wire: it sends the IPv4 TLV. */
 	if (ret == -ENOENT)
-		return wp_remember(ctx, false, orig.addr, orig.port, family == KMESH_FAMILY_V4) ?: -ENOENT;
+		return wp_remember(ctx, false, orig.addr, orig.port, family == KMESH_FAMILY_V4)
+			   ?: -ENOENT;
 	if (ret)
 		return ret;
 	ret = wp_remember(ctx, redirected, orig.addr, orig.port, family == KMESH_FAMILY_V4);

@@ -90,7 +90,8 @@ int sk_msg_tlv(struct sk_msg_md *msg)
 	wp_stat_inc(KMESH_WP_STAT_TLV_SENT);
 	return SK_PASS;
 fail:
-	/* Data without its TLV would be misread by the waypoint: this send fails (EACCES) instead. */
+	/* Data without its TLV would be misread by the waypoint: this send fails (EACCES) instead.
+	 */
 	wp_stat_inc(KMESH_WP_STAT_TLV_FAILED);
 	return SK_DROP;
 }

@@ -74,8 +74,8 @@ static __always_inline bool wp_addr_eq(const __u32 x[4], const __u32 y[4])
  * caller's own network namespace (for the waypoint's address or a wildcard) marks the waypoint's
  * namespace, with no state for the agent or kmesh-cni to keep.
  */
-static __always_inline bool wp_caller_is_waypoint(struct bpf_sock_addr *ctx, const __u32 addr[4], __u16 port,
-						  bool v4)
+static __always_inline bool wp_caller_is_waypoint(struct bpf_sock_addr *ctx, const __u32 addr[4],
+						  __u16 port, bool v4)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
@@ -101,7 +101,8 @@ static __always_inline bool wp_caller_is_waypoint(struct bpf_sock_addr *ctx, con
  * caller's frontend lookup then resolves a waypoint given as a service hostname (a VIP) to one of
  * its pods. Returns 1 redirected, 0 not, or -errno (connect fails).
  */
-static __always_inline int wp_select(struct bpf_sock_addr *ctx, struct kmesh_frontend_key *key, __u32 family)
+static __always_inline int wp_select(struct bpf_sock_addr *ctx, struct kmesh_frontend_key *key,
+				     __u32 family)
 {
 	const struct kmesh_wp_dest_value *dv;
 	const struct kmesh_waypoint_value *wv;
@@ -148,8 +149,8 @@ static __always_inline int wp_select(struct bpf_sock_addr *ctx, struct kmesh_fro
  * Remembers the original destination for sk_msg_tlv (state PENDING), or, for a connect that is not
  * redirected, forgets one left by an earlier connect attempt on the same socket.
  */
-static __always_inline int wp_remember(struct bpf_sock_addr *ctx, bool redirected, const __u8 orig[16],
-				       __u16 orig_port, bool v4)
+static __always_inline int wp_remember(struct bpf_sock_addr *ctx, bool redirected,
+				       const __u8 orig[16], __u16 orig_port, bool v4)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct kmesh_wp_sock *st;

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import select
 import socket
 import struct
 import sys
@@ -174,7 +175,15 @@ def client(argv):
                 f.flush()
                 sent = 0
                 while sent < size:  # the first call carries the whole file
-                    n = os.sendfile(s.fileno(), f.fileno(), sent, size - sent)
+                    try:
+                        n = os.sendfile(s.fileno(), f.fileno(), sent, size - sent)
+                    except BlockingIOError:
+                        # tcp_bpf's splice path can answer EAGAIN on a blocking socket whose send
+                        # buffer is full (docs/waypoint.md): wait until writable, as a
+                        # non-blocking sender (nginx, Envoy) does.
+                        print(f"sendfile: EAGAIN after {sent} bytes", file=sys.stderr)
+                        select.select([], [s], [], timeout)
+                        continue
                     if n == 0:
                         break
                     sent += n

@@ -114,10 +114,13 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     }
     std::unique_ptr<Dataplane> dp(new Dataplane(skel, lock_fd));
     const std::pair<bpf_map*, uint32_t> sized[] = {
-        {skel->maps.km_frontend, sizes.frontends}, {skel->maps.km_service, sizes.services},
-        {skel->maps.km_endpoint, sizes.endpoints}, {skel->maps.km_backend, sizes.backends},
+        {skel->maps.km_frontend, sizes.frontends},
+        {skel->maps.km_service, sizes.services},
+        {skel->maps.km_endpoint, sizes.endpoints},
+        {skel->maps.km_backend, sizes.backends},
         {skel->maps.km_port, sizes.ports},
-        {skel->maps.km_waypoint, sizes.waypoints}, {skel->maps.km_wp_dest, sizes.waypoint_addrs},
+        {skel->maps.km_waypoint, sizes.waypoints},
+        {skel->maps.km_wp_dest, sizes.waypoint_addrs},
         {skel->maps.km_wp_sockhash, sizes.waypoint_sockets},
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);

@@ -482,8 +482,8 @@ bool Plan::empty() const { return size() == 0; }
 size_t Plan::size() const {
     return put_backends.size() + put_services.size() + add_endpoints.size() + put_ports.size() +
            put_frontends.size() + delete_frontends.size() + remove_endpoints.size() + delete_ports.size() +
-           delete_services.size() + delete_backends.size() + put_waypoints.size() + put_waypoint_dests.size() +
-           delete_waypoint_dests.size() + delete_waypoints.size();
+           delete_services.size() + delete_backends.size() + put_waypoints.size() +
+           put_waypoint_dests.size() + delete_waypoint_dests.size() + delete_waypoints.size();
 }
 
 namespace {

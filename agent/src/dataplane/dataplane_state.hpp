@@ -79,7 +79,7 @@ std::string waypoint_name(const Waypoint& w);
 
 // What changed since the last plan: only these are compared with the maps.
 struct Dirty {
-    bool all = false;  // after a restart: compare everything
+    bool all = false;        // after a restart: compare everything
     bool waypoints = false;  // the waypoint tables changed (compared whole: they are small)
     std::set<uint64_t> services, backends;
     // Names (hashes) the model does not hold but whose map entries stay as they are: resources
