@@ -192,11 +192,13 @@ enum kmesh_wp_sock_state {
 #define KMESH_TLV_V6_SIZE  28
 
 struct kmesh_wp_sock {
+	__u64 cookie; /* socket cookie, the km_wp_sockhash key (set by sockops) */
 	/* As the client asked, IPv4-mapped for IPv4 (and for IPv4-mapped sockets). */
 	__u8 orig_addr[16];
 	__u16 orig_port; /* network byte order */
 	__u8 state;	 /* enum kmesh_wp_sock_state */
 	__u8 v4;	 /* 1: the destination is IPv4 on the wire, send the 16-byte form */
+	__u32 pad;
 };
 
 /* Slots of the per-CPU counter array km_wp_stats. */
@@ -209,7 +211,8 @@ enum kmesh_wp_stat {
 	KMESH_WP_STAT_SOCKHASH_FULL = 5, /* socket not tracked: its first send goes without TLV */
 	KMESH_WP_STAT_TLV_SENT = 6,	 /* TLV prepended */
 	KMESH_WP_STAT_TLV_FAILED = 7,	 /* bpf_msg_push_data failed: that send is dropped */
-	KMESH_WP_STAT_MAX = 8,
+	KMESH_WP_STAT_RELEASED = 8,	 /* TLV acknowledged: socket back to plain TCP */
+	KMESH_WP_STAT_MAX = 9,
 };
 
 #endif /* KMESH_ABI_H */

@@ -19,17 +19,39 @@ int cgroup_sockops(struct bpf_sock_ops *skops)
 	struct bpf_sock *sk;
 	__u64 cookie;
 
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && skops->op != BPF_SOCK_OPS_RTT_CB)
 		return 1;
 	sk = skops->sk;
 	if (!sk)
 		return 1;
 	st = bpf_sk_storage_get(&km_wp_sk, sk, 0, 0);
-	if (!st || st->state != KMESH_WP_SOCK_PENDING)
+	if (!st)
+		return 1;
+	if (skops->op == BPF_SOCK_OPS_RTT_CB) {
+		/*
+		 * The first RTT sample after the TLV went out (an ACK of data): take the socket out
+		 * of the sockhash (sk_msg programs may not; sockops may), so that the kernel
+		 * restores its plain TCP operations. Left in, every send is copied through tcp_bpf
+		 * and tcp_bpf's recvmsg can answer EAGAIN to a blocking recv woken by write space.
+		 */
+		if (st->state != KMESH_WP_SOCK_SENT)
+			return 1;
+		cookie = st->cookie;
+		bpf_map_delete_elem(&km_wp_sockhash, &cookie);
+		bpf_sock_ops_cb_flags_set(skops,
+					  skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+		wp_stat_inc(KMESH_WP_STAT_RELEASED);
+		return 1;
+	}
+	if (st->state != KMESH_WP_SOCK_PENDING)
 		return 1;
 	cookie = bpf_get_socket_cookie(skops);
-	if (bpf_sock_hash_update(skops, &km_wp_sockhash, &cookie, BPF_NOEXIST))
+	st->cookie = cookie;
+	if (bpf_sock_hash_update(skops, &km_wp_sockhash, &cookie, BPF_NOEXIST)) {
 		wp_stat_inc(KMESH_WP_STAT_SOCKHASH_FULL);
+		return 1;
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
 	return 1;
 }
 

@@ -38,10 +38,11 @@ static_assert(offsetof(kmesh_waypoint_value, port) == 36);
 static_assert(sizeof(kmesh_wp_dest_key) == 16);
 static_assert(sizeof(kmesh_wp_dest_value) == 16);
 static_assert(offsetof(kmesh_wp_dest_value, kind) == 8);
-static_assert(sizeof(kmesh_wp_sock) == 20);
-static_assert(offsetof(kmesh_wp_sock, orig_port) == 16);
-static_assert(offsetof(kmesh_wp_sock, state) == 18);
-static_assert(offsetof(kmesh_wp_sock, v4) == 19);
+static_assert(sizeof(kmesh_wp_sock) == 32);
+static_assert(offsetof(kmesh_wp_sock, orig_addr) == 8);
+static_assert(offsetof(kmesh_wp_sock, orig_port) == 24);
+static_assert(offsetof(kmesh_wp_sock, state) == 26);
+static_assert(offsetof(kmesh_wp_sock, v4) == 27);
 static_assert(KMESH_TLV_V4_SIZE == 1 + 4 + 4 + 2 + 1 + 4);
 static_assert(KMESH_TLV_V6_SIZE == 1 + 4 + 16 + 2 + 1 + 4);
 

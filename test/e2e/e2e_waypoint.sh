@@ -169,3 +169,6 @@ check "a hand-made valid TLV is accepted (the oracle is not the code under test)
 
 check "every TLV was sent exactly once per connection (tlv-sent counter = proxied connections)" \
     test "$(wp_stat 6)" = "$(($(grep -c proxied "$WPLOG") + $(grep -c proxied "$WP6LOG") - 1))"
+sleep 0.2 # the last ACKs
+check "every socket left the sockhash once its TLV was acknowledged (released = tlv-sent = $(wp_stat 6))" \
+    test "$(wp_stat 8)" = "$(wp_stat 6)"

@@ -28,6 +28,7 @@ import struct
 import sys
 import tempfile
 import threading
+import traceback
 
 LOG_LOCK = threading.Lock()
 
@@ -197,6 +198,7 @@ def client(argv):
                 break
             reply += chunk
     except OSError as e:
+        traceback.print_exc()
         print("error " + errno.errorcode.get(e.errno, str(e)) if e.errno else "error " + str(e))
         return
     text = reply.decode(errors="replace").strip()
