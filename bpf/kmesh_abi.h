@@ -160,8 +160,13 @@ struct kmesh_waypoint_value {
 	__u8 addr4[16]; /* IPv4-mapped, valid with KMESH_WAYPOINT_HAS_V4 */
 	__u8 addr6[16]; /* valid with KMESH_WAYPOINT_HAS_V6 */
 	__u32 flags;
-	__u16 port; /* network byte order */
-	__u16 pad;
+	__u16 port; /* network byte order: KMESH_WAYPOINT_PORT */
+	/*
+	 * A waypoint named by hostname is a VIP. Istio's waypoint service lists 15008 (HBONE) and
+	 * 15021, not 15019: when (VIP, port) has no frontend, a pod is picked through (VIP,
+	 * lookup_port), the GatewayAddress's hbone_mtls_port, and connected to on `port`. 0: none.
+	 */
+	__u16 lookup_port;
 };
 
 struct kmesh_wp_dest_key {

@@ -135,7 +135,7 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 {
 	struct kmesh_frontend_key key = {}, orig;
 	__u32 addr[4], dst;
-	__u16 port;
+	__u16 port, lookup_port = 0, orig_port;
 	int ret, redirected;
 
 	if (!sock_is_tcp(ctx))
@@ -148,10 +148,18 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 	key.port = (__u16)ctx->user_port;
 
 	orig = key;
-	redirected = wp_select(ctx, &key, KMESH_FAMILY_V4);
+	redirected = wp_select(ctx, &key, KMESH_FAMILY_V4, &lookup_port);
 	if (redirected < 0)
 		return redirected;
 	ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
+	if (ret == -ENOENT && redirected && lookup_port) {
+		/* Istio's waypoint service: pick a pod through its HBONE port, connect on 15019. */
+		orig_port = key.port;
+		key.port = lookup_port;
+		ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
+		port = orig_port;
+		key.port = orig_port;
+	}
 	if (ret == -ENOENT && redirected) { /* a waypoint address without a frontend: as is */
 		__builtin_memcpy(addr, key.addr, 16);
 		port = key.port;
@@ -178,7 +186,7 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 {
 	struct kmesh_frontend_key key = {}, orig;
 	__u32 dst[4], addr[4], family;
-	__u16 port;
+	__u16 port, lookup_port = 0, orig_port;
 	int ret, redirected;
 
 	if (!sock_is_tcp(ctx))
@@ -194,10 +202,17 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 	 * sees it (connect4 does not run), so it needs an IPv4 endpoint, written back mapped. */
 	family = addr6_is_v4mapped(dst) ? KMESH_FAMILY_V4 : KMESH_FAMILY_V6;
 	orig = key;
-	redirected = wp_select(ctx, &key, family);
+	redirected = wp_select(ctx, &key, family, &lookup_port);
 	if (redirected < 0)
 		return redirected;
 	ret = sock_select_endpoint(&key, family, addr, &port);
+	if (ret == -ENOENT && redirected && lookup_port) {
+		orig_port = key.port;
+		key.port = lookup_port;
+		ret = sock_select_endpoint(&key, family, addr, &port);
+		port = orig_port;
+		key.port = orig_port;
+	}
 	if (ret == -ENOENT && redirected) {
 		__builtin_memcpy(addr, key.addr, 16);
 		port = key.port;

@@ -35,6 +35,7 @@ static_assert(sizeof(kmesh_waypoint_value) == 40);
 static_assert(offsetof(kmesh_waypoint_value, addr6) == 16);
 static_assert(offsetof(kmesh_waypoint_value, flags) == 32);
 static_assert(offsetof(kmesh_waypoint_value, port) == 36);
+static_assert(offsetof(kmesh_waypoint_value, lookup_port) == 38);
 static_assert(sizeof(kmesh_wp_dest_key) == 16);
 static_assert(sizeof(kmesh_wp_dest_value) == 16);
 static_assert(offsetof(kmesh_wp_dest_value, kind) == 8);

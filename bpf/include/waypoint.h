@@ -99,10 +99,11 @@ static __always_inline bool wp_caller_is_waypoint(struct bpf_sock_addr *ctx, con
  * Decides whether this connect goes to a waypoint. key holds the destination as the client asked
  * (IPv4-mapped for IPv4); on redirect it is rewritten to the waypoint's address and port, so the
  * caller's frontend lookup then resolves a waypoint given as a service hostname (a VIP) to one of
- * its pods. Returns 1 redirected, 0 not, or -errno (connect fails).
+ * its pods (through *lookup_port when the VIP has no frontend on the waypoint port). Returns 1
+ * redirected, 0 not, or -errno (connect fails).
  */
 static __always_inline int wp_select(struct bpf_sock_addr *ctx, struct kmesh_frontend_key *key,
-				     __u32 family)
+				     __u32 family, __u16 *lookup_port)
 {
 	const struct kmesh_wp_dest_value *dv;
 	const struct kmesh_waypoint_value *wv;
@@ -142,6 +143,7 @@ static __always_inline int wp_select(struct bpf_sock_addr *ctx, struct kmesh_fro
 	}
 	__builtin_memcpy(key->addr, wp_addr, 16);
 	key->port = wp.port;
+	*lookup_port = wp.lookup_port;
 	return 1;
 }
 

@@ -51,7 +51,8 @@ pod_exec backend $WPY sink backend 8080 & PIDS+=($!)
 pod_exec w1 $WPY sink w1 8080 & PIDS+=($!)
 
 # The mesh: echo (10.96.0.10, fd00:96::10) has the waypoint "default/waypoint..." by hostname, whose
-# service (10.96.0.50, fd00:96::50) serves port 15019 on pod wp; v6wp (10.96.0.20, fd00:96::20) has
+# service (10.96.0.50, fd00:96::50) lists 15008 and 15021 on pod wp (a pod is picked through 15008,
+# then connected to on 15019); v6wp (10.96.0.20, fd00:96::20) has
 # pod wp6 as waypoint by its IPv6 address (its workload lists only that one); workload w1 has pod wp
 # by its IPv4 address; pod wp is its own workload waypoint.
 python3 - "$TMP/mesh.json" "$E2E_DIR/../xds" "${WP[@]}" "${WP6[@]}" "${BE[@]}" "${W1[@]}" <<'PY'
@@ -69,11 +70,12 @@ def by_addr(ip):
     return {"address": {"network": "", "address": ip_b64(ip)}, "hboneMtlsPort": 15008}
 echo = service("default", "echo.default.svc.cluster.local", ["10.96.0.10", "fd00:96::10"], [(80, 8080)])
 echo["service"]["waypoint"] = by_host(WPS)
-wps = service("default", "waypoint.default.svc.cluster.local", ["10.96.0.50", "fd00:96::50"], [(15019, 15019)])
+# Shaped like the service Istio makes for a waypoint: HBONE 15008 and status 15021, no 15019.
+wps = service("default", "waypoint.default.svc.cluster.local", ["10.96.0.50", "fd00:96::50"], [(15008, 15008), (15021, 15021)])
 v6 = service("default", "v6wp.default.svc.cluster.local", ["10.96.0.20", "fd00:96::20"], [(80, 8080)])
 v6["service"]["waypoint"] = by_addr(wp66)
 addresses = [echo, wps, v6,
-    workload("Kubernetes//Pod/default/wp", [wp4, wp6_], {WPS: [(15019, 15019)]}, waypoint=by_addr(wp4)),
+    workload("Kubernetes//Pod/default/wp", [wp4, wp6_], {WPS: [(15008, 15008), (15021, 15021)]}, waypoint=by_addr(wp4)),
     workload("Kubernetes//Pod/default/wp6", [wp66]),
     workload("Kubernetes//Pod/default/backend", [be4, be6], {ECHO: [(80, 8080)], V6: [(80, 8080)]}),
     workload("Kubernetes//Pod/default/w1", [w14, w16], waypoint=by_addr(wp4)),

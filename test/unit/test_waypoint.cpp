@@ -85,6 +85,7 @@ TEST_CASE("waypoint: a hostname resolves to the VIPs of that service, port 15019
     CHECK(addr_of(v.addr4) == "10.96.0.50");
     CHECK(addr_of(v.addr6) == "fd00:96::50");
     CHECK(ntohs(v.port) == 15019);
+    CHECK(ntohs(v.lookup_port) == 15008);  // a pod of Istio's waypoint service is picked through it
     // Both of echo's VIPs go to it, as service VIPs.
     for (const char* vip : {"10.96.0.10", "fd00:96::10"}) {
         REQUIRE(d.waypoint_dests.count(dest(vip)));
@@ -99,6 +100,7 @@ TEST_CASE("waypoint: an address waypoint gains its workload's other family; work
     REQUIRE(d.waypoints.count(id));
     CHECK(addr_of(d.waypoints.at(id).addr4) == "10.244.0.9");
     CHECK(addr_of(d.waypoints.at(id).addr6) == "fd00:10:244::9");
+    CHECK(d.waypoints.at(id).lookup_port == 0);  // an address is connected to directly
     for (const char* a : {"10.244.0.21", "fd00:10:244::21"}) {
         REQUIRE(d.waypoint_dests.count(dest(a)));
         CHECK(d.waypoint_dests.at(dest(a)).waypoint_id == id);

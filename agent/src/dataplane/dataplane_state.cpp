@@ -436,6 +436,7 @@ void MeshState::refresh_waypoints() {
                 for (const auto& a : owner->second->addresses) add_waypoint_address(v, a);
         } else {
             wp_hostnames_.insert(w.hostname);
+            v.lookup_port = htons(w.port);
             if (auto s = model_.services.find(w.hostname); s != model_.services.end())
                 for (const auto& vip : s->second.addresses) add_waypoint_address(v, vip);
         }
