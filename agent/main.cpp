@@ -69,6 +69,14 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--max-authz-cache", az.cache, "authorization verdict cache entries")
         ->capture_default_str();
+    app.add_option("--max-waypoints", opt.sizes.waypoints, "waypoint map capacity (distinct waypoints)")
+        ->capture_default_str();
+    app.add_option("--max-waypoint-addresses", opt.sizes.waypoint_addrs,
+                   "addresses (service VIPs, workload addresses) with a waypoint")
+        ->capture_default_str();
+    app.add_option("--max-waypoint-sockets", opt.sizes.waypoint_sockets,
+                   "open connections to waypoints tracked for the TLV at once")
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();

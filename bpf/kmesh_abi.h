@@ -134,8 +134,7 @@ enum kmesh_stat {
 };
 
 /* ===================== authz (issue 9, L4 authorization; bpf/include/authz.h)
- * =====================
- *
+ * ============== *
  * The agent compiles every Istio Authorization that applies to a local workload into tables the
  * kernel walks without ever comparing strings (docs/authz.md, "kernel evaluation"):
  *
@@ -307,5 +306,93 @@ enum kmesh_authz_hit {
 	KMESH_AUTHZ_HIT_COUNT = 3,
 };
 /* ===================== end authz ===================== */
+
+=======
+/* ---- waypoint redirect (issue 9; docs/waypoint.md) ----------------------------------------------
+ *
+ * km_wp_dest  destination address (16 bytes, IPv4-mapped for IPv4) -> waypoint id
+ *             a service VIP whose service has a waypoint, or a workload address whose workload has
+ *             one. Keyed by address only: like ztunnel and Kmesh, the waypoint decision does not
+ *             depend on the port.
+ * km_waypoint waypoint id (64-bit hash of its name) -> where to connect instead (per family)
+ * km_wp_sk    per-socket storage: the original destination, kept from connect() to the first send
+ * km_wp_sockhash  sockets waiting for the TLV; sk_msg_tlv is attached to it
+ */
+
+/* The waypoint's plaintext listener that reads Kmesh's TLV (not HBONE's 15008). */
+#define KMESH_WAYPOINT_PORT 15019
+
+#define KMESH_DEFAULT_MAX_WAYPOINTS	   4096
+#define KMESH_DEFAULT_MAX_WAYPOINT_ADDRS   65536
+#define KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS 65536
+
+#define KMESH_WAYPOINT_HAS_V4 (1u << 0)
+#define KMESH_WAYPOINT_HAS_V6 (1u << 1)
+
+/* A waypoint without any address (a hostname naming no known service) has flags 0: connects that
+ * should go through it fail with EHOSTUNREACH rather than bypass it. */
+struct kmesh_waypoint_value {
+	__u8 addr4[16]; /* IPv4-mapped, valid with KMESH_WAYPOINT_HAS_V4 */
+	__u8 addr6[16]; /* valid with KMESH_WAYPOINT_HAS_V6 */
+	__u32 flags;
+	__u16 port; /* network byte order: KMESH_WAYPOINT_PORT */
+	/*
+	 * A waypoint named by hostname is a VIP. Istio's waypoint service lists 15008 (HBONE) and
+	 * 15021, not 15019: when (VIP, port) has no frontend, a pod is picked through (VIP,
+	 * lookup_port), the GatewayAddress's hbone_mtls_port, and connected to on `port`. 0: none.
+	 */
+	__u16 lookup_port;
+};
+
+struct kmesh_wp_dest_key {
+	__u8 addr[16]; /* IPv4-mapped for IPv4 */
+};
+
+enum kmesh_wp_kind {
+	KMESH_WP_KIND_SERVICE = 1,  /* a service VIP */
+	KMESH_WP_KIND_WORKLOAD = 2, /* a workload's own address */
+};
+
+struct kmesh_wp_dest_value {
+	__u64 waypoint_id;
+	__u32 kind; /* enum kmesh_wp_kind */
+	__u32 pad;
+};
+
+enum kmesh_wp_sock_state {
+	KMESH_WP_SOCK_NONE = 0,
+	KMESH_WP_SOCK_PENDING = 1, /* redirected, TLV not sent yet */
+	KMESH_WP_SOCK_SENT = 2,	   /* TLV sent: sk_msg_tlv passes everything untouched */
+};
+
+/* TLV of reference §3: 0x01, length (BE32, 6 or 18), address, port, then 0xfe and a zero BE32. */
+#define KMESH_TLV_ORIG_DST 0x01
+#define KMESH_TLV_END	   0xfe
+#define KMESH_TLV_V4_SIZE  16
+#define KMESH_TLV_V6_SIZE  28
+
+struct kmesh_wp_sock {
+	__u64 cookie; /* socket cookie, the km_wp_sockhash key (set by sockops) */
+	/* As the client asked, IPv4-mapped for IPv4 (and for IPv4-mapped sockets). */
+	__u8 orig_addr[16];
+	__u16 orig_port; /* network byte order */
+	__u8 state;	 /* enum kmesh_wp_sock_state */
+	__u8 v4;	 /* 1: the destination is IPv4 on the wire, send the 16-byte form */
+	__u32 pad;
+};
+
+/* Slots of the per-CPU counter array km_wp_stats. */
+enum kmesh_wp_stat {
+	KMESH_WP_STAT_REDIRECTED = 0,	 /* connect sent to a waypoint */
+	KMESH_WP_STAT_NO_FAMILY = 1,	 /* the waypoint has no address of the socket's family */
+	KMESH_WP_STAT_SELF = 2,		 /* destination is the waypoint itself: not redirected */
+	KMESH_WP_STAT_FROM_WAYPOINT = 3, /* the caller serves the waypoint port: not redirected */
+	KMESH_WP_STAT_NO_STORAGE = 4,	 /* socket storage could not be created: connect refused */
+	KMESH_WP_STAT_SOCKHASH_FULL = 5, /* socket not tracked: its first send goes without TLV */
+	KMESH_WP_STAT_TLV_SENT = 6,	 /* TLV prepended */
+	KMESH_WP_STAT_TLV_FAILED = 7,	 /* bpf_msg_push_data failed: that send is dropped */
+	KMESH_WP_STAT_RELEASED = 8,	 /* TLV acknowledged: socket back to plain TCP */
+	KMESH_WP_STAT_MAX = 9,
+};
 
 #endif /* KMESH_ABI_H */

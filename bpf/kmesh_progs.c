@@ -7,5 +7,6 @@
 /* The authz evaluator and its maps (the sk_lookup entry includes it too; the guard keeps one copy). */
 #include "include/authz.h"
 #include "sock_lookup.c"
+#include "waypoint.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

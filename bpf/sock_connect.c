@@ -4,6 +4,11 @@
  *
  * These programs are attached by kmesh-cni to each enrolled pod's cgroup, so pods that are not in
  * the mesh never run them. Each hook is a thin entry around a worker that returns 0 or -errno.
+ *
+ * A destination with a waypoint (include/waypoint.h) is first rewritten to the waypoint's address
+ * and port 15019, then goes through the same frontend lookup (a waypoint named by hostname is a
+ * service VIP, whose pods are picked like any endpoint); the original destination is kept in the
+ * socket's storage for sk_msg_tlv (waypoint.c).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -16,8 +21,11 @@
 
 #define SOCK_STREAM  1
 #define ENOENT	     2
+#define ENOMEM	     12
 #define ECONNREFUSED 111
 #define EHOSTUNREACH 113
+
+#include "include/waypoint.h"
 
 #define SYS_REJECT  0
 #define SYS_PROCEED 1
@@ -125,10 +133,10 @@ static __always_inline int sock_verdict(int ret)
 
 static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 {
-	struct kmesh_frontend_key key = {};
+	struct kmesh_frontend_key key = {}, orig;
 	__u32 addr[4], dst;
-	__u16 port;
-	int ret;
+	__u16 port, lookup_port = 0, orig_port;
+	int ret, redirected;
 
 	if (!sock_is_tcp(ctx))
 		return -ENOENT;
@@ -139,7 +147,29 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(&key.addr[12], &dst, sizeof(dst));
 	key.port = (__u16)ctx->user_port;
 
+	orig = key;
+	redirected = wp_select(ctx, &key, KMESH_FAMILY_V4, &lookup_port);
+	if (redirected < 0)
+		return redirected;
 	ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
+	if (ret == -ENOENT && redirected && lookup_port) {
+		/* Istio's waypoint service: pick a pod through its HBONE port, connect on 15019. */
+		orig_port = key.port;
+		key.port = lookup_port;
+		ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
+		port = orig_port;
+		key.port = orig_port;
+	}
+	if (ret == -ENOENT && redirected) { /* a waypoint address without a frontend: as is */
+		__builtin_memcpy(addr, key.addr, 16);
+		port = key.port;
+		ret = 0;
+	}
+	if (ret == -ENOENT)
+		return wp_remember(ctx, false, orig.addr, orig.port, true) ?: -ENOENT;
+	if (ret)
+		return ret;
+	ret = wp_remember(ctx, redirected, orig.addr, orig.port, true);
 	if (ret)
 		return ret;
 	ctx->user_ip4 = addr[3];
@@ -154,10 +184,10 @@ static __always_inline bool addr6_is_v4mapped(const __u32 addr[4])
 
 static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 {
-	struct kmesh_frontend_key key = {};
-	__u32 dst[4], addr[4];
-	__u16 port;
-	int ret;
+	struct kmesh_frontend_key key = {}, orig;
+	__u32 dst[4], addr[4], family;
+	__u16 port, lookup_port = 0, orig_port;
+	int ret, redirected;
 
 	if (!sock_is_tcp(ctx))
 		return -ENOENT;
@@ -170,8 +200,31 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 
 	/* A dual-stack socket connecting to ::ffff:a.b.c.d goes out as IPv4 and only this hook
 	 * sees it (connect4 does not run), so it needs an IPv4 endpoint, written back mapped. */
-	ret = sock_select_endpoint(&key, addr6_is_v4mapped(dst) ? KMESH_FAMILY_V4 : KMESH_FAMILY_V6,
-				   addr, &port);
+	family = addr6_is_v4mapped(dst) ? KMESH_FAMILY_V4 : KMESH_FAMILY_V6;
+	orig = key;
+	redirected = wp_select(ctx, &key, family, &lookup_port);
+	if (redirected < 0)
+		return redirected;
+	ret = sock_select_endpoint(&key, family, addr, &port);
+	if (ret == -ENOENT && redirected && lookup_port) {
+		orig_port = key.port;
+		key.port = lookup_port;
+		ret = sock_select_endpoint(&key, family, addr, &port);
+		port = orig_port;
+		key.port = orig_port;
+	}
+	if (ret == -ENOENT && redirected) {
+		__builtin_memcpy(addr, key.addr, 16);
+		port = key.port;
+		ret = 0;
+	}
+	/* A mapped socket's destination is IPv4 on the wire: it sends the IPv4 TLV. */
+	if (ret == -ENOENT)
+		return wp_remember(ctx, false, orig.addr, orig.port, family == KMESH_FAMILY_V4)
+			   ?: -ENOENT;
+	if (ret)
+		return ret;
+	ret = wp_remember(ctx, redirected, orig.addr, orig.port, family == KMESH_FAMILY_V4);
 	if (ret)
 		return ret;
 	ctx->user_ip6[0] = addr[0];

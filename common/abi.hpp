@@ -52,6 +52,35 @@ static_assert(sizeof(kmesh_authz_cache_key) == 36);
 static_assert(offsetof(kmesh_authz_cache_key, port) == 32);
 static_assert(sizeof(kmesh_authz_cache_value) == 24);
 static_assert(offsetof(kmesh_authz_cache_value, dry) == 16);
+// Waypoint section.
+static_assert(sizeof(kmesh_waypoint_value) == 40);
+static_assert(offsetof(kmesh_waypoint_value, addr6) == 16);
+static_assert(offsetof(kmesh_waypoint_value, flags) == 32);
+static_assert(offsetof(kmesh_waypoint_value, port) == 36);
+static_assert(offsetof(kmesh_waypoint_value, lookup_port) == 38);
+static_assert(sizeof(kmesh_wp_dest_key) == 16);
+static_assert(sizeof(kmesh_wp_dest_value) == 16);
+static_assert(offsetof(kmesh_wp_dest_value, kind) == 8);
+static_assert(sizeof(kmesh_wp_sock) == 32);
+static_assert(offsetof(kmesh_wp_sock, orig_addr) == 8);
+static_assert(offsetof(kmesh_wp_sock, orig_port) == 24);
+static_assert(offsetof(kmesh_wp_sock, state) == 26);
+static_assert(offsetof(kmesh_wp_sock, v4) == 27);
+static_assert(KMESH_TLV_V4_SIZE == 1 + 4 + 4 + 2 + 1 + 4);
+static_assert(KMESH_TLV_V6_SIZE == 1 + 4 + 16 + 2 + 1 + 4);
+
+inline bool operator<(const kmesh_wp_dest_key& a, const kmesh_wp_dest_key& b) {
+    return std::memcmp(&a, &b, sizeof a) < 0;
+}
+inline bool operator==(const kmesh_wp_dest_key& a, const kmesh_wp_dest_key& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+inline bool operator==(const kmesh_wp_dest_value& a, const kmesh_wp_dest_value& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+inline bool operator==(const kmesh_waypoint_value& a, const kmesh_waypoint_value& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
 
 inline bool operator<(const kmesh_frontend_key& a, const kmesh_frontend_key& b) {
     return std::memcmp(&a, &b, sizeof a) < 0;

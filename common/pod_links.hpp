@@ -156,6 +156,7 @@ struct ProgSpec {
 inline constexpr ProgSpec kPodProgs[] = {
     {kProgConnect4, BPF_CGROUP_INET4_CONNECT},
     {kProgConnect6, BPF_CGROUP_INET6_CONNECT},
+    {kProgSockops, BPF_CGROUP_SOCK_OPS},
 };
 // L4 authorization: attached to the pod's network namespace (not its cgroup), pinned in the
 // container's own record (for a shared cgroup: in its users/<container> entry, as each container

@@ -84,6 +84,8 @@ cni() { # <command> [bpffs-root] [with-prevResult] [netns]; stdout = plugin outp
         CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=e2e;K8S_POD_UID=$POD_UID" "$CNI"
 }
 attached() { "$BPFTOOL" cgroup show "${1:-$POD_CG}"; }
+# Links kmesh-cni makes per pod: connect4, connect6 and sockops (waypoint TLV).
+NLINKS=3
 # Ids of the bpf_links attached to this test's pod cgroup only (other BPF users on the machine have
 # links too): `bpftool cgroup show` lists program ids, so filter `bpftool link show` by cgroup id,
 # which on cgroup v2 is the directory's inode number.
@@ -123,7 +125,7 @@ out=$(cni CHECK) || fail "CHECK after ADD: $out"
 
 # A repeated ADD keeps the same links.
 before=$(link_ids)
-[[ $(wc -l <<<"$before") == 2 ]] || fail "expected 2 links on the pod cgroup, got: $before"
+[[ $(wc -l <<<"$before") == $NLINKS ]] || fail "expected $NLINKS links on the pod cgroup, got: $before"
 out=$(cni ADD) || fail "second ADD: $out"
 [[ $(link_ids) == "$before" ]] || fail "second ADD replaced links"
 [[ $(attached | grep -c cgroup_connect) == 2 ]] || fail "second ADD attached twice: $(attached)"
@@ -165,7 +167,7 @@ out=$(CNI_CONTAINERID=$DOT_CID cni ADD) || fail "ADD with dotted id: $out"
 [[ $out == "$PREV" ]] || fail "ADD with dotted id printed '$out'"
 [[ -e $DOT_PODDIR/cgroup_connect4 && -e $DOT_PODDIR/cgroup_connect6 ]] ||
     fail "dotted id: links not pinned in $DOT_PODDIR: $(ls "$BPFFS/kmesh/pods")"
-[[ $(link_ids | wc -l) == 2 ]] || fail "dotted id: expected 2 links on the pod cgroup: $(link_ids)"
+[[ $(link_ids | wc -l) == $NLINKS ]] || fail "dotted id: expected $NLINKS links on the pod cgroup: $(link_ids)"
 out=$(CNI_CONTAINERID=$DOT_CID cni CHECK) || fail "CHECK with dotted id: $out"
 out=$(CNI_CONTAINERID=$DOT_CID cni DEL) || fail "DEL with dotted id: $out"
 [[ ! -e $DOT_PODDIR ]] || fail "DEL with dotted id left $DOT_PODDIR"
@@ -206,7 +208,7 @@ for i in $(seq 1 50); do
     ((rc1 == 0 && rc2 == 0)) || fail "pair $i: concurrent ADDs failed: $(cat "$TMP/a.out" "$TMP/b.out")"
     [[ -e $BPFFS/kmesh/pods/conc$i/cgroup_connect4 && -e $BPFFS/kmesh/pods/conc$i/cgroup_connect6 ]] ||
         fail "pair $i: links not pinned after concurrent ADDs: $(ls "$BPFFS/kmesh/pods/conc$i" 2>&1)"
-    [[ $(link_ids | wc -l) == 2 ]] || fail "pair $i: expected 2 links: $(link_ids)"
+    [[ $(link_ids | wc -l) == $NLINKS ]] || fail "pair $i: expected $NLINKS links: $(link_ids)"
     out=$(CNI_CONTAINERID=conc$i cni DEL) || fail "pair $i: DEL: $out"
 done
 
@@ -220,14 +222,14 @@ for i in $(seq 1 70); do
     ip netns add "$NETNS-pm$i"
     out=$(CNI_CONTAINERID=pm$i cni ADD "$BPFFS" yes "/run/netns/$NETNS-pm$i") || fail "shared ADD $i: $out"
 done
-[[ $(link_ids "$SHARED_CG" | wc -l) == 2 ]] || fail "shared cgroup: expected 2 links: $(attached "$SHARED_CG")"
+[[ $(link_ids "$SHARED_CG" | wc -l) == $NLINKS ]] || fail "shared cgroup: expected $NLINKS links: $(attached "$SHARED_CG")"
 out=$(CNI_CONTAINERID=pm70 cni CHECK "$BPFFS" yes "/run/netns/$NETNS-pm70") || fail "shared CHECK: $out"
 [[ -e $BPFFS/kmesh/pods/_cgroup_$(stat -c %i "$SHARED_CG")/users/pm70/sk_lookup_authz ]] ||
     fail "shared cgroup: pm70's sk_lookup link not in its users/ entry"
 for i in $(seq 1 69); do
     out=$(CNI_CONTAINERID=pm$i cni DEL) || fail "shared DEL $i: $out"
 done
-[[ $(link_ids "$SHARED_CG" | wc -l) == 2 ]] || fail "shared cgroup detached before its last user left"
+[[ $(link_ids "$SHARED_CG" | wc -l) == $NLINKS ]] || fail "shared cgroup detached before its last user left"
 out=$(CNI_CONTAINERID=pm70 cni DEL) || fail "shared DEL 70: $out"
 [[ -z $(link_ids "$SHARED_CG") ]] || fail "shared cgroup still attached after the last DEL: $(attached "$SHARED_CG")"
 # Confined to cgroupRoot.

@@ -114,6 +114,10 @@ class FakeMapOps : public MapOps {
                 return sizeof(kmesh_endpoint_key);
             case MapId::kPort:
                 return sizeof(kmesh_port_key);
+            case MapId::kWaypoint:
+                return sizeof(uint64_t);
+            case MapId::kWaypointDest:
+                return sizeof(kmesh_wp_dest_key);
             default:
                 return sizeof(uint32_t);
         }
@@ -128,6 +132,10 @@ class FakeMapOps : public MapOps {
                 return sizeof(kmesh_endpoint_value);
             case MapId::kPort:
                 return sizeof(kmesh_port_value);
+            case MapId::kWaypoint:
+                return sizeof(kmesh_waypoint_value);
+            case MapId::kWaypointDest:
+                return sizeof(kmesh_wp_dest_value);
             default:
                 return sizeof(kmesh_backend_value);
         }

@@ -60,7 +60,7 @@ struct Fixture {
     spdlog::logger log{"test"};  // no sinks
     PinLayout layout{bpffs.path().string()};
     std::string container_id = "c0ffee";
-    std::uint32_t prog4 = 0, prog6 = 0, prog_sl = 0;
+    std::uint32_t prog4 = 0, prog6 = 0, prog_sl = 0, progops = 0;
 
     Fixture() {
         cgroups.mkdirs(std::string("kubepods/besteffort/pod") + kUid);
@@ -72,6 +72,7 @@ struct Fixture {
         prog4 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         prog6 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         prog_sl = kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
+        progops = kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
     }
     std::string config(const std::string& command, const std::string& extra_config = "",
                        const std::string& version = "1.0.0") {
@@ -116,6 +117,9 @@ struct Fixture {
 };
 
 }  // namespace
+
+// Programs kmesh-cni attaches per pod (connect4, connect6, sockops).
+constexpr int kProgs = static_cast<int>(std::size(kmesh::kPodProgs));
 
 TEST_CASE("parse_config: every supported version, plugin fields, unknown fields ignored") {
     for (const char* v : {"0.3.1", "0.4.0", "1.0.0", "1.1.0"}) {
@@ -245,11 +249,11 @@ TEST_CASE("ADD attaches both programs, prints prevResult, and is idempotent") {
     CHECK(sl.prog_id == f.prog_sl);
     CHECK(sl.attach_type == BPF_SK_LOOKUP);
     CHECK(sl.netns_ino == f.kernel.netns_ino_of("/var/run/netns/x"));
-    CHECK(f.kernel.link_creates == 3);
+    CHECK(f.kernel.link_creates == kProgs + 1);
     CHECK(f.kernel.fds.empty());
 
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 3);  // all kept
+    CHECK(f.kernel.link_creates == kProgs + 1);  // all kept
     CHECK(f.kernel.attached_netns_links(sl.netns_ino, f.bpffs.path()) == 1);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.kernel.fds.empty());
@@ -264,8 +268,8 @@ TEST_CASE("ADD moves links of an old program to the new one in place, without a 
     const std::uint64_t pod_cgroup = f.pinned(kmesh::kProgConnect4).cgroup_id;
     f.load_agent();  // agent upgraded: new programs pinned
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_updates == 3);
-    CHECK(f.kernel.link_creates == 3);  // no new link: the pod is never without the hook
+    CHECK(f.kernel.link_updates == kProgs + 1);
+    CHECK(f.kernel.link_creates == kProgs + 1);  // no new link: the pod is never without the hook
     CHECK(f.pinned_id(kmesh::kProgSkLookup) == link_sl);
     CHECK(f.pinned(kmesh::kProgSkLookup).prog_id == f.prog_sl);
     CHECK(f.pinned_id(kmesh::kProgConnect4) == link4);
@@ -284,7 +288,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     fs::remove_all(f.cgroups.path() / "kubepods/besteffort");
     auto other = f.cgroups.mkdirs(std::string("kubepods/burstable/pod") + kUid);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 5);  // two cgroup links; the netns link is kept
+    CHECK(f.kernel.link_creates == 2 * kProgs + 1);  // the cgroup links again; the netns link is kept
     CHECK(f.kernel.link_updates == 0);
     const std::uint64_t other_id = f.cgroup_id_of(other);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
@@ -294,7 +298,7 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     const std::uint32_t link6 = f.pinned_id(kmesh::kProgConnect6);
     f.detach(kmesh::kProgConnect4);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 6);
+    CHECK(f.kernel.link_creates == 2 * kProgs + 2);
     CHECK(f.pinned(kmesh::kProgConnect4).cgroup_id == other_id);
     CHECK(f.pinned_id(kmesh::kProgConnect6) == link6);
 
@@ -302,8 +306,8 @@ TEST_CASE("ADD replaces links on another cgroup and detached links") {
     f.load_agent();
     f.detach(kmesh::kProgConnect6);
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_creates == 7);
-    CHECK(f.kernel.link_updates == 2);  // connect4 and sk_lookup
+    CHECK(f.kernel.link_creates == 2 * kProgs + 3);
+    CHECK(f.kernel.link_updates == kProgs);  // all but connect6 (the netns link included)
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
     CHECK(f.pinned(kmesh::kProgConnect6).cgroup_id == other_id);
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
@@ -316,8 +320,8 @@ TEST_CASE("ADD falls back to a new link when bpf_link_update fails") {
     f.load_agent();
     f.kernel.fail_link_update = -EINVAL;
     f.run_cmd("ADD");
-    CHECK(f.kernel.link_updates == 3);
-    CHECK(f.kernel.link_creates == 6);
+    CHECK(f.kernel.link_updates == kProgs + 1);
+    CHECK(f.kernel.link_creates == 2 * (kProgs + 1));
     CHECK(f.pinned(kmesh::kProgConnect4).prog_id == f.prog4);
     CHECK(f.pinned(kmesh::kProgConnect6).prog_id == f.prog6);
     CHECK(f.run_cmd("CHECK").empty());
@@ -560,6 +564,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     // The legacy dir goes once its links are detached (its cgroup and netns are gone): always safe.
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    f.detach(kmesh::kProgSockops);
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK(fs::exists(f.layout.pod_dir("legacy")));  // its netns link is still attached
     f.kernel.destroy_netns("/var/run/netns/x");
@@ -572,6 +577,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     f.container_id = "gone";
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    f.detach(kmesh::kProgSockops);
     f.kernel.destroy_netns("/var/run/netns/x");
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK_FALSE(fs::exists(f.layout.pod_dir("gone")));
@@ -598,12 +604,12 @@ TEST_CASE("cgroupPath: many containers share one attachment; the last DEL detach
     const std::uint64_t cgid = f.cgroup_id_of(shared);
     for (int i = 0; i < 70; ++i) f.run_shared("ADD", "ctr" + std::to_string(i));
     // Not 140 cgroup links: the kernel allows 64 programs per hook; one netns link per container.
-    CHECK(f.kernel.link_creates == 2 + 70);
-    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(f.kernel.link_creates == kProgs + 70);
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == kProgs);
     CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/ctr5"), f.bpffs.path()) == 1);
     for (int i = 0; i < 70; ++i) CHECK(f.run_shared("CHECK", "ctr" + std::to_string(i)).empty());
     for (int i = 0; i < 69; ++i) f.run_shared("DEL", "ctr" + std::to_string(i));
-    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_links(cgid, f.bpffs.path()) == kProgs);
     CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/ctr5"), f.bpffs.path()) == 0);
     CHECK(f.kernel.attached_netns_links(f.kernel.netns_ino_of("/var/run/netns/ctr69"), f.bpffs.path()) == 1);
     CHECK(error_code([&] { f.run_shared("CHECK", "ctr0"); }) == kErrNotAttached);
@@ -652,7 +658,7 @@ TEST_CASE("cgroupPath must be strictly below cgroupRoot") {
     CHECK(f.kernel.link_creates == 0);
     // An absolute path below the root is fine.
     f.run_shared("ADD", "a", (f.cgroups.path() / "shared").string());
-    CHECK(f.kernel.link_creates == 3);
+    CHECK(f.kernel.link_creates == kProgs + 1);
 }
 
 TEST_CASE("cgroupRoot must be on cgroup v2") {

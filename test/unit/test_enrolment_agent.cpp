@@ -179,6 +179,7 @@ struct Node {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
+        kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
     }
     PassResult pass() {
         std::vector<Pod> pods;
@@ -205,7 +206,7 @@ TEST_CASE("executor: enrols a running pod, is idempotent, releases it when the l
     PassResult r = n.pass();
     CHECK(r.errors.empty());
     CHECK(r.plan.enrolled == 1);
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgConnect4));
     CHECK(n.api.pods["meshed/web"].meta.annotations.at("kmesh.net/redirection") == "enabled");
     CHECK(n.kernel.fds.empty());
@@ -234,7 +235,7 @@ TEST_CASE(
     n.api.add_pod("meshed", "web", "2222-bbbb-cccc");
     PassResult r = n.pass();
     CHECK(r.errors.empty());
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
 }
 
 TEST_CASE("executor: releases a pod the plugin enrolled once it is no longer selected") {
@@ -251,7 +252,7 @@ TEST_CASE("executor: releases a pod the plugin enrolled once it is no longer sel
     n.kernel.magic[n.bpffs.path().string()] = 0xcafe4a11;                   // BPF_FS_MAGIC
     n.kernel.magic[fs::canonical(n.cgroups.path()).string()] = 0x63677270;  // CGROUP2_SUPER_MAGIC
     kmesh::cni::run(req, n.kernel, n.log);
-    REQUIRE(n.links(cg) == 2);
+    REQUIRE(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     PassResult r = n.pass();
     CHECK(r.errors.empty());
     CHECK(n.links(cg) == 0);
@@ -264,16 +265,16 @@ TEST_CASE("executor: records of deleted pods go, records of unknown live cgroups
     const fs::path a = n.cgroups.mkdirs("kubepods/pod4444"), b = n.cgroups.mkdirs("standalone");
     n.api.add_pod("meshed", "web", "4444");
     CHECK(n.pass().errors.empty());
-    REQUIRE(n.links(a) == 2);
+    REQUIRE(n.links(a) == static_cast<int>(std::size(kmesh::kPodProgs)));
     // A standalone container (no pod) attached by the plugin elsewhere: simulate with a second pass
     // on a pod that then disappears from the API but keeps its cgroup.
     n.api.add_pod("meshed", "other", "5555");
     const fs::path c = n.cgroups.mkdirs("kubepods/pod5555");
     CHECK(n.pass().errors.empty());
-    REQUIRE(n.links(c) == 2);
+    REQUIRE(n.links(c) == static_cast<int>(std::size(kmesh::kPodProgs)));
     n.api.pods.erase("meshed/other");  // unknown now, but its cgroup lives: left alone
     CHECK(n.pass().plan.actions.empty());
-    CHECK(n.links(c) == 2);
+    CHECK(n.links(c) == static_cast<int>(std::size(kmesh::kPodProgs)));
     // The pod deleted while the agent was down: its cgroup went, the kernel detached its links.
     const auto id = n.id_of(a);
     for (auto& [oid, o] : n.kernel.objects)
@@ -302,7 +303,7 @@ TEST_CASE("executor: agent not loaded or cgroup missing: nothing applied, retrie
     n.load_agent();
     r = n.pass();
     CHECK(r.errors.empty());
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(r.retry());  // "creating" still has no cgroup
     n.cgroups.mkdirs("kubepods/pod7777");
     r = n.pass();
@@ -319,7 +320,7 @@ TEST_CASE("executor: a failed annotation is an error retried, the attachment sta
     PassResult r = n.pass();
     REQUIRE(r.errors.size() == 1);
     CHECK(r.errors[0].message().find("API down") != std::string::npos);
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     n.api.fail_patch.reset();
     r = n.pass();
     CHECK(r.errors.empty());
@@ -332,7 +333,7 @@ TEST_CASE("kmesh-cni DEL of a pod also removes the agent's record of it (pods/_p
     const fs::path cg = n.cgroups.mkdirs("kubepods/pod9999");
     n.api.add_pod("meshed", "web", "9999");
     CHECK(n.pass().errors.empty());
-    REQUIRE(n.links(cg) == 2);
+    REQUIRE(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     n.kernel.magic[n.bpffs.path().string()] = 0xcafe4a11;  // BPF_FS_MAGIC
     auto del = [&](const std::string& uid) {
         return kmesh::cni::run(
@@ -343,7 +344,7 @@ TEST_CASE("kmesh-cni DEL of a pod also removes the agent's record of it (pods/_p
             n.kernel, n.log);
     };
     del("1234");  // another pod: untouched
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     del("9999");
     CHECK(n.links(cg) == 0);
     CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_9999"));

@@ -54,6 +54,7 @@ struct KubeFixture {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect4));
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
+        kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
     }
     ApiFactory factory() {
         return [this](const std::string& path) -> kmesh::Result<std::unique_ptr<kmesh::kube::Api>> {
@@ -226,7 +227,8 @@ TEST_CASE("kubeConfig: a selected pod is attached, then annotated kmesh.net/redi
     std::string out;
     CHECK(f.add("meshed", "web", out) == 0);
     CHECK(is_prev_result(out));
-    CHECK(f.kernel.attached_links(f.cgroup_id(), f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_links(f.cgroup_id(), f.bpffs.path()) ==
+          static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(fs::exists(fs::path(f.layout.pod_dir("c0ffee")) / kmesh::kProgConnect4));
     REQUIRE(f.api.patches.size() == 1);
     CHECK(f.api.patches[0].first == "meshed/web");
@@ -249,7 +251,8 @@ TEST_CASE("kubeConfig: a failed annotation PATCH does not fail ADD") {
     std::string out;
     CHECK(f.add("meshed", "web", out) == 0);
     CHECK(is_prev_result(out));
-    CHECK(f.kernel.attached_links(f.cgroup_id(), f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_links(f.cgroup_id(), f.bpffs.path()) ==
+          static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(f.api.patches.size() == 1);
 }
 
@@ -273,7 +276,8 @@ TEST_CASE("without kubeConfig every pod of the chain is enrolled, the API is nev
     CHECK(code_of(out) == kErrTryAgainLater);
     f.load_agent();
     CHECK(f.add("plain", "web", out, f.config("")) == 0);
-    CHECK(f.kernel.attached_links(f.cgroup_id(), f.bpffs.path()) == 2);
+    CHECK(f.kernel.attached_links(f.cgroup_id(), f.bpffs.path()) ==
+          static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(f.factory_calls == 0);
 }
 

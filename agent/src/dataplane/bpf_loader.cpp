@@ -132,9 +132,14 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     }
     std::unique_ptr<Dataplane> dp(new Dataplane(skel, lock_fd));
     const std::pair<bpf_map*, uint32_t> sized[] = {
-        {skel->maps.km_frontend, sizes.frontends}, {skel->maps.km_service, sizes.services},
-        {skel->maps.km_endpoint, sizes.endpoints}, {skel->maps.km_backend, sizes.backends},
+        {skel->maps.km_frontend, sizes.frontends},
+        {skel->maps.km_service, sizes.services},
+        {skel->maps.km_endpoint, sizes.endpoints},
+        {skel->maps.km_backend, sizes.backends},
         {skel->maps.km_port, sizes.ports},
+        {skel->maps.km_waypoint, sizes.waypoints},
+        {skel->maps.km_wp_dest, sizes.waypoint_addrs},
+        {skel->maps.km_wp_sockhash, sizes.waypoint_sockets},
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
     // Authz tables: arrays and generation-keyed maps hold two generations; the evaluator finds a
@@ -218,6 +223,13 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     }
     if (int err = kmesh_sock__load(skel)) {
         *error = fmt::format("load BPF programs: {} (see libbpf messages above)", errno_text(err));
+        return nullptr;
+    }
+    // sk_msg has no bpf_link in libbpf 1.1: attach to the sockhash itself. It replaces a previous
+    // agent's program on a reused (pinned) map; sockets already in the map keep theirs.
+    if (bpf_prog_attach(bpf_program__fd(skel->progs.sk_msg_tlv), bpf_map__fd(skel->maps.km_wp_sockhash),
+                        BPF_SK_MSG_VERDICT, 0) != 0) {
+        *error = fmt::format("attach {} to km_wp_sockhash: {}", kProgSkMsg, errno_text(errno));
         return nullptr;
     }
     return dp;
@@ -406,7 +418,8 @@ std::array<int, policy::kAuthzMapCount> Dataplane::authz_map_fds() const {
 std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),
             bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend),
-            bpf_map__fd(skel_->maps.km_port)};
+            bpf_map__fd(skel_->maps.km_port),     bpf_map__fd(skel_->maps.km_waypoint),
+            bpf_map__fd(skel_->maps.km_wp_dest)};
 }
 
 std::string uninstall(const PinLayout& layout) {

@@ -26,6 +26,9 @@ struct MapSizes {
     uint32_t backends = KMESH_DEFAULT_MAX_BACKENDS;
     uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
     policy::AuthzSizes authz;  // per generation (the --max-authz-* flags)
+    uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
+    uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
+    uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
 };
 
 // Mounts bpffs at root unless one is there already. Returns an error message or "".

@@ -284,12 +284,16 @@ void MeshState::upsert_service(const Service& s) {
     std::string key = s.key();
     auto it = model_.services.find(key);
     if (it != model_.services.end() && it->second == s) return;
+    if (waypoint_relevant(s) || (it != model_.services.end() && waypoint_relevant(it->second)))
+        waypoints_changed();
     model_.services[key] = s;
     hashes_.insert(name_hash(key));
     refresh_service(key);
 }
 
 void MeshState::remove_service(const std::string& key) {
+    if (auto it = model_.services.find(key); it != model_.services.end() && waypoint_relevant(it->second))
+        waypoints_changed();
     if (!model_.services.erase(key)) return;
     uint64_t hs = name_hash(key);
     dirty_.services.insert(hs);
@@ -311,6 +315,8 @@ void MeshState::remove_service(const std::string& key) {
 void MeshState::upsert_workload(const Workload& w) {
     auto it = model_.workloads.find(w.uid);
     if (it != model_.workloads.end() && it->second == w) return;
+    if (waypoint_relevant(w) || (it != model_.workloads.end() && waypoint_relevant(it->second)))
+        waypoints_changed();
     std::set<std::string> touched;
     if (it != model_.workloads.end())
         for (const auto& [key, ports] : it->second.services) touched.insert(key);
@@ -340,6 +346,7 @@ void MeshState::upsert_workload(const Workload& w) {
 void MeshState::remove_workload(const std::string& uid) {
     auto it = model_.workloads.find(uid);
     if (it == model_.workloads.end()) return;
+    if (waypoint_relevant(it->second)) waypoints_changed();
     auto services = it->second.services;
     model_.workloads.erase(it);
     for (const auto& [key, ports] : services) {
@@ -382,6 +389,106 @@ void MeshState::replace(const Model& next) {
     for (const auto& [uid, w] : next.workloads) upsert_workload(w);
 }
 
+std::string waypoint_name(const Waypoint& w) {
+    return w.address ? "address/" + w.address->str() : "hostname/" + w.hostname;
+}
+
+bool MeshState::waypoint_relevant(const Service& s) const {
+    return s.waypoint || wp_hostnames_.count(s.key());
+}
+
+bool MeshState::waypoint_relevant(const Workload& w) const {
+    if (w.waypoint) return true;
+    for (const auto& a : w.addresses)
+        if (wp_addresses_.count(a)) return true;
+    return false;
+}
+
+namespace {
+
+void add_waypoint_address(kmesh_waypoint_value& v, const IpAddr& a) {
+    if (a.is_v4() && !(v.flags & KMESH_WAYPOINT_HAS_V4)) {
+        std::memcpy(v.addr4, a.bytes.data(), 16);
+        v.flags |= KMESH_WAYPOINT_HAS_V4;
+    } else if (!a.is_v4() && !(v.flags & KMESH_WAYPOINT_HAS_V6)) {
+        std::memcpy(v.addr6, a.bytes.data(), 16);
+        v.flags |= KMESH_WAYPOINT_HAS_V6;
+    }
+}
+
+}  // namespace
+
+// Rebuilds both waypoint tables from the model.
+//  - A waypoint given by address is that address, plus the other family's address of the workload
+//    owning it (GatewayAddress carries one address; a dual-stack waypoint pod serves both).
+//  - A waypoint given by hostname is the VIPs of the service "namespace/hostname" the agent knows
+//    (one per family); unknown, it has no address and its users' connects fail with EHOSTUNREACH
+//    instead of bypassing it.
+//  - Service VIPs take precedence over workload addresses; among services (and among workloads) the
+//    first by name wins, so the outcome does not depend on update order.
+//  - No waypoint address is ever a redirect destination: a workload that is its own waypoint, or a
+//    connect to a waypoint, goes straight there (the BPF side checks the same, belt and braces).
+void MeshState::refresh_waypoints() {
+    wp_stale_ = false;
+    desired_.waypoints.clear();
+    desired_.waypoint_dests.clear();
+    wp_hostnames_.clear();
+    wp_addresses_.clear();
+    std::map<IpAddr, const Workload*> by_address;
+    bool indexed = false;
+    auto resolve = [&](const Waypoint& w) {
+        uint64_t id = name_hash("waypoint:" + waypoint_name(w));
+        if (desired_.waypoints.count(id)) return id;
+        kmesh_waypoint_value v{};
+        v.port = htons(KMESH_WAYPOINT_PORT);
+        if (w.address) {
+            wp_addresses_.insert(*w.address);
+            add_waypoint_address(v, *w.address);
+            if (!indexed) {
+                for (const auto& [uid, wl] : model_.workloads)
+                    for (const auto& a : wl.addresses) by_address.emplace(a, &wl);
+                indexed = true;
+            }
+            if (auto owner = by_address.find(*w.address); owner != by_address.end())
+                for (const auto& a : owner->second->addresses) add_waypoint_address(v, a);
+        } else {
+            wp_hostnames_.insert(w.hostname);
+            v.lookup_port = htons(w.port);
+            if (auto s = model_.services.find(w.hostname); s != model_.services.end())
+                for (const auto& vip : s->second.addresses) add_waypoint_address(v, vip);
+        }
+        desired_.waypoints[id] = v;
+        return id;
+    };
+    auto point = [&](const IpAddr& a, uint64_t id, uint32_t kind) {
+        if (a.is_unspecified() || a.is_loopback() || a.is_multicast()) return;
+        kmesh_wp_dest_key k{};
+        std::memcpy(k.addr, a.bytes.data(), 16);
+        desired_.waypoint_dests.emplace(k, kmesh_wp_dest_value{id, kind, 0});
+    };
+    for (const auto& [key, s] : model_.services)
+        if (s.waypoint) {
+            uint64_t id = resolve(*s.waypoint);
+            for (const auto& vip : s.addresses) point(vip, id, KMESH_WP_KIND_SERVICE);
+        }
+    for (const auto& [uid, w] : model_.workloads)
+        if (w.waypoint) {
+            uint64_t id = resolve(*w.waypoint);
+            for (const auto& a : w.addresses) point(a, id, KMESH_WP_KIND_WORKLOAD);
+        }
+    for (const auto& [id, v] : desired_.waypoints) {
+        kmesh_wp_dest_key k{};
+        if (v.flags & KMESH_WAYPOINT_HAS_V4) {
+            std::memcpy(k.addr, v.addr4, 16);
+            desired_.waypoint_dests.erase(k);
+        }
+        if (v.flags & KMESH_WAYPOINT_HAS_V6) {
+            std::memcpy(k.addr, v.addr6, 16);
+            desired_.waypoint_dests.erase(k);
+        }
+    }
+}
+
 DesiredState build_desired(const Model& model, const NodeInfo& node) {
     MeshState m(node);
     m.replace(model);
@@ -393,7 +500,8 @@ bool Plan::empty() const { return size() == 0; }
 size_t Plan::size() const {
     return put_backends.size() + put_services.size() + add_endpoints.size() + put_ports.size() +
            put_frontends.size() + delete_frontends.size() + remove_endpoints.size() + delete_ports.size() +
-           delete_services.size() + delete_backends.size();
+           delete_services.size() + delete_backends.size() + put_waypoints.size() +
+           put_waypoint_dests.size() + delete_waypoint_dests.size() + delete_waypoints.size();
 }
 
 namespace {
@@ -439,6 +547,19 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
             // A kept (rejected) service's overrides stay with it.
             if (!want.ports.count(cp->first) && !dirty.keep.count(cp->first.service))
                 plan.delete_ports.push_back(cp->first);
+    }
+
+    if (dirty.all || dirty.waypoints) {
+        for (const auto& [id, v] : want.waypoints)
+            if (auto c = cur.waypoints.find(id); c == cur.waypoints.end() || !(c->second == v))
+                plan.put_waypoints.emplace_back(id, v);
+        for (const auto& [id, v] : cur.waypoints)
+            if (!want.waypoints.count(id)) plan.delete_waypoints.push_back(id);
+        for (const auto& [k, v] : want.waypoint_dests)
+            if (auto c = cur.waypoint_dests.find(k); c == cur.waypoint_dests.end() || !(c->second == v))
+                plan.put_waypoint_dests.emplace_back(k, v);
+        for (const auto& [k, v] : cur.waypoint_dests)
+            if (!want.waypoint_dests.count(k)) plan.delete_waypoint_dests.push_back(k);
     }
 
     std::set<kmesh_frontend_key> frontends_deleted;

@@ -67,17 +67,26 @@ struct DesiredState {
     std::map<uint64_t, DesiredBackend> backends;
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
     std::map<PortKey, uint16_t> ports;  // target port, network order
+    // Waypoint redirect (docs/waypoint.md): waypoint id (name_hash of waypoint_name()) -> where it
+    // is, and every address whose connects go through a waypoint -> that waypoint's id.
+    std::map<uint64_t, kmesh_waypoint_value> waypoints;
+    std::map<kmesh_wp_dest_key, kmesh_wp_dest_value> waypoint_dests;
 };
+
+// "address/10.244.0.9" or "hostname/ns/name.ns.svc.cluster.local": one waypoint entry per name,
+// whatever its hbone_mtls_port (we always connect to KMESH_WAYPOINT_PORT).
+std::string waypoint_name(const Waypoint& w);
 
 // What changed since the last plan: only these are compared with the maps.
 struct Dirty {
-    bool all = false;  // after a restart: compare everything
+    bool all = false;        // after a restart: compare everything
+    bool waypoints = false;  // the waypoint tables changed (compared whole: they are small)
     std::set<uint64_t> services, backends;
     // Names (hashes) the model does not hold but whose map entries stay as they are: resources
     // istiod sent in a form that was rejected, after a restart emptied the model. Their service,
     // frontends, endpoint slots, backend and ports are neither rewritten nor deleted.
     std::set<uint64_t> keep;
-    bool empty() const { return !all && services.empty() && backends.empty(); }
+    bool empty() const { return !all && !waypoints && services.empty() && backends.empty(); }
 };
 
 // The model plus the map contents it implies, kept up to date one resource at a time, so that a
@@ -105,9 +114,14 @@ class MeshState {
     void replace(const Model& next);
 
     const Model& model() const { return model_; }
-    const DesiredState& desired() const { return desired_; }
+    // The waypoint tables are rebuilt here, once per batch of changes, when a change touched them.
+    const DesiredState& desired() {
+        if (wp_stale_) refresh_waypoints();
+        return desired_;
+    }
     const NodeInfo& node() const { return node_; }
     Dirty take_dirty() {
+        if (wp_stale_) refresh_waypoints();
         Dirty d = std::exchange(dirty_, Dirty{});
         d.keep = pinned_;
         return d;
@@ -133,6 +147,16 @@ class MeshState {
     void forget_hash(const std::string& name);
     void note_conflict(const kmesh_frontend_key& fk, const std::set<uint64_t>& claimants);
     std::string service_name(uint64_t hash) const;  // for logs and dumps
+    // Waypoints: whether a service/workload (as it was or will be) bears on the waypoint tables,
+    // and the full rebuild of those tables (cost: the services and workloads with a waypoint, plus
+    // an address index of the workloads when a waypoint is given by address).
+    bool waypoint_relevant(const Service& s) const;
+    bool waypoint_relevant(const Workload& w) const;
+    void waypoints_changed() {
+        wp_stale_ = true;
+        dirty_.waypoints = true;
+    }
+    void refresh_waypoints();
 
     NodeInfo node_;
     bool learn_locality_ = false;
@@ -147,6 +171,9 @@ class MeshState {
     // largest hash wins, so the outcome does not depend on the order the updates came in.
     std::map<kmesh_frontend_key, std::set<uint64_t>> claimants_;
     std::set<uint64_t> pinned_;
+    bool wp_stale_ = false;
+    std::set<std::string> wp_hostnames_;  // services named as waypoints: their VIPs are waypoint addresses
+    std::set<IpAddr> wp_addresses_;       // addresses given as waypoints: their workloads' other family
     // Conflicts (more than one claimant) already logged, with the claimants seen then: each is
     // logged once when it appears or changes, and once when it is resolved.
     std::map<kmesh_frontend_key, std::set<uint64_t>> conflicts_logged_;
@@ -190,6 +217,8 @@ struct MapState {
     std::map<kmesh_frontend_key, FrontendTarget> frontends;  // service hash 0: points at an unknown id
     std::map<uint64_t, std::set<kmesh_frontend_key>> frontends_by_service;
     std::map<PortKey, uint16_t> ports;
+    std::map<uint64_t, kmesh_waypoint_value> waypoints;
+    std::map<kmesh_wp_dest_key, kmesh_wp_dest_value> waypoint_dests;
 
     // Left over by a crash or a failed cleanup, found unreachable: endpoint entries beyond their
     // service's count, duplicate service/backend ids (a hash seen twice), port entries of unknown
@@ -231,6 +260,11 @@ struct Plan {
     std::vector<PortKey> delete_ports;
     std::vector<uint64_t> delete_services;
     std::vector<uint64_t> delete_backends;
+    // Waypoints: written before any address points at them, addresses unlinked before they go.
+    std::vector<std::pair<uint64_t, kmesh_waypoint_value>> put_waypoints;
+    std::vector<std::pair<kmesh_wp_dest_key, kmesh_wp_dest_value>> put_waypoint_dests;
+    std::vector<kmesh_wp_dest_key> delete_waypoint_dests;
+    std::vector<uint64_t> delete_waypoints;
 
     bool empty() const;
     size_t size() const;

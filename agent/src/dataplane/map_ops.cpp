@@ -23,6 +23,8 @@ constexpr std::array<MapShape, kMapCount> kShapes{{
     {"km_endpoint", sizeof(kmesh_endpoint_key), sizeof(kmesh_endpoint_value)},
     {"km_backend", sizeof(uint32_t), sizeof(kmesh_backend_value)},
     {"km_port", sizeof(kmesh_port_key), sizeof(kmesh_port_value)},
+    {"km_waypoint", sizeof(uint64_t), sizeof(kmesh_waypoint_value)},
+    {"km_wp_dest", sizeof(kmesh_wp_dest_key), sizeof(kmesh_wp_dest_value)},
 }};
 
 int result(int rc) { return rc < 0 ? -errno : 0; }

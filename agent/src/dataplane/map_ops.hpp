@@ -9,8 +9,17 @@
 
 namespace kmesh {
 
-enum class MapId { kFrontend = 0, kService, kEndpoint, kBackend, kPort };
-inline constexpr int kMapCount = 5;
+enum class MapId {
+    kFrontend = 0,
+    kService,
+    kEndpoint,
+    kBackend,
+    kPort,
+    // Waypoint redirect (issue 9): waypoint id -> address, destination address -> waypoint id.
+    kWaypoint,
+    kWaypointDest,
+};
+inline constexpr int kMapCount = 7;
 
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
 

@@ -92,6 +92,14 @@ MapState recover_map_state(const MapOps& ops) {
         st.frontends_by_service[t.service].insert(fk);
         return true;
     });
+    ops.for_each(MapId::kWaypoint, [&](const void* k, const void* v) {
+        st.waypoints[read_as<uint64_t>(k)] = read_as<kmesh_waypoint_value>(v);
+        return true;
+    });
+    ops.for_each(MapId::kWaypointDest, [&](const void* k, const void* v) {
+        st.waypoint_dests[read_as<kmesh_wp_dest_key>(k)] = read_as<kmesh_wp_dest_value>(v);
+        return true;
+    });
     ops.for_each(MapId::kPort, [&](const void* k, const void* v) {
         auto pk = read_as<kmesh_port_key>(k);
         auto pv = read_as<kmesh_port_value>(v);
@@ -366,6 +374,10 @@ const char* size_flag(MapId m) {
             return "--max-backends";
         case MapId::kPort:
             return "--max-ports";
+        case MapId::kWaypoint:
+            return "--max-waypoints";
+        case MapId::kWaypointDest:
+            return "--max-waypoint-addresses";
     }
     return "?";
 }
@@ -377,6 +389,8 @@ MapCounts capacity_counts(const MapCapacity& c) {
     out[static_cast<int>(MapId::kEndpoint)] = c.endpoints;
     out[static_cast<int>(MapId::kBackend)] = c.backends;
     out[static_cast<int>(MapId::kPort)] = c.ports;
+    out[static_cast<int>(MapId::kWaypoint)] = c.waypoints;
+    out[static_cast<int>(MapId::kWaypointDest)] = c.waypoint_addrs;
     return out;
 }
 
@@ -407,6 +421,8 @@ MapCounts entries_needed(const DesiredState& d) {
     n[static_cast<int>(MapId::kBackend)] = d.backends.size();
     n[static_cast<int>(MapId::kFrontend)] = d.frontends.size();
     n[static_cast<int>(MapId::kPort)] = d.ports.size();
+    n[static_cast<int>(MapId::kWaypoint)] = d.waypoints.size();
+    n[static_cast<int>(MapId::kWaypointDest)] = d.waypoint_dests.size();
     for (const auto& [h, s] : d.services)
         for (const auto& family : s.endpoints)
             for (const auto& prio : family) n[static_cast<int>(MapId::kEndpoint)] += prio.size();
@@ -428,6 +444,8 @@ MapCounts MapWriter::entries() const {
     n[static_cast<int>(MapId::kBackend)] = state_.backends.size();
     n[static_cast<int>(MapId::kFrontend)] = state_.frontends.size();
     n[static_cast<int>(MapId::kPort)] = state_.ports.size();
+    n[static_cast<int>(MapId::kWaypoint)] = state_.waypoints.size();
+    n[static_cast<int>(MapId::kWaypointDest)] = state_.waypoint_dests.size();
     for (const auto& [h, s] : state_.services) n[static_cast<int>(MapId::kEndpoint)] += endpoint_entries(s);
     return n;
 }
@@ -453,6 +471,12 @@ std::string MapWriter::check_capacity(const Plan& plan, bool* additions_fit) con
     at(del, MapId::kEndpoint) += plan.remove_endpoints.size();
     for (const auto& k : plan.delete_frontends) at(del, MapId::kFrontend) += state_.frontends.count(k);
     for (const auto& k : plan.delete_ports) at(del, MapId::kPort) += state_.ports.count(k);
+    for (const auto& [id, v] : plan.put_waypoints) at(add, MapId::kWaypoint) += !state_.waypoints.count(id);
+    for (const auto& [k, v] : plan.put_waypoint_dests)
+        at(add, MapId::kWaypointDest) += !state_.waypoint_dests.count(k);
+    for (uint64_t id : plan.delete_waypoints) at(del, MapId::kWaypoint) += state_.waypoints.count(id);
+    for (const auto& k : plan.delete_waypoint_dests)
+        at(del, MapId::kWaypointDest) += state_.waypoint_dests.count(k);
 
     MapCounts result{}, peak{};
     for (int i = 0; i < kMapCount; i++) {
@@ -672,6 +696,64 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
     }
 }
 
+void MapWriter::put_waypoints(const Plan& plan) {
+    if (plan.put_waypoints.empty()) return;
+    stage_log_.push_back("+waypoints");
+    for (const auto& [id, v] : plan.put_waypoints) {
+        metrics_.map_writes++;
+        if (int err = ops_.update(MapId::kWaypoint, &id, &v)) {
+            fail(MapId::kWaypoint, err, fmt::format("write waypoint {:016x}", id));
+            continue;
+        }
+        state_.waypoints[id] = v;
+    }
+}
+
+void MapWriter::put_waypoint_dests(const Plan& plan) {
+    if (plan.put_waypoint_dests.empty()) return;
+    stage_log_.push_back("+waypoint-addresses");
+    for (const auto& [k, v] : plan.put_waypoint_dests) {
+        // Never point at a waypoint that is not written (its write failed): a retry will.
+        if (!state_.waypoints.count(v.waypoint_id)) continue;
+        metrics_.map_writes++;
+        if (int err = ops_.update(MapId::kWaypointDest, &k, &v)) {
+            fail(MapId::kWaypointDest, err, "write waypoint address");
+            continue;
+        }
+        state_.waypoint_dests[k] = v;
+    }
+}
+
+void MapWriter::delete_waypoint_dests(const Plan& plan) {
+    if (plan.delete_waypoint_dests.empty()) return;
+    stage_log_.push_back("-waypoint-addresses");
+    for (const auto& k : plan.delete_waypoint_dests) {
+        if (!state_.waypoint_dests.count(k)) continue;
+        int err = ops_.remove(MapId::kWaypointDest, &k);
+        if (err && err != -ENOENT) {
+            fail(MapId::kWaypointDest, err, "delete waypoint address");
+            continue;
+        }
+        state_.waypoint_dests.erase(k);
+    }
+}
+
+void MapWriter::delete_waypoints(const Plan& plan) {
+    if (plan.delete_waypoints.empty()) return;
+    stage_log_.push_back("-waypoints");
+    std::set<uint64_t> referenced;
+    for (const auto& [k, v] : state_.waypoint_dests) referenced.insert(v.waypoint_id);
+    for (uint64_t id : plan.delete_waypoints) {
+        if (!state_.waypoints.count(id) || referenced.count(id)) continue;
+        int err = ops_.remove(MapId::kWaypoint, &id);
+        if (err && err != -ENOENT) {
+            fail(MapId::kWaypoint, err, fmt::format("delete waypoint {:016x}", id));
+            continue;
+        }
+        state_.waypoints.erase(id);
+    }
+}
+
 std::string MapWriter::apply(const Plan& plan) {
     errors_.clear();
     unported_.clear();
@@ -688,15 +770,23 @@ std::string MapWriter::apply(const Plan& plan) {
         if (!state_.frontends_by_service.count(target.service)) run.unpublished.insert(target.service);
 
     if (additions_fit) {
+        put_waypoints(plan);
         for (Stage s : kStageOrder) add_stage(s, plan, run);
+        put_waypoint_dests(plan);
+        delete_waypoint_dests(plan);
         for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s) remove_stage(*s, plan, run);
+        delete_waypoints(plan);
     } else {
+        delete_waypoint_dests(plan);
+        delete_waypoints(plan);
         // The maps cannot hold the additions next to what this plan removes: make room first.
         // Whatever a published frontend still needs (a VIP moving to a service created below)
         // survives this pass and goes in the second one.
         run.removals_first = run.check_refs = true;
         for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s) remove_stage(*s, plan, run);
+        put_waypoints(plan);
         for (Stage s : kStageOrder) add_stage(s, plan, run);
+        put_waypoint_dests(plan);
         for (auto s = kStageOrder.rbegin(); s != kStageOrder.rend(); ++s) remove_stage(*s, plan, run);
     }
 

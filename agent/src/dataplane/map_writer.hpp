@@ -36,9 +36,11 @@ struct MapCapacity {
     uint32_t endpoints = KMESH_DEFAULT_MAX_ENDPOINTS;
     uint32_t frontends = KMESH_DEFAULT_MAX_FRONTENDS;
     uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
+    uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
+    uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
 
     static MapCapacity of(const MapSizes& s) {
-        return {s.services, s.backends, s.endpoints, s.frontends, s.ports};
+        return {s.services, s.backends, s.endpoints, s.frontends, s.ports, s.waypoints, s.waypoint_addrs};
     }
 };
 
@@ -69,6 +71,11 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 //   kFrontends     publish frontends of services with no       delete frontends nobody claims
 //                  frontend yet, once all their endpoints are
 //                  written
+//
+// Waypoints sit outside these stages (their maps point at nothing of the service maps: a waypoint
+// named by hostname holds a VIP, which connect() looks up like any destination): waypoints are
+// written before the addition stages and the addresses that point at them after; removal unlinks
+// addresses first and deletes waypoints after the removal stages, never one an address still names.
 //
 // So an override exists before the flag that makes BPF look for it, the flag before an endpoint
 // that needs it is counted, and in removal the endpoint is uncounted before the flag is cleared and
@@ -124,6 +131,10 @@ class MapWriter {
     void forget_frontend(const kmesh_frontend_key& key);
     bool port_key(const PortKey& p, kmesh_port_key* out) const;
     int fail(MapId map, int err, const std::string& what);
+    void put_waypoints(const Plan& plan);
+    void put_waypoint_dests(const Plan& plan);
+    void delete_waypoint_dests(const Plan& plan);
+    void delete_waypoints(const Plan& plan);
 
     MapOps& ops_;
     MapState state_;
