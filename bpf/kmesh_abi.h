@@ -133,8 +133,8 @@ enum kmesh_stat {
 	KMESH_STAT_MAX = 4,
 };
 
-/* ===================== authz (issue 9, L4 authorization; bpf/include/authz.h)
- * ============== *
+/* ===================== authz (issue 9, L4 authorization; bpf/include/authz.h) ==============
+ *
  * The agent compiles every Istio Authorization that applies to a local workload into tables the
  * kernel walks without ever comparing strings (docs/authz.md, "kernel evaluation"):
  *
@@ -307,7 +307,6 @@ enum kmesh_authz_hit {
 };
 /* ===================== end authz ===================== */
 
-=======
 /* ---- waypoint redirect (issue 9; docs/waypoint.md) ----------------------------------------------
  *
  * km_wp_dest  destination address (16 bytes, IPv4-mapped for IPv4) -> waypoint id

@@ -96,6 +96,13 @@ int sk_lookup_authz(struct bpf_sk_lookup *ctx)
 	/* UDP and others are not enforced (Istio's L4 policy is TCP). */
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
+	/*
+	 * No SYN comes from port 0: this is a lookup made by a BPF program (connect4's
+	 * bpf_sk_lookup_tcp asking whether the caller's netns serves the waypoint port). It is no
+	 * connection to authorize, and refusing it would make a waypoint redirect its own traffic.
+	 */
+	if (ctx->remote_port == 0)
+		return SK_PASS;
 	if (ctx->family == AF_INET)
 		ret = sk_lookup_authz_v4(ctx);
 	else if (ctx->family == AF_INET6)

@@ -907,7 +907,7 @@ TEST_CASE("ADD is all-or-nothing when the netns cannot be opened or the sk_looku
     // The agent has not pinned the sk_lookup program (older agent still running): try again later.
     fs::remove(f.layout.prog(kmesh::kProgSkLookup));
     CHECK(error_code([&] { f.run_cmd("ADD"); }) == kErrTryAgainLater);
-    CHECK(f.kernel.link_creates == 3);  // the two cgroup links and the failed one above; none now
+    CHECK(f.kernel.link_creates == kProgs + 1);  // the cgroup links and the failed one above; none now
     CHECK(f.kernel.fds.empty());
 }
 
@@ -928,16 +928,17 @@ TEST_CASE("record links: a live netns link keeps a record, a detached one counts
     f.run_cmd("ADD");
     const fs::path dir = f.layout.pod_dir("c0ffee");
     kmesh::RecordLinks links = kmesh::read_record_links(f.kernel, dir);
-    CHECK(links.live_cgroups.size() == 2);
+    CHECK(links.live_cgroups.size() == kProgs);
     REQUIRE(links.live_netns.size() == 1);
     CHECK(links.live_netns[0] == f.kernel.netns_ino_of("/var/run/netns/x"));
     f.detach(kmesh::kProgConnect4);
     f.detach(kmesh::kProgConnect6);
+    f.detach(kmesh::kProgSockops);
     CHECK_FALSE(kmesh::read_record_links(f.kernel, dir).all_detached());
     CHECK_FALSE(kmesh::all_links_detached(f.kernel, dir));
     f.kernel.destroy_netns("/var/run/netns/x");
     links = kmesh::read_record_links(f.kernel, dir);
-    CHECK(links.detached == 3);
+    CHECK(links.detached == kProgs + 1);
     CHECK(links.all_detached());
     CHECK(kmesh::all_links_detached(f.kernel, dir));
     CHECK(f.kernel.fds.empty());

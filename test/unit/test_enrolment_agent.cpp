@@ -401,7 +401,7 @@ TEST_CASE("executor: attaches sk_lookup to the netns of a process in the pod cgr
     n.api.add_pod("meshed", "web", "1111-aaaa");
     PassResult r = n.pass();
     CHECK(r.errors.empty());
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(netns_links(n, "/proc/4242/ns/net") == 1);
     CHECK(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgSkLookup));
     const int creates = n.kernel.link_creates;
@@ -421,7 +421,7 @@ TEST_CASE("executor: never attaches sk_lookup to the node's own netns") {
     write_procs(cg, "1\n");  // a process in the node's namespace (/proc/1/ns/net)
     n.api.add_pod("meshed", "web", "1111-aaaa");
     CHECK(n.pass().errors.empty());
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK(netns_links(n, "/proc/1/ns/net") == 0);
     CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgSkLookup));
     CHECK(n.kernel.fds.empty());
@@ -433,7 +433,7 @@ TEST_CASE("records without the sk_lookup link (older kmesh, no process yet) get 
     const fs::path cg = n.cgroups.mkdirs("kubepods/besteffort/pod1111-aaaa");
     n.api.add_pod("meshed", "web", "1111-aaaa");
     CHECK(n.pass().errors.empty());  // no process yet: enrolled without it
-    CHECK(n.links(cg) == 2);
+    CHECK(n.links(cg) == static_cast<int>(std::size(kmesh::kPodProgs)));
     CHECK_FALSE(fs::exists(fs::path(n.layout.pods_dir()) / "_pod_1111-aaaa" / kmesh::kProgSkLookup));
     write_procs(cg, "777\n");
     CHECK(n.pass().errors.empty());
