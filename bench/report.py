@@ -40,7 +40,9 @@ def parse_wrk(a, text):
             "errors": (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0),
             "cpu_path_us_per_req": a.cpu_path_us / max(n, 1),
             "cpu_machine_us_per_req": a.cpu_machine_us / max(n, 1),
-            **prog_ns(a.prog_stats)}
+            **prog_ns(a.prog_stats),
+            **{("authz_" + k): v for k, v in prog_ns(a.authz_stats).items()},
+            **({"pressure_avg10": a.pressure} if a.pressure is not None else {})}
 
 
 def prog_ns(stats):
@@ -287,6 +289,58 @@ def report(a):
         open(md, "w").write(doc)
 
 
+def authz_report(a):
+    """bench/authz.sh: direct, kmesh@10 and authz@N side by side; the ≥ 0.97 target of issue 9."""
+    rows = [r for r in load(a.results) if r["kind"] == "wrk"]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["scenario"], r["services"], r["mode"]), []).append(r)
+    rank = {"direct": 0, "kmesh": 1, "authz": 2}
+    keys = sorted(cells, key=lambda k: (k[2], rank.get(k[0], 9), k[1]))
+    body = [f"### authz@N — {datetime.date.today()}", "",
+            f"Machine: {machine()}. {a.reps} repetitions of {a.duration} s per cell, interleaved; medians "
+            "with (min–max). Command: `bench/authz.sh`. authz@N: the client connects to the service VIP of an "
+            "enrolled server to which N policies apply (half DENY, half ALLOW, 10 rules each; the last "
+            "ALLOW admits the client), so every connection takes the allowed path. kmesh@10: same client "
+            "and service, server not enrolled (no sk_lookup). `sk_lookup ns` is the kernel's bpf_stats "
+            "average run time of sk_lookup_authz per call; `pressure` is /proc/pressure/cpu avg10 after "
+            "each run (max over the cell).", "",
+            "| mode | scenario | req/s | p50 µs | p99 µs | connect4 ns | sk_lookup ns | pressure | runs |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        rs = cells[k]
+        def col(m, digits=0):
+            vals = [r[m] for r in rs if m in r]
+            return spread((med(vals), min(vals), max(vals)), digits) if vals else "–"
+        pres = max((r.get("pressure_avg10", 0) for r in rs), default=0)
+        body.append(f"| {k[2]} | {label(k[0], k[1])} | {col('rps')} | {col('p50')} | {col('p99')} | "
+                    f"{col('bpf_ns_per_connect')} | {col('authz_bpf_ns_per_connect')} | {pres:.1f} | {len(rs)} |")
+    body += ["", "| target | value | met |", "|---|---|---|"]
+    for mode in ("newconn", "keepalive"):
+        base = cells.get(("authz", 0, mode))
+        for n in sorted({k[1] for k in cells if k[0] == "authz" and k[1] > 0}):
+            c = cells.get(("authz", n, mode))
+            if base and c:
+                r = med([x["rps"] for x in c]) / med([x["rps"] for x in base])
+                body.append(f"| authz@{n} ÷ authz@0 req/s ≥ 0.97, {mode} | {r:.3f} | {'yes' if r >= 0.97 else 'NO'} |")
+        k10, a0 = cells.get(("kmesh", 10, mode)), cells.get(("authz", 0, mode))
+        if k10 and a0:
+            r = med([x["rps"] for x in a0]) / med([x["rps"] for x in k10])
+            body.append(f"| authz@0 ÷ kmesh@10 req/s (cost of enrolling the server), {mode} | {r:.3f} | – |")
+    text = "\n".join(body)
+    print(text)
+    if a.docs:
+        md = os.path.join(a.docs, "benchmarks.md")
+        begin, end = "<!-- results:authz:begin -->", "<!-- results:authz:end -->"
+        doc = open(md).read() if os.path.exists(md) else ""
+        block = f"{begin}\n{text}\n{end}"
+        if begin in doc:
+            doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        else:
+            doc += "\n" + block + "\n"
+        open(md, "w").write(doc)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -300,6 +354,13 @@ def main():
     w.add_argument("--cpu-path-us", type=int, required=True)
     w.add_argument("--cpu-machine-us", type=int, required=True)
     w.add_argument("--prog-stats", default="")
+    w.add_argument("--authz-stats", default="", help="sk_lookup_authz 'ns0 cnt0 ns1 cnt1' (bpf_stats)")
+    w.add_argument("--pressure", type=float, help="/proc/pressure/cpu some avg10 after the run")
+    ar = sub.add_parser("authz-report")
+    ar.add_argument("--results", required=True)
+    ar.add_argument("--duration", required=True)
+    ar.add_argument("--reps", required=True)
+    ar.add_argument("--docs")
     sub.add_parser("brief")
     r = sub.add_parser("report")
     r.add_argument("--results", required=True)
@@ -312,6 +373,8 @@ def main():
         print(json.dumps(parse_wrk(a, sys.stdin.read())))
     elif a.cmd == "parse-sockperf":
         print(json.dumps(parse_sockperf(a, sys.stdin.read())))
+    elif a.cmd == "authz-report":
+        authz_report(a)
     elif a.cmd == "brief":
         parts = []
         for line in sys.stdin:

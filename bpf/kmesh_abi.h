@@ -247,10 +247,16 @@ enum kmesh_authz_kind {
 	KMESH_AUTHZ_KIND_NOT_PORT = 1,
 };
 
-/* (gen << 31) | (row << 2) | kind: rows per generation stay below 2^29. */
+/* (gen << 31) | (row << 2) | kind: rows per generation stay below 2^28 (bit 30: KMESH_AUTHZ_CIDR_V6). */
 #define KMESH_AUTHZ_MATCH_ID(gen, row, kind)                                                       \
 	(((__u32)(gen) << 31) | ((__u32)(row) << 2) | (__u32)(kind))
-#define KMESH_AUTHZ_MAX_ROWS_LIMIT (1u << 29)
+#define KMESH_AUTHZ_MAX_ROWS_LIMIT (1u << 28)
+/*
+ * Set in a CIDR key's match for IPv6 prefixes (bit 30, above every row). IPv4 lives IPv4-mapped in
+ * the same trie, so without it an IPv6 prefix such as ::/0 would also cover every IPv4 peer, where
+ * Istio never matches an address against a CIDR of the other family.
+ */
+#define KMESH_AUTHZ_CIDR_V6 (1u << 30)
 
 /* LPM trie key: prefixlen counts the 32 bits of match plus the address prefix (IPv4 as mapped). */
 struct kmesh_authz_cidr_key {

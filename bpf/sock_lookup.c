@@ -88,6 +88,13 @@ static __always_inline int sk_lookup_authz_v6(const struct bpf_sk_lookup *ctx)
 	return authz_check(src, dst, (__u16)ctx->local_port, true) == KMESH_AUTHZ_DENY ? -EACCES : 0;
 }
 
+static __always_inline bool sk_lookup_remote_is_zero(const struct bpf_sk_lookup *ctx)
+{
+	if (ctx->family == AF_INET)
+		return ctx->remote_ip4 == 0;
+	return (ctx->remote_ip6[0] | ctx->remote_ip6[1] | ctx->remote_ip6[2] | ctx->remote_ip6[3]) == 0;
+}
+
 SEC("sk_lookup")
 int sk_lookup_authz(struct bpf_sk_lookup *ctx)
 {
@@ -97,11 +104,13 @@ int sk_lookup_authz(struct bpf_sk_lookup *ctx)
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	/*
-	 * No SYN comes from port 0: this is a lookup made by a BPF program (connect4's
-	 * bpf_sk_lookup_tcp asking whether the caller's netns serves the waypoint port). It is no
-	 * connection to authorize, and refusing it would make a waypoint redirect its own traffic.
+	 * A lookup made by a BPF program (connect4's bpf_sk_lookup_tcp asking whether the caller's
+	 * netns serves the waypoint port) is no connection to authorize, and refusing it would make
+	 * a waypoint redirect its own traffic. It is told apart by what no packet has: no ingress
+	 * device and an all-zero source. Port 0 alone is not enough: a raw socket can send a SYN
+	 * from port 0, and it must meet the policies like any other.
 	 */
-	if (ctx->remote_port == 0)
+	if (ctx->remote_port == 0 && ctx->ingress_ifindex == 0 && sk_lookup_remote_is_zero(ctx))
 		return SK_PASS;
 	if (ctx->family == AF_INET)
 		ret = sk_lookup_authz_v4(ctx);

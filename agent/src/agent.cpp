@@ -144,6 +144,12 @@ Agent::Reload Agent::sync_maps(std::string* error) {
 
 std::string Agent::sync_authz(bool model_changed) {
     const Model& model = mesh_.model();
+    // A restarted agent keeps the policies the kernel enforces until istiod has sent its own: the
+    // first Address response alone carries none, and publishing then would open every pod.
+    if (xds_source_ && !xds_source_->policies_received()) {
+        authz_pending_ = true;
+        return {};
+    }
     if (!model_changed && !authz_pending_ && model.policies == authz_policies_) return {};
     auto t0 = std::chrono::steady_clock::now();
     auto compiled =

@@ -177,9 +177,13 @@ static __always_inline __u64 authz_state(void)
 static __always_inline bool authz_cidr_has(const struct authz_eval *ev, __u32 row, __u32 kind,
 					   const __u8 *addr)
 {
+	/* IPv4 peers are IPv4-mapped; only IPv6 peers look among the IPv6 prefixes. */
+	bool v4 = addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == 0 && addr[4] == 0 &&
+		  addr[5] == 0 && addr[6] == 0 && addr[7] == 0 && addr[8] == 0 && addr[9] == 0 &&
+		  addr[10] == 0xff && addr[11] == 0xff;
 	struct kmesh_authz_cidr_key key = {
 	    .prefixlen = 32 + 128,
-	    .match = KMESH_AUTHZ_MATCH_ID(ev->gen, row, kind),
+	    .match = KMESH_AUTHZ_MATCH_ID(ev->gen, row, kind) | (v4 ? 0 : KMESH_AUTHZ_CIDR_V6),
 	};
 
 	__builtin_memcpy(key.addr, addr, 16);

@@ -200,6 +200,7 @@ inline Table load_table(const std::string& path) {
         wl.uid = detail::str(w, "uid", "Kubernetes//Pod/" + wl.namespace_ + "/" + wl.name);
         wl.service_account = detail::str(w, "service_account");
         wl.trust_domain = detail::str(w, "trust_domain");
+        if (detail::str(w, "network_mode") == "HOST_NETWORK") wl.network_mode = NetworkMode::kHostNetwork;
         for (const auto& a : w["addresses"].GetArray()) wl.addresses.push_back(detail::ip(a.GetString()));
         if (w.HasMember("authorization_policies"))
             for (const auto& n : w["authorization_policies"].GetArray())

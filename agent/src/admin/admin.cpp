@@ -443,6 +443,28 @@ std::string Agent::metrics_text() {
           dataplane_->stale_links());
     gauge("kmesh_old_map_versions_kept", "Map directories of older layouts kept for stale pod links.",
           dataplane_->old_maps_kept());
+    // Authorization: what the writer managed to publish, and what the kernel decided.
+    const policy::AuthzWriterStats& az = authz_writer_->stats();
+    counter("kmesh_authz_publishes_total", "Authorization generations published (flipped) in the kernel.",
+            az.publishes.load());
+    header("kmesh_authz_publish_failures_total",
+           "Authorization publishes stopped before the flip (the previous policies keep being enforced), "
+           "by reason.",
+           "counter");
+    const uint64_t full = az.map_full.load(), failed = az.failures.load();
+    out += fmt::format("kmesh_authz_publish_failures_total{{reason=\"map_full\"}} {}\n", full);
+    out += fmt::format("kmesh_authz_publish_failures_total{{reason=\"other\"}} {}\n",
+                       failed > full ? failed - full : 0);
+    const policy::AuthzTotals totals = authz_report().totals;
+    header("kmesh_authz_connections_total",
+           "New inbound TCP connections to enrolled workloads by authorization decision (kernel counters).",
+           "counter");
+    for (auto [decision, v] : {std::pair{"allowed", totals.allowed},
+                               {"denied_by_policy", totals.denied_by_policy},
+                               {"denied_no_allow", totals.denied_no_allow}})
+        out += fmt::format("kmesh_authz_connections_total{{decision=\"{}\"}} {}\n", decision, v);
+    counter("kmesh_authz_closed_connections_total",
+            "Existing connections closed because a policy change denies them now.", totals.closed_existing);
     // From metrics_, not admin_: the main thread resets admin_ while a request may still run.
     counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
             metrics_.admin_bind_failures);

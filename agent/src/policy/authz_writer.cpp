@@ -46,7 +46,7 @@ kmesh_authz_dst_key dst_key(unsigned gen, const IpAddr& a) {
 kmesh_authz_cidr_key cidr_key(unsigned gen, const CidrEntry& e) {
     kmesh_authz_cidr_key k{};
     k.prefixlen = 32u + e.prefix_len;
-    k.match = KMESH_AUTHZ_MATCH_ID(gen, e.row, e.kind);
+    k.match = KMESH_AUTHZ_MATCH_ID(gen, e.row, e.kind) | (e.addr.is_v4() ? 0u : KMESH_AUTHZ_CIDR_V6);
     std::memcpy(k.addr, e.addr.bytes.data(), 16);
     return k;
 }
@@ -386,7 +386,7 @@ Status AuthzWriter::recover() {
             return true;
         });
     auto match_parts = [](uint32_t match, uint32_t* row, uint32_t* kind) {
-        *row = (match & ~(1u << 31)) >> 2;
+        *row = (match & ~((1u << 31) | KMESH_AUTHZ_CIDR_V6)) >> 2;
         *kind = match & 3;
         return match >> 31;
     };

@@ -190,6 +190,10 @@ Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
         SourceIdentity id = identity_of(w);
         if (!id.known()) id = SourceIdentity{};
         if (id.known()) present.insert(id);
+        // A host-network workload's address is the node's: kubelet probes, host processes and
+        // traffic SNATed to the node come from it too, so it proves no identity (Istio would see
+        // none). The claim still counts, so no other workload's identity can take the address.
+        if (w.network_mode == NetworkMode::kHostNetwork) id = SourceIdentity{};
         for (const auto& a : w.addresses) claims[a].insert(id);
     }
     std::set<uint32_t> used;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "agent/src/policy/match.hpp"
 
@@ -61,9 +62,18 @@ const Workload* workload_at(const Model& model, const IpAddr& ip) {
     return nullptr;
 }
 
+// The identity an address proves: that of the workloads owning it when they all agree, none when
+// workloads of different identities share it or one of them runs on the host network (the node's
+// address: probes and host processes come from it too).
 SourceIdentity source_identity(const Model& model, const IpAddr& src) {
-    const Workload* w = workload_at(model, src);
-    return w ? identity_of(*w) : SourceIdentity{};
+    std::optional<SourceIdentity> found;
+    for (const auto& [uid, w] : model.workloads) {
+        if (std::find(w.addresses.begin(), w.addresses.end(), src) == w.addresses.end()) continue;
+        SourceIdentity id = w.network_mode == NetworkMode::kHostNetwork ? SourceIdentity{} : identity_of(w);
+        if (!id.known() || (found && *found != id)) return {};
+        found = id;
+    }
+    return found.value_or(SourceIdentity{});
 }
 
 Decision decide(const Model& model, const Workload& dst, const Connection& c) {

@@ -94,6 +94,7 @@ std::vector<std::string> Source::on_response(const DeltaDiscoveryResponse& resp)
     // Until istiod's first Address response, the model is empty and the maps hold what a previous
     // agent wrote: writing now would wipe them.
     if (type == kAddressType) addresses_received_ = true;
+    if (type == kAuthorizationType) policies_received_ = true;
     if (addresses_received_) sync_();
     spdlog::debug(
         "xds: {} response: {} resources, {} removed, {} rejected; handled in {} us", type,

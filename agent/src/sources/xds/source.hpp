@@ -3,6 +3,7 @@
 // reconnects. Authorization policies go into the same model (Model.policies).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -25,6 +26,8 @@ class Source : public Handler {
         const envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
     std::map<std::string, std::string> versions(const std::string& type_url) override;
     void on_connection(bool connected) override;
+    // True once istiod's first Authorization response was handled (any thread).
+    bool policies_received() const { return policies_received_.load(); }
 
     // Callers hold `mu`.
     const std::map<std::string, AuthzPolicy>& policies() const { return mesh_.model().policies; }
@@ -49,6 +52,9 @@ class Source : public Handler {
     // type -> name -> version of resources rejected while the model held no good state of them.
     std::map<std::string, std::map<std::string, std::string>> rejected_;
     bool addresses_received_ = false;
+    // Until istiod's first Authorization response, the policies in the model are not istiod's:
+    // the agent keeps enforcing what the kernel holds (a restart must not open every pod).
+    std::atomic<bool> policies_received_{false};
 };
 
 }  // namespace kmesh::xds
