@@ -24,7 +24,7 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 4
+#define KMESH_ABI_VERSION 5
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
@@ -399,5 +399,26 @@ enum kmesh_wp_stat {
 	KMESH_WP_STAT_RELEASED = 8,	 /* TLV acknowledged: socket back to plain TCP */
 	KMESH_WP_STAT_MAX = 9,
 };
+
+/* ===================== load balancing (issue 10 section 2: weights, round robin, affinity) ====
+ * Owned by the LB work: service flags/affinity fields, km_rr / km_affinity. */
+
+/* ===================== end load balancing ===================== */
+
+
+
+
+/* ===================== UDP and address transparency (issue 10 section 1) =====================
+ * Owned by the UDP work: sendmsg/recvmsg/getpeername, per-socket reverse entries (km_udp_rev...). */
+
+/* ===================== end UDP ===================== */
+
+
+
+
+/* ===================== same-node sockmap acceleration (issue 10 section 3) ====================
+ * Owned by the sockmap work: km_accel_sockhash key, counters. */
+
+/* ===================== end sockmap ===================== */
 
 #endif /* KMESH_ABI_H */

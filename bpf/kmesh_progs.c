@@ -8,5 +8,8 @@
 #include "include/authz.h"
 #include "sock_lookup.c"
 #include "waypoint.c"
+/* Issue 10: UDP translation + address transparency, and same-node sockmap acceleration. */
+#include "sock_udp.c"
+#include "sock_accel.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -45,13 +45,15 @@
 const volatile bool kmesh_has_set_retval = true;
 
 /*
- * Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno.
+ * Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno. ctx is
+ * the calling hook's (connect or sendmsg): per-client state such as session affinity keys on it.
  *
  * Every map value is copied to the stack before the next lookup: since 6.1 a hash element freed by
  * a concurrent agent update can be reused at once (bpf_mem_alloc), so a pointer held across another
  * helper call may already show someone else's value.
  */
-static __always_inline int sock_select_endpoint(const struct kmesh_frontend_key *key, __u32 family,
+static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
+						const struct kmesh_frontend_key *key, __u32 family,
 						__u32 addr[4], __u16 *port)
 {
 	const struct kmesh_frontend_value *fe_ptr = frontend_lookup(key);
@@ -151,12 +153,12 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 	redirected = wp_select(ctx, &key, KMESH_FAMILY_V4, &lookup_port);
 	if (redirected < 0)
 		return redirected;
-	ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
+	ret = sock_select_endpoint(ctx, &key, KMESH_FAMILY_V4, addr, &port);
 	if (ret == -ENOENT && redirected && lookup_port) {
 		/* Istio's waypoint service: pick a pod through its HBONE port, connect on 15019. */
 		orig_port = key.port;
 		key.port = lookup_port;
-		ret = sock_select_endpoint(&key, KMESH_FAMILY_V4, addr, &port);
+		ret = sock_select_endpoint(ctx, &key, KMESH_FAMILY_V4, addr, &port);
 		port = orig_port;
 		key.port = orig_port;
 	}
@@ -205,11 +207,11 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 	redirected = wp_select(ctx, &key, family, &lookup_port);
 	if (redirected < 0)
 		return redirected;
-	ret = sock_select_endpoint(&key, family, addr, &port);
+	ret = sock_select_endpoint(ctx, &key, family, addr, &port);
 	if (ret == -ENOENT && redirected && lookup_port) {
 		orig_port = key.port;
 		key.port = lookup_port;
-		ret = sock_select_endpoint(&key, family, addr, &port);
+		ret = sock_select_endpoint(ctx, &key, family, addr, &port);
 		port = orig_port;
 		key.port = orig_port;
 	}

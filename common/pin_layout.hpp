@@ -22,6 +22,19 @@ inline constexpr const char* kProgSkLookup = "sk_lookup_authz";
 inline constexpr const char* kProgSockops = "cgroup_sockops";
 inline constexpr const char* kProgSkMsg = "sk_msg_tlv";
 inline constexpr const char* kProgAuthzIter = "iter_tcp_authz";
+// Issue 10 (names fixed before the work is split). UDP translation and address transparency on the
+// pod cgroup (bpf/sock_udp.c): unconnected datagrams to a VIP, replies' source back to the VIP,
+// getpeername() answering the VIP; the socket release hook drops a socket's reverse entries.
+inline constexpr const char* kProgSendmsg4 = "cgroup_sendmsg4";
+inline constexpr const char* kProgSendmsg6 = "cgroup_sendmsg6";
+inline constexpr const char* kProgRecvmsg4 = "cgroup_recvmsg4";
+inline constexpr const char* kProgRecvmsg6 = "cgroup_recvmsg6";
+inline constexpr const char* kProgGetpeername4 = "cgroup_getpeername4";
+inline constexpr const char* kProgGetpeername6 = "cgroup_getpeername6";
+inline constexpr const char* kProgSockRelease = "cgroup_sock_release";
+// Same-node acceleration (bpf/sock_accel.c): the sk_msg program attached to km_accel_sockhash,
+// which redirects a send straight into the peer socket's receive queue.
+inline constexpr const char* kProgSkMsgAccel = "sk_msg_accel";
 
 // A CNI container id as a bpffs directory name. bpffs refuses any name containing '.' (EPERM), which
 // the CNI spec allows in ids, so '.' becomes "%2E"; unambiguous because '%' is not allowed in ids.
