@@ -403,6 +403,25 @@ enum kmesh_wp_stat {
 /* ===================== load balancing (issue 10 section 2: weights, round robin, affinity) ====
  * Owned by the LB work: service flags/affinity fields, km_rr / km_affinity. */
 
+/*
+ * km_member: (service id, backend id) -> present while the backend is an endpoint of the service
+ * (in any family or priority). The writer adds it before the backend's first endpoint slot of the
+ * service and deletes it after its last, so "is this backend still one of the service's endpoints"
+ * costs one lookup: session affinity re-checks a remembered backend, and a UDP reply from a backend
+ * that has left the service is not translated back to the VIP.
+ */
+#define KMESH_DEFAULT_MAX_MEMBERS 131072
+
+struct kmesh_member_key {
+	__u32 service_id;
+	__u32 backend_id;
+};
+
+struct kmesh_member_value {
+	__u32 weight; /* the backend's share (Workload.capacity); 0 = draining: no new connections */
+	__u32 pad;
+};
+
 /* ===================== end load balancing ===================== */
 
 

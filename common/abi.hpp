@@ -30,6 +30,10 @@ static_assert(offsetof(kmesh_backend_value, addr6) == 16);
 static_assert(offsetof(kmesh_backend_value, flags) == 32);
 static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
 
+// Load balancing section (issue 10).
+static_assert(sizeof(kmesh_member_key) == 8);
+static_assert(sizeof(kmesh_member_value) == 8);
+
 // authz (issue 9)
 static_assert(sizeof(kmesh_authz_config) == 8);
 static_assert(sizeof(kmesh_authz_ident_value) == 4);

@@ -47,6 +47,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } km_port SEC(".maps");
 
+/* (service, backend) membership, written by the agent (kmesh_abi.h, load balancing section). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kmesh_member_key);
+	__type(value, struct kmesh_member_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_MEMBERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_member SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
