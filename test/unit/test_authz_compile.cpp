@@ -177,7 +177,10 @@ TEST_CASE("authz compile: identity ids stay stable; a shared address has no iden
     CHECK(second->identities.at({"cluster.local", "prod", "sleep"}) == sleep_id);
     CHECK(!second->addr_identity.count(*IpAddr::parse("10.0.0.1")));
     uint32_t new_id = second->identities.at({"cluster.local", "a", "new"});
-    CHECK(new_id == first->identities.at({"cluster.local", "dev", "curl"}));  // the freed id, reused
+    // A freed id (curl's) is never handed out again: an address the kernel still maps to it would
+    // take the new identity's rights until the address map is rewritten.
+    for (const auto& [id, n] : first->identities) CHECK(new_id != n);
+    CHECK(new_id >= first->next_identity);
     auto e = cidr_entry(3, KMESH_AUTHZ_KIND_SRC, {*IpAddr::parse("10.1.2.3"), 16});
     CHECK(e.prefix_len == 112);
     CHECK(e.addr == *IpAddr::parse("10.1.0.0"));
@@ -434,4 +437,59 @@ TEST_CASE("authz writer: recover learns the active generation and clears the ina
         return true;
     });
     CHECK(restarted.generation(cfg.state & 1).dsts.size() == 3);
+}
+
+TEST_CASE("authz writer: a restarted agent keeps the kernel's identity ids and never reuses one") {
+    FakeAuthzOps ops;
+    AuthzSizes sizes;
+    const SourceIdentity curl{"cluster.local", "dev", "curl"}, curl_v2{"cluster.local", "dev", "curl-v2"};
+    auto model = [] {
+        Model m = writer_model();
+        m.workloads["dev/curl-b"] = wl("curl-b", "dev", "curl", "10.0.0.3");  // a second curl pod
+        return m;
+    };
+    std::map<SourceIdentity, uint32_t> before;
+    uint32_t next_before = 0;
+    {
+        AuthzWriter w(ops, sizes);
+        Model m = model();
+        // Numbered in an order a fresh compile would not give: a workload that came and went.
+        m.workloads["a/early"] = wl("early", "a", "early", "10.0.0.30");
+        REQUIRE(w.publish(*compile_authz(m, "n1", w.identities())).is_ok());
+        m.workloads.erase("a/early");
+        auto second = compile_authz(m, "n1", w.identities());
+        REQUIRE(second.is_ok());
+        REQUIRE(w.publish(*second).is_ok());
+        before = second->identities;
+        next_before = second->next_identity;
+    }
+    AuthzWriter restarted(ops, sizes);
+    REQUIRE(restarted.recover().is_ok());
+    Model m = model();
+    m.workloads["z/late"] = wl("late", "z", "late", "10.0.0.40");  // arrived while the agent was down
+    // One curl pod moved to another identity while the agent was down: the kernel's id for curl
+    // now sits on addresses of two identities, so neither may keep it.
+    m.workloads["dev/curl"].service_account = "curl-v2";
+    auto c = compile_authz(m, "n1", restarted.identities());
+    REQUIRE(c.is_ok());
+    for (const auto& [id, n] : before) {
+        if (id == curl) continue;
+        CHECK(c->identities.at(id) == n);  // the kernel's meaning of n is kept
+    }
+    uint32_t late = c->identities.at({"cluster.local", "z", "late"});
+    CHECK(late >= next_before);
+    CHECK(c->identities.at(curl) >= next_before);
+    CHECK(c->identities.at(curl_v2) >= next_before);
+    CHECK(c->identities.at(curl) != c->identities.at(curl_v2));
+    REQUIRE(restarted.publish(*c).is_ok());
+    auto ids = restarted.identities();
+    CHECK(ids.addr_ids.empty());  // joined: the model's identities stand from now on
+    CHECK(ids.next == c->next_identity);
+
+    // In a running agent a freed id stays retired too.
+    m.workloads.erase("z/late");
+    m.workloads["y/later"] = wl("later", "y", "later", "10.0.0.41");
+    auto d = compile_authz(m, "n1", restarted.identities());
+    REQUIRE(d.is_ok());
+    CHECK(d->identities.at({"cluster.local", "y", "later"}) >= c->next_identity);
 }

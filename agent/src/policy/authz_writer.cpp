@@ -4,6 +4,7 @@
 #include <bpf/libbpf.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -288,6 +289,11 @@ Status AuthzWriter::publish(const CompiledAuthz& c) {
         }
         stats_.publishes++;
     }
+    // The kernel's tables now give these ids their meaning, whatever happens to the address map
+    // below: the next compile must keep them (and never reuse one).
+    identities_ = c.identities;
+    next_identity_ = std::max(next_identity_, c.next_identity);
+    recovered_ = false;
 
     // 4. Address -> identity, after the tables that know every new identity id.
     bool changed = false;
@@ -325,8 +331,6 @@ Status AuthzWriter::publish(const CompiledAuthz& c) {
         stats_.failures++;
         return ident_status;
     }
-    identities_ = c.identities;
-
     // 5. Slots of policies gone from the model.
     {
         std::lock_guard lock(slots_mu_);
@@ -411,7 +415,20 @@ Status AuthzWriter::recover() {
             g.ports.insert(e);
             return true;
         });
+    // Which identity an id stands for is not in the kernel; the next compile joins the address map
+    // back to the model's identities (IdentityIds::addr_ids). No id in use is handed out again.
+    identities_.clear();
+    recovered_ = true;
+    for (const auto& [addr, id] : idents_) next_identity_ = std::max(next_identity_, id + 1);
+    for (const auto& [set, id] : g.idset) next_identity_ = std::max(next_identity_, id + 1);
     return st;
+}
+
+IdentityIds AuthzWriter::identities() const {
+    IdentityIds ids(identities_);
+    if (recovered_) ids.addr_ids = idents_;
+    ids.next = next_identity_;
+    return ids;
 }
 
 AuthzReport AuthzWriter::report() const {

@@ -111,8 +111,10 @@ class AuthzWriter {
 
     Status publish(const CompiledAuthz& compiled);
 
-    // Identity ids in the maps, for the next compile_authz (so that they stay stable).
-    const std::map<SourceIdentity, uint32_t>& identities() const { return identities_; }
+    // Identity ids in the maps, for the next compile_authz (so that they stay stable and a freed
+    // id is never handed out again). Until the first publish after recover(), the kernel's
+    // address -> id map stands in for the identities, which the kernel does not record.
+    IdentityIds identities() const;
     uint64_t state() const { return state_; }  // bit 0: active generation; >> 1: epoch
     const AuthzGeneration& generation(unsigned g) const { return gens_[g & 1]; }
     // Counter slot of a policy key, or KMESH_AUTHZ_NO_SLOT.
@@ -132,10 +134,12 @@ class AuthzWriter {
     AuthzSizes sizes_;
     uint64_t state_ = 0;
     std::array<AuthzGeneration, 2> gens_;
-    std::map<IpAddr, uint32_t> idents_;  // what km_authz_ident holds
-    std::map<SourceIdentity, uint32_t> identities_;
-    mutable std::mutex slots_mu_;            // report() runs on the admin thread
-    std::map<std::string, uint32_t> slots_;  // slots_mu_
+    std::map<IpAddr, uint32_t> idents_;              // what km_authz_ident holds
+    std::map<SourceIdentity, uint32_t> identities_;  // of the tables the kernel reads
+    uint32_t next_identity_ = 1;                     // no id from here up was ever handed out
+    bool recovered_ = false;                         // recover() ran, no publish since
+    mutable std::mutex slots_mu_;                    // report() runs on the admin thread
+    std::map<std::string, uint32_t> slots_;          // slots_mu_
     AuthzWriterStats stats_;
 };
 

@@ -176,16 +176,17 @@ Status exhausted(const char* what, size_t n, uint32_t limit, const char* flag) {
 
 }  // namespace
 
-Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
-                                    const std::map<SourceIdentity, uint32_t>& previous_ids,
+Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node, const IdentityIds& previous,
                                     const AuthzSizes& sizes) {
     CompiledAuthz out;
     for (const auto& [key, p] : model.policies) out.policy_keys.push_back(key);
 
-    // Identities: every known workload's, ids kept from the previous compile, new ones get the
-    // smallest free id (0 is "no identity").
+    // Identities: every known workload's. Ids are kept from the previous compile (or, after a
+    // restart, from the addresses the kernel holds); new identities get ids never handed out
+    // before (0 is "no identity").
     std::map<IpAddr, std::set<SourceIdentity>> claims;
     std::set<SourceIdentity> present;
+    std::map<SourceIdentity, std::set<uint32_t>> kernel_ids;  // ids the kernel gives its addresses
     for (const auto& [uid, w] : model.workloads) {
         SourceIdentity id = identity_of(w);
         if (!id.known()) id = SourceIdentity{};
@@ -194,21 +195,48 @@ Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
         // traffic SNATed to the node come from it too, so it proves no identity (Istio would see
         // none). The claim still counts, so no other workload's identity can take the address.
         if (w.network_mode == NetworkMode::kHostNetwork) id = SourceIdentity{};
-        for (const auto& a : w.addresses) claims[a].insert(id);
+        for (const auto& a : w.addresses) {
+            claims[a].insert(id);
+            if (!id.known()) continue;
+            if (auto k = previous.addr_ids.find(a); k != previous.addr_ids.end() && k->second != 0)
+                kernel_ids[id].insert(k->second);
+        }
     }
     std::set<uint32_t> used;
+    uint32_t next = std::max<uint32_t>(previous.next, 1);
+    for (const auto& [id, n] : previous.ids) next = std::max(next, n + 1);
+    for (const auto& [a, n] : previous.addr_ids) next = std::max(next, n + 1);
     for (const auto& id : present)
-        if (auto it = previous_ids.find(id); it != previous_ids.end()) {
+        if (auto it = previous.ids.find(id); it != previous.ids.end()) {
             out.identities[id] = it->second;
             used.insert(it->second);
         }
-    uint32_t next = 1;
+    // Recovered ids (after a restart): an identity takes the id the kernel gives its addresses when
+    // that id means nothing else in the kernel: all its addresses carry that one id, and every
+    // address carrying it belongs to this identity alone now. Otherwise (an id the kernel shares
+    // with an address that changed hands while the agent was down) it gets a fresh id.
+    std::map<uint32_t, std::set<SourceIdentity>> holders;  // kernel id -> identities of its addresses
+    for (const auto& [a, n] : previous.addr_ids) {
+        auto c = claims.find(a);
+        if (c == claims.end() || c->second.size() != 1)
+            holders[n].insert(SourceIdentity{});  // address gone or shared: not this identity's
+        else
+            holders[n].insert(*c->second.begin());
+    }
+    for (const auto& [id, ns] : kernel_ids) {
+        if (out.identities.count(id) || ns.size() != 1) continue;
+        uint32_t n = *ns.begin();
+        if (used.count(n) || holders[n] != std::set<SourceIdentity>{id}) continue;
+        out.identities[id] = n;
+        used.insert(n);
+    }
     for (const auto& id : present) {
         if (out.identities.count(id)) continue;
         while (used.count(next)) next++;
         out.identities[id] = next;
-        used.insert(next);
+        used.insert(next++);
     }
+    out.next_identity = next;
     for (const auto& [addr, ids] : claims) {
         if (ids.size() != 1 || !ids.begin()->known()) continue;  // shared by identities, or none
         out.addr_identity[addr] = out.identities.at(*ids.begin());

@@ -88,6 +88,7 @@ struct CompiledAuthz {
     AuthzTables tables;
     // Identity ids (stable across compiles when passed back in): 1.. for known identities.
     std::map<SourceIdentity, uint32_t> identities;
+    uint32_t next_identity = 1;  // the first id this compile did not hand out (IdentityIds::next)
     // Every workload address (any node) whose workload has an identity -> its id. An address that
     // workloads of different identities share (host network) has none: it is left out.
     std::map<IpAddr, uint32_t> addr_identity;
@@ -95,12 +96,27 @@ struct CompiledAuthz {
     std::vector<std::string> policy_keys;
 };
 
+// The identity ids the kernel may still hold, so that a compile never gives an id a new meaning
+// while an address in km_authz_ident (or a cached verdict) still carries the old one.
+struct IdentityIds {
+    // Ids of the last published compile, kept for identities still present.
+    std::map<SourceIdentity, uint32_t> ids;
+    // After an agent restart: km_authz_ident as recovered (address -> id). An identity without an
+    // id in `ids` takes the id its workloads' addresses carry, when they all agree and no other
+    // identity claims it, so a restart does not renumber what the kernel enforces.
+    std::map<IpAddr, uint32_t> addr_ids;
+    // Ids from here up were never handed out: new identities are numbered from it, so a freed id
+    // is never reused (ids are 32-bit; the space lasts for billions of identity changes).
+    uint32_t next = 1;
+
+    IdentityIds() = default;
+    IdentityIds(std::map<SourceIdentity, uint32_t> previous) : ids(std::move(previous)) {}  // NOLINT
+};
+
 // Which workloads get destination tables: those whose placement node is `node` (all when node is
-// empty, as in standalone mode). `previous_ids`: identity ids of the last compile, kept for
-// identities still present. Fails with kResourceExhausted (naming the flag) when a table exceeds
-// `sizes`.
-Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
-                                    const std::map<SourceIdentity, uint32_t>& previous_ids,
+// empty, as in standalone mode). Fails with kResourceExhausted (naming the flag) when a table
+// exceeds `sizes`.
+Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node, const IdentityIds& previous,
                                     const AuthzSizes& sizes = {});
 
 // The 128-bit form of a policy CIDR: IPv4 as IPv4-mapped (prefix + 96), host bits zeroed.
