@@ -291,7 +291,10 @@ int authz_check(const Admin& admin, const std::string& src, const std::string& d
 
 // The client's build, then (ask_agent) the running agent's from its /version.
 int version(const Admin& admin, bool ask_agent) {
-    fmt::print("client: {}\n", kmesh::version_text("kmeshctl"));
+    std::string client = kmesh::version_text("kmeshctl");
+    for (size_t at = client.find('\n'); at != std::string::npos; at = client.find('\n', at + 3))
+        client.replace(at, 1, "\n  ");
+    fmt::print("client: {}\n", client);
     if (!ask_agent) return 0;
     std::string error;
     auto body = admin.get("/version", &error);
