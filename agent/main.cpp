@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
     xds.root_cert_path = "/var/run/secrets/istio/root-cert.pem";
     xds.token_path = "/var/run/secrets/tokens/istio-token";
     std::string pod_name, pod_namespace = "kmesh-system", instance_ip;
-    app.set_version_flag("--version", "kmesh-daemon " KMESH_VERSION);
+    // The release, the programs (SHA-256 of the embedded BPF object) and the map layout version.
+    app.set_version_flag("--version", [] { return kmesh::version_text("kmesh-daemon"); });
 
     app.add_option("--bpffs-root", opt.layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();

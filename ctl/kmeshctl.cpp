@@ -16,6 +16,7 @@
 #include <optional>
 #include <vector>
 
+#include "agent/src/dataplane/bpf_loader.hpp"
 #include "agent/src/dataplane/map_ops.hpp"
 #include "agent/src/model/ip_addr.hpp"
 #include "common/abi.hpp"
@@ -288,16 +289,60 @@ int authz_check(const Admin& admin, const std::string& src, const std::string& d
     return verdict == "allow" ? 0 : 2;
 }
 
+// The client's build, then (ask_agent) the running agent's from its /version.
+int version(const Admin& admin, bool ask_agent) {
+    std::string client = kmesh::version_text("kmeshctl");
+    for (size_t at = client.find('\n'); at != std::string::npos; at = client.find('\n', at + 3))
+        client.replace(at, 1, "\n  ");
+    fmt::print("client: {}\n", client);
+    if (!ask_agent) return 0;
+    std::string error;
+    auto body = admin.get("/version", &error);
+    if (!body) {
+        fmt::print(stderr, "kmeshctl: {}\n", error);
+        return 1;
+    }
+    rapidjson::Document d;
+    d.Parse(body->c_str());
+    if (d.HasParseError() || !d.IsObject() || !d.HasMember("programs") || !d.HasMember("maps") ||
+        !d["programs"].IsObject() || !d["maps"].IsObject() || !d.HasMember("pod_links")) {
+        fmt::print(stderr, "kmeshctl: unexpected answer from {}/version\n", admin.address);
+        return 1;
+    }
+    const auto& p = d["programs"];
+    const auto& m = d["maps"];
+    const auto& links = d["pod_links"];
+    auto uint_of = [](const rapidjson::Value& v, const char* key) -> uint64_t {
+        return v.HasMember(key) && v[key].IsUint64() ? v[key].GetUint64() : 0;
+    };
+    fmt::print("agent ({}): kmesh-daemon {}\n", admin.address, member_str(d, "version"));
+    fmt::print("  programs: sha256:{} ({} bytes){}{}\n", member_str(p, "sha256"), uint_of(p, "object_bytes"),
+               p.HasMember("test_variant") && p["test_variant"].IsTrue() ? ", test variant build" : "",
+               d.HasMember("published") && d["published"].IsTrue() ? "" : ", not published to the pods yet");
+    fmt::print("  map layout: v{} in use (compiled for v{}), {}\n", uint_of(m, "version"), uint_of(m, "abi"),
+               member_str(m, "dir"));
+    fmt::print("  pod links on these programs: {} of {}\n", uint_of(links, "on_loaded_programs"),
+               uint_of(links, "total"));
+    if (p.HasMember("loaded") && p["loaded"].IsArray())
+        for (const auto& prog : p["loaded"].GetArray())
+            fmt::print("  {:<22} id {:<6} tag {}\n", member_str(prog, "name"), uint_of(prog, "id"),
+                       member_str(prog, "tag"));
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"kmeshctl: inspect the Kmesh data plane on this node"};
     kmesh::PinLayout layout;
-    app.set_version_flag("--version", "kmeshctl " KMESH_VERSION);
+    app.set_version_flag("--version", [] { return kmesh::version_text("kmeshctl"); });
     app.add_option("--bpffs-root", layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();
     Admin admin;
-    app.add_option("--admin", admin.address, "the agent's admin server (host:port)")->capture_default_str();
+    auto* admin_opt = app.add_option("--admin", admin.address, "the agent's admin server (host:port)")
+                          ->capture_default_str();
+    auto* version_cmd = app.add_subcommand(
+        "version", "this client's release, programs and map layout; with --admin, the running agent's too");
     auto* dump_cmd = app.add_subcommand(
         "dump",
         "print the BPF maps (services, endpoints, backends, counters), then from the admin server the "
@@ -319,5 +364,6 @@ int main(int argc, char** argv) {
         return dump_model(admin);
     }
     if (check_cmd->parsed()) return authz_check(admin, src, dst, port);
+    if (version_cmd->parsed()) return version(admin, admin_opt->count() > 0);
     return 0;
 }

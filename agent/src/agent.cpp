@@ -34,12 +34,21 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     std::unique_ptr<Agent> agent(new Agent());
     agent->options_ = options;
     agent->mesh_ = MeshState(options.node, options.learn_locality);
-    // Programs pinned by a previous agent that serve pods from other maps (a map layout bump):
-    // moving the pods to our new, empty maps before they hold the mesh would stop translation.
-    bool old_programs = access(options.layout.prog(kProgConnect4).c_str(), F_OK) == 0;
     agent->dataplane_ = Dataplane::load(options.layout, options.sizes, error);
     if (!agent->dataplane_) return nullptr;
-    agent->hold_publish_ = old_programs && !agent->dataplane_->reused_maps();
+    // Programs pinned by a previous agent that serve pods from other maps (a map layout bump):
+    // moving the pods to our maps before they hold the mesh would stop translation. Our maps may
+    // be new and empty, or pinned but half-filled by an agent killed during the bump.
+    agent->hold_publish_ = agent->dataplane_->pinned_programs_use_other_maps(options.layout);
+    const ProgramBuild& build = program_build();
+    const unsigned maps_version = options.layout.maps_version;
+    spdlog::info(
+        "kmesh-daemon {}: programs sha256:{}{}, map layout v{}{}{}", KMESH_VERSION, build.short_id(),
+        build.test_variant ? " (test variant build)" : "", maps_version,
+        maps_version == KMESH_ABI_VERSION
+            ? ""
+            : fmt::format(" (--maps-version; built for v{})", KMESH_ABI_VERSION),
+        agent->hold_publish_ ? "; pods run programs reading other maps until the first state is in" : "");
     agent->ops_ = std::make_unique<KernelMapOps>(agent->dataplane_->map_fds());
     MapState recovered = recover_map_state(*agent->ops_);
     spdlog::info("data plane loaded ({} maps under {}); recovered {} services, {} backends, {} frontends",

@@ -75,6 +75,7 @@ class Agent {
     std::string config_dump();   // the model as the sources gave it
     std::string maps_dump();     // read back from the BPF maps, with names
     std::string metrics_text();  // Prometheus text format
+    std::string version_json();  // /version: release, programs (digest, tags), map layout in use
     // What the reference evaluator (policy/evaluate.hpp) decides for a new connection src -> dst:port
     // on the current model, as JSON; *status is the HTTP status (400: bad arguments).
     std::string authz_check(const std::string& src, const std::string& dst, const std::string& port,

@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "agent/src/admin/authz_view.hpp"
+#include "agent/src/admin/version_view.hpp"
 #include "agent/src/agent.hpp"
 #include "agent/src/policy/evaluate.hpp"
 #include "agent/src/policy/match.hpp"
@@ -379,8 +380,33 @@ std::string Agent::maps_dump() {
     return buf.GetString();
 }
 
+namespace {
+
+admin::VersionInfo version_info(const Dataplane& dp, const PinLayout& layout, bool published,
+                                bool count_links) {
+    admin::VersionInfo v{program_build(),
+                         dp.programs(),
+                         KMESH_ABI_VERSION,
+                         layout.maps_version,
+                         layout.maps_dir(),
+                         published,
+                         {}};
+    if (count_links) {
+        std::set<uint32_t> ids;
+        for (const auto& p : dp.programs()) ids.insert(p.id);
+        v.pod_links = admin::count_pod_links(layout.pods_dir(), ids);
+    }
+    return v;
+}
+
+}  // namespace
+
+std::string Agent::version_json() {
+    return admin::version_json(version_info(*dataplane_, options_.layout, published_, true));
+}
+
 std::string Agent::metrics_text() {
-    std::string out;
+    std::string out = admin::build_info_metric(version_info(*dataplane_, options_.layout, published_, false));
     auto header = [&](const char* name, const char* help, const char* type) {
         out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
     };
@@ -498,6 +524,8 @@ void Agent::start_admin() {
         res.status = reason.empty() ? 200 : 503;
         res.set_content(reason.empty() ? "ready\n" : "not ready: " + reason + "\n", "text/plain");
     });
+    srv.Get("/version",
+            [this, json](const httplib::Request&, httplib::Response& res) { json(res, version_json()); });
     srv.Get("/debug/config_dump",
             [this, json](const httplib::Request&, httplib::Response& res) { json(res, config_dump()); });
     srv.Get("/debug/maps",
@@ -555,8 +583,8 @@ void Agent::start_admin() {
         }
         admin->listening = true;
         spdlog::info(
-            "admin on http://{}:{} (/ready, /debug/config_dump, /debug/maps, /debug/xds, /debug/authz_check, "
-            "/metrics)",
+            "admin on http://{}:{} (/ready, /version, /debug/config_dump, /debug/maps, /debug/xds, "
+            "/debug/authz_check, /metrics)",
             options_.admin_address, options_.admin_port);
         admin->server.listen_after_bind();
         admin->done = true;

@@ -7,12 +7,14 @@
 #include <fmt/format.h>
 #include <linux/btf.h>
 #include <linux/magic.h>
+#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -73,7 +75,53 @@ std::string probe_sock_destroy() {
     return id > 0 ? std::string() : "this kernel lacks the bpf_sock_destroy kfunc (needs 6.5)";
 }
 
+std::string hex(const unsigned char* p, size_t n) {
+    std::string out;
+    out.reserve(2 * n);
+    for (size_t i = 0; i < n; i++) out += fmt::format("{:02x}", p[i]);
+    return out;
+}
+
+// Ids of the maps a program references (at most 64: ours reference fewer than that).
+std::vector<uint32_t> prog_map_ids(int prog_fd) {
+    std::vector<uint32_t> ids(64);
+    bpf_prog_info info{};
+    info.nr_map_ids = static_cast<uint32_t>(ids.size());
+    info.map_ids = reinterpret_cast<uint64_t>(ids.data());
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) return {};
+    ids.resize(std::min<size_t>(info.nr_map_ids, ids.size()));
+    return ids;
+}
+
 }  // namespace
+
+const ProgramBuild& program_build() {
+    static const ProgramBuild build = [] {
+        ProgramBuild b;
+        const void* data = kmesh_sock__elf_bytes(&b.object_bytes);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int len = 0;
+        if (EVP_Digest(data, b.object_bytes, md, &len, EVP_sha256(), nullptr) == 1)
+            b.sha256 = hex(md, len);
+        else
+            b.sha256 = std::string(64, '0');  // never seen: OpenSSL's SHA-256 does not fail on memory
+#ifdef KMESH_PROGRAM_VARIANT
+        b.test_variant = true;
+#endif
+        return b;
+    }();
+    return build;
+}
+
+std::string version_text(const std::string& binary) {
+    const ProgramBuild& b = program_build();
+    return fmt::format(
+        "{} {}\nprograms: sha256:{} (embedded BPF object, {} bytes){}\nmap layout: v{} (KMESH_ABI_VERSION; "
+        "maps pinned under maps/v{})",
+        binary, KMESH_VERSION, b.sha256, b.object_bytes, b.test_variant ? ", test variant build" : "",
+        KMESH_ABI_VERSION, KMESH_ABI_VERSION);
+}
 
 std::string ensure_bpffs(const std::string& root) {
     struct statfs st {};
@@ -224,6 +272,18 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     if (int err = kmesh_sock__load(skel)) {
         *error = fmt::format("load BPF programs: {} (see libbpf messages above)", errno_text(err));
         return nullptr;
+    }
+    bpf_program* prog;
+    bpf_object__for_each_program(prog, skel->obj) {
+        if (!bpf_program__autoload(prog)) continue;
+        bpf_prog_info info{};
+        uint32_t len = sizeof info;
+        LoadedProgram p{bpf_program__name(prog), 0, {}};
+        if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0) {
+            p.id = info.id;
+            p.tag = hex(info.tag, sizeof info.tag);
+        }
+        dp->programs_.push_back(std::move(p));
     }
     // sk_msg has no bpf_link in libbpf 1.1: attach to the sockhash itself. It replaces a previous
     // agent's program on a reused (pinned) map; sockets already in the map keep theirs.
@@ -402,6 +462,17 @@ void Dataplane::reconcile(const PinLayout& layout) {
     move_links_and_clean(layout);
     if (before > 0 && stale_links_ == 0)
         spdlog::info("every pod link now runs the current programs; old maps removed");
+}
+
+bool Dataplane::pinned_programs_use_other_maps(const PinLayout& layout) const {
+    int fd = bpf_obj_get(layout.prog(kProgConnect4).c_str());
+    if (fd < 0) return false;  // nothing pinned: no pod runs older programs we know of
+    std::vector<uint32_t> theirs = prog_map_ids(fd);
+    close(fd);
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(bpf_map__fd(skel_->maps.km_frontend), &info, &len) != 0) return true;
+    return std::find(theirs.begin(), theirs.end(), info.id) == theirs.end();
 }
 
 int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }

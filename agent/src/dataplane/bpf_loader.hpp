@@ -31,6 +31,28 @@ struct MapSizes {
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
 };
 
+// The programs this binary carries: the SHA-256 of the BPF object embedded in it (the skeleton's
+// bytes), computed once at first use. Same digest, same programs; any change to the programs, the
+// compiler or its flags changes it. Reported by --version, /version and kmesh_build_info.
+struct ProgramBuild {
+    std::string sha256;         // 64 hex digits
+    size_t object_bytes = 0;    // size of the embedded object
+    bool test_variant = false;  // kmesh-daemon-variant (KMESH_PROGRAM_VARIANT, tests only)
+    std::string short_id() const { return sha256.substr(0, 12); }
+};
+const ProgramBuild& program_build();
+
+// What `<binary> --version` prints: the release, the program digest and the map layout version.
+std::string version_text(const std::string& binary);
+
+// A program as this agent loaded it: the kernel's id and tag (the hash of its instructions that
+// bpftool shows; maps referenced are zeroed in it, so it names the code alone).
+struct LoadedProgram {
+    std::string name;
+    uint32_t id = 0;
+    std::string tag;  // 16 hex digits
+};
+
 // Mounts bpffs at root unless one is there already. Returns an error message or "".
 std::string ensure_bpffs(const std::string& root);
 
@@ -88,6 +110,14 @@ class Dataplane {
     bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
     bool reused_maps() const { return reused_maps_; }
+    // The programs loaded (those this kernel supports), in the object's order.
+    const std::vector<LoadedProgram>& programs() const { return programs_; }
+    // Whether the programs pinned now (by a previous agent; publish() replaces them) read maps other
+    // than ours, i.e. pods run programs of another map layout: publishing before our maps hold the
+    // mesh would then take translation away from them. False when nothing is pinned. Checked on
+    // the programs' own map ids, not on whether our maps were just created: a layout bump killed
+    // half-way through filling leaves this layout's maps pinned but incomplete.
+    bool pinned_programs_use_other_maps(const PinLayout& layout) const;
     int links_updated() const { return links_updated_; }
     int pods_forgotten() const { return pods_forgotten_; }
     // Read by the admin thread.
@@ -101,6 +131,7 @@ class Dataplane {
     int lock_fd_;
     bool reused_maps_ = false;
     bool can_close_ = false;
+    std::vector<LoadedProgram> programs_;
     int links_updated_ = 0;
     int pods_forgotten_ = 0;
     std::atomic<int> stale_links_{0};
