@@ -73,6 +73,8 @@ struct Fixture {
         prog6 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         prog_sl = kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
         progops = kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
+        for (const auto& spec : kmesh::kPodProgs)  // issue 10's UDP and getpeername programs
+            if (spec.optional) kernel.pin_new_prog(layout.prog(spec.name));
     }
     std::string config(const std::string& command, const std::string& extra_config = "",
                        const std::string& version = "1.0.0") {
