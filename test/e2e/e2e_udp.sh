@@ -4,8 +4,9 @@
 # sockets, unconnected and connected; every reply's source (recvfrom) must be the VIP:port the
 # client sent to, and getpeername() of TCP and connected UDP sockets must return the VIP. Then: a
 # service without endpoints refuses (ECONNREFUSED), 2000 sockets created and closed leave no
-# reverse entries, a reply from a deleted backend keeps its own address, and a pod enrolled with
-# one link missing (as by an older agent) gets it back when the agent starts.
+# reverse entries, a reply from a deleted backend keeps its own address. First, an agent that
+# pretends the kernel lacks recvmsg/getpeername degrades and enrols the pod with fewer links, which
+# the next agent completes; at the end a pod with one link unpinned gets it back the same way.
 # Usage: e2e_udp.sh <build-dir>
 source "$(dirname "$0")/lib.sh"
 e2e_init "${1:?usage: $0 <build-dir>}"
@@ -37,13 +38,35 @@ solo_workload() { # <ip4> [services]: solo-1, in the solo service unless told ot
         "$1" "${2-default/solo.default.svc.cluster.local: }"
 }
 
+applied() { grep -c "config generation .* applied" "$TMP/agent.log" || true; }
+apply_config() { # <config>: replaces the file and waits until the agent applied it
+    local before
+    before=$(applied)
+    replace_file "$MESH" "$1"
+    for _ in $(seq 100); do (($(applied) > before)) && return 0; sleep 0.1; done
+    log "config not applied"; return 1
+}
+
 MESH=$TMP/mesh.yaml
 replace_file "$MESH" "$(config "" "")"
 ADMIN_PORT=$(free_port)
-agent_start "$MESH"
-wait_log "config generation 1 applied" 1
 
+# --- a kernel without the recvmsg and getpeername hooks (pretended): the agent degrades, and a pod
+# enrolled meanwhile gets the links this agent has; the next agent adds the others -----------------
+KMESH_PRETEND_NO_RECVMSG=1 KMESH_PRETEND_NO_GETPEERNAME=1 agent_start "$MESH"
+wait_log "config generation 1 applied" 1
+check "the agent says why unconnected UDP is not translated" \
+    grep -q "KMESH_PRETEND_NO_RECVMSG is set: unconnected UDP to service VIPs is not translated" "$TMP/agent.log"
+check "and why getpeername answers the endpoint" grep -q "KMESH_PRETEND_NO_GETPEERNAME is set" "$TMP/agent.log"
+check "it pins neither sendmsg nor recvmsg nor getpeername" \
+    test -z "$(ls "$BPFFS/kmesh/progs" | grep -E "sendmsg|recvmsg|getpeername")"
 pod_create client
+cg_progs() { bpftool cgroup show "$(pod_cgroup client)" | awk 'NR > 1 { print $NF }' | sort | xargs; }
+check "the client enrolled meanwhile has the 4 cgroup links the agent has ($(cg_progs))" \
+    test "$(cg_progs)" = "cgroup_connect4 cgroup_connect6 cgroup_sock_release cgroup_sockops"
+agent_stop
+agent_start "$MESH"
+check "the next agent attaches the 6 links the pod lacks" wait_log "6 missing pod cgroup links attached" 1
 declare -A IP4 IP6
 for b in dns-1 dns-2 solo-1; do
     pod_create $b plain # backends are not enrolled: only the client's hooks are under test
@@ -54,19 +77,10 @@ for b in dns-1 dns-2 solo-1; do
     pod_serve $b $b 8080
 done
 DNS_WL="$(dns_workload dns-1 "${IP4[dns-1]}" "${IP6[dns-1]}")"$'\n'"$(dns_workload dns-2 "${IP4[dns-2]}" "${IP6[dns-2]}")"
-replace_file "$MESH" "$(config "$DNS_WL" "$(solo_workload "${IP4[solo-1]}")")"
-wait_log "config generation 2 applied" 1
+apply_config "$(config "$DNS_WL" "$(solo_workload "${IP4[solo-1]}")")"
 sleep 0.3 # let the servers bind
 
 udp() { pod_exec client python3 "$UDP_TOOL" "$@"; }
-applied() { grep -c "config generation .* applied" "$TMP/agent.log" || true; }
-apply_config() { # <config>: replaces the file and waits until the agent applied it
-    local before
-    before=$(applied)
-    replace_file "$MESH" "$1"
-    for _ in $(seq 100); do (($(applied) > before)) && return 0; sleep 0.1; done
-    log "config not applied"; return 1
-}
 summary() { sort <<<"$1" | uniq -c | xargs; }
 # Every line is "<dns-1|dns-2> <from>", and both backends answered.
 all_from() { # <output> <expected from "ADDR PORT"> [extra suffix]
@@ -200,7 +214,7 @@ check "without recvmsg4, replies show the backend's own address ($(summary "$out
     test "$(grep -cE "^dns-[12] (${IP4[dns-1]}|${IP4[dns-2]}) 5353$" <<<"$out")" = 5
 agent_stop
 agent_start "$MESH"
-wait_log "missing pod cgroup links attached" 1
+wait_log "missing pod cgroup links attached" 2
 check "the restarted agent attached the missing link" test -e "$RECORD/cgroup_recvmsg4"
 check "and it is on the client's cgroup" grep -q " cgroup_recvmsg4\b" <<<"$(bpftool cgroup show "$(pod_cgroup client)")"
 out=$(udp query $VIP4 53 10)

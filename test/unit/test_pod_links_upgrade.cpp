@@ -31,6 +31,7 @@ struct Node {
     void pin_programs(bool all) {
         for (const auto& spec : kPodProgs)
             if (!spec.optional || all) kernel.pin_new_prog(layout.prog(spec.name));
+        kernel.pin_new_prog(layout.prog(kmesh::kNetnsProg.name));
     }
     std::uint64_t cgroup(const std::string& rel, fs::path* dir = nullptr) {
         fs::path d = cgroups.mkdirs(rel);
