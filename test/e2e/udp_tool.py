@@ -12,6 +12,8 @@
   tcppeer ADDR PORT [--mapped]  TCP connect; prints getpeername() as "ADDR PORT"
   churn ADDR PORT N [--hold]    N sockets each send one query and read the reply; closed at once,
                                 or (--hold) all kept open until stdin closes; prints "done K" (replies)
+  bench ADDR PORT N [--new-socket]
+                                N query/reply round trips (bench/udp.sh); prints "qps Q us_per_query U"
 """
 import errno
 import os
@@ -131,6 +133,23 @@ def churn(addr, port, n, hold):
             s.close()
 
 
+def bench(addr, port, n, new_socket):
+    fam, dst = family_and_addr(addr, False)
+    s = None
+    start = time.perf_counter()
+    for _ in range(n):
+        if s is None:
+            s = new_socket(fam)
+            s.settimeout(2)
+        s.sendto(b"q", (dst, port))
+        s.recvfrom(2048)
+        if new_socket:
+            s.close()
+            s = None
+    elapsed = time.perf_counter() - start
+    print(f"qps {n / elapsed:.0f} us_per_query {elapsed / n * 1e6:.1f}", flush=True)
+
+
 def main(argv):
     args, flags, values = [], set(), {}
     it = iter(argv)
@@ -151,6 +170,8 @@ def main(argv):
               "--same-socket" in flags, delay, mark)
     elif cmd == "tcppeer":
         tcppeer(args[1], int(args[2]), "--mapped" in flags)
+    elif cmd == "bench":
+        bench(args[1], int(args[2]), int(args[3]), "--new-socket" in flags)
     elif cmd == "churn":
         churn(args[1], int(args[2]), int(args[3]), "--hold" in flags)
     else:
