@@ -133,7 +133,7 @@ def churn(addr, port, n, hold):
             s.close()
 
 
-def bench(addr, port, n, new_socket):
+def bench(addr, port, n, fresh):
     fam, dst = family_and_addr(addr, False)
     s = None
     start = time.perf_counter()
@@ -143,7 +143,7 @@ def bench(addr, port, n, new_socket):
             s.settimeout(2)
         s.sendto(b"q", (dst, port))
         s.recvfrom(2048)
-        if new_socket:
+        if fresh:
             s.close()
             s = None
     elapsed = time.perf_counter() - start
