@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
     app.add_option("--max-waypoint-sockets", opt.sizes.waypoint_sockets,
                    "open connections to waypoints tracked for the TLV at once")
         ->capture_default_str();
+    app.add_option("--max-udp-sockets", opt.sizes.udp_sockets,
+                   "UDP sockets whose datagrams to service VIPs are remembered for reply translation (LRU: "
+                   "beyond it the least recently used socket's replies show the endpoint's address)")
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();

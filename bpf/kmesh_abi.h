@@ -428,7 +428,74 @@ struct kmesh_member_value {
 
 
 /* ===================== UDP and address transparency (issue 10 section 1) =====================
- * Owned by the UDP work: sendmsg/recvmsg/getpeername, per-socket reverse entries (km_udp_rev...). */
+ * Owned by the UDP work: sendmsg/recvmsg/getpeername, per-socket reverse entries (km_udp_rev...).
+ * Design and reasons: docs/udp.md.
+ *
+ * km_udp_rev     LRU: socket cookie -> the (VIP:port -> backend addr:port) translations sendmsg
+ * made for that unconnected UDP socket, so recvmsg can show a reply as coming from the VIP the
+ * application sent to. One entry per socket, so cgroup/sock_release removes all of a socket's
+ * translations with one delete; LRU so that sockets whose release hook could not run (a kernel
+ * without it) or churn beyond the size cannot fill it. km_sock_peer   socket storage: the
+ * destination a connected socket (TCP or UDP) asked for and the endpoint it was connected to
+ * instead, for getpeername() and for recvfrom() on a connected UDP socket. Freed with the socket.
+ * km_udp_stats   per-CPU counters (enum kmesh_udp_stat).
+ */
+#define KMESH_DEFAULT_MAX_UDP_SOCKETS 65536 /* km_udp_rev entries: UDP sockets talking to VIPs */
+
+/*
+ * Translations kept per unconnected socket. A socket keeps one backend per (VIP, port) it sends to
+ * (re-picked only when that backend leaves), so this bounds the services one socket talks to at
+ * once, not the backends or the query rate: a resolver socket querying 2-3 DNS VIPs fits. A fifth
+ * service evicts the oldest slot (round robin); replies to the evicted one then arrive from the
+ * backend's own address (counted: KMESH_UDP_STAT_SLOT_EVICTED).
+ */
+#define KMESH_UDP_REV_SLOTS 4
+
+struct kmesh_udp_rev_slot {
+	__u8
+	    backend_addr[16]; /* where datagrams go (and replies come from); IPv4-mapped for IPv4 */
+	__u8 vip_addr[16];    /* what the application sent to; IPv4-mapped for IPv4 */
+	__u64
+	    backend_name_hash; /* km_backend's name_hash when picked: a reused backend id differs */
+	__u32 service_id;
+	__u32 backend_id;
+	__u16 backend_port; /* network byte order */
+	__u16 vip_port;	    /* network byte order */
+	__u32 pad;
+};
+
+struct kmesh_udp_rev_value {
+	struct kmesh_udp_rev_slot slot[KMESH_UDP_REV_SLOTS];
+	__u32 used; /* slots 0..used-1 are valid */
+	__u32 next; /* the slot a new service takes once all are used */
+};
+
+#define KMESH_SOCK_PEER_VALID (1u << 0)
+
+struct kmesh_sock_peer {
+	__u8 vip_addr[16];     /* the destination connect() was given; IPv4-mapped for IPv4 */
+	__u8 backend_addr[16]; /* where the socket was connected instead; IPv4-mapped for IPv4 */
+	__u16 vip_port;	       /* network byte order */
+	__u16 backend_port;    /* network byte order */
+	__u32 flags;	       /* KMESH_SOCK_PEER_* */
+};
+
+/* Slots of the per-CPU counter array km_udp_stats. */
+enum kmesh_udp_stat {
+	KMESH_UDP_STAT_SEND_PICKED = 0,	 /* sendmsg to a VIP: a backend picked for the socket */
+	KMESH_UDP_STAT_SEND_KEPT = 1,	 /* sendmsg to a VIP: the socket's backend reused */
+	KMESH_UDP_STAT_SEND_REFUSED = 2, /* sendmsg to a VIP without endpoints: refused */
+	KMESH_UDP_STAT_REV_FAILED = 3,	 /* reverse entry not stored (map update failed) */
+	KMESH_UDP_STAT_SLOT_EVICTED = 4, /* a socket's 5th service took the oldest slot */
+	KMESH_UDP_STAT_RECV_XLATED = 5,	 /* reply source rewritten to the VIP */
+	KMESH_UDP_STAT_RECV_STALE = 6,	 /* reply from a backend that left: not rewritten */
+	KMESH_UDP_STAT_PEER_XLATED = 7,	 /* getpeername answered the VIP */
+	KMESH_UDP_STAT_PEER_NO_STORAGE =
+	    8,			     /* socket storage not created: getpeername shows the backend */
+	KMESH_UDP_STAT_RELEASED = 9, /* sock_release removed a socket's reverse entry */
+	KMESH_UDP_STAT_CONNECT_XLATED = 10, /* connect() of a UDP socket translated */
+	KMESH_UDP_STAT_MAX = 11,
+};
 
 /* ===================== end UDP ===================== */
 

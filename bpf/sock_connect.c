@@ -18,6 +18,7 @@
 #include "include/endpoint.h"
 #include "include/frontend.h"
 #include "include/service.h"
+#include "include/udp.h"
 
 #define SOCK_STREAM  1
 #define ENOENT	     2
@@ -45,8 +46,9 @@
 const volatile bool kmesh_has_set_retval = true;
 
 /*
- * Picks an endpoint for *key and fills addr/port. Returns 0, -ENOENT (not ours) or -errno. ctx is
- * the calling hook's (connect or sendmsg): per-client state such as session affinity keys on it.
+ * Picks an endpoint for *key and fills addr/port, and *picked with its backend id. Returns 0,
+ * -ENOENT (not ours) or -errno. ctx is the calling hook's (connect or sendmsg): per-client state
+ * such as session affinity keys on it.
  *
  * Every map value is copied to the stack before the next lookup: since 6.1 a hash element freed by
  * a concurrent agent update can be reused at once (bpf_mem_alloc), so a pointer held across another
@@ -54,7 +56,7 @@ const volatile bool kmesh_has_set_retval = true;
  */
 static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 						const struct kmesh_frontend_key *key, __u32 family,
-						__u32 addr[4], __u16 *port)
+						__u32 addr[4], __u16 *port, __u32 *picked)
 {
 	const struct kmesh_frontend_value *fe_ptr = frontend_lookup(key);
 	struct kmesh_frontend_value fe;
@@ -112,6 +114,7 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 			continue;
 		}
 		*port = backend_target_port(backend_id, key, &fe);
+		*picked = backend_id; /* UDP reverse entries re-check it (docs/udp.md) */
 		stat_inc(KMESH_STAT_TRANSLATED);
 		return 0;
 	}
@@ -121,6 +124,13 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 static __always_inline bool sock_is_tcp(const struct bpf_sock_addr *ctx)
 {
 	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+}
+
+/* A connected UDP socket keeps the endpoint picked here for its life (the kernel keeps the peer):
+ * docs/udp.md. Waypoints are not used for UDP: their listener reads a TCP stream (Kmesh's TLV). */
+static __always_inline bool sock_is_udp(const struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
 }
 
 /* connect() fails with the worker's errno where bpf_set_retval exists (5.18+), else with EPERM. */
@@ -136,11 +146,12 @@ static __always_inline int sock_verdict(int ret)
 static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 {
 	struct kmesh_frontend_key key = {}, orig;
-	__u32 addr[4], dst;
+	__u32 addr[4], dst, backend_id = 0;
 	__u16 port, lookup_port = 0, orig_port;
-	int ret, redirected;
+	int ret, redirected = 0;
+	bool tcp = sock_is_tcp(ctx);
 
-	if (!sock_is_tcp(ctx))
+	if (!tcp && !sock_is_udp(ctx))
 		return -ENOENT;
 	dst = ctx->user_ip4;
 	key.addr[10] = 0xff;
@@ -150,15 +161,17 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 	key.port = (__u16)ctx->user_port;
 
 	orig = key;
-	redirected = wp_select(ctx, &key, KMESH_FAMILY_V4, &lookup_port);
-	if (redirected < 0)
-		return redirected;
-	ret = sock_select_endpoint(ctx, &key, KMESH_FAMILY_V4, addr, &port);
+	if (tcp) {
+		redirected = wp_select(ctx, &key, KMESH_FAMILY_V4, &lookup_port);
+		if (redirected < 0)
+			return redirected;
+	}
+	ret = sock_select_endpoint(ctx, &key, KMESH_FAMILY_V4, addr, &port, &backend_id);
 	if (ret == -ENOENT && redirected && lookup_port) {
 		/* Istio's waypoint service: pick a pod through its HBONE port, connect on 15019. */
 		orig_port = key.port;
 		key.port = lookup_port;
-		ret = sock_select_endpoint(ctx, &key, KMESH_FAMILY_V4, addr, &port);
+		ret = sock_select_endpoint(ctx, &key, KMESH_FAMILY_V4, addr, &port, &backend_id);
 		port = orig_port;
 		key.port = orig_port;
 	}
@@ -167,13 +180,21 @@ static __always_inline int sock4_connect(struct bpf_sock_addr *ctx)
 		port = key.port;
 		ret = 0;
 	}
-	if (ret == -ENOENT)
-		return wp_remember(ctx, false, orig.addr, orig.port, true) ?: -ENOENT;
+	if (ret == -ENOENT) {
+		peer_forget(ctx);
+		return tcp ? wp_remember(ctx, false, orig.addr, orig.port, true) ?: -ENOENT
+			   : -ENOENT;
+	}
 	if (ret)
 		return ret;
-	ret = wp_remember(ctx, redirected, orig.addr, orig.port, true);
-	if (ret)
-		return ret;
+	if (tcp) {
+		ret = wp_remember(ctx, redirected, orig.addr, orig.port, true);
+		if (ret)
+			return ret;
+	} else {
+		udp_stat_inc(KMESH_UDP_STAT_CONNECT_XLATED);
+	}
+	peer_remember(ctx, orig.addr, orig.port, addr, port);
 	ctx->user_ip4 = addr[3];
 	ctx->user_port = port;
 	return 0;
@@ -187,11 +208,12 @@ static __always_inline bool addr6_is_v4mapped(const __u32 addr[4])
 static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 {
 	struct kmesh_frontend_key key = {}, orig;
-	__u32 dst[4], addr[4], family;
+	__u32 dst[4], addr[4], family, backend_id = 0;
 	__u16 port, lookup_port = 0, orig_port;
-	int ret, redirected;
+	int ret, redirected = 0;
+	bool tcp = sock_is_tcp(ctx);
 
-	if (!sock_is_tcp(ctx))
+	if (!tcp && !sock_is_udp(ctx))
 		return -ENOENT;
 	dst[0] = ctx->user_ip6[0];
 	dst[1] = ctx->user_ip6[1];
@@ -204,14 +226,16 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 	 * sees it (connect4 does not run), so it needs an IPv4 endpoint, written back mapped. */
 	family = addr6_is_v4mapped(dst) ? KMESH_FAMILY_V4 : KMESH_FAMILY_V6;
 	orig = key;
-	redirected = wp_select(ctx, &key, family, &lookup_port);
-	if (redirected < 0)
-		return redirected;
-	ret = sock_select_endpoint(ctx, &key, family, addr, &port);
+	if (tcp) {
+		redirected = wp_select(ctx, &key, family, &lookup_port);
+		if (redirected < 0)
+			return redirected;
+	}
+	ret = sock_select_endpoint(ctx, &key, family, addr, &port, &backend_id);
 	if (ret == -ENOENT && redirected && lookup_port) {
 		orig_port = key.port;
 		key.port = lookup_port;
-		ret = sock_select_endpoint(ctx, &key, family, addr, &port);
+		ret = sock_select_endpoint(ctx, &key, family, addr, &port, &backend_id);
 		port = orig_port;
 		key.port = orig_port;
 	}
@@ -221,14 +245,23 @@ static __always_inline int sock6_connect(struct bpf_sock_addr *ctx)
 		ret = 0;
 	}
 	/* A mapped socket's destination is IPv4 on the wire: it sends the IPv4 TLV. */
-	if (ret == -ENOENT)
-		return wp_remember(ctx, false, orig.addr, orig.port, family == KMESH_FAMILY_V4)
-			   ?: -ENOENT;
+	if (ret == -ENOENT) {
+		peer_forget(ctx);
+		return tcp ? wp_remember(ctx, false, orig.addr, orig.port,
+					 family == KMESH_FAMILY_V4)
+				 ?: -ENOENT
+			   : -ENOENT;
+	}
 	if (ret)
 		return ret;
-	ret = wp_remember(ctx, redirected, orig.addr, orig.port, family == KMESH_FAMILY_V4);
-	if (ret)
-		return ret;
+	if (tcp) {
+		ret = wp_remember(ctx, redirected, orig.addr, orig.port, family == KMESH_FAMILY_V4);
+		if (ret)
+			return ret;
+	} else {
+		udp_stat_inc(KMESH_UDP_STAT_CONNECT_XLATED);
+	}
+	peer_remember(ctx, orig.addr, orig.port, addr, port);
 	ctx->user_ip6[0] = addr[0];
 	ctx->user_ip6[1] = addr[1];
 	ctx->user_ip6[2] = addr[2];

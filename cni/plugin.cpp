@@ -388,6 +388,7 @@ void check_links(Kernel& kernel, const fs::path& dir, const std::vector<PinnedPr
     for (size_t i = 0; i < std::size(kPodProgs); ++i) {
         const ProgSpec& spec = kPodProgs[i];
         const PinnedProg& prog = progs[i];
+        if (!prog.present()) continue;  // optional, not loaded by the agent on this kernel
         const std::string pin = (dir / spec.name).string();
         int fd = kernel.obj_get(pin);
         if (fd < 0) {

@@ -34,6 +34,21 @@ static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
 static_assert(sizeof(kmesh_member_key) == 8);
 static_assert(sizeof(kmesh_member_value) == 8);
 
+// UDP and address transparency (issue 10 section 1).
+static_assert(sizeof(kmesh_udp_rev_slot) == 56);
+static_assert(offsetof(kmesh_udp_rev_slot, vip_addr) == 16);
+static_assert(offsetof(kmesh_udp_rev_slot, backend_name_hash) == 32);
+static_assert(offsetof(kmesh_udp_rev_slot, service_id) == 40);
+static_assert(offsetof(kmesh_udp_rev_slot, backend_id) == 44);
+static_assert(offsetof(kmesh_udp_rev_slot, backend_port) == 48);
+static_assert(offsetof(kmesh_udp_rev_slot, vip_port) == 50);
+static_assert(sizeof(kmesh_udp_rev_value) == 56 * KMESH_UDP_REV_SLOTS + 8);
+static_assert(offsetof(kmesh_udp_rev_value, used) == 56 * KMESH_UDP_REV_SLOTS);
+static_assert(sizeof(kmesh_sock_peer) == 40);
+static_assert(offsetof(kmesh_sock_peer, backend_addr) == 16);
+static_assert(offsetof(kmesh_sock_peer, vip_port) == 32);
+static_assert(offsetof(kmesh_sock_peer, flags) == 36);
+
 // authz (issue 9)
 static_assert(sizeof(kmesh_authz_config) == 8);
 static_assert(sizeof(kmesh_authz_ident_value) == 4);

@@ -156,7 +156,17 @@ PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, 
 
 std::vector<PinnedProg> open_pod_progs(Kernel& kernel, const PinLayout& layout, int missing_code) {
     std::vector<PinnedProg> progs;
-    for (const auto& spec : kPodProgs) progs.push_back(open_prog(kernel, layout, spec.name, missing_code));
+    for (const auto& spec : kPodProgs) {
+        if (spec.optional) {
+            int fd = kernel.obj_get(layout.prog(spec.name));
+            if (fd == -ENOENT) {  // not loaded by this agent (kernel without the hook, older agent)
+                progs.emplace_back();
+                continue;
+            }
+            if (fd >= 0) kernel.close(fd);
+        }
+        progs.push_back(open_prog(kernel, layout, spec.name, missing_code));
+    }
     progs.push_back(open_prog(kernel, layout, kNetnsProg.name, missing_code));
     return progs;
 }
@@ -252,6 +262,107 @@ std::optional<PodNetns> find_pod_netns(Kernel& kernel, const fs::path& cgroup, s
     return std::nullopt;
 }
 
+namespace {
+
+// Cgroup ids to directories under `root`: one bounded breadth-first walk for all of `wanted`.
+std::map<std::uint64_t, fs::path> find_cgroup_dirs(Kernel& kernel, const fs::path& root,
+                                                   const std::set<std::uint64_t>& wanted) {
+    std::map<std::uint64_t, fs::path> dirs;
+    std::vector<std::pair<fs::path, int>> queue{{root, 0}};
+    for (size_t i = 0; i < queue.size() && i < 65536 && dirs.size() < wanted.size(); ++i) {
+        std::uint64_t id = 0;
+        int fd = kernel.open_cgroup(queue[i].first.string(), &id);
+        if (fd >= 0) {
+            kernel.close(fd);
+            if (wanted.count(id)) dirs[id] = queue[i].first;
+        }
+        if (queue[i].second >= kPodCgroupSearchDepth + 2) continue;
+        std::error_code e;
+        for (fs::directory_iterator d(queue[i].first, e), end; !e && d != end; d.increment(e)) {
+            if (d->is_directory(e) && !d->is_symlink(e)) queue.push_back({d->path(), queue[i].second + 1});
+        }
+    }
+    return dirs;
+}
+
+}  // namespace
+
+int attach_missing_cgroup_links(Kernel& kernel, const PinLayout& layout, const fs::path& cgroup_root,
+                                spdlog::logger& log) {
+    // Which programs this agent pinned: only those can be missing from a record.
+    std::vector<std::optional<PinnedProg>> progs(std::size(kPodProgs));
+    std::vector<bool> pinned(std::size(kPodProgs));
+    for (size_t i = 0; i < std::size(kPodProgs); ++i) {
+        int fd = kernel.obj_get(layout.prog(kPodProgs[i].name));
+        pinned[i] = fd >= 0;
+        if (fd >= 0) kernel.close(fd);
+    }
+    struct Todo {
+        fs::path record;
+        std::uint64_t cgroup_id;
+        std::vector<size_t> missing;  // kPodProgs indexes
+    };
+    std::vector<Todo> todo;
+    std::error_code ec;
+    for (fs::directory_iterator it(layout.pods_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+        std::optional<std::uint64_t> live;
+        std::vector<size_t> missing;
+        bool mixed = false;
+        for (size_t i = 0; i < std::size(kPodProgs); ++i) {
+            int fd = kernel.obj_get((it->path() / kPodProgs[i].name).string());
+            LinkInfo info;
+            bool ok = false;
+            if (fd >= 0) {
+                KernelFd link(kernel, fd);
+                ok = kernel.link_info(fd, &info) == 0 && !info.netns && !info.detached();
+            }
+            if (!ok) {
+                if (pinned[i]) missing.push_back(i);
+                continue;
+            }
+            if (live && *live != info.cgroup_id) mixed = true;
+            live = info.cgroup_id;
+        }
+        if (!live || missing.empty()) continue;  // nothing attached (a dead record), or complete
+        if (mixed) {
+            log.warn("{}: links on different cgroups; not completing it", it->path().string());
+            continue;
+        }
+        todo.push_back({it->path(), *live, std::move(missing)});
+    }
+    if (todo.empty()) return 0;
+    std::set<std::uint64_t> wanted;
+    for (const auto& t : todo) wanted.insert(t.cgroup_id);
+    const std::map<std::uint64_t, fs::path> dirs = find_cgroup_dirs(kernel, cgroup_root, wanted);
+    int attached = 0;
+    for (const auto& t : todo) {
+        auto dir = dirs.find(t.cgroup_id);
+        if (dir == dirs.end()) {
+            log.warn("{}: cgroup {} not found under {}: its missing links are not attached",
+                     t.record.string(), t.cgroup_id, cgroup_root.string());
+            continue;
+        }
+        std::vector<fs::path> created;
+        try {
+            std::uint64_t id = 0;
+            KernelFd cg = open_pod_cgroup(dir->second, kernel, kErrAttach, &id, log);
+            if (id != t.cgroup_id) continue;  // replaced by a new cgroup of the same path meanwhile
+            for (size_t i : t.missing) {
+                if (!progs[i]) progs[i] = open_prog(kernel, layout, kPodProgs[i].name, kErrTryAgainLater);
+                const fs::path pin = t.record / kPodProgs[i].name;
+                if (ensure_link(kernel, kPodProgs[i], *progs[i], cg.get(), id, pin, log))
+                    created.push_back(pin);
+            }
+            attached += static_cast<int>(created.size());
+        } catch (const PodLinkError& e) {
+            // All or nothing per record: what this call pinned goes again.
+            for (const auto& pin : created) fs::remove(pin, ec);
+            log.warn("{}: cannot attach its missing links: {}", t.record.string(), e.what());
+        }
+    }
+    return attached;
+}
+
 int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout, const fs::path& cgroup_root,
                                spdlog::logger& log, const std::string& proc_root) {
     struct Todo {
@@ -269,26 +380,9 @@ int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout, const fs
     }
     if (todo.empty()) return 0;
     // Cgroup ids to directories: one bounded walk of the tree for all records.
-    std::map<std::uint64_t, fs::path> dirs;
-    {
-        std::set<std::uint64_t> wanted;
-        for (const auto& t : todo) wanted.insert(t.cgroup_id);
-        std::vector<std::pair<fs::path, int>> queue{{cgroup_root, 0}};
-        for (size_t i = 0; i < queue.size() && i < 65536 && dirs.size() < wanted.size(); ++i) {
-            std::uint64_t id = 0;
-            int fd = kernel.open_cgroup(queue[i].first.string(), &id);
-            if (fd >= 0) {
-                kernel.close(fd);
-                if (wanted.count(id)) dirs[id] = queue[i].first;
-            }
-            if (queue[i].second >= kPodCgroupSearchDepth + 2) continue;
-            std::error_code e;
-            for (fs::directory_iterator d(queue[i].first, e), end; !e && d != end; d.increment(e)) {
-                if (d->is_directory(e) && !d->is_symlink(e))
-                    queue.push_back({d->path(), queue[i].second + 1});
-            }
-        }
-    }
+    std::set<std::uint64_t> wanted;
+    for (const auto& t : todo) wanted.insert(t.cgroup_id);
+    const std::map<std::uint64_t, fs::path> dirs = find_cgroup_dirs(kernel, cgroup_root, wanted);
     int attached = 0;
     std::optional<PinnedProg> prog;
     for (const auto& t : todo) {
@@ -491,6 +585,7 @@ void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<Pi
             undo.created(record / net_marker(network));
         // All or nothing: a failed attach leaves the record owner with no kmesh links of its own.
         for (size_t i = 0; i < std::size(kPodProgs); ++i) {
+            if (!progs[i].present()) continue;  // optional, not loaded by the agent on this kernel
             const fs::path pin = links_dir / kPodProgs[i].name;
             if (ensure_link(kernel, kPodProgs[i], progs[i], cgroup_fd, cgroup_id, pin, log))
                 undo.created(pin);

@@ -152,11 +152,24 @@ inline constexpr const char* kUsersDir = "users";
 struct ProgSpec {
     const char* name;
     bpf_attach_type type;
+    // The agent may not pin it (a kernel without the hook: it logs why at load), and agents before
+    // issue 10 did not have it: a missing pin is skipped instead of failing the attach. The
+    // required ones are pinned last by the agent, so once connect4 is there every optional program
+    // this agent loads is there too.
+    bool optional = false;
 };
 inline constexpr ProgSpec kPodProgs[] = {
     {kProgConnect4, BPF_CGROUP_INET4_CONNECT},
     {kProgConnect6, BPF_CGROUP_INET6_CONNECT},
     {kProgSockops, BPF_CGROUP_SOCK_OPS},
+    // Issue 10: UDP translation and address transparency (bpf/sock_udp.c, docs/udp.md).
+    {kProgSendmsg4, BPF_CGROUP_UDP4_SENDMSG, true},
+    {kProgSendmsg6, BPF_CGROUP_UDP6_SENDMSG, true},
+    {kProgRecvmsg4, BPF_CGROUP_UDP4_RECVMSG, true},
+    {kProgRecvmsg6, BPF_CGROUP_UDP6_RECVMSG, true},
+    {kProgGetpeername4, BPF_CGROUP_INET4_GETPEERNAME, true},
+    {kProgGetpeername6, BPF_CGROUP_INET6_GETPEERNAME, true},
+    {kProgSockRelease, BPF_CGROUP_INET_SOCK_RELEASE, true},
 };
 // L4 authorization: attached to the pod's network namespace (not its cgroup), pinned in the
 // container's own record (for a shared cgroup: in its users/<container> entry, as each container
@@ -166,6 +179,7 @@ inline constexpr ProgSpec kNetnsProg = {kProgSkLookup, BPF_SK_LOOKUP};
 struct PinnedProg {
     KernelFd fd;
     std::uint32_t id = 0;
+    bool present() const { return fd.get() >= 0; }  // false: an optional program not pinned
 };
 
 std::string errno_str(int negative_errno);
@@ -173,7 +187,8 @@ std::string errno_str(int negative_errno);
 // Opens the agent's pinned program; a missing pin means the agent has not (yet) loaded it
 // (`missing_code`, "kmesh agent not running: ...").
 PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, int missing_code);
-// The pod programs in kPodProgs order, then kNetnsProg's (index std::size(kPodProgs)).
+// The pod programs in kPodProgs order, then kNetnsProg's (index std::size(kPodProgs)). An optional
+// program that is not pinned comes back empty (!present()); a missing required one throws.
 std::vector<PinnedProg> open_pod_progs(Kernel& kernel, const PinLayout& layout, int missing_code);
 
 // A pod's network namespace, opened.
@@ -247,6 +262,16 @@ std::optional<PodNetns> find_pod_netns(Kernel& kernel, const std::filesystem::pa
 int attach_missing_netns_links(Kernel& kernel, const PinLayout& layout,
                                const std::filesystem::path& cgroup_root, spdlog::logger& log,
                                const std::string& proc_root = "/proc");
+
+// Records attached by an agent with fewer pod programs (before issue 10: connect4, connect6 and
+// sockops only) lack the newer cgroup links: for each record under pods/ (container, agent and
+// shared-cgroup records) with a live cgroup link, attaches every pinned program of kPodProgs it has
+// no live link for, on the cgroup of its live links (found by id under `cgroup_root`, one bounded
+// walk for all records). A program the agent did not pin (this kernel lacks the hook) is skipped.
+// Returns how many links it attached; failures are logged and leave the record as it was. The
+// caller holds the PodsLock.
+int attach_missing_cgroup_links(Kernel& kernel, const PinLayout& layout,
+                                const std::filesystem::path& cgroup_root, spdlog::logger& log);
 
 // Attaches the pod programs to the cgroup and the sk_lookup program to `netns` (when given) and
 // records it: under pods/<record_name> (a container's or the agent's record), or, `shared`, in

@@ -84,8 +84,9 @@ cni() { # <command> [bpffs-root] [with-prevResult] [netns]; stdout = plugin outp
         CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=e2e;K8S_POD_UID=$POD_UID" "$CNI"
 }
 attached() { "$BPFTOOL" cgroup show "${1:-$POD_CG}"; }
-# Links kmesh-cni makes per pod: connect4, connect6 and sockops (waypoint TLV).
-NLINKS=3
+# Links kmesh-cni makes per pod: connect4, connect6, sockops (waypoint TLV), and issue 10's
+# sendmsg4/6, recvmsg4/6, getpeername4/6 and sock_release (UDP and address transparency).
+NLINKS=10
 # Ids of the bpf_links attached to this test's pod cgroup only (other BPF users on the machine have
 # links too): `bpftool cgroup show` lists program ids, so filter `bpftool link show` by cgroup id,
 # which on cgroup v2 is the directory's inode number.

@@ -39,7 +39,7 @@ check "a pod created meanwhile is enrolled with the programs pinned, and transla
 
 replace_file "$MESH" "$(echo_one_backend "$BACKEND_IP")"
 check "the accepted file makes the agent ready" wait_log "kmesh-daemon ready" 2
-check "pods were moved to the new programs then (3 pods x 4 hooks: connect4, connect6, sockops, sk_lookup)" grep -q "programs published: 12 pod links moved" "$TMP/agent.log"
+check "pods were moved to the new programs then (3 pods x 11 hooks: connect4/6, sockops, sendmsg4/6, recvmsg4/6, getpeername4/6, sock_release, sk_lookup)" grep -q "programs published: 33 pod links moved" "$TMP/agent.log"
 check "/ready answers 200" test "$(admin_status /ready)" = 200
 check "pods translate with the new maps" reaches
 check "and so does the pod created while the agent waited" reaches client2

@@ -40,7 +40,7 @@ check "and says so" grep -q "1 pods without a cgroup forgotten" "$TMP/agent.log"
 check "a restarted agent reuses the pinned maps" grep -q "reused pinned maps" "$TMP/agent.log"
 check "and finds nothing to change" grep -q "applied: 1 services, 1 workloads; 0 map changes" "$TMP/agent.log"
 check "the client still reaches the service after the restart" reaches
-check "all 8 pod links (2 pods x connect4, connect6, sockops, sk_lookup) survive the restart and were moved to the new programs" grep -q "8 pod links moved" "$TMP/agent.log"
+check "all 22 pod links (2 pods x 10 cgroup hooks + sk_lookup) survive the restart and were moved to the new programs" grep -q "22 pod links moved" "$TMP/agent.log"
 
 second_agent() {
     ! "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" --config "$MESH" --max-services 64 --max-endpoints 256 \

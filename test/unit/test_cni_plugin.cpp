@@ -73,6 +73,8 @@ struct Fixture {
         prog6 = kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         prog_sl = kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
         progops = kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
+        for (const auto& spec : kmesh::kPodProgs)  // issue 10's UDP and getpeername programs
+            if (spec.optional) kernel.pin_new_prog(layout.prog(spec.name));
     }
     std::string config(const std::string& command, const std::string& extra_config = "",
                        const std::string& version = "1.0.0") {
@@ -107,6 +109,10 @@ struct Fixture {
     FakeKernel::Object pinned(const char* name) { return kernel.objects.at(pinned_id(name)); }
     // The kernel detaches a cgroup link when its cgroup is removed; the link info then shows cgroup 0.
     void detach(const char* name) { kernel.objects.at(pinned_id(name)).cgroup_id = 0; }
+    // The pod cgroup is gone: every cgroup link of the record reports cgroup id 0.
+    void detach_all() {
+        for (const auto& spec : kmesh::kPodProgs) detach(spec.name);
+    }
     std::uint64_t cgroup_id_of(const fs::path& dir) {
         std::uint64_t id = 0;
         int fd = kernel.open_cgroup(dir.string(), &id);
@@ -562,9 +568,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     CHECK(fs::exists(f.layout.pod_dir("other")));
 
     // The legacy dir goes once its links are detached (its cgroup and netns are gone): always safe.
-    f.detach(kmesh::kProgConnect4);
-    f.detach(kmesh::kProgConnect6);
-    f.detach(kmesh::kProgSockops);
+    f.detach_all();
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK(fs::exists(f.layout.pod_dir("legacy")));  // its netns link is still attached
     f.kernel.destroy_netns("/var/run/netns/x");
@@ -575,9 +579,7 @@ TEST_CASE("GC removes this network's attachments that are not valid, and nothing
     // Another network's record whose cgroup is gone (links detached) is safe to clean too.
     add_as(f, "gone", "net-b");
     f.container_id = "gone";
-    f.detach(kmesh::kProgConnect4);
-    f.detach(kmesh::kProgConnect6);
-    f.detach(kmesh::kProgSockops);
+    f.detach_all();
     f.kernel.destroy_netns("/var/run/netns/x");
     CHECK(gc("net-a", {"keep"}).empty());
     CHECK_FALSE(fs::exists(f.layout.pod_dir("gone")));
@@ -931,9 +933,7 @@ TEST_CASE("record links: a live netns link keeps a record, a detached one counts
     CHECK(links.live_cgroups.size() == kProgs);
     REQUIRE(links.live_netns.size() == 1);
     CHECK(links.live_netns[0] == f.kernel.netns_ino_of("/var/run/netns/x"));
-    f.detach(kmesh::kProgConnect4);
-    f.detach(kmesh::kProgConnect6);
-    f.detach(kmesh::kProgSockops);
+    f.detach_all();
     CHECK_FALSE(kmesh::read_record_links(f.kernel, dir).all_detached());
     CHECK_FALSE(kmesh::all_links_detached(f.kernel, dir));
     f.kernel.destroy_netns("/var/run/netns/x");

@@ -180,6 +180,8 @@ struct Node {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
         kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
+        for (const auto& spec : kmesh::kPodProgs)  // issue 10's UDP and getpeername programs
+            if (spec.optional) kernel.pin_new_prog(layout.prog(spec.name));
     }
     PassResult pass() {
         std::vector<Pod> pods;

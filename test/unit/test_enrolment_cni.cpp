@@ -55,6 +55,8 @@ struct KubeFixture {
         kernel.pin_new_prog(layout.prog(kmesh::kProgConnect6));
         kernel.pin_new_prog(layout.prog(kmesh::kProgSkLookup));
         kernel.pin_new_prog(layout.prog(kmesh::kProgSockops));
+        for (const auto& spec : kmesh::kPodProgs)  // issue 10's UDP and getpeername programs
+            if (spec.optional) kernel.pin_new_prog(layout.prog(spec.name));
     }
     ApiFactory factory() {
         return [this](const std::string& path) -> kmesh::Result<std::unique_ptr<kmesh::kube::Api>> {

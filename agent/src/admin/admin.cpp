@@ -465,6 +465,35 @@ std::string Agent::metrics_text() {
                                 {KMESH_STAT_NO_FAMILY, "no_family"},
                                 {KMESH_STAT_RACE_RETRY, "race_retry"}})
         out += fmt::format("kmesh_connect_total{{result=\"{}\"}} {}\n", result, stats[slot]);
+    // UDP translation and address transparency (bpf/sock_udp.c; docs/udp.md).
+    std::array<uint64_t, KMESH_UDP_STAT_MAX> udp{};
+    if (ncpu > 0) {
+        std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu));
+        for (uint32_t slot = 0; slot < KMESH_UDP_STAT_MAX; slot++)
+            if (bpf_map_lookup_elem(dataplane_->udp_stats_fd(), &slot, per_cpu.data()) == 0)
+                for (uint64_t v : per_cpu) udp[slot] += v;
+    }
+    header("kmesh_udp_total",
+           "UDP translation and address transparency events seen by the BPF programs (send_picked, "
+           "send_kept: datagrams to a VIP sent to a newly picked / the socket's backend; send_refused: "
+           "VIP without endpoints; reverse_failed: reverse entry not stored; slot_evicted: a socket's "
+           "fifth service took the oldest slot; recv_translated / recv_stale: reply source shown as the "
+           "VIP / left alone because its backend left; peer_translated: getpeername answered the VIP; "
+           "peer_no_storage: socket storage not created; released: reverse entries dropped at close; "
+           "connect_translated: connected UDP sockets translated).",
+           "counter");
+    for (auto [slot, event] : {std::pair{KMESH_UDP_STAT_SEND_PICKED, "send_picked"},
+                               {KMESH_UDP_STAT_SEND_KEPT, "send_kept"},
+                               {KMESH_UDP_STAT_SEND_REFUSED, "send_refused"},
+                               {KMESH_UDP_STAT_REV_FAILED, "reverse_failed"},
+                               {KMESH_UDP_STAT_SLOT_EVICTED, "slot_evicted"},
+                               {KMESH_UDP_STAT_RECV_XLATED, "recv_translated"},
+                               {KMESH_UDP_STAT_RECV_STALE, "recv_stale"},
+                               {KMESH_UDP_STAT_PEER_XLATED, "peer_translated"},
+                               {KMESH_UDP_STAT_PEER_NO_STORAGE, "peer_no_storage"},
+                               {KMESH_UDP_STAT_RELEASED, "released"},
+                               {KMESH_UDP_STAT_CONNECT_XLATED, "connect_translated"}})
+        out += fmt::format("kmesh_udp_total{{event=\"{}\"}} {}\n", event, udp[slot]);
     gauge("kmesh_pod_links_stale", "Pod links still running older programs (their bpf_link_update failed).",
           dataplane_->stale_links());
     gauge("kmesh_old_map_versions_kept", "Map directories of older layouts kept for stale pod links.",

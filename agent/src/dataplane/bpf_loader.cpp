@@ -94,6 +94,60 @@ std::vector<uint32_t> prog_map_ids(int prog_fd) {
     return ids;
 }
 
+// Whether the kernel knows a cgroup attach type: it refuses to load a program for an unknown
+// expected_attach_type. A two-instruction program (return 1) is loaded and closed. Returns "" when
+// supported, else why not. KMESH_PRETEND_NO_<what> forces "not supported" (tests).
+std::string probe_attach_type(bpf_prog_type type, bpf_attach_type attach, const char* what,
+                              const char* since) {
+    const std::string env = fmt::format("KMESH_PRETEND_NO_{}", what);
+    const char* pretend = getenv(env.c_str());
+    if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return env + " is set";
+    const bpf_insn insns[] = {
+        {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1},
+        {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
+    };
+    LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = attach);
+    int fd = bpf_prog_load(type, "kmesh_probe", "GPL", insns, 2, &opts);
+    if (fd >= 0) {
+        close(fd);
+        return {};
+    }
+    return fmt::format("this kernel refuses the {} hook ({}; needs {})", what, errno_text(errno), since);
+}
+
+// Reads on the writer's side: true once the map writer fills km_member (issue 10 section 2, the
+// load-balancing work). Until then UDP replies are checked against the backend alone (bpf/include/udp.h).
+constexpr bool kWriterFillsMembership = false;
+
+// The UDP hooks (bpf/sock_udp.c) are probed one group at a time, and a group the kernel lacks is not
+// loaded (kmesh-cni then skips its pin): the rest keeps working.
+void probe_udp_hooks(kmesh_sock* skel) {
+    if (auto why =
+            probe_attach_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_RECVMSG, "RECVMSG", "5.2");
+        !why.empty()) {
+        // Without recvmsg a reply would show the endpoint's address, which resolvers drop as a
+        // spoof: unconnected datagrams are better left untranslated.
+        for (bpf_program* p : {skel->progs.cgroup_sendmsg4, skel->progs.cgroup_sendmsg6,
+                               skel->progs.cgroup_recvmsg4, skel->progs.cgroup_recvmsg6})
+            bpf_program__set_autoload(p, false);
+        spdlog::warn("{}: unconnected UDP to service VIPs is not translated (connected UDP and TCP are)",
+                     why);
+    }
+    if (auto why = probe_attach_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_GETPEERNAME,
+                                     "GETPEERNAME", "5.8");
+        !why.empty()) {
+        for (bpf_program* p : {skel->progs.cgroup_getpeername4, skel->progs.cgroup_getpeername6})
+            bpf_program__set_autoload(p, false);
+        spdlog::warn("{}: getpeername() on sockets connected through a VIP returns the endpoint", why);
+    }
+    if (auto why =
+            probe_attach_type(BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE, "SOCK_RELEASE", "5.9");
+        !why.empty()) {
+        bpf_program__set_autoload(skel->progs.cgroup_sock_release, false);
+        spdlog::warn("{}: closed UDP sockets' reverse entries stay until km_udp_rev (LRU) evicts them", why);
+    }
+}
+
 }  // namespace
 
 const ProgramBuild& program_build() {
@@ -188,7 +242,12 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_waypoint, sizes.waypoints},
         {skel->maps.km_wp_dest, sizes.waypoint_addrs},
         {skel->maps.km_wp_sockhash, sizes.waypoint_sockets},
+        {skel->maps.km_udp_rev, sizes.udp_sockets},
     };
+    if (sizes.udp_sockets == 0) {
+        *error = "--max-udp-sockets must be at least 1";
+        return nullptr;
+    }
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
     // Authz tables: arrays and generation-keyed maps hold two generations; the evaluator finds a
     // generation's array slice through the per-generation sizes in rodata.
@@ -243,6 +302,9 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
                 "with EPERM instead of ECONNREFUSED",
                 reason);
     }
+
+    skel->rodata->kmesh_udp_check_member = kWriterFillsMembership;
+    probe_udp_hooks(skel);
 
     // Closing connections a policy change now denies needs bpf_sock_destroy; without it the
     // iterator would not load (unknown kfunc), so it is left out and only new connections are
@@ -428,20 +490,37 @@ void Dataplane::move_links_and_clean(const PinLayout& layout) {
 // finds it missing. Pods attached by an older agent move to the new program in place with
 // bpf_link_update: no detach window, no reconnects (hitless upgrade).
 std::string Dataplane::publish(const PinLayout& layout) {
-    bpf_program* prog;
-    bpf_object__for_each_program(prog, skel_->obj) {
-        if (!bpf_program__autoload(prog)) {  // not loaded on this kernel: no pin, no stale one
-            unlink(layout.prog(bpf_program__name(prog)).c_str());
-            continue;
+    // connect4 last: kmesh-cni takes a pinned connect4 as "the agent's programs are there" and skips
+    // optional programs that are not pinned (common/pod_links.hpp), so they must be there before it.
+    for (bool last : {false, true}) {
+        bpf_program* prog;
+        bpf_object__for_each_program(prog, skel_->obj) {
+            if ((std::strcmp(bpf_program__name(prog), kProgConnect4) == 0) != last) continue;
+            if (!bpf_program__autoload(prog)) {  // not loaded on this kernel: no pin, no stale one
+                unlink(layout.prog(bpf_program__name(prog)).c_str());
+                continue;
+            }
+            std::string path = layout.prog(bpf_program__name(prog));
+            std::string tmp = path + "_new";  // bpffs refuses names with dots
+            unlink(tmp.c_str());
+            if (bpf_obj_pin(bpf_program__fd(prog), tmp.c_str()) != 0)
+                return fmt::format("pin {}: {}", tmp, errno_text(errno));
+            if (rename(tmp.c_str(), path.c_str()) != 0)
+                return fmt::format("pin {}: {}", path, errno_text(errno));
         }
-        std::string path = layout.prog(bpf_program__name(prog));
-        std::string tmp = path + "_new";  // bpffs refuses names with dots
-        unlink(tmp.c_str());
-        if (bpf_obj_pin(bpf_program__fd(prog), tmp.c_str()) != 0)
-            return fmt::format("pin {}: {}", tmp, errno_text(errno));
-        if (rename(tmp.c_str(), path.c_str()) != 0) return fmt::format("pin {}: {}", path, errno_text(errno));
     }
     move_links_and_clean(layout);
+    // Pods attached by an older agent (fewer pod programs) get the cgroup links they lack.
+    if (auto root = find_cgroup2_mount()) {
+        try {
+            PodsLock lock(layout.pods_dir());
+            LinuxKernel kernel;
+            int n = attach_missing_cgroup_links(kernel, layout, *root, *spdlog::default_logger());
+            if (n > 0) spdlog::info("{} missing pod cgroup links attached", n);
+        } catch (const PodLinkError& e) {
+            spdlog::warn("pods lacking newer cgroup links left as they are: {}", e.what());
+        }
+    }
     // Pods attached by an agent before issue 9 have no sk_lookup link: attached where a process of
     // the pod shows its netns (kmesh-cni's next ADD or CHECK-driven repair covers the others).
     if (auto root = find_cgroup2_mount()) {
@@ -476,6 +555,7 @@ bool Dataplane::pinned_programs_use_other_maps(const PinLayout& layout) const {
 }
 
 int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }
+int Dataplane::udp_stats_fd() const { return bpf_map__fd(skel_->maps.km_udp_stats); }
 
 std::array<int, policy::kAuthzMapCount> Dataplane::authz_map_fds() const {
     const auto& m = skel_->maps;

@@ -29,6 +29,7 @@ struct MapSizes {
     uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
+    uint32_t udp_sockets = KMESH_DEFAULT_MAX_UDP_SOCKETS;  // km_udp_rev (LRU)
 };
 
 // The programs this binary carries: the SHA-256 of the BPF object embedded in it (the skeleton's
@@ -105,7 +106,8 @@ class Dataplane {
     void reconcile(const PinLayout& layout);
 
     std::array<int, kMapCount> map_fds() const;
-    int stats_fd() const;  // per-CPU km_stats (enum kmesh_stat slots)
+    int stats_fd() const;      // per-CPU km_stats (enum kmesh_stat slots)
+    int udp_stats_fd() const;  // per-CPU km_udp_stats (enum kmesh_udp_stat slots)
     // The iterator that closes denied connections was loaded (bpf_sock_destroy, kernel >= 6.5).
     bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap

@@ -112,7 +112,9 @@ PassResult Executor::pass(const std::vector<kube::Pod>& pods,
                 result.errors.push_back(st);
             }
         }
-        // Records attached without their sk_lookup link (older kmesh, or no process yet).
+        // Records attached by an older agent with fewer cgroup programs, or without their
+        // sk_lookup link (older kmesh, or no process yet).
+        attach_missing_cgroup_links(kernel_, options_.layout, root, log_);
         attach_missing_netns_links(kernel_, options_.layout, root, log_, options_.proc_root);
     } catch (const PodLinkError& e) {  // the lock itself
         result.errors.push_back(to_status(e));
