@@ -1,4 +1,95 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Same-node sockmap acceleration (issue 10 section 3). Placeholder: filled by the sockmap work.
+ * Same-node sockmap acceleration (issue 10 section 3, docs/sockmap.md). cgroup_sockops (waypoint.c)
+ * puts both ends of a connection between two enrolled pods of this node into km_accel_sockhash
+ * (include/accel.h); sk_msg_accel, attached to that sockhash by the agent, hands each send of such
+ * a socket straight to the peer socket's receive queue, so the bytes skip TCP/IP, the veth pair and
+ * the bridge.
  */
+#include "include/accel.h"
+
+#ifndef SK_DROP
+#define SK_DROP 0
+#define SK_PASS 1
+#endif
+
+/* The peer's key: the mirror of this socket's 4-tuple (see accel_key_ops for the port forms). */
+static __always_inline int accel_peer_key_msg(const struct sk_msg_md *msg, struct kmesh_accel_key *k)
+{
+	__u32 l[4], r[4];
+
+	if (msg->family == AF_INET) {
+		accel_v4mapped(l, msg->local_ip4);
+		accel_v4mapped(r, msg->remote_ip4);
+	} else if (msg->family == AF_INET6) {
+		l[0] = msg->local_ip6[0];
+		l[1] = msg->local_ip6[1];
+		l[2] = msg->local_ip6[2];
+		l[3] = msg->local_ip6[3];
+		r[0] = msg->remote_ip6[0];
+		r[1] = msg->remote_ip6[1];
+		r[2] = msg->remote_ip6[2];
+		r[3] = msg->remote_ip6[3];
+	} else {
+		return -EOPNOTSUPP;
+	}
+	__builtin_memcpy(k->local, r, 16);
+	__builtin_memcpy(k->remote, l, 16);
+	k->local_port = ACCEL_READ_ONCE(msg->remote_port) >> 16;
+	k->remote_port = bpf_htonl(msg->local_port) >> 16;
+	return 0;
+}
+
+/*
+ * One send of a socket in km_accel_sockhash. Returns 1 redirected, 0 through TCP, or -errno.
+ * The first send decides for the socket's whole life: a peer that is there and not PASS makes it
+ * ON, anything else PASS. A direction never goes from TCP to redirect: bytes already in the
+ * peer's TCP receive queue would be read after the redirected ones (tcp_bpf reads its redirect
+ * queue first).
+ */
+static __always_inline int accel_send(struct sk_msg_md *msg)
+{
+	struct kmesh_accel_key peer = {};
+	struct kmesh_accel_sock *st;
+	struct bpf_sock *sk = msg->sk;
+	__u8 peer_state;
+
+	if (!sk)
+		return -ENOENT;
+	st = bpf_sk_storage_get(&km_accel_sk, sk, 0, 0);
+	if (!st || (st->state != KMESH_ACCEL_PENDING && st->state != KMESH_ACCEL_ON))
+		return 0;
+	if (accel_peer_key_msg(msg, &peer))
+		return -EOPNOTSUPP;
+	peer_state = accel_peer_state(&peer);
+	if (peer_state != KMESH_ACCEL_PENDING && peer_state != KMESH_ACCEL_ON) {
+		if (st->state == KMESH_ACCEL_PENDING) {
+			st->state = KMESH_ACCEL_PASS;
+			accel_stat_add(KMESH_ACCEL_STAT_PASSED, 1);
+		} else {
+			/* Closed (it left the sockhash): TCP answers as it would, with an RST. */
+			accel_stat_add(KMESH_ACCEL_STAT_PEER_GONE, 1);
+		}
+		return 0;
+	}
+	if (st->state == KMESH_ACCEL_PENDING) {
+		st->state = KMESH_ACCEL_ON;
+		accel_stat_add(KMESH_ACCEL_STAT_CONNECTIONS, 1);
+	}
+	if (bpf_msg_redirect_hash(msg, &km_accel_sockhash, &peer, BPF_F_INGRESS) != SK_PASS) {
+		/* The peer left between the two lookups (closing): as above. */
+		accel_stat_add(KMESH_ACCEL_STAT_REDIRECT_FAILED, 1);
+		return 0;
+	}
+	accel_stat_add(KMESH_ACCEL_STAT_MSGS, 1);
+	accel_stat_add(KMESH_ACCEL_STAT_BYTES, msg->size);
+	return 1;
+}
+
+SEC("sk_msg")
+int sk_msg_accel(struct sk_msg_md *msg)
+{
+	/* Never drop: whatever is not redirected goes through TCP as if we were not here. */
+	accel_send(msg);
+	return SK_PASS;
+}

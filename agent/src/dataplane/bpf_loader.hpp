@@ -19,6 +19,14 @@ struct kmesh_sock;
 
 namespace kmesh {
 
+// Same-node sockmap acceleration (docs/sockmap.md): --sockmap and --max-accel-sockets.
+// Off by default: on this project's benchmark machine it did not win (docs/benchmarks.md).
+inline constexpr bool kSockmapDefault = false;
+struct AccelOptions {
+    bool enabled = kSockmapDefault;  // sockops inserts connections between enrolled pods
+    uint32_t max_sockets = KMESH_DEFAULT_MAX_ACCEL_SOCKETS;
+};
+
 struct MapSizes {
     uint32_t frontends = KMESH_DEFAULT_MAX_FRONTENDS;
     uint32_t services = KMESH_DEFAULT_MAX_SERVICES;
@@ -29,6 +37,7 @@ struct MapSizes {
     uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
+    AccelOptions accel;  // the sockhash size, and whether it is used
 };
 
 // Mounts bpffs at root unless one is there already. Returns an error message or "".
@@ -84,6 +93,11 @@ class Dataplane {
 
     std::array<int, kMapCount> map_fds() const;
     int stats_fd() const;  // per-CPU km_stats (enum kmesh_stat slots)
+    int accel_stats_fd() const;     // per-CPU km_accel_stats (enum kmesh_accel_stat slots)
+    int accel_sockhash_fd() const;  // km_accel_sockhash
+    // Same-node acceleration: whether sockops inserts connections, and why not when asked to.
+    bool sockmap_active() const { return sockmap_active_; }
+    const std::string& sockmap_reason() const { return sockmap_reason_; }
     // The iterator that closes denied connections was loaded (bpf_sock_destroy, kernel >= 6.5).
     bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
@@ -101,6 +115,8 @@ class Dataplane {
     int lock_fd_;
     bool reused_maps_ = false;
     bool can_close_ = false;
+    bool sockmap_active_ = false;
+    std::string sockmap_reason_;
     int links_updated_ = 0;
     int pods_forgotten_ = 0;
     std::atomic<int> stale_links_{0};

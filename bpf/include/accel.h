@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Same-node sockmap acceleration (docs/sockmap.md): the maps and the sockops workers, included by
+ * waypoint.c (cgroup_sockops calls them) and sock_accel.c (sk_msg_accel).
+ *
+ * Life of an accelerated connection between two enrolled pods of this node:
+ *   client ACTIVE_ESTABLISHED   -> client socket into km_accel_sockhash (PENDING)
+ *   server PASSIVE_ESTABLISHED  -> the client is there and not PASS: server socket in (PENDING)
+ *   first send of either end    -> peer found, not PASS: ON, and every send from then on is
+ *                                  redirected into the peer's receive queue (sk_msg_accel)
+ *   close / RST / netns gone    -> the kernel takes the socket out of the sockhash (tcp_bpf's
+ *                                  close and unhash), nothing for us to clean
+ * A connection whose other end is not accelerated (not enrolled, on another node, a waypoint
+ * socket, or the rare race below) goes PASS at its first send and leaves the sockhash at the
+ * first ACK (RTT callback), back to the kernel's plain TCP operations.
+ */
+#ifndef KMESH_BPF_ACCEL_H
+#define KMESH_BPF_ACCEL_H
+
+#include "maps.h"
+#include <bpf/bpf_endian.h>
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef ENOMEM
+#define ENOMEM 12
+#endif
+#ifndef ENOENT
+#define ENOENT 2
+#endif
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+#ifndef EOPNOTSUPP
+#define EOPNOTSUPP 95
+#endif
+
+/* One 32-bit load of the context field (clang may otherwise narrow the load, which the context
+ * rewriter refuses on older kernels), as Cilium does for remote_port. */
+#define ACCEL_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+
+/* Set by the agent (--sockmap): off, sockops puts nothing in the sockhash and the verifier prunes
+ * that code. sk_msg_accel keeps redirecting sockets already in it until they close (stopping a
+ * direction midway is safe; starting one midway is not). */
+const volatile bool kmesh_accel_enabled = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct kmesh_accel_key);
+	__type(value, __u64);
+	__uint(max_entries, KMESH_DEFAULT_MAX_ACCEL_SOCKETS);
+} km_accel_sockhash SEC(".maps");
+
+/* Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct kmesh_accel_sock);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_accel_sk SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, KMESH_ACCEL_STAT_MAX);
+} km_accel_stats SEC(".maps");
+
+static __always_inline void accel_stat_add(__u32 slot, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&km_accel_stats, &slot);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline void accel_v4mapped(__u32 out[4], __u32 ip4)
+{
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = bpf_htonl(0xffff);
+	out[3] = ip4;
+}
+
+/* 127.0.0.0/8 (plain or IPv4-mapped) and ::1. Every pod has its own loopback, so such a 4-tuple
+ * is not unique on the node and could name another pod's socket. */
+static __always_inline bool accel_is_loopback(const __u32 a[4])
+{
+	if (a[0] || a[1])
+		return false;
+	if (a[2] == bpf_htonl(0xffff))
+		return (bpf_ntohl(a[3]) >> 24) == 127;
+	return a[2] == 0 && a[3] == bpf_htonl(1);
+}
+
+/*
+ * The socket's own key (as it sees the connection) and, with mirror, its peer's. Ports: local_port
+ * is host order, remote_port network order in the upper 16 bits (both contexts convert it so);
+ * the key holds both in network order.
+ */
+static __always_inline int accel_key_ops(const struct bpf_sock_ops *skops, struct kmesh_accel_key *k,
+					 bool mirror)
+{
+	__u32 l[4], r[4];
+	__u16 lp = bpf_htonl(skops->local_port) >> 16, rp = ACCEL_READ_ONCE(skops->remote_port) >> 16;
+
+	if (skops->family == AF_INET) {
+		accel_v4mapped(l, skops->local_ip4);
+		accel_v4mapped(r, skops->remote_ip4);
+	} else if (skops->family == AF_INET6) {
+		l[0] = skops->local_ip6[0];
+		l[1] = skops->local_ip6[1];
+		l[2] = skops->local_ip6[2];
+		l[3] = skops->local_ip6[3];
+		r[0] = skops->remote_ip6[0];
+		r[1] = skops->remote_ip6[1];
+		r[2] = skops->remote_ip6[2];
+		r[3] = skops->remote_ip6[3];
+	} else {
+		return -EOPNOTSUPP;
+	}
+	if (accel_is_loopback(l) || accel_is_loopback(r))
+		return -EOPNOTSUPP;
+	if (mirror) {
+		__builtin_memcpy(k->local, r, 16);
+		__builtin_memcpy(k->remote, l, 16);
+		k->local_port = rp;
+		k->remote_port = lp;
+	} else {
+		__builtin_memcpy(k->local, l, 16);
+		__builtin_memcpy(k->remote, r, 16);
+		k->local_port = lp;
+		k->remote_port = rp;
+	}
+	return 0;
+}
+
+/* The state of the socket in the sockhash under key, NONE when there is none. */
+static __always_inline __u8 accel_peer_state(struct kmesh_accel_key *key)
+{
+	struct kmesh_accel_sock *st;
+	struct bpf_sock *sk;
+	__u8 state = KMESH_ACCEL_NONE;
+
+	sk = bpf_map_lookup_elem(&km_accel_sockhash, key);
+	if (!sk)
+		return KMESH_ACCEL_NONE;
+	st = bpf_sk_storage_get(&km_accel_sk, sk, 0, 0);
+	if (st)
+		state = st->state;
+	bpf_sk_release(sk);
+	return state;
+}
+
+static __always_inline int accel_insert(struct bpf_sock_ops *skops, struct kmesh_accel_key *key)
+{
+	struct kmesh_accel_sock *st;
+
+	if (!skops->sk)
+		return -ENOENT;
+	st = bpf_sk_storage_get(&km_accel_sk, skops->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		accel_stat_add(KMESH_ACCEL_STAT_SOCKHASH_FULL, 1);
+		return -ENOMEM;
+	}
+	/* Written before the socket is reachable through the map, so sk_msg_accel and the peer
+	 * never see it in the sockhash without a state. */
+	st->state = KMESH_ACCEL_PENDING;
+	/* NOEXIST: a key taken already (addresses not unique after all) must not evict the socket
+	 * another peer redirects to. */
+	if (bpf_sock_hash_update(skops, &km_accel_sockhash, key, BPF_NOEXIST)) {
+		st->state = KMESH_ACCEL_NONE;
+		accel_stat_add(KMESH_ACCEL_STAT_SOCKHASH_FULL, 1);
+		return -EEXIST;
+	}
+	/* The RTT callback (first ACK of data sent over TCP) takes a PASS socket out again. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+	accel_stat_add(KMESH_ACCEL_STAT_INSERTED, 1);
+	return 0;
+}
+
+/*
+ * The client end, established: inserted on trust. Whether the server end is accelerated is known
+ * only at its PASSIVE_ESTABLISHED (a local enrolled pod) or never (anything else); the first send
+ * decides (sk_msg_accel).
+ */
+static __always_inline int accel_active_established(struct bpf_sock_ops *skops)
+{
+	struct kmesh_accel_key key = {};
+	int err;
+
+	if (!kmesh_accel_enabled)
+		return 0;
+	err = accel_key_ops(skops, &key, false);
+	if (err)
+		return err;
+	return accel_insert(skops, &key);
+}
+
+/*
+ * The server end, established (before accept() returns it): inserted only when the client end
+ * is in the sockhash and not PASS, i.e. an enrolled pod of this node whose first send (if any)
+ * was not already sent through TCP.
+ */
+static __always_inline int accel_passive_established(struct bpf_sock_ops *skops)
+{
+	struct kmesh_accel_key key = {}, peer = {};
+	__u8 state;
+	int err;
+
+	if (!kmesh_accel_enabled)
+		return 0;
+	err = accel_key_ops(skops, &peer, true);
+	if (err)
+		return err;
+	state = accel_peer_state(&peer);
+	if (state != KMESH_ACCEL_PENDING && state != KMESH_ACCEL_ON) {
+		accel_stat_add(KMESH_ACCEL_STAT_PEER_UNKNOWN, 1);
+		return -ENOENT;
+	}
+	err = accel_key_ops(skops, &key, false);
+	if (err)
+		return err;
+	return accel_insert(skops, &key);
+}
+
+/*
+ * An ACK of data that went through TCP. A PASS socket leaves the sockhash (sockops may delete from
+ * a sockhash, sk_msg programs may not), which gives it back the kernel's plain TCP operations:
+ * left in, each send is copied through tcp_bpf and a blocking recv() woken without data can see
+ * EAGAIN. Only PASS sockets are taken out: nobody redirects to them (a peer checks the state
+ * before redirecting), while leaving the sockhash drops what sits in the socket's redirect queue.
+ * Returns 1 when the RTT callback was for us.
+ */
+static __always_inline int accel_rtt(struct bpf_sock_ops *skops)
+{
+	struct kmesh_accel_key key = {};
+	struct kmesh_accel_sock *st;
+
+	if (!skops->sk)
+		return 0;
+	st = bpf_sk_storage_get(&km_accel_sk, skops->sk, 0, 0);
+	if (!st || st->state == KMESH_ACCEL_NONE)
+		return 0;
+	if (st->state == KMESH_ACCEL_PENDING)
+		return 1; /* e.g. a FIN acked before any send: keep waiting for the first send */
+	if (st->state == KMESH_ACCEL_PASS && !accel_key_ops(skops, &key, false)) {
+		bpf_map_delete_elem(&km_accel_sockhash, &key);
+		st->state = KMESH_ACCEL_NONE;
+		accel_stat_add(KMESH_ACCEL_STAT_RELEASED, 1);
+	}
+	/* ON sockets stay until they close; either way no more RTT callbacks are needed. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+	return 1;
+}
+
+#endif
