@@ -443,7 +443,8 @@ struct kmesh_member_value {
  *                    are enrolled pods of this node; sk_msg_accel (attached to it) looks a send's
  *                    peer up under the mirrored key and redirects the bytes into the peer's receive
  *                    queue (bpf_msg_redirect_hash, BPF_F_INGRESS): they never enter the TCP stack.
- * km_accel_sk        per-socket storage: whether the socket redirects (enum kmesh_accel_state).
+ * km_accel_state     the same key -> whether that socket redirects (enum kmesh_accel_state); LRU,
+ *                    entries deleted with the socket.
  * km_accel_stats     per-CPU counters (enum kmesh_accel_stat).
  *
  * Keys are node-wide, across network namespaces: pod addresses are unique on a node, loopback

@@ -13,10 +13,12 @@
 #define SK_PASS 1
 #endif
 
-/* The peer's key: the mirror of this socket's 4-tuple (see accel_key_ops for the port forms). */
-static __always_inline int accel_peer_key_msg(const struct sk_msg_md *msg, struct kmesh_accel_key *k)
+/* The socket's own key and its peer's (the mirror; see accel_key_ops for the port forms). */
+static __always_inline int accel_keys_msg(const struct sk_msg_md *msg, struct kmesh_accel_key *own,
+					  struct kmesh_accel_key *peer)
 {
 	__u32 l[4], r[4];
+	__u16 lp = bpf_htonl(msg->local_port) >> 16, rp = ACCEL_READ_ONCE(msg->remote_port) >> 16;
 
 	if (msg->family == AF_INET) {
 		accel_v4mapped(l, msg->local_ip4);
@@ -33,10 +35,14 @@ static __always_inline int accel_peer_key_msg(const struct sk_msg_md *msg, struc
 	} else {
 		return -EOPNOTSUPP;
 	}
-	__builtin_memcpy(k->local, r, 16);
-	__builtin_memcpy(k->remote, l, 16);
-	k->local_port = ACCEL_READ_ONCE(msg->remote_port) >> 16;
-	k->remote_port = bpf_htonl(msg->local_port) >> 16;
+	__builtin_memcpy(own->local, l, 16);
+	__builtin_memcpy(own->remote, r, 16);
+	own->local_port = lp;
+	own->remote_port = rp;
+	__builtin_memcpy(peer->local, r, 16);
+	__builtin_memcpy(peer->remote, l, 16);
+	peer->local_port = rp;
+	peer->remote_port = lp;
 	return 0;
 }
 
@@ -49,19 +55,16 @@ static __always_inline int accel_peer_key_msg(const struct sk_msg_md *msg, struc
  */
 static __always_inline int accel_send(struct sk_msg_md *msg)
 {
-	struct kmesh_accel_key peer = {};
+	struct kmesh_accel_key own = {}, peer = {};
 	struct kmesh_accel_sock *st;
-	struct bpf_sock *sk = msg->sk;
 	__u8 peer_state;
 
-	if (!sk)
-		return -ENOENT;
-	st = bpf_sk_storage_get(&km_accel_sk, sk, 0, 0);
+	if (accel_keys_msg(msg, &own, &peer))
+		return -EOPNOTSUPP;
+	st = bpf_map_lookup_elem(&km_accel_state, &own);
 	if (!st || (st->state != KMESH_ACCEL_PENDING && st->state != KMESH_ACCEL_ON))
 		return 0;
-	if (accel_peer_key_msg(msg, &peer))
-		return -EOPNOTSUPP;
-	peer_state = accel_peer_state(&peer);
+	peer_state = accel_state_of(&peer);
 	if (peer_state != KMESH_ACCEL_PENDING && peer_state != KMESH_ACCEL_ON) {
 		if (st->state == KMESH_ACCEL_PENDING) {
 			st->state = KMESH_ACCEL_PASS;
@@ -77,7 +80,7 @@ static __always_inline int accel_send(struct sk_msg_md *msg)
 		accel_stat_add(KMESH_ACCEL_STAT_CONNECTIONS, 1);
 	}
 	if (bpf_msg_redirect_hash(msg, &km_accel_sockhash, &peer, BPF_F_INGRESS) != SK_PASS) {
-		/* The peer left between the two lookups (closing): as above. */
+		/* The peer left the sockhash (closing) after its state was read: as above. */
 		accel_stat_add(KMESH_ACCEL_STAT_REDIRECT_FAILED, 1);
 		return 0;
 	}

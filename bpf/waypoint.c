@@ -81,6 +81,9 @@ int cgroup_sockops(struct bpf_sock_ops *skops)
 		if (!wp_rtt(skops, sk))
 			accel_rtt(skops);
 		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		accel_state_change(skops);
+		break;
 	}
 	return 1;
 }

@@ -55,13 +55,19 @@ struct {
 	__uint(max_entries, KMESH_DEFAULT_MAX_ACCEL_SOCKETS);
 } km_accel_sockhash SEC(".maps");
 
-/* Freed with the socket. */
+/*
+ * The state of each socket in km_accel_sockhash, under the same key. A map of its own rather than
+ * socket storage: the peer's state must be read by key, and a socket found in a sockhash from
+ * sockops could not be released (bpf_sk_release is not available to sockops). Entries go with
+ * the socket: at the first ACK of a PASS socket, at TCP_CLOSE for the others (state callback);
+ * LRU so that a missed deletion can never fill it.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct kmesh_accel_key);
 	__type(value, struct kmesh_accel_sock);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} km_accel_sk SEC(".maps");
+	__uint(max_entries, KMESH_DEFAULT_MAX_ACCEL_SOCKETS);
+} km_accel_state SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -139,46 +145,36 @@ static __always_inline int accel_key_ops(const struct bpf_sock_ops *skops, struc
 	return 0;
 }
 
-/* The state of the socket in the sockhash under key, NONE when there is none. */
-static __always_inline __u8 accel_peer_state(struct kmesh_accel_key *key)
-{
-	struct kmesh_accel_sock *st;
-	struct bpf_sock *sk;
-	__u8 state = KMESH_ACCEL_NONE;
 
-	sk = bpf_map_lookup_elem(&km_accel_sockhash, key);
-	if (!sk)
-		return KMESH_ACCEL_NONE;
-	st = bpf_sk_storage_get(&km_accel_sk, sk, 0, 0);
-	if (st)
-		state = st->state;
-	bpf_sk_release(sk);
-	return state;
+/* The state of the socket under key, NONE when there is none. */
+static __always_inline __u8 accel_state_of(struct kmesh_accel_key *key)
+{
+	struct kmesh_accel_sock *st = bpf_map_lookup_elem(&km_accel_state, key);
+
+	return st ? st->state : KMESH_ACCEL_NONE;
 }
 
 static __always_inline int accel_insert(struct bpf_sock_ops *skops, struct kmesh_accel_key *key)
 {
-	struct kmesh_accel_sock *st;
+	struct kmesh_accel_sock st = {.state = KMESH_ACCEL_PENDING};
 
-	if (!skops->sk)
-		return -ENOENT;
-	st = bpf_sk_storage_get(&km_accel_sk, skops->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
+	/* Written before the socket is reachable through the sockhash, so sk_msg_accel and the
+	 * peer never see it there without a state. */
+	if (bpf_map_update_elem(&km_accel_state, key, &st, BPF_ANY)) {
 		accel_stat_add(KMESH_ACCEL_STAT_SOCKHASH_FULL, 1);
 		return -ENOMEM;
 	}
-	/* Written before the socket is reachable through the map, so sk_msg_accel and the peer
-	 * never see it in the sockhash without a state. */
-	st->state = KMESH_ACCEL_PENDING;
 	/* NOEXIST: a key taken already (addresses not unique after all) must not evict the socket
 	 * another peer redirects to. */
 	if (bpf_sock_hash_update(skops, &km_accel_sockhash, key, BPF_NOEXIST)) {
-		st->state = KMESH_ACCEL_NONE;
+		bpf_map_delete_elem(&km_accel_state, key);
 		accel_stat_add(KMESH_ACCEL_STAT_SOCKHASH_FULL, 1);
 		return -EEXIST;
 	}
-	/* The RTT callback (first ACK of data sent over TCP) takes a PASS socket out again. */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+	/* RTT: the first ACK of data sent over TCP takes a PASS socket out again. STATE: the state
+	 * entry goes when the socket closes. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
 	accel_stat_add(KMESH_ACCEL_STAT_INSERTED, 1);
 	return 0;
 }
@@ -217,7 +213,7 @@ static __always_inline int accel_passive_established(struct bpf_sock_ops *skops)
 	err = accel_key_ops(skops, &peer, true);
 	if (err)
 		return err;
-	state = accel_peer_state(&peer);
+	state = accel_state_of(&peer);
 	if (state != KMESH_ACCEL_PENDING && state != KMESH_ACCEL_ON) {
 		accel_stat_add(KMESH_ACCEL_STAT_PEER_UNKNOWN, 1);
 		return -ENOENT;
@@ -234,28 +230,38 @@ static __always_inline int accel_passive_established(struct bpf_sock_ops *skops)
  * left in, each send is copied through tcp_bpf and a blocking recv() woken without data can see
  * EAGAIN. Only PASS sockets are taken out: nobody redirects to them (a peer checks the state
  * before redirecting), while leaving the sockhash drops what sits in the socket's redirect queue.
- * Returns 1 when the RTT callback was for us.
  */
 static __always_inline int accel_rtt(struct bpf_sock_ops *skops)
 {
 	struct kmesh_accel_key key = {};
 	struct kmesh_accel_sock *st;
 
-	if (!skops->sk)
+	if (accel_key_ops(skops, &key, false))
 		return 0;
-	st = bpf_sk_storage_get(&km_accel_sk, skops->sk, 0, 0);
-	if (!st || st->state == KMESH_ACCEL_NONE)
-		return 0;
-	if (st->state == KMESH_ACCEL_PENDING)
-		return 1; /* e.g. a FIN acked before any send: keep waiting for the first send */
-	if (st->state == KMESH_ACCEL_PASS && !accel_key_ops(skops, &key, false)) {
+	st = bpf_map_lookup_elem(&km_accel_state, &key);
+	if (!st || st->state == KMESH_ACCEL_PENDING)
+		return 0; /* PENDING: e.g. a FIN acked before any send; wait for the first send */
+	if (st->state == KMESH_ACCEL_PASS) {
 		bpf_map_delete_elem(&km_accel_sockhash, &key);
-		st->state = KMESH_ACCEL_NONE;
+		bpf_map_delete_elem(&km_accel_state, &key);
 		accel_stat_add(KMESH_ACCEL_STAT_RELEASED, 1);
 	}
 	/* ON sockets stay until they close; either way no more RTT callbacks are needed. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
-	return 1;
+	return 0;
+}
+
+/* The socket closed (the kernel took it out of the sockhash already): its state entry goes too. */
+static __always_inline int accel_state_change(struct bpf_sock_ops *skops)
+{
+	struct kmesh_accel_key key = {};
+
+	if (skops->args[1] != BPF_TCP_CLOSE)
+		return 0;
+	if (accel_key_ops(skops, &key, false))
+		return 0;
+	bpf_map_delete_elem(&km_accel_state, &key);
+	return 0;
 }
 
 #endif

@@ -53,9 +53,10 @@ ss_tuples() {
     ip netns exec "$RUN-$1" ss -Htn state established | awk '{print $3, $4}' |
         sed -E 's/\[::ffff:([0-9.]+)\]/\1/g; s/\[([0-9a-f:]+)\]/\1/g'
 }
-wait_sockhash_empty() {
-    for _ in $(seq 50); do [[ $(sockhash_count) == 0 ]] && return 0; sleep 0.1; done
-    log "sockhash still holds:"; sockhash_entries; return 1
+state_count() { bpftool map dump pinned "$BPFFS/kmesh/maps/v5/km_accel_state" -j | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+wait_sockhash_empty() { # the sockhash, and the per-socket state entries beside it
+    for _ in $(seq 50); do [[ $(sockhash_count) == 0 && $(state_count) == 0 ]] && return 0; sleep 0.1; done
+    log "sockhash still holds:"; sockhash_entries; log "state entries: $(state_count)"; return 1
 }
 veth_tx() { # <pod>: "packets bytes" sent by the pod's eth0 (the veth), from the kernel's counters
     ip -n "$RUN-$1" -s -j link show eth0 | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["tx"]["packets"] + s["rx"]["packets"], s["tx"]["bytes"] + s["rx"]["bytes"])'

@@ -74,9 +74,8 @@ std::string probe_sock_destroy() {
 }
 
 // What same-node acceleration needs beyond what the rest of the programs need: sk_msg programs,
-// a sockhash, bpf_msg_redirect_hash (4.17), socket storage from sk_msg (5.2, kernels before that
-// also lack the sk_storage the waypoint path uses) and socket lookups in a sockhash from sockops
-// and sk_msg, which must release what they get (bpf_sk_release). Returns "" when all are there.
+// a sockhash, bpf_msg_redirect_hash (4.17), sockhash updates and callback flags from sockops (the
+// RTT and state callbacks, 4.17/4.16). Returns "" when all are there.
 std::string probe_sockmap() {
     const char* pretend = getenv("KMESH_PRETEND_NO_SOCKMAP");
     if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_SOCKMAP is set";
@@ -85,9 +84,8 @@ std::string probe_sockmap() {
     if (libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SOCKHASH, nullptr) != 1) return "this kernel has no sockhash maps";
     const std::pair<bpf_prog_type, bpf_func_id> helpers[] = {
         {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash},
-        {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_sk_storage_get},
-        {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_sk_release},
-        {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sk_release},
+        {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update},
+        {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_ops_cb_flags_set},
     };
     for (auto [type, helper] : helpers) {
         int rc = libbpf_probe_bpf_helper(type, helper, nullptr);
@@ -167,6 +165,7 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_wp_dest, sizes.waypoint_addrs},
         {skel->maps.km_wp_sockhash, sizes.waypoint_sockets},
         {skel->maps.km_accel_sockhash, sizes.accel.max_sockets},
+        {skel->maps.km_accel_state, sizes.accel.max_sockets},
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
     // Authz tables: arrays and generation-keyed maps hold two generations; the evaluator finds a
