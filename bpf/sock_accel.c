@@ -18,20 +18,20 @@ static __always_inline int accel_keys_msg(const struct sk_msg_md *msg, struct km
 					  struct kmesh_accel_key *peer)
 {
 	__u32 l[4], r[4];
-	__u16 lp = bpf_htonl(msg->local_port) >> 16, rp = ACCEL_READ_ONCE(msg->remote_port) >> 16;
+	__u16 lp = bpf_htonl(ACCEL_CTX_U32(msg, struct sk_msg_md, local_port)) >> 16, rp = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_port) >> 16;
 
-	if (msg->family == AF_INET) {
-		accel_v4mapped(l, msg->local_ip4);
-		accel_v4mapped(r, msg->remote_ip4);
-	} else if (msg->family == AF_INET6) {
-		l[0] = msg->local_ip6[0];
-		l[1] = msg->local_ip6[1];
-		l[2] = msg->local_ip6[2];
-		l[3] = msg->local_ip6[3];
-		r[0] = msg->remote_ip6[0];
-		r[1] = msg->remote_ip6[1];
-		r[2] = msg->remote_ip6[2];
-		r[3] = msg->remote_ip6[3];
+	if (ACCEL_CTX_U32(msg, struct sk_msg_md, family) == AF_INET) {
+		accel_v4mapped(l, ACCEL_CTX_U32(msg, struct sk_msg_md, local_ip4));
+		accel_v4mapped(r, ACCEL_CTX_U32(msg, struct sk_msg_md, remote_ip4));
+	} else if (ACCEL_CTX_U32(msg, struct sk_msg_md, family) == AF_INET6) {
+		l[0] = ACCEL_CTX_U32(msg, struct sk_msg_md, local_ip6[0]);
+		l[1] = ACCEL_CTX_U32(msg, struct sk_msg_md, local_ip6[1]);
+		l[2] = ACCEL_CTX_U32(msg, struct sk_msg_md, local_ip6[2]);
+		l[3] = ACCEL_CTX_U32(msg, struct sk_msg_md, local_ip6[3]);
+		r[0] = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_ip6[0]);
+		r[1] = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_ip6[1]);
+		r[2] = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_ip6[2]);
+		r[3] = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_ip6[3]);
 	} else {
 		return -EOPNOTSUPP;
 	}

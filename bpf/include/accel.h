@@ -39,9 +39,16 @@
 #define EOPNOTSUPP 95
 #endif
 
-/* One 32-bit load of the context field (clang may otherwise narrow the load, which the context
- * rewriter refuses on older kernels), as Cilium does for remote_port. */
-#define ACCEL_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+/* One 32-bit load of a context field at a constant offset: clang may otherwise narrow the load
+ * or compute the field's address first, which the context rewriter refuses. */
+#define ACCEL_CTX_U32(ctx, type, field)                                                            \
+	({                                                                                         \
+		__u32 __v;                                                                         \
+		asm volatile("%0 = *(u32 *)(%1 + %2)"                                              \
+			     : "=r"(__v)                                                           \
+			     : "r"(ctx), "i"(__builtin_offsetof(type, field)));                    \
+		__v;                                                                               \
+	})
 
 /* Set by the agent (--sockmap): off, sockops puts nothing in the sockhash and the verifier prunes
  * that code. sk_msg_accel keeps redirecting sockets already in it until they close (stopping a
@@ -112,7 +119,7 @@ static __always_inline int accel_key_ops(const struct bpf_sock_ops *skops, struc
 					 bool mirror)
 {
 	__u32 l[4], r[4];
-	__u16 lp = bpf_htonl(skops->local_port) >> 16, rp = ACCEL_READ_ONCE(skops->remote_port) >> 16;
+	__u16 lp = bpf_htonl(skops->local_port) >> 16, rp = ACCEL_CTX_U32(skops, struct bpf_sock_ops, remote_port) >> 16;
 
 	if (skops->family == AF_INET) {
 		accel_v4mapped(l, skops->local_ip4);
