@@ -93,7 +93,8 @@ accel_msgs() { # redirected sends so far (km_accel_stats, summed over CPUs)
 import json, sys
 for e in json.load(sys.stdin):
     if int(e["key"][0], 16) == 6:
-        print(sum(v["value"] for v in e["values"])); break
+        val = lambda v: v if isinstance(v, int) else int.from_bytes(bytes(int(b, 16) for b in v), "little")
+        print(sum(val(v["value"]) for v in e["values"])); break
 else: print(0)'
 }
 

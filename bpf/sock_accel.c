@@ -18,7 +18,8 @@ static __always_inline int accel_keys_msg(const struct sk_msg_md *msg, struct km
 					  struct kmesh_accel_key *peer)
 {
 	__u32 l[4], r[4];
-	__u16 lp = bpf_htonl(ACCEL_CTX_U32(msg, struct sk_msg_md, local_port)) >> 16, rp = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_port) >> 16;
+	__u16 lp = bpf_htonl(ACCEL_CTX_U32(msg, struct sk_msg_md, local_port)) >> 16,
+	      rp = ACCEL_CTX_U32(msg, struct sk_msg_md, remote_port) >> 16;
 
 	if (ACCEL_CTX_U32(msg, struct sk_msg_md, family) == AF_INET) {
 		accel_v4mapped(l, ACCEL_CTX_U32(msg, struct sk_msg_md, local_ip4));

@@ -171,9 +171,9 @@ int dump(const kmesh::PinLayout& layout) {
         fmt::print(
             "sockmap counters: sockets_in_map={} inserted={} insert_failed={} peer_unknown={} accelerated={} "
             "passed={} released={} redirected_msgs={} redirected_bytes={} peer_gone={}\n",
-            n, a[KMESH_ACCEL_STAT_INSERTED], a[KMESH_ACCEL_STAT_SOCKHASH_FULL], a[KMESH_ACCEL_STAT_PEER_UNKNOWN],
-            a[KMESH_ACCEL_STAT_CONNECTIONS], a[KMESH_ACCEL_STAT_PASSED], a[KMESH_ACCEL_STAT_RELEASED],
-            a[KMESH_ACCEL_STAT_MSGS], a[KMESH_ACCEL_STAT_BYTES],
+            n, a[KMESH_ACCEL_STAT_INSERTED], a[KMESH_ACCEL_STAT_SOCKHASH_FULL],
+            a[KMESH_ACCEL_STAT_PEER_UNKNOWN], a[KMESH_ACCEL_STAT_CONNECTIONS], a[KMESH_ACCEL_STAT_PASSED],
+            a[KMESH_ACCEL_STAT_RELEASED], a[KMESH_ACCEL_STAT_MSGS], a[KMESH_ACCEL_STAT_BYTES],
             a[KMESH_ACCEL_STAT_PEER_GONE] + a[KMESH_ACCEL_STAT_REDIRECT_FAILED]);
     }
     for (int fd : fds) close(fd);

@@ -115,11 +115,12 @@ static __always_inline bool accel_is_loopback(const __u32 a[4])
  * is host order, remote_port network order in the upper 16 bits (both contexts convert it so);
  * the key holds both in network order.
  */
-static __always_inline int accel_key_ops(const struct bpf_sock_ops *skops, struct kmesh_accel_key *k,
-					 bool mirror)
+static __always_inline int accel_key_ops(const struct bpf_sock_ops *skops,
+					 struct kmesh_accel_key *k, bool mirror)
 {
 	__u32 l[4], r[4];
-	__u16 lp = bpf_htonl(skops->local_port) >> 16, rp = ACCEL_CTX_U32(skops, struct bpf_sock_ops, remote_port) >> 16;
+	__u16 lp = bpf_htonl(skops->local_port) >> 16,
+	      rp = ACCEL_CTX_U32(skops, struct bpf_sock_ops, remote_port) >> 16;
 
 	if (skops->family == AF_INET) {
 		accel_v4mapped(l, skops->local_ip4);
@@ -152,7 +153,6 @@ static __always_inline int accel_key_ops(const struct bpf_sock_ops *skops, struc
 	return 0;
 }
 
-
 /* The state of the socket under key, NONE when there is none. */
 static __always_inline __u8 accel_state_of(struct kmesh_accel_key *key)
 {
@@ -181,7 +181,7 @@ static __always_inline int accel_insert(struct bpf_sock_ops *skops, struct kmesh
 	/* RTT: the first ACK of data sent over TCP takes a PASS socket out again. STATE: the state
 	 * entry goes when the socket closes. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG |
-						 BPF_SOCK_OPS_STATE_CB_FLAG);
+					     BPF_SOCK_OPS_STATE_CB_FLAG);
 	accel_stat_add(KMESH_ACCEL_STAT_INSERTED, 1);
 	return 0;
 }

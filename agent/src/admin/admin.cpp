@@ -463,7 +463,8 @@ std::string Agent::metrics_text() {
         counter("kmesh_sockmap_accelerated_total",
                 "Sockets whose first send found their peer: redirected until they close.",
                 accel[KMESH_ACCEL_STAT_CONNECTIONS]);
-        counter("kmesh_sockmap_passed_total", "Sockets whose first send found no accelerated peer: plain TCP.",
+        counter("kmesh_sockmap_passed_total",
+                "Sockets whose first send found no accelerated peer: plain TCP.",
                 accel[KMESH_ACCEL_STAT_PASSED]);
         counter("kmesh_sockmap_released_total",
                 "Plain-TCP sockets taken out of km_accel_sockhash again (at their first ACK).",

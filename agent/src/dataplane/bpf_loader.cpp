@@ -81,7 +81,8 @@ std::string probe_sockmap() {
     if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_SOCKMAP is set";
     if (libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) != 1)
         return "this kernel has no sk_msg programs";
-    if (libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SOCKHASH, nullptr) != 1) return "this kernel has no sockhash maps";
+    if (libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SOCKHASH, nullptr) != 1)
+        return "this kernel has no sockhash maps";
     const std::pair<bpf_prog_type, bpf_func_id> helpers[] = {
         {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash},
         {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update},
