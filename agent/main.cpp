@@ -82,6 +82,15 @@ int main(int argc, char** argv) {
                    "UDP sockets whose datagrams to service VIPs are remembered for reply translation (LRU: "
                    "beyond it the least recently used socket's replies show the endpoint's address)")
         ->capture_default_str();
+    std::string sockmap = opt.sizes.accel.enabled ? "on" : "off";
+    app.add_option("--sockmap", sockmap,
+                   "same-node acceleration: connections between two enrolled pods of this node skip TCP/IP "
+                   "through a sockhash and sk_msg redirect (docs/sockmap.md)")
+        ->check(CLI::IsMember({"on", "off"}))
+        ->capture_default_str();
+    app.add_option("--max-accel-sockets", opt.sizes.accel.max_sockets,
+                   "sockets of accelerated connections tracked at once (both ends count)")
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();
@@ -144,6 +153,7 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     spdlog::set_level(spdlog::level::from_str(log_level));
+    opt.sizes.accel.enabled = sockmap == "on";
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
     cni.kmesh_namespace = pod_namespace;

@@ -6,6 +6,7 @@ ratios against direct, the target check, docs/benchmarks.md's results section an
   report.py parse-sockperf --scenario S --services N --rep R < sockperf-output
   report.py brief < jsonl
   report.py report --results FILE --mode quick|full --duration D --reps R [--docs DIR]
+  report.py sockmap-report --results FILE --duration D --reps R [--docs DIR]
 """
 import argparse
 import datetime
@@ -42,7 +43,8 @@ def parse_wrk(a, text):
             "cpu_machine_us_per_req": a.cpu_machine_us / max(n, 1),
             **prog_ns(a.prog_stats),
             **{("authz_" + k): v for k, v in prog_ns(a.authz_stats).items()},
-            **({"pressure_avg10": a.pressure} if a.pressure is not None else {})}
+            **({"pressure_avg10": a.pressure} if a.pressure is not None else {}),
+            **({"redirected": a.redirected} if a.redirected is not None else {})}
 
 
 def prog_ns(stats):
@@ -59,8 +61,19 @@ def parse_sockperf(a, text):
     pct = dict(re.findall(r"percentile (50|90|99)\.000 =\s+([\d.]+)", text))
     if len(pct) != 3:
         sys.exit(f"cannot parse sockperf output:\n{text}")
-    return {"kind": "sockperf", "scenario": a.scenario, "services": a.services, "rep": a.rep,
-            "mode": "pingpong", "p50": float(pct["50"]), "p90": float(pct["90"]), "p99": float(pct["99"])}
+    row = {"kind": "sockperf", "scenario": a.scenario, "services": a.services, "rep": a.rep,
+           "mode": "pingpong", "p50": float(pct["50"]), "p90": float(pct["90"]), "p99": float(pct["99"])}
+    # Round trips over the whole run (warm-up included, as the CPU counters are), for CPU per request.
+    total = re.search(r"\[Total Run\].*?ReceivedMessages=(\d+)", text)
+    if total and a.cpu_path_us is not None:
+        n = max(int(total.group(1)), 1)
+        row.update({"requests": n, "cpu_path_us_per_req": a.cpu_path_us / n,
+                    "cpu_machine_us_per_req": a.cpu_machine_us / n})
+    if a.pressure is not None:
+        row["pressure_avg10"] = a.pressure
+    if a.redirected is not None:
+        row["redirected"] = a.redirected
+    return row
 
 
 def load(path):
@@ -341,6 +354,72 @@ def authz_report(a):
         open(md, "w").write(doc)
 
 
+def sockmap_report(a):
+    """bench/sockmap.sh: direct, kmesh and kmesh-sockmap on the same pods; the 0.85x p50 target."""
+    rows = [r for r in load(a.results) if r["kind"] in ("wrk", "sockperf")]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["mode"], r["scenario"]), []).append(r)
+    modes = [("pingpong", "TCP ping-pong, 64 B (sockperf, full round trip)"),
+             ("keepalive-c1", "HTTP keep-alive, 1 connection (wrk + nginx)"),
+             ("keepalive-c8", "HTTP keep-alive, 8 connections (wrk + nginx)")]
+    rank = {"direct": 0, "kmesh": 1, "kmesh-sockmap": 2}
+    body = [f"### sockmap — {datetime.date.today()}", "",
+            f"Machine: {machine()}. {a.reps} repetitions of {a.duration} s per cell, interleaved; medians with "
+            "(min–max). Command: `bench/sockmap.sh`. Same pods throughout: `direct` is a non-enrolled client pod "
+            "to the server pod's IP; `kmesh` and `kmesh-sockmap` are an enrolled client pod to the service VIP "
+            "of the same (enrolled) server pod, with `kmesh-daemon --sockmap=off` and `on`. CPU µs/req: the "
+            "client and server pods' cgroup CPU time (path) and all CPUs' busy time (machine) per request or "
+            "round trip. `redirected`: sends redirected by sk_msg_accel during the cell (0 = not accelerated). "
+            "`pressure`: /proc/pressure/cpu some avg10 after the cell (max over its runs; a cell at ≥ 10 is "
+            "measured again once).", ""]
+    for mode, title in modes:
+        keys = sorted((k for k in cells if k[0] == mode), key=lambda k: rank.get(k[1], 9))
+        if not keys:
+            continue
+        base = cells.get((mode, "direct"))
+        body += [f"#### {title}", "",
+                 "| scenario | req/s | p50 µs | p99 µs | CPU µs/req (path) | CPU µs/req (machine) | p50 ÷ direct | "
+                 "p99 ÷ direct | redirected | pressure | runs |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for k in keys:
+            rs = cells[k]
+
+            def col(m, digits=0):
+                vals = [r[m] for r in rs if m in r]
+                return spread((med(vals), min(vals), max(vals)), digits) if vals else "–"
+
+            def ratio(m):
+                if not base:
+                    return "n/a"
+                return fmt(med([r[m] for r in rs]) / med([r[m] for r in base]), 2)
+
+            pres = max((r.get("pressure_avg10", 0) for r in rs), default=0)
+            red = med([r.get("redirected", 0) for r in rs])
+            body.append(f"| {k[1]} | {col('rps')} | {col('p50', 1)} | {col('p99', 1)} | "
+                        f"{col('cpu_path_us_per_req', 1)} | {col('cpu_machine_us_per_req', 1)} | {ratio('p50')} | "
+                        f"{ratio('p99')} | {fmt(red)} | {pres:.1f} | {len(rs)} |")
+        body.append("")
+    body += ["| target | value | met |", "|---|---|---|"]
+    for mode, _ in modes:
+        d, s = cells.get((mode, "direct")), cells.get((mode, "kmesh-sockmap"))
+        if d and s:
+            r = med([x["p50"] for x in s]) / med([x["p50"] for x in d])
+            body.append(f"| kmesh-sockmap p50 ÷ direct p50 ≤ 0.85, {mode} | {r:.3f} | {'yes' if r <= 0.85 else '**no**'} |")
+    text = "\n".join(body)
+    print(text)
+    if a.docs:
+        md = os.path.join(a.docs, "benchmarks.md")
+        begin, end = "<!-- results:sockmap:begin -->", "<!-- results:sockmap:end -->"
+        doc = open(md).read() if os.path.exists(md) else ""
+        block = f"{begin}\n{text}\n{end}"
+        if begin in doc:
+            doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        else:
+            doc += "\n" + block + "\n"
+        open(md, "w").write(doc)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -350,12 +429,21 @@ def main():
         p.add_argument("--scenario", required=True)
         p.add_argument("--services", type=int, required=True)
         p.add_argument("--rep", type=int, required=True)
+        p.add_argument("--redirected", type=int, help="sends redirected by sk_msg_accel during the run")
+    s.add_argument("--cpu-path-us", type=int)
+    s.add_argument("--cpu-machine-us", type=int)
+    s.add_argument("--pressure", type=float)
     w.add_argument("--mode", required=True)
     w.add_argument("--cpu-path-us", type=int, required=True)
     w.add_argument("--cpu-machine-us", type=int, required=True)
     w.add_argument("--prog-stats", default="")
     w.add_argument("--authz-stats", default="", help="sk_lookup_authz 'ns0 cnt0 ns1 cnt1' (bpf_stats)")
     w.add_argument("--pressure", type=float, help="/proc/pressure/cpu some avg10 after the run")
+    sm = sub.add_parser("sockmap-report")
+    sm.add_argument("--results", required=True)
+    sm.add_argument("--duration", required=True)
+    sm.add_argument("--reps", required=True)
+    sm.add_argument("--docs")
     ar = sub.add_parser("authz-report")
     ar.add_argument("--results", required=True)
     ar.add_argument("--duration", required=True)
@@ -375,6 +463,8 @@ def main():
         print(json.dumps(parse_sockperf(a, sys.stdin.read())))
     elif a.cmd == "authz-report":
         authz_report(a)
+    elif a.cmd == "sockmap-report":
+        sockmap_report(a)
     elif a.cmd == "brief":
         parts = []
         for line in sys.stdin:

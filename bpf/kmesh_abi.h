@@ -503,7 +503,60 @@ enum kmesh_udp_stat {
 
 
 /* ===================== same-node sockmap acceleration (issue 10 section 3) ====================
- * Owned by the sockmap work: km_accel_sockhash key, counters. */
+ * Owned by the sockmap work (docs/sockmap.md; bpf/include/accel.h, bpf/sock_accel.c).
+ *
+ * km_accel_sockhash  (local addr, remote addr, local port, remote port) as the socket sees it ->
+ *                    the socket. cgroup_sockops puts a connection's sockets there when both ends
+ *                    are enrolled pods of this node; sk_msg_accel (attached to it) looks a send's
+ *                    peer up under the mirrored key and redirects the bytes into the peer's receive
+ *                    queue (bpf_msg_redirect_hash, BPF_F_INGRESS): they never enter the TCP stack.
+ * km_accel_state     the same key -> whether that socket redirects (enum kmesh_accel_state); LRU,
+ *                    entries deleted with the socket.
+ * km_accel_stats     per-CPU counters (enum kmesh_accel_stat).
+ *
+ * Keys are node-wide, across network namespaces: pod addresses are unique on a node, loopback
+ * ones are not, so loopback connections are never accelerated.
+ */
+#define KMESH_DEFAULT_MAX_ACCEL_SOCKETS 65536
+
+struct kmesh_accel_key {
+	/* Network byte order, 32-bit words (the shape of bpf_sock_ops and sk_msg_md's fields);
+	 * IPv4 is IPv4-mapped, so an IPv4 socket and an IPv4-mapped IPv6 peer share one form. */
+	__u32 local[4];
+	__u32 remote[4];
+	__u16 local_port;  /* network byte order */
+	__u16 remote_port; /* network byte order */
+};
+
+enum kmesh_accel_state {
+	KMESH_ACCEL_NONE = 0,	 /* not in km_accel_sockhash */
+	KMESH_ACCEL_PENDING = 1, /* in the sockhash, nothing sent yet */
+	KMESH_ACCEL_ON = 2,	 /* redirects to its peer: stays in the sockhash until it closes */
+	/* Its first send found no accelerated peer and went through TCP: every later send does too
+	 * (TCP-then-redirect could reorder bytes at the receiver), and sockops takes the socket out
+	 * of the sockhash at the first ACK, back to plain TCP. */
+	KMESH_ACCEL_PASS = 3,
+};
+
+struct kmesh_accel_sock {
+	__u8 state; /* enum kmesh_accel_state */
+	__u8 pad[7];
+};
+
+/* Slots of the per-CPU counter array km_accel_stats. */
+enum kmesh_accel_stat {
+	KMESH_ACCEL_STAT_INSERTED = 0,	    /* sockets put in km_accel_sockhash */
+	KMESH_ACCEL_STAT_SOCKHASH_FULL = 1, /* not inserted: km_accel_sockhash full (or update failed) */
+	KMESH_ACCEL_STAT_PEER_UNKNOWN = 2,  /* server side: the client is not accelerated, not inserted */
+	KMESH_ACCEL_STAT_CONNECTIONS = 3,   /* sockets whose first send found the peer: redirecting */
+	KMESH_ACCEL_STAT_PASSED = 4,	    /* sockets whose first send found no peer: plain TCP */
+	KMESH_ACCEL_STAT_RELEASED = 5,	    /* PASS sockets taken out of the sockhash by sockops */
+	KMESH_ACCEL_STAT_MSGS = 6,	    /* sends redirected */
+	KMESH_ACCEL_STAT_BYTES = 7,	    /* bytes redirected */
+	KMESH_ACCEL_STAT_PEER_GONE = 8,	    /* a redirecting socket's send found its peer closed: TCP */
+	KMESH_ACCEL_STAT_REDIRECT_FAILED = 9, /* bpf_msg_redirect_hash refused: that send goes via TCP */
+	KMESH_ACCEL_STAT_MAX = 10,
+};
 
 /* ===================== end sockmap ===================== */
 

@@ -8,43 +8,25 @@
  *                   TLV to the first bytes sent, exactly once, then passes everything untouched.
  */
 #include "include/waypoint.h"
+/* Same-node acceleration (docs/sockmap.md) shares this sockops program: one per pod cgroup. */
+#include "include/accel.h"
 
 #define SK_DROP 0
 #define SK_PASS 1
 
-SEC("sockops")
-int cgroup_sockops(struct bpf_sock_ops *skops)
+/*
+ * The waypoint half: an established waypoint-bound socket goes into km_wp_sockhash. Returns 1
+ * when the socket is a waypoint socket (it must then stay out of km_accel_sockhash: a socket in
+ * two sockmaps with different sk_msg programs is refused with EBUSY), else 0.
+ */
+static __always_inline int wp_established(struct bpf_sock_ops *skops, struct bpf_sock *sk)
 {
 	struct kmesh_wp_sock *st;
-	struct bpf_sock *sk;
 	__u64 cookie;
 
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && skops->op != BPF_SOCK_OPS_RTT_CB)
-		return 1;
-	sk = skops->sk;
-	if (!sk)
-		return 1;
 	st = bpf_sk_storage_get(&km_wp_sk, sk, 0, 0);
-	if (!st)
-		return 1;
-	if (skops->op == BPF_SOCK_OPS_RTT_CB) {
-		/*
-		 * The first RTT sample after the TLV went out (an ACK of data): take the socket out
-		 * of the sockhash (sk_msg programs may not; sockops may), so that the kernel
-		 * restores its plain TCP operations. Left in, every send is copied through tcp_bpf
-		 * and tcp_bpf's recvmsg can answer EAGAIN to a blocking recv woken by write space.
-		 */
-		if (st->state != KMESH_WP_SOCK_SENT)
-			return 1;
-		cookie = st->cookie;
-		bpf_map_delete_elem(&km_wp_sockhash, &cookie);
-		bpf_sock_ops_cb_flags_set(skops,
-					  skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
-		wp_stat_inc(KMESH_WP_STAT_RELEASED);
-		return 1;
-	}
-	if (st->state != KMESH_WP_SOCK_PENDING)
-		return 1;
+	if (!st || st->state != KMESH_WP_SOCK_PENDING)
+		return 0;
 	cookie = bpf_get_socket_cookie(skops);
 	st->cookie = cookie;
 	if (bpf_sock_hash_update(skops, &km_wp_sockhash, &cookie, BPF_NOEXIST)) {
@@ -52,6 +34,57 @@ int cgroup_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+	return 1;
+}
+
+/*
+ * The first RTT sample after the TLV went out (an ACK of data): take the socket out of the
+ * sockhash (sk_msg programs may not; sockops may), so that the kernel restores its plain TCP
+ * operations. Left in, every send is copied through tcp_bpf and tcp_bpf's recvmsg can answer
+ * EAGAIN to a blocking recv woken by write space. Returns 1 when the socket was a waypoint socket.
+ */
+static __always_inline int wp_rtt(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+{
+	struct kmesh_wp_sock *st;
+	__u64 cookie;
+
+	st = bpf_sk_storage_get(&km_wp_sk, sk, 0, 0);
+	if (!st || st->state == KMESH_WP_SOCK_NONE)
+		return 0;
+	if (st->state != KMESH_WP_SOCK_SENT)
+		return 1;
+	cookie = st->cookie;
+	bpf_map_delete_elem(&km_wp_sockhash, &cookie);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+	wp_stat_inc(KMESH_WP_STAT_RELEASED);
+	return 1;
+}
+
+SEC("sockops")
+int cgroup_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		if (!wp_established(skops, sk))
+			accel_active_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* A waypoint's accepted socket never finds its client in km_accel_sockhash (the
+		 * client sits in km_wp_sockhash), so it stays out too. */
+		accel_passive_established(skops);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		if (!wp_rtt(skops, sk))
+			accel_rtt(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		accel_state_change(skops);
+		break;
+	}
 	return 1;
 }
 

@@ -87,6 +87,12 @@ static_assert(offsetof(kmesh_wp_sock, state) == 26);
 static_assert(offsetof(kmesh_wp_sock, v4) == 27);
 static_assert(KMESH_TLV_V4_SIZE == 1 + 4 + 4 + 2 + 1 + 4);
 static_assert(KMESH_TLV_V6_SIZE == 1 + 4 + 16 + 2 + 1 + 4);
+// Same-node sockmap acceleration section (issue 10 section 3).
+static_assert(sizeof(kmesh_accel_key) == 36);
+static_assert(offsetof(kmesh_accel_key, remote) == 16);
+static_assert(offsetof(kmesh_accel_key, local_port) == 32);
+static_assert(offsetof(kmesh_accel_key, remote_port) == 34);
+static_assert(sizeof(kmesh_accel_sock) == 8);
 
 inline bool operator<(const kmesh_wp_dest_key& a, const kmesh_wp_dest_key& b) {
     return std::memcmp(&a, &b, sizeof a) < 0;

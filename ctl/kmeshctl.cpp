@@ -43,12 +43,13 @@ const char* lb_name(uint32_t mode) {
     }
 }
 
-std::array<uint64_t, KMESH_STAT_MAX> read_stats(const std::string& path) {
-    std::array<uint64_t, KMESH_STAT_MAX> totals{};
+template <size_t N = KMESH_STAT_MAX>
+std::array<uint64_t, N> read_stats(const std::string& path) {
+    std::array<uint64_t, N> totals{};
     int fd = bpf_obj_get(path.c_str());
     if (fd < 0) return totals;
     std::vector<uint64_t> per_cpu(libbpf_num_possible_cpus());
-    for (uint32_t slot = 0; slot < KMESH_STAT_MAX; slot++)
+    for (uint32_t slot = 0; slot < N; slot++)
         if (bpf_map_lookup_elem(fd, &slot, per_cpu.data()) == 0)
             for (uint64_t v : per_cpu) totals[slot] += v;
     close(fd);
@@ -151,6 +152,31 @@ int dump(const kmesh::PinLayout& layout) {
         "connect() counters: translated={} refused_no_endpoint={} no_address_family={} race_retries={}\n",
         stats[KMESH_STAT_TRANSLATED], stats[KMESH_STAT_NO_ENDPOINT], stats[KMESH_STAT_NO_FAMILY],
         stats[KMESH_STAT_RACE_RETRY]);
+    // Same-node acceleration: the sockets in km_accel_sockhash (both ends of each accelerated
+    // connection), and the kernel's counters.
+    if (int fd = bpf_obj_get(layout.map("km_accel_sockhash").c_str()); fd >= 0) {
+        kmesh_accel_key key{}, next{};
+        size_t n = 0;
+        const void* prev = nullptr;
+        while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+            if (!n++) fmt::print("sockmap-accelerated sockets (local -> remote):\n");
+            auto port = [](uint16_t p) { return ntohs(p); };
+            fmt::print("  [{}]:{} -> [{}]:{}\n", addr_str(reinterpret_cast<const uint8_t*>(next.local)),
+                       port(next.local_port), addr_str(reinterpret_cast<const uint8_t*>(next.remote)),
+                       port(next.remote_port));
+            key = next;
+            prev = &key;
+        }
+        close(fd);
+        auto a = read_stats<KMESH_ACCEL_STAT_MAX>(layout.map("km_accel_stats"));
+        fmt::print(
+            "sockmap counters: sockets_in_map={} inserted={} insert_failed={} peer_unknown={} accelerated={} "
+            "passed={} released={} redirected_msgs={} redirected_bytes={} peer_gone={}\n",
+            n, a[KMESH_ACCEL_STAT_INSERTED], a[KMESH_ACCEL_STAT_SOCKHASH_FULL],
+            a[KMESH_ACCEL_STAT_PEER_UNKNOWN], a[KMESH_ACCEL_STAT_CONNECTIONS], a[KMESH_ACCEL_STAT_PASSED],
+            a[KMESH_ACCEL_STAT_RELEASED], a[KMESH_ACCEL_STAT_MSGS], a[KMESH_ACCEL_STAT_BYTES],
+            a[KMESH_ACCEL_STAT_PEER_GONE] + a[KMESH_ACCEL_STAT_REDIRECT_FAILED]);
+    }
     for (int fd : fds) close(fd);
     return 0;
 }

@@ -494,6 +494,44 @@ std::string Agent::metrics_text() {
                                {KMESH_UDP_STAT_RELEASED, "released"},
                                {KMESH_UDP_STAT_CONNECT_XLATED, "connect_translated"}})
         out += fmt::format("kmesh_udp_total{{event=\"{}\"}} {}\n", event, udp[slot]);
+    // Same-node sockmap acceleration (docs/sockmap.md): the kernel's per-CPU counters, summed.
+    gauge("kmesh_sockmap_enabled",
+          "1 when sockops puts connections between enrolled pods of this node in the sockhash (--sockmap=on "
+          "and the kernel supports it).",
+          dataplane_->sockmap_active() ? 1 : 0);
+    {
+        std::array<uint64_t, KMESH_ACCEL_STAT_MAX> accel{};
+        if (ncpu > 0) {
+            std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu));
+            for (uint32_t slot = 0; slot < KMESH_ACCEL_STAT_MAX; slot++)
+                if (bpf_map_lookup_elem(dataplane_->accel_stats_fd(), &slot, per_cpu.data()) == 0)
+                    for (uint64_t v : per_cpu) accel[slot] += v;
+        }
+        counter("kmesh_sockmap_sockets_inserted_total", "Sockets put in km_accel_sockhash by sockops.",
+                accel[KMESH_ACCEL_STAT_INSERTED]);
+        counter("kmesh_sockmap_insert_failures_total",
+                "Sockets not put in km_accel_sockhash (map full, key taken, no socket storage).",
+                accel[KMESH_ACCEL_STAT_SOCKHASH_FULL]);
+        counter("kmesh_sockmap_peer_unknown_total",
+                "Accepted sockets left out because their client is not accelerated.",
+                accel[KMESH_ACCEL_STAT_PEER_UNKNOWN]);
+        counter("kmesh_sockmap_accelerated_total",
+                "Sockets whose first send found their peer: redirected until they close.",
+                accel[KMESH_ACCEL_STAT_CONNECTIONS]);
+        counter("kmesh_sockmap_passed_total",
+                "Sockets whose first send found no accelerated peer: plain TCP.",
+                accel[KMESH_ACCEL_STAT_PASSED]);
+        counter("kmesh_sockmap_released_total",
+                "Plain-TCP sockets taken out of km_accel_sockhash again (at their first ACK).",
+                accel[KMESH_ACCEL_STAT_RELEASED]);
+        counter("kmesh_sockmap_redirected_messages_total", "Sends redirected into the peer socket.",
+                accel[KMESH_ACCEL_STAT_MSGS]);
+        counter("kmesh_sockmap_redirected_bytes_total", "Bytes redirected into the peer socket.",
+                accel[KMESH_ACCEL_STAT_BYTES]);
+        counter("kmesh_sockmap_peer_gone_total",
+                "Sends of accelerated sockets whose peer had closed (sent through TCP, which resets).",
+                accel[KMESH_ACCEL_STAT_PEER_GONE] + accel[KMESH_ACCEL_STAT_REDIRECT_FAILED]);
+    }
     gauge("kmesh_pod_links_stale", "Pod links still running older programs (their bpf_link_update failed).",
           dataplane_->stale_links());
     gauge("kmesh_old_map_versions_kept", "Map directories of older layouts kept for stale pod links.",

@@ -148,6 +148,31 @@ void probe_udp_hooks(kmesh_sock* skel) {
     }
 }
 
+// What same-node acceleration needs beyond what the rest of the programs need: sk_msg programs,
+// a sockhash, bpf_msg_redirect_hash (4.17), sockhash updates and callback flags from sockops (the
+// RTT and state callbacks, 4.17/4.16). Returns "" when all are there.
+std::string probe_sockmap() {
+    const char* pretend = getenv("KMESH_PRETEND_NO_SOCKMAP");
+    if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_SOCKMAP is set";
+    if (libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) != 1)
+        return "this kernel has no sk_msg programs";
+    if (libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SOCKHASH, nullptr) != 1)
+        return "this kernel has no sockhash maps";
+    const std::pair<bpf_prog_type, bpf_func_id> helpers[] = {
+        {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash},
+        {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update},
+        {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_ops_cb_flags_set},
+    };
+    for (auto [type, helper] : helpers) {
+        int rc = libbpf_probe_bpf_helper(type, helper, nullptr);
+        if (rc != 1)
+            return fmt::format("helper {} unavailable to {} programs{}", static_cast<int>(helper),
+                               libbpf_bpf_prog_type_str(type),
+                               rc < 0 ? fmt::format(" (probe failed: {})", errno_text(rc)) : "");
+    }
+    return {};
+}
+
 }  // namespace
 
 const ProgramBuild& program_build() {
@@ -243,6 +268,8 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_wp_dest, sizes.waypoint_addrs},
         {skel->maps.km_wp_sockhash, sizes.waypoint_sockets},
         {skel->maps.km_udp_rev, sizes.udp_sockets},
+        {skel->maps.km_accel_sockhash, sizes.accel.max_sockets},
+        {skel->maps.km_accel_state, sizes.accel.max_sockets},
     };
     if (sizes.udp_sockets == 0) {
         *error = "--max-udp-sockets must be at least 1";
@@ -319,6 +346,20 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         dp->can_close_ = true;
     }
 
+    // Same-node acceleration: asked for and possible, sockops inserts (a rodata flag the verifier
+    // prunes on). Without the kernel's support sk_msg_accel is not loaded at all.
+    if (auto reason = probe_sockmap(); !reason.empty()) {
+        bpf_program__set_autoload(skel->progs.sk_msg_accel, false);
+        dp->sockmap_reason_ = reason;
+        if (sizes.accel.enabled)
+            spdlog::warn("same-node sockmap acceleration off: {}; connections between pods use TCP", reason);
+    } else if (!sizes.accel.enabled) {
+        dp->sockmap_reason_ = "--sockmap=off";
+    }
+    dp->sockmap_active_ = sizes.accel.enabled && dp->sockmap_reason_.empty();
+    skel->rodata->kmesh_accel_enabled = dp->sockmap_active_;
+    if (dp->sockmap_active_) spdlog::info("same-node sockmap acceleration on");
+
     bpf_map* map;
     bpf_object__for_each_map(map, skel->obj) {
         // .rodata (the feature flags) belongs to this load, not to the pinned ABI.
@@ -352,6 +393,14 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     if (bpf_prog_attach(bpf_program__fd(skel->progs.sk_msg_tlv), bpf_map__fd(skel->maps.km_wp_sockhash),
                         BPF_SK_MSG_VERDICT, 0) != 0) {
         *error = fmt::format("attach {} to km_wp_sockhash: {}", kProgSkMsg, errno_text(errno));
+        return nullptr;
+    }
+    // Attached even with --sockmap=off: connections a previous agent put in the (reused) sockhash
+    // go on being redirected by our program until they close, as they would have been.
+    if (bpf_program__autoload(skel->progs.sk_msg_accel) &&
+        bpf_prog_attach(bpf_program__fd(skel->progs.sk_msg_accel), bpf_map__fd(skel->maps.km_accel_sockhash),
+                        BPF_SK_MSG_VERDICT, 0) != 0) {
+        *error = fmt::format("attach {} to km_accel_sockhash: {}", kProgSkMsgAccel, errno_text(errno));
         return nullptr;
     }
     return dp;
@@ -556,6 +605,8 @@ bool Dataplane::pinned_programs_use_other_maps(const PinLayout& layout) const {
 
 int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }
 int Dataplane::udp_stats_fd() const { return bpf_map__fd(skel_->maps.km_udp_stats); }
+int Dataplane::accel_stats_fd() const { return bpf_map__fd(skel_->maps.km_accel_stats); }
+int Dataplane::accel_sockhash_fd() const { return bpf_map__fd(skel_->maps.km_accel_sockhash); }
 
 std::array<int, policy::kAuthzMapCount> Dataplane::authz_map_fds() const {
     const auto& m = skel_->maps;

@@ -19,6 +19,16 @@ struct kmesh_sock;
 
 namespace kmesh {
 
+// Same-node sockmap acceleration (docs/sockmap.md): --sockmap and --max-accel-sockets.
+// Off by default for now although it met the latency target in bench/sockmap.sh (docs/sockmap.md):
+// the one short run is not enough, and blocking readers see EAGAIN instead of ECONNRESET on a
+// peer's RST (tcp_bpf), a behaviour change the suite has not been run against with it on.
+inline constexpr bool kSockmapDefault = false;
+struct AccelOptions {
+    bool enabled = kSockmapDefault;  // sockops inserts connections between enrolled pods
+    uint32_t max_sockets = KMESH_DEFAULT_MAX_ACCEL_SOCKETS;
+};
+
 struct MapSizes {
     uint32_t frontends = KMESH_DEFAULT_MAX_FRONTENDS;
     uint32_t services = KMESH_DEFAULT_MAX_SERVICES;
@@ -30,6 +40,7 @@ struct MapSizes {
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
     uint32_t udp_sockets = KMESH_DEFAULT_MAX_UDP_SOCKETS;  // km_udp_rev (LRU)
+    AccelOptions accel;  // the sockhash size, and whether it is used
 };
 
 // The programs this binary carries: the SHA-256 of the BPF object embedded in it (the skeleton's
@@ -108,6 +119,12 @@ class Dataplane {
     std::array<int, kMapCount> map_fds() const;
     int stats_fd() const;      // per-CPU km_stats (enum kmesh_stat slots)
     int udp_stats_fd() const;  // per-CPU km_udp_stats (enum kmesh_udp_stat slots)
+    int stats_fd() const;           // per-CPU km_stats (enum kmesh_stat slots)
+    int accel_stats_fd() const;     // per-CPU km_accel_stats (enum kmesh_accel_stat slots)
+    int accel_sockhash_fd() const;  // km_accel_sockhash
+    // Same-node acceleration: whether sockops inserts connections, and why not when asked to.
+    bool sockmap_active() const { return sockmap_active_; }
+    const std::string& sockmap_reason() const { return sockmap_reason_; }
     // The iterator that closes denied connections was loaded (bpf_sock_destroy, kernel >= 6.5).
     bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
@@ -134,6 +151,8 @@ class Dataplane {
     bool reused_maps_ = false;
     bool can_close_ = false;
     std::vector<LoadedProgram> programs_;
+    bool sockmap_active_ = false;
+    std::string sockmap_reason_;
     int links_updated_ = 0;
     int pods_forgotten_ = 0;
     std::atomic<int> stale_links_{0};
