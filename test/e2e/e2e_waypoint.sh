@@ -158,6 +158,20 @@ check "the waypoint's own connect to a service with a waypoint goes straight to 
 check "neither went through the waypoint" test "$(entries "$WPLOG")" = "$n"
 check "the waypoint's connects were counted as from the waypoint" test "$(wp_stat 3)" -ge 1
 
+# A pod that listens on the waypoint port (a wildcard, like Envoy's) is not taken for the waypoint:
+# it does not own the waypoint's address (issue 9's open defect: it could skip its waypoint).
+pod_exec client $WPY sink imposter 15019 & PIDS+=($!)
+for _ in $(seq 100); do pod_exec client ss -Hltn 'sport = :15019' | grep -q . && break; sleep 0.05; done
+from_wp=$(wp_stat 3)
+out=$(pod_exec client $WPY client 10.96.0.10 80 700)
+check "a client listening on *:15019 still goes through its hostname waypoint ($out)" \
+    through "$WPLOG" 10.96.0.10:80 700 "$out"
+out=$(pod_exec client $WPY client "${W1[0]}" 8080 600)
+check "and through its address waypoint ($out)" through "$WPLOG" "${W1[0]}:8080" 600 "$out"
+check "neither was counted as from the waypoint" test "$(wp_stat 3)" = "$from_wp"
+out=$(pod_exec wp $WPY client 10.96.0.10 80 100)
+check "the real waypoint's own connect still goes straight to the backend ($out)" test "$out" = "ok backend"
+
 # The strict parser: what is not exactly the format is rejected (so every accepted connection above
 # carried exactly the TLV). Connects to a waypoint's own address are never redirected, so these
 # bytes reach it as sent.
