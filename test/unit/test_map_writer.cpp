@@ -24,6 +24,7 @@ struct Harness {
     explicit Harness(MapCapacity cap = {}) : writer(ops, MapState{}, cap, metrics) {
         ops.after_mutation = [this] {
             if (auto v = ops.check_connect_invariant(); !v.empty()) violations.push_back(v);
+            if (auto v = ops.check_member_invariant(); !v.empty()) violations.push_back(v);
         };
     }
     // Incremental, as the agent does it: only what changed in the model is compared.
@@ -75,8 +76,8 @@ std::string mirror_mismatch(const MapWriter& w, const FakeMapOps& ops) {
     if (k.services.size() != m.services.size()) return "service count";
     for (const auto& [h, s] : m.services) {
         auto it = k.services.find(h);
-        if (it == k.services.end() || it->second.id != s.id || it->second.lb_mode != s.lb_mode ||
-            it->second.slots != s.slots)
+        if (it == k.services.end() || it->second.id != s.id || !(it->second.params() == s.params()) ||
+            it->second.slots != s.slots || it->second.members != s.members)
             return "service " + std::to_string(s.id);
     }
     if (k.backends.size() != m.backends.size()) return "backend count";

@@ -140,6 +140,10 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_waypoint, sizes.waypoints},
         {skel->maps.km_wp_dest, sizes.waypoint_addrs},
         {skel->maps.km_wp_sockhash, sizes.waypoint_sockets},
+        {skel->maps.km_member, sizes.members},
+        {skel->maps.km_affinity, sizes.affinity},
+        // One round-robin counter per service id; ids run 1..services.
+        {skel->maps.km_rr, sizes.services + 1},
     };
     for (auto [map, entries] : sized) bpf_map__set_max_entries(map, entries);
     // Authz tables: arrays and generation-keyed maps hold two generations; the evaluator finds a
@@ -419,7 +423,7 @@ std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),
             bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend),
             bpf_map__fd(skel_->maps.km_port),     bpf_map__fd(skel_->maps.km_waypoint),
-            bpf_map__fd(skel_->maps.km_wp_dest)};
+            bpf_map__fd(skel_->maps.km_wp_dest),  bpf_map__fd(skel_->maps.km_member)};
 }
 
 std::string uninstall(const PinLayout& layout) {

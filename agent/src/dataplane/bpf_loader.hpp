@@ -29,6 +29,8 @@ struct MapSizes {
     uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
+    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;    // km_member: (service, endpoint backend) pairs
+    uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;  // km_affinity LRU: (client netns, service, family)
 };
 
 // Mounts bpffs at root unless one is there already. Returns an error message or "".

@@ -67,6 +67,10 @@ struct Service {
     std::vector<ServicePort> ports;
     std::optional<LoadBalancing> load_balancing;
     std::optional<Waypoint> waypoint;  // connects to a VIP go to the waypoint (port 15019) instead
+    // Not in Istio's workload API (standalone file only, docs/lb.md): round robin instead of a
+    // random pick, and ClientIP-style session affinity (0 = none, else its timeout in seconds).
+    bool round_robin = false;
+    uint32_t affinity_timeout = 0;
 
     // Resource name in the workload API: "namespace/hostname".
     std::string key() const { return namespace_ + "/" + hostname; }
@@ -90,6 +94,9 @@ struct Workload {
     std::vector<std::string> authorization_policies;  // WORKLOAD_SELECTOR policies, "namespace/name"
     std::string trust_domain;                         // empty: "cluster.local"
     std::string service_account;
+    // Workload.capacity (UInt32Value, field 27; unset = 1): its share of each service's new
+    // connections. 0 drains it: still an endpoint (known, a member), picked by nobody new.
+    uint32_t capacity = 1;
     bool operator==(const Workload&) const = default;
 };
 
