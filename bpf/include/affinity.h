@@ -13,6 +13,7 @@
 
 #include "maps.h"
 #include "backend.h"
+#include "endpoint.h"
 
 static __always_inline void affinity_key(struct kmesh_affinity_key *key, struct bpf_sock_addr *ctx,
 					 __u32 service_id, __u32 family)

@@ -240,8 +240,9 @@ bool MapWriter::grow_service(uint64_t hash, const ServiceParams* params, const s
         auto b = state_.backends.find(a.backend);
         // Its backend, one of its port overrides or its membership failed to be written: added
         // by a later apply.
-        if (b == state_.backends.end() || unported_.count({a.backend, hash}) ||
-            !svc.members.count(b->second.id)) {
+        auto member = b == state_.backends.end() ? svc.members.end() : svc.members.find(b->second.id);
+        if (b == state_.backends.end() || unported_.count({a.backend, hash}) || member == svc.members.end() ||
+            member->second == 0) {
             skipped = true;
             continue;
         }
@@ -283,7 +284,19 @@ void MapWriter::put_member(const MemberPut& m) {
     s->second.members[k.backend_id] = m.weight;
 }
 
-// 0, or false when the kernel refused (the entry stays).
+// A weight falling to 0 on an existing member: written in removal order, once the backend's slots
+// are gone, so a member of weight 0 never has a slot (a drained backend is never picked, and
+// whoever reads the weight sees 0 only once that holds).
+bool MapWriter::drains(const MemberPut& m) const {
+    if (m.weight != 0) return false;
+    auto s = state_.services.find(m.service);
+    auto b = state_.backends.find(m.backend);
+    if (s == state_.services.end() || b == state_.backends.end()) return false;
+    auto cur = s->second.members.find(b->second.id);
+    return cur != s->second.members.end() && cur->second != 0;
+}
+
+// true, or false when the kernel refused (the entry stays).
 bool MapWriter::delete_member(uint32_t service_id, uint32_t backend_id) {
     kmesh_member_key k{service_id, backend_id};
     int err = ops_.remove(MapId::kMember, &k);
@@ -599,7 +612,8 @@ void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
                 if (!state_.services.count(hash)) create_service(hash, params);
             break;
         case Stage::kMembers:
-            for (const auto& m : plan.put_members) put_member(m);
+            for (const auto& m : plan.put_members)
+                if (!drains(m)) put_member(m);
             break;
         case Stage::kPorts:
             for (const auto& [pk, target] : plan.put_ports) {
@@ -701,20 +715,30 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
                                      std::move(indices));
             break;
         }
-        case Stage::kMembers:
+        case Stage::kMembers: {
             // After the endpoint removals: a member whose slot is still counted (its removal
-            // failed) stays until a retry removes the slot.
+            // failed) stays, and keeps its weight, until a retry removes the slot.
+            auto slotted = [](const MapState::Service& s, uint32_t backend_id) {
+                for (const auto& family : s.slots)
+                    for (const auto& prio : family)
+                        if (std::find(prio.begin(), prio.end(), backend_id) != prio.end()) return true;
+                return false;
+            };
+            for (const auto& m : plan.put_members) {
+                if (!drains(m)) continue;
+                auto s = state_.services.find(m.service);
+                auto b = state_.backends.find(m.backend);
+                if (s != state_.services.end() && b != state_.backends.end() && !slotted(s->second, b->second.id))
+                    put_member(m);
+            }
             for (const auto& m : plan.delete_members) {
                 auto it = state_.services.find(m.service);
                 if (it == state_.services.end() || !it->second.members.count(m.backend_id)) continue;
-                bool slotted = false;
-                for (const auto& family : it->second.slots)
-                    for (const auto& prio : family)
-                        slotted |= std::find(prio.begin(), prio.end(), m.backend_id) != prio.end();
-                if (slotted || !delete_member(it->second.id, m.backend_id)) continue;
+                if (slotted(it->second, m.backend_id) || !delete_member(it->second.id, m.backend_id)) continue;
                 it->second.members.erase(m.backend_id);
             }
             break;
+        }
         case Stage::kFrontendFlags:
             // Only once every endpoint that needed an override is uncounted: after a failure the
             // flag stays until a retry.
@@ -770,6 +794,9 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
                     // A member entry names the id too: never let a new backend inherit it.
                     for (const auto& [bid, weight] : s.members) referenced.insert(bid);
                 }
+            // Members a failed delete left behind (of services already gone) until strays go.
+            if (check_refs)
+                for (const auto& k : state_.stray_members) referenced.insert(k.backend_id);
             for (uint64_t hash : plan.delete_backends) {
                 auto it = state_.backends.find(hash);
                 if (it == state_.backends.end() || referenced.count(it->second.id)) continue;

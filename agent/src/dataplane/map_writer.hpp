@@ -69,7 +69,9 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 //   kFrontendFlags rewrite published frontends (flag set,      rewrite published frontends that
 //                  target port, VIP moved between services)    clear the per-workload-ports flag
 //   kMembers       write km_member (service, backend) ->       delete members that no slot of
-//                  weight: new members, weight changes         the service holds any more
+//                  weight: new members, weight changes         the service holds any more; a
+//                  (except a drop to 0)                        weight dropping to 0 once the
+//                                                              backend's slots are gone
 //   kEndpoints     write endpoint slots, then raise counts     lower counts, then delete slots
 //                  (and LB mode) in one service write
 //   kFrontends     publish frontends of services with no       delete frontends nobody claims
@@ -131,6 +133,7 @@ class MapWriter {
     void create_service(uint64_t hash, const ServiceParams& params);
     bool grow_service(uint64_t hash, const ServiceParams* params, const std::vector<EndpointAdd>& adds);
     void put_member(const MemberPut& m);
+    bool drains(const MemberPut& m) const;
     bool delete_member(uint32_t service_id, uint32_t backend_id);
     void put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target);
     void remove_endpoints(uint64_t hash, uint32_t family, uint32_t prio, std::set<uint32_t> indices);
