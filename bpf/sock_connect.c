@@ -104,7 +104,8 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 			}
 		}
 		/* Weighted backends hold several slots, so a uniform index is a weighted pick. */
-		index = service_pick_index(&svc, fe.service_id, count, attempt == PICK_ATTEMPTS - 1);
+		index =
+		    service_pick_index(&svc, fe.service_id, count, attempt == PICK_ATTEMPTS - 1);
 		ep = endpoint_lookup(fe.service_id, family, prio, index);
 		if (!ep) {
 			stat_inc(KMESH_STAT_RACE_RETRY);

@@ -62,8 +62,8 @@ static __always_inline __u32 affinity_reuse(struct bpf_sock_addr *ctx, __u32 ser
 	return backend_id;
 }
 
-static __always_inline void affinity_remember(struct bpf_sock_addr *ctx, __u32 service_id, __u32 family,
-					      __u32 backend_id)
+static __always_inline void affinity_remember(struct bpf_sock_addr *ctx, __u32 service_id,
+					      __u32 family, __u32 backend_id)
 {
 	struct kmesh_affinity_key key = {};
 	struct kmesh_affinity_value val = {

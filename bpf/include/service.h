@@ -47,8 +47,8 @@ static __always_inline int service_pick_prio(const struct kmesh_service_value *s
  * Otherwise (or without a counter slot) a uniform random index. last: the final attempt after
  * races with the agent takes index 1, which exists whenever count is non-zero.
  */
-static __always_inline __u32 service_pick_index(const struct kmesh_service_value *svc, __u32 service_id,
-						__u32 count, bool last)
+static __always_inline __u32 service_pick_index(const struct kmesh_service_value *svc,
+						__u32 service_id, __u32 count, bool last)
 {
 	__u64 *counter;
 

@@ -68,10 +68,7 @@ count_of() { grep -cx -- "$2" <<<"$1" || true; }
 # counts against N*share, and the critical value for k-1 degrees of freedom at p = 1e-6 (the
 # survival function: df 1 erfc(sqrt(x/2)), df 2 exp(-x/2), df 3 erfc(sqrt(x/2)) +
 # sqrt(2x/pi) exp(-x/2); solved by bisection). Fails when a line names none of the given pods.
-chi_square() {
-    local out=$1
-    shift
-    python3 - "$@" <<<"$out" <<'PY'
+CHI_PY=$(cat <<'PY'
 import math, sys
 shares = dict(a.split("=") for a in sys.argv[1:])
 lines = [l.strip() for l in sys.stdin if l.strip()]
@@ -94,6 +91,11 @@ for _ in range(200):
     lo, hi = (mid, hi) if sf(mid) > 1e-6 else (lo, mid)
 print("%.2f %.2f" % (x2, hi))
 PY
+)
+chi_square() {
+    local out=$1
+    shift
+    python3 -c "$CHI_PY" "$@" <<<"$out"
 }
 chi_ok() { # <output> <name=share>...: passes when X2 stays below the p = 1e-6 threshold
     local r
@@ -116,8 +118,8 @@ check "weighted 1:3 over IPv6 ($(summary "$out"))" chi_ok "$out" a=1 b=3
 
 dump=$(kmeshctl dump)
 # gcd: capacities 2 and 6 take 1 and 3 slots, 4 in all (not 8).
-check "kmeshctl dump: 4 weighted slots per family (gcd applied)" \
- grep -A8 "pick=random" <<<"$dump" | grep -q "IPv4 priority 0: 4 endpoint(s)"
+slots_after_gcd() { grep -A8 "pick=random\$" <<<"$1" | grep -q "IPv4 priority 0: 4 endpoint(s)"; }
+check "kmeshctl dump: 4 weighted slots per family (gcd applied)" slots_after_gcd "$dump"
 check "kmeshctl dump lists the drained member with weight 0" grep -q "weight 0 (draining)" <<<"$dump"
 check "kmeshctl dump shows round robin and affinity" \
     bash -c 'grep -q "pick=round-robin" <<<"$1" && grep -q "pick=random affinity=10800s" <<<"$1" && grep -q "pick=round-robin affinity=1s" <<<"$1"' _ "$dump"

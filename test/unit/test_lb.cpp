@@ -91,7 +91,8 @@ std::string mirror_mismatch(const MapWriter& w, const FakeMapOps& ops) {
 TEST_CASE("weight_slots: gcd, defaults, scaling to the slot budget") {
     const std::set<uint64_t> ab{1, 2}, abc{1, 2, 3};
     CHECK(weight_slots(ab, {{1, 2}, {2, 6}}) == std::map<uint64_t, uint32_t>{{1, 1}, {2, 3}});
-    CHECK(weight_slots(abc, {{1, 4}, {2, 4}, {3, 4}}) == std::map<uint64_t, uint32_t>{{1, 1}, {2, 1}, {3, 1}});
+    CHECK(weight_slots(abc, {{1, 4}, {2, 4}, {3, 4}}) ==
+          std::map<uint64_t, uint32_t>{{1, 1}, {2, 1}, {3, 1}});
     CHECK(weight_slots(ab, {}) == std::map<uint64_t, uint32_t>{{1, 1}, {2, 1}});  // unset: weight 1
     CHECK(weight_slots(abc, {{1, 6}, {2, 10}, {3, 15}}) ==
           std::map<uint64_t, uint32_t>{{1, 6}, {2, 10}, {3, 15}});  // gcd 1: as given
@@ -188,7 +189,8 @@ TEST_CASE("members: a failing write or delete midway never leaves a slot without
     add(big, service("echo", {"10.96.0.10"}));
     add(big, service("b", {"10.96.0.2", "fd00::2"}));
     for (int i = 0; i < 5; i++) {
-        Workload w = workload("w" + std::to_string(i), {"10.0.1." + std::to_string(i + 1), "fd00::1:" + std::to_string(i + 1)},
+        Workload w = workload("w" + std::to_string(i),
+                              {"10.0.1." + std::to_string(i + 1), "fd00::1:" + std::to_string(i + 1)},
                               {"echo", i % 2 ? "b" : "echo"});
         w.capacity = static_cast<uint32_t>(i % 3);  // 0 (draining), 1, 2
         add(big, w);
@@ -279,10 +281,11 @@ TEST_CASE("capacity: members and weighted slots are counted before anything is w
 
 TEST_CASE("config file: capacity, loadBalancer, sessionAffinity and its timeout") {
     auto parse = [](const std::string& svc_extra, const std::string& wl_extra) {
-        return parse_config_yaml("services:\n- {name: e, namespace: d, hostname: e.d, addresses: [\"10.96.0.1\"], "
-                                 "ports: [{service_port: 80}]" +
-                                 svc_extra + "}\nworkloads:\n- {uid: w, addresses: [\"10.0.0.1\"]" + wl_extra +
-                                 ", services: {d/e.d: }}\n");
+        return parse_config_yaml(
+            "services:\n- {name: e, namespace: d, hostname: e.d, addresses: [\"10.96.0.1\"], "
+            "ports: [{service_port: 80}]" +
+            svc_extra + "}\nworkloads:\n- {uid: w, addresses: [\"10.0.0.1\"]" + wl_extra +
+            ", services: {d/e.d: }}\n");
     };
     auto model = [&](const std::string& s, const std::string& w) {
         auto r = parse(s, w);
@@ -311,7 +314,8 @@ TEST_CASE("config file: capacity, loadBalancer, sessionAffinity and its timeout"
 
     CHECK(error("", ", capacity: -1").find("workloads[0].capacity (line 4): '-1' is not a number") !=
           std::string::npos);
-    CHECK(error("", ", capacity: 4294967296").find("is not a number from 0 to 4294967295") != std::string::npos);
+    CHECK(error("", ", capacity: 4294967296").find("is not a number from 0 to 4294967295") !=
+          std::string::npos);
     CHECK(error(", loadBalancer: leastConn", "").find("load_balancer has the unknown value 'leastConn'") !=
           std::string::npos);
     CHECK(error(", sessionAffinity: Cookie", "").find("session_affinity has the unknown value") !=

@@ -133,8 +133,8 @@ TEST_CASE("removing a middle endpoint keeps indices dense and every state consis
     CHECK(h.ops.size(MapId::kEndpoint) == 2);  // the old last index is gone
     CHECK(h.ops.size(MapId::kBackend) == 2);
     // move the last entry into the hole, shrink the count, delete the old last, then the backend
-    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint",
-                                      "del km_member", "del km_backend"};
+    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint", "del km_member",
+                                      "del km_backend"};
     CHECK(h.ops.ops == expected);
 }
 

@@ -320,7 +320,8 @@ std::string Agent::maps_dump() {
         w.StartObject();
         for (const auto& [id, weight] : s.members) {
             auto bh = backend_hash.find(id);
-            std::string e = bh == backend_hash.end() ? fmt::format("missing backend {}", id) : name_of(bh->second);
+            std::string e =
+                bh == backend_hash.end() ? fmt::format("missing backend {}", id) : name_of(bh->second);
             w.Key(e.c_str());
             w.Uint(weight);
         }

@@ -280,7 +280,8 @@ void MeshState::refresh_service(const std::string& key) {
     dirty_.services.insert(hs);
     DesiredService& ds = desired_.services[hs];
     ds.lb_mode = lb_mode_of(s);
-    ds.flags = (s.round_robin ? KMESH_SERVICE_ROUND_ROBIN : 0) | (s.affinity_timeout ? KMESH_SERVICE_AFFINITY : 0);
+    ds.flags =
+        (s.round_robin ? KMESH_SERVICE_ROUND_ROBIN : 0) | (s.affinity_timeout ? KMESH_SERVICE_AFFINITY : 0);
     ds.affinity_timeout = s.affinity_timeout;
     std::set<kmesh_frontend_key> affected;
     for (const auto& [fk, target] : ds.frontends) {
@@ -529,9 +530,9 @@ bool Plan::empty() const { return size() == 0; }
 size_t Plan::size() const {
     return put_backends.size() + put_services.size() + add_endpoints.size() + put_ports.size() +
            put_frontends.size() + delete_frontends.size() + remove_endpoints.size() + delete_ports.size() +
-           put_members.size() + delete_members.size() +
-           delete_services.size() + delete_backends.size() + put_waypoints.size() +
-           put_waypoint_dests.size() + delete_waypoint_dests.size() + delete_waypoints.size();
+           put_members.size() + delete_members.size() + delete_services.size() + delete_backends.size() +
+           put_waypoints.size() + put_waypoint_dests.size() + delete_waypoint_dests.size() +
+           delete_waypoints.size();
 }
 
 namespace {

@@ -224,7 +224,8 @@ void MapWriter::create_service(uint64_t hash, const ServiceParams& params) {
 // Grows one service: endpoint entries past the current counts first, then the counts (and LB
 // mode) in a single service write, so no connect picks an index that is not written yet. Returns
 // whether every add went in.
-bool MapWriter::grow_service(uint64_t hash, const ServiceParams* params, const std::vector<EndpointAdd>& adds) {
+bool MapWriter::grow_service(uint64_t hash, const ServiceParams* params,
+                             const std::vector<EndpointAdd>& adds) {
     auto it = state_.services.find(hash);
     if (it == state_.services.end()) return false;  // its creation failed
     MapState::Service svc = it->second;
@@ -553,8 +554,8 @@ std::string MapWriter::check_capacity(const Plan& plan, bool* additions_fit) con
     for (const auto& m : plan.put_members) {
         auto s = state_.services.find(m.service);
         auto b = state_.backends.find(m.backend);
-        at(add, MapId::kMember) +=
-            s == state_.services.end() || b == state_.backends.end() || !s->second.members.count(b->second.id);
+        at(add, MapId::kMember) += s == state_.services.end() || b == state_.backends.end() ||
+                                   !s->second.members.count(b->second.id);
     }
     for (const auto& m : plan.delete_members) {
         auto s = state_.services.find(m.service);
@@ -728,13 +729,15 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
                 if (!drains(m)) continue;
                 auto s = state_.services.find(m.service);
                 auto b = state_.backends.find(m.backend);
-                if (s != state_.services.end() && b != state_.backends.end() && !slotted(s->second, b->second.id))
+                if (s != state_.services.end() && b != state_.backends.end() &&
+                    !slotted(s->second, b->second.id))
                     put_member(m);
             }
             for (const auto& m : plan.delete_members) {
                 auto it = state_.services.find(m.service);
                 if (it == state_.services.end() || !it->second.members.count(m.backend_id)) continue;
-                if (slotted(it->second, m.backend_id) || !delete_member(it->second.id, m.backend_id)) continue;
+                if (slotted(it->second, m.backend_id) || !delete_member(it->second.id, m.backend_id))
+                    continue;
                 it->second.members.erase(m.backend_id);
             }
             break;

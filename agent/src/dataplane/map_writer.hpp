@@ -41,8 +41,8 @@ struct MapCapacity {
     uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;
 
     static MapCapacity of(const MapSizes& s) {
-        return {s.services,  s.backends,       s.endpoints, s.frontends,
-                s.ports,     s.waypoints,      s.waypoint_addrs, s.members};
+        return {s.services, s.backends,  s.endpoints,      s.frontends,
+                s.ports,    s.waypoints, s.waypoint_addrs, s.members};
     }
 };
 

@@ -91,8 +91,8 @@ struct Workload {
     NetworkMode network_mode = NetworkMode::kStandard;
     const Placement* placement = Placement::intern({});  // interned: pointer equality is equality
     const Waypoint* waypoint = nullptr;                  // interned, or none
-    std::vector<std::string> authorization_policies;  // WORKLOAD_SELECTOR policies, "namespace/name"
-    std::string trust_domain;                         // empty: "cluster.local"
+    std::vector<std::string> authorization_policies;     // WORKLOAD_SELECTOR policies, "namespace/name"
+    std::string trust_domain;                            // empty: "cluster.local"
     std::string service_account;
     // Workload.capacity (UInt32Value, field 27; unset = 1): its share of each service's new
     // connections. 0 drains it: still an endpoint (known, a member), picked by nobody new.
@@ -101,8 +101,8 @@ struct Workload {
 };
 
 struct Model {
-    std::map<std::string, Service> services;    // by Service::key()
-    std::map<std::string, Workload> workloads;  // by uid
+    std::map<std::string, Service> services;      // by Service::key()
+    std::map<std::string, Workload> workloads;    // by uid
     std::map<std::string, AuthzPolicy> policies;  // by AuthzPolicy::key()
     bool operator==(const Model&) const = default;
 };

@@ -29,8 +29,8 @@ std::vector<std::string> validate_service(const Service& s) {
         if (p.service_port == 0) out.push_back(fmt::format("{} has service port 0", describe(s)));
     // Kubernetes' bounds for sessionAffinityConfig.clientIP.timeoutSeconds.
     if (s.affinity_timeout > KMESH_MAX_AFFINITY_TIMEOUT)
-        out.push_back(fmt::format("{}: session affinity timeout {} s is over the maximum of {} s", describe(s),
-                                  s.affinity_timeout, KMESH_MAX_AFFINITY_TIMEOUT));
+        out.push_back(fmt::format("{}: session affinity timeout {} s is over the maximum of {} s",
+                                  describe(s), s.affinity_timeout, KMESH_MAX_AFFINITY_TIMEOUT));
     return out;
 }
 

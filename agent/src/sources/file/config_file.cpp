@@ -249,13 +249,14 @@ class Parser {
                 "load_balancer", "session_affinity", "session_affinity_timeout_seconds"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
                    if (k == "load_balancer")
-                       if (auto rr = enum_value<int>(v, p, "load_balancer",
-                                                     {{"RANDOM", 0}, {"ROUND_ROBIN", 1}, {"random", 0},
-                                                      {"roundRobin", 1}}))
+                       if (auto rr = enum_value<int>(
+                               v, p, "load_balancer",
+                               {{"RANDOM", 0}, {"ROUND_ROBIN", 1}, {"random", 0}, {"roundRobin", 1}}))
                            s.round_robin = *rr == 1;
                    if (k == "session_affinity")
-                       if (auto a = enum_value<int>(v, p, "session_affinity",
-                                                    {{"NONE", 0}, {"CLIENT_IP", 1}, {"None", 0}, {"ClientIP", 1}}))
+                       if (auto a =
+                               enum_value<int>(v, p, "session_affinity",
+                                               {{"NONE", 0}, {"CLIENT_IP", 1}, {"None", 0}, {"ClientIP", 1}}))
                            affinity = *a == 1;
                    if (k == "session_affinity_timeout_seconds") {
                        timeout = number(v, p, 1, KMESH_MAX_AFFINITY_TIMEOUT);
