@@ -91,6 +91,12 @@ int main(int argc, char** argv) {
     app.add_option("--max-accel-sockets", opt.sizes.accel.max_sockets,
                    "sockets of accelerated connections tracked at once (both ends count)")
         ->capture_default_str();
+    app.add_option("--max-members", opt.sizes.members,
+                   "(service, endpoint workload) membership map capacity (km_member)")
+        ->capture_default_str();
+    app.add_option("--max-affinity", opt.sizes.affinity,
+                   "session affinity entries (client, service), least recently used evicted first")
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();

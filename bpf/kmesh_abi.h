@@ -81,8 +81,10 @@ struct kmesh_service_value {
 	 */
 	__u32 endpoint_count[KMESH_FAMILY_COUNT][KMESH_PRIO_COUNT];
 	__u32 lb_mode; /* enum kmesh_lb_mode */
-	__u32 pad;
+	__u32 flags;   /* KMESH_SERVICE_* (load-balancing section below) */
 	__u64 name_hash; /* lets a restarted agent recover the id of "namespace/hostname" */
+	__u32 affinity_timeout; /* seconds, with KMESH_SERVICE_AFFINITY */
+	__u32 pad;
 };
 
 struct kmesh_endpoint_key {
@@ -419,6 +421,46 @@ struct kmesh_member_key {
 
 struct kmesh_member_value {
 	__u32 weight; /* the backend's share (Workload.capacity); 0 = draining: no new connections */
+	__u32 pad;
+};
+
+/*
+ * Weighted endpoints: a backend of weight w occupies w endpoint slots of a (family, priority) list,
+ * after dividing the list's weights by their gcd, so the pick stays one random (or round-robin)
+ * index into a dense list. A list needing more than KMESH_MAX_WEIGHT_SLOTS slots (or than its
+ * member count, when that is larger) is scaled down proportionally, each backend keeping >= 1 slot.
+ */
+#define KMESH_MAX_WEIGHT_SLOTS 256
+
+/* kmesh_service_value.flags */
+#define KMESH_SERVICE_ROUND_ROBIN (1u << 0) /* index = km_rr[service id]++ % count + 1 */
+#define KMESH_SERVICE_AFFINITY	  (1u << 1) /* ClientIP-style stickiness through km_affinity */
+
+/* Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds (3 hours), and its maximum. */
+#define KMESH_DEFAULT_AFFINITY_TIMEOUT 10800
+#define KMESH_MAX_AFFINITY_TIMEOUT     86400
+#define KMESH_DEFAULT_MAX_AFFINITY     65536
+
+/*
+ * km_rr: array indexed by service id (ids are 1..max services), one shared counter per service,
+ * advanced with an atomic add. Never written by the agent: a reused id inherits a counter value,
+ * which only shifts where its rotation starts.
+ */
+
+/*
+ * km_affinity (LRU): which backend a client last got for a service. At connect() the source
+ * address is not chosen yet, so the client is its network namespace (bpf_get_netns_cookie): one
+ * pod, one IP, which is what Kubernetes' ClientIP affinity keys on.
+ */
+struct kmesh_affinity_key {
+	__u64 netns_cookie;
+	__u32 service_id;
+	__u32 family; /* enum kmesh_family: a backend remembered for IPv4 may lack IPv6 */
+};
+
+struct kmesh_affinity_value {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() of the last connect that used it */
+	__u32 backend_id;
 	__u32 pad;
 };
 

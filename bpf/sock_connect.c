@@ -19,6 +19,7 @@
 #include "include/frontend.h"
 #include "include/service.h"
 #include "include/udp.h"
+#include "include/affinity.h"
 
 #define SOCK_STREAM  1
 #define ENOENT	     2
@@ -93,7 +94,21 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 			stat_inc(KMESH_STAT_NO_ENDPOINT);
 			return -ECONNREFUSED;
 		}
-		index = attempt < PICK_ATTEMPTS - 1 ? bpf_get_prandom_u32() % count + 1 : 1;
+		/* Session affinity: the backend this client had, while fresh, still a member with
+		 * weight > 0 and of this family; otherwise a fresh pick, remembered below. Checked
+		 * on the first attempt only: a retry means the agent is rewriting this service. */
+		if (attempt == 0 && (svc.flags & KMESH_SERVICE_AFFINITY)) {
+			backend_id = affinity_reuse(ctx, fe.service_id, &svc, family, addr);
+			if (backend_id) {
+				*port = backend_target_port(backend_id, key, &fe);
+				*picked = backend_id;
+				stat_inc(KMESH_STAT_TRANSLATED);
+				return 0;
+			}
+		}
+		/* Weighted backends hold several slots, so a uniform index is a weighted pick. */
+		index =
+		    service_pick_index(&svc, fe.service_id, count, attempt == PICK_ATTEMPTS - 1);
 		ep = endpoint_lookup(fe.service_id, family, prio, index);
 		if (!ep) {
 			stat_inc(KMESH_STAT_RACE_RETRY);
@@ -115,6 +130,8 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 		}
 		*port = backend_target_port(backend_id, key, &fe);
 		*picked = backend_id; /* UDP reverse entries re-check it (docs/udp.md) */
+		if (svc.flags & KMESH_SERVICE_AFFINITY)
+			affinity_remember(ctx, fe.service_id, family, backend_id);
 		stat_inc(KMESH_STAT_TRANSLATED);
 		return 0;
 	}

@@ -16,10 +16,12 @@ static_assert(offsetof(kmesh_frontend_value, flags) == 6);
 static_assert(sizeof(kmesh_port_key) == 12);
 static_assert(offsetof(kmesh_port_key, service_port) == 8);
 static_assert(sizeof(kmesh_port_value) == 4);
-static_assert(sizeof(kmesh_service_value) == 72);
+static_assert(sizeof(kmesh_service_value) == 80);
 static_assert(offsetof(kmesh_service_value, endpoint_count[1][0]) == 28);
 static_assert(offsetof(kmesh_service_value, lb_mode) == 56);
+static_assert(offsetof(kmesh_service_value, flags) == 60);
 static_assert(offsetof(kmesh_service_value, name_hash) == 64);
+static_assert(offsetof(kmesh_service_value, affinity_timeout) == 72);
 static_assert(sizeof(kmesh_endpoint_key) == 12);
 static_assert(offsetof(kmesh_endpoint_key, family) == 4);
 static_assert(offsetof(kmesh_endpoint_key, prio) == 6);
@@ -33,6 +35,10 @@ static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
 // Load balancing section (issue 10).
 static_assert(sizeof(kmesh_member_key) == 8);
 static_assert(sizeof(kmesh_member_value) == 8);
+static_assert(sizeof(kmesh_affinity_key) == 16);
+static_assert(offsetof(kmesh_affinity_key, service_id) == 8);
+static_assert(sizeof(kmesh_affinity_value) == 16);
+static_assert(offsetof(kmesh_affinity_value, backend_id) == 8);
 
 // UDP and address transparency (issue 10 section 1).
 static_assert(sizeof(kmesh_udp_rev_slot) == 56);

@@ -107,9 +107,29 @@ int dump(const kmesh::PinLayout& layout) {
         std::memcpy(&services[id], v, sizeof(kmesh_service_value));
         return true;
     });
+    // km_member: (service, backend) -> weight.
+    std::map<uint32_t, std::map<uint32_t, uint32_t>> members;
+    ops.for_each(kmesh::MapId::kMember, [&](const void* k, const void* v) {
+        kmesh_member_key mk;
+        kmesh_member_value mv;
+        std::memcpy(&mk, k, sizeof mk);
+        std::memcpy(&mv, v, sizeof mv);
+        members[mk.service_id][mk.backend_id] = mv.weight;
+        return true;
+    });
     fmt::print("services ({}):\n", services.size());
     for (const auto& [id, sv] : services) {
-        fmt::print("  service {} (name hash {:016x}) lb={}\n", id, sv.name_hash, lb_name(sv.lb_mode));
+        std::string pick = sv.flags & KMESH_SERVICE_ROUND_ROBIN ? "round-robin" : "random";
+        if (sv.flags & KMESH_SERVICE_AFFINITY) pick += fmt::format(" affinity={}s", sv.affinity_timeout);
+        fmt::print("  service {} (name hash {:016x}) lb={} pick={}\n", id, sv.name_hash, lb_name(sv.lb_mode),
+                   pick);
+        if (auto m = members.find(id); m != members.end()) {
+            std::string list;
+            for (const auto& [bid, weight] : m->second)
+                list += fmt::format("{}backend {} weight {}{}", list.empty() ? "" : ", ", bid, weight,
+                                    weight ? "" : " (draining)");
+            fmt::print("    members: {}\n", list);
+        }
         auto range = frontends_by_service.equal_range(id);
         for (auto it = range.first; it != range.second; ++it) fmt::print("    frontend {}\n", it->second);
         // One endpoint list per socket family: IPv4 (and IPv4-mapped) sockets pick from the first.

@@ -18,7 +18,8 @@ endpoint_lookup(__u32 service_id, __u32 family, __u32 prio, __u32 index)
 	return bpf_map_lookup_elem(&km_endpoint, &key);
 }
 
-/* Whether backend_id is (still) an endpoint of service_id, in any family or priority (km_member). */
+/* Whether backend_id is (still) an endpoint of service_id, in any family or priority (km_member).
+ */
 static __always_inline bool endpoint_is_member(__u32 service_id, __u32 backend_id)
 {
 	struct kmesh_member_key key = {
@@ -27,6 +28,18 @@ static __always_inline bool endpoint_is_member(__u32 service_id, __u32 backend_i
 	};
 
 	return bpf_map_lookup_elem(&km_member, &key) != NULL;
+}
+
+/* The backend's km_member entry for the service (weight), or NULL when it is not a member. */
+static __always_inline const struct kmesh_member_value *endpoint_member(__u32 service_id,
+									__u32 backend_id)
+{
+	struct kmesh_member_key key = {
+	    .service_id = service_id,
+	    .backend_id = backend_id,
+	};
+
+	return bpf_map_lookup_elem(&km_member, &key);
 }
 
 #endif

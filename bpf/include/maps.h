@@ -56,6 +56,22 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } km_member SEC(".maps");
 
+/* Round-robin counters, indexed by service id (the agent sizes it to max services + 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, KMESH_DEFAULT_MAX_SERVICES + 1);
+} km_rr SEC(".maps");
+
+/* Session affinity: (client netns, service, family) -> backend, last use (LRU: bounded). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct kmesh_affinity_key);
+	__type(value, struct kmesh_affinity_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_AFFINITY);
+} km_affinity SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);

@@ -101,6 +101,48 @@ class FakeMapOps : public MapOps {
         return broken;
     }
 
+    // km_member's contract, over every service (reachable or not): each counted endpoint slot's
+    // backend is a member of its service, and a member has a live backend. "" when it holds.
+    std::string check_member_invariant() const {
+        std::string broken;
+        for_each(MapId::kService, [&](const void* k, const void* v) {
+            uint32_t id;
+            kmesh_service_value svc;
+            std::memcpy(&id, k, sizeof id);
+            std::memcpy(&svc, v, sizeof svc);
+            for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+                for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
+                    for (uint32_t i = 1; i <= svc.endpoint_count[f][p]; i++) {
+                        kmesh_endpoint_value ev;
+                        kmesh_member_value mv;
+                        if (!get(MapId::kEndpoint, kmesh_endpoint_key{id, f, p, i}, &ev)) continue;
+                        if (!get(MapId::kMember, kmesh_member_key{id, ev.backend_id}, &mv)) {
+                            broken = "slot of service " + std::to_string(id) + " names backend " +
+                                     std::to_string(ev.backend_id) + ", not a member";
+                            return false;
+                        }
+                        if (mv.weight == 0) {
+                            broken = "slot of service " + std::to_string(id) + " names draining backend " +
+                                     std::to_string(ev.backend_id);
+                            return false;
+                        }
+                    }
+            return true;
+        });
+        if (!broken.empty()) return broken;
+        for_each(MapId::kMember, [&](const void* k, const void*) {
+            kmesh_member_key mk;
+            kmesh_backend_value bv;
+            std::memcpy(&mk, k, sizeof mk);
+            if (!get(MapId::kBackend, mk.backend_id, &bv)) {
+                broken = "member names missing backend " + std::to_string(mk.backend_id);
+                return false;
+            }
+            return true;
+        });
+        return broken;
+    }
+
     std::vector<std::string> ops;
     std::function<void()> after_mutation;
 
@@ -118,6 +160,8 @@ class FakeMapOps : public MapOps {
                 return sizeof(uint64_t);
             case MapId::kWaypointDest:
                 return sizeof(kmesh_wp_dest_key);
+            case MapId::kMember:
+                return sizeof(kmesh_member_key);
             default:
                 return sizeof(uint32_t);
         }
@@ -136,6 +180,8 @@ class FakeMapOps : public MapOps {
                 return sizeof(kmesh_waypoint_value);
             case MapId::kWaypointDest:
                 return sizeof(kmesh_wp_dest_value);
+            case MapId::kMember:
+                return sizeof(kmesh_member_value);
             default:
                 return sizeof(kmesh_backend_value);
         }

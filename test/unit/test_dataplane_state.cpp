@@ -22,9 +22,13 @@ MapState written(const DesiredState& d) {
         auto& out = st.services[h];
         out.id = id++;
         out.lb_mode = s.lb_mode;
+        out.flags = s.flags;
+        out.affinity_timeout = s.affinity_timeout;
+        for (const auto& [b, weight] : s.members) out.members[st.backends.at(b).id] = weight;
         for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
             for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-                for (uint64_t b : s.endpoints[f][p]) out.slots[f][p].push_back(st.backends.at(b).id);
+                for (const auto& [b, n] : weight_slots(s.endpoints[f][p], s.members))
+                    for (uint32_t i = 0; i < n; i++) out.slots[f][p].push_back(st.backends.at(b).id);
     }
     st.frontends = d.frontends;
     for (const auto& [k, t] : d.frontends) st.frontends_by_service[t.service].insert(k);

@@ -24,6 +24,7 @@ struct Harness {
     explicit Harness(MapCapacity cap = {}) : writer(ops, MapState{}, cap, metrics) {
         ops.after_mutation = [this] {
             if (auto v = ops.check_connect_invariant(); !v.empty()) violations.push_back(v);
+            if (auto v = ops.check_member_invariant(); !v.empty()) violations.push_back(v);
         };
     }
     // Incremental, as the agent does it: only what changed in the model is compared.
@@ -75,8 +76,8 @@ std::string mirror_mismatch(const MapWriter& w, const FakeMapOps& ops) {
     if (k.services.size() != m.services.size()) return "service count";
     for (const auto& [h, s] : m.services) {
         auto it = k.services.find(h);
-        if (it == k.services.end() || it->second.id != s.id || it->second.lb_mode != s.lb_mode ||
-            it->second.slots != s.slots)
+        if (it == k.services.end() || it->second.id != s.id || !(it->second.params() == s.params()) ||
+            it->second.slots != s.slots || it->second.members != s.members)
             return "service " + std::to_string(s.id);
     }
     if (k.backends.size() != m.backends.size()) return "backend count";
@@ -132,7 +133,7 @@ TEST_CASE("removing a middle endpoint keeps indices dense and every state consis
     CHECK(h.ops.size(MapId::kEndpoint) == 2);  // the old last index is gone
     CHECK(h.ops.size(MapId::kBackend) == 2);
     // move the last entry into the hole, shrink the count, delete the old last, then the backend
-    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint",
+    std::vector<std::string> expected{"put km_endpoint", "put km_service", "del km_endpoint", "del km_member",
                                       "del km_backend"};
     CHECK(h.ops.ops == expected);
 }
@@ -229,7 +230,7 @@ TEST_CASE("a failing write or delete midway never breaks the invariant or the mi
             REQUIRE(h.apply(big) == "");
             removes ? h.ops.fail_nth_remove(n) : h.ops.fail_nth_update(n);
             h.apply(small);  // may fail at operation n
-            CHECK(h.violations.empty());
+            CHECK_MESSAGE(h.violations.empty(), (h.violations.empty() ? "" : h.violations.front()));
             CHECK(mirror_mismatch(h.writer, h.ops) == "");
             h.ops.fail_nth_update(-1);
             h.ops.fail_nth_remove(-1);

@@ -184,6 +184,10 @@ DesiredState oracle(const Model& m, const NodeInfo& node) {
         const auto& lb = s.load_balancing;
         if (lb && lb->mode == LbMode::kStrict) ds.lb_mode = KMESH_LB_STRICT;
         if (lb && lb->mode == LbMode::kFailover) ds.lb_mode = KMESH_LB_FAILOVER;
+        // Service options of the standalone file (docs/lb.md).
+        if (s.round_robin) ds.flags |= KMESH_SERVICE_ROUND_ROBIN;
+        if (s.affinity_timeout) ds.flags |= KMESH_SERVICE_AFFINITY;
+        ds.affinity_timeout = s.affinity_timeout;
         std::set<uint16_t> overridden;  // service ports (host order) with a per-workload port
         for (const auto& [uid, w] : m.workloads) {
             uint64_t hw = name_hash(uid);
@@ -218,8 +222,13 @@ DesiredState oracle(const Model& m, const NodeInfo& node) {
                 prio = std::min<size_t>(lb->routing_preference.size() - same, KMESH_PRIO_COUNT - 1);
                 if (lb->mode == LbMode::kStrict && prio != 0) continue;
             }
-            if (backend->second.flags & KMESH_BACKEND_HAS_V4) ds.endpoints[KMESH_FAMILY_V4][prio].insert(hw);
-            if (backend->second.flags & KMESH_BACKEND_HAS_V6) ds.endpoints[KMESH_FAMILY_V6][prio].insert(hw);
+            // Every endpoint workload is a member with its capacity; capacity 0 (draining) is in no
+            // list.
+            ds.members[hw] = w.capacity;
+            if (w.capacity && backend->second.flags & KMESH_BACKEND_HAS_V4)
+                ds.endpoints[KMESH_FAMILY_V4][prio].insert(hw);
+            if (w.capacity && backend->second.flags & KMESH_BACKEND_HAS_V6)
+                ds.endpoints[KMESH_FAMILY_V6][prio].insert(hw);
             for (const auto& port : s.ports) {
                 uint16_t dflt = port.target_port ? port.target_port : port.service_port, own = dflt;
                 for (const auto& p : listed->second)
@@ -308,6 +317,8 @@ TEST_CASE("incremental updates always equal an independent from-scratch model (r
                         s.load_balancing = LoadBalancing{{LbScope::kRegion, LbScope::kZone},
                                                          rnd(2) ? LbMode::kFailover : LbMode::kStrict,
                                                          rnd(2) == 0};
+                    s.round_robin = rnd(3) == 0;
+                    if (rnd(3) == 0) s.affinity_timeout = 1 + rnd(100);
                     mesh.upsert_service(s);
                     break;
                 }
@@ -329,6 +340,7 @@ TEST_CASE("incremental updates always equal an independent from-scratch model (r
                                    : std::vector<ServicePort>{};
                     }
                     w.status = rnd(4) ? WorkloadStatus::kHealthy : WorkloadStatus::kUnhealthy;
+                    w.capacity = rnd(5);  // 0: draining
                     w.placement = Placement::intern(
                         {"node-" + std::to_string(rnd(2)), "", "c1",
                          rnd(2) ? Locality{"eu", "eu-1a", ""} : Locality{"eu", "eu-1b", ""}});

@@ -171,6 +171,13 @@ std::string Agent::config_dump() {
             w.EndArray();
             w.EndObject();
         }
+        // Options of the standalone file (docs/lb.md).
+        str(w, "load_balancer", s.round_robin ? "ROUND_ROBIN" : "RANDOM");
+        str(w, "session_affinity", s.affinity_timeout ? "CLIENT_IP" : "NONE");
+        if (s.affinity_timeout) {
+            w.Key("session_affinity_timeout_seconds");
+            w.Uint(s.affinity_timeout);
+        }
         waypoint(w, s.waypoint);
         w.EndObject();
     }
@@ -191,6 +198,8 @@ std::string Agent::config_dump() {
         }
         w.EndObject();
         str(w, "status", wl.status == WorkloadStatus::kHealthy ? "HEALTHY" : "UNHEALTHY");
+        w.Key("capacity");  // its weight; 0 = draining
+        w.Uint(wl.capacity);
         str(w, "network_mode", wl.network_mode == NetworkMode::kHostNetwork ? "HOST_NETWORK" : "STANDARD");
         const Placement& pl = *wl.placement;
         str(w, "node", pl.node);
@@ -303,6 +312,21 @@ std::string Agent::maps_dump() {
         str(w, "name", name_of(h));
         w.Key("lb_mode");
         w.Uint(s.lb_mode);
+        str(w, "pick", s.flags & KMESH_SERVICE_ROUND_ROBIN ? "round_robin" : "random");
+        if (s.flags & KMESH_SERVICE_AFFINITY) {
+            w.Key("affinity_timeout_seconds");
+            w.Uint(s.affinity_timeout);
+        }
+        w.Key("members");  // km_member: workload -> weight (0 = draining)
+        w.StartObject();
+        for (const auto& [id, weight] : s.members) {
+            auto bh = backend_hash.find(id);
+            std::string e =
+                bh == backend_hash.end() ? fmt::format("missing backend {}", id) : name_of(bh->second);
+            w.Key(e.c_str());
+            w.Uint(weight);
+        }
+        w.EndObject();
         w.Key("frontends");
         w.StartArray();
         auto owned = k.frontends_by_service.find(h);

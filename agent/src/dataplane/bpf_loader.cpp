@@ -115,9 +115,9 @@ std::string probe_attach_type(bpf_prog_type type, bpf_attach_type attach, const 
     return fmt::format("this kernel refuses the {} hook ({}; needs {})", what, errno_text(errno), since);
 }
 
-// Reads on the writer's side: true once the map writer fills km_member (issue 10 section 2, the
-// load-balancing work). Until then UDP replies are checked against the backend alone (bpf/include/udp.h).
-constexpr bool kWriterFillsMembership = false;
+// The map writer fills km_member (its "members" stage), so a UDP reply is translated only while its
+// backend is still one of the service's endpoints (bpf/include/udp.h).
+constexpr bool kWriterFillsMembership = true;
 
 // The UDP hooks (bpf/sock_udp.c) are probed one group at a time, and a group the kernel lacks is not
 // loaded (kmesh-cni then skips its pin): the rest keeps working.
@@ -270,6 +270,10 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_udp_rev, sizes.udp_sockets},
         {skel->maps.km_accel_sockhash, sizes.accel.max_sockets},
         {skel->maps.km_accel_state, sizes.accel.max_sockets},
+        {skel->maps.km_member, sizes.members},
+        {skel->maps.km_affinity, sizes.affinity},
+        // One round-robin counter per service id; ids run 1..services.
+        {skel->maps.km_rr, sizes.services + 1},
     };
     if (sizes.udp_sockets == 0) {
         *error = "--max-udp-sockets must be at least 1";
@@ -621,7 +625,7 @@ std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),
             bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend),
             bpf_map__fd(skel_->maps.km_port),     bpf_map__fd(skel_->maps.km_waypoint),
-            bpf_map__fd(skel_->maps.km_wp_dest)};
+            bpf_map__fd(skel_->maps.km_wp_dest),  bpf_map__fd(skel_->maps.km_member)};
 }
 
 std::string uninstall(const PinLayout& layout) {

@@ -41,6 +41,8 @@ struct MapSizes {
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
     uint32_t udp_sockets = KMESH_DEFAULT_MAX_UDP_SOCKETS;  // km_udp_rev (LRU)
     AccelOptions accel;  // the sockhash size, and whether it is used
+    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;    // km_member: (service, endpoint backend) pairs
+    uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;  // km_affinity LRU: (client netns, service, family)
 };
 
 // The programs this binary carries: the SHA-256 of the BPF object embedded in it (the skeleton's

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 namespace kmesh {
 
@@ -60,6 +61,27 @@ uint32_t lb_mode_of(const Service& s) {
 uint16_t default_target(const ServicePort& p) { return p.target_port ? p.target_port : p.service_port; }
 
 }  // namespace
+
+std::map<uint64_t, uint32_t> weight_slots(const std::set<uint64_t>& list,
+                                          const std::map<uint64_t, uint32_t>& weights, uint32_t max_slots) {
+    std::map<uint64_t, uint32_t> out;
+    if (list.empty()) return out;
+    auto weight_of = [&](uint64_t b) -> uint64_t {
+        auto it = weights.find(b);
+        return it == weights.end() ? 1 : std::max<uint32_t>(it->second, 1);
+    };
+    uint64_t g = 0;
+    for (uint64_t b : list) g = std::gcd(g, weight_of(b));
+    uint64_t total = 0;
+    for (uint64_t b : list) total += weight_of(b) / g;
+    const uint64_t budget = std::max<uint64_t>(max_slots, list.size());
+    for (uint64_t b : list) {
+        uint64_t w = weight_of(b) / g;
+        if (total > budget) w = std::max<uint64_t>(1, (w * budget + total / 2) / total);  // nearest
+        out.emplace(b, static_cast<uint32_t>(w));
+    }
+    return out;
+}
 
 // Istio's ranking: an endpoint's rank is how many of the routing preferences, in order, it shares
 // with this node; its priority is how many it misses. STRICT keeps only full matches.
@@ -131,6 +153,7 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
         dirty_.services.insert(hs);
         for (auto& family : ds->second.endpoints)
             for (auto& prio : family) prio.erase(hw);
+        ds->second.members.erase(hw);
     }
     for (auto it = desired_.ports.lower_bound(PortKey{hw, hs, 0});
          it != desired_.ports.end() && it->first.backend == hw && it->first.service == hs;) {
@@ -158,8 +181,12 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
     int prio = priority(svc->second, wl->second);
     if (prio < 0) return;
     uint32_t flags = desired_.backends.at(hw).flags;
-    for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
-        if (backend_serves(flags, f)) ds->second.endpoints[f][prio].insert(hw);
+    // A weight of 0 drains: the workload stays a member (km_member, weight 0: session affinity
+    // stops reusing it, UDP replies from it are still recognised) but has no slot to be picked.
+    ds->second.members[hw] = wl->second.capacity;
+    if (wl->second.capacity > 0)
+        for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            if (backend_serves(flags, f)) ds->second.endpoints[f][prio].insert(hw);
     for (const auto& port : svc->second.ports) {
         uint16_t target = default_target(port);
         for (const auto& own : listed->second)
@@ -253,6 +280,9 @@ void MeshState::refresh_service(const std::string& key) {
     dirty_.services.insert(hs);
     DesiredService& ds = desired_.services[hs];
     ds.lb_mode = lb_mode_of(s);
+    ds.flags =
+        (s.round_robin ? KMESH_SERVICE_ROUND_ROBIN : 0) | (s.affinity_timeout ? KMESH_SERVICE_AFFINITY : 0);
+    ds.affinity_timeout = s.affinity_timeout;
     std::set<kmesh_frontend_key> affected;
     for (const auto& [fk, target] : ds.frontends) {
         claimants_[fk].erase(hs);
@@ -500,8 +530,9 @@ bool Plan::empty() const { return size() == 0; }
 size_t Plan::size() const {
     return put_backends.size() + put_services.size() + add_endpoints.size() + put_ports.size() +
            put_frontends.size() + delete_frontends.size() + remove_endpoints.size() + delete_ports.size() +
-           delete_services.size() + delete_backends.size() + put_waypoints.size() +
-           put_waypoint_dests.size() + delete_waypoint_dests.size() + delete_waypoints.size();
+           put_members.size() + delete_members.size() + delete_services.size() + delete_backends.size() +
+           put_waypoints.size() + put_waypoint_dests.size() + delete_waypoint_dests.size() +
+           delete_waypoints.size();
 }
 
 namespace {
@@ -568,26 +599,47 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
         auto c = cur.services.find(h);
         if (w != want.services.end()) {
             const DesiredService& svc = w->second;
-            if (c == cur.services.end() || c->second.lb_mode != svc.lb_mode)
-                plan.put_services.emplace_back(h, svc.lb_mode);
+            if (c == cur.services.end() || !(c->second.params() == svc.params()))
+                plan.put_services.emplace_back(h, svc.params());
+            // Members: written before the backend's first slot, deleted after its last (the
+            // writer's stage order); a kept (rejected) workload's membership stays.
+            std::set<uint64_t> kept_members;
+            if (c != cur.services.end())
+                for (const auto& [bid, weight] : c->second.members) {
+                    auto bh = cur.backend_hash_by_id.find(bid);
+                    uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
+                    auto wm = backend ? svc.members.find(backend) : svc.members.end();
+                    if (wm != svc.members.end()) {
+                        kept_members.insert(backend);
+                        if (wm->second != weight) plan.put_members.push_back({h, backend, wm->second});
+                    } else if (!backend || !dirty.keep.count(backend)) {
+                        plan.delete_members.push_back({h, bid});
+                    }
+                }
+            for (const auto& [backend, weight] : svc.members)
+                if (!kept_members.count(backend)) plan.put_members.push_back({h, backend, weight});
             for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
                 for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
-                    std::set<uint64_t> have;
-                    const auto& wanted = svc.endpoints[f][prio];
+                    std::map<uint64_t, uint32_t> have;
+                    const auto wanted = weight_slots(svc.endpoints[f][prio], svc.members);
                     if (c != cur.services.end()) {
                         const auto& slots = c->second.slots[f][prio];
                         for (uint32_t i = 0; i < slots.size(); i++) {
                             auto bh = cur.backend_hash_by_id.find(slots[i]);
                             uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
+                            auto wn = wanted.find(backend);
                             // Unknown or unwanted slots go, except a kept (rejected) workload's; a
-                            // backend listed twice keeps one slot.
-                            if (!backend || (!wanted.count(backend) && !dirty.keep.count(backend)) ||
-                                !have.insert(backend).second)
+                            // backend keeps as many slots as its weight gives it, no more.
+                            if (!backend || (wn == wanted.end() && !dirty.keep.count(backend)) ||
+                                (wn != wanted.end() && have[backend] >= wn->second))
                                 plan.remove_endpoints.push_back({h, f, prio, i + 1});
+                            else
+                                have[backend]++;
                         }
                     }
-                    for (uint64_t backend : wanted)
-                        if (!have.count(backend)) plan.add_endpoints.push_back({h, f, prio, backend});
+                    for (const auto& [backend, n] : wanted)
+                        for (uint32_t k = have[backend]; k < n; k++)
+                            plan.add_endpoints.push_back({h, f, prio, backend});
                 }
             for (const auto& [fk, claim] : svc.frontends) {
                 auto target = want.frontends.find(fk);

@@ -33,7 +33,25 @@ struct FrontendTarget {
 };
 
 // Backend hashes per [address family][priority]: a dual-stack backend is in both families' lists.
+// Only backends of weight > 0 are listed; how many slots each gets is weight_slots() of the list.
 using EndpointLists = std::array<std::array<std::set<uint64_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT>;
+
+// Service-level load-balancing parameters, as the service map entry holds them.
+struct ServiceParams {
+    uint32_t lb_mode = KMESH_LB_RANDOM;
+    uint32_t flags = 0;             // KMESH_SERVICE_*
+    uint32_t affinity_timeout = 0;  // seconds, with KMESH_SERVICE_AFFINITY
+    bool operator==(const ServiceParams&) const = default;
+};
+
+// Endpoint slots per backend of one (family, priority) list: each backend's weight divided by the
+// gcd of the list's weights, so 2:6 takes 1 and 3 slots. When that needs more than
+// max(max_slots, backends in the list) slots, weights are scaled to that budget (rounded to the
+// nearest, at least 1 slot each): the share error is then at most 1/2 slot per backend. Backends
+// missing from `weights` count as weight 1.
+std::map<uint64_t, uint32_t> weight_slots(const std::set<uint64_t>& list,
+                                          const std::map<uint64_t, uint32_t>& weights,
+                                          uint32_t max_slots = KMESH_MAX_WEIGHT_SLOTS);
 
 // The address families a backend's flags say it can serve.
 inline bool backend_serves(uint32_t backend_flags, uint32_t family) {
@@ -42,7 +60,13 @@ inline bool backend_serves(uint32_t backend_flags, uint32_t family) {
 
 struct DesiredService {
     uint32_t lb_mode = KMESH_LB_RANDOM;
+    uint32_t flags = 0;             // KMESH_SERVICE_ROUND_ROBIN, KMESH_SERVICE_AFFINITY
+    uint32_t affinity_timeout = 0;  // seconds
     EndpointLists endpoints;
+    // km_member: every backend that is an endpoint of the service (in some family and priority)
+    // -> its weight; a weight of 0 (draining) stays a member without any endpoint slot.
+    std::map<uint64_t, uint32_t> members;
+    ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
     // This service's claim on each (VIP, port); desired frontends holds the elected claim.
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
     bool operator==(const DesiredService&) const = default;
@@ -203,9 +227,13 @@ struct MapState {
     struct Service {
         uint32_t id = 0;
         uint32_t lb_mode = KMESH_LB_RANDOM;
+        uint32_t flags = 0;
+        uint32_t affinity_timeout = 0;
         // slots[family][prio][i] is the backend id at endpoint index i + 1; 0 = entry missing or
         // unknown.
         std::array<std::array<std::vector<uint32_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT> slots;
+        std::map<uint32_t, uint32_t> members;  // km_member entries: backend id -> weight
+        ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
     };
     struct Backend {
         uint32_t id = 0;
@@ -227,6 +255,7 @@ struct MapState {
     std::vector<uint32_t> stray_services;
     std::vector<uint32_t> stray_backends;
     std::vector<kmesh_port_key> stray_ports;
+    std::vector<kmesh_member_key> stray_members;
     // Every id the maps referenced at recovery; never handed out again by this agent.
     std::set<uint32_t> reserved_service_ids, reserved_backend_ids;
 };
@@ -237,6 +266,21 @@ struct EndpointAdd {
     uint32_t prio;
     uint64_t backend;
     bool operator==(const EndpointAdd&) const = default;
+};
+
+// A km_member entry to write: (service, backend) -> weight.
+struct MemberPut {
+    uint64_t service;
+    uint64_t backend;
+    uint32_t weight;
+    bool operator==(const MemberPut&) const = default;
+};
+
+// A km_member entry to delete, by the ids the maps hold (the backend may be unknown by name).
+struct MemberDelete {
+    uint64_t service;
+    uint32_t backend_id;
+    bool operator==(const MemberDelete&) const = default;
 };
 
 struct EndpointRemove {
@@ -251,12 +295,14 @@ struct EndpointRemove {
 // order, additions forwards and removals in mirror order, which keeps every connect() consistent.
 struct Plan {
     std::vector<std::pair<uint64_t, DesiredBackend>> put_backends;
-    std::vector<std::pair<uint64_t, uint32_t>> put_services;  // new or LB mode changed: (hash, lb_mode)
-    std::vector<EndpointAdd> add_endpoints;                   // grouped by service
+    std::vector<std::pair<uint64_t, ServiceParams>> put_services;  // new or LB parameters changed
+    std::vector<MemberPut> put_members;                            // new members, weight changes
+    std::vector<EndpointAdd> add_endpoints;  // grouped by service; a backend of n slots appears n times
     std::vector<std::pair<PortKey, uint16_t>> put_ports;
     std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> put_frontends;
     std::vector<kmesh_frontend_key> delete_frontends;
     std::vector<EndpointRemove> remove_endpoints;  // grouped by service, family and priority
+    std::vector<MemberDelete> delete_members;      // of services that stay
     std::vector<PortKey> delete_ports;
     std::vector<uint64_t> delete_services;
     std::vector<uint64_t> delete_backends;

@@ -18,8 +18,10 @@ enum class MapId {
     // Waypoint redirect (issue 9): waypoint id -> address, destination address -> waypoint id.
     kWaypoint,
     kWaypointDest,
+    // Load balancing (issue 10): (service id, backend id) -> weight, while the backend is an endpoint.
+    kMember,
 };
-inline constexpr int kMapCount = 7;
+inline constexpr int kMapCount = 8;
 
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
 

@@ -45,6 +45,8 @@ MapState recover_map_state(const MapOps& ops) {
         auto& s = st.services[sv.name_hash];
         s.id = id;
         s.lb_mode = sv.lb_mode;
+        s.flags = sv.flags;
+        s.affinity_timeout = sv.affinity_timeout;
         for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
             for (int p = 0; p < KMESH_PRIO_COUNT; p++) s.slots[f][p].assign(sv.endpoint_count[f][p], 0);
         service_hash_by_id[id] = sv.name_hash;
@@ -90,6 +92,16 @@ MapState recover_map_state(const MapOps& ops) {
         FrontendTarget t{sh == service_hash_by_id.end() ? 0 : sh->second, fv.target_port, fv.flags};
         st.frontends[fk] = t;
         st.frontends_by_service[t.service].insert(fk);
+        return true;
+    });
+    ops.for_each(MapId::kMember, [&](const void* k, const void* v) {
+        auto mk = read_as<kmesh_member_key>(k);
+        auto mv = read_as<kmesh_member_value>(v);
+        auto sh = service_hash_by_id.find(mk.service_id);
+        if (sh == service_hash_by_id.end() || !st.backend_hash_by_id.count(mk.backend_id))
+            st.stray_members.push_back(mk);
+        else
+            st.services[sh->second].members[mk.backend_id] = mv.weight;
         return true;
     });
     ops.for_each(MapId::kWaypoint, [&](const void* k, const void* v) {
@@ -161,6 +173,8 @@ int MapWriter::write_service(uint64_t hash) {
         for (int p = 0; p < KMESH_PRIO_COUNT; p++)
             v.endpoint_count[f][p] = static_cast<uint32_t>(s.slots[f][p].size());
     v.lb_mode = s.lb_mode;
+    v.flags = s.flags;
+    v.affinity_timeout = s.affinity_timeout;
     v.name_hash = hash;
     metrics_.map_writes++;
     int err = ops_.update(MapId::kService, &s.id, &v);
@@ -191,13 +205,15 @@ void MapWriter::put_backend(uint64_t hash, const DesiredBackend& b) {
 
 // Creates a service empty: unreachable until its frontend is written, but with an id, so that
 // port overrides can be written before any endpoint that needs them is counted.
-void MapWriter::create_service(uint64_t hash, uint32_t lb_mode) {
+void MapWriter::create_service(uint64_t hash, const ServiceParams& params) {
     MapState::Service svc;
     if (!(svc.id = service_ids_.allocate())) {
         fail(MapId::kService, -E2BIG, "allocate id");
         return;
     }
-    svc.lb_mode = lb_mode;
+    svc.lb_mode = params.lb_mode;
+    svc.flags = params.flags;
+    svc.affinity_timeout = params.affinity_timeout;
     state_.services[hash] = svc;
     if (write_service(hash)) {
         state_.services.erase(hash);
@@ -208,18 +224,26 @@ void MapWriter::create_service(uint64_t hash, uint32_t lb_mode) {
 // Grows one service: endpoint entries past the current counts first, then the counts (and LB
 // mode) in a single service write, so no connect picks an index that is not written yet. Returns
 // whether every add went in.
-bool MapWriter::grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds) {
+bool MapWriter::grow_service(uint64_t hash, const ServiceParams* params,
+                             const std::vector<EndpointAdd>& adds) {
     auto it = state_.services.find(hash);
     if (it == state_.services.end()) return false;  // its creation failed
     MapState::Service svc = it->second;
-    if (lb_mode) svc.lb_mode = *lb_mode;
+    if (params) {
+        svc.lb_mode = params->lb_mode;
+        svc.flags = params->flags;
+        svc.affinity_timeout = params->affinity_timeout;
+    }
     std::vector<kmesh_endpoint_key> written;
     int err = 0;
     bool skipped = false;
     for (const auto& a : adds) {
         auto b = state_.backends.find(a.backend);
-        // Its backend or one of its port overrides failed to be written: added by a later apply.
-        if (b == state_.backends.end() || unported_.count({a.backend, hash})) {
+        // Its backend, one of its port overrides or its membership failed to be written: added
+        // by a later apply.
+        auto member = b == state_.backends.end() ? svc.members.end() : svc.members.find(b->second.id);
+        if (b == state_.backends.end() || unported_.count({a.backend, hash}) || member == svc.members.end() ||
+            member->second == 0) {
             skipped = true;
             continue;
         }
@@ -245,6 +269,43 @@ bool MapWriter::grow_service(uint64_t hash, const uint32_t* lb_mode, const std::
     // Entries past the kernel's count are never picked; remove them to keep capacity.
     for (const auto& k : written) drop_entry(k);
     return false;
+}
+
+void MapWriter::put_member(const MemberPut& m) {
+    auto s = state_.services.find(m.service);
+    auto b = state_.backends.find(m.backend);
+    if (s == state_.services.end() || b == state_.backends.end()) return;  // their writes failed
+    kmesh_member_key k{s->second.id, b->second.id};
+    kmesh_member_value v{m.weight, 0};
+    metrics_.map_writes++;
+    if (int err = ops_.update(MapId::kMember, &k, &v)) {
+        fail(MapId::kMember, err, fmt::format("write member {}/{}", k.service_id, k.backend_id));
+        return;
+    }
+    s->second.members[k.backend_id] = m.weight;
+}
+
+// A weight falling to 0 on an existing member: written in removal order, once the backend's slots
+// are gone, so a member of weight 0 never has a slot (a drained backend is never picked, and
+// whoever reads the weight sees 0 only once that holds).
+bool MapWriter::drains(const MemberPut& m) const {
+    if (m.weight != 0) return false;
+    auto s = state_.services.find(m.service);
+    auto b = state_.backends.find(m.backend);
+    if (s == state_.services.end() || b == state_.backends.end()) return false;
+    auto cur = s->second.members.find(b->second.id);
+    return cur != s->second.members.end() && cur->second != 0;
+}
+
+// true, or false when the kernel refused (the entry stays).
+bool MapWriter::delete_member(uint32_t service_id, uint32_t backend_id) {
+    kmesh_member_key k{service_id, backend_id};
+    int err = ops_.remove(MapId::kMember, &k);
+    if (err && err != -ENOENT) {
+        fail(MapId::kMember, err, fmt::format("delete member {}/{}", service_id, backend_id));
+        return false;
+    }
+    return true;
 }
 
 void MapWriter::put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target) {
@@ -312,8 +373,13 @@ void MapWriter::delete_service(uint64_t hash) {
         for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
             for (uint32_t idx = 1; idx <= svc.slots[f][p].size(); idx++)
                 drop_entry(kmesh_endpoint_key{svc.id, f, p, idx});
+    // Members after the slots that name them.
+    for (const auto& [bid, weight] : svc.members)
+        if (!delete_member(svc.id, bid)) state_.stray_members.push_back(kmesh_member_key{svc.id, bid});
     // The id stays reserved while stray entries of it may remain, so no new service inherits them.
     bool strays = std::any_of(state_.stray_endpoints.begin(), state_.stray_endpoints.end(),
+                              [&](const auto& k) { return k.service_id == svc.id; }) ||
+                  std::any_of(state_.stray_members.begin(), state_.stray_members.end(),
                               [&](const auto& k) { return k.service_id == svc.id; });
     if (!strays) service_ids_.release(svc.id);
     state_.services.erase(it);
@@ -330,6 +396,10 @@ void MapWriter::delete_strays() {
     for (const auto& k : ports) {
         int err = ops_.remove(MapId::kPort, &k);
         if (err && err != -ENOENT) state_.stray_ports.push_back(k);
+    }
+    for (const auto& k : std::exchange(state_.stray_members, {})) {
+        int err = ops_.remove(MapId::kMember, &k);
+        if (err && err != -ENOENT) state_.stray_members.push_back(k);
     }
 }
 
@@ -351,6 +421,8 @@ const char* stage_name(Stage s) {
             return "ports";
         case Stage::kFrontendFlags:
             return "frontend-flags";
+        case Stage::kMembers:
+            return "members";
         case Stage::kEndpoints:
             return "endpoints";
         case Stage::kFrontends:
@@ -378,6 +450,8 @@ const char* size_flag(MapId m) {
             return "--max-waypoints";
         case MapId::kWaypointDest:
             return "--max-waypoint-addresses";
+        case MapId::kMember:
+            return "--max-members";
     }
     return "?";
 }
@@ -391,6 +465,7 @@ MapCounts capacity_counts(const MapCapacity& c) {
     out[static_cast<int>(MapId::kPort)] = c.ports;
     out[static_cast<int>(MapId::kWaypoint)] = c.waypoints;
     out[static_cast<int>(MapId::kWaypointDest)] = c.waypoint_addrs;
+    out[static_cast<int>(MapId::kMember)] = c.members;
     return out;
 }
 
@@ -423,9 +498,13 @@ MapCounts entries_needed(const DesiredState& d) {
     n[static_cast<int>(MapId::kPort)] = d.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = d.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = d.waypoint_dests.size();
-    for (const auto& [h, s] : d.services)
+    for (const auto& [h, s] : d.services) {
+        n[static_cast<int>(MapId::kMember)] += s.members.size();
         for (const auto& family : s.endpoints)
-            for (const auto& prio : family) n[static_cast<int>(MapId::kEndpoint)] += prio.size();
+            for (const auto& prio : family)
+                for (const auto& [b, slots] : weight_slots(prio, s.members))
+                    n[static_cast<int>(MapId::kEndpoint)] += slots;
+    }
     return n;
 }
 
@@ -446,7 +525,10 @@ MapCounts MapWriter::entries() const {
     n[static_cast<int>(MapId::kPort)] = state_.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = state_.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = state_.waypoint_dests.size();
-    for (const auto& [h, s] : state_.services) n[static_cast<int>(MapId::kEndpoint)] += endpoint_entries(s);
+    for (const auto& [h, s] : state_.services) {
+        n[static_cast<int>(MapId::kEndpoint)] += endpoint_entries(s);
+        n[static_cast<int>(MapId::kMember)] += s.members.size();
+    }
     return n;
 }
 
@@ -467,6 +549,17 @@ std::string MapWriter::check_capacity(const Plan& plan, bool* additions_fit) con
         if (it == state_.services.end()) continue;
         at(del, MapId::kService)++;
         at(del, MapId::kEndpoint) += endpoint_entries(it->second);
+        at(del, MapId::kMember) += it->second.members.size();
+    }
+    for (const auto& m : plan.put_members) {
+        auto s = state_.services.find(m.service);
+        auto b = state_.backends.find(m.backend);
+        at(add, MapId::kMember) += s == state_.services.end() || b == state_.backends.end() ||
+                                   !s->second.members.count(b->second.id);
+    }
+    for (const auto& m : plan.delete_members) {
+        auto s = state_.services.find(m.service);
+        at(del, MapId::kMember) += s != state_.services.end() && s->second.members.count(m.backend_id);
     }
     at(del, MapId::kEndpoint) += plan.remove_endpoints.size();
     for (const auto& k : plan.delete_frontends) at(del, MapId::kFrontend) += state_.frontends.count(k);
@@ -516,8 +609,12 @@ void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
             for (const auto& [hash, b] : plan.put_backends) put_backend(hash, b);
             break;
         case Stage::kServices:
-            for (const auto& [hash, mode] : plan.put_services)
-                if (!state_.services.count(hash)) create_service(hash, mode);
+            for (const auto& [hash, params] : plan.put_services)
+                if (!state_.services.count(hash)) create_service(hash, params);
+            break;
+        case Stage::kMembers:
+            for (const auto& m : plan.put_members)
+                if (!drains(m)) put_member(m);
             break;
         case Stage::kPorts:
             for (const auto& [pk, target] : plan.put_ports) {
@@ -540,8 +637,8 @@ void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
             break;
         case Stage::kEndpoints: {
             // plan.put_services and plan.add_endpoints are both ordered by service hash.
-            std::map<uint64_t, std::pair<std::optional<uint32_t>, std::vector<EndpointAdd>>> grow;
-            for (const auto& [hash, mode] : plan.put_services) grow[hash].first = mode;
+            std::map<uint64_t, std::pair<std::optional<ServiceParams>, std::vector<EndpointAdd>>> grow;
+            for (const auto& [hash, params] : plan.put_services) grow[hash].first = params;
             for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
             for (const auto& [hash, g] : grow)
                 if (!grow_service(hash, g.first ? &*g.first : nullptr, g.second)) run.incomplete.insert(hash);
@@ -619,6 +716,32 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
                                      std::move(indices));
             break;
         }
+        case Stage::kMembers: {
+            // After the endpoint removals: a member whose slot is still counted (its removal
+            // failed) stays, and keeps its weight, until a retry removes the slot.
+            auto slotted = [](const MapState::Service& s, uint32_t backend_id) {
+                for (const auto& family : s.slots)
+                    for (const auto& prio : family)
+                        if (std::find(prio.begin(), prio.end(), backend_id) != prio.end()) return true;
+                return false;
+            };
+            for (const auto& m : plan.put_members) {
+                if (!drains(m)) continue;
+                auto s = state_.services.find(m.service);
+                auto b = state_.backends.find(m.backend);
+                if (s != state_.services.end() && b != state_.backends.end() &&
+                    !slotted(s->second, b->second.id))
+                    put_member(m);
+            }
+            for (const auto& m : plan.delete_members) {
+                auto it = state_.services.find(m.service);
+                if (it == state_.services.end() || !it->second.members.count(m.backend_id)) continue;
+                if (slotted(it->second, m.backend_id) || !delete_member(it->second.id, m.backend_id))
+                    continue;
+                it->second.members.erase(m.backend_id);
+            }
+            break;
+        }
         case Stage::kFrontendFlags:
             // Only once every endpoint that needed an override is uncounted: after a failure the
             // flag stays until a retry.
@@ -668,9 +791,15 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
         case Stage::kBackends: {
             std::set<uint32_t> referenced;
             if (check_refs)
-                for (const auto& [h, s] : state_.services)
+                for (const auto& [h, s] : state_.services) {
                     for (const auto& family : s.slots)
                         for (const auto& slots : family) referenced.insert(slots.begin(), slots.end());
+                    // A member entry names the id too: never let a new backend inherit it.
+                    for (const auto& [bid, weight] : s.members) referenced.insert(bid);
+                }
+            // Members a failed delete left behind (of services already gone) until strays go.
+            if (check_refs)
+                for (const auto& k : state_.stray_members) referenced.insert(k.backend_id);
             for (uint64_t hash : plan.delete_backends) {
                 auto it = state_.backends.find(hash);
                 if (it == state_.backends.end() || referenced.count(it->second.id)) continue;

@@ -38,9 +38,11 @@ struct MapCapacity {
     uint32_t ports = KMESH_DEFAULT_MAX_PORTS;
     uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
+    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;
 
     static MapCapacity of(const MapSizes& s) {
-        return {s.services, s.backends, s.endpoints, s.frontends, s.ports, s.waypoints, s.waypoint_addrs};
+        return {s.services, s.backends,  s.endpoints,      s.frontends,
+                s.ports,    s.waypoints, s.waypoint_addrs, s.members};
     }
 };
 
@@ -66,6 +68,10 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 //   kPorts         write per-workload port overrides           delete overrides
 //   kFrontendFlags rewrite published frontends (flag set,      rewrite published frontends that
 //                  target port, VIP moved between services)    clear the per-workload-ports flag
+//   kMembers       write km_member (service, backend) ->       delete members that no slot of
+//                  weight: new members, weight changes         the service holds any more; a
+//                  (except a drop to 0)                        weight dropping to 0 once the
+//                                                              backend's slots are gone
 //   kEndpoints     write endpoint slots, then raise counts     lower counts, then delete slots
 //                  (and LB mode) in one service write
 //   kFrontends     publish frontends of services with no       delete frontends nobody claims
@@ -79,11 +85,14 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 //
 // So an override exists before the flag that makes BPF look for it, the flag before an endpoint
 // that needs it is counted, and in removal the endpoint is uncounted before the flag is cleared and
-// before its override goes.
-enum class Stage { kBackends, kServices, kPorts, kFrontendFlags, kEndpoints, kFrontends };
-inline constexpr std::array<Stage, 6> kStageOrder{Stage::kBackends,  Stage::kServices,
-                                                  Stage::kPorts,     Stage::kFrontendFlags,
-                                                  Stage::kEndpoints, Stage::kFrontends};
+// before its override goes. Likewise a backend is a member of the service before its first slot
+// is written and stays one until its last slot is gone: whoever holds a backend id found through
+// the service (session affinity, a UDP reply) can ask km_member whether it still belongs. A
+// deleted service's members go with it, after its slots (kServices).
+enum class Stage { kBackends, kServices, kPorts, kFrontendFlags, kMembers, kEndpoints, kFrontends };
+inline constexpr std::array<Stage, 7> kStageOrder{Stage::kBackends,      Stage::kServices, Stage::kPorts,
+                                                  Stage::kFrontendFlags, Stage::kMembers,  Stage::kEndpoints,
+                                                  Stage::kFrontends};
 const char* stage_name(Stage s);
 
 // Reads the pinned maps back into a MapState (agent restart). Missing entries inside a count
@@ -121,8 +130,11 @@ class MapWriter {
     std::string check_capacity(const Plan& plan, bool* additions_fit) const;
     int write_service(uint64_t hash);
     void put_backend(uint64_t hash, const DesiredBackend& b);
-    void create_service(uint64_t hash, uint32_t lb_mode);
-    bool grow_service(uint64_t hash, const uint32_t* lb_mode, const std::vector<EndpointAdd>& adds);
+    void create_service(uint64_t hash, const ServiceParams& params);
+    bool grow_service(uint64_t hash, const ServiceParams* params, const std::vector<EndpointAdd>& adds);
+    void put_member(const MemberPut& m);
+    bool drains(const MemberPut& m) const;
+    bool delete_member(uint32_t service_id, uint32_t backend_id);
     void put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target);
     void remove_endpoints(uint64_t hash, uint32_t family, uint32_t prio, std::set<uint32_t> indices);
     void delete_service(uint64_t hash);

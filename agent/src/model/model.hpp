@@ -67,6 +67,10 @@ struct Service {
     std::vector<ServicePort> ports;
     std::optional<LoadBalancing> load_balancing;
     std::optional<Waypoint> waypoint;  // connects to a VIP go to the waypoint (port 15019) instead
+    // Not in Istio's workload API (standalone file only, docs/lb.md): round robin instead of a
+    // random pick, and ClientIP-style session affinity (0 = none, else its timeout in seconds).
+    bool round_robin = false;
+    uint32_t affinity_timeout = 0;
 
     // Resource name in the workload API: "namespace/hostname".
     std::string key() const { return namespace_ + "/" + hostname; }
@@ -87,15 +91,18 @@ struct Workload {
     NetworkMode network_mode = NetworkMode::kStandard;
     const Placement* placement = Placement::intern({});  // interned: pointer equality is equality
     const Waypoint* waypoint = nullptr;                  // interned, or none
-    std::vector<std::string> authorization_policies;  // WORKLOAD_SELECTOR policies, "namespace/name"
-    std::string trust_domain;                         // empty: "cluster.local"
+    std::vector<std::string> authorization_policies;     // WORKLOAD_SELECTOR policies, "namespace/name"
+    std::string trust_domain;                            // empty: "cluster.local"
     std::string service_account;
+    // Workload.capacity (UInt32Value, field 27; unset = 1): its share of each service's new
+    // connections. 0 drains it: still an endpoint (known, a member), picked by nobody new.
+    uint32_t capacity = 1;
     bool operator==(const Workload&) const = default;
 };
 
 struct Model {
-    std::map<std::string, Service> services;    // by Service::key()
-    std::map<std::string, Workload> workloads;  // by uid
+    std::map<std::string, Service> services;      // by Service::key()
+    std::map<std::string, Workload> workloads;    // by uid
     std::map<std::string, AuthzPolicy> policies;  // by AuthzPolicy::key()
     bool operator==(const Model&) const = default;
 };

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "bpf/kmesh_abi.h"
+
 namespace kmesh {
 
 std::string describe(const Service& s) {
@@ -25,6 +27,10 @@ std::vector<std::string> validate_service(const Service& s) {
     if (s.hostname.empty()) out.push_back(fmt::format("{} has an empty hostname", describe(s)));
     for (const auto& p : s.ports)
         if (p.service_port == 0) out.push_back(fmt::format("{} has service port 0", describe(s)));
+    // Kubernetes' bounds for sessionAffinityConfig.clientIP.timeoutSeconds.
+    if (s.affinity_timeout > KMESH_MAX_AFFINITY_TIMEOUT)
+        out.push_back(fmt::format("{}: session affinity timeout {} s is over the maximum of {} s",
+                                  describe(s), s.affinity_timeout, KMESH_MAX_AFFINITY_TIMEOUT));
     return out;
 }
 

@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "agent/src/model/model_validate.hpp"
+#include "bpf/kmesh_abi.h"
 #include "common/yaml_tree.hpp"
 
 namespace kmesh {
@@ -83,6 +84,18 @@ class Parser {
             return 0;
         }
         return static_cast<uint16_t>(v);
+    }
+
+    // A decimal number in [lo, hi].
+    uint32_t number(const YamlNode& n, const std::string& path, uint32_t lo, uint32_t hi) {
+        std::string text = n.is_scalar() ? n.scalar : "";
+        uint64_t v = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size() || v < lo || v > hi) {
+            fail(n, path, fmt::format("'{}' is not a number from {} to {}", text, lo, hi));
+            return lo;
+        }
+        return static_cast<uint32_t>(v);
     }
 
     std::optional<IpAddr> ip(const YamlNode& n, const std::string& path) {
@@ -225,8 +238,30 @@ class Parser {
 
     Service service(const YamlNode& n, const std::string& path) {
         Service s;
-        fields(n, path, {"name", "namespace", "hostname", "addresses", "ports", "load_balancing", "waypoint"},
+        // Load-balancing options of the file only (Istio's workload API has none): loadBalancer
+        // RANDOM (default) | ROUND_ROBIN, sessionAffinity NONE (default) | CLIENT_IP with
+        // sessionAffinityTimeoutSeconds (Kubernetes' spellings roundRobin, ClientIP, None too).
+        std::optional<bool> affinity;
+        std::optional<uint32_t> timeout;
+        const YamlNode* timeout_node = nullptr;
+        fields(n, path,
+               {"name", "namespace", "hostname", "addresses", "ports", "load_balancing", "waypoint",
+                "load_balancer", "session_affinity", "session_affinity_timeout_seconds"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   if (k == "load_balancer")
+                       if (auto rr = enum_value<int>(
+                               v, p, "load_balancer",
+                               {{"RANDOM", 0}, {"ROUND_ROBIN", 1}, {"random", 0}, {"roundRobin", 1}}))
+                           s.round_robin = *rr == 1;
+                   if (k == "session_affinity")
+                       if (auto a =
+                               enum_value<int>(v, p, "session_affinity",
+                                               {{"NONE", 0}, {"CLIENT_IP", 1}, {"None", 0}, {"ClientIP", 1}}))
+                           affinity = *a == 1;
+                   if (k == "session_affinity_timeout_seconds") {
+                       timeout = number(v, p, 1, KMESH_MAX_AFFINITY_TIMEOUT);
+                       timeout_node = &v;
+                   }
                    if (k == "waypoint") s.waypoint = gateway(v, p);
                    if (k == "name") s.name = str(v, p);
                    if (k == "namespace") s.namespace_ = str(v, p);
@@ -235,6 +270,10 @@ class Parser {
                    if (k == "ports") s.ports = ports(v, p, true);
                    if (k == "load_balancing") s.load_balancing = load_balancing(v, p);
                });
+        if (timeout && !affinity.value_or(false))
+            fail(*timeout_node, path + ".session_affinity_timeout_seconds",
+                 "only meaningful with session_affinity: CLIENT_IP");
+        if (affinity.value_or(false)) s.affinity_timeout = timeout.value_or(KMESH_DEFAULT_AFFINITY_TIMEOUT);
         validated(n, path, validate_service(s));
         return s;
     }
@@ -243,8 +282,10 @@ class Parser {
         Workload w;
         fields(n, path,
                {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node",
-                "trust_domain", "service_account", "authorization_policies", "waypoint"},
+                "trust_domain", "service_account", "authorization_policies", "waypoint", "capacity"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   // Workload.capacity: its share of new connections; 0 drains it.
+                   if (k == "capacity") w.capacity = number(v, p, 0, UINT32_MAX);
                    if (k == "waypoint") w.waypoint = Waypoint::intern(gateway(v, p));
                    if (k == "uid") w.uid = str(v, p);
                    if (k == "trust_domain") w.trust_domain = str(v, p);

@@ -149,6 +149,8 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
         Waypoint gw;
         if (auto e = gateway(in.network_gateway(), "network_gateway", &gw); !e.empty()) return fail(e);
     }
+    // Workload.capacity (UInt32Value): unset means 1, like ztunnel; 0 drains the workload.
+    w.capacity = in.has_capacity() ? in.capacity().value() : 1;
     w.authorization_policies.assign(in.authorization_policies().begin(), in.authorization_policies().end());
     w.trust_domain = in.trust_domain();
     w.service_account = in.service_account();
