@@ -108,6 +108,24 @@ static __always_inline bool udp_keep_slot(const struct kmesh_udp_rev_slot *s,
 	return service_pick_prio(&svc, family, &count) >= 0;
 }
 
+struct udp_pick {
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 backend_id;
+};
+
+/*
+ * The endpoint pick, as a BPF subprogram with its own stack frame: inlined next to the socket's
+ * reverse entry (a 264-byte copy) and session affinity, sendmsg's single frame would pass the
+ * 512-byte stack limit. Five arguments at most: the results come back in *out.
+ */
+static __noinline int udp_select(struct bpf_sock_addr *ctx, const struct kmesh_frontend_key *key,
+				 __u32 family, struct udp_pick *out)
+{
+	return sock_select_endpoint(ctx, key, family, out->addr, &out->port, &out->backend_id);
+}
+
 /*
  * An unconnected datagram to key (VIP:port, 16-byte form). On 0, addr/port hold the endpoint.
  * -ENOENT: not a service, left alone. Other -errno: the send fails.
@@ -120,7 +138,7 @@ static __always_inline int udp_sendmsg_xlate(struct bpf_sock_addr *ctx,
 	const struct kmesh_udp_rev_value *rv;
 	struct kmesh_udp_rev_value v;
 	struct kmesh_frontend_value fe;
-	__u32 backend_id = 0;
+	struct udp_pick pick = {};
 	__u64 cookie;
 	int idx, ret;
 
@@ -148,14 +166,16 @@ static __always_inline int udp_sendmsg_xlate(struct bpf_sock_addr *ctx,
 			return 0;
 		}
 	}
-	ret = sock_select_endpoint(ctx, key, family, addr, port, &backend_id);
+	ret = udp_select(ctx, key, family, &pick);
 	if (ret) {
 		if (ret != -ENOENT)
 			udp_stat_inc(KMESH_UDP_STAT_SEND_REFUSED);
 		return ret;
 	}
+	__builtin_memcpy(addr, pick.addr, 16);
+	*port = pick.port;
 	udp_stat_inc(KMESH_UDP_STAT_SEND_PICKED);
-	udp_rev_store(cookie, &v, key, fe.service_id, backend_id, addr, *port);
+	udp_rev_store(cookie, &v, key, fe.service_id, pick.backend_id, addr, *port);
 	return 0;
 }
 

@@ -127,8 +127,9 @@ static __always_inline bool wp_caller_owns(struct bpf_sock_addr *ctx, const __u3
  * socket's family). Only the first WP_POD_SCAN endpoint slots are tried: a waypoint deployment with
  * more replicas than that may see some of its own connects sent back to a sibling replica.
  */
-static __always_inline bool wp_caller_is_waypoint_pod(struct bpf_sock_addr *ctx, const __u32 addr[4],
-						      __u16 port, __u16 lookup_port, bool v4)
+static __always_inline bool wp_caller_is_waypoint_pod(struct bpf_sock_addr *ctx,
+						      const __u32 addr[4], __u16 port,
+						      __u16 lookup_port, bool v4)
 {
 	const struct kmesh_frontend_value *fe_ptr;
 	const struct kmesh_service_value *svc_ptr;
@@ -202,7 +203,8 @@ static __always_inline bool wp_caller_is_waypoint(struct bpf_sock_addr *ctx, con
 	if (!sk)
 		return false;
 	bpf_sk_release(sk);
-	return wp_caller_owns(ctx, addr, v4) || wp_caller_is_waypoint_pod(ctx, addr, port, lookup_port, v4);
+	return wp_caller_owns(ctx, addr, v4) ||
+	       wp_caller_is_waypoint_pod(ctx, addr, port, lookup_port, v4);
 }
 
 /*
@@ -247,7 +249,8 @@ static __always_inline int wp_select(struct bpf_sock_addr *ctx, struct kmesh_fro
 		wp_stat_inc(KMESH_WP_STAT_SELF);
 		return 0;
 	}
-	if (wp_caller_is_waypoint(ctx, wp_addr, wp.port, wp.lookup_port, family == KMESH_FAMILY_V4)) {
+	if (wp_caller_is_waypoint(ctx, wp_addr, wp.port, wp.lookup_port,
+				  family == KMESH_FAMILY_V4)) {
 		wp_stat_inc(KMESH_WP_STAT_FROM_WAYPOINT);
 		return 0;
 	}

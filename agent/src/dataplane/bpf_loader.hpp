@@ -119,9 +119,8 @@ class Dataplane {
     void reconcile(const PinLayout& layout);
 
     std::array<int, kMapCount> map_fds() const;
-    int stats_fd() const;      // per-CPU km_stats (enum kmesh_stat slots)
-    int udp_stats_fd() const;  // per-CPU km_udp_stats (enum kmesh_udp_stat slots)
     int stats_fd() const;           // per-CPU km_stats (enum kmesh_stat slots)
+    int udp_stats_fd() const;       // per-CPU km_udp_stats (enum kmesh_udp_stat slots)
     int accel_stats_fd() const;     // per-CPU km_accel_stats (enum kmesh_accel_stat slots)
     int accel_sockhash_fd() const;  // km_accel_sockhash
     // Same-node acceleration: whether sockops inserts connections, and why not when asked to.
