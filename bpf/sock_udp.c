@@ -42,48 +42,6 @@ static __always_inline int udp_rev_find_vip(const struct kmesh_udp_rev_value *v,
 }
 
 /*
- * Stores the translation key -> (addr, port) in the socket's entry `v` (the caller's copy of what
- * the map held, zeroed if nothing): in key's own slot, else the first free one, else the oldest.
- * The whole value is written with one update: a concurrent recvmsg sees the old or the new one.
- */
-static __always_inline void udp_rev_store(__u64 cookie, struct kmesh_udp_rev_value *v,
-					  const struct kmesh_frontend_key *key, __u32 service_id,
-					  __u32 backend_id, const __u32 addr[4], __u16 port)
-{
-	const struct kmesh_backend_value *be = backend_lookup(backend_id);
-	struct kmesh_udp_rev_slot *s;
-	int idx = udp_rev_find_vip(v, key);
-	__u64 name_hash;
-
-	if (!be) /* removed since the pick: the reply will not be translated anyway */
-		return;
-	name_hash = be->name_hash;
-	if (idx < 0) {
-		if (v->used < KMESH_UDP_REV_SLOTS) {
-			idx = v->used;
-			v->used = idx + 1;
-		} else {
-			idx = v->next % KMESH_UDP_REV_SLOTS;
-			v->next = idx + 1;
-			udp_stat_inc(KMESH_UDP_STAT_SLOT_EVICTED);
-		}
-	}
-	if (idx < 0 || idx >= KMESH_UDP_REV_SLOTS)
-		return;
-	s = &v->slot[idx];
-	__builtin_memcpy(s->backend_addr, addr, 16);
-	__builtin_memcpy(s->vip_addr, key->addr, 16);
-	s->backend_name_hash = name_hash;
-	s->service_id = service_id;
-	s->backend_id = backend_id;
-	s->backend_port = port;
-	s->vip_port = key->port;
-	s->pad = 0;
-	if (bpf_map_update_elem(&km_udp_rev, &cookie, v, BPF_ANY))
-		udp_stat_inc(KMESH_UDP_STAT_REV_FAILED);
-}
-
-/*
  * The socket's backend for this VIP, when it still serves it: the same workload at the same
  * address and target port, and the service still has endpoints of this family (scaled to zero:
  * refused by the fresh pick instead). Keeping it makes a socket's datagrams to one service go to
@@ -127,6 +85,90 @@ static __noinline int udp_select(struct bpf_sock_addr *ctx, const struct kmesh_f
 }
 
 /*
+ * Stores the translation key -> pick in the socket's reverse entry: in key's own slot, else the
+ * first free one, else the oldest. The entry is copied to the stack (an LRU element may be evicted
+ * and reused for another socket while we hold it) and written back whole with one update, so a
+ * concurrent recvmsg sees the old or the new one. A subprogram: the 264-byte copy gets a frame of
+ * its own instead of adding to sendmsg's (the verifier limits the frames of a call chain to 512).
+ */
+static __noinline void udp_rev_store(__u64 cookie, const struct kmesh_frontend_key *key,
+				     __u32 service_id, const struct udp_pick *pick)
+{
+	const struct kmesh_backend_value *be = backend_lookup(pick->backend_id);
+	const struct kmesh_udp_rev_value *rv;
+	struct kmesh_udp_rev_value v;
+	struct kmesh_udp_rev_slot *s;
+	__u64 name_hash;
+	int idx;
+
+	if (!be) /* removed since the pick: the reply will not be translated anyway */
+		return;
+	name_hash = be->name_hash;
+	rv = bpf_map_lookup_elem(&km_udp_rev, &cookie);
+	if (rv)
+		__builtin_memcpy(&v, rv, sizeof(v));
+	else
+		__builtin_memset(&v, 0, sizeof(v));
+	if (v.used > KMESH_UDP_REV_SLOTS)
+		v.used = KMESH_UDP_REV_SLOTS;
+	idx = udp_rev_find_vip(&v, key);
+	if (idx < 0) {
+		if (v.used < KMESH_UDP_REV_SLOTS) {
+			idx = v.used;
+			v.used = idx + 1;
+		} else {
+			idx = v.next % KMESH_UDP_REV_SLOTS;
+			v.next = idx + 1;
+			udp_stat_inc(KMESH_UDP_STAT_SLOT_EVICTED);
+		}
+	}
+	if (idx < 0 || idx >= KMESH_UDP_REV_SLOTS)
+		return;
+	s = &v.slot[idx];
+	__builtin_memcpy(s->backend_addr, pick->addr, 16);
+	__builtin_memcpy(s->vip_addr, key->addr, 16);
+	s->backend_name_hash = name_hash;
+	s->service_id = service_id;
+	s->backend_id = pick->backend_id;
+	s->backend_port = pick->port;
+	s->vip_port = key->port;
+	s->pad = 0;
+	if (bpf_map_update_elem(&km_udp_rev, &cookie, &v, BPF_ANY))
+		udp_stat_inc(KMESH_UDP_STAT_REV_FAILED);
+}
+
+/*
+ * The socket's kept backend for key, if udp_keep_slot() says it still serves: fills *out. Reads
+ * only the matching slot (a 64-byte copy, validated as a whole) in its own frame.
+ */
+static __noinline bool udp_rev_kept(__u64 cookie, const struct kmesh_frontend_key *key,
+				    const struct kmesh_frontend_value *fe, __u32 family,
+				    struct udp_pick *out)
+{
+	const struct kmesh_udp_rev_value *rv = bpf_map_lookup_elem(&km_udp_rev, &cookie);
+	struct kmesh_udp_rev_slot s;
+	__u32 used;
+
+	if (!rv)
+		return false;
+	used = rv->used;
+	for (int i = 0; i < KMESH_UDP_REV_SLOTS; i++) {
+		if ((__u32)i >= used)
+			break;
+		__builtin_memcpy(&s, &rv->slot[i], sizeof(s));
+		if (s.vip_port != key->port || !addr16_eq(s.vip_addr, key->addr))
+			continue;
+		if (!udp_keep_slot(&s, key, fe, family))
+			return false;
+		__builtin_memcpy(out->addr, s.backend_addr, 16);
+		out->port = s.backend_port;
+		out->backend_id = s.backend_id;
+		return true;
+	}
+	return false;
+}
+
+/*
  * An unconnected datagram to key (VIP:port, 16-byte form). On 0, addr/port hold the endpoint.
  * -ENOENT: not a service, left alone. Other -errno: the send fails.
  */
@@ -135,36 +177,20 @@ static __always_inline int udp_sendmsg_xlate(struct bpf_sock_addr *ctx,
 					     __u32 addr[4], __u16 *port)
 {
 	const struct kmesh_frontend_value *fe_ptr = frontend_lookup(key);
-	const struct kmesh_udp_rev_value *rv;
-	struct kmesh_udp_rev_value v;
 	struct kmesh_frontend_value fe;
 	struct udp_pick pick = {};
 	__u64 cookie;
-	int idx, ret;
+	int ret;
 
 	if (!fe_ptr)
 		return -ENOENT; /* not a service: no socket state is read or made */
 	fe = *fe_ptr;
 	cookie = bpf_get_socket_cookie(ctx);
-	/* A copy: an LRU element may be evicted and reused for another socket while we hold it. */
-	rv = bpf_map_lookup_elem(&km_udp_rev, &cookie);
-	if (rv)
-		__builtin_memcpy(&v, rv, sizeof(v));
-	else
-		__builtin_memset(&v, 0, sizeof(v));
-	if (v.used > KMESH_UDP_REV_SLOTS)
-		v.used = KMESH_UDP_REV_SLOTS;
-
-	idx = udp_rev_find_vip(&v, key);
-	if (idx >= 0 && idx < KMESH_UDP_REV_SLOTS) {
-		struct kmesh_udp_rev_slot s = v.slot[idx];
-
-		if (udp_keep_slot(&s, key, &fe, family)) {
-			__builtin_memcpy(addr, s.backend_addr, 16);
-			*port = s.backend_port;
-			udp_stat_inc(KMESH_UDP_STAT_SEND_KEPT);
-			return 0;
-		}
+	if (udp_rev_kept(cookie, key, &fe, family, &pick)) {
+		__builtin_memcpy(addr, pick.addr, 16);
+		*port = pick.port;
+		udp_stat_inc(KMESH_UDP_STAT_SEND_KEPT);
+		return 0;
 	}
 	ret = udp_select(ctx, key, family, &pick);
 	if (ret) {
@@ -175,7 +201,7 @@ static __always_inline int udp_sendmsg_xlate(struct bpf_sock_addr *ctx,
 	__builtin_memcpy(addr, pick.addr, 16);
 	*port = pick.port;
 	udp_stat_inc(KMESH_UDP_STAT_SEND_PICKED);
-	udp_rev_store(cookie, &v, key, fe.service_id, pick.backend_id, addr, *port);
+	udp_rev_store(cookie, key, fe.service_id, &pick);
 	return 0;
 }
 
