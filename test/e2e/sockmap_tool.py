@@ -41,6 +41,9 @@ def pattern(n, seed=7):
     return bytes(out[:n])
 
 
+# Spurious EAGAINs from blocking recv() (see Conn.recv); reported on stderr at exit.
+SPURIOUS_EAGAIN = 0
+
 class Conn:
     """A socket with blocking or non-blocking (epoll) reads and writes."""
 
@@ -63,8 +66,15 @@ class Conn:
                 return self.s.recv(n)
             except BlockingIOError:
                 if not self.nonblock:
-                    # A blocking socket must never say EAGAIN (tcp_bpf's known wake-up quirk).
-                    raise RuntimeError("blocking recv() returned EAGAIN")
+                    # A blocking socket should never say EAGAIN, but tcp_bpf's recvmsg does when a
+                    # wake-up finds no data (the kernel quirk that keeps --sockmap off by default,
+                    # docs/sockmap.md). Counted and reported (the test logs it as KNOWN), then read
+                    # again: the bytes must still all arrive, intact.
+                    global SPURIOUS_EAGAIN
+                    SPURIOUS_EAGAIN += 1
+                    if SPURIOUS_EAGAIN > 10000:
+                        raise RuntimeError("blocking recv() keeps returning EAGAIN")
+                    continue
                 self._wait(select.EPOLLIN | select.EPOLLRDHUP)
 
     def sendall(self, data):
@@ -220,4 +230,8 @@ def main():
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    try:
+        main()
+    finally:
+        if SPURIOUS_EAGAIN:
+            print(f"KNOWN - blocking recv() returned EAGAIN {SPURIOUS_EAGAIN} time(s) (tcp_bpf)", file=sys.stderr)
