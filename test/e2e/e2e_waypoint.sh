@@ -178,9 +178,12 @@ check "the real waypoint's own connect still goes straight to the backend ($out)
 # carried exactly the TLV). Connects to a waypoint's own address are never redirected, so these
 # bytes reach it as sent.
 raw() { pod_exec client $WPY raw "${WP[0]}" 15019 "$1"; }
-check "plain bytes are rejected" test "$(raw 474554202f20485454502f312e310d0a)" = reset
-check "a wrong length (7) is rejected" test "$(raw 01000000070a60000a0050fe00000000)" = reset
-check "a missing end marker is rejected" test "$(raw 01000000060a60000a0050ff00000000)" = reset
+out=$(raw 474554202f20485454502f312e310d0a)
+check "plain bytes are rejected ($out)" test "$out" = reset
+out=$(raw 01000000070a60000a0050fe00000000)
+check "a wrong length (7) is rejected ($out)" test "$out" = reset
+out=$(raw 01000000060a60000a0050ff00000000)
+check "a missing end marker is rejected ($out)" test "$out" = reset
 check "and each was logged as a rejection" test "$(grep -c '"event": "reject"' "$WPLOG")" = 3
 check "a hand-made valid TLV is accepted (the oracle is not the code under test)" \
     grep -q "^backend 3 " <<<"$(raw 01000000060a60000a0050fe00000000616263)"

@@ -224,7 +224,12 @@ def raw(argv):
     except ConnectionResetError:
         print("reset")
     except OSError as e:
-        print("error " + errno.errorcode.get(e.errno, str(e)))
+        # The waypoint's RST can land before our shutdown() or recv() runs (a loaded machine):
+        # shutdown() on a reset socket fails with ENOTCONN, a send with EPIPE. Both mean reset.
+        if e.errno in (errno.ENOTCONN, errno.EPIPE):
+            print("reset")
+        else:
+            print("error " + errno.errorcode.get(e.errno, str(e)))
 
 
 def main():
