@@ -286,11 +286,11 @@ CNIVER=1.0.0
 out=$(echo '{"cniVersion":"1.0.0","type":"kmesh-cni","logFile":"","prevResult":{}}' |
     CNI_COMMAND=ADD CNI_CONTAINERID=$CID CNI_NETNS=/x CNI_IFNAME=eth0 CNI_PATH=/opt "$CNI") && fail "no name accepted"
 valid_error "$out" 7 || fail "config without name: $out"
-start=$(date +%s%N)
+# Refused as a config error (code 7), before any search: a walk of / would end in "container
+# unknown" or time out instead. (No wall-clock bound: tests run side by side on a loaded machine.)
 out=$(echo '{"cniVersion":"1.0.0","name":"e2e","type":"kmesh-cni","cgroupRoot":"/","bpffsRoot":"'$BPFFS'","logFile":"","prevResult":{}}' |
     CNI_COMMAND=ADD CNI_CONTAINERID=$CID CNI_NETNS=/x CNI_IFNAME=eth0 CNI_PATH=/opt CNI_ARGS="K8S_POD_UID=nope" "$CNI") &&
     fail "cgroupRoot / accepted"
 valid_error "$out" 7 || fail "cgroupRoot /: $out"
-(( ($(date +%s%N) - start) / 1000000 < 1000 )) || fail "cgroupRoot / took more than 1 s"
 [[ $(stat -c %s "$default_log" 2>/dev/null || echo none) == "$default_before" ]] ||
     fail "$default_log was written although logFile says $TMP/cni.log"
