@@ -24,7 +24,7 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 5
+#define KMESH_ABI_VERSION 6
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
@@ -601,5 +601,91 @@ enum kmesh_accel_stat {
 };
 
 /* ===================== end sockmap ===================== */
+
+/* ===================== telemetry (issue 11; docs/telemetry.md) ====================
+ * Owned by the telemetry work (bpf/include/telemetry.h, sockops in bpf/waypoint.c, the iterator
+ * in bpf/sock_telemetry.c; agent/src/telemetry/).
+ *
+ * km_conn            socket storage: one entry per TCP connection tracked for metrics (created at
+ *                    ACTIVE/PASSIVE_ESTABLISHED in an enrolled pod's cgroup while monitoring is on;
+ *                    STATE_CB reports its close). Freed with the socket.
+ * km_conn_events     BPF ring buffer of struct kmesh_conn_event. A full buffer drops the event and
+ *                    counts it (KMESH_TEL_STAT_DROPPED); nothing ever waits on it.
+ * km_tel_config      array[1] of struct kmesh_tel_config, written by the agent at run time.
+ * km_tel_stats       per-CPU counters (enum kmesh_tel_stat).
+ * iter_conn_report   iter/bpf_sk_storage_map over km_conn: run by the agent every flush interval
+ *                    (and before a scrape); emits a KMESH_CONN_EV_UPDATE for each open connection
+ *                    whose byte counters moved since its last report, so long-lived connections
+ *                    report bytes while open. Nothing runs per packet.
+ *
+ * Byte counters are the kernel's tcp_sock bytes_acked (our side's payload the peer acknowledged;
+ * the SYN and FIN count one each) and bytes_received. Events carry deltas since the previous report
+ * of the same connection and role, so the agent only adds.
+ */
+#define KMESH_DEFAULT_TEL_RINGBUF_BYTES (256 * 1024) /* power of two, multiple of the page size */
+
+enum kmesh_conn_event_type {
+	KMESH_CONN_EV_OPEN = 1,	  /* established (sent/recv 0) */
+	KMESH_CONN_EV_UPDATE = 2, /* still open: bytes since the last report (iterator) */
+	KMESH_CONN_EV_CLOSE = 3,  /* closed: bytes since the last report, duration */
+	KMESH_CONN_EV_DENIED = 4, /* refused by authorization (sk_lookup): no socket was created */
+};
+
+enum kmesh_conn_role {
+	KMESH_CONN_ROLE_SOURCE = 1,	 /* the socket of the client, in an enrolled pod (reporter=source) */
+	KMESH_CONN_ROLE_DESTINATION = 2, /* the accepted socket, in an enrolled pod (reporter=destination) */
+};
+
+/* kmesh_conn_event.flags */
+#define KMESH_CONN_F_TRANSLATED (1u << 0) /* connect() went to a service VIP (orig_addr/port set) */
+#define KMESH_CONN_F_WAYPOINT (1u << 1)	  /* sent to a waypoint */
+#define KMESH_CONN_F_V4 (1u << 2)	  /* IPv4 (addresses are IPv4-mapped) */
+#define KMESH_CONN_F_ACCEL (1u << 3)	  /* bytes moved by sockmap acceleration (not in TCP counters) */
+
+struct kmesh_conn_event {
+	__u64 cookie;	   /* socket cookie (DENIED: 0) */
+	__u64 ts_ns;	   /* bpf_ktime_get_ns() at the event */
+	__u64 duration_ns; /* CLOSE: since established; else 0 */
+	__u64 sent_bytes;  /* this socket's payload acknowledged by the peer, since the last report */
+	__u64 recv_bytes;  /* payload this socket received, since the last report */
+	/* Addresses as this socket sees them; IPv4-mapped for IPv4; ports in host byte order. */
+	__u8 local_addr[16];
+	__u8 remote_addr[16]; /* the peer actually connected (a backend, not the VIP) */
+	__u8 orig_addr[16];   /* SOURCE with KMESH_CONN_F_TRANSLATED: the VIP connect() was given */
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 orig_port;
+	__u8 type;  /* enum kmesh_conn_event_type */
+	__u8 role;  /* enum kmesh_conn_role */
+	__u32 flags; /* KMESH_CONN_F_* */
+	__u32 reason; /* DENIED: enum kmesh_authz_... decision detail (0 = denied by policy); else 0 */
+};
+
+struct kmesh_conn {
+	__u64 start_ns;
+	__u64 reported_sent; /* bytes_acked at the last report */
+	__u64 reported_recv; /* bytes_received at the last report */
+	__u8 orig_addr[16];
+	__u16 orig_port; /* host byte order */
+	__u8 role;
+	__u8 closed; /* CLOSE reported: the iterator skips it */
+	__u32 flags;
+};
+
+/* km_tel_config[0]. enabled=0 tracks nothing new (connections already tracked still report). */
+struct kmesh_tel_config {
+	__u32 enabled;
+	__u32 pad;
+};
+
+enum kmesh_tel_stat {
+	KMESH_TEL_STAT_EVENTS = 0,	   /* events written to km_conn_events */
+	KMESH_TEL_STAT_DROPPED = 1,	   /* events lost: ring buffer full */
+	KMESH_TEL_STAT_NO_STORAGE = 2,	   /* connection not tracked: socket storage not created */
+	KMESH_TEL_STAT_TRACKED = 3,	   /* connections tracked (either role) */
+	KMESH_TEL_STAT_MAX = 4,
+};
+
+/* ===================== end telemetry ===================== */
 
 #endif /* KMESH_ABI_H */

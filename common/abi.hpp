@@ -99,6 +99,18 @@ static_assert(offsetof(kmesh_accel_key, remote) == 16);
 static_assert(offsetof(kmesh_accel_key, local_port) == 32);
 static_assert(offsetof(kmesh_accel_key, remote_port) == 34);
 static_assert(sizeof(kmesh_accel_sock) == 8);
+// Telemetry (issue 11): ring buffer records and the per-connection socket storage.
+static_assert(sizeof(kmesh_conn_event) == 104);
+static_assert(offsetof(kmesh_conn_event, local_addr) == 40);
+static_assert(offsetof(kmesh_conn_event, orig_addr) == 72);
+static_assert(offsetof(kmesh_conn_event, local_port) == 88);
+static_assert(offsetof(kmesh_conn_event, type) == 94);
+static_assert(offsetof(kmesh_conn_event, flags) == 96);
+static_assert(offsetof(kmesh_conn_event, reason) == 100);
+static_assert(sizeof(kmesh_conn) == 48);
+static_assert(offsetof(kmesh_conn, orig_port) == 40);
+static_assert(offsetof(kmesh_conn, flags) == 44);
+static_assert(sizeof(kmesh_tel_config) == 8);
 
 inline bool operator<(const kmesh_wp_dest_key& a, const kmesh_wp_dest_key& b) {
     return std::memcmp(&a, &b, sizeof a) < 0;
