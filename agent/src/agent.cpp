@@ -15,6 +15,7 @@
 
 #include "agent/src/sources/file/file_watcher.hpp"
 #include "agent/src/sources/xds/source.hpp"
+#include "agent/src/telemetry/metrics_server.hpp"
 
 namespace kmesh {
 
@@ -57,6 +58,8 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->mesh_.mark_all_dirty();  // the first plan compares everything the maps hold
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
                                                  MapCapacity::of(options.sizes), agent->metrics_);
+    agent->note_map_entries();
+    agent->telemetry_ = std::make_unique<telemetry::Telemetry>(options.telemetry);
     agent->authz_ops_ = std::make_unique<policy::KernelAuthzMapOps>(agent->dataplane_->authz_map_fds());
     agent->authz_writer_ = std::make_unique<policy::AuthzWriter>(*agent->authz_ops_, options.sizes.authz);
     if (Status st = agent->authz_writer_->recover(); !st)
@@ -107,9 +110,28 @@ void Agent::wake_main_loop() {
     if (write(wake_fd_, &one, sizeof one) < 0) spdlog::warn("eventfd: {}", std::strerror(errno));
 }
 
+void Agent::note_map_entries() {
+    MapCounts n = writer_->entries();
+    for (int i = 0; i < kMapCount; i++) metrics_.map_entries[i] = n[i];
+}
+
+void Agent::on_conn_event(const telemetry::ConnEvent& ev) { telemetry_->on_event(ev); }
+
+void Agent::set_before_scrape(std::function<void()> hook) {
+    std::lock_guard lock(hooks_mu_);
+    before_scrape_ = std::move(hook);
+}
+
+void Agent::set_on_monitoring_enabled(std::function<void(bool)> hook) {
+    std::lock_guard lock(hooks_mu_);
+    on_monitoring_enabled_ = std::move(hook);
+}
+
 Agent::Reload Agent::sync_maps(std::string* error) {
     auto t0 = std::chrono::steady_clock::now();
     metrics_.vip_conflicts = mesh_.vip_conflict_count();
+    // Telemetry follows the model (names behind addresses), in proportion to what changed.
+    telemetry_->update_model(mesh_.model(), mesh_.take_model_changes());
     Dirty dirty = mesh_.take_dirty();
     // Authorization first: a policy-only change leaves `dirty` empty. Its failure (a full map) keeps
     // the last good generation serving and makes this sync fail, so it is retried with backoff.
@@ -128,6 +150,7 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     // would serve some services and not others, and every retry would rewrite the same half.
     std::string err = writer_->apply(plan);
     int64_t write_us = micros_since(t1);
+    note_map_entries();
     if (!err.empty()) {
         mesh_.mark_all_dirty();  // the retry compares everything again
         *error = fmt::format("{} (after {} us; every service in the maps stays consistent)", err, write_us);
@@ -284,6 +307,16 @@ int Agent::run() {
         return 1;
     }
     start_admin();
+    start_metrics_server();
+    {
+        // The kernel learns the monitoring setting the agent starts with.
+        std::function<void(bool)> hook;
+        {
+            std::lock_guard lock(hooks_mu_);
+            hook = on_monitoring_enabled_;
+        }
+        if (hook) hook(telemetry_->settings().enabled);
+    }
     if (options_.install_cni) {
         // On its own thread, started after the signal mask so that it inherits it. Stopping it (or
         // a restart) leaves everything installed: pods keep being created while the agent is down.
@@ -423,6 +456,7 @@ int Agent::run() {
     if (xds_client_) xds_client_->stop();
     if (closer_) closer_->stop();
     cni_installer_.reset();
+    metrics_server_.reset();
     close(sfd);
     return rc;
 }

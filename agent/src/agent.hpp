@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -21,11 +22,16 @@
 #include "agent/src/policy/hits.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
+#include "agent/src/telemetry/conn_event.hpp"
+#include "agent/src/telemetry/telemetry.hpp"
 
 namespace kmesh {
 
 namespace xds {
 class Source;
+}
+namespace telemetry {
+class MetricsServer;
 }
 
 struct AgentOptions {
@@ -42,6 +48,11 @@ struct AgentOptions {
     // Enrolment by labels (agent/src/enrolment): set when there is a kube config and a node name.
     std::shared_ptr<kube::Api> kube_api;
     std::optional<enrolment::ReconcilerOptions> enrolment;
+    // Telemetry (docs/telemetry.md): Prometheus on metrics_address:metrics_port/stats/prometheus
+    // (0: none), the access log, series grace.
+    telemetry::TelemetryOptions telemetry;
+    std::string metrics_address = "0.0.0.0";
+    int metrics_port = 15020;
 };
 
 // Exponential retry delay for failed map writes: 1 s doubling to 30 s. A new source generation
@@ -87,6 +98,21 @@ class Agent {
     policy::AuthzReport authz_report() const { return authz_writer_->report(); }
     // Readiness: "" once the first full state is applied and the programs are published; else why not.
     std::string not_ready_reason();
+
+    // Telemetry. A decoded kernel connection event (any thread: the event reader's).
+    void on_conn_event(const telemetry::ConnEvent& ev);
+    telemetry::Telemetry& telemetry() { return *telemetry_; }
+    // Hooks, set before run(): called before each scrape renders (the event reader's flush, so
+    // that long-lived connections' bytes are in), and when monitoring is switched on or off at
+    // run time (and once at start) to tell the kernel (km_tel_config).
+    void set_before_scrape(std::function<void()> hook);
+    void set_on_monitoring_enabled(std::function<void(bool)> hook);
+    // GET/POST /debug/monitoring: the settings as JSON; a POST changes them from its query
+    // (enabled=true|false, accesslog=on|off) or JSON body ({"enabled": bool, "access_log": bool}).
+    // *status is the HTTP status (400: bad arguments, nothing changed).
+    std::string monitoring_json();
+    std::string set_monitoring(const std::string& body, const std::string& enabled_param,
+                               const std::string& accesslog_param, int* status);
 
   private:
     enum class Reload { kApplied, kUnchanged, kRejected, kFailed };
@@ -149,6 +175,15 @@ class Agent {
     std::unique_ptr<enrolment::Reconciler> enrolment_;   // started by run() when configured
     // Closes existing connections a policy change now denies (after every applied generation).
     std::unique_ptr<policy::ConnectionCloser> closer_;
+
+    std::unique_ptr<telemetry::Telemetry> telemetry_;           // made by start()
+    std::unique_ptr<telemetry::MetricsServer> metrics_server_;  // started by run()
+    std::mutex hooks_mu_;
+    std::function<void()> before_scrape_;              // hooks_mu_
+    std::function<void(bool)> on_monitoring_enabled_;  // hooks_mu_
+    std::mutex monitoring_mu_;                         // one settings change at a time
+    void start_metrics_server();
+    void note_map_entries();  // the writer's entry counts into metrics_ (mu_ held, or before threads)
 };
 
 }  // namespace kmesh
