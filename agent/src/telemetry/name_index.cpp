@@ -38,7 +38,7 @@ bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
         by_addr_.clear();
         services_.clear();
         by_vip_.clear();
-        peer_keys_.clear();
+        peers_.clear();
         pods_.clear();
         service_keys_.clear();
         for (const auto& [key, s] : model.services) add_service(s);
@@ -57,26 +57,31 @@ bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
 }
 
 void NameIndex::add_workload(const Workload& w) {
+    PeerLabels l;
+    l.namespace_ = w.namespace_;
+    l.workload = or_unknown(w.naming->workload_name);
+    l.principal = w.service_account.empty() || w.namespace_.empty()
+                      ? std::string(kUnknown)
+                      : "spiffe://" +
+                            (w.trust_domain.empty() ? std::string("cluster.local") : w.trust_domain) +
+                            "/ns/" + w.namespace_ + "/sa/" + w.service_account;
+    l.canonical_service = or_unknown(w.naming->canonical_name);
+    l.canonical_revision = or_unknown(w.naming->canonical_revision);
+    l.cluster = w.placement->cluster_id.empty() ? default_cluster_ : w.placement->cluster_id;
+    l.label_key = l.workload + '\x1f' + or_unknown(l.namespace_) + '\x1f' + l.principal + '\x1f' +
+                  l.canonical_service + '\x1f' + l.canonical_revision + '\x1f' + l.cluster;
+    Pooled& pooled = peers_[l.label_key];
+    if (!pooled.labels) pooled.labels = std::make_unique<PeerLabels>(std::move(l));
+    pooled.refs++;
+
     auto p = std::make_unique<PeerInfo>();
     p->uid = w.uid;
     p->name = w.name;
-    p->namespace_ = w.namespace_;
-    p->workload = or_unknown(w.naming->workload_name);
-    p->principal = w.service_account.empty() || w.namespace_.empty()
-                       ? std::string(kUnknown)
-                       : "spiffe://" +
-                             (w.trust_domain.empty() ? std::string("cluster.local") : w.trust_domain) +
-                             "/ns/" + w.namespace_ + "/sa/" + w.service_account;
-    p->canonical_service = or_unknown(w.naming->canonical_name);
-    p->canonical_revision = or_unknown(w.naming->canonical_revision);
-    p->cluster = w.placement->cluster_id.empty() ? default_cluster_ : w.placement->cluster_id;
+    p->labels = pooled.labels.get();
     p->addresses = w.addresses;
     p->services = w.services;
     p->host_network = w.network_mode == NetworkMode::kHostNetwork;
-    p->label_key = p->workload + '\x1f' + or_unknown(p->namespace_) + '\x1f' + p->principal + '\x1f' +
-                   p->canonical_service + '\x1f' + p->canonical_revision + '\x1f' + p->cluster;
     for (const auto& a : p->addresses) by_addr_[a].push_back(p.get());
-    peer_keys_[p->label_key]++;
     pods_[p->pod_key()]++;
     workloads_[w.uid] = std::move(p);
 }
@@ -91,9 +96,10 @@ void NameIndex::remove_workload(const std::string& uid) {
         erase_ptr(at->second, p);
         if (at->second.empty()) by_addr_.erase(at);
     }
-    release(peer_keys_, p->label_key);
     release(pods_, p->pod_key());
+    auto pooled = peers_.find(p->labels->label_key);
     workloads_.erase(it);
+    if (pooled != peers_.end() && --pooled->second.refs == 0) peers_.erase(pooled);
 }
 
 void NameIndex::add_service(const Service& s) {

@@ -17,21 +17,27 @@ namespace kmesh::telemetry {
 
 inline constexpr const char* kUnknown = "unknown";
 
-// A workload, with its Istio label values already worked out ("unknown" where the model lacks one).
-struct PeerInfo {
-    std::string uid;
-    std::string name;        // the pod (Workload.name)
+// The Istio label values of a workload ("unknown" where the model lacks one). Replicas share them:
+// one object per distinct set, reference-counted by the index.
+struct PeerLabels {
     std::string namespace_;  // "" when the model gives none
     std::string workload;    // Istio's source/destination_workload (Workload.workload_name)
     std::string principal;   // spiffe://<trust domain>/ns/<ns>/sa/<sa>
     std::string canonical_service, canonical_revision, cluster;
+    // These values joined: a series naming this peer lives while some workload has them.
+    std::string label_key;
+};
+
+// A workload as telemetry names it.
+struct PeerInfo {
+    std::string uid;
+    std::string name;  // the pod (Workload.name)
+    const PeerLabels* labels = nullptr;
     std::vector<IpAddr> addresses;
     std::map<std::string, std::vector<ServicePort>> services;  // "namespace/hostname" -> ports
     bool host_network = false;
-    // These label values joined: a series naming this peer lives while some workload has them.
-    std::string label_key;
     // "namespace/name": the per-workload series of this pod live while it is in the model.
-    std::string pod_key() const { return namespace_ + "/" + name; }
+    std::string pod_key() const { return labels->namespace_ + "/" + name; }
 };
 
 struct ServiceInfo {
@@ -63,7 +69,7 @@ class NameIndex {
     // one of its service ports, the workload's own mapping first).
     const ServiceInfo* service_of(const PeerInfo& w, uint16_t port) const;
 
-    bool peer_live(const std::string& label_key) const { return peer_keys_.count(label_key) > 0; }
+    bool peer_live(const std::string& label_key) const { return peers_.count(label_key) > 0; }
     bool pod_live(const std::string& pod_key) const { return pods_.count(pod_key) > 0; }
     bool service_live(const std::string& label_key) const { return service_keys_.count(label_key) > 0; }
 
@@ -81,7 +87,12 @@ class NameIndex {
     std::unordered_map<IpAddr, std::vector<const PeerInfo*>, IpAddrHash> by_addr_;
     std::map<std::string, ServiceInfo> services_;  // by key (nodes are stable: by_vip_ points at them)
     std::unordered_map<IpAddr, std::vector<const ServiceInfo*>, IpAddrHash> by_vip_;
-    std::unordered_map<std::string, uint32_t> peer_keys_, pods_, service_keys_;  // reference counts
+    struct Pooled {
+        uint32_t refs = 0;
+        std::unique_ptr<PeerLabels> labels;
+    };
+    std::unordered_map<std::string, Pooled> peers_;                  // by label key
+    std::unordered_map<std::string, uint32_t> pods_, service_keys_;  // reference counts
 };
 
 }  // namespace kmesh::telemetry

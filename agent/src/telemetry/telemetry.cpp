@@ -107,17 +107,19 @@ std::shared_ptr<S> series_for(std::unordered_map<std::string, std::shared_ptr<S>
 }
 
 void append_peer(std::string& l, const char* side, const PeerInfo* p) {
+    const PeerLabels* x = p ? p->labels : nullptr;
     auto label = [&](const char* name, const std::string& v) {
-        append_label(l, fmt::format("{}_{}", side, name), p && !v.empty() ? v : std::string(kUnknown));
+        append_label(l, fmt::format("{}_{}", side, name), x && !v.empty() ? v : std::string(kUnknown));
     };
-    label("workload", p ? p->workload : "");
-    label("canonical_service", p ? p->canonical_service : "");
-    label("canonical_revision", p ? p->canonical_revision : "");
-    label("workload_namespace", p ? p->namespace_ : "");
-    label("principal", p ? p->principal : "");
-    label("app", p ? p->canonical_service : "");
-    label("version", p ? p->canonical_revision : "");
-    label("cluster", p ? p->cluster : "");
+    static const std::string none;
+    label("workload", x ? x->workload : none);
+    label("canonical_service", x ? x->canonical_service : none);
+    label("canonical_revision", x ? x->canonical_revision : none);
+    label("workload_namespace", x ? x->namespace_ : none);
+    label("principal", x ? x->principal : none);
+    label("app", x ? x->canonical_service : none);
+    label("version", x ? x->canonical_revision : none);
+    label("cluster", x ? x->cluster : none);
 }
 
 void append_service(std::string& l, const ServiceInfo* s) {
@@ -258,8 +260,8 @@ struct Telemetry::Impl {
             // path carries plain TCP.
             append_label(l, "connection_security_policy", src_role ? kUnknown : "none");
             std::vector<std::string> deps;
-            if (src) deps.push_back("p" + src->label_key);
-            if (dst) deps.push_back("p" + dst->label_key);
+            if (src) deps.push_back("p" + src->labels->label_key);
+            if (dst) deps.push_back("p" + dst->labels->label_key);
             if (svc) deps.push_back("s" + svc->label_key);
             r->istio = series_for(istio, std::move(l), std::move(deps));
         }
@@ -268,7 +270,7 @@ struct Telemetry::Impl {
             append_label(l, "reporter", reporter);
             append_label(l, "workload", local && !local->name.empty() ? local->name : kUnknown);
             append_label(l, "workload_namespace",
-                         local && !local->namespace_.empty() ? local->namespace_ : kUnknown);
+                         local && !local->labels->namespace_.empty() ? local->labels->namespace_ : kUnknown);
             std::vector<std::string> deps;
             if (local) deps.push_back("w" + local->pod_key());
             r->local = series_for(workloads, std::move(l), std::move(deps));
@@ -281,12 +283,12 @@ struct Telemetry::Impl {
         }
         if (src) {
             r->src_workload = src->name;
-            r->src_namespace = src->namespace_;
+            r->src_namespace = src->labels->namespace_;
         }
         if (svc) r->dst_service = svc->hostname;
         if (dst) {
             r->dst_workload = dst->name;
-            r->dst_namespace = dst->namespace_;
+            r->dst_namespace = dst->labels->namespace_;
         } else if (svc) {
             r->dst_namespace = svc->namespace_;
         }
