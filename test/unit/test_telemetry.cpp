@@ -389,7 +389,10 @@ TEST_CASE("telemetry: access log lines for closed and denied connections, rate-l
           std::set<std::string>{
               "kmesh_accesslog_lines_total 2", "kmesh_accesslog_dropped_total 1",
               "kmesh_workload_connections_denied_total{reporter=\"destination\",workload=\"echo-1\","
-              "workload_namespace=\"default\"} 2"});
+              "workload_namespace=\"default\"} 2",
+              // sleep-1's series as a client (made by its open) has none
+              "kmesh_workload_connections_denied_total{reporter=\"source\",workload=\"sleep-1\","
+              "workload_namespace=\"client-ns\"} 0"});
     // Half a second later one token is back (2 per second).
     f.clocks.mono += 500ms;
     f.clocks.wall += 500ms;
