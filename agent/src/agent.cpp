@@ -87,7 +87,7 @@ void Agent::start_telemetry() {
     const Dataplane& dp = *dataplane_;
     if (!dp.telemetry_available()) return;  // the loader logged why
     auto kernel = telemetry::make_kernel_telemetry(dp.conn_events_fd(), dp.tel_config_fd(), dp.tel_stats_fd(),
-                                                   dp.conn_iter_link_fd());
+                                                   dp.conn_iter_link_fd(), options_.layout.pods_dir());
     if (!kernel) {
         spdlog::error("telemetry off: {}", kernel.status().to_string());
         return;

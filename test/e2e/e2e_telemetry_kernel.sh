@@ -80,7 +80,7 @@ DENY='policies:
 - {name: deny-9090, namespace: default, scope: NAMESPACE, action: DENY, rules: [{clauses: [{matches: [{destination_ports: [9090]}]}]}]}'
 replace_file "$MESH" "$(echo_service "" "$(echo_workload backend "$B4" "$B6")")
 $DENY"
-wait_log "config generation 3 applied" 1
+wait_log "authz: 1 policies published" 1  # a policy-only change makes no new map generation
 out=$(pod_exec client python3 "$TOOL" once "$B4" 9090 10 10)
 check "the policy refuses the connection to port 9090: '$out'" test "$out" = "error ECONNREFUSED"
 poll_check "the refused connection is a DENIED event" denied "$C4" "$B4" 9090

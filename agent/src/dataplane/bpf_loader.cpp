@@ -183,16 +183,16 @@ std::string probe_ringbuf() {
                    : fmt::format("probing BPF ring buffers failed: {}", errno_text(rc));
 }
 
-// The socket-storage map iterator (5.9) with writable values: what reports the bytes of open
-// connections. Its target is a kernel function named bpf_iter_bpf_sk_storage_map. "" when present.
+// The TCP socket iterator with socket storage access (5.11): what reports the bytes of open
+// connections (bpf/sock_telemetry.c). Its target is a kernel function named bpf_iter_tcp. "" when present.
 std::string probe_conn_iter() {
     const char* pretend = getenv("KMESH_PRETEND_NO_CONN_ITER");
     if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_CONN_ITER is set";
     btf* vmlinux = btf__load_vmlinux_btf();
     if (!vmlinux) return fmt::format("cannot read the kernel BTF: {}", errno_text(errno));
-    const int id = btf__find_by_name_kind(vmlinux, "bpf_iter_bpf_sk_storage_map", BTF_KIND_FUNC);
+    const int id = btf__find_by_name_kind(vmlinux, "bpf_iter_tcp", BTF_KIND_FUNC);
     btf__free(vmlinux);
-    return id > 0 ? std::string() : "this kernel has no socket-storage map iterator (needs 5.9)";
+    return id > 0 ? std::string() : "this kernel has no TCP socket iterator (needs 5.9)";
 }
 
 }  // namespace
@@ -461,15 +461,12 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         }
         dp->programs_.push_back(std::move(p));
     }
-    // The byte-report iterator is bound to km_conn once; each run is a bpf_iter_create on this link.
+    // The byte-report iterator's link, made once; each run is a bpf_iter_create on it, from a thread
+    // inside a pod's network namespace (a TCP iterator walks the sockets of the netns it runs in).
     if (bpf_program__autoload(skel->progs.iter_conn_report)) {
-        union bpf_iter_link_info linfo {};
-        linfo.map.map_fd = static_cast<uint32_t>(bpf_map__fd(skel->maps.km_conn));
-        LIBBPF_OPTS(bpf_iter_attach_opts, iopts, .link_info = &linfo, .link_info_len = sizeof linfo);
-        dp->conn_iter_link_ = bpf_program__attach_iter(skel->progs.iter_conn_report, &iopts);
+        dp->conn_iter_link_ = bpf_program__attach_iter(skel->progs.iter_conn_report, nullptr);
         if (!dp->conn_iter_link_) {
-            dp->conn_iter_reason_ =
-                fmt::format("attaching iter_conn_report to km_conn: {}", errno_text(errno));
+            dp->conn_iter_reason_ = fmt::format("attaching iter_conn_report: {}", errno_text(errno));
             spdlog::warn("{}: open connections report their bytes only when they close",
                          dp->conn_iter_reason_);
         }

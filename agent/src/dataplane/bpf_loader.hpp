@@ -137,8 +137,9 @@ class Dataplane {
     bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
     // Connection telemetry (docs/telemetry.md): whether the kernel reports connections at all (BPF
-    // ring buffers), and why not; whether open connections report bytes periodically (the km_conn
-    // iterator), and why not. The reader (telemetry/event_reader) takes the fds below.
+    // ring buffers), and why not; whether open connections report bytes periodically (the TCP
+    // iterator, run in each enrolled pod's netns), and why not. The reader (telemetry/event_reader) takes the
+    // fds below.
     bool telemetry_available() const { return telemetry_reason_.empty(); }
     const std::string& telemetry_reason() const { return telemetry_reason_; }
     bool conn_iter_available() const { return conn_iter_link_ != nullptr; }
@@ -146,7 +147,7 @@ class Dataplane {
     int conn_events_fd() const;     // km_conn_events (ring buffer); meaningful when telemetry_available()
     int tel_config_fd() const;      // km_tel_config (array[1] of struct kmesh_tel_config)
     int tel_stats_fd() const;       // per-CPU km_tel_stats (enum kmesh_tel_stat slots)
-    int conn_iter_link_fd() const;  // iter_conn_report attached to km_conn (bpf_iter_create), or -1
+    int conn_iter_link_fd() const;  // iter_conn_report's link (bpf_iter_create in a pod netns), or -1
     bool reused_maps() const { return reused_maps_; }
     // The programs loaded (those this kernel supports), in the object's order.
     const std::vector<LoadedProgram>& programs() const { return programs_; }

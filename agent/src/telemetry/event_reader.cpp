@@ -2,17 +2,24 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <sched.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <vector>
+
+#include "agent/src/policy/closer.hpp"
+#include "common/file.hpp"
 
 namespace kmesh::telemetry {
 
@@ -29,8 +36,11 @@ IpAddr addr_of(const __u8 raw[16]) {
 // libbpf's ring buffer on km_conn_events, the iterator link and the two arrays.
 class KernelTelemetry : public TelemetryKernel {
   public:
-    KernelTelemetry(int config_fd, int stats_fd, int iter_link_fd)
-        : config_fd_(config_fd), stats_fd_(stats_fd), iter_link_fd_(iter_link_fd) {}
+    KernelTelemetry(int config_fd, int stats_fd, int iter_link_fd, std::string pods_dir)
+        : config_fd_(config_fd),
+          stats_fd_(stats_fd),
+          iter_link_fd_(iter_link_fd),
+          pods_dir_(std::move(pods_dir)) {}
     ~KernelTelemetry() override { ring_buffer__free(rb_); }
 
     Status open(int events_fd) {
@@ -56,25 +66,22 @@ class KernelTelemetry : public TelemetryKernel {
 
     Status run_iterator() override {
         if (iter_link_fd_ < 0)
-            return {Errc::kUnavailable, "no km_conn iterator on this kernel: bytes are reported at close"};
-        int fd = bpf_iter_create(iter_link_fd_);
-        if (fd < 0)
-            return {Errc::kIo, fmt::format("bpf_iter_create(iter_conn_report): {}", errno_text(errno))};
-        // The program writes its events to the ring buffer, nothing to the seq file: reading to EOF
-        // is what walks km_conn.
-        char buf[256];
-        Status st;
-        for (;;) {
-            ssize_t n = read(fd, buf, sizeof buf);
-            if (n == 0) break;
-            if (n < 0) {
-                if (errno == EINTR || errno == EAGAIN) continue;
-                st = Status(Errc::kIo, fmt::format("running iter_conn_report: {}", errno_text(errno)));
-                break;
-            }
-        }
-        close(fd);
-        return st;
+            return {Errc::kUnavailable, "no TCP iterator on this kernel: bytes are reported at close"};
+        // The enrolled pods' network namespaces, found as the authorization closer finds them.
+        const std::vector<uint64_t> inodes = policy::enrolled_netns(pods_dir_);
+        if (inodes.empty()) return {};
+        auto mountinfo = read_file("/proc/self/mountinfo");
+        const auto paths = policy::netns_paths(inodes, mountinfo ? *mountinfo : std::string());
+        std::string problems;
+        // setns moves only the calling thread: a short-lived one leaves the agent's threads alone.
+        std::thread worker([&] {
+            for (const auto& [ino, path] : paths)
+                if (Status st = iterate_in(path, ino); !st)
+                    problems += (problems.empty() ? "" : "; ") + st.message();
+        });
+        worker.join();
+        if (!problems.empty()) return {Errc::kIo, problems};
+        return {};
     }
 
     Status write_config(const kmesh_tel_config& config) override {
@@ -98,6 +105,39 @@ class KernelTelemetry : public TelemetryKernel {
     }
 
   private:
+    // One run of the iterator in the netns at path (inode ino), on the calling thread, which it moves.
+    Status iterate_in(const std::string& path, uint64_t ino) {
+        int ns = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (ns < 0) return {Errc::kIo, fmt::format("open {}: {}", path, errno_text(errno))};
+        struct stat st {};
+        if (fstat(ns, &st) != 0 || st.st_ino != ino) {
+            close(ns);
+            return {};  // that pod is gone (its path names another netns now): nothing to report
+        }
+        int rc = setns(ns, CLONE_NEWNET);
+        int err = errno;
+        close(ns);
+        if (rc != 0) return {Errc::kIo, fmt::format("setns {}: {}", path, errno_text(err))};
+        int fd = bpf_iter_create(iter_link_fd_);  // walks the TCP sockets of this thread's netns
+        if (fd < 0) return {Errc::kIo, fmt::format("bpf_iter_create in {}: {}", path, errno_text(errno))};
+        // The program writes its events to the ring buffer, nothing to the seq file: reading to EOF
+        // is what walks the sockets.
+        char buf[256];
+        Status result;
+        for (;;) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n == 0) break;
+            if (n < 0) {
+                if (errno == EINTR || errno == EAGAIN) continue;
+                result = Status(Errc::kIo,
+                                fmt::format("running iter_conn_report in {}: {}", path, errno_text(errno)));
+                break;
+            }
+        }
+        close(fd);
+        return result;
+    }
+
     static int on_record(void* ctx, void* data, size_t size) {
         auto* self = static_cast<KernelTelemetry*>(ctx);
         if (self->fn_) (*self->fn_)(data, size);
@@ -107,6 +147,7 @@ class KernelTelemetry : public TelemetryKernel {
     ring_buffer* rb_ = nullptr;
     const RecordFn* fn_ = nullptr;
     int config_fd_, stats_fd_, iter_link_fd_;
+    std::string pods_dir_;
 };
 
 }  // namespace
@@ -145,8 +186,8 @@ Result<ConnEvent> decode_conn_event(const void* data, size_t size) {
 }
 
 Result<std::unique_ptr<TelemetryKernel>> make_kernel_telemetry(int events_fd, int config_fd, int stats_fd,
-                                                               int iter_link_fd) {
-    auto k = std::make_unique<KernelTelemetry>(config_fd, stats_fd, iter_link_fd);
+                                                               int iter_link_fd, std::string pods_dir) {
+    auto k = std::make_unique<KernelTelemetry>(config_fd, stats_fd, iter_link_fd, std::move(pods_dir));
     if (Status st = k->open(events_fd); !st) return st;
     return std::unique_ptr<TelemetryKernel>(std::move(k));
 }

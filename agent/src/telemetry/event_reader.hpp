@@ -42,16 +42,18 @@ class TelemetryKernel {
     virtual bool wait(std::chrono::milliseconds timeout) = 0;
     // Hands every record now in the ring buffer to fn, in order, without blocking. Returns how many.
     virtual Result<int> consume(const RecordFn& fn) = 0;
-    // Runs iter_conn_report once (its UPDATE events land in the ring buffer). kUnavailable when this
-    // kernel has no such iterator.
+    // Runs iter_conn_report once over every enrolled pod's sockets (its UPDATE events land in the
+    // ring buffer). kUnavailable when this kernel has no such iterator.
     virtual Status run_iterator() = 0;
     virtual Status write_config(const kmesh_tel_config& config) = 0;
     virtual Result<KernelTelStats> read_stats() = 0;  // summed over CPUs
 };
 
-// The real one, on the data plane's fds (which must outlive it). iter_link_fd -1: no iterator.
+// The real one, on the data plane's fds (which must outlive it). iter_link_fd -1: no iterator. The
+// iterator is run in the network namespace of each enrolled pod (their sk_lookup links under
+// pods_dir name them), from a short-lived thread that enters them.
 Result<std::unique_ptr<TelemetryKernel>> make_kernel_telemetry(int events_fd, int config_fd, int stats_fd,
-                                                               int iter_link_fd);
+                                                               int iter_link_fd, std::string pods_dir);
 
 struct EventReaderStats {
     uint64_t decoded = 0;       // events handed to the sink
