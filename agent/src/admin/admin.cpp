@@ -649,6 +649,7 @@ void Agent::start_admin() {
         res.status = status;
         json(res, body);
     });
+    add_ctl_routes(srv);
     srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
@@ -675,7 +676,7 @@ void Agent::start_admin() {
         admin->listening = true;
         spdlog::info(
             "admin on http://{}:{} (/ready, /version, /debug/config_dump, /debug/maps, /debug/xds, "
-            "/debug/authz_check, /metrics)",
+            "/debug/authz_check, /debug/authz, /debug/waypoints, /debug/loglevel, /metrics)",
             options_.admin_address, options_.admin_port);
         admin->server.listen_after_bind();
         admin->done = true;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/src/dataplane/map_ops.hpp"
@@ -40,9 +41,9 @@ struct MapSizes {
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
     uint32_t udp_sockets = KMESH_DEFAULT_MAX_UDP_SOCKETS;  // km_udp_rev (LRU)
-    AccelOptions accel;  // the sockhash size, and whether it is used
-    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;    // km_member: (service, endpoint backend) pairs
-    uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;  // km_affinity LRU: (client netns, service, family)
+    AccelOptions accel;                                    // the sockhash size, and whether it is used
+    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;          // km_member: (service, endpoint backend) pairs
+    uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;        // km_affinity LRU: (client netns, service, family)
 };
 
 // The programs this binary carries: the SHA-256 of the BPF object embedded in it (the skeleton's
@@ -55,6 +56,9 @@ struct ProgramBuild {
     std::string short_id() const { return sha256.substr(0, 12); }
 };
 const ProgramBuild& program_build();
+// The embedded BPF object itself (what program_build() digests), e.g. for kmeshctl doctor to read
+// which program types, map types and helpers the programs use.
+std::string_view program_object();
 
 // What `<binary> --version` prints: the release, the program digest and the map layout version.
 std::string version_text(const std::string& binary);
