@@ -17,6 +17,10 @@ run() { # <cmd...>: sets out (stdout+stderr) and rc
     { echo "\$ $*"; echo "$out"; echo "(exit $rc)"; } >>"$TMP/check.log"
 }
 
+MESH=$TMP/mesh.yaml
+replace_file "$MESH" '{"workloads": [], "policies": []}'
+agent_start "$MESH"
+wait_log "config generation 1 applied" 1
 pod_create client
 CLIENT_IP=$POD_IP4
 pod_create server
@@ -25,7 +29,6 @@ pod_create wp
 WP_IP=$POD_IP4
 pod_serve server server 8080
 
-MESH=$TMP/mesh.yaml
 mesh() { # <generation marker>: the same mesh, a distinct file each time (a new generation)
     cat <<YAML
 services:
@@ -45,9 +48,8 @@ policies:
 - {name: audit, namespace: default, scope: NAMESPACE, action: DENY, dry_run: true, rules: [{}]}
 YAML
 }
-replace_file "$MESH" "$(mesh 1)"
-agent_start "$MESH"
-wait_log "config generation 1 applied" 1
+replace_file "$MESH" "$(mesh 2)"
+wait_log "config generation 2 applied" 1
 for _ in $(seq 50); do [[ $(admin_status /ready) == 200 ]] && break; sleep 0.1; done
 check "the agent is ready" test "$(admin_status /ready)" = 200
 
@@ -58,8 +60,8 @@ run K log --set debug
 check "log --set debug answers the change ($out)" eval '[[ $rc == 0 && $out == "log level: debug (was info)" ]]'
 check "the agent says so in its log" grep -q "log level info -> debug (admin /debug/loglevel)" "$TMP/agent.log"
 parsed=$(grep -c "parsed $MESH in" "$TMP/agent.log" || true)
-replace_file "$MESH" "$(mesh 2)"
-wait_log "config generation 2 applied" 1
+replace_file "$MESH" "$(mesh 3)"
+wait_log "config generation 3 applied" 1
 check "at debug the agent logs its debug lines (parsed: $parsed -> $(grep -c "parsed $MESH in" "$TMP/agent.log"))" \
     test "$(grep -c "parsed $MESH in" "$TMP/agent.log")" -ge $((parsed + 1))
 parsed=$(grep -c "parsed $MESH in" "$TMP/agent.log" || true)
@@ -67,8 +69,8 @@ run K log -o json
 check "log -o json reads it back" eval '[[ $(python3 -c "import json,sys; print(json.loads(sys.argv[1])[\"level\"])" "$out") == debug ]]'
 run K log --set info
 check "log --set info ($out)" test "$out" = "log level: info (was debug)"
-replace_file "$MESH" "$(mesh 3)"
-wait_log "config generation 3 applied" 1
+replace_file "$MESH" "$(mesh 4)"
+wait_log "config generation 4 applied" 1
 check "back at info the debug lines stop" test "$(grep -c "parsed $MESH in" "$TMP/agent.log")" = "$parsed"
 run K log --set verbose
 check "a bad level is a usage error (exit $rc) naming the levels" \
@@ -242,3 +244,5 @@ check "agent unreachable, said so" grep -Eq "^agent ready +fail +cannot reach th
 check "map layout not checked" grep -Eq "^map layout +warn +not checked: the agent is not reachable" <<<"$out"
 run K authz status
 check "authz status without the agent: exit 1 saying so" eval '[[ $rc == 1 && $out == *"is kmesh-daemon running on this node?"* ]]'
+# The outputs above, kept for docs/kmeshctl.md's samples when asked (KMESHCTL_SAMPLES=FILE).
+if [[ -n ${KMESHCTL_SAMPLES:-} ]]; then cp "$TMP/check.log" "$KMESHCTL_SAMPLES"; fi
