@@ -676,7 +676,7 @@ void Agent::start_admin() {
         admin->listening = true;
         spdlog::info(
             "admin on http://{}:{} (/ready, /version, /debug/config_dump, /debug/maps, /debug/xds, "
-            "/debug/authz_check, /debug/authz, /debug/waypoints, /debug/loglevel, /metrics)",
+            "/debug/authz_check, /metrics)",
             options_.admin_address, options_.admin_port);
         admin->server.listen_after_bind();
         admin->done = true;
