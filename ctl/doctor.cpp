@@ -271,7 +271,7 @@ std::string map_type_name(bpf_map_type t) {
 // absence degrades a feature, it does not stop the agent.
 const std::set<std::string> kOptionalPrograms = {
     "cgroup_sendmsg4",     "cgroup_sendmsg6",     "cgroup_recvmsg4", "cgroup_recvmsg6", "cgroup_getpeername4",
-    "cgroup_getpeername6", "cgroup_sock_release", "iter_tcp_authz",  "sk_msg_accel",
+    "cgroup_getpeername6", "cgroup_sock_release", "iter_tcp_authz",  "sk_msg_accel",    "iter_conn_report",
 };
 // Helpers probed at load with a fallback (bpf_set_retval: EPERM instead of ECONNREFUSED).
 const std::set<int> kOptionalHelpers = {BPF_FUNC_set_retval};
@@ -471,6 +471,10 @@ std::vector<Check> run_doctor(const DoctorOptions& o) {
         std::string used = names.empty() ? "" : fmt::format(" ({})", fmt::join(names, ", "));
         if (rc == 1)
             out.push_back(ok(n, "supported" + used));
+        else if (t == BPF_MAP_TYPE_RINGBUF)  // the agent turns connection telemetry off without it
+            out.push_back(
+                warn(n, "the kernel cannot create ringbuf maps: connection metrics and access logs are off",
+                     "run kernel 5.8 or later for connection telemetry"));
         else
             out.push_back(fail(n,
                                fmt::format("the kernel cannot create {} maps{}{}", map_type_name(t), used,
