@@ -1,415 +1,113 @@
-// kmeshctl: operator CLI. `kmeshctl dump` prints what the pinned BPF maps hold, as connect() sees it,
-// then what the agent's admin server says of the model (policies with hit counts, waypoints,
-// identities). `kmeshctl authz check` asks the admin server what the reference evaluator decides.
-#include <arpa/inet.h>
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
+// kmeshctl: the operator CLI of a Kmesh node (docs/kmeshctl.md). It talks to the local agent's admin
+// server and never writes BPF maps itself; `dump` also reads the pinned maps directly (read-only),
+// and `doctor` probes the kernel with throwaway programs. The verbs live in dump.cpp, status.cpp and
+// doctor.cpp; this file is the command line.
+//
+// Exit status: 0 done (doctor: healthy), 1 failed (the agent unreachable, a doctor check failed),
+// 2 usage error, 3 `authz check` denies.
 #include <fmt/format.h>
-#include <httplib.h>
-#include <rapidjson/document.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <array>
-#include <cstring>
-#include <map>
-#include <optional>
-#include <vector>
 
 #include "agent/src/dataplane/bpf_loader.hpp"
-#include "agent/src/dataplane/map_ops.hpp"
-#include "agent/src/model/ip_addr.hpp"
-#include "common/abi.hpp"
-#include "common/pin_layout.hpp"
+#include "ctl/doctor.hpp"
+#include "ctl/verbs.hpp"
 
-namespace {
-
-std::string addr_str(const uint8_t* bytes) {
-    kmesh::IpAddr a;
-    std::memcpy(a.bytes.data(), bytes, 16);
-    return a.str();
-}
-
-const char* lb_name(uint32_t mode) {
-    switch (mode) {
-        case KMESH_LB_RANDOM:
-            return "random";
-        case KMESH_LB_STRICT:
-            return "strict";
-        case KMESH_LB_FAILOVER:
-            return "failover";
-        default:
-            return "unknown";
-    }
-}
-
-template <size_t N = KMESH_STAT_MAX>
-std::array<uint64_t, N> read_stats(const std::string& path) {
-    std::array<uint64_t, N> totals{};
-    int fd = bpf_obj_get(path.c_str());
-    if (fd < 0) return totals;
-    std::vector<uint64_t> per_cpu(libbpf_num_possible_cpus());
-    for (uint32_t slot = 0; slot < N; slot++)
-        if (bpf_map_lookup_elem(fd, &slot, per_cpu.data()) == 0)
-            for (uint64_t v : per_cpu) totals[slot] += v;
-    close(fd);
-    return totals;
-}
-
-int dump(const kmesh::PinLayout& layout) {
-    std::array<int, kmesh::kMapCount> fds{};
-    for (int i = 0; i < kmesh::kMapCount; i++) {
-        std::string path = layout.map(kmesh::map_name(static_cast<kmesh::MapId>(i)));
-        fds[i] = bpf_obj_get(path.c_str());
-        if (fds[i] < 0) {
-            fmt::print(stderr, "cannot open {}: {} (is kmesh-daemon installed on this node?)\n", path,
-                       std::strerror(errno));
-            return 1;
-        }
-    }
-    kmesh::KernelMapOps ops(fds);
-
-    std::map<uint32_t, kmesh_backend_value> backends;
-    ops.for_each(kmesh::MapId::kBackend, [&](const void* k, const void* v) {
-        uint32_t id;
-        std::memcpy(&id, k, 4);
-        std::memcpy(&backends[id], v, sizeof(kmesh_backend_value));
-        return true;
-    });
-    auto backend_str = [&](uint32_t id) {
-        auto it = backends.find(id);
-        if (it == backends.end()) return fmt::format("backend {} (missing)", id);
-        std::string s = fmt::format("backend {}", id);
-        // fmt, not " " + str: GCC 12 at -O3 raises a false -Wrestrict on that concatenation.
-        if (it->second.flags & KMESH_BACKEND_HAS_V4) s += fmt::format(" {}", addr_str(it->second.addr4));
-        if (it->second.flags & KMESH_BACKEND_HAS_V6) s += fmt::format(" {}", addr_str(it->second.addr6));
-        return s;
-    };
-
-    std::multimap<uint32_t, std::string> frontends_by_service;
-    ops.for_each(kmesh::MapId::kFrontend, [&](const void* k, const void* v) {
-        kmesh_frontend_key fk;
-        kmesh_frontend_value fv;
-        std::memcpy(&fk, k, sizeof fk);
-        std::memcpy(&fv, v, sizeof fv);
-        std::string a = addr_str(fk.addr);
-        frontends_by_service.emplace(
-            fv.service_id,
-            fmt::format("{}:{} -> target port {}", a.find(':') != std::string::npos ? "[" + a + "]" : a,
-                        ntohs(fk.port), ntohs(fv.target_port)));
-        return true;
-    });
-
-    std::map<uint32_t, kmesh_service_value> services;
-    ops.for_each(kmesh::MapId::kService, [&](const void* k, const void* v) {
-        uint32_t id;
-        std::memcpy(&id, k, 4);
-        std::memcpy(&services[id], v, sizeof(kmesh_service_value));
-        return true;
-    });
-    // km_member: (service, backend) -> weight.
-    std::map<uint32_t, std::map<uint32_t, uint32_t>> members;
-    ops.for_each(kmesh::MapId::kMember, [&](const void* k, const void* v) {
-        kmesh_member_key mk;
-        kmesh_member_value mv;
-        std::memcpy(&mk, k, sizeof mk);
-        std::memcpy(&mv, v, sizeof mv);
-        members[mk.service_id][mk.backend_id] = mv.weight;
-        return true;
-    });
-    fmt::print("services ({}):\n", services.size());
-    for (const auto& [id, sv] : services) {
-        std::string pick = sv.flags & KMESH_SERVICE_ROUND_ROBIN ? "round-robin" : "random";
-        if (sv.flags & KMESH_SERVICE_AFFINITY) pick += fmt::format(" affinity={}s", sv.affinity_timeout);
-        fmt::print("  service {} (name hash {:016x}) lb={} pick={}\n", id, sv.name_hash, lb_name(sv.lb_mode),
-                   pick);
-        if (auto m = members.find(id); m != members.end()) {
-            std::string list;
-            for (const auto& [bid, weight] : m->second)
-                list += fmt::format("{}backend {} weight {}{}", list.empty() ? "" : ", ", bid, weight,
-                                    weight ? "" : " (draining)");
-            fmt::print("    members: {}\n", list);
-        }
-        auto range = frontends_by_service.equal_range(id);
-        for (auto it = range.first; it != range.second; ++it) fmt::print("    frontend {}\n", it->second);
-        // One endpoint list per socket family: IPv4 (and IPv4-mapped) sockets pick from the first.
-        for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
-            for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++) {
-                uint32_t n = sv.endpoint_count[f][p];
-                if (!n && p) continue;
-                fmt::print("    {} priority {}: {} endpoint(s){}\n", f == KMESH_FAMILY_V4 ? "IPv4" : "IPv6",
-                           p, n, n ? "" : " -> connect() refused");
-                for (uint32_t i = 1; i <= n; i++) {
-                    kmesh_endpoint_key ek{id, f, p, i};
-                    kmesh_endpoint_value ev;
-                    if (ops.lookup(kmesh::MapId::kEndpoint, &ek, &ev) == 0)
-                        fmt::print("      #{} {}\n", i, backend_str(ev.backend_id));
-                    else
-                        fmt::print("      #{} (missing)\n", i);
-                }
-            }
-    }
-    auto orphans = frontends_by_service.size();
-    for (const auto& [id, sv] : services) orphans -= frontends_by_service.count(id);
-    if (orphans) fmt::print("frontends of unknown services: {}\n", orphans);
-    fmt::print("backends ({}):\n", backends.size());
-    for (const auto& [id, bv] : backends) fmt::print("  {}\n", backend_str(id));
-
-    size_t overrides = 0;
-    ops.for_each(kmesh::MapId::kPort, [&](const void* k, const void* v) {
-        kmesh_port_key pk;
-        kmesh_port_value pv;
-        std::memcpy(&pk, k, sizeof pk);
-        std::memcpy(&pv, v, sizeof pv);
-        if (!overrides++) fmt::print("per-workload target ports:\n");
-        fmt::print("  backend {} in service {}: port {} -> {}\n", pk.backend_id, pk.service_id,
-                   ntohs(pk.service_port), ntohs(pv.target_port));
-        return true;
-    });
-
-    auto stats = read_stats(layout.map("km_stats"));
-    fmt::print(
-        "connect() counters: translated={} refused_no_endpoint={} no_address_family={} race_retries={}\n",
-        stats[KMESH_STAT_TRANSLATED], stats[KMESH_STAT_NO_ENDPOINT], stats[KMESH_STAT_NO_FAMILY],
-        stats[KMESH_STAT_RACE_RETRY]);
-    // Same-node acceleration: the sockets in km_accel_sockhash (both ends of each accelerated
-    // connection), and the kernel's counters.
-    if (int fd = bpf_obj_get(layout.map("km_accel_sockhash").c_str()); fd >= 0) {
-        kmesh_accel_key key{}, next{};
-        size_t n = 0;
-        const void* prev = nullptr;
-        while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-            if (!n++) fmt::print("sockmap-accelerated sockets (local -> remote):\n");
-            auto port = [](uint16_t p) { return ntohs(p); };
-            fmt::print("  [{}]:{} -> [{}]:{}\n", addr_str(reinterpret_cast<const uint8_t*>(next.local)),
-                       port(next.local_port), addr_str(reinterpret_cast<const uint8_t*>(next.remote)),
-                       port(next.remote_port));
-            key = next;
-            prev = &key;
-        }
-        close(fd);
-        auto a = read_stats<KMESH_ACCEL_STAT_MAX>(layout.map("km_accel_stats"));
-        fmt::print(
-            "sockmap counters: sockets_in_map={} inserted={} insert_failed={} peer_unknown={} accelerated={} "
-            "passed={} released={} redirected_msgs={} redirected_bytes={} peer_gone={}\n",
-            n, a[KMESH_ACCEL_STAT_INSERTED], a[KMESH_ACCEL_STAT_SOCKHASH_FULL],
-            a[KMESH_ACCEL_STAT_PEER_UNKNOWN], a[KMESH_ACCEL_STAT_CONNECTIONS], a[KMESH_ACCEL_STAT_PASSED],
-            a[KMESH_ACCEL_STAT_RELEASED], a[KMESH_ACCEL_STAT_MSGS], a[KMESH_ACCEL_STAT_BYTES],
-            a[KMESH_ACCEL_STAT_PEER_GONE] + a[KMESH_ACCEL_STAT_REDIRECT_FAILED]);
-    }
-    for (int fd : fds) close(fd);
-    return 0;
-}
-
-// The admin server, "host:port" (localhost only, like every admin endpoint).
-struct Admin {
-    std::string address = "127.0.0.1:15200";
-    // The body of GET path, or nullopt with *error set.
-    std::optional<std::string> get(const std::string& path, std::string* error, int* status = nullptr) const {
-        auto colon = address.rfind(':');
-        if (colon == std::string::npos) {
-            *error = fmt::format("--admin '{}' is not host:port", address);
-            return std::nullopt;
-        }
-        httplib::Client cli(address.substr(0, colon), std::atoi(address.c_str() + colon + 1));
-        cli.set_connection_timeout(2, 0);
-        cli.set_read_timeout(5, 0);
-        auto res = cli.Get(path);
-        if (!res) {
-            *error = fmt::format("cannot reach the admin server at {}: {} (is kmesh-daemon running?)",
-                                 address, httplib::to_string(res.error()));
-            return std::nullopt;
-        }
-        if (status) *status = res->status;
-        return res->body;
-    }
-};
-
-std::string member_str(const rapidjson::Value& v, const char* key) {
-    if (!v.IsObject() || !v.HasMember(key) || !v[key].IsString()) return {};
-    return v[key].GetString();
-}
-
-std::string waypoint_str(const rapidjson::Value& v) {
-    if (!v.HasMember("waypoint")) return {};
-    const auto& wp = v["waypoint"];
-    std::string where = wp.HasMember("address") ? member_str(wp, "address") : member_str(wp, "hostname");
-    return fmt::format("{} port {}", where, wp.HasMember("port") ? wp["port"].GetUint() : 0);
-}
-
-// Policies (rules and hit counts), waypoints and identities from /debug/config_dump.
-int dump_model(const Admin& admin) {
-    std::string error;
-    auto body = admin.get("/debug/config_dump", &error);
-    if (!body) {
-        fmt::print("model: not shown: {}\n", error);
-        return 0;  // the maps above are still a full answer
-    }
-    rapidjson::Document d;
-    d.Parse(body->c_str());
-    if (d.HasParseError() || !d.IsObject()) {
-        fmt::print(stderr, "the admin server's config dump is not JSON\n");
-        return 1;
-    }
-    fmt::print("waypoints:\n");
-    size_t waypoints = 0;
-    for (const char* kind : {"services", "workloads"}) {
-        if (!d.HasMember(kind)) continue;
-        for (const auto& x : d[kind].GetArray()) {
-            std::string wp = waypoint_str(x);
-            if (wp.empty()) continue;
-            waypoints++;
-            std::string name = std::string(kind) == "services"
-                                   ? member_str(x, "namespace") + "/" + member_str(x, "hostname")
-                                   : member_str(x, "uid");
-            fmt::print("  {} {} -> waypoint {}\n", kind[0] == 's' ? "service" : "workload", name, wp);
-        }
-    }
-    if (!waypoints) fmt::print("  (none)\n");
-    fmt::print("workload identities:\n");
-    if (d.HasMember("workloads"))
-        for (const auto& x : d["workloads"].GetArray()) {
-            std::string pols;
-            if (x.HasMember("authorization_policies"))
-                for (const auto& p : x["authorization_policies"].GetArray())
-                    pols += (pols.empty() ? "" : ", ") + std::string(p.GetString());
-            fmt::print("  {} {}{}\n", member_str(x, "uid"), member_str(x, "principal"),
-                       pols.empty() ? "" : fmt::format(" (selected by: {})", pols));
-        }
-    size_t n = d.HasMember("policies") ? d["policies"].GetArray().Size() : 0;
-    fmt::print("authorization policies ({}):\n", n);
-    if (n)
-        for (const auto& p : d["policies"].GetArray()) {
-            const auto& h = p["hits"];
-            fmt::print("  {}/{} {} {}{}: matched={} dry_run_matched={} closed={}\n",
-                       member_str(p, "namespace"), member_str(p, "name"), member_str(p, "scope"),
-                       member_str(p, "action"), p["dry_run"].GetBool() ? " (dry run)" : "",
-                       h["matched"].GetUint64(), h["dry_run_matched"].GetUint64(), h["closed"].GetUint64());
-            const auto& rules = p["rules"].GetArray();
-            if (rules.Empty()) fmt::print("    no rules: matches nothing\n");
-            for (rapidjson::SizeType i = 0; i < rules.Size(); i++)
-                fmt::print("    rule {}: {}\n", i + 1, rules[i].GetString());
-        }
-    if (d.HasMember("authz_totals")) {
-        const auto& t = d["authz_totals"];
-        fmt::print(
-            "authorization totals: allowed={} denied_by_policy={} denied_no_allow={} closed_existing={}\n",
-            t["allowed"].GetUint64(), t["denied_by_policy"].GetUint64(), t["denied_no_allow"].GetUint64(),
-            t["closed_existing"].GetUint64());
-    }
-    return 0;
-}
-
-// Exit status: 0 allowed, 2 denied, 1 the question could not be answered.
-int authz_check(const Admin& admin, const std::string& src, const std::string& dst, unsigned port) {
-    std::string error;
-    int status = 0;
-    auto body = admin.get(
-        fmt::format("/debug/authz_check?src={}&dst={}&port={}", httplib::detail::encode_query_param(src),
-                    httplib::detail::encode_query_param(dst), port),
-        &error, &status);
-    if (!body) {
-        fmt::print(stderr, "{}\n", error);
-        return 1;
-    }
-    rapidjson::Document d;
-    d.Parse(body->c_str());
-    if (d.HasParseError() || !d.IsObject()) {
-        fmt::print(stderr, "the admin server answered {}: {}\n", status, *body);
-        return 1;
-    }
-    if (status != 200) {
-        fmt::print(stderr, "{}\n", member_str(d, "error"));
-        return 1;
-    }
-    std::string verdict = member_str(d, "verdict");
-    fmt::print("{}\n", verdict);
-    fmt::print("  {}\n", member_str(d, "reason"));
-    std::string id = member_str(d, "source_identity");
-    fmt::print("  source {} ({}) -> {} port {}{}\n", member_str(d, "src"), id.empty() ? "no identity" : id,
-               member_str(d, "dst"), port,
-               d.HasMember("destination_workload") ? " (" + member_str(d, "destination_workload") + ")" : "");
-    if (d.HasMember("dry_run"))
-        for (const auto& k : d["dry_run"].GetArray())
-            fmt::print("  dry-run policy {} matches\n", k.GetString());
-    return verdict == "allow" ? 0 : 2;
-}
-
-// The client's build, then (ask_agent) the running agent's from its /version.
-int version(const Admin& admin, bool ask_agent) {
-    std::string client = kmesh::version_text("kmeshctl");
-    for (size_t at = client.find('\n'); at != std::string::npos; at = client.find('\n', at + 3))
-        client.replace(at, 1, "\n  ");
-    fmt::print("client: {}\n", client);
-    if (!ask_agent) return 0;
-    std::string error;
-    auto body = admin.get("/version", &error);
-    if (!body) {
-        fmt::print(stderr, "kmeshctl: {}\n", error);
-        return 1;
-    }
-    rapidjson::Document d;
-    d.Parse(body->c_str());
-    if (d.HasParseError() || !d.IsObject() || !d.HasMember("programs") || !d.HasMember("maps") ||
-        !d["programs"].IsObject() || !d["maps"].IsObject() || !d.HasMember("pod_links")) {
-        fmt::print(stderr, "kmeshctl: unexpected answer from {}/version\n", admin.address);
-        return 1;
-    }
-    const auto& p = d["programs"];
-    const auto& m = d["maps"];
-    const auto& links = d["pod_links"];
-    auto uint_of = [](const rapidjson::Value& v, const char* key) -> uint64_t {
-        return v.HasMember(key) && v[key].IsUint64() ? v[key].GetUint64() : 0;
-    };
-    fmt::print("agent ({}): kmesh-daemon {}\n", admin.address, member_str(d, "version"));
-    fmt::print("  programs: sha256:{} ({} bytes){}{}\n", member_str(p, "sha256"), uint_of(p, "object_bytes"),
-               p.HasMember("test_variant") && p["test_variant"].IsTrue() ? ", test variant build" : "",
-               d.HasMember("published") && d["published"].IsTrue() ? "" : ", not published to the pods yet");
-    fmt::print("  map layout: v{} in use (compiled for v{}), {}\n", uint_of(m, "version"), uint_of(m, "abi"),
-               member_str(m, "dir"));
-    fmt::print("  pod links on these programs: {} of {}\n", uint_of(links, "on_loaded_programs"),
-               uint_of(links, "total"));
-    if (p.HasMember("loaded") && p["loaded"].IsArray())
-        for (const auto& prog : p["loaded"].GetArray())
-            fmt::print("  {:<22} id {:<6} tag {}\n", member_str(prog, "name"), uint_of(prog, "id"),
-                       member_str(prog, "tag"));
-    return 0;
-}
-
-}  // namespace
+using namespace kmesh::ctl;
 
 int main(int argc, char** argv) {
-    CLI::App app{"kmeshctl: inspect the Kmesh data plane on this node"};
+    CLI::App app{"kmeshctl: inspect and operate the Kmesh data plane on this node"};
     kmesh::PinLayout layout;
+    Admin admin;
+    std::string output = "table";
     app.set_version_flag("--version", [] { return kmesh::version_text("kmeshctl"); });
     app.add_option("--bpffs-root", layout.bpffs_root, "bpffs mount under which kmesh/ is pinned")
         ->capture_default_str();
-    Admin admin;
     auto* admin_opt = app.add_option("--admin", admin.address, "the agent's admin server (host:port)")
                           ->capture_default_str();
+    app.add_option("-o,--output", output, "table (for people) or json (for scripts)")
+        ->check(CLI::IsMember({"table", "json"}))
+        ->capture_default_str();
+
     auto* version_cmd = app.add_subcommand(
-        "version", "this client's release, programs and map layout; with --admin, the running agent's too");
-    auto* dump_cmd = app.add_subcommand(
-        "dump",
-        "print the BPF maps (services, endpoints, backends, counters), then from the admin server the "
-        "authorization policies with their hit counts, waypoints and workload identities");
+        "version", "this client's release, BPF programs (SHA-256) and map layout, and the running agent's");
+    auto* dump_cmd = app.add_subcommand("dump",
+                                        "the BPF maps as connect() sees them (services, endpoints, backends, "
+                                        "counters), then from the agent the "
+                                        "authorization policies with hit counts, waypoints (model and kernel "
+                                        "tables) and workload identities");
+    auto* log_cmd = app.add_subcommand("log", "show the agent's log level, or set it at run time");
+    std::string set_level;
+    log_cmd->add_option("--set", set_level, "trace, debug, info, warn, error, critical or off");
+    auto* mon_cmd = app.add_subcommand(
+        "monitoring",
+        "show, or switch at run time, connection metrics and access logs (off: no events from the kernel)");
+    bool enable = false, disable = false;
+    std::string accesslog;
+    auto* en = mon_cmd->add_flag("--enable", enable, "turn connection metrics on");
+    auto* dis = mon_cmd->add_flag("--disable", disable, "turn connection metrics off");
+    en->excludes(dis);
+    mon_cmd->add_option("--accesslog", accesslog, "access log lines per closed or denied connection")
+        ->check(CLI::IsMember({"on", "off"}));
     auto* authz_cmd = app.add_subcommand("authz", "authorization policies");
+    auto* authz_status_cmd = authz_cmd->add_subcommand(
+        "status", "policies the agent knows, their hit counts in the kernel, and whether they are published");
     auto* check_cmd = authz_cmd->add_subcommand(
-        "check", "what the policies decide for a new connection (exit 0: allow, 2: deny, 1: error)");
+        "check", "what the policies decide for a new connection (exit 0: allow, 3: deny, 1: error)");
     std::string src, dst;
     unsigned port = 0;
     check_cmd->add_option("--src", src, "source IP")->required();
     check_cmd->add_option("--dst", dst, "destination IP (a workload's address)")->required();
     check_cmd->add_option("--port", port, "destination port")->required()->check(CLI::Range(1, 65535));
     authz_cmd->require_subcommand(1);
+    auto* wp_cmd = app.add_subcommand("waypoint", "waypoints");
+    auto* wp_status_cmd = wp_cmd->add_subcommand(
+        "status",
+        "waypoints in the kernel, the services and workloads using each, and the loop-guard counters");
+    wp_cmd->require_subcommand(1);
+    auto* doctor_cmd = app.add_subcommand(
+        "doctor",
+        "check that this node can run Kmesh: kernel features, cgroup v2, bpffs, the CNI chain, the "
+        "agent (exit 0: healthy, 1: a check failed)");
+    DoctorOptions dopt;
+    doctor_cmd->add_option("--cni-conf-dir", dopt.cni_conf_dir, "CNI config directory")
+        ->capture_default_str();
+    doctor_cmd->add_option("--cni-bin-dir", dopt.cni_bin_dir, "CNI plugin directories (':'-separated)")
+        ->capture_default_str();
+    doctor_cmd->add_option(
+        "--cgroup-root", dopt.cgroup_root,
+        "cgroup v2 directory for the pod cgroups and the bpf_link probe (default: the v2 mount)");
+    for (auto* c : {version_cmd, dump_cmd, log_cmd, mon_cmd, authz_cmd, authz_status_cmd, check_cmd, wp_cmd,
+                    wp_status_cmd, doctor_cmd})
+        c->fallthrough();  // global options (-o, --admin) after the verb too
     app.require_subcommand(1);
-    CLI11_PARSE(app, argc, argv);
-    if (dump_cmd->parsed()) {
-        int rc = dump(layout);
-        if (rc) return rc;
-        return dump_model(admin);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        app.exit(e);  // prints the message and the hint to --help
+        return kExitUsage;
     }
-    if (check_cmd->parsed()) return authz_check(admin, src, dst, port);
-    if (version_cmd->parsed()) return version(admin, admin_opt->count() > 0);
-    return 0;
+    Output out = parse_output(output).value_or(Output::kTable);
+    if (dump_cmd->parsed()) return dump(layout, admin, out);
+    if (version_cmd->parsed()) return version(admin, admin_opt->count() > 0, out);
+    if (log_cmd->parsed()) return log_level(admin, set_level, out);
+    if (mon_cmd->parsed()) return monitoring(admin, enable ? 1 : disable ? 0 : -1, accesslog, out);
+    if (check_cmd->parsed()) return authz_check(admin, src, dst, port, out);
+    if (authz_status_cmd->parsed()) return authz_status(admin, out);
+    if (wp_status_cmd->parsed()) return waypoint_status(admin, out);
+    if (doctor_cmd->parsed()) {
+        dopt.bpffs_root = layout.bpffs_root;
+        dopt.admin = admin;
+        auto checks = run_doctor(dopt);
+        fmt::print("{}", out == Output::kJson ? doctor_json(checks) + "\n" : doctor_table(checks));
+        return healthy(checks) ? kExitOk : kExitFailed;
+    }
+    return kExitUsage;
 }

@@ -231,11 +231,13 @@ std::string Agent::sync_authz(bool model_changed) {
     Status st = compiled ? authz_writer_->publish(*compiled) : compiled.status();
     if (!st) {
         authz_pending_ = true;
+        authz_error_ = st.to_string();
         spdlog::error("authz: policies not published, the previous ones keep being enforced: {}",
                       st.to_string());
         return "authorization: " + st.to_string();
     }
     authz_pending_ = false;
+    authz_error_.clear();
     authz_policies_ = model.policies;
     // Existing connections the new policies deny are closed (on the closer's thread).
     if (closer_) closer_->request();

@@ -26,6 +26,10 @@
 #include "agent/src/telemetry/event_reader.hpp"
 #include "agent/src/telemetry/telemetry.hpp"
 
+namespace httplib {
+class Server;
+}
+
 namespace kmesh {
 
 namespace xds {
@@ -102,6 +106,10 @@ class Agent {
     policy::AuthzReport authz_report() const { return authz_writer_->report(); }
     // Readiness: "" once the first full state is applied and the programs are published; else why not.
     std::string not_ready_reason();
+    // kmeshctl's views (agent/src/admin/ops.cpp, docs/kmeshctl.md): /debug/authz (publish state,
+    // policies with hit counts) and /debug/waypoints (kernel tables, users, loop-guard counters).
+    std::string authz_status();
+    std::string waypoints_status();
 
     // Connection telemetry from the kernel (docs/telemetry.md). Any thread.
     // The last connection events decoded, as JSON (admin GET /debug/conn_events).
@@ -135,8 +143,9 @@ class Agent {
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
     std::string sync_authz(bool model_changed);
-    void sync_from_xds();  // mu_ held, on the xDS thread
-    void start_admin();    // never fails: binding is retried in the background
+    void sync_from_xds();                       // mu_ held, on the xDS thread
+    void start_admin();                         // never fails: binding is retried in the background
+    void add_ctl_routes(httplib::Server& srv);  // /debug/loglevel, /debug/authz, /debug/waypoints
     // Moves pods to this agent's programs once the first full state is in the maps; "" or an error.
     std::string publish_if_ready();
     void set_waiting(std::string reason);
@@ -151,6 +160,7 @@ class Agent {
     std::unique_ptr<policy::AuthzWriter> authz_writer_;
     std::map<std::string, AuthzPolicy> authz_policies_;  // the policies last published
     bool authz_pending_ = true;                          // the model is not (fully) published yet
+    std::string authz_error_;                            // why the last publish failed; mu_
     Metrics metrics_;
 
     std::mutex mu_;  // guards mesh_, writer_ and the sources' state

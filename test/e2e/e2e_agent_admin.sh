@@ -220,11 +220,11 @@ authz_check() { # <src> <dst> <port> [admin]: sets out and rc
 authz_check 10.244.0.78 10.244.0.79 8080
 check "authz check: sleep -> server:8080 is allowed by only-8080 (exit $rc)" eval '[[ $rc == 0 && $out == allow* && $out == *"ALLOW policy default/only-8080"* && $out == *"dry-run policy default/audit matches"* ]]'
 authz_check 10.244.0.78 fd00:10:244::79 9090
-check "authz check: sleep -> server:9090 is denied, no ALLOW matches (exit $rc)" eval '[[ $rc == 2 && $out == deny* && $out == *"none matches"* ]]'
+check "authz check: sleep -> server:9090 is denied, no ALLOW matches (exit $rc)" eval '[[ $rc == 3 && $out == deny* && $out == *"none matches"* ]]'
 authz_check ::ffff:10.244.0.77 10.244.0.79 8080
-check "authz check: bar (IPv4-mapped) -> server is denied by deny-foo (exit $rc)" eval '[[ $rc == 2 && $out == *"DENY policy default/deny-foo"* && $out == *"spiffe://example.org/ns/foo/sa/bar"* ]]'
+check "authz check: bar (IPv4-mapped) -> server is denied by deny-foo (exit $rc)" eval '[[ $rc == 3 && $out == *"DENY policy default/deny-foo"* && $out == *"spiffe://example.org/ns/foo/sa/bar"* ]]'
 authz_check 10.244.0.300 10.244.0.79 8080
-check "authz check: a bad address is an error naming it (exit $rc)" eval '[[ $rc == 1 && $out == *"src '"'"'10.244.0.300'"'"' is not an IP address"* ]]'
+check "authz check: a bad address is a usage error naming it (exit $rc)" eval '[[ $rc == 2 && $out == *"src '"'"'10.244.0.300'"'"' is not an IP address"* ]]'
 check "/debug/authz_check without arguments is a 400" test "$(admin_status /debug/authz_check)" = 400
 authz_check 10.244.0.78 10.244.0.79 8080 127.0.0.1:1
 check "authz check: no admin server is an error saying so (exit $rc)" eval '[[ $rc == 1 && $out == *"cannot reach the admin server at 127.0.0.1:1"* ]]'

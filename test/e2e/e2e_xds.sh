@@ -188,6 +188,6 @@ w = {x["uid"]: x for x in d["workloads"]}
 assert w["Kubernetes//Pod/default/sleep"]["principal"] == "spiffe://example.org/ns/default/sa/sleep"
 PY
 rc=0; out=$(kmeshctl --admin "127.0.0.1:$ADMIN_PORT" authz check --src 10.244.0.201 --dst 10.244.0.202 --port 8080) || rc=$?
-check "authz check: sleep -> server is denied by deny-sleep (exit $rc)" eval '[[ $rc == 2 && $out == *"DENY policy default/deny-sleep"* ]]'
+check "authz check: sleep -> server is denied by deny-sleep (exit $rc)" eval '[[ $rc == 3 && $out == *"DENY policy default/deny-sleep"* ]]'
 rc=0; out=$(kmeshctl --admin "127.0.0.1:$ADMIN_PORT" authz check --src 10.244.0.202 --dst 10.244.0.201 --port 8080) || rc=$?
 check "authz check: server -> sleep is allowed (exit $rc)" eval '[[ $rc == 0 && $out == allow* ]]'

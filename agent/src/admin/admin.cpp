@@ -801,6 +801,7 @@ void Agent::start_admin() {
         res.status = status;
         json(res, body);
     });
+    add_ctl_routes(srv);
     srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         // metrics_text() runs the before-scrape hook (the event reader's flush): open connections'
         // bytes and every pending event are in before the numbers are read.

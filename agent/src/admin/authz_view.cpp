@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <optional>
+
 namespace kmesh::admin {
 
 namespace {
@@ -87,7 +89,8 @@ const char* scope_name(AuthzScope s) {
     }
 }
 
-void policy_json(Writer& w, const AuthzPolicy& p, const policy::PolicyHits& hits) {
+void policy_json(Writer& w, const AuthzPolicy& p, const policy::PolicyHits& hits,
+                 std::optional<bool> in_kernel = std::nullopt) {
     w.StartObject();
     str(w, "name", p.name);
     str(w, "namespace", p.namespace_);
@@ -111,6 +114,24 @@ void policy_json(Writer& w, const AuthzPolicy& p, const policy::PolicyHits& hits
     w.Key("closed");
     w.Uint64(hits.closed);
     w.EndObject();
+    if (in_kernel) {
+        w.Key("in_kernel");
+        w.Bool(*in_kernel);
+    }
+    w.EndObject();
+}
+
+void totals_json(Writer& w, const policy::AuthzReport& report) {
+    w.Key("authz_totals");
+    w.StartObject();
+    for (auto [k, v] : {std::pair{"allowed", report.totals.allowed},
+                        {"denied_by_policy", report.totals.denied_by_policy},
+                        {"denied_no_allow", report.totals.denied_no_allow},
+                        {"closed_existing", report.totals.closed_existing},
+                        {"cache_hits", report.totals.cache_hits}}) {
+        w.Key(k);
+        w.Uint64(v);
+    }
     w.EndObject();
 }
 
@@ -124,17 +145,48 @@ void write_authz_policies(Writer& w, const Model& m, const policy::AuthzReport& 
         policy_json(w, p, h == report.policies.end() ? policy::PolicyHits{} : h->second);
     }
     w.EndArray();
-    w.Key("authz_totals");
+    totals_json(w, report);
+}
+
+std::string authz_status_json(const Model& m, const policy::AuthzReport& report,
+                              const AuthzPublishState& st) {
+    rapidjson::StringBuffer buf;
+    Writer w(buf);
     w.StartObject();
-    for (auto [k, v] : {std::pair{"allowed", report.totals.allowed},
-                        {"denied_by_policy", report.totals.denied_by_policy},
-                        {"denied_no_allow", report.totals.denied_no_allow},
-                        {"closed_existing", report.totals.closed_existing},
-                        {"cache_hits", report.totals.cache_hits}}) {
+    w.Key("publish");
+    w.StartObject();
+    w.Key("published");
+    w.Bool(st.published);
+    w.Key("waiting_for_policies");
+    w.Bool(st.waiting_for_policies);
+    str(w, "last_error", st.last_error);
+    for (auto [k, v] : {std::pair{"publishes", st.publishes},
+                        {"failures", st.failures},
+                        {"map_full", st.map_full},
+                        {"identity_updates", st.identity_updates}}) {
         w.Key(k);
         w.Uint64(v);
     }
+    w.Key("active_generation");
+    w.Uint64(st.state & 1);
+    w.Key("epoch");
+    w.Uint64(st.state >> 1);
+    w.Key("kernel_policies");
+    w.Uint64(st.kernel_policies.size());
+    w.Key("can_close_connections");
+    w.Bool(st.can_close_connections);
     w.EndObject();
+    w.Key("policies");
+    w.StartArray();
+    for (const auto& [key, p] : m.policies) {
+        auto h = report.policies.find(key);
+        policy_json(w, p, h == report.policies.end() ? policy::PolicyHits{} : h->second,
+                    st.kernel_policies.count(key) > 0);
+    }
+    w.EndArray();
+    totals_json(w, report);
+    w.EndObject();
+    return buf.GetString();
 }
 
 }  // namespace kmesh::admin

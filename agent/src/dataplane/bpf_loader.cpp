@@ -225,6 +225,12 @@ const ProgramBuild& program_build() {
     return build;
 }
 
+std::string_view program_object() {
+    size_t n = 0;
+    const void* data = kmesh_sock__elf_bytes(&n);
+    return {static_cast<const char*>(data), n};
+}
+
 std::string version_text(const std::string& binary) {
     const ProgramBuild& b = program_build();
     return fmt::format(

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/src/dataplane/map_ops.hpp"
@@ -62,6 +63,9 @@ struct ProgramBuild {
     std::string short_id() const { return sha256.substr(0, 12); }
 };
 const ProgramBuild& program_build();
+// The embedded BPF object itself (what program_build() digests), e.g. for kmeshctl doctor to read
+// which program types, map types and helpers the programs use.
+std::string_view program_object();
 
 // What `<binary> --version` prints: the release, the program digest and the map layout version.
 std::string version_text(const std::string& binary);
