@@ -613,8 +613,8 @@ enum kmesh_accel_stat {
  *                    counts it (KMESH_TEL_STAT_DROPPED); nothing ever waits on it.
  * km_tel_config      array[1] of struct kmesh_tel_config, written by the agent at run time.
  * km_tel_stats       per-CPU counters (enum kmesh_tel_stat).
- * iter_conn_report   iter/bpf_sk_storage_map over km_conn: run by the agent every flush interval
- *                    (and before a scrape); emits a KMESH_CONN_EV_UPDATE for each open connection
+ * iter_conn_report   iter/tcp, run by the agent in each enrolled pod's netns every flush interval
+ *                    (and before a scrape); for sockets with a km_conn entry emits a KMESH_CONN_EV_UPDATE for each open connection
  *                    whose byte counters moved since its last report, so long-lived connections
  *                    report bytes while open. Nothing runs per packet.
  *
