@@ -433,8 +433,9 @@ def telemetry_report(a):
             f"Machine: {machine()}. {a.reps} repetitions of {a.duration} s per cell, interleaved (the order of "
             "off and on alternates per repetition); medians with (min–max). Command: `bench/telemetry.sh`. "
             "Same pods throughout: an enrolled client pod to the service VIP of an enrolled nginx pod (both "
-            "reporters fire: the most telemetry work per connection), `kmesh-daemon --monitoring=off` and `on`; "
-            "the metrics endpoint is scraped once a second during every cell. CPU µs/req: the two pods' cgroups "
+            "reporters fire: the most telemetry work per connection); one agent, monitoring switched off and on "
+            "at run time (admin `POST /debug/monitoring`); the metrics endpoint is scraped once a second during "
+            "every cell. CPU µs/req: the two pods' cgroups "
             "(path), the agent process (agent), all CPUs' busy time (machine). `tracked`: connections counted in "
             "istio_tcp_connections_opened_total{reporter=\"source\"} during the cell. `pressure`: "
             "/proc/pressure/cpu some avg10 after the cell (max over its runs; a cell at >= 10 is measured again once).", "",

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The cost of telemetry (issue 11): kmesh with monitoring on vs off, side by side in one run, same pods:
-#   kmesh-mon-off   enrolled client -> service VIP -> enrolled server, kmesh-daemon --monitoring=off
-#   kmesh-mon-on    the same with --monitoring=on: sockops tracks both sockets of every connection,
+#   kmesh-mon-off   enrolled client -> service VIP -> enrolled server, monitoring off
+#   kmesh-mon-on    the same with monitoring on: sockops tracks both sockets of every connection,
 #                   open/close events go through the ring buffer to the agent, which keeps Istio's
 #                   TCP series (both reporters: client and server are enrolled, the most work per
 #                   connection); the metrics endpoint is scraped once a second during the cell, as
 #                   Prometheus would
 # wrk against nginx with a new connection per request (Connection: close; the target: new-connection
-# throughput with monitoring on >= 0.97x off) and keep-alive, interleaved per repetition (the agent
-# is restarted to switch: the programs are replaced in place). CPU per request: the pods' cgroups
+# throughput with monitoring on >= 0.97x off) and keep-alive, interleaved per repetition. One agent
+# (started with --monitoring=off) is switched at run time through its admin server (POST
+# /debug/monitoring, what `kmeshctl monitoring` does), so both sides share the same process, maps and
+# warm caches. CPU per request: the pods' cgroups
 # (path), the agent process (agent) and all CPUs' busy time (machine). `tracked`: connections the
 # agent counted in istio_tcp_connections_opened_total{reporter="source"} during the cell (0 when off).
 # /proc/pressure/cpu after each cell; a cell measured under load is rerun once.
@@ -33,6 +35,7 @@ OUT=$TMP/results.jsonl
 : >"$OUT"
 SERVER_CPU=1 CLIENT_CPU=0
 METRICS_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
 MAPS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256"
 
 replace_file "$TMP/mesh.yaml" "services: []"
@@ -74,12 +77,17 @@ NGINX
 pod_exec srv taskset -c $SERVER_CPU nginx -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" &
 PIDS+=($!)
 
-agent_on() { # <on|off>: (re)starts the agent with --monitoring=<on|off> and waits for its state
+agent_on() { # <on|off>: switches monitoring at run time and checks the agent took it
+    local enabled=false resp
     [[ $MONITORING == "$1" ]] && return 0
-    agent_stop
-    AGENT_FLAGS="$MAPS --metrics-address 127.0.0.1 --metrics-port $METRICS_PORT --monitoring=$1"
-    agent_start "$TMP/mesh.yaml"
-    wait_log "config generation 1 applied" "$AGENT_STARTS"
+    [[ $1 == on ]] && enabled=true
+    for _ in $(seq 50); do
+        resp=$(curl -s --max-time 5 -X POST "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=$enabled") &&
+            grep -q "\"enabled\": *$enabled" <<<"$resp" && break
+        resp=""
+        sleep 0.2  # the admin server binds in the background
+    done
+    [[ -n $resp ]] || { log "cannot switch monitoring $1 through the admin server"; exit 1; }
     MONITORING=$1
 }
 
