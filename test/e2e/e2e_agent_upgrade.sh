@@ -33,7 +33,7 @@ check "pods keep translating with the old programs and maps" reaches
 check "the old maps are still pinned" test -d "$BPFFS/kmesh/maps/$OLD_MAPS"
 check "/ready answers 503" test "$(admin_status /ready)" = 503
 check "naming the rejected file" eval 'admin_get /ready | grep -q "config file rejected"'
-check "kmesh_ready is 0" eval 'admin_get /metrics | grep -qx "kmesh_ready 0"'
+check "kmesh_ready is 0" eval 'grep -qx "kmesh_ready 0" <<<"$(admin_get /metrics)"'
 pod_create client2
 check "a pod created meanwhile is enrolled with the programs pinned, and translates" reaches client2
 

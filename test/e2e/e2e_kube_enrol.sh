@@ -163,5 +163,5 @@ AGENT_WRAPPER="nsenter --net=/run/netns/$NODE" agent_start --config "$MESH" --ku
 check "a pod deleted while the agent was down leaves nothing: $(records)" \
     eventually test ! -e "$BPFFS/kmesh/pods/_pod_$(pod_uid before)"
 check "the other pods keep their attachments" has_record "$RUN-meshpod"
-enrolled_metric() { admin_get /metrics | grep -qx "kmesh_enrolled_pods $1"; }
+enrolled_metric() { grep -qx "kmesh_enrolled_pods $1" <<<"$(admin_get /metrics)"; }
 check "the metrics count one enrolled pod (meshpod)" eventually enrolled_metric 1

@@ -174,7 +174,7 @@ push "$TMP/policies.json"
 wait_event '"event": ?"nack"' $((nacks + 1))
 check "the policy with a 40-bit prefix is NACKed, naming it" \
     grep -q 'default/bad-prefix: source_ips: prefix length 40 longer than the address' "$CONTROL/events.jsonl"
-has_policy() { admin /debug/config_dump | grep -q '"name":"deny-sleep"'; }
+has_policy() { grep -q '"name":"deny-sleep"' <<<"$(admin /debug/config_dump)"; }
 for _ in $(seq 50); do has_policy && break; sleep 0.1; done
 admin /debug/config_dump >"$TMP/dump.json"
 check "the config dump shows istiod's policy in words, and the workloads' identities" python3 - "$TMP/dump.json" <<'PY'

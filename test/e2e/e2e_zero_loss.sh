@@ -204,7 +204,7 @@ check "/version reports the variant object's sha256" test "$(version_field 'd["p
 check "/version: every pod link (4 pods) runs the loaded programs" \
     test "$(version_field 'd["pod_links"]["total"] >= 4 and d["pod_links"]["on_loaded_programs"] == d["pod_links"]["total"]')" = True
 check "kmesh_build_info names the programs and the layout" \
-    eval 'admin_get /metrics | grep -q "^kmesh_build_info{version=\"[^\"]*\",abi=\"[0-9]*\",maps_version=\"[0-9]*\",programs=\"${SHA_VARIANT:0:12}\"} 1$"'
+    eval 'grep -q "^kmesh_build_info{version=\"[^\"]*\",abi=\"[0-9]*\",maps_version=\"[0-9]*\",programs=\"${SHA_VARIANT:0:12}\"} 1$" <<<"$(admin_get /metrics)"'
 OLD_MAPS=$(version_field 'd["maps"]["dir"]')
 
 # (c) a new map layout: fill, then publish.
@@ -233,7 +233,7 @@ wait_ready
 check "once the config is in the new maps the pods are moved" test "$(connect4_tag client)" = "$MAIN_TAG"
 check "/version: maps v99 in use, every pod link on the loaded programs" \
     test "$(version_field 'd["maps"]["version"] == 99 and d["pod_links"]["total"] >= 4 and d["pod_links"]["on_loaded_programs"] == d["pod_links"]["total"]')" = True
-check "kmesh_build_info says maps_version 99" eval 'admin_get /metrics | grep -q "maps_version=\"99\",programs=\"${SHA_MAIN:0:12}\"} 1$"'
+check "kmesh_build_info says maps_version 99" eval 'grep -q "maps_version=\"99\",programs=\"${SHA_MAIN:0:12}\"} 1$" <<<"$(admin_get /metrics)"'
 check "the previous maps are gone" test ! -e "$OLD_MAPS"
 kmeshctl --admin "127.0.0.1:$ADMIN_PORT" version >"$TMP/kmeshctl.version" 2>&1
 check "kmeshctl version prints the client's and the agent's programs and layout" \
