@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 
 #include "agent/src/agent.hpp"
 
@@ -97,6 +98,28 @@ int main(int argc, char** argv) {
     app.add_option("--max-affinity", opt.sizes.affinity,
                    "session affinity entries (client, service), least recently used evicted first")
         ->capture_default_str();
+    // Connection telemetry from the kernel (docs/telemetry.md).
+    std::string monitoring = opt.monitoring ? "on" : "off";
+    app.add_option(
+           "--monitoring", monitoring,
+           "report TCP connections of enrolled pods (open, close, bytes) from the kernel for metrics; "
+           "switchable at run time")
+        ->check(CLI::IsMember({"on", "off"}))
+        ->capture_default_str();
+    app.add_option("--telemetry-ringbuf-bytes", opt.sizes.tel_ringbuf_bytes,
+                   "kernel connection event ring buffer size (a power of two, at least a page); events that "
+                   "find it full are dropped and counted")
+        ->check([](const std::string& v) {
+            uint64_t n = 0;
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec != std::errc() || end != v.data() + v.size()) return std::string("not a number");
+            return kmesh::check_ringbuf_bytes(n);
+        })
+        ->capture_default_str();
+    app.add_option("--metrics-flush-interval", opt.metrics_flush_interval_s,
+                   "seconds between byte reports of open connections (also done before each scrape)")
+        ->check(CLI::Range(1, 3600))
+        ->capture_default_str();
     app.add_option("--max-config-bytes", opt.max_config_bytes,
                    "a --config file larger than this is refused without being read")
         ->capture_default_str();
@@ -160,6 +183,7 @@ int main(int argc, char** argv) {
 
     spdlog::set_level(spdlog::level::from_str(log_level));
     opt.sizes.accel.enabled = sockmap == "on";
+    opt.monitoring = monitoring == "on";
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
     cni.kmesh_namespace = pod_namespace;

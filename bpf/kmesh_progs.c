@@ -11,5 +11,7 @@
 /* Issue 10: UDP translation + address transparency, and same-node sockmap acceleration. */
 #include "sock_udp.c"
 #include "sock_accel.c"
+/* Issue 11: the iterator that reports bytes of open connections (docs/telemetry.md). */
+#include "sock_telemetry.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -20,6 +20,8 @@
 #include <bpf/bpf_endian.h>
 
 #include "include/authz.h"
+/* A refused SYN is reported as a DENIED connection event (docs/telemetry.md). */
+#include "include/telemetry.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -66,7 +68,10 @@ static __always_inline int sk_lookup_authz_v4(const struct bpf_sk_lookup *ctx)
 
 	addr_v4_mapped(src, ctx->remote_ip4);
 	addr_v4_mapped(dst, ctx->local_ip4);
-	return authz_check(src, dst, (__u16)ctx->local_port, true) == KMESH_AUTHZ_DENY ? -EACCES : 0;
+	if (authz_check(src, dst, (__u16)ctx->local_port, true) != KMESH_AUTHZ_DENY)
+		return 0;
+	tel_denied(src, bpf_ntohs(ctx->remote_port), dst, (__u16)ctx->local_port, true);
+	return -EACCES;
 }
 
 static __always_inline int sk_lookup_authz_v6(const struct bpf_sk_lookup *ctx)
@@ -85,7 +90,10 @@ static __always_inline int sk_lookup_authz_v6(const struct bpf_sk_lookup *ctx)
 	local[3] = ctx->local_ip6[3];
 	addr_v6(src, remote);
 	addr_v6(dst, local);
-	return authz_check(src, dst, (__u16)ctx->local_port, true) == KMESH_AUTHZ_DENY ? -EACCES : 0;
+	if (authz_check(src, dst, (__u16)ctx->local_port, true) != KMESH_AUTHZ_DENY)
+		return 0;
+	tel_denied(src, bpf_ntohs(ctx->remote_port), dst, (__u16)ctx->local_port, false);
+	return -EACCES;
 }
 
 static __always_inline bool sk_lookup_remote_is_zero(const struct bpf_sk_lookup *ctx)

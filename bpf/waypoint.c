@@ -10,6 +10,8 @@
 #include "include/waypoint.h"
 /* Same-node acceleration (docs/sockmap.md) shares this sockops program: one per pod cgroup. */
 #include "include/accel.h"
+/* So does connection telemetry (docs/telemetry.md): open and close reports. */
+#include "include/telemetry.h"
 
 #define SK_DROP 0
 #define SK_PASS 1
@@ -71,17 +73,24 @@ int cgroup_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		if (!wp_established(skops, sk))
 			accel_active_established(skops);
+		/* After the waypoint step: it decides whether the socket goes to a waypoint, which
+		 * the report names. Its result never changes the connection. */
+		tel_established(skops, sk, KMESH_CONN_ROLE_SOURCE);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* A waypoint's accepted socket never finds its client in km_accel_sockhash (the
 		 * client sits in km_wp_sockhash), so it stays out too. */
 		accel_passive_established(skops);
+		tel_established(skops, sk, KMESH_CONN_ROLE_DESTINATION);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
 		if (!wp_rtt(skops, sk))
 			accel_rtt(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
+		/* Telemetry first: it asks km_accel_state whether the socket was accelerated, and
+		 * accel forgets that at close. */
+		tel_state_change(skops, sk);
 		accel_state_change(skops);
 		break;
 	}

@@ -63,6 +63,7 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
         spdlog::warn("authz: reading the pinned authorization maps back: {}", st.to_string());
     // The admin server's policy hit counts are the kernel's counters.
     agent->set_authz_hits_reader([a = agent.get()] { return a->authz_report(); });
+    agent->start_telemetry();
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     // Made before any thread that applies generations exists; its thread starts in run().
     agent->closer_ = std::make_unique<policy::ConnectionCloser>(options.layout);
@@ -77,6 +78,43 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
         agent->set_waiting("waiting for the config file to be accepted");
     }
     return agent;
+}
+
+void Agent::start_telemetry() {
+    const Dataplane& dp = *dataplane_;
+    if (!dp.telemetry_available()) return;  // the loader logged why
+    auto kernel = telemetry::make_kernel_telemetry(dp.conn_events_fd(), dp.tel_config_fd(), dp.tel_stats_fd(),
+                                                   dp.conn_iter_link_fd());
+    if (!kernel) {
+        spdlog::error("telemetry off: {}", kernel.status().to_string());
+        return;
+    }
+    // The thread is started by run(), after the signal mask is set (threads inherit it).
+    event_reader_ = std::make_unique<telemetry::EventReader>(
+        std::move(*kernel), [this](const telemetry::ConnEvent& e) { on_conn_event(e); },
+        std::chrono::seconds(options_.metrics_flush_interval_s));
+    // Written at every start: the pinned config may hold a previous agent's setting.
+    if (Status st = event_reader_->set_enabled(options_.monitoring); !st)
+        spdlog::error("telemetry: {}", st.to_string());
+    else
+        spdlog::info("connection telemetry {} (byte reports every {} s{})",
+                     options_.monitoring ? "on" : "off", options_.metrics_flush_interval_s,
+                     dp.conn_iter_available() ? "" : "; open connections report at close only");
+}
+
+void Agent::on_conn_event(const telemetry::ConnEvent& e) {
+    conn_events_.record(e);
+    // The metrics and access-log side (telemetry::Telemetry::on_event) is fed from here.
+}
+
+Status Agent::flush_telemetry() {
+    if (!event_reader_) return {Errc::kUnavailable, "connection telemetry is not available"};
+    return event_reader_->flush();
+}
+
+Status Agent::set_monitoring(bool enabled) {
+    if (!event_reader_) return {Errc::kUnavailable, "connection telemetry is not available"};
+    return event_reader_->set_enabled(enabled);
 }
 
 void Agent::set_waiting(std::string reason) {
@@ -363,6 +401,7 @@ int Agent::run() {
         return 1;
     }
     spdlog::info("kmesh-daemon started");
+    if (event_reader_) event_reader_->start();
     closer_->start();
     closer_->request();  // policies recovered from the maps apply to connections made while down
     if (options_.enrolment && options_.kube_api) {
@@ -422,6 +461,7 @@ int Agent::run() {
     if (enrolment_) enrolment_->stop();
     if (xds_client_) xds_client_->stop();
     if (closer_) closer_->stop();
+    if (event_reader_) event_reader_->stop();
     cni_installer_.reset();
     close(sfd);
     return rc;

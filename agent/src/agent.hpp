@@ -21,6 +21,7 @@
 #include "agent/src/policy/hits.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
+#include "agent/src/telemetry/event_reader.hpp"
 
 namespace kmesh {
 
@@ -42,6 +43,9 @@ struct AgentOptions {
     // Enrolment by labels (agent/src/enrolment): set when there is a kube config and a node name.
     std::shared_ptr<kube::Api> kube_api;
     std::optional<enrolment::ReconcilerOptions> enrolment;
+    // Connection telemetry (docs/telemetry.md): --monitoring, --metrics-flush-interval.
+    bool monitoring = true;
+    unsigned metrics_flush_interval_s = 5;
 };
 
 // Exponential retry delay for failed map writes: 1 s doubling to 30 s. A new source generation
@@ -88,6 +92,15 @@ class Agent {
     // Readiness: "" once the first full state is applied and the programs are published; else why not.
     std::string not_ready_reason();
 
+    // Connection telemetry from the kernel (docs/telemetry.md). Any thread.
+    // The last connection events decoded, as JSON (admin GET /debug/conn_events).
+    std::string conn_events_json() const { return conn_events_.json(); }
+    // Open connections report their bytes and the ring buffer is read out, before this returns:
+    // called before a scrape is served. kUnavailable when the kernel reports no connections.
+    Status flush_telemetry();
+    // Whether the kernel tracks new connections (--monitoring; kmeshctl monitoring at run time).
+    Status set_monitoring(bool enabled);
+
   private:
     enum class Reload { kApplied, kUnchanged, kRejected, kFailed };
     Agent();
@@ -103,6 +116,9 @@ class Agent {
     std::string publish_if_ready();
     void set_waiting(std::string reason);
     void wake_main_loop();
+    void start_telemetry();  // makes the event reader when the kernel reports connections
+    // Every decoded kernel connection event, on the reader's thread (or a flushing one).
+    void on_conn_event(const telemetry::ConnEvent& e);
 
     AgentOptions options_;
     std::unique_ptr<Dataplane> dataplane_;
@@ -149,6 +165,10 @@ class Agent {
     std::unique_ptr<enrolment::Reconciler> enrolment_;   // started by run() when configured
     // Closes existing connections a policy change now denies (after every applied generation).
     std::unique_ptr<policy::ConnectionCloser> closer_;
+    // Connection telemetry. Declared after dataplane_ (its fds) and conn_events_ (its sink writes
+    // there): destroyed, and its thread stopped, before either.
+    telemetry::ConnEventLog conn_events_{256};
+    std::unique_ptr<telemetry::EventReader> event_reader_;
 };
 
 }  // namespace kmesh

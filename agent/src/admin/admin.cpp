@@ -582,6 +582,27 @@ std::string Agent::metrics_text() {
         out += fmt::format("kmesh_authz_connections_total{{decision=\"{}\"}} {}\n", decision, v);
     counter("kmesh_authz_closed_connections_total",
             "Existing connections closed because a policy change denies them now.", totals.closed_existing);
+    // Connection telemetry from the kernel (docs/telemetry.md): what the ring buffer carried.
+    gauge("kmesh_telemetry_enabled", "1 while the kernel tracks new connections for metrics (--monitoring).",
+          event_reader_ && event_reader_->enabled() ? 1 : 0);
+    if (event_reader_) {
+        const telemetry::EventReaderStats ts = event_reader_->stats();
+        counter("kmesh_telemetry_events_total", "Connection events the kernel wrote to the ring buffer.",
+                ts.kernel[KMESH_TEL_STAT_EVENTS]);
+        counter(
+            "kmesh_telemetry_events_dropped_total",
+            "Connection events lost because the ring buffer was full (the connections were not affected).",
+            ts.kernel[KMESH_TEL_STAT_DROPPED]);
+        counter("kmesh_telemetry_untracked_total",
+                "Connections not tracked for metrics because their socket storage could not be created.",
+                ts.kernel[KMESH_TEL_STAT_NO_STORAGE]);
+        counter("kmesh_telemetry_connections_tracked_total", "Connection ends tracked (either role).",
+                ts.kernel[KMESH_TEL_STAT_TRACKED]);
+        counter("kmesh_telemetry_events_decoded_total", "Connection events read and decoded by the agent.",
+                ts.decoded);
+        counter("kmesh_telemetry_events_malformed_total", "Ring buffer records the agent could not decode.",
+                ts.malformed);
+    }
     // From metrics_, not admin_: the main thread resets admin_ while a request may still run.
     counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
             metrics_.admin_bind_failures);
@@ -650,7 +671,21 @@ void Agent::start_admin() {
         json(res, body);
     });
     srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        // Open connections' bytes and every pending event in before the numbers are read.
+        (void)flush_telemetry();
         res.set_content(metrics_text(), "text/plain; version=0.0.4");
+    });
+    // The last kernel connection events decoded (docs/telemetry.md). ?flush=1 first runs a flush
+    // (open connections report their bytes) instead of waiting for the next periodic one.
+    srv.Get("/debug/conn_events", [this, json](const httplib::Request& req, httplib::Response& res) {
+        if (req.get_param_value("flush") == "1") {
+            if (Status st = flush_telemetry(); !st && st.code() != Errc::kUnavailable) {
+                res.status = 500;
+                res.set_content(st.to_string() + "\n", "text/plain");
+                return;
+            }
+        }
+        json(res, conn_events_json());
     });
     // The admin server is not needed to serve traffic: if the port is taken (another process got
     // there first), the agent runs on and keeps trying, 1 s doubling to 30 s.
@@ -675,7 +710,7 @@ void Agent::start_admin() {
         admin->listening = true;
         spdlog::info(
             "admin on http://{}:{} (/ready, /version, /debug/config_dump, /debug/maps, /debug/xds, "
-            "/debug/authz_check, /metrics)",
+            "/debug/authz_check, /debug/conn_events, /metrics)",
             options_.admin_address, options_.admin_port);
         admin->server.listen_after_bind();
         admin->done = true;

@@ -173,7 +173,39 @@ std::string probe_sockmap() {
     return {};
 }
 
+// BPF ring buffers (5.8): the only way connection events reach the agent. "" when present.
+std::string probe_ringbuf() {
+    const char* pretend = getenv("KMESH_PRETEND_NO_RINGBUF");
+    if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_RINGBUF is set";
+    int rc = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr);
+    if (rc == 1) return {};
+    return rc == 0 ? "this kernel has no BPF ring buffers (needs 5.8)"
+                   : fmt::format("probing BPF ring buffers failed: {}", errno_text(rc));
+}
+
+// The socket-storage map iterator (5.9) with writable values: what reports the bytes of open
+// connections. Its target is a kernel function named bpf_iter_bpf_sk_storage_map. "" when present.
+std::string probe_conn_iter() {
+    const char* pretend = getenv("KMESH_PRETEND_NO_CONN_ITER");
+    if (pretend && *pretend && std::strcmp(pretend, "0") != 0) return "KMESH_PRETEND_NO_CONN_ITER is set";
+    btf* vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux) return fmt::format("cannot read the kernel BTF: {}", errno_text(errno));
+    const int id = btf__find_by_name_kind(vmlinux, "bpf_iter_bpf_sk_storage_map", BTF_KIND_FUNC);
+    btf__free(vmlinux);
+    return id > 0 ? std::string() : "this kernel has no socket-storage map iterator (needs 5.9)";
+}
+
 }  // namespace
+
+std::string check_ringbuf_bytes(uint64_t bytes) {
+    const long page = sysconf(_SC_PAGESIZE);
+    const uint64_t min = page > 0 ? static_cast<uint64_t>(page) : 4096;
+    if (bytes < min || bytes > (1ull << 30) || (bytes & (bytes - 1)) != 0)
+        return fmt::format(
+            "--telemetry-ringbuf-bytes {}: must be a power of two from {} (the page size) to 1073741824",
+            bytes, min);
+    return {};
+}
 
 const ProgramBuild& program_build() {
     static const ProgramBuild build = [] {
@@ -230,12 +262,18 @@ int lock_kmesh_dir(const PinLayout& layout, std::string* error) {
 }
 
 Dataplane::~Dataplane() {
+    bpf_link__destroy(conn_iter_link_);  // the link only; nothing is pinned for it
     kmesh_sock__destroy(skel_);
     close(lock_fd_);
 }
 
 std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSizes& sizes,
                                            std::string* error) {
+    // Flags first: a bad one changes nothing on the node.
+    if (auto e = check_ringbuf_bytes(sizes.tel_ringbuf_bytes); !e.empty()) {
+        *error = e;
+        return nullptr;
+    }
     if (auto e = ensure_bpffs(layout.bpffs_root); !e.empty()) {
         *error = e;
         return nullptr;
@@ -364,10 +402,41 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
     skel->rodata->kmesh_accel_enabled = dp->sockmap_active_;
     if (dp->sockmap_active_) spdlog::info("same-node sockmap acceleration on");
 
+    // Connection telemetry (docs/telemetry.md). Without ring buffers nothing is reported: the
+    // rodata flag makes the verifier prune every use of km_conn_events, which becomes a one-entry
+    // array (the programs still name a map there) created for this load only, never pinned.
+    dp->telemetry_reason_ = probe_ringbuf();
+    bpf_map__set_max_entries(skel->maps.km_conn_events, sizes.tel_ringbuf_bytes);
+    if (!dp->telemetry_reason_.empty()) {
+        skel->rodata->kmesh_tel_supported = false;
+        bpf_map__set_type(skel->maps.km_conn_events, BPF_MAP_TYPE_ARRAY);
+        bpf_map__set_key_size(skel->maps.km_conn_events, sizeof(uint32_t));
+        bpf_map__set_value_size(skel->maps.km_conn_events, sizeof(uint32_t));
+        bpf_map__set_max_entries(skel->maps.km_conn_events, 1);
+        bpf_program__set_autoload(skel->progs.iter_conn_report, false);
+        spdlog::warn("connection telemetry off: {}; no kernel connection metrics (the mesh works as before)",
+                     dp->telemetry_reason_);
+    } else if (auto why = probe_conn_iter(); !why.empty()) {
+        bpf_program__set_autoload(skel->progs.iter_conn_report, false);
+        dp->conn_iter_reason_ = why;
+        spdlog::warn("{}: open connections report their bytes only when they close", why);
+    }
+    // A ring buffer holds nothing worth keeping across a size change (events not read yet at
+    // most): a pinned one of another size is replaced rather than refused like the other maps.
+    // Pods still on the previous programs write to the old one until publish() moves them.
+    if (dp->telemetry_reason_.empty()) {
+        std::string path = layout.map(bpf_map__name(skel->maps.km_conn_events));
+        if (!check_pinned_map(path, skel->maps.km_conn_events).empty()) {
+            spdlog::info("{}: replacing the pinned ring buffer (another size)", path);
+            unlink(path.c_str());
+        }
+    }
+
     bpf_map* map;
     bpf_object__for_each_map(map, skel->obj) {
         // .rodata (the feature flags) belongs to this load, not to the pinned ABI.
         if (bpf_map__is_internal(map)) continue;
+        if (map == skel->maps.km_conn_events && !dp->telemetry_reason_.empty()) continue;
         std::string path = layout.map(bpf_map__name(map));
         if (auto e = check_pinned_map(path, map); !e.empty()) {
             *error = e;
@@ -391,6 +460,19 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
             p.tag = hex(info.tag, sizeof info.tag);
         }
         dp->programs_.push_back(std::move(p));
+    }
+    // The byte-report iterator is bound to km_conn once; each run is a bpf_iter_create on this link.
+    if (bpf_program__autoload(skel->progs.iter_conn_report)) {
+        union bpf_iter_link_info linfo {};
+        linfo.map.map_fd = static_cast<uint32_t>(bpf_map__fd(skel->maps.km_conn));
+        LIBBPF_OPTS(bpf_iter_attach_opts, iopts, .link_info = &linfo, .link_info_len = sizeof linfo);
+        dp->conn_iter_link_ = bpf_program__attach_iter(skel->progs.iter_conn_report, &iopts);
+        if (!dp->conn_iter_link_) {
+            dp->conn_iter_reason_ =
+                fmt::format("attaching iter_conn_report to km_conn: {}", errno_text(errno));
+            spdlog::warn("{}: open connections report their bytes only when they close",
+                         dp->conn_iter_reason_);
+        }
     }
     // sk_msg has no bpf_link in libbpf 1.1: attach to the sockhash itself. It replaces a previous
     // agent's program on a reused (pinned) map; sockets already in the map keep theirs.
@@ -611,6 +693,10 @@ int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }
 int Dataplane::udp_stats_fd() const { return bpf_map__fd(skel_->maps.km_udp_stats); }
 int Dataplane::accel_stats_fd() const { return bpf_map__fd(skel_->maps.km_accel_stats); }
 int Dataplane::accel_sockhash_fd() const { return bpf_map__fd(skel_->maps.km_accel_sockhash); }
+int Dataplane::conn_events_fd() const { return bpf_map__fd(skel_->maps.km_conn_events); }
+int Dataplane::tel_config_fd() const { return bpf_map__fd(skel_->maps.km_tel_config); }
+int Dataplane::tel_stats_fd() const { return bpf_map__fd(skel_->maps.km_tel_stats); }
+int Dataplane::conn_iter_link_fd() const { return conn_iter_link_ ? bpf_link__fd(conn_iter_link_) : -1; }
 
 std::array<int, policy::kAuthzMapCount> Dataplane::authz_map_fds() const {
     const auto& m = skel_->maps;

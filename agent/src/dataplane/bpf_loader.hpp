@@ -16,6 +16,7 @@
 #include "common/pin_layout.hpp"
 
 struct kmesh_sock;
+struct bpf_link;
 
 namespace kmesh {
 
@@ -43,7 +44,13 @@ struct MapSizes {
     AccelOptions accel;  // the sockhash size, and whether it is used
     uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;    // km_member: (service, endpoint backend) pairs
     uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;  // km_affinity LRU: (client netns, service, family)
+    // km_conn_events ring buffer bytes (--telemetry-ringbuf-bytes): a power of two, at least a page.
+    uint32_t tel_ringbuf_bytes = KMESH_DEFAULT_TEL_RINGBUF_BYTES;
 };
+
+// "" when bytes is a size the kernel takes for a BPF ring buffer (a power of two, a multiple of the
+// page size), else why not, naming the flag.
+std::string check_ringbuf_bytes(uint64_t bytes);
 
 // The programs this binary carries: the SHA-256 of the BPF object embedded in it (the skeleton's
 // bytes), computed once at first use. Same digest, same programs; any change to the programs, the
@@ -129,6 +136,17 @@ class Dataplane {
     // The iterator that closes denied connections was loaded (bpf_sock_destroy, kernel >= 6.5).
     bool can_close_connections() const { return can_close_; }
     std::array<int, policy::kAuthzMapCount> authz_map_fds() const;  // by policy::AuthzMap
+    // Connection telemetry (docs/telemetry.md): whether the kernel reports connections at all (BPF
+    // ring buffers), and why not; whether open connections report bytes periodically (the km_conn
+    // iterator), and why not. The reader (telemetry/event_reader) takes the fds below.
+    bool telemetry_available() const { return telemetry_reason_.empty(); }
+    const std::string& telemetry_reason() const { return telemetry_reason_; }
+    bool conn_iter_available() const { return conn_iter_link_ != nullptr; }
+    const std::string& conn_iter_reason() const { return conn_iter_reason_; }
+    int conn_events_fd() const;     // km_conn_events (ring buffer); meaningful when telemetry_available()
+    int tel_config_fd() const;      // km_tel_config (array[1] of struct kmesh_tel_config)
+    int tel_stats_fd() const;       // per-CPU km_tel_stats (enum kmesh_tel_stat slots)
+    int conn_iter_link_fd() const;  // iter_conn_report attached to km_conn (bpf_iter_create), or -1
     bool reused_maps() const { return reused_maps_; }
     // The programs loaded (those this kernel supports), in the object's order.
     const std::vector<LoadedProgram>& programs() const { return programs_; }
@@ -154,6 +172,9 @@ class Dataplane {
     std::vector<LoadedProgram> programs_;
     bool sockmap_active_ = false;
     std::string sockmap_reason_;
+    std::string telemetry_reason_;
+    std::string conn_iter_reason_;
+    bpf_link* conn_iter_link_ = nullptr;
     int links_updated_ = 0;
     int pods_forgotten_ = 0;
     std::atomic<int> stale_links_{0};
