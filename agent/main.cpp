@@ -44,6 +44,27 @@ int main(int argc, char** argv) {
                    "region/zone/subzone of this node (default: learnt from its workloads)");
     app.add_option("--admin-address", opt.admin_address, "admin server address")->capture_default_str();
     app.add_option("--admin-port", opt.admin_port, "admin server port (0: none)")->capture_default_str();
+    // Telemetry (docs/telemetry.md).
+    app.add_option("--metrics-address", opt.metrics_address,
+                   "Prometheus endpoint address (/stats/prometheus; all of the agent's network namespace "
+                   "by default, so Prometheus can scrape the node)")
+        ->capture_default_str();
+    app.add_option("--metrics-port", opt.metrics_port, "Prometheus endpoint port (0: none)")
+        ->capture_default_str();
+    std::string accesslog = opt.telemetry.initial.access_log ? "on" : "off";
+    app.add_option("--accesslog", accesslog,
+                   "one log line per closed or denied connection (switchable at run time: POST "
+                   "/debug/monitoring, kmeshctl monitoring)")
+        ->check(CLI::IsMember({"on", "off"}))
+        ->capture_default_str();
+    app.add_option("--accesslog-rate", opt.telemetry.access_log_rate,
+                   "access-log lines per second at most (burst the same; 0: no limit); lines over it are "
+                   "counted in kmesh_accesslog_dropped_total")
+        ->capture_default_str();
+    unsigned series_grace = static_cast<unsigned>(opt.telemetry.series_grace.count());
+    app.add_option("--metrics-series-grace", series_grace,
+                   "seconds the series of a workload or service that left the mesh are kept")
+        ->capture_default_str();
     app.add_option("--max-services", opt.sizes.services, "service map capacity")->capture_default_str();
     app.add_option("--max-frontends", opt.sizes.frontends, "(VIP, port) frontend map capacity")
         ->capture_default_str();
@@ -184,6 +205,10 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(log_level));
     opt.sizes.accel.enabled = sockmap == "on";
     opt.monitoring = monitoring == "on";
+    opt.telemetry.initial.enabled = opt.monitoring;
+    opt.telemetry.initial.access_log = accesslog == "on";
+    opt.telemetry.series_grace = std::chrono::seconds(series_grace);
+    opt.telemetry.cluster_id = xds.cluster_id;
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
     cni.kmesh_namespace = pod_namespace;

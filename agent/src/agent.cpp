@@ -15,6 +15,7 @@
 
 #include "agent/src/sources/file/file_watcher.hpp"
 #include "agent/src/sources/xds/source.hpp"
+#include "agent/src/telemetry/metrics_server.hpp"
 
 namespace kmesh {
 
@@ -57,6 +58,8 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->mesh_.mark_all_dirty();  // the first plan compares everything the maps hold
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
                                                  MapCapacity::of(options.sizes), agent->metrics_);
+    agent->note_map_entries();
+    agent->telemetry_ = std::make_unique<telemetry::Telemetry>(options.telemetry);
     agent->authz_ops_ = std::make_unique<policy::KernelAuthzMapOps>(agent->dataplane_->authz_map_fds());
     agent->authz_writer_ = std::make_unique<policy::AuthzWriter>(*agent->authz_ops_, options.sizes.authz);
     if (Status st = agent->authz_writer_->recover(); !st)
@@ -93,6 +96,12 @@ void Agent::start_telemetry() {
     event_reader_ = std::make_unique<telemetry::EventReader>(
         std::move(*kernel), [this](const telemetry::ConnEvent& e) { on_conn_event(e); },
         std::chrono::seconds(options_.metrics_flush_interval_s));
+    // The metrics side's hooks: a scrape flushes first; switching monitoring at run time
+    // (POST /debug/monitoring) tells the kernel (km_tel_config).
+    set_before_scrape([this] { (void)flush_telemetry(); });
+    set_on_monitoring_enabled([this](bool on) {
+        if (Status st = set_kernel_monitoring(on); !st) spdlog::error("telemetry: {}", st.to_string());
+    });
     // Written at every start: the pinned config may hold a previous agent's setting.
     if (Status st = event_reader_->set_enabled(options_.monitoring); !st)
         spdlog::error("telemetry: {}", st.to_string());
@@ -103,8 +112,8 @@ void Agent::start_telemetry() {
 }
 
 void Agent::on_conn_event(const telemetry::ConnEvent& e) {
-    conn_events_.record(e);
-    // The metrics and access-log side (telemetry::Telemetry::on_event) is fed from here.
+    conn_events_.record(e);   // the debug ring (/debug/conn_events)
+    telemetry_->on_event(e);  // metrics and access log
 }
 
 Status Agent::flush_telemetry() {
@@ -112,7 +121,7 @@ Status Agent::flush_telemetry() {
     return event_reader_->flush();
 }
 
-Status Agent::set_monitoring(bool enabled) {
+Status Agent::set_kernel_monitoring(bool enabled) {
     if (!event_reader_) return {Errc::kUnavailable, "connection telemetry is not available"};
     return event_reader_->set_enabled(enabled);
 }
@@ -145,9 +154,26 @@ void Agent::wake_main_loop() {
     if (write(wake_fd_, &one, sizeof one) < 0) spdlog::warn("eventfd: {}", std::strerror(errno));
 }
 
+void Agent::note_map_entries() {
+    MapCounts n = writer_->entries();
+    for (int i = 0; i < kMapCount; i++) metrics_.map_entries[i] = n[i];
+}
+
+void Agent::set_before_scrape(std::function<void()> hook) {
+    std::lock_guard lock(hooks_mu_);
+    before_scrape_ = std::move(hook);
+}
+
+void Agent::set_on_monitoring_enabled(std::function<void(bool)> hook) {
+    std::lock_guard lock(hooks_mu_);
+    on_monitoring_enabled_ = std::move(hook);
+}
+
 Agent::Reload Agent::sync_maps(std::string* error) {
     auto t0 = std::chrono::steady_clock::now();
     metrics_.vip_conflicts = mesh_.vip_conflict_count();
+    // Telemetry follows the model (names behind addresses), in proportion to what changed.
+    telemetry_->update_model(mesh_.model(), mesh_.take_model_changes());
     Dirty dirty = mesh_.take_dirty();
     // Authorization first: a policy-only change leaves `dirty` empty. Its failure (a full map) keeps
     // the last good generation serving and makes this sync fail, so it is retried with backoff.
@@ -166,6 +192,7 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     // would serve some services and not others, and every retry would rewrite the same half.
     std::string err = writer_->apply(plan);
     int64_t write_us = micros_since(t1);
+    note_map_entries();
     if (!err.empty()) {
         mesh_.mark_all_dirty();  // the retry compares everything again
         *error = fmt::format("{} (after {} us; every service in the maps stays consistent)", err, write_us);
@@ -322,6 +349,16 @@ int Agent::run() {
         return 1;
     }
     start_admin();
+    start_metrics_server();
+    {
+        // The kernel learns the monitoring setting the agent starts with.
+        std::function<void(bool)> hook;
+        {
+            std::lock_guard lock(hooks_mu_);
+            hook = on_monitoring_enabled_;
+        }
+        if (hook) hook(telemetry_->settings().enabled);
+    }
     if (options_.install_cni) {
         // On its own thread, started after the signal mask so that it inherits it. Stopping it (or
         // a restart) leaves everything installed: pods keep being created while the agent is down.
@@ -463,6 +500,7 @@ int Agent::run() {
     if (closer_) closer_->stop();
     if (event_reader_) event_reader_->stop();
     cni_installer_.reset();
+    metrics_server_.reset();
     close(sfd);
     return rc;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -21,12 +22,17 @@
 #include "agent/src/policy/hits.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
+#include "agent/src/telemetry/conn_event.hpp"
 #include "agent/src/telemetry/event_reader.hpp"
+#include "agent/src/telemetry/telemetry.hpp"
 
 namespace kmesh {
 
 namespace xds {
 class Source;
+}
+namespace telemetry {
+class MetricsServer;
 }
 
 struct AgentOptions {
@@ -46,6 +52,11 @@ struct AgentOptions {
     // Connection telemetry (docs/telemetry.md): --monitoring, --metrics-flush-interval.
     bool monitoring = true;
     unsigned metrics_flush_interval_s = 5;
+    // Telemetry (docs/telemetry.md): Prometheus on metrics_address:metrics_port/stats/prometheus
+    // (0: none), the access log, series grace.
+    telemetry::TelemetryOptions telemetry;
+    std::string metrics_address = "0.0.0.0";
+    int metrics_port = 15020;
 };
 
 // Exponential retry delay for failed map writes: 1 s doubling to 30 s. A new source generation
@@ -99,7 +110,21 @@ class Agent {
     // called before a scrape is served. kUnavailable when the kernel reports no connections.
     Status flush_telemetry();
     // Whether the kernel tracks new connections (--monitoring; kmeshctl monitoring at run time).
-    Status set_monitoring(bool enabled);
+    Status set_kernel_monitoring(bool enabled);
+    // Telemetry. A decoded kernel connection event (any thread: the event reader's).
+    void on_conn_event(const telemetry::ConnEvent& ev);
+    telemetry::Telemetry& telemetry() { return *telemetry_; }
+    // Hooks, set before run(): called before each scrape renders (the event reader's flush, so
+    // that long-lived connections' bytes are in), and when monitoring is switched on or off at
+    // run time (and once at start) to tell the kernel (km_tel_config).
+    void set_before_scrape(std::function<void()> hook);
+    void set_on_monitoring_enabled(std::function<void(bool)> hook);
+    // GET/POST /debug/monitoring: the settings as JSON; a POST changes them from its query
+    // (enabled=true|false, accesslog=on|off) or JSON body ({"enabled": bool, "access_log": bool}).
+    // *status is the HTTP status (400: bad arguments, nothing changed).
+    std::string monitoring_json();
+    std::string set_monitoring(const std::string& body, const std::string& enabled_param,
+                               const std::string& accesslog_param, int* status);
 
   private:
     enum class Reload { kApplied, kUnchanged, kRejected, kFailed };
@@ -117,8 +142,6 @@ class Agent {
     void set_waiting(std::string reason);
     void wake_main_loop();
     void start_telemetry();  // makes the event reader when the kernel reports connections
-    // Every decoded kernel connection event, on the reader's thread (or a flushing one).
-    void on_conn_event(const telemetry::ConnEvent& e);
 
     AgentOptions options_;
     std::unique_ptr<Dataplane> dataplane_;
@@ -169,6 +192,15 @@ class Agent {
     // there): destroyed, and its thread stopped, before either.
     telemetry::ConnEventLog conn_events_{256};
     std::unique_ptr<telemetry::EventReader> event_reader_;
+
+    std::unique_ptr<telemetry::Telemetry> telemetry_;           // made by start()
+    std::unique_ptr<telemetry::MetricsServer> metrics_server_;  // started by run()
+    std::mutex hooks_mu_;
+    std::function<void()> before_scrape_;              // hooks_mu_
+    std::function<void(bool)> on_monitoring_enabled_;  // hooks_mu_
+    std::mutex monitoring_mu_;                         // one settings change at a time
+    void start_metrics_server();
+    void note_map_entries();  // the writer's entry counts into metrics_ (mu_ held, or before threads)
 };
 
 }  // namespace kmesh

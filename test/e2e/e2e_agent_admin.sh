@@ -3,6 +3,7 @@
 # idle or half-sent connections do not starve /metrics, /metrics is valid Prometheus text with the
 # BPF programs' connect() counters, a state that cannot fit is refused before anything is written,
 # an unchanged file is not parsed again on a retry, and a new file restarts the retry backoff;
+# the Prometheus endpoint serves /stats/prometheus only, monitoring switches at run time;
 # the config dump and `kmeshctl dump` show policies (rules, hit counts), waypoints and identities,
 # and `kmeshctl authz check` answers from the reference evaluator.
 # Usage: e2e_agent_admin.sh <build-dir>
@@ -21,6 +22,7 @@ BLOCKER=$!
 PIDS+=($BLOCKER)
 for _ in $(seq 50); do [[ -s $TMP/blocker.port ]] && break; sleep 0.1; done
 ADMIN_PORT=$(cat "$TMP/blocker.port")
+METRICS_PORT=$(free_port)
 AGENT_FLAGS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256 --log-level debug"
 agent_start "$MESH"
 check "the agent runs although its admin port is taken" kill -0 "$AGENT_PID"
@@ -59,6 +61,37 @@ missing = sorted(n for n in names if n not in helped or n not in typed)
 print("missing:", missing)
 sys.exit(1 if missing or not names else 0)
 PY
+
+# 2b. The Prometheus endpoint (--metrics-port; loopback in tests, all addresses by default): it
+# serves GET /stats/prometheus, the same series as the admin's /metrics, and nothing else.
+metrics_status() { curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$@" || true; }
+check "GET /stats/prometheus on the metrics port answers 200" \
+    test "$(metrics_status "http://127.0.0.1:$METRICS_PORT/stats/prometheus")" = 200
+curl -sS --max-time 5 "http://127.0.0.1:$METRICS_PORT/stats/prometheus" >"$TMP/prom.txt"
+check "/stats/prometheus passes promtool check metrics" eval 'promtool check metrics <"$TMP/prom.txt"'
+check "it has the agent's counters, map occupancy and capacity, telemetry and process series" eval \
+    'grep -q "^kmesh_connect_total{result=\"translated\"} 7$" "$TMP/prom.txt" &&
+     grep -q "^kmesh_map_entries{map=\"km_service\"} 1$" "$TMP/prom.txt" &&
+     grep -q "^kmesh_map_capacity{map=\"km_service\"} 64$" "$TMP/prom.txt" &&
+     grep -q "^kmesh_connect_failures_total{reason=\"no_endpoint\"} 0$" "$TMP/prom.txt" &&
+     grep -q "^# TYPE istio_tcp_connections_opened_total counter$" "$TMP/prom.txt" &&
+     grep -q "^process_resident_memory_bytes [1-9]" "$TMP/prom.txt"'
+for path in /metrics / /ready /debug/config_dump /stats/prometheus/x; do
+    check "GET $path on the metrics port is a 404" test "$(metrics_status "http://127.0.0.1:$METRICS_PORT$path")" = 404
+done
+check "POST /stats/prometheus is refused" \
+    eval '[[ $(metrics_status -X POST -d x "http://127.0.0.1:$METRICS_PORT/stats/prometheus") == 40[45] ]]'
+# Monitoring switches at run time (kmeshctl monitoring): GET and POST /debug/monitoring.
+check "GET /debug/monitoring: on, access log off by default" \
+    test "$(admin_get /debug/monitoring)" = '{"enabled":true,"access_log":false}'
+check "POST ?accesslog=on turns the access log on" \
+    test "$(admin_get "/debug/monitoring?accesslog=on" -X POST -d '')" = '{"enabled":true,"access_log":true}'
+check "and the metrics say so" eval 'admin_get /metrics | grep -q "^kmesh_accesslog_enabled 1$"'
+check "a JSON body works too" test "$(admin_get /debug/monitoring -X POST -H 'Content-Type: application/json' \
+    -d '{"access_log": false}')" = '{"enabled":true,"access_log":false}'
+check "a bad value is a 400 that changes nothing" eval '[[ $(curl -s -o /dev/null -w "%{http_code}" -X POST -d "" \
+    "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?accesslog=maybe") == 400 &&
+    $(admin_get /debug/monitoring) == "{\"enabled\":true,\"access_log\":false}" ]]'
 
 # 3. Idle and half-sent connections hold no worker for long: /metrics still answers quickly.
 python3 -c 'import socket, sys, time

@@ -32,7 +32,7 @@ event() { echo "$(now_ms) $*" >>"$EVENTS"; }
 start_agent() {
     local bin=$1; shift
     event "up $bin $*"
-    "$BUILD/agent/$bin" --bpffs-root "$BPFFS" --config "$MESH" --admin-port "$ADMIN_PORT" $AGENT_FLAGS "$@" \
+    "$BUILD/agent/$bin" --bpffs-root "$BPFFS" --config "$MESH" --admin-port "$ADMIN_PORT" --metrics-port 0 $AGENT_FLAGS "$@" \
         >>"$TMP/agent.log" 2>&1 &
     AGENT_PID=$!
     AGENT_STARTS=$((${AGENT_STARTS:-0} + 1))

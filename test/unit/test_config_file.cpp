@@ -267,3 +267,34 @@ workloads:
     CHECK(problems("workloads:\n- uid: w\n  waypoint: {hostname: {namespace: a}}\n") ==
           "config.workloads[0].waypoint.hostname (line 3): namespace and hostname are both required");
 }
+
+TEST_CASE("config file: telemetry names of a workload (snake_case or lowerCamelCase)") {
+    auto r = parse_config_yaml(R"(
+services: []
+workloads:
+- uid: Kubernetes//Pod/default/sleep-1
+  name: sleep-1
+  namespace: default
+  addresses: ["10.244.0.5"]
+  workload_name: sleep
+  canonicalName: sleep-app
+  canonical_revision: v1
+  clusterId: east
+  node: node-1
+- uid: Kubernetes//Pod/default/sleep-2
+  addresses: ["10.244.0.6"]
+)");
+    REQUIRE(std::holds_alternative<Model>(r));
+    const Model& m = std::get<Model>(r);
+    const Workload& w = m.workloads.at("Kubernetes//Pod/default/sleep-1");
+    CHECK(w.naming->workload_name == "sleep");
+    CHECK(w.naming->canonical_name == "sleep-app");
+    CHECK(w.naming->canonical_revision == "v1");
+    CHECK(w.placement->cluster_id == "east");
+    CHECK(w.placement->node == "node-1");  // both from the one placement
+    const Workload& bare = m.workloads.at("Kubernetes//Pod/default/sleep-2");
+    CHECK(bare.naming->workload_name.empty());
+    CHECK(bare.placement->cluster_id.empty());
+    CHECK(problems("workloads:\n- uid: a\n  addresses: [\"10.0.0.1\"]\n  canonical_name: [x]\n")
+              .find("canonical_name") != std::string::npos);
+}

@@ -318,3 +318,25 @@ TEST_CASE("xds: an IPv4-mapped CIDR is an IPv4 one, its prefix counted in the la
     CHECK(xds::convert_authorization(p, &out) ==
           "source_ips: IPv4-mapped address 10.1.0.0 with prefix length 64 (below 96)");
 }
+
+TEST_CASE("xds: the names telemetry labels a workload with are converted") {
+    istio::workload::Workload w;
+    w.set_uid("Kubernetes//Pod/default/sleep-7656cf8794-9v2gv");
+    w.set_name("sleep-7656cf8794-9v2gv");
+    w.set_namespace_("default");
+    w.set_workload_name("sleep");
+    w.set_canonical_name("sleep-app");
+    w.set_canonical_revision("v1");
+    w.set_cluster_id("east");
+    Workload out;
+    REQUIRE(xds::convert_workload(w, &out) == "");
+    CHECK(out.naming->workload_name == "sleep");
+    CHECK(out.naming->canonical_name == "sleep-app");
+    CHECK(out.naming->canonical_revision == "v1");
+    CHECK(out.placement->cluster_id == "east");
+    // Replicas share one interned object.
+    Workload other;
+    w.set_uid("Kubernetes//Pod/default/sleep-7656cf8794-x");
+    REQUIRE(xds::convert_workload(w, &other) == "");
+    CHECK(other.naming == out.naming);
+}

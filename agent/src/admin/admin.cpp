@@ -5,6 +5,7 @@
 #include <bpf/libbpf.h>
 #include <fmt/format.h>
 #include <httplib.h>
+#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
@@ -22,6 +23,7 @@
 #include "agent/src/policy/evaluate.hpp"
 #include "agent/src/policy/match.hpp"
 #include "agent/src/sources/xds/source.hpp"
+#include "agent/src/telemetry/metrics_server.hpp"
 
 namespace kmesh {
 
@@ -52,6 +54,7 @@ struct Agent::Admin {
 Agent::Agent() = default;
 
 Agent::~Agent() {
+    metrics_server_.reset();
     admin_.reset();
     if (xds_client_) xds_client_->stop();
     if (wake_fd_ >= 0) close(wake_fd_);
@@ -189,6 +192,11 @@ std::string Agent::config_dump() {
         str(w, "uid", wl.uid);
         str(w, "name", wl.name);
         str(w, "namespace", wl.namespace_);
+        // Telemetry's names for it (docs/telemetry.md), when the source gives them.
+        if (!wl.naming->workload_name.empty()) str(w, "workload_name", wl.naming->workload_name);
+        if (!wl.naming->canonical_name.empty()) str(w, "canonical_name", wl.naming->canonical_name);
+        if (!wl.naming->canonical_revision.empty())
+            str(w, "canonical_revision", wl.naming->canonical_revision);
         addresses(w, "addresses", wl.addresses);
         w.Key("services");
         w.StartObject();
@@ -430,6 +438,13 @@ std::string Agent::version_json() {
 }
 
 std::string Agent::metrics_text() {
+    // The event reader's flush first, so that open connections' bytes are in this scrape.
+    std::function<void()> before;
+    {
+        std::lock_guard lock(hooks_mu_);
+        before = before_scrape_;
+    }
+    if (before) before();
     std::string out = admin::build_info_metric(version_info(*dataplane_, options_.layout, published_, false));
     auto header = [&](const char* name, const char* help, const char* type) {
         out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
@@ -470,6 +485,27 @@ std::string Agent::metrics_text() {
     for (int i = 0; i < kMapCount; i++)
         out += fmt::format("kmesh_map_full_errors_total{{map=\"{}\"}} {}\n", map_name(static_cast<MapId>(i)),
                            metrics_.map_full_errors[i].load());
+    // Occupancy against capacity: the writer's mirror of what it wrote, the sizes the maps were made with.
+    header("kmesh_map_entries", "Entries the agent has written to each BPF map (after the last apply).",
+           "gauge");
+    for (int i = 0; i < kMapCount; i++)
+        out += fmt::format("kmesh_map_entries{{map=\"{}\"}} {}\n", map_name(static_cast<MapId>(i)),
+                           metrics_.map_entries[i].load());
+    header("kmesh_map_capacity", "Capacity (max entries) of each BPF map the agent writes.", "gauge");
+    {
+        const MapCapacity c = MapCapacity::of(options_.sizes);
+        const std::array<std::pair<MapId, uint32_t>, kMapCount> caps{
+            {{MapId::kFrontend, c.frontends},
+             {MapId::kService, c.services},
+             {MapId::kEndpoint, c.endpoints},
+             {MapId::kBackend, c.backends},
+             {MapId::kPort, c.ports},
+             {MapId::kWaypoint, c.waypoints},
+             {MapId::kWaypointDest, c.waypoint_addrs},
+             {MapId::kMember, c.members}}};
+        for (auto [id, cap] : caps)
+            out += fmt::format("kmesh_map_capacity{{map=\"{}\"}} {}\n", map_name(id), cap);
+    }
     // The data plane's own counters: a per-CPU array, summed here.
     std::array<uint64_t, KMESH_STAT_MAX> stats{};
     int ncpu = libbpf_num_possible_cpus();
@@ -603,6 +639,17 @@ std::string Agent::metrics_text() {
         counter("kmesh_telemetry_events_malformed_total", "Ring buffer records the agent could not decode.",
                 ts.malformed);
     }
+    // connect() failures by reason, from the kernel's own counters (lossless, unlike the event ring).
+    header("kmesh_connect_failures_total",
+           "Connections that failed in the data plane, by reason (no_endpoint: service without endpoints, "
+           "refused; no_family: no endpoint of the socket's address family; denied_by_policy: a DENY policy "
+           "matched; denied_no_allow: ALLOW policies apply and none matched).",
+           "counter");
+    for (auto [reason, v] : {std::pair{"no_endpoint", stats[KMESH_STAT_NO_ENDPOINT]},
+                             {"no_family", stats[KMESH_STAT_NO_FAMILY]},
+                             {"denied_by_policy", totals.denied_by_policy},
+                             {"denied_no_allow", totals.denied_no_allow}})
+        out += fmt::format("kmesh_connect_failures_total{{reason=\"{}\"}} {}\n", reason, v);
     // From metrics_, not admin_: the main thread resets admin_ while a request may still run.
     counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
             metrics_.admin_bind_failures);
@@ -613,7 +660,91 @@ std::string Agent::metrics_text() {
         counter("kmesh_xds_acks_total", "Responses acknowledged.", st.acks);
         counter("kmesh_xds_nacks_total", "Responses rejected (in part).", st.nacks);
     }
+    counter("kmesh_metrics_bind_failures_total", "Failed attempts to bind the Prometheus server (:15020).",
+            metrics_.metrics_bind_failures);
+    // Connection telemetry: istio_tcp_*, per workload and service, access log, process_*.
+    out += telemetry_->render();
     return out;
+}
+
+void Agent::start_metrics_server() {
+    if (!options_.metrics_port) return;
+    metrics_server_ = std::make_unique<telemetry::MetricsServer>(
+        options_.metrics_address, options_.metrics_port, [this] { return metrics_text(); },
+        metrics_.metrics_bind_failures);
+}
+
+namespace {
+
+std::string settings_json(const telemetry::MonitoringSettings& s) {
+    return fmt::format("{{\"enabled\":{},\"access_log\":{}}}", s.enabled, s.access_log);
+}
+
+std::string error_json(const std::string& why) {
+    rapidjson::StringBuffer b;
+    Writer w(b);
+    w.StartObject();
+    str(w, "error", why);
+    w.EndObject();
+    return b.GetString();
+}
+
+}  // namespace
+
+std::string Agent::monitoring_json() { return settings_json(telemetry_->settings()); }
+
+std::string Agent::set_monitoring(const std::string& body, const std::string& enabled_param,
+                                  const std::string& accesslog_param, int* status) {
+    std::optional<bool> enabled, access_log;
+    auto flag = [](const std::string& v, std::optional<bool>* out) {
+        if (v == "true" || v == "on" || v == "enable" || v == "1")
+            *out = true;
+        else if (v == "false" || v == "off" || v == "disable" || v == "0")
+            *out = false;
+        else
+            return false;
+        return true;
+    };
+    *status = 400;
+    if (!enabled_param.empty() && !flag(enabled_param, &enabled))
+        return error_json(fmt::format("enabled '{}' is not true or false", enabled_param));
+    if (!accesslog_param.empty() && !flag(accesslog_param, &access_log))
+        return error_json(fmt::format("accesslog '{}' is not on or off", accesslog_param));
+    if (body.find_first_not_of(" \t\r\n") != std::string::npos) {
+        rapidjson::Document d;
+        d.Parse(body.c_str(), body.size());
+        if (d.HasParseError() || !d.IsObject())
+            return error_json("the body is not a JSON object ({\"enabled\": bool, \"access_log\": bool})");
+        for (auto it = d.MemberBegin(); it != d.MemberEnd(); ++it) {
+            std::string key(it->name.GetString(), it->name.GetStringLength());
+            std::optional<bool>* target = key == "enabled"      ? &enabled
+                                          : key == "access_log" ? &access_log
+                                                                : nullptr;
+            if (!target) return error_json(fmt::format("unknown field '{}' (enabled, access_log)", key));
+            if (!it->value.IsBool()) return error_json(fmt::format("'{}' is not a boolean", key));
+            *target = it->value.GetBool();
+        }
+    }
+    if (!enabled && !access_log)
+        return error_json(
+            "nothing to change: give enabled and/or access_log (query enabled=, accesslog= or JSON)");
+    std::lock_guard lock(monitoring_mu_);
+    telemetry::MonitoringSettings s = telemetry_->settings();
+    const bool was_enabled = s.enabled;
+    if (enabled) s.enabled = *enabled;
+    if (access_log) s.access_log = *access_log;
+    telemetry_->set_settings(s);
+    if (s.enabled != was_enabled) {
+        std::function<void(bool)> hook;
+        {
+            std::lock_guard hl(hooks_mu_);
+            hook = on_monitoring_enabled_;
+        }
+        if (hook) hook(s.enabled);
+    }
+    spdlog::info("monitoring: {} (access log {})", s.enabled ? "on" : "off", s.access_log ? "on" : "off");
+    *status = 200;
+    return settings_json(s);
 }
 
 void Agent::start_admin() {
@@ -671,8 +802,8 @@ void Agent::start_admin() {
         json(res, body);
     });
     srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-        // Open connections' bytes and every pending event in before the numbers are read.
-        (void)flush_telemetry();
+        // metrics_text() runs the before-scrape hook (the event reader's flush): open connections'
+        // bytes and every pending event are in before the numbers are read.
         res.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
     // The last kernel connection events decoded (docs/telemetry.md). ?flush=1 first runs a flush
@@ -686,6 +817,16 @@ void Agent::start_admin() {
             }
         }
         json(res, conn_events_json());
+    });
+    // Monitoring switches (kmeshctl monitoring): GET shows them, POST changes them.
+    srv.Get("/debug/monitoring",
+            [this, json](const httplib::Request&, httplib::Response& res) { json(res, monitoring_json()); });
+    srv.Post("/debug/monitoring", [this, json](const httplib::Request& req, httplib::Response& res) {
+        int status = 200;
+        std::string body = set_monitoring(req.body, req.get_param_value("enabled"),
+                                          req.get_param_value("accesslog"), &status);
+        res.status = status;
+        json(res, body);
     });
     // The admin server is not needed to serve traffic: if the port is taken (another process got
     // there first), the agent runs on and keeps trying, 1 s doubling to 30 s.
@@ -710,7 +851,7 @@ void Agent::start_admin() {
         admin->listening = true;
         spdlog::info(
             "admin on http://{}:{} (/ready, /version, /debug/config_dump, /debug/maps, /debug/xds, "
-            "/debug/authz_check, /debug/conn_events, /metrics)",
+            "/debug/authz_check, /debug/conn_events, /debug/monitoring, /metrics)",
             options_.admin_address, options_.admin_port);
         admin->server.listen_after_bind();
         admin->done = true;

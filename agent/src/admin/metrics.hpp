@@ -25,6 +25,9 @@ struct Metrics {
     std::atomic<int64_t> enrolment_waiting{0};  // selected pods whose cgroup is not there yet
     std::atomic<uint64_t> enrolment_passes{0};
     std::atomic<uint64_t> enrolment_errors{0};  // failed attach/release/annotate actions
+    // Entries the map writer's mirror says each map holds (after the last sync), per MapId.
+    std::array<std::atomic<uint64_t>, kMapCount> map_entries{};
+    std::atomic<uint64_t> metrics_bind_failures{0};  // the :15020 server
 };
 
 }  // namespace kmesh

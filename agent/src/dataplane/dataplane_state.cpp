@@ -316,6 +316,7 @@ void MeshState::upsert_service(const Service& s) {
     if (it != model_.services.end() && it->second == s) return;
     if (waypoint_relevant(s) || (it != model_.services.end() && waypoint_relevant(it->second)))
         waypoints_changed();
+    changes_.services.insert(key);
     model_.services[key] = s;
     hashes_.insert(name_hash(key));
     refresh_service(key);
@@ -325,6 +326,7 @@ void MeshState::remove_service(const std::string& key) {
     if (auto it = model_.services.find(key); it != model_.services.end() && waypoint_relevant(it->second))
         waypoints_changed();
     if (!model_.services.erase(key)) return;
+    changes_.services.insert(key);
     uint64_t hs = name_hash(key);
     dirty_.services.insert(hs);
     for (const auto& uid : members_[key]) refresh_member(key, uid);  // drops ports and endpoints
@@ -347,6 +349,7 @@ void MeshState::upsert_workload(const Workload& w) {
     if (it != model_.workloads.end() && it->second == w) return;
     if (waypoint_relevant(w) || (it != model_.workloads.end() && waypoint_relevant(it->second)))
         waypoints_changed();
+    changes_.workloads.insert(w.uid);
     std::set<std::string> touched;
     if (it != model_.workloads.end())
         for (const auto& [key, ports] : it->second.services) touched.insert(key);
@@ -377,6 +380,7 @@ void MeshState::remove_workload(const std::string& uid) {
     auto it = model_.workloads.find(uid);
     if (it == model_.workloads.end()) return;
     if (waypoint_relevant(it->second)) waypoints_changed();
+    changes_.workloads.insert(uid);
     auto services = it->second.services;
     model_.workloads.erase(it);
     for (const auto& [key, ports] : services) {

@@ -151,6 +151,9 @@ class MeshState {
         return d;
     }
     void mark_all_dirty() { dirty_.all = true; }
+    // What changed in the model since the last call, for observers that follow it (telemetry's
+    // names). The first call says "all".
+    ModelChanges take_model_changes() { return std::exchange(changes_, ModelChanges{}); }
 
     // Keeps what the maps hold for `name` while the model lacks it (see Dirty::keep). Unpinning
     // (the name was applied or removed) compares everything once more, so that what was kept and
@@ -188,6 +191,7 @@ class MeshState {
     Model model_;
     DesiredState desired_;
     Dirty dirty_;
+    ModelChanges changes_{true, {}, {}};
     std::map<std::string, std::set<std::string>> members_;         // service key -> uids listing it
     std::unordered_set<uint64_t> hashes_;                          // of every name in the model
     std::map<std::pair<uint64_t, uint16_t>, uint32_t> overrides_;  // (service, port) -> workloads overriding

@@ -22,6 +22,12 @@ const Placement* Placement::intern(Placement p) {
     return intern_in(pool, mu, std::move(p));
 }
 
+const WorkloadNaming* WorkloadNaming::intern(WorkloadNaming n) {
+    static std::set<WorkloadNaming> pool;
+    static std::mutex mu;
+    return intern_in(pool, mu, std::move(n));
+}
+
 const Waypoint* Waypoint::intern(Waypoint w) {
     static std::set<Waypoint> pool;
     static std::mutex mu;

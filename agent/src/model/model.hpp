@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,18 @@ struct Placement {
     static const Placement* intern(Placement p);
 };
 
+// What telemetry names a workload by (Istio's workload_name, canonical_name, canonical_revision:
+// the Deployment and the service.istio.io/canonical-name and -revision labels). Replicas share
+// them, so workloads hold an interned, immutable object as they do their Placement.
+struct WorkloadNaming {
+    std::string workload_name;
+    std::string canonical_name;
+    std::string canonical_revision;
+    auto operator<=>(const WorkloadNaming&) const = default;
+
+    static const WorkloadNaming* intern(WorkloadNaming n);
+};
+
 struct Service {
     std::string name;
     std::string namespace_;
@@ -89,10 +102,11 @@ struct Workload {
     std::map<std::string, std::vector<ServicePort>> services;
     WorkloadStatus status = WorkloadStatus::kHealthy;
     NetworkMode network_mode = NetworkMode::kStandard;
-    const Placement* placement = Placement::intern({});  // interned: pointer equality is equality
-    const Waypoint* waypoint = nullptr;                  // interned, or none
-    std::vector<std::string> authorization_policies;     // WORKLOAD_SELECTOR policies, "namespace/name"
-    std::string trust_domain;                            // empty: "cluster.local"
+    const Placement* placement = Placement::intern({});         // interned: pointer equality is equality
+    const Waypoint* waypoint = nullptr;                         // interned, or none
+    const WorkloadNaming* naming = WorkloadNaming::intern({});  // interned (the cluster id is in placement)
+    std::vector<std::string> authorization_policies;  // WORKLOAD_SELECTOR policies, "namespace/name"
+    std::string trust_domain;                         // empty: "cluster.local"
     std::string service_account;
     // Workload.capacity (UInt32Value, field 27; unset = 1): its share of each service's new
     // connections. 0 drains it: still an endpoint (known, a member), picked by nobody new.
@@ -105,6 +119,14 @@ struct Model {
     std::map<std::string, Workload> workloads;    // by uid
     std::map<std::string, AuthzPolicy> policies;  // by AuthzPolicy::key()
     bool operator==(const Model&) const = default;
+};
+
+// Names of the workloads (uid) and services (key) upserted or removed since an observer last
+// looked (MeshState::take_model_changes), so that it follows the model in proportion to the change.
+struct ModelChanges {
+    bool all = false;  // compare everything (the first look)
+    std::set<std::string> workloads, services;
+    bool empty() const { return !all && workloads.empty() && services.empty(); }
 };
 
 // Where this agent runs, for locality-aware load balancing.

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,14 @@ struct TelemetryOptions {
     uint32_t access_log_rate = 100;
     std::string cluster_id = "Kubernetes";  // source_cluster / destination_cluster when a workload has none
     MonitoringSettings initial;
+    // Open connections remembered (cookie -> series and byte totals for the access log). Beyond it
+    // a connection is counted when it opens and closes but its access-log line lacks earlier bytes.
+    size_t max_connections = 262144;
+    // Where access-log lines go: by default stdout, "accesslog: <line>", as Kmesh prints them.
+    std::function<void(const std::string&)> access_log_sink;
+    // Tests: the clocks (series grace, token bucket; access-log timestamps). Default: the real ones.
+    std::function<std::chrono::steady_clock::time_point()> now;
+    std::function<std::chrono::system_clock::time_point()> wall_now;
 };
 
 class Telemetry {
@@ -34,7 +43,11 @@ class Telemetry {
 
     void on_event(const ConnEvent& ev);
     // After each applied generation: the names behind addresses, and the clock for series GC.
-    void update_model(std::shared_ptr<const Model> model);
+    void update_model(std::shared_ptr<const Model> model);  // reads the whole model
+    // The same, reading only what changed (MeshState::take_model_changes): the agent's path, so a
+    // one-workload change costs one workload whatever the size of the mesh. Call with the model
+    // not changing underneath (the agent holds its lock).
+    void update_model(const Model& model, const ModelChanges& changes);
     // Prometheus text of every telemetry series (istio_tcp_*, kmesh per-workload/service, access
     // log counters, process_*). The agent appends its own counters for the admin port's /metrics.
     std::string render();

@@ -280,10 +280,18 @@ class Parser {
 
     Workload workload(const YamlNode& n, const std::string& path) {
         Workload w;
+        std::string node, cluster_id;
+        WorkloadNaming naming;
         fields(n, path,
                {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node",
-                "trust_domain", "service_account", "authorization_policies", "waypoint", "capacity"},
+                "trust_domain", "service_account", "authorization_policies", "waypoint", "capacity",
+                "workload_name", "canonical_name", "canonical_revision", "cluster_id"},
                [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   // Names telemetry labels its series with (docs/telemetry.md).
+                   if (k == "workload_name") naming.workload_name = str(v, p);
+                   if (k == "canonical_name") naming.canonical_name = str(v, p);
+                   if (k == "canonical_revision") naming.canonical_revision = str(v, p);
+                   if (k == "cluster_id") cluster_id = str(v, p);
                    // Workload.capacity: its share of new connections; 0 drains it.
                    if (k == "capacity") w.capacity = number(v, p, 0, UINT32_MAX);
                    if (k == "waypoint") w.waypoint = Waypoint::intern(gateway(v, p));
@@ -294,7 +302,7 @@ class Parser {
                    if (k == "name") w.name = str(v, p);
                    if (k == "namespace") w.namespace_ = str(v, p);
                    if (k == "addresses") w.addresses = ips(v, p);
-                   if (k == "node") w.placement = Placement::intern({str(v, p), "", "", {}});
+                   if (k == "node") node = str(v, p);
                    if (k == "status")
                        if (auto st = enum_value<WorkloadStatus>(v, p, "status",
                                                                 {{"HEALTHY", WorkloadStatus::kHealthy},
@@ -323,6 +331,8 @@ class Parser {
                        }
                    }
                });
+        if (!node.empty() || !cluster_id.empty()) w.placement = Placement::intern({node, "", cluster_id, {}});
+        w.naming = WorkloadNaming::intern(std::move(naming));
         validated(n, path, validate_workload(w));
         return w;
     }

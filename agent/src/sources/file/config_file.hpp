@@ -18,6 +18,10 @@
 //     service_account: echo                           # with trust_domain (default cluster.local)
 //     authorization_policies: [default/p]             # WORKLOAD_SELECTOR policies selecting it
 //     waypoint: {address: "10.244.0.5", hbone_mtls_port: 15019}   # or {hostname: {namespace, hostname}}
+//     workload_name: echo                             # telemetry labels (docs/telemetry.md): the
+//     canonical_name: echo                            # Deployment, the canonical service and
+//     canonical_revision: v1                          # revision, the cluster (default: --cluster-id)
+//     cluster_id: Kubernetes
 //   policies:                                         # istio.security.Authorization (README: config)
 //   - name: p
 //     namespace: default

@@ -154,6 +154,7 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
     w.authorization_policies.assign(in.authorization_policies().begin(), in.authorization_policies().end());
     w.trust_domain = in.trust_domain();
     w.service_account = in.service_account();
+    w.naming = WorkloadNaming::intern({in.workload_name(), in.canonical_name(), in.canonical_revision()});
     if (auto e = first_problem(validate_workload(w)); !e.empty()) return e;
     *out = std::move(w);
     return {};

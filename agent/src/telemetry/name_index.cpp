@@ -1,0 +1,169 @@
+#include "agent/src/telemetry/name_index.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+
+namespace kmesh::telemetry {
+
+namespace {
+
+std::string or_unknown(const std::string& v) { return v.empty() ? kUnknown : v; }
+
+template <typename T>
+void erase_ptr(std::vector<const T*>& list, const T* p) {
+    list.erase(std::remove(list.begin(), list.end(), p), list.end());
+}
+
+void release(std::unordered_map<std::string, uint32_t>& counts, const std::string& key) {
+    auto it = counts.find(key);
+    if (it != counts.end() && --it->second == 0) counts.erase(it);
+}
+
+uint16_t effective_target(const ServicePort& p) { return p.target_port ? p.target_port : p.service_port; }
+
+}  // namespace
+
+size_t IpAddrHash::operator()(const IpAddr& a) const noexcept {
+    uint64_t lo, hi;
+    std::memcpy(&lo, a.bytes.data(), 8);
+    std::memcpy(&hi, a.bytes.data() + 8, 8);
+    return std::hash<uint64_t>()(hi * 0x9e3779b97f4a7c15ULL ^ lo);
+}
+
+bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
+    if (changes.empty()) return false;
+    if (changes.all) {
+        workloads_.clear();
+        by_addr_.clear();
+        services_.clear();
+        by_vip_.clear();
+        peers_.clear();
+        pods_.clear();
+        service_keys_.clear();
+        for (const auto& [key, s] : model.services) add_service(s);
+        for (const auto& [uid, w] : model.workloads) add_workload(w);
+        return true;
+    }
+    for (const auto& key : changes.services) {
+        remove_service(key);
+        if (auto it = model.services.find(key); it != model.services.end()) add_service(it->second);
+    }
+    for (const auto& uid : changes.workloads) {
+        remove_workload(uid);
+        if (auto it = model.workloads.find(uid); it != model.workloads.end()) add_workload(it->second);
+    }
+    return true;
+}
+
+void NameIndex::add_workload(const Workload& w) {
+    PeerLabels l;
+    l.namespace_ = w.namespace_;
+    l.workload = or_unknown(w.naming->workload_name);
+    l.principal = w.service_account.empty() || w.namespace_.empty()
+                      ? std::string(kUnknown)
+                      : "spiffe://" +
+                            (w.trust_domain.empty() ? std::string("cluster.local") : w.trust_domain) +
+                            "/ns/" + w.namespace_ + "/sa/" + w.service_account;
+    l.canonical_service = or_unknown(w.naming->canonical_name);
+    l.canonical_revision = or_unknown(w.naming->canonical_revision);
+    l.cluster = w.placement->cluster_id.empty() ? default_cluster_ : w.placement->cluster_id;
+    l.label_key = l.workload + '\x1f' + or_unknown(l.namespace_) + '\x1f' + l.principal + '\x1f' +
+                  l.canonical_service + '\x1f' + l.canonical_revision + '\x1f' + l.cluster;
+    Pooled& pooled = peers_[l.label_key];
+    if (!pooled.labels) pooled.labels = std::make_unique<PeerLabels>(std::move(l));
+    pooled.refs++;
+
+    auto p = std::make_unique<PeerInfo>();
+    p->uid = w.uid;
+    p->name = w.name;
+    p->labels = pooled.labels.get();
+    p->addresses = w.addresses;
+    p->services = w.services;
+    p->host_network = w.network_mode == NetworkMode::kHostNetwork;
+    for (const auto& a : p->addresses) by_addr_[a].push_back(p.get());
+    pods_[p->pod_key()]++;
+    workloads_[w.uid] = std::move(p);
+}
+
+void NameIndex::remove_workload(const std::string& uid) {
+    auto it = workloads_.find(uid);
+    if (it == workloads_.end()) return;
+    const PeerInfo* p = it->second.get();
+    for (const auto& a : p->addresses) {
+        auto at = by_addr_.find(a);
+        if (at == by_addr_.end()) continue;
+        erase_ptr(at->second, p);
+        if (at->second.empty()) by_addr_.erase(at);
+    }
+    release(pods_, p->pod_key());
+    auto pooled = peers_.find(p->labels->label_key);
+    workloads_.erase(it);
+    if (pooled != peers_.end() && --pooled->second.refs == 0) peers_.erase(pooled);
+}
+
+void NameIndex::add_service(const Service& s) {
+    ServiceInfo info;
+    info.key = s.key();
+    info.name = s.name;
+    info.namespace_ = s.namespace_;
+    info.hostname = s.hostname;
+    info.addresses = s.addresses;
+    info.ports = s.ports;
+    info.label_key = or_unknown(s.hostname) + '\x1f' + or_unknown(s.namespace_) + '\x1f' + or_unknown(s.name);
+    std::string key = info.key;
+    auto it = services_.insert_or_assign(key, std::move(info)).first;
+    const ServiceInfo* p = &it->second;
+    for (const auto& a : p->addresses) {
+        auto& list = by_vip_[a];
+        list.push_back(p);
+        std::sort(list.begin(), list.end(),
+                  [](const ServiceInfo* x, const ServiceInfo* y) { return x->key < y->key; });
+    }
+    service_keys_[p->label_key]++;
+}
+
+void NameIndex::remove_service(const std::string& key) {
+    auto it = services_.find(key);
+    if (it == services_.end()) return;
+    const ServiceInfo* p = &it->second;
+    for (const auto& a : p->addresses) {
+        auto at = by_vip_.find(a);
+        if (at == by_vip_.end()) continue;
+        erase_ptr(at->second, p);
+        if (at->second.empty()) by_vip_.erase(at);
+    }
+    release(service_keys_, p->label_key);
+    services_.erase(it);
+}
+
+const PeerInfo* NameIndex::workload_at(const IpAddr& addr) const {
+    auto it = by_addr_.find(addr);
+    if (it == by_addr_.end()) return nullptr;
+    const PeerInfo* best = nullptr;
+    for (const PeerInfo* p : it->second)
+        if (!best || std::tie(p->host_network, p->uid) < std::tie(best->host_network, best->uid)) best = p;
+    return best;
+}
+
+const ServiceInfo* NameIndex::service_at(const IpAddr& vip, uint16_t port) const {
+    auto it = by_vip_.find(vip);
+    if (it == by_vip_.end() || it->second.empty()) return nullptr;
+    for (const ServiceInfo* s : it->second)
+        for (const auto& p : s->ports)
+            if (p.service_port == port) return s;
+    return it->second.front();
+}
+
+const ServiceInfo* NameIndex::service_of(const PeerInfo& w, uint16_t port) const {
+    for (const auto& [key, ports] : w.services) {
+        auto s = services_.find(key);
+        if (s == services_.end()) continue;
+        const auto& list = ports.empty() ? s->second.ports : ports;
+        for (const auto& p : list)
+            if (effective_target(p) == port) return &s->second;
+    }
+    return nullptr;
+}
+
+}  // namespace kmesh::telemetry
