@@ -39,7 +39,7 @@ ADMIN_PORT=$(free_port)
 MAPS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256"
 
 replace_file "$TMP/mesh.yaml" "services: []"
-AGENT_FLAGS="$MAPS --metrics-address 127.0.0.1 --metrics-port $METRICS_PORT --monitoring=off"
+AGENT_FLAGS="$MAPS --monitoring=off"  # lib.sh adds --metrics-address 127.0.0.1 --metrics-port $METRICS_PORT
 agent_start "$TMP/mesh.yaml"
 MONITORING=off
 

@@ -28,7 +28,8 @@ TOL=1
 METRICS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 BASE_FLAGS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256"
-TEL_FLAGS="--metrics-address 127.0.0.1 --metrics-port $METRICS_PORT --metrics-flush-interval 1"
+# lib.sh passes --metrics-address 127.0.0.1 --metrics-port $METRICS_PORT.
+TEL_FLAGS="--metrics-flush-interval 1"
 AGENT_FLAGS="$BASE_FLAGS $TEL_FLAGS"
 MESH=$TMP/mesh.yaml
 SVC=echo.default.svc.cluster.local

@@ -23,7 +23,7 @@ ROUNDS=$(((TOTAL + POOL - 1) / POOL))
 GRACE=3
 METRICS_PORT=$(free_port)
 AGENT_FLAGS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256
-    --metrics-address 127.0.0.1 --metrics-port $METRICS_PORT --metrics-series-grace $GRACE"
+    --metrics-series-grace $GRACE"  # lib.sh adds --metrics-address 127.0.0.1 --metrics-port $METRICS_PORT
 MESH=$TMP/mesh.yaml
 SERIES='{__name__=~"istio_tcp_.*|kmesh_workload_.*|kmesh_service_.*"}'
 
