@@ -7,6 +7,7 @@ ratios against direct, the target check, docs/benchmarks.md's results section an
   report.py brief < jsonl
   report.py report --results FILE --mode quick|full --duration D --reps R [--docs DIR]
   report.py sockmap-report --results FILE --duration D --reps R [--docs DIR]
+  report.py telemetry-report --results FILE --duration D --reps R [--docs DIR]
 """
 import argparse
 import datetime
@@ -44,7 +45,9 @@ def parse_wrk(a, text):
             **prog_ns(a.prog_stats),
             **{("authz_" + k): v for k, v in prog_ns(a.authz_stats).items()},
             **({"pressure_avg10": a.pressure} if a.pressure is not None else {}),
-            **({"redirected": a.redirected} if a.redirected is not None else {})}
+            **({"redirected": a.redirected} if a.redirected is not None else {}),
+            **({"cpu_agent_us_per_req": a.agent_cpu_us / max(n, 1)} if getattr(a, "agent_cpu_us", None) is not None else {}),
+            **({"tracked": a.tracked} if getattr(a, "tracked", None) is not None else {})}
 
 
 def prog_ns(stats):
@@ -420,6 +423,61 @@ def sockmap_report(a):
         open(md, "w").write(doc)
 
 
+def telemetry_report(a):
+    """bench/telemetry.sh: kmesh with monitoring off and on, same pods; the >= 0.97x target of issue 11."""
+    rows = [r for r in load(a.results) if r["kind"] == "wrk"]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["mode"], r["scenario"]), []).append(r)
+    body = [f"### telemetry: monitoring on vs off — {datetime.date.today()}", "",
+            f"Machine: {machine()}. {a.reps} repetitions of {a.duration} s per cell, interleaved (the order of "
+            "off and on alternates per repetition); medians with (min–max). Command: `bench/telemetry.sh`. "
+            "Same pods throughout: an enrolled client pod to the service VIP of an enrolled nginx pod (both "
+            "reporters fire: the most telemetry work per connection); one agent, monitoring switched off and on "
+            "at run time (admin `POST /debug/monitoring`); the metrics endpoint is scraped once a second during "
+            "every cell. CPU µs/req: the two pods' cgroups "
+            "(path), the agent process (agent), all CPUs' busy time (machine). `tracked`: connections counted in "
+            "istio_tcp_connections_opened_total{reporter=\"source\"} during the cell. `pressure`: "
+            "/proc/pressure/cpu some avg10 after the cell (max over its runs; a cell at >= 10 is measured again once).", "",
+            "| mode | scenario | req/s | p50 µs | p99 µs | CPU µs/req (path) | CPU µs/req (agent) | "
+            "CPU µs/req (machine) | tracked | pressure | runs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rank = {"kmesh-mon-off": 0, "kmesh-mon-on": 1}
+    for k in sorted(cells, key=lambda k: (k[0] != "newconn", rank.get(k[1], 9))):
+        rs = cells[k]
+
+        def col(m, digits=0):
+            vals = [r[m] for r in rs if m in r]
+            return spread((med(vals), min(vals), max(vals)), digits) if vals else "–"
+
+        pres = max((r.get("pressure_avg10", 0) for r in rs), default=0)
+        body.append(f"| {k[0]} | {k[1]} | {col('rps')} | {col('p50')} | {col('p99')} | {col('cpu_path_us_per_req', 1)} | "
+                    f"{col('cpu_agent_us_per_req', 2)} | {col('cpu_machine_us_per_req', 1)} | {col('tracked')} | "
+                    f"{pres:.1f} | {len(rs)} |")
+    body += ["", "| target | value | met |", "|---|---|---|"]
+    for mode in ("newconn", "keepalive"):
+        off, on = cells.get((mode, "kmesh-mon-off")), cells.get((mode, "kmesh-mon-on"))
+        if off and on:
+            r = med([x["rps"] for x in on]) / med([x["rps"] for x in off])
+            target = mode == "newconn"
+            body.append(f"| monitoring on ÷ off req/s{' ≥ 0.97' if target else ''}, {mode} | {r:.3f} | "
+                        f"{('yes' if r >= 0.97 else '**no**') if target else '–'} |")
+            c = med([x["cpu_machine_us_per_req"] for x in on]) / med([x["cpu_machine_us_per_req"] for x in off])
+            body.append(f"| monitoring on ÷ off machine CPU per request, {mode} | {c:.3f} | – |")
+    text = "\n".join(body)
+    print(text)
+    if a.docs:
+        md = os.path.join(a.docs, "benchmarks.md")
+        begin, end = "<!-- results:telemetry:begin -->", "<!-- results:telemetry:end -->"
+        doc = open(md).read() if os.path.exists(md) else ""
+        block = f"{begin}\n{text}\n{end}"
+        if begin in doc:
+            doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        else:
+            doc += "\n" + block + "\n"
+        open(md, "w").write(doc)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -439,11 +497,18 @@ def main():
     w.add_argument("--prog-stats", default="")
     w.add_argument("--authz-stats", default="", help="sk_lookup_authz 'ns0 cnt0 ns1 cnt1' (bpf_stats)")
     w.add_argument("--pressure", type=float, help="/proc/pressure/cpu some avg10 after the run")
+    w.add_argument("--agent-cpu-us", type=int, help="the agent process's CPU time during the run")
+    w.add_argument("--tracked", type=int, help="connections telemetry counted during the run")
     sm = sub.add_parser("sockmap-report")
     sm.add_argument("--results", required=True)
     sm.add_argument("--duration", required=True)
     sm.add_argument("--reps", required=True)
     sm.add_argument("--docs")
+    tr = sub.add_parser("telemetry-report")
+    tr.add_argument("--results", required=True)
+    tr.add_argument("--duration", required=True)
+    tr.add_argument("--reps", required=True)
+    tr.add_argument("--docs")
     ar = sub.add_parser("authz-report")
     ar.add_argument("--results", required=True)
     ar.add_argument("--duration", required=True)
@@ -465,6 +530,8 @@ def main():
         authz_report(a)
     elif a.cmd == "sockmap-report":
         sockmap_report(a)
+    elif a.cmd == "telemetry-report":
+        telemetry_report(a)
     elif a.cmd == "brief":
         parts = []
         for line in sys.stdin:
