@@ -36,7 +36,7 @@ wait_log "config generation 2 applied" 1
 kill "$BLOCKER"
 check "once the port is free the admin server binds it" wait_log "admin on http://127.0.0.1:$ADMIN_PORT" 1
 check "/ready answers 200" test "$(admin_status /ready)" = 200
-check "the failed binds are counted" eval 'admin_get /metrics | grep -Eq "^kmesh_admin_bind_failures_total [1-9]"'
+check "the failed binds are counted" eval 'grep -Eq "^kmesh_admin_bind_failures_total [1-9]" <<<"$(admin_get /metrics)"'
 
 # 2. Translated connections show up in the BPF counters, summed over CPUs.
 out=$(pod_connect client 10.96.0.10 80 7)
@@ -86,7 +86,7 @@ check "GET /debug/monitoring: on, access log off by default" \
     test "$(admin_get /debug/monitoring)" = '{"enabled":true,"access_log":false}'
 check "POST ?accesslog=on turns the access log on" \
     test "$(admin_get "/debug/monitoring?accesslog=on" -X POST -d '')" = '{"enabled":true,"access_log":true}'
-check "and the metrics say so" eval 'admin_get /metrics | grep -q "^kmesh_accesslog_enabled 1$"'
+check "and the metrics say so" eval 'grep -q "^kmesh_accesslog_enabled 1$" <<<"$(admin_get /metrics)"'
 check "a JSON body works too" test "$(admin_get /debug/monitoring -X POST -H 'Content-Type: application/json' \
     -d '{"access_log": false}')" = '{"enabled":true,"access_log":false}'
 check "a bad value is a 400 that changes nothing" eval '[[ $(curl -s -o /dev/null -w "%{http_code}" -X POST -d "" \

@@ -213,11 +213,11 @@ TEST_CASE("telemetry: a connection between two enrolled pods is reported by both
               "\"default\","
               "destination_service_name=\"echo\"} 1",
           });
-    CHECK(f.samples({"kmesh_telemetry_events_total", "kmesh_telemetry_connections_tracked"}) ==
-          std::set<std::string>{"kmesh_telemetry_events_total{type=\"open\"} 2",
-                                "kmesh_telemetry_events_total{type=\"update\"} 1",
-                                "kmesh_telemetry_events_total{type=\"close\"} 2",
-                                "kmesh_telemetry_events_total{type=\"denied\"} 0",
+    CHECK(f.samples({"kmesh_telemetry_events_processed_total", "kmesh_telemetry_connections_tracked"}) ==
+          std::set<std::string>{"kmesh_telemetry_events_processed_total{type=\"open\"} 2",
+                                "kmesh_telemetry_events_processed_total{type=\"update\"} 1",
+                                "kmesh_telemetry_events_processed_total{type=\"close\"} 2",
+                                "kmesh_telemetry_events_processed_total{type=\"denied\"} 0",
                                 "kmesh_telemetry_connections_tracked 0"});
     CHECK(f.log.empty());  // the access log is off by default
 }

@@ -472,11 +472,11 @@ std::string Telemetry::render() {
            [](const ServiceSeries& s) { return s.closed.get(); });
 
     const Impl& m = *impl_;
-    append_header(out, "kmesh_telemetry_events_total", "Connection events received from the kernel, by type.",
+    append_header(out, "kmesh_telemetry_events_processed_total", "Connection events the metrics side processed, by type.",
                   "counter");
     for (auto t :
          {ConnEventType::kOpen, ConnEventType::kUpdate, ConnEventType::kClose, ConnEventType::kDenied})
-        fmt::format_to(it, "kmesh_telemetry_events_total{{type=\"{}\"}} {}\n", type_name(t),
+        fmt::format_to(it, "kmesh_telemetry_events_processed_total{{type=\"{}\"}} {}\n", type_name(t),
                        m.events[static_cast<size_t>(t)].get());
     append_header(out, "kmesh_telemetry_connections_tracked",
                   "Open connections the agent remembers (series and byte totals).", "gauge");
