@@ -108,12 +108,21 @@ prom_start "127.0.0.1:$METRICS_PORT" /stats/prometheus
 q() { # <metric> <reporter> [extra matchers]
     echo "sum(${1}{reporter=\"$2\"${3:+, $3}})"
 }
-# The value once it reached the expected one, then read again two scrapes later: a count that
+# Two complete scrapes after the first value of a traffic phase matched: every event of that phase
+# is in Prometheus then (the scrape flushes the kernel's events first), so the phase's later checks
+# read without waiting again. traffic() starts a new phase.
+SETTLED=0
+settle() {
+    [[ $SETTLED == 1 ]] && return 0
+    prom_fresh; prom_fresh
+    SETTLED=1
+}
+# The value once it reached the expected one, then read again after the settle: a count that
 # overshoots after first matching fails.
 exact() { # <description> <promql> <expected>
     local v
     v=$(prom_wait_value "$2" "$3" 20)
-    prom_fresh; prom_fresh
+    settle
     v=$(prom_value "$2" 2>/dev/null || echo error)
     check "$1: $2 = ${v:-none} (expected $3)" python3 -c 'import sys; sys.exit(0 if sys.argv[1] not in ("", "error", "none") and float(sys.argv[1]) == float(sys.argv[2]) else 1)' "${v:-none}" "$3"
 }
@@ -124,7 +133,7 @@ within() { # <description> <promql> <low> <high>: low <= value <= high (waits up
         [[ -n $v ]] && python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "$v" "$3" && break
         sleep 0.2
     done
-    prom_fresh; prom_fresh
+    settle
     v=$(prom_value "$2" 2>/dev/null || echo error)
     check "$1: $2 = ${v:-none} in [$3, $4]" python3 -c 'import sys; v = sys.argv[1]; sys.exit(0 if v not in ("", "error", "none") and float(sys.argv[2]) <= float(v) <= float(sys.argv[3]) else 1)' "${v:-none}" "$3" "$4"
 }
@@ -133,6 +142,7 @@ within() { # <description> <promql> <low> <high>: low <= value <= high (waits up
 CONNS=0 REQ_BYTES=0 RESP_BYTES=0
 traffic() { # <description> <addr> <n> <request bytes> <response bytes>
     local out
+    SETTLED=0
     serve "$5"
     out=$(pod_exec client python3 "$TOOL" connect "$2" 80 "$3" "$4" "$5" 2>&1 | tail -1)
     check "$1: $3 connections to $2:80, $4 B up and $5 B down each ($out)" \
