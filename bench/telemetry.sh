@@ -82,7 +82,7 @@ agent_on() { # <on|off>: switches monitoring at run time and checks the agent to
     [[ $MONITORING == "$1" ]] && return 0
     [[ $1 == on ]] && enabled=true
     for _ in $(seq 50); do
-        resp=$(curl -s --max-time 5 -X POST "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=$enabled") &&
+        resp=$(curl -s --max-time 5 -X POST -d "" "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=$enabled") &&
             grep -q "\"enabled\": *$enabled" <<<"$resp" && break
         resp=""
         sleep 0.2  # the admin server binds in the background

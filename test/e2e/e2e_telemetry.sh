@@ -297,7 +297,7 @@ grep -E '^(ok|FAIL) ' "$TMP/check.log" | grep -E "panel|variable" | tail -40 | s
 prom_fresh
 series0=$(prom_value 'count({__name__=~"istio_tcp.*"})')
 opened0=$(prom_value 'sum(istio_tcp_connections_opened_total)')
-resp=$(curl -sS --max-time 5 -X POST "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=false" || true)
+resp=$(curl -sS --max-time 5 -X POST -d "" "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=false" || true)
 check "POST /debug/monitoring?enabled=false answers the new setting: $resp" grep -q '"enabled": *false' <<<"$resp"
 serve 300
 out=$(pod_exec client python3 "$TOOL" connect 10.96.0.10 80 10 300 300 2>&1 | tail -1 || true)
@@ -309,7 +309,7 @@ check "no new istio_tcp series ($(prom_value 'count({__name__=~"istio_tcp.*"})')
     test "$(prom_value 'count({__name__=~"istio_tcp.*"})')" = "$series0"
 check "no connection counted ($(prom_value 'sum(istio_tcp_connections_opened_total)'), was $opened0)" \
     test "$(prom_value 'sum(istio_tcp_connections_opened_total)')" = "$opened0"
-resp=$(curl -sS --max-time 5 -X POST "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=true" || true)
+resp=$(curl -sS --max-time 5 -X POST -d "" "http://127.0.0.1:$ADMIN_PORT/debug/monitoring?enabled=true" || true)
 check "POST /debug/monitoring?enabled=true switches it back on: $resp" grep -q '"enabled": *true' <<<"$resp"
 out=$(pod_exec outsider python3 "$TOOL" connect "$B2_4" 8080 3 300 300 2>&1 | tail -1 || true)
 exact "switched on again, the outsider's next 3 connections to echo-v2 are counted ($out)" \

@@ -203,7 +203,9 @@ e2e_cleanup() {
     trap '' INT TERM
     trap - EXIT
     agent_stop
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    # A background job inherits the INT/TERM trap above and defers it while its child runs (a
+    # server inside a pod): stop the children too, or the wait below never returns.
+    for pid in "${PIDS[@]}"; do pkill -TERM -P "$pid" 2>/dev/null; kill "$pid" 2>/dev/null; done
     for pod in "${PODS[@]}"; do
         [[ -d $(pod_cgroup "$pod") ]] && echo 1 >"$(pod_cgroup "$pod")/ctr/cgroup.kill" 2>/dev/null
         if [[ -f $TMP/cache/$RUN-$pod.json ]] && ! cni_chain DEL "$pod" >>"$TMP/check.log" 2>&1; then
