@@ -3,6 +3,7 @@
 // connections and the access-log bucket; each event holds it for a few map lookups. Counters are
 // atomics, so a scrape copies the series pointers under the lock and formats without it.
 #include "agent/src/telemetry/telemetry.hpp"
+#include "agent/src/telemetry/event_reader.hpp"
 
 #include <fmt/format.h>
 
@@ -129,19 +130,7 @@ void append_service(std::string& l, const ServiceInfo* s) {
     append_label(l, "destination_service_name", v(s ? s->name : ""));
 }
 
-const char* type_name(ConnEventType t) {
-    switch (t) {
-        case ConnEventType::kOpen:
-            return "open";
-        case ConnEventType::kUpdate:
-            return "update";
-        case ConnEventType::kClose:
-            return "close";
-        case ConnEventType::kDenied:
-            return "denied";
-    }
-    return "other";
-}
+const char* type_name(ConnEventType t) { return event_type_name(t); }  // one naming, the reader's
 
 }  // namespace
 
