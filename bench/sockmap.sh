@@ -25,12 +25,10 @@ done
 
 source "$ROOT/test/e2e/lib.sh"
 e2e_init "$BUILD_DIR"
-# The map layout this build pins (maps/v<N>), from the one ABI header.
-ABI=$(sed -n "s/^#define KMESH_ABI_VERSION \([0-9]*\).*/\1/p" "$E2E_DIR/../../bpf/kmesh_abi.h")
 OUT=$TMP/results.jsonl
 : >"$OUT"
 SERVER_CPU=1 CLIENT_CPU=0
-SOCKHASH=$BPFFS/kmesh/maps/v$ABI/km_accel_sockhash
+SOCKHASH=$BPFFS/kmesh/maps/current/km_accel_sockhash  # the generation the agent published
 
 replace_file "$TMP/mesh.yaml" "services: []"
 AGENT_FLAGS="--max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256 --sockmap off"
@@ -91,7 +89,7 @@ machine_busy_usec() {
 pressure() { awk '/^some/ {sub("avg10=", "", $2); print $2}' /proc/pressure/cpu; }
 busy() { python3 -c "import sys; sys.exit(0 if float('$1') >= 10 else 1)"; }
 accel_msgs() { # redirected sends so far (km_accel_stats, summed over CPUs)
-    bpftool map dump pinned "$BPFFS/kmesh/maps/v$ABI/km_accel_stats" -j 2>/dev/null | python3 -c '
+    bpftool map dump pinned "$BPFFS/kmesh/maps/current/km_accel_stats" -j 2>/dev/null | python3 -c '
 import json, sys
 for e in json.load(sys.stdin):
     if int(e["key"][0], 16) == 6:

@@ -2,6 +2,8 @@
 // kmesh-cni and the tests so that every path has exactly one definition.
 #pragma once
 
+#include <unistd.h>
+
 #include <string>
 #include <string_view>
 
@@ -57,10 +59,40 @@ struct PinLayout {
     // across a layout bump with one binary).
     unsigned maps_version = KMESH_ABI_VERSION;
 
+    // The directory under maps_root() holding the maps; empty means "v<maps_version>". The agent
+    // sets it to the generation it loaded (Dataplane::maps_name()); readers take the published one
+    // with with_current_maps().
+    std::string maps_name;
+
     std::string kmesh_dir() const { return bpffs_root + "/kmesh"; }
-    // All map layouts live side by side during an upgrade; maps/v<N> is this build's.
+    // All map generations live side by side during an upgrade or a resize: maps/v<N> for a layout
+    // version, maps/v<N>-<digest> for one whose sizes differ from what v<N> holds (docs/upgrade.md).
     std::string maps_root() const { return kmesh_dir() + "/maps"; }
-    std::string maps_dir() const { return maps_root() + "/v" + std::to_string(maps_version); }
+    std::string default_maps_name() const { return "v" + std::to_string(maps_version); }
+    std::string maps_dir() const {
+        return maps_root() + "/" + (maps_name.empty() ? default_maps_name() : maps_name);
+    }
+    // The one answer to "where are the current maps": a symlink maps/current -> <generation>,
+    // replaced atomically (rename) by the agent when it publishes programs reading that generation.
+    // Nodes last served by an agent before this pointer existed have none: maps/v<N> then.
+    std::string current_maps_link() const { return maps_root() + "/current"; }
+    // The generation the pointer names ("" when there is no pointer).
+    std::string current_maps_name() const {
+        char buf[256];
+        ssize_t n = readlink(current_maps_link().c_str(), buf, sizeof buf - 1);
+        if (n <= 0) return {};
+        std::string name(buf, static_cast<size_t>(n));
+        // Written relative (a name in maps_root); an absolute target is reduced to its last part.
+        if (auto slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
+        return name;
+    }
+    // This layout reading the published maps (kmeshctl, tests): resolved once, so that every map
+    // a reader opens belongs to the same generation even if the agent switches meanwhile.
+    PinLayout with_current_maps() const {
+        PinLayout l = *this;
+        l.maps_name = current_maps_name();
+        return l;
+    }
     std::string progs_dir() const { return kmesh_dir() + "/progs"; }
     std::string pods_dir() const { return kmesh_dir() + "/pods"; }
 

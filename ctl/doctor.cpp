@@ -604,6 +604,8 @@ std::vector<Check> run_doctor(const DoctorOptions& o) {
             PinLayout layout;
             layout.bpffs_root = o.bpffs_root;
             layout.maps_version = in_use;
+            // The generation the agent published (maps/v<N>, or v<N>-<digest> after a resize).
+            layout = layout.with_current_maps();
             std::map<std::string, std::optional<MapShape>> pinned;
             for (const auto& [n, shape] : needs.maps) {
                 int fd = bpf_obj_get(layout.map(n).c_str());

@@ -330,7 +330,8 @@ int dump_json(const Admin& admin) {
 
 int dump(const PinLayout& layout, const Admin& admin, Output out) {
     if (out == Output::kJson) return dump_json(admin);
-    if (int rc = dump_maps(layout)) return rc;
+    // The generation the agent published (maps/current), resolved once for every map read.
+    if (int rc = dump_maps(layout.with_current_maps())) return rc;
     int rc = dump_model(admin);
     if (rc < 0) return kExitOk;  // no agent: the maps are the answer (said so above)
     if (rc == kExitOk) dump_waypoint_tables(admin);

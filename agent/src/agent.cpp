@@ -37,7 +37,11 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->mesh_ = MeshState(options.node, options.learn_locality);
     agent->dataplane_ = Dataplane::load(options.layout, options.sizes, error);
     if (!agent->dataplane_) return nullptr;
-    // Programs pinned by a previous agent that serve pods from other maps (a map layout bump):
+    // Everything after this (admin /version, kmeshctl-facing paths, publish) names the generation
+    // loaded: maps/v<N>, or v<N>-<digest> after a size change.
+    agent->options_.layout.maps_name = agent->dataplane_->maps_name();
+    // Programs pinned by a previous agent that serve pods from other maps (a map layout bump or a
+    // size change):
     // moving the pods to our maps before they hold the mesh would stop translation. Our maps may
     // be new and empty, or pinned but half-filled by an agent killed during the bump.
     agent->hold_publish_ = agent->dataplane_->pinned_programs_use_other_maps(options.layout);
@@ -53,8 +57,9 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->ops_ = std::make_unique<KernelMapOps>(agent->dataplane_->map_fds());
     MapState recovered = recover_map_state(*agent->ops_);
     spdlog::info("data plane loaded ({} maps under {}); recovered {} services, {} backends, {} frontends",
-                 agent->dataplane_->reused_maps() ? "reused pinned" : "created", options.layout.maps_dir(),
-                 recovered.services.size(), recovered.backends.size(), recovered.frontends.size());
+                 agent->dataplane_->reused_maps() ? "reused pinned" : "created",
+                 agent->options_.layout.maps_dir(), recovered.services.size(), recovered.backends.size(),
+                 recovered.frontends.size());
     agent->mesh_.mark_all_dirty();  // the first plan compares everything the maps hold
     agent->writer_ = std::make_unique<MapWriter>(*agent->ops_, std::move(recovered),
                                                  MapCapacity::of(options.sizes), agent->metrics_);
@@ -69,7 +74,7 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->start_telemetry();
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     // Made before any thread that applies generations exists; its thread starts in run().
-    agent->closer_ = std::make_unique<policy::ConnectionCloser>(options.layout);
+    agent->closer_ = std::make_unique<policy::ConnectionCloser>(agent->options_.layout);
     if (options.xds) {
         // Made here, before the admin server's thread exists, so that it never sees them change;
         // the client is started by run().

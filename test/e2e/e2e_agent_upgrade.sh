@@ -20,7 +20,7 @@ pod_serve backend backend 8080
 sleep 0.2
 reaches() { [[ $(pod_connect "${1:-client}" 10.96.0.10 80 5 --timeout-ms 1000 | sort -u) == backend ]]; }
 check "before the upgrade the client reaches the service" reaches
-OLD_MAPS=$(ls "$BPFFS/kmesh/maps")
+OLD_MAPS=$(readlink "$BPFFS/kmesh/maps/current")  # the generation the pods read
 agent_stop
 
 # 1. File mode: the upgraded agent starts with a file it rejects.

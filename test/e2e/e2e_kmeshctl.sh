@@ -109,7 +109,7 @@ check "and the publish state" grep -q "^publish: published; " <<<"$out"
 # --- waypoint status: the model's users, the kernel's tables, counters equal to bpftool's sums.
 run K waypoint status -o json
 echo "$out" >"$TMP/wp.json"
-bpftool -j map dump pinned "$BPFFS/kmesh/maps/v$(python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"]["version"])' < <(admin_get /version))/km_wp_stats" >"$TMP/wp_stats.json"
+bpftool -j map dump pinned "$BPFFS/kmesh/maps/current/km_wp_stats" >"$TMP/wp_stats.json"
 check "waypoint status -o json: 2 waypoints with their users; counters equal the kernel's per-CPU sums" \
     python3 - "$TMP/wp.json" "$TMP/wp_stats.json" "$WP_IP" <<'PY'
 import json, sys

@@ -12,10 +12,8 @@
 #  - --sockmap=off inserts nothing, and the counters reach /metrics.
 source "$(dirname "$0")/lib.sh"
 e2e_init "$1"
-# The map layout this build pins (maps/v<N>), from the one ABI header.
-ABI=$(sed -n "s/^#define KMESH_ABI_VERSION \([0-9]*\).*/\1/p" "$E2E_DIR/../../bpf/kmesh_abi.h")
 TOOL="python3 $E2E_DIR/sockmap_tool.py"
-SOCKHASH=$BPFFS/kmesh/maps/v$ABI/km_accel_sockhash
+SOCKHASH=$BPFFS/kmesh/maps/current/km_accel_sockhash  # the generation the agent published
 
 replace_file "$TMP/mesh.yaml" "services: []"
 ADMIN_PORT=$(free_port)
@@ -56,7 +54,7 @@ ss_tuples() {
     ip netns exec "$RUN-$1" ss -Htn state established | awk '{print $3, $4}' |
         sed -E 's/\[::ffff:([0-9.]+)\]/\1/g; s/\[([0-9a-f:]+)\]/\1/g'
 }
-state_count() { bpftool map dump pinned "$BPFFS/kmesh/maps/v$ABI/km_accel_state" -j | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+state_count() { bpftool map dump pinned "$BPFFS/kmesh/maps/current/km_accel_state" -j | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 wait_sockhash_empty() { # the sockhash, and the per-socket state entries beside it
     for _ in $(seq 50); do [[ $(sockhash_count) == 0 && $(state_count) == 0 ]] && return 0; sleep 0.1; done
     log "sockhash still holds:"; sockhash_entries; log "state entries: $(state_count)"; return 1

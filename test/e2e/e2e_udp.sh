@@ -150,7 +150,7 @@ check "sendto() a VIP without endpoints fails with ECONNREFUSED (IPv6)" test "$(
 check "connect() of a UDP socket to it fails with ECONNREFUSED" test "$(udp query 10.96.0.54 53 1 --connect)" = "error ECONNREFUSED"
 
 # --- reverse entries: made per socket, gone with it --------------------------------------------------
-REV=$BPFFS/kmesh/maps/v$(awk '/define KMESH_ABI_VERSION/ {print $3}' "$E2E_DIR/../../bpf/kmesh_abi.h")/km_udp_rev
+REV=$BPFFS/kmesh/maps/current/km_udp_rev  # the generation the agent published
 rev_entries() { bpftool -j map dump pinned "$REV" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 check "no reverse entry is left by the sockets above" test "$(rev_entries)" = 0
 HOLD=$TMP/hold.out

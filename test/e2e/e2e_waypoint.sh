@@ -91,7 +91,7 @@ entries() { wc -l <"$1"; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2]))' "$1" "$2"; }
 sha_of() { python3 -c 'import hashlib,random,sys; n=int(sys.argv[1]); print(hashlib.sha256(random.Random(n).randbytes(n)).hexdigest())' "$1"; }
 wp_stat() { # <slot>: km_wp_stats summed over CPUs
-    bpftool map dump pinned "$(echo "$BPFFS"/kmesh/maps/v*/km_wp_stats)" -j |
+    bpftool map dump pinned "$BPFFS/kmesh/maps/current/km_wp_stats" -j |
         python3 -c '
 import json, sys
 num = lambda x: int.from_bytes(bytes(int(b, 16) for b in x), "little") if isinstance(x, list) else int(x)

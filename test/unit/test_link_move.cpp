@@ -132,3 +132,34 @@ TEST_CASE("netns links in a shared cgroup's users/<container> entries are moved 
     CHECK(r.forgotten == 1);
     CHECK_FALSE(fs::exists(n.pods / "ctr"));
 }
+
+TEST_CASE("maps/current names the published generation and is never dropped as an old one") {
+    test::TempDir dir;
+    PinLayout layout{dir.path().string()};
+    fs::create_directories(layout.maps_root());
+    CHECK(layout.current_maps_name().empty());  // a node served by an agent without the pointer
+    CHECK(layout.with_current_maps().maps_dir() ==
+          layout.maps_root() + "/v" + std::to_string(KMESH_ABI_VERSION));
+
+    layout.maps_name = "v6-0123456789ab";
+    fs::create_directories(layout.maps_dir());
+    fs::create_directories(layout.maps_root() + "/v6");
+    REQUIRE(point_current_maps(layout).empty());
+    CHECK(fs::read_symlink(layout.current_maps_link()) == "v6-0123456789ab");  // relative: bpffs can move
+    PinLayout reader{dir.path().string()};
+    CHECK(reader.with_current_maps().maps_dir() == layout.maps_root() + "/v6-0123456789ab");
+
+    // The previous generation goes; the pointer and the generation it names stay.
+    auto kept = remove_old_maps(layout.maps_root(), layout.maps_dir(), 0);
+    CHECK(kept.empty());
+    CHECK_FALSE(fs::exists(layout.maps_root() + "/v6"));
+    CHECK(fs::is_symlink(layout.current_maps_link()));
+    CHECK(fs::exists(layout.maps_dir()));
+
+    // Replaced, not removed and re-made: a reader in between finds one or the other.
+    layout.maps_name = "v6";
+    fs::create_directories(layout.maps_dir());
+    REQUIRE(point_current_maps(layout).empty());
+    CHECK(reader.current_maps_name() == "v6");
+    CHECK_FALSE(fs::exists(layout.current_maps_link() + "_new"));
+}

@@ -45,11 +45,111 @@ std::string check_pinned_map(const std::string& path, bpf_map* map) {
     if (info.key_size != bpf_map__key_size(map) || info.value_size != bpf_map__value_size(map) ||
         info.max_entries != bpf_map__max_entries(map) || info.type != bpf_map__type(map))
         return fmt::format(
-            "{} is pinned with key/value size {}/{} and {} entries, but this agent wants {}/{} and {}; "
-            "keep the old size flags, or run `kmesh-daemon uninstall` (which detaches all pods) first",
-            path, info.key_size, info.value_size, info.max_entries, bpf_map__key_size(map),
+            "{} is pinned with key/value size {}/{} and {} entries, but this agent wants {}/{} and {}", path,
+            info.key_size, info.value_size, info.max_entries, bpf_map__key_size(map),
             bpf_map__value_size(map), bpf_map__max_entries(map));
     return {};
+}
+
+// The maps pinned per generation: every map of the object but .rodata (this load's feature flags)
+// and a km_conn_events the kernel cannot make (telemetry off: a one-entry array, never pinned).
+std::vector<bpf_map*> pinnable_maps(kmesh_sock* skel, bool telemetry) {
+    std::vector<bpf_map*> out;
+    bpf_map* map;
+    bpf_object__for_each_map(map, skel->obj) {
+        if (bpf_map__is_internal(map)) continue;
+        if (map == skel->maps.km_conn_events && !telemetry) continue;
+        out.push_back(map);
+    }
+    return out;
+}
+
+// Whether every map pinned in dir has the shape this load wants (missing ones are created).
+bool generation_fits(const std::string& dir, const std::vector<bpf_map*>& maps) {
+    return std::all_of(maps.begin(), maps.end(),
+                       [&](bpf_map* m) { return check_pinned_map(dir + "/" + bpf_map__name(m), m).empty(); });
+}
+
+// The shapes this load wants, as a short digest: the name of a generation whose sizes differ from
+// what maps/v<N> holds. Same flags, same name, so a restart finds its generation again.
+std::string shapes_digest(const std::vector<bpf_map*>& maps) {
+    std::string text;
+    for (bpf_map* m : maps)
+        text += fmt::format("{} {} {} {} {}\n", bpf_map__name(m), static_cast<int>(bpf_map__type(m)),
+                            bpf_map__key_size(m), bpf_map__value_size(m), bpf_map__max_entries(m));
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    if (EVP_Digest(text.data(), text.size(), md, &len, EVP_sha256(), nullptr) != 1) return "000000000000";
+    std::string out;
+    for (unsigned i = 0; i < 6 && i < len; i++) out += fmt::format("{:02x}", md[i]);
+    return out;
+}
+
+// Maps whose contents are kernel-side state rather than the mesh the agent writes: per-socket
+// storage (getpeername's VIP, waypoint TLV state, telemetry's per-connection record), per-flow
+// LRUs (session affinity, UDP reverse translation), the sockhashes holding accelerated and
+// waypoint-bound sockets, counters, the telemetry ring buffer and switch. A new generation of the
+// same layout version pins these very objects again when their shape is unchanged, so a resize
+// loses none of it (the agent cannot rebuild it: it never saw the sockets). The mesh maps are
+// always new in a new generation and filled before publishing (the tested path of a layout bump):
+// sharing them would let the fill rewrite entries the old programs still read against their own
+// other maps. km_authz_cache and km_authz_hits belong to the authorization tables (policy slots,
+// epochs), so they are new with them.
+constexpr const char* kCarriedMaps[] = {
+    "km_affinity",    "km_rr",           "km_stats",       "km_udp_rev",     "km_udp_stats",
+    "km_sock_peer",   "km_wp_sk",        "km_wp_sockhash", "km_wp_stats",    "km_accel_sockhash",
+    "km_accel_state", "km_accel_stats",  "km_conn",        "km_conn_events", "km_tel_config",
+    "km_tel_stats",   "km_authz_totals",
+};
+
+bool carried(const char* name) {
+    return std::any_of(std::begin(kCarriedMaps), std::end(kCarriedMaps),
+                       [&](const char* c) { return std::strcmp(c, name) == 0; });
+}
+
+// Entries in a pinned hash-like map (a walk of its keys), or -1 if it cannot be read.
+long count_entries(int fd, uint32_t key_size) {
+    std::vector<unsigned char> key(key_size), next(key_size);
+    long n = 0;
+    void* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
+        n++;
+        key.swap(next);
+        prev = key.data();
+    }
+    return errno == ENOENT ? n : -1;
+}
+
+// A smaller generation must hold what the current one holds: refused before anything is created,
+// so the current generation goes on serving untouched. Checked on the mesh maps (hash and LPM
+// tables, whose entries are all live); the LRUs and sockhashes lose their oldest entries or stop
+// taking new sockets, which is what their size means, and arrays are sized by their own flags.
+Status check_shrink(const std::string& current_dir, const std::vector<bpf_map*>& maps) {
+    std::string refused;
+    for (bpf_map* m : maps) {
+        const auto type = bpf_map__type(m);
+        if (carried(bpf_map__name(m)) || (type != BPF_MAP_TYPE_HASH && type != BPF_MAP_TYPE_LPM_TRIE))
+            continue;
+        const std::string path = current_dir + "/" + bpf_map__name(m);
+        int fd = bpf_obj_get(path.c_str());
+        if (fd < 0) continue;
+        bpf_map_info info{};
+        uint32_t len = sizeof info;
+        long live = -1;
+        if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && info.max_entries > bpf_map__max_entries(m) &&
+            info.key_size == bpf_map__key_size(m))
+            live = count_entries(fd, info.key_size);
+        close(fd);
+        if (live > static_cast<long>(bpf_map__max_entries(m)))
+            refused +=
+                fmt::format("{}{} holds {} entries, more than the {} asked for", refused.empty() ? "" : "; ",
+                            bpf_map__name(m), live, bpf_map__max_entries(m));
+    }
+    if (refused.empty()) return {};
+    return {Errc::kResourceExhausted,
+            fmt::format("refusing to shrink the maps below what they hold ({}); nothing was changed and {} "
+                        "keeps serving: remove services first or keep the size flags",
+                        refused, current_dir)};
 }
 
 // A link whose cgroup was removed (pod gone without a DEL, e.g. a node crash) reports cgroup id 0;
@@ -285,7 +385,8 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         return nullptr;
     }
     std::error_code ec;
-    for (const auto& dir : {layout.maps_dir(), layout.progs_dir(), layout.pods_dir()}) {
+    // The generation's own directory is made once it is chosen, after the lock and the shrink check.
+    for (const auto& dir : {layout.maps_root(), layout.progs_dir(), layout.pods_dir()}) {
         fs::create_directories(dir, ec);
         if (ec) {
             *error = fmt::format("create {}: {}", dir, ec.message());
@@ -427,28 +528,79 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         dp->conn_iter_reason_ = why;
         spdlog::warn("{}: open connections report their bytes only when they close", why);
     }
-    // A ring buffer holds nothing worth keeping across a size change (events not read yet at
-    // most): a pinned one of another size is replaced rather than refused like the other maps.
-    // Pods still on the previous programs write to the old one until publish() moves them.
-    if (dp->telemetry_reason_.empty()) {
-        std::string path = layout.map(bpf_map__name(skel->maps.km_conn_events));
-        if (!check_pinned_map(path, skel->maps.km_conn_events).empty()) {
-            spdlog::info("{}: replacing the pinned ring buffer (another size)", path);
-            unlink(path.c_str());
+    // Which generation of maps to load (docs/upgrade.md, "A size change"). The current one (the
+    // maps/current pointer; maps/v<N> on a node last served by an agent without it) is reused when
+    // it is of this layout version and every map in it has the shape wanted: a restart. Otherwise
+    // (a layout bump or a size flag changed) the maps go in a new generation: maps/v<N> if free or
+    // fitting, else maps/v<N>-<digest of the shapes>. publish() moves the pods to it and drops the
+    // previous one, as for a layout bump.
+    const std::vector<bpf_map*> maps = pinnable_maps(skel, dp->telemetry_reason_.empty());
+    const std::string root = layout.maps_root();
+    const std::string base = layout.default_maps_name();
+    std::string current = layout.current_maps_name();
+    if (current.empty() && fs::is_directory(root + "/" + base)) current = base;
+    const bool current_same_version = !current.empty() &&
+                                      (current == base || current.rfind(base + "-", 0) == 0) &&
+                                      fs::is_directory(root + "/" + current);
+    std::string chosen;
+    if (current_same_version && generation_fits(root + "/" + current, maps)) {
+        chosen = current;
+    } else {
+        for (const std::string& name : {base, base + "-" + shapes_digest(maps)}) {
+            if (name == current) continue;  // it does not fit, and pods read it
+            if (!fs::exists(root + "/" + name) || generation_fits(root + "/" + name, maps)) {
+                chosen = name;
+                break;
+            }
+        }
+        if (chosen.empty()) {
+            *error = Status(Errc::kConflict,
+                            fmt::format("no free map generation under {}: {} and its digest-named "
+                                        "sibling are pinned with other shapes",
+                                        root, base))
+                         .to_string();
+            return nullptr;
+        }
+        if (current_same_version) {
+            if (Status st = check_shrink(root + "/" + current, maps); !st) {
+                *error = st.to_string();
+                return nullptr;
+            }
+        }
+    }
+    dp->maps_name_ = chosen;
+    PinLayout gen = layout;
+    gen.maps_name = chosen;
+    fs::create_directories(gen.maps_dir(), ec);
+    if (ec) {
+        *error = fmt::format("create {}: {}", gen.maps_dir(), ec.message());
+        return nullptr;
+    }
+    if (chosen != current && !current.empty()) {
+        spdlog::info("map generation {} (current: {}){}", gen.maps_dir(), current,
+                     current_same_version ? ": a size change; kernel state maps carried over" : "");
+        // Same layout version: the kernel-state maps of unchanged shape are the same objects.
+        for (bpf_map* m : maps) {
+            const char* name = bpf_map__name(m);
+            if (!current_same_version || !carried(name)) continue;
+            const std::string from = root + "/" + current + "/" + name, to = gen.map(name);
+            if (access(to.c_str(), F_OK) == 0 || !check_pinned_map(from, m).empty()) continue;
+            int fd = bpf_obj_get(from.c_str());
+            if (fd < 0) continue;
+            if (bpf_obj_pin(fd, to.c_str()) != 0)
+                spdlog::warn("{}: not carried over to {}: {}", from, to, errno_text(errno));
+            close(fd);
         }
     }
 
-    bpf_map* map;
-    bpf_object__for_each_map(map, skel->obj) {
-        // .rodata (the feature flags) belongs to this load, not to the pinned ABI.
-        if (bpf_map__is_internal(map)) continue;
-        if (map == skel->maps.km_conn_events && !dp->telemetry_reason_.empty()) continue;
-        std::string path = layout.map(bpf_map__name(map));
+    for (bpf_map* map : maps) {
+        std::string path = gen.map(bpf_map__name(map));
         if (auto e = check_pinned_map(path, map); !e.empty()) {
             *error = e;
             return nullptr;
         }
-        if (access(path.c_str(), F_OK) == 0) dp->reused_maps_ = true;
+        // Reused: a mesh map was pinned here already (carried-over state maps alone do not count).
+        if (!carried(bpf_map__name(map)) && access(path.c_str(), F_OK) == 0) dp->reused_maps_ = true;
         bpf_map__set_pin_path(map, path.c_str());
     }
     if (int err = kmesh_sock__load(skel)) {
@@ -575,6 +727,8 @@ std::vector<std::string> remove_old_maps(const std::string& maps_root, const std
     std::error_code ec;
     for (const auto& dir : fs::directory_iterator(maps_root, ec)) {
         if (dir.path() == fs::path(keep)) continue;
+        std::error_code e;
+        if (dir.is_symlink(e)) continue;  // the maps/current pointer, not a generation
         if (stale_links > 0)
             kept.push_back(dir.path().string());
         else
@@ -647,7 +801,12 @@ std::string Dataplane::publish(const PinLayout& layout) {
                 return fmt::format("pin {}: {}", path, errno_text(errno));
         }
     }
-    move_links_and_clean(layout);
+    // The programs pinned now read this generation: point maps/current at it (a new symlink
+    // renamed over the old one, so a reader never finds none).
+    PinLayout gen = layout;
+    gen.maps_name = maps_name_;
+    if (auto err = point_current_maps(gen); !err.empty()) return err;
+    move_links_and_clean(gen);
     // Pods attached by an older agent (fewer pod programs) get the cgroup links they lack.
     if (auto root = find_cgroup2_mount()) {
         try {
@@ -674,22 +833,57 @@ std::string Dataplane::publish(const PinLayout& layout) {
     return {};
 }
 
+std::string point_current_maps(const PinLayout& layout) {
+    const std::string link = layout.current_maps_link();
+    const std::string name = layout.maps_name.empty() ? layout.default_maps_name() : layout.maps_name;
+    if (layout.current_maps_name() == name) return {};
+    const std::string tmp = link + "_new";
+    unlink(tmp.c_str());
+    if (symlink(name.c_str(), tmp.c_str()) != 0 || rename(tmp.c_str(), link.c_str()) != 0)
+        return Status(Errc::kIo, fmt::format("point {} at {}: {}", link, name, errno_text(errno)))
+            .to_string();
+    return {};
+}
+
 void Dataplane::reconcile(const PinLayout& layout) {
     int before = stale_links_;
-    move_links_and_clean(layout);
+    PinLayout gen = layout;
+    gen.maps_name = maps_name_;
+    move_links_and_clean(gen);
     if (before > 0 && stale_links_ == 0)
         spdlog::info("every pod link now runs the current programs; old maps removed");
 }
 
 bool Dataplane::pinned_programs_use_other_maps(const PinLayout& layout) const {
-    int fd = bpf_obj_get(layout.prog(kProgConnect4).c_str());
-    if (fd < 0) return false;  // nothing pinned: no pod runs older programs we know of
-    std::vector<uint32_t> theirs = prog_map_ids(fd);
-    close(fd);
-    bpf_map_info info{};
-    uint32_t len = sizeof info;
-    if (bpf_obj_get_info_by_fd(bpf_map__fd(skel_->maps.km_frontend), &info, &len) != 0) return true;
-    return std::find(theirs.begin(), theirs.end(), info.id) == theirs.end();
+    // Every pinned program, not connect4 alone: after a resize connect4 may read only carried-over
+    // maps while sk_lookup reads new, still empty authorization tables.
+    std::vector<uint32_t> ours;
+    bpf_map* map;
+    bpf_object__for_each_map(map, skel_->obj) {
+        bpf_map_info info{};
+        uint32_t len = sizeof info;
+        if (bpf_obj_get_info_by_fd(bpf_map__fd(map), &info, &len) == 0) ours.push_back(info.id);
+    }
+    std::error_code ec;
+    for (const auto& pin : fs::directory_iterator(layout.progs_dir(), ec)) {
+        int fd = bpf_obj_get(pin.path().c_str());
+        if (fd < 0) continue;
+        std::vector<uint32_t> theirs = prog_map_ids(fd);
+        close(fd);
+        for (uint32_t id : theirs) {
+            if (std::find(ours.begin(), ours.end(), id) != ours.end()) continue;
+            // Their .rodata/.bss (named <object>.<section>) belong to their load, never shared.
+            int mfd = bpf_map_get_fd_by_id(id);
+            if (mfd < 0) continue;
+            bpf_map_info info{};
+            uint32_t len = sizeof info;
+            const bool internal =
+                bpf_obj_get_info_by_fd(mfd, &info, &len) == 0 && std::strchr(info.name, '.') != nullptr;
+            close(mfd);
+            if (!internal) return true;
+        }
+    }
+    return false;  // nothing pinned: no pod runs older programs we know of
 }
 
 int Dataplane::stats_fd() const { return bpf_map__fd(skel_->maps.km_stats); }

@@ -15,6 +15,7 @@
 #include "agent/src/policy/authz_writer.hpp"
 #include "common/abi.hpp"
 #include "common/pin_layout.hpp"
+#include "common/status.hpp"
 
 struct kmesh_sock;
 struct bpf_link;
@@ -42,9 +43,9 @@ struct MapSizes {
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t waypoint_sockets = KMESH_DEFAULT_MAX_WAYPOINT_SOCKETS;
     uint32_t udp_sockets = KMESH_DEFAULT_MAX_UDP_SOCKETS;  // km_udp_rev (LRU)
-    AccelOptions accel;  // the sockhash size, and whether it is used
-    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;    // km_member: (service, endpoint backend) pairs
-    uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;  // km_affinity LRU: (client netns, service, family)
+    AccelOptions accel;                                    // the sockhash size, and whether it is used
+    uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;          // km_member: (service, endpoint backend) pairs
+    uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;        // km_affinity LRU: (client netns, service, family)
     // km_conn_events ring buffer bytes (--telemetry-ringbuf-bytes): a power of two, at least a page.
     uint32_t tel_ringbuf_bytes = KMESH_DEFAULT_TEL_RINGBUF_BYTES;
 };
@@ -110,20 +111,28 @@ LinkMoveResult move_pod_links(const std::string& pods_dir, LinkOps& ops, int att
 std::vector<std::string> remove_old_maps(const std::string& maps_root, const std::string& keep,
                                          int stale_links);
 
+// Points <maps_root>/current at the layout's generation (maps_name) unless it already does: a new
+// symlink renamed over the old one. "" or the error (category io).
+std::string point_current_maps(const PinLayout& layout);
+
 class Dataplane {
   public:
     ~Dataplane();
     Dataplane(const Dataplane&) = delete;
     Dataplane& operator=(const Dataplane&) = delete;
 
-    // Takes the node-wide agent lock, then loads the programs: reuses this ABI's pinned maps (so a
-    // restart keeps serving) and creates and pins missing ones. The programs are not published yet.
+    // Takes the node-wide agent lock, then loads the programs: reuses the current generation of maps
+    // when it has this layout version and the sizes asked for (so a restart keeps serving), else
+    // makes a new generation (a layout bump or a size change; kernel-state maps of the same shape are
+    // carried over). A generation smaller than what the current one holds is refused
+    // (resource_exhausted) before anything is created. The programs are not published yet.
     // Returns nullptr with *error set on failure.
     static std::unique_ptr<Dataplane> load(const PinLayout& layout, const MapSizes& sizes,
                                            std::string* error);
 
-    // Call once the maps hold the mesh: pins the programs for kmesh-cni, moves already-attached
-    // pods to them in place, forgets pods whose cgroup is gone, and drops other ABIs' maps.
+    // Call once the maps hold the mesh: pins the programs for kmesh-cni, points maps/current at our
+    // generation, moves already-attached pods to them in place, forgets pods whose cgroup is gone,
+    // and drops other generations' maps.
     // Maps of other layouts are kept while a pod link still uses older programs (stale_links()).
     std::string publish(const PinLayout& layout);
     // After publish: retries moving stale links, and drops the old maps once none is left.
@@ -153,6 +162,9 @@ class Dataplane {
     int tel_stats_fd() const;       // per-CPU km_tel_stats (enum kmesh_tel_stat slots)
     int conn_iter_link_fd() const;  // iter_conn_report's link (bpf_iter_create in a pod netns), or -1
     bool reused_maps() const { return reused_maps_; }
+    // The map generation loaded (a directory under layout.maps_root()): maps/v<N>, or
+    // v<N>-<digest> when the sizes differ from what v<N> holds. Set it as the layout's maps_name.
+    const std::string& maps_name() const { return maps_name_; }
     // The programs loaded (those this kernel supports), in the object's order.
     const std::vector<LoadedProgram>& programs() const { return programs_; }
     // Whether the programs pinned now (by a previous agent; publish() replaces them) read maps other
@@ -173,6 +185,7 @@ class Dataplane {
     kmesh_sock* skel_;
     int lock_fd_;
     bool reused_maps_ = false;
+    std::string maps_name_;
     bool can_close_ = false;
     std::vector<LoadedProgram> programs_;
     bool sockmap_active_ = false;
