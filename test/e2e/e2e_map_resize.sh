@@ -113,7 +113,8 @@ pod_exec client python3 "$E2E_DIR/steady_client.py" --rate "$RATE" --port 80 10.
 CLIENT=$!
 PIDS+=($CLIENT)
 sleep 1
-check "the long-lived connection is up, its peer the VIP" grep -qx "before echoed peer 10.96.0.10:90" "$TMP/held.out"
+held_up() { for _ in $(seq 100); do grep -qx "before echoed peer 10.96.0.10:90" "$TMP/held.out" && return 0; sleep 0.1; done; return 1; }
+check "the long-lived connection is up, its peer the VIP" held_up
 
 # 1. Grow: restart with --max-services 128.
 agent_stop
