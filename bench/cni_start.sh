@@ -115,7 +115,8 @@ bench add-excluded excluded kube-system ADD "$TMP/kadd.json"
 bench add-skipped skipped plain ADD "$TMP/kadd.json"
 bench add-enrolled enrolled meshed ADD "$TMP/kadd.json" "$TMP/cni_exec $TMP/kdel.json DEL $AFTER_BIN"
 bench del standalone default DEL "$TMP/del.json" "$TMP/cni_exec $TMP/add.json ADD $AFTER_BIN"
-# The last DEL left standalone detached; the enrolled pod's last ADD is undone here.
+# The last prepare of each attaching case (before loopback's runs) left its pod attached: undone here.
+CNI_CONTAINERID=$RUN-standalone CNI_ARGS="K8S_POD_UID=$(pod_uid standalone)" "$TMP/cni_exec" "$TMP/del.json" DEL "$AFTER_BIN" >/dev/null
 CNI_CONTAINERID=$RUN-enrolled CNI_ARGS="K8S_POD_UID=$(pod_uid enrolled)" "$TMP/cni_exec" "$TMP/kdel.json" DEL "$AFTER_BIN" >/dev/null
 # Nothing may be left attached: e2e_cleanup checks the pods dir is empty.
 rm -f "$TMP/kmesh-cni.log"
