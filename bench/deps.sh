@@ -5,7 +5,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO=sudo
-PKGS=(wrk sockperf nginx-light haproxy iptables gnuplot-nox util-linux python3)
+PKGS=(wrk sockperf nginx-light haproxy iptables gnuplot-nox util-linux python3 hyperfine containernetworking-plugins)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 ((${#missing[@]})) || exit 0

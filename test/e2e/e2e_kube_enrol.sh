@@ -138,6 +138,26 @@ check "... two programs on its cgroup" test "$(attached_programs meshpod)" = 2
 check "a pod labelled none in a Kmesh namespace is created untouched" kpod_create optout meshed kube '{"'$MODE'":"none"}'
 check "... no record" no_record_of optout
 check "the pod in the unlabelled namespace is still untouched" no_record_of outside
+
+# Issue 12: kmesh-cni maps libcurl (and its TLS tree) only when an ADD asks the API server. Two
+# oracles independent of the plugin: the ELF dynamic section, and the dynamic loader's own report
+# of every library it loads (LD_DEBUG=files, dlopen included).
+check "kmesh-cni has no NEEDED libcurl/OpenSSL/GnuTLS/spdlog/fmt" \
+    bash -c "! readelf -d '$BUILD/cni/kmesh-cni' | grep NEEDED | grep -E 'libcurl|libssl|libcrypto|libgnutls|libspdlog|libfmt'"
+cni_loads() { # <pod> <namespace>: ADD with the live kubeConfig, run alone; prints the libraries the loader opened
+    printf '{"cniVersion":"1.0.0","name":"kmbr0","type":"kmesh-cni","kubeConfig":"%s","excludeNamespaces":["kube-system"],"bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s","prevResult":{"cniVersion":"1.0.0"}}' \
+        "$TMP/kube/kubeconfig" "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" |
+        LD_DEBUG=files CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1 CNI_NETNS=/run/netns/$RUN-$1 CNI_IFNAME=eth0 \
+            CNI_PATH=/usr/lib/cni CNI_ARGS="K8S_POD_NAMESPACE=$2;K8S_POD_NAME=$1;K8S_POD_UID=$(pod_uid "$1")" \
+            nsenter --net="/run/netns/$NODE" "$BUILD/cni/kmesh-cni" 2>&1 >/dev/null | grep -o 'file=[^ ]*' | sort -u
+}
+LOADS=$(cni_loads sys kube-system | xargs)
+check "an ADD that asks no API server (excludeNamespaces) loads no libcurl: $LOADS" \
+    bash -c "[[ -n '$LOADS' && ! '$LOADS' =~ libcurl ]]"
+LOADS=$(cni_loads outside plain | xargs)
+check "an ADD that asks the API server loads libcurl when it asks (and decides: not enrolled): $LOADS" \
+    bash -c "[[ '$LOADS' =~ libcurl.so.4 ]]"
+check "... and left the pod untouched" no_record_of outside
 check "... its connect to the VIP is not translated" untranslated outside
 
 # --- relabelling ---
