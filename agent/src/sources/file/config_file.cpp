@@ -594,14 +594,18 @@ std::string ConfigError::summary() const {
     return out;
 }
 
-std::variant<Model, ConfigError> parse_config_yaml(const std::string& text) {
-    YamlNode root;
-    std::string syntax;
-    if (!parse_yaml(text, &root, &syntax)) return ConfigError{{fmt::format("YAML syntax error: {}", syntax)}};
+std::variant<Model, ConfigError> parse_config_tree(const YamlNode& root) {
     Parser p;
     Model m = p.model(root);
     if (!p.problems.empty()) return ConfigError{p.problems};
     return m;
+}
+
+std::variant<Model, ConfigError> parse_config_yaml(const std::string& text) {
+    YamlNode root;
+    std::string syntax;
+    if (!parse_yaml(text, &root, &syntax)) return ConfigError{{fmt::format("YAML syntax error: {}", syntax)}};
+    return parse_config_tree(root);
 }
 
 namespace {

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "agent/src/model/model.hpp"
+#include "common/yaml_tree.hpp"
 
 namespace kmesh {
 
@@ -50,6 +51,8 @@ struct ConfigError {
 };
 
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text);
+// The second half of parse_config_yaml: the document tree to the model.
+std::variant<Model, ConfigError> parse_config_tree(const YamlNode& root);
 
 inline constexpr uint64_t kDefaultMaxConfigBytes = 64ull << 20;
 
