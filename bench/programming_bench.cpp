@@ -37,7 +37,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double us_since(Clock::time_point t) { return std::chrono::duration<double, std::micro>(Clock::now() - t).count(); }
+double us_since(Clock::time_point t) {
+    return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
+}
 
 // Counts the calls that reach the kernel (each is one bpf() syscall).
 class CountingOps : public MapOps {
@@ -147,7 +149,9 @@ int main(int argc, char** argv) {
     // Kernel maps of the agent's shapes, sized for the config.
     MapCounts need = entries_needed(mesh.desired());
     MapCapacity cap;
-    auto fit = [](uint64_t n, uint32_t dflt) { return static_cast<uint32_t>(std::max<uint64_t>(n * 2 + 16, dflt)); };
+    auto fit = [](uint64_t n, uint32_t dflt) {
+        return static_cast<uint32_t>(std::max<uint64_t>(n * 2 + 16, dflt));
+    };
     cap.frontends = fit(need[static_cast<int>(MapId::kFrontend)], cap.frontends);
     cap.services = fit(need[static_cast<int>(MapId::kService)], cap.services);
     cap.endpoints = fit(need[static_cast<int>(MapId::kEndpoint)], cap.endpoints);
@@ -201,15 +205,16 @@ int main(int argc, char** argv) {
     for (const auto& [n, us] : ph.list)
         if (n != "remove-all diff" && n != "remove-all writes" && n != "writes (warm maps)") total += us;
     if (json_out) {
-        std::string out = fmt::format("{{\"config\":\"{}\",\"bytes\":{},\"services\":{},\"workloads\":{},\"entries\":{},"
-                                      "\"single\":{},\"add_calls\":{},\"remove_calls\":{},\"warm_calls\":{},\"total_us\":{:.0f}",
-                                      path, text.size(), model.services.size(), model.workloads.size(), plan.size(),
-                                      single ? "true" : "false", add_calls, del_calls, warm_calls, total);
+        std::string out = fmt::format(
+            "{{\"config\":\"{}\",\"bytes\":{},\"services\":{},\"workloads\":{},\"entries\":{},"
+            "\"single\":{},\"add_calls\":{},\"remove_calls\":{},\"warm_calls\":{},\"total_us\":{:.0f}",
+            path, text.size(), model.services.size(), model.workloads.size(), plan.size(),
+            single ? "true" : "false", add_calls, del_calls, warm_calls, total);
         for (const auto& [n, us] : ph.list) out += fmt::format(",\"{}_us\":{:.0f}", n, us);
         std::printf("%s}\n", out.c_str());
     } else {
-        std::printf("%s: %zu bytes, %zu services, %zu workloads, %zu map changes, %s\n", path.c_str(), text.size(),
-                    model.services.size(), model.workloads.size(), plan.size(),
+        std::printf("%s: %zu bytes, %zu services, %zu workloads, %zu map changes, %s\n", path.c_str(),
+                    text.size(), model.services.size(), model.workloads.size(), plan.size(),
                     single ? "one entry per call (--single)" : "batched");
         for (const auto& [n, us] : ph.list) std::printf("  %-20s %10.1f ms\n", n.c_str(), us / 1000);
         std::printf("  %-20s %10.1f ms (file to maps)\n", "total", total / 1000);

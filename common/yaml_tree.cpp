@@ -188,9 +188,10 @@ class JsonTreeBuilder {
 
 // Byte offsets to 1-based line numbers.
 void offsets_to_lines(YamlNode* n, const std::vector<size_t>& newlines) {
-    n->line = static_cast<int>(std::upper_bound(newlines.begin(), newlines.end(), static_cast<size_t>(n->line)) -
-                               newlines.begin()) +
-              1;
+    n->line =
+        static_cast<int>(std::upper_bound(newlines.begin(), newlines.end(), static_cast<size_t>(n->line)) -
+                         newlines.begin()) +
+        1;
     for (auto& i : n->items) offsets_to_lines(&i, newlines);
     for (auto& e : n->entries) {
         offsets_to_lines(&e.first, newlines);

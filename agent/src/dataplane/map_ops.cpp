@@ -62,6 +62,7 @@ int batch_result(int rc, uint32_t done) {
 }  // namespace
 
 int KernelMapOps::update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) {
+    if (!batch_) return MapOps::update_batch(map, keys, values, n, done);
     LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_ANY);
     uint32_t count = n;
     int rc = bpf_map_update_batch(fds_[static_cast<int>(map)], keys, values, &count, &opts);
@@ -70,6 +71,7 @@ int KernelMapOps::update_batch(MapId map, const void* keys, const void* values, 
 }
 
 int KernelMapOps::remove_batch(MapId map, const void* keys, uint32_t n, uint32_t* done) {
+    if (!batch_) return MapOps::remove_batch(map, keys, n, done);
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
     uint32_t count = n;
     int rc = bpf_map_delete_batch(fds_[static_cast<int>(map)], keys, &count, &opts);

@@ -58,7 +58,8 @@ class MapOps {
 class KernelMapOps : public MapOps {
   public:
     // fds[i] belongs to MapId(i); the caller keeps them open for the lifetime of this object.
-    explicit KernelMapOps(std::array<int, kMapCount> fds) : fds_(fds) {}
+    // batch false: update_batch/remove_batch answer -EOPNOTSUPP, so the writer goes one by one.
+    explicit KernelMapOps(std::array<int, kMapCount> fds, bool batch = true) : fds_(fds), batch_(batch) {}
     int update(MapId map, const void* key, const void* value) override;
     int remove(MapId map, const void* key) override;
     int lookup(MapId map, const void* key, void* value) const override;
@@ -68,6 +69,7 @@ class KernelMapOps : public MapOps {
 
   private:
     std::array<int, kMapCount> fds_;
+    bool batch_;
 };
 
 }  // namespace kmesh
