@@ -37,7 +37,7 @@ struct YamlEntry {
 // unsupported feature (aliases, several documents).
 bool parse_yaml(const std::string& text, YamlNode* root, std::string* error);
 
-// JSON, which YAML 1.2 contains, into the same tree (RapidJSON's SAX reader; ~50x libyaml's speed):
+// JSON, which YAML 1.2 contains, into the same tree (RapidJSON's SAX reader):
 // objects are mappings, arrays sequences, null is null, and strings, numbers (their text as written)
 // and booleans ("true"/"false") are scalars, as libyaml would give them. Returns false with *error
 // ("line N: ...") when the text is not one JSON value.

@@ -721,9 +721,10 @@ std::variant<Model, ConfigError> load_config_file(const std::string& path, const
             "cannot read {}: more than the limit of {} bytes (--max-config-bytes)", path, max_bytes)}};
     text.resize(got);
     if (stamp) *stamp = stamp_of(st);
-    // JSON (the same schema; YAML contains JSON) takes RapidJSON's reader, ~50x libyaml's speed: at
-    // 10k services libyaml's parse was most of the time from a file change to programmed maps. A
-    // text that opens with '{' but is not JSON is YAML flow syntax, parsed below as before.
+    // JSON (the same schema; YAML contains JSON) takes RapidJSON's reader and no counting passes: at
+    // 10k services libyaml's two counts and tree took ~300 ms of a ~750 ms file-to-maps path, the
+    // JSON tree ~160 ms (docs/benchmarks.md). A text that opens with '{' but is not JSON is YAML
+    // flow syntax, parsed below as before.
     if (looks_like_json(text)) {
         YamlNode root;
         std::string json_error;
