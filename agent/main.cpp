@@ -113,6 +113,12 @@ int main(int argc, char** argv) {
     app.add_option("--max-accel-sockets", opt.sizes.accel.max_sockets,
                    "sockets of accelerated connections tracked at once (both ends count)")
         ->capture_default_str();
+    std::string map_batch = opt.map_batch ? "on" : "off";
+    app.add_option("--map-batch", map_batch,
+                   "write the service maps with batched bpf() calls (one per map and stage); off: one call "
+                   "per entry")
+        ->check(CLI::IsMember({"on", "off"}))
+        ->capture_default_str();
     app.add_option("--max-members", opt.sizes.members,
                    "(service, endpoint workload) membership map capacity (km_member)")
         ->capture_default_str();
@@ -204,6 +210,7 @@ int main(int argc, char** argv) {
 
     spdlog::set_level(spdlog::level::from_str(log_level));
     opt.sizes.accel.enabled = sockmap == "on";
+    opt.map_batch = map_batch == "on";
     opt.monitoring = monitoring == "on";
     opt.telemetry.initial.enabled = opt.monitoring;
     opt.telemetry.initial.access_log = accesslog == "on";

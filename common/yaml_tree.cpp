@@ -1,7 +1,11 @@
 #include "common/yaml_tree.hpp"
 
 #include <fmt/format.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/reader.h>
 #include <yaml.h>
+
+#include <algorithm>
 
 namespace kmesh {
 
@@ -108,6 +112,127 @@ bool parse_yaml(const std::string& text, YamlNode* root, std::string* error) {
         *error = fmt::format("line {}: only one YAML document is allowed", p.event().start_mark.line + 1);
         return false;
     }
+    return true;
+}
+
+namespace {
+
+// Builds the tree from RapidJSON's SAX events. Each node's line is first its byte offset (the
+// reader's position when the node ended); lines are filled in once, after parsing.
+class JsonTreeBuilder {
+  public:
+    JsonTreeBuilder(YamlNode* root, const rapidjson::StringStream* in) : in_(in) { stack_.push_back(root); }
+
+    bool Null() { return leaf(YamlNode::Kind::kNull, {}); }
+    bool Bool(bool b) { return leaf(YamlNode::Kind::kScalar, b ? "true" : "false"); }
+    bool Int(int) { return false; }  // numbers arrive as text (kParseNumbersAsStringsFlag)
+    bool Uint(unsigned) { return false; }
+    bool Int64(int64_t) { return false; }
+    bool Uint64(uint64_t) { return false; }
+    bool Double(double) { return false; }
+    bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
+        return leaf(YamlNode::Kind::kScalar, std::string_view(s, n));
+    }
+    bool String(const char* s, rapidjson::SizeType n, bool) {
+        return leaf(YamlNode::Kind::kScalar, std::string_view(s, n));
+    }
+    bool StartObject() { return open(YamlNode::Kind::kMapping); }
+    bool Key(const char* s, rapidjson::SizeType n, bool) {
+        YamlNode* m = stack_.back();
+        m->entries.emplace_back();
+        YamlNode& k = m->entries.back().first;
+        k.kind = YamlNode::Kind::kScalar;
+        k.scalar.assign(s, n);
+        k.line = static_cast<int>(in_->Tell());
+        return true;
+    }
+    bool EndObject(rapidjson::SizeType) { return close(); }
+    bool StartArray() { return open(YamlNode::Kind::kSequence); }
+    bool EndArray(rapidjson::SizeType) { return close(); }
+
+  private:
+    // Where the next value goes: the root, a sequence's new item, or the value of the last key.
+    YamlNode* slot() {
+        YamlNode* top = stack_.back();
+        if (stack_.size() == 1 && !started_) {
+            started_ = true;
+            return top;
+        }
+        if (top->kind == YamlNode::Kind::kSequence) return &top->items.emplace_back();
+        return &top->entries.back().second;
+    }
+    bool leaf(YamlNode::Kind kind, std::string_view text) {
+        YamlNode* n = slot();
+        n->kind = kind;
+        n->scalar.assign(text);
+        n->line = static_cast<int>(in_->Tell());
+        return true;
+    }
+    bool open(YamlNode::Kind kind) {
+        if (stack_.size() > 64) return false;  // as parse_yaml: nesting too deep
+        YamlNode* n = slot();
+        n->kind = kind;
+        n->line = static_cast<int>(in_->Tell());
+        stack_.push_back(n);
+        return true;
+    }
+    bool close() {
+        stack_.pop_back();
+        return true;
+    }
+
+    const rapidjson::StringStream* in_;
+    std::vector<YamlNode*> stack_;
+    bool started_ = false;
+};
+
+// Byte offsets to 1-based line numbers.
+void offsets_to_lines(YamlNode* n, const std::vector<size_t>& newlines) {
+    n->line =
+        static_cast<int>(std::upper_bound(newlines.begin(), newlines.end(), static_cast<size_t>(n->line)) -
+                         newlines.begin()) +
+        1;
+    for (auto& i : n->items) offsets_to_lines(&i, newlines);
+    for (auto& e : n->entries) {
+        offsets_to_lines(&e.first, newlines);
+        offsets_to_lines(&e.second, newlines);
+    }
+}
+
+}  // namespace
+
+bool looks_like_json(const std::string& text) {
+    size_t i = text.find_first_not_of(" \t\r\n");
+    return i != std::string::npos && text[i] == '{';
+}
+
+bool parse_json_tree(const std::string& text, YamlNode* root, std::string* error) {
+    *root = YamlNode{};
+    rapidjson::StringStream in(text.c_str());
+    JsonTreeBuilder builder(root, &in);
+    rapidjson::Reader reader;
+    auto ok = reader.Parse<rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseStopWhenDoneFlag |
+                           rapidjson::kParseValidateEncodingFlag>(in, builder);
+    std::vector<size_t> newlines;
+    for (size_t i = 0; i < text.size(); i++)
+        if (text[i] == '\n') newlines.push_back(i);
+    auto line_of = [&](size_t off) {
+        return std::upper_bound(newlines.begin(), newlines.end(), off) - newlines.begin() + 1;
+    };
+    if (ok.IsError()) {
+        *error = fmt::format("line {}: {}", line_of(ok.Offset()), rapidjson::GetParseError_En(ok.Code()));
+        *root = YamlNode{};
+        return false;
+    }
+    // Only blanks may follow the value (kParseStopWhenDoneFlag stops at its end), and a NUL inside
+    // the text would have ended RapidJSON's input early.
+    size_t end = in.Tell();
+    if (text.find_first_not_of(" \t\r\n", end) != std::string::npos) {
+        *error = fmt::format("line {}: text after the JSON value", line_of(end));
+        *root = YamlNode{};
+        return false;
+    }
+    offsets_to_lines(root, newlines);
     return true;
 }
 

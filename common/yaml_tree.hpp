@@ -37,4 +37,15 @@ struct YamlEntry {
 // unsupported feature (aliases, several documents).
 bool parse_yaml(const std::string& text, YamlNode* root, std::string* error);
 
+// JSON, which YAML 1.2 contains, into the same tree (RapidJSON's SAX reader):
+// objects are mappings, arrays sequences, null is null, and strings, numbers (their text as written)
+// and booleans ("true"/"false") are scalars, as libyaml would give them. Returns false with *error
+// ("line N: ...") when the text is not one JSON value.
+bool parse_json_tree(const std::string& text, YamlNode* root, std::string* error);
+
+// Whether the text looks like JSON (its first non-blank character opens an object): the caller
+// then tries parse_json_tree first and falls back to parse_yaml, so a YAML flow mapping that is not
+// JSON still parses as before.
+bool looks_like_json(const std::string& text);
+
 }  // namespace kmesh

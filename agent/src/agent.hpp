@@ -49,7 +49,10 @@ struct AgentOptions {
     std::string admin_address = "127.0.0.1";
     int admin_port = 15200;                              // 0: no admin server
     uint64_t max_config_bytes = kDefaultMaxConfigBytes;  // a bigger config file is refused unread
-    std::optional<installer::Options> install_cni;       // --install-cni: keep kmesh-cni installed
+    // Batched map writes (BPF_MAP_UPDATE_BATCH); off: one bpf() call per entry, as kernels without
+    // batch operations get anyway (--map-batch off; e2e_map_batch compares the two).
+    bool map_batch = true;
+    std::optional<installer::Options> install_cni;  // --install-cni: keep kmesh-cni installed
     // Enrolment by labels (agent/src/enrolment): set when there is a kube config and a node name.
     std::shared_ptr<kube::Api> kube_api;
     std::optional<enrolment::ReconcilerOptions> enrolment;

@@ -3,6 +3,7 @@
 // intermediate state a connect() could observe.
 #pragma once
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -40,6 +41,34 @@ class FakeMapOps : public MapOps {
         if (after_mutation) after_mutation();
         return 0;
     }
+    // As the kernel's generic batch: entry by entry in order, each visible (after_mutation) before
+    // the next, stopping at the first failure with *done = the entries before it.
+    int update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) override {
+        *done = 0;
+        if (no_batch_[idx(map)]) return -EOPNOTSUPP;
+        batches.push_back(std::string("put ") + map_name(map) + " " + std::to_string(n));
+        const auto* k = static_cast<const uint8_t*>(keys);
+        const auto* v = static_cast<const uint8_t*>(values);
+        for (uint32_t i = 0; i < n; i++) {
+            if (int err = update(map, k + i * key_size(map), v + i * value_size(map))) return err;
+            ++*done;
+        }
+        return 0;
+    }
+    int remove_batch(MapId map, const void* keys, uint32_t n, uint32_t* done) override {
+        *done = 0;
+        if (no_batch_[idx(map)]) return -EOPNOTSUPP;
+        batches.push_back(std::string("del ") + map_name(map) + " " + std::to_string(n));
+        const auto* k = static_cast<const uint8_t*>(keys);
+        for (uint32_t i = 0; i < n; i++) {
+            if (int err = remove(map, k + i * key_size(map))) return err;
+            ++*done;
+        }
+        return 0;
+    }
+    // The map has no batch operation (as an old kernel): the writer must go one entry at a time.
+    void refuse_batches(MapId map) { no_batch_[idx(map)] = true; }
+
     int lookup(MapId map, const void* key, void* value) const override {
         auto& m = maps_[idx(map)];
         auto it = m.find(bytes(key, key_size(map)));
@@ -144,6 +173,7 @@ class FakeMapOps : public MapOps {
     }
 
     std::vector<std::string> ops;
+    std::vector<std::string> batches;  // "put km_endpoint 12": each batch call the writer made
     std::function<void()> after_mutation;
 
   private:
@@ -195,6 +225,7 @@ class FakeMapOps : public MapOps {
     std::array<size_t, kMapCount> capacity_;
     int fail_after_ = -1;
     int fail_remove_after_ = -1;
+    std::array<bool, kMapCount> no_batch_{};
 };
 
 }  // namespace kmesh::test

@@ -463,6 +463,11 @@ std::string Agent::metrics_text() {
     counter("kmesh_config_applied_total", "Config generations written to the maps.", metrics_.config_applied);
     counter("kmesh_config_rejected_total", "Configs rejected as invalid.", metrics_.config_rejected);
     counter("kmesh_map_writes_total", "BPF map updates issued.", metrics_.map_writes);
+    counter("kmesh_map_calls_total", "bpf() calls made for map updates and deletes (a batch is one call).",
+            metrics_.map_calls);
+    counter("kmesh_map_batches_stopped_total",
+            "Batched map writes the kernel stopped at a failing entry (counted per map in the write errors).",
+            metrics_.map_batches_stopped);
     counter("kmesh_services_unpublished_total",
             "New services held back (no frontend) because they could not be written completely.",
             metrics_.services_unpublished);

@@ -13,6 +13,10 @@ struct Metrics {
     std::array<std::atomic<uint64_t>, kMapCount> map_write_errors{};  // per MapId
     std::array<std::atomic<uint64_t>, kMapCount> map_full_errors{};   // E2BIG/ENOSPC: capacity reached
     std::atomic<uint64_t> map_writes{0};
+    // Kernel calls the map writer made for its updates and deletes (a batch is one call), and
+    // batches the kernel stopped at a failing entry (the rest was resumed after it).
+    std::atomic<uint64_t> map_calls{0};
+    std::atomic<uint64_t> map_batches_stopped{0};
     std::atomic<uint64_t> config_applied{0};
     std::atomic<uint64_t> config_rejected{0};
     // New services held back (no frontend written) because their endpoints could not all be

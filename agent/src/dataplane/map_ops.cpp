@@ -2,6 +2,7 @@
 
 #include <bpf/bpf.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <vector>
 
@@ -33,6 +34,8 @@ int result(int rc) { return rc < 0 ? -errno : 0; }
 }  // namespace
 
 const char* map_name(MapId id) { return kShapes[static_cast<int>(id)].name; }
+size_t map_key_size(MapId id) { return kShapes[static_cast<int>(id)].key_size; }
+size_t map_value_size(MapId id) { return kShapes[static_cast<int>(id)].value_size; }
 
 int KernelMapOps::update(MapId map, const void* key, const void* value) {
     return result(bpf_map_update_elem(fds_[static_cast<int>(map)], key, value, BPF_ANY));
@@ -40,6 +43,40 @@ int KernelMapOps::update(MapId map, const void* key, const void* value) {
 
 int KernelMapOps::remove(MapId map, const void* key) {
     return result(bpf_map_delete_elem(fds_[static_cast<int>(map)], key));
+}
+
+namespace {
+
+// The kernel's answer when a map type has no batch operation is ENOTSUPP (524, kernel-internal, no
+// libc name); a kernel older than 5.6 does not know the command at all and says EINVAL. Either way
+// nothing was done when the first entry is the one reported: the caller then goes one by one, and
+// a single update() of that entry reports its own error if it has one.
+int batch_result(int rc, uint32_t done) {
+    if (rc >= 0) return 0;
+    int err = -errno;
+    constexpr int kEnotsupp = 524;
+    if (done == 0 && (err == -kEnotsupp || err == -EOPNOTSUPP || err == -EINVAL)) return -EOPNOTSUPP;
+    return err;
+}
+
+}  // namespace
+
+int KernelMapOps::update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) {
+    if (!batch_) return MapOps::update_batch(map, keys, values, n, done);
+    LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_ANY);
+    uint32_t count = n;
+    int rc = bpf_map_update_batch(fds_[static_cast<int>(map)], keys, values, &count, &opts);
+    *done = rc < 0 ? std::min(count, n) : n;
+    return batch_result(rc, *done);
+}
+
+int KernelMapOps::remove_batch(MapId map, const void* keys, uint32_t n, uint32_t* done) {
+    if (!batch_) return MapOps::remove_batch(map, keys, n, done);
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    uint32_t count = n;
+    int rc = bpf_map_delete_batch(fds_[static_cast<int>(map)], keys, &count, &opts);
+    *done = rc < 0 ? std::min(count, n) : n;
+    return batch_result(rc, *done);
 }
 
 int KernelMapOps::lookup(MapId map, const void* key, void* value) const {

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <array>
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -24,6 +26,8 @@ enum class MapId {
 inline constexpr int kMapCount = 8;
 
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
+size_t map_key_size(MapId id);
+size_t map_value_size(MapId id);
 
 class MapOps {
   public:
@@ -32,6 +36,20 @@ class MapOps {
     virtual int update(MapId map, const void* key, const void* value) = 0;
     virtual int remove(MapId map, const void* key) = 0;
     virtual int lookup(MapId map, const void* key, void* value) const = 0;
+    // Batches (BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH): n keys (and values) packed back to back,
+    // map_key_size()/map_value_size() apart. The kernel works through them in order, exactly as n
+    // update()/remove() calls would, and stops at the first that fails: the result is 0, or the
+    // -errno of entry *done, with entries [0, *done) done and those after it not tried. A remove of
+    // a missing key fails with -ENOENT there too. -EOPNOTSUPP with *done == 0 means this map (or
+    // kernel) has no batch operation and nothing was done: the caller goes one entry at a time.
+    virtual int update_batch(MapId, const void*, const void*, uint32_t, uint32_t* done) {
+        *done = 0;
+        return -EOPNOTSUPP;
+    }
+    virtual int remove_batch(MapId, const void*, uint32_t, uint32_t* done) {
+        *done = 0;
+        return -EOPNOTSUPP;
+    }
     // Visits every entry; fn returns false to stop.
     virtual void for_each(MapId map,
                           const std::function<bool(const void* key, const void* value)>& fn) const = 0;
@@ -40,14 +58,18 @@ class MapOps {
 class KernelMapOps : public MapOps {
   public:
     // fds[i] belongs to MapId(i); the caller keeps them open for the lifetime of this object.
-    explicit KernelMapOps(std::array<int, kMapCount> fds) : fds_(fds) {}
+    // batch false: update_batch/remove_batch answer -EOPNOTSUPP, so the writer goes one by one.
+    explicit KernelMapOps(std::array<int, kMapCount> fds, bool batch = true) : fds_(fds), batch_(batch) {}
     int update(MapId map, const void* key, const void* value) override;
     int remove(MapId map, const void* key) override;
     int lookup(MapId map, const void* key, void* value) const override;
+    int update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) override;
+    int remove_batch(MapId map, const void* keys, uint32_t n, uint32_t* done) override;
     void for_each(MapId map, const std::function<bool(const void*, const void*)>& fn) const override;
 
   private:
     std::array<int, kMapCount> fds_;
+    bool batch_;
 };
 
 }  // namespace kmesh

@@ -139,6 +139,16 @@ MapWriter::MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics&
     for (uint32_t id : state_.reserved_backend_ids) backend_ids_.mark_used(id);
 }
 
+struct MapWriter::Run {
+    // Services without any frontend in the maps before this apply (new, or held back before):
+    // published only in the last addition stage, and only when all their endpoints went in.
+    std::set<uint64_t> unpublished;
+    std::set<uint64_t> incomplete;
+    bool shrunk = false;      // endpoint removals done: their indices refer to the state before
+    bool check_refs = false;  // removals verify nothing published still points at what goes
+    bool removals_first = false;
+};
+
 int MapWriter::fail(MapId map, int err, const std::string& what) {
     auto m = static_cast<int>(map);
     metrics_.map_write_errors[m]++;
@@ -148,6 +158,80 @@ int MapWriter::fail(MapId map, int err, const std::string& what) {
     errors_.push_back(fmt::format("{} {}: {}{}", map_name(map), what, std::strerror(-err),
                                   full ? " (map full: raise its size flag)" : ""));
     return err;
+}
+
+// One kernel call per batch: the kernel writes the entries in the order given, exactly as one call
+// each would, so batching changes how many syscalls a stage takes, never what a connect() can see
+// between two entries. A batch the kernel stops early (an entry failed: `done` says how many went
+// in before it) is resumed after the failed entry, which gets its error: the results are those of
+// one call per entry. A map the kernel has no batch operation for goes one entry per call.
+std::vector<int> MapWriter::put_all(MapId map, const void* keys, const void* values, size_t n) {
+    std::vector<int> errs(n, 0);
+    const auto* k = static_cast<const uint8_t*>(keys);
+    const auto* v = static_cast<const uint8_t*>(values);
+    const size_t ks = map_key_size(map), vs = map_value_size(map);
+    const int m = static_cast<int>(map);
+    metrics_.map_writes += n;
+    for (size_t off = 0; off < n;) {
+        if (no_batch_[m] || n - off == 1) {
+            metrics_.map_calls++;
+            errs[off] = ops_.update(map, k + off * ks, v + off * vs);
+            off++;
+            continue;
+        }
+        auto chunk = static_cast<uint32_t>(std::min<size_t>(n - off, kMaxBatch));
+        uint32_t done = 0;
+        metrics_.map_calls++;
+        int err = ops_.update_batch(map, k + off * ks, v + off * vs, chunk, &done);
+        if (err == -EOPNOTSUPP && done == 0) {
+            no_batch_[m] = true;
+            spdlog::info("{}: the kernel has no batch update for this map; writing one entry per call",
+                         map_name(map));
+            continue;
+        }
+        if (!err) {
+            off += chunk;
+            continue;
+        }
+        metrics_.map_batches_stopped++;
+        off += std::min(done, chunk - 1);
+        errs[off++] = err;
+    }
+    return errs;
+}
+
+// As put_all; a key that is already gone counts as removed (0), as the callers always took it.
+std::vector<int> MapWriter::remove_all(MapId map, const void* keys, size_t n) {
+    std::vector<int> errs(n, 0);
+    const auto* k = static_cast<const uint8_t*>(keys);
+    const size_t ks = map_key_size(map);
+    const int m = static_cast<int>(map);
+    for (size_t off = 0; off < n;) {
+        if (no_batch_[m] || n - off == 1) {
+            metrics_.map_calls++;
+            int err = ops_.remove(map, k + off * ks);
+            errs[off++] = err == -ENOENT ? 0 : err;
+            continue;
+        }
+        auto chunk = static_cast<uint32_t>(std::min<size_t>(n - off, kMaxBatch));
+        uint32_t done = 0;
+        metrics_.map_calls++;
+        int err = ops_.remove_batch(map, k + off * ks, chunk, &done);
+        if (err == -EOPNOTSUPP && done == 0) {
+            no_batch_[m] = true;
+            spdlog::info("{}: the kernel has no batch delete for this map; deleting one entry per call",
+                         map_name(map));
+            continue;
+        }
+        if (!err) {
+            off += chunk;
+            continue;
+        }
+        off += std::min(done, chunk - 1);
+        if (err != -ENOENT) metrics_.map_batches_stopped++;
+        errs[off++] = err == -ENOENT ? 0 : err;
+    }
+    return errs;
 }
 
 void MapWriter::forget_frontend(const kmesh_frontend_key& key) {
@@ -161,13 +245,14 @@ void MapWriter::forget_frontend(const kmesh_frontend_key& key) {
     state_.frontends.erase(it);
 }
 
-void MapWriter::drop_entry(const kmesh_endpoint_key& key) {
-    int err = ops_.remove(MapId::kEndpoint, &key);
-    if (err && err != -ENOENT) state_.stray_endpoints.push_back(key);
+// A failed delete leaves a stray, not a leak.
+void MapWriter::drop_entries(const std::vector<kmesh_endpoint_key>& keys) {
+    auto errs = remove_all(MapId::kEndpoint, keys);
+    for (size_t i = 0; i < keys.size(); i++)
+        if (errs[i]) state_.stray_endpoints.push_back(keys[i]);
 }
 
-int MapWriter::write_service(uint64_t hash) {
-    const auto& s = state_.services.at(hash);
+kmesh_service_value MapWriter::service_value(const MapState::Service& s, uint64_t hash) {
     kmesh_service_value v{};
     for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
         for (int p = 0; p < KMESH_PRIO_COUNT; p++)
@@ -176,113 +261,191 @@ int MapWriter::write_service(uint64_t hash) {
     v.flags = s.flags;
     v.affinity_timeout = s.affinity_timeout;
     v.name_hash = hash;
-    metrics_.map_writes++;
-    int err = ops_.update(MapId::kService, &s.id, &v);
-    return err ? fail(MapId::kService, err, fmt::format("write service {}", s.id)) : 0;
+    return v;
 }
 
-void MapWriter::put_backend(uint64_t hash, const DesiredBackend& b) {
-    auto it = state_.backends.find(hash);
-    uint32_t id = it != state_.backends.end() ? it->second.id : backend_ids_.allocate();
-    if (!id) {
-        fail(MapId::kBackend, -E2BIG, "allocate id");
-        return;
-    }
-    kmesh_backend_value v{};
-    std::memcpy(v.addr4, b.addr4.data(), 16);
-    std::memcpy(v.addr6, b.addr6.data(), 16);
-    v.flags = b.flags;
-    v.name_hash = hash;
-    metrics_.map_writes++;
-    if (int err = ops_.update(MapId::kBackend, &id, &v)) {
-        if (it == state_.backends.end()) backend_ids_.release(id);
-        fail(MapId::kBackend, err, fmt::format("write backend {}", id));
-        return;
-    }
-    state_.backends[hash] = {id, b};
-    state_.backend_hash_by_id[id] = hash;
-}
-
-// Creates a service empty: unreachable until its frontend is written, but with an id, so that
-// port overrides can be written before any endpoint that needs them is counted.
-void MapWriter::create_service(uint64_t hash, const ServiceParams& params) {
-    MapState::Service svc;
-    if (!(svc.id = service_ids_.allocate())) {
-        fail(MapId::kService, -E2BIG, "allocate id");
-        return;
-    }
-    svc.lb_mode = params.lb_mode;
-    svc.flags = params.flags;
-    svc.affinity_timeout = params.affinity_timeout;
-    state_.services[hash] = svc;
-    if (write_service(hash)) {
-        state_.services.erase(hash);
-        service_ids_.release(svc.id);
-    }
-}
-
-// Grows one service: endpoint entries past the current counts first, then the counts (and LB
-// mode) in a single service write, so no connect picks an index that is not written yet. Returns
-// whether every add went in.
-bool MapWriter::grow_service(uint64_t hash, const ServiceParams* params,
-                             const std::vector<EndpointAdd>& adds) {
-    auto it = state_.services.find(hash);
-    if (it == state_.services.end()) return false;  // its creation failed
-    MapState::Service svc = it->second;
-    if (params) {
-        svc.lb_mode = params->lb_mode;
-        svc.flags = params->flags;
-        svc.affinity_timeout = params->affinity_timeout;
-    }
-    std::vector<kmesh_endpoint_key> written;
-    int err = 0;
-    bool skipped = false;
-    for (const auto& a : adds) {
-        auto b = state_.backends.find(a.backend);
-        // Its backend, one of its port overrides or its membership failed to be written: added
-        // by a later apply.
-        auto member = b == state_.backends.end() ? svc.members.end() : svc.members.find(b->second.id);
-        if (b == state_.backends.end() || unported_.count({a.backend, hash}) || member == svc.members.end() ||
-            member->second == 0) {
-            skipped = true;
+void MapWriter::put_backends(const Plan& plan) {
+    std::vector<uint32_t> keys;
+    std::vector<kmesh_backend_value> values;
+    std::vector<std::pair<const std::pair<uint64_t, DesiredBackend>*, bool>> items;  // entry, id is new
+    for (const auto& e : plan.put_backends) {
+        auto it = state_.backends.find(e.first);
+        bool fresh = it == state_.backends.end();
+        uint32_t id = fresh ? backend_ids_.allocate() : it->second.id;
+        if (!id) {
+            fail(MapId::kBackend, -E2BIG, "allocate id");
             continue;
         }
-        auto& slots = svc.slots[a.family][a.prio];
-        kmesh_endpoint_key k{svc.id, static_cast<uint16_t>(a.family), static_cast<uint16_t>(a.prio),
-                             static_cast<uint32_t>(slots.size() + 1)};
-        kmesh_endpoint_value v{b->second.id};
-        metrics_.map_writes++;
-        if ((err = ops_.update(MapId::kEndpoint, &k, &v))) {
-            fail(MapId::kEndpoint, err,
-                 fmt::format("write endpoint {}/{}/{}/{}", k.service_id, k.family, k.prio, k.index));
-            break;
+        kmesh_backend_value v{};
+        std::memcpy(v.addr4, e.second.addr4.data(), 16);
+        std::memcpy(v.addr6, e.second.addr6.data(), 16);
+        v.flags = e.second.flags;
+        v.name_hash = e.first;
+        keys.push_back(id);
+        values.push_back(v);
+        items.emplace_back(&e, fresh);
+    }
+    auto errs = put_all(MapId::kBackend, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        auto [e, fresh] = items[i];
+        if (errs[i]) {
+            if (fresh) backend_ids_.release(keys[i]);
+            fail(MapId::kBackend, errs[i], fmt::format("write backend {}", keys[i]));
+            continue;
         }
-        slots.push_back(b->second.id);
-        written.push_back(k);
+        state_.backends[e->first] = {keys[i], e->second};
+        state_.backend_hash_by_id[keys[i]] = e->first;
     }
-    if (!err) {
-        MapState::Service before = it->second;
-        it->second = svc;
-        if (!(err = write_service(hash))) return !skipped;
-        it->second = before;
-    }
-    // Entries past the kernel's count are never picked; remove them to keep capacity.
-    for (const auto& k : written) drop_entry(k);
-    return false;
 }
 
-void MapWriter::put_member(const MemberPut& m) {
-    auto s = state_.services.find(m.service);
-    auto b = state_.backends.find(m.backend);
-    if (s == state_.services.end() || b == state_.backends.end()) return;  // their writes failed
-    kmesh_member_key k{s->second.id, b->second.id};
-    kmesh_member_value v{m.weight, 0};
-    metrics_.map_writes++;
-    if (int err = ops_.update(MapId::kMember, &k, &v)) {
-        fail(MapId::kMember, err, fmt::format("write member {}/{}", k.service_id, k.backend_id));
-        return;
+// Creates services empty: unreachable until their frontends are written, but with an id, so that
+// port overrides can be written before any endpoint that needs them is counted.
+void MapWriter::create_services(const Plan& plan) {
+    std::vector<uint32_t> keys;
+    std::vector<kmesh_service_value> values;
+    std::vector<uint64_t> hashes;
+    for (const auto& [hash, params] : plan.put_services) {
+        if (state_.services.count(hash)) continue;
+        MapState::Service svc;
+        if (!(svc.id = service_ids_.allocate())) {
+            fail(MapId::kService, -E2BIG, "allocate id");
+            continue;
+        }
+        svc.lb_mode = params.lb_mode;
+        svc.flags = params.flags;
+        svc.affinity_timeout = params.affinity_timeout;
+        keys.push_back(svc.id);
+        values.push_back(service_value(svc, hash));
+        hashes.push_back(hash);
+        state_.services[hash] = std::move(svc);
     }
-    s->second.members[k.backend_id] = m.weight;
+    auto errs = put_all(MapId::kService, keys, values);
+    for (size_t i = 0; i < keys.size(); i++)
+        if (errs[i]) {
+            fail(MapId::kService, errs[i], fmt::format("write service {}", keys[i]));
+            state_.services.erase(hashes[i]);
+            service_ids_.release(keys[i]);
+        }
+}
+
+// Grows services: the endpoint entries past the current counts of every growing service first (one
+// batch), then, for each service whose entries all went in, its counts (and LB mode) in a single
+// service write (one batch for all), so no connect picks an index that is not written yet.
+// Services not grown completely go to run.incomplete.
+void MapWriter::grow_services(const std::map<uint64_t, Growth>& grow, Run& run) {
+    struct Pending {
+        uint64_t hash;
+        MapState::Service* svc;
+        const std::optional<ServiceParams>* params;
+        size_t first = 0, n = 0;  // its entries in keys/values
+        bool skipped = false;
+    };
+    std::vector<Pending> pending;
+    std::vector<kmesh_endpoint_key> keys;
+    std::vector<kmesh_endpoint_value> values;
+    for (const auto& [hash, g] : grow) {
+        auto it = state_.services.find(hash);
+        if (it == state_.services.end()) {  // its creation failed
+            run.incomplete.insert(hash);
+            continue;
+        }
+        Pending p{hash, &it->second, &g.first, keys.size()};
+        std::array<std::array<uint32_t, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT> count{};
+        for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (int q = 0; q < KMESH_PRIO_COUNT; q++)
+                count[f][q] = static_cast<uint32_t>(p.svc->slots[f][q].size());
+        for (const auto& a : g.second) {
+            auto b = state_.backends.find(a.backend);
+            // Its backend, one of its port overrides or its membership failed to be written: added
+            // by a later apply.
+            auto member =
+                b == state_.backends.end() ? p.svc->members.end() : p.svc->members.find(b->second.id);
+            if (b == state_.backends.end() || unported_.count({a.backend, hash}) ||
+                member == p.svc->members.end() || member->second == 0) {
+                p.skipped = true;
+                continue;
+            }
+            keys.push_back({p.svc->id, static_cast<uint16_t>(a.family), static_cast<uint16_t>(a.prio),
+                            ++count[a.family][a.prio]});
+            values.push_back({b->second.id});
+        }
+        p.n = keys.size() - p.first;
+        pending.push_back(p);
+    }
+    auto errs = put_all(MapId::kEndpoint, keys, values);
+
+    std::vector<uint32_t> skeys;
+    std::vector<kmesh_service_value> svalues;
+    std::vector<size_t> counted;  // index into pending, per service write
+    std::vector<kmesh_endpoint_key> drop;
+    for (size_t i = 0; i < pending.size(); i++) {
+        Pending& p = pending[i];
+        auto bad =
+            std::find_if(errs.begin() + p.first, errs.begin() + p.first + p.n, [](int e) { return e != 0; });
+        if (bad != errs.begin() + p.first + p.n) {
+            const auto& k = keys[bad - errs.begin()];
+            fail(MapId::kEndpoint, *bad,
+                 fmt::format("write endpoint {}/{}/{}/{}", k.service_id, k.family, k.prio, k.index));
+            // Entries past the kernel's count are never picked; remove them to keep capacity.
+            for (size_t j = p.first; j < p.first + p.n; j++)
+                if (!errs[j]) drop.push_back(keys[j]);
+            run.incomplete.insert(p.hash);
+            continue;
+        }
+        MapState::Service next = *p.svc;
+        if (*p.params) {
+            next.lb_mode = (*p.params)->lb_mode;
+            next.flags = (*p.params)->flags;
+            next.affinity_timeout = (*p.params)->affinity_timeout;
+        }
+        for (size_t j = p.first; j < p.first + p.n; j++)
+            next.slots[keys[j].family][keys[j].prio].push_back(values[j].backend_id);
+        skeys.push_back(p.svc->id);
+        svalues.push_back(service_value(next, p.hash));
+        counted.push_back(i);
+    }
+    auto serrs = put_all(MapId::kService, skeys, svalues);
+    for (size_t c = 0; c < counted.size(); c++) {
+        Pending& p = pending[counted[c]];
+        if (serrs[c]) {
+            fail(MapId::kService, serrs[c], fmt::format("write service {}", skeys[c]));
+            for (size_t j = p.first; j < p.first + p.n; j++) drop.push_back(keys[j]);
+            run.incomplete.insert(p.hash);
+            continue;
+        }
+        if (*p.params) {
+            p.svc->lb_mode = (*p.params)->lb_mode;
+            p.svc->flags = (*p.params)->flags;
+            p.svc->affinity_timeout = (*p.params)->affinity_timeout;
+        }
+        for (size_t j = p.first; j < p.first + p.n; j++)
+            p.svc->slots[keys[j].family][keys[j].prio].push_back(values[j].backend_id);
+        if (p.skipped) run.incomplete.insert(p.hash);
+    }
+    drop_entries(drop);
+}
+
+void MapWriter::put_members(const std::vector<MemberPut>& puts) {
+    std::vector<kmesh_member_key> keys;
+    std::vector<kmesh_member_value> values;
+    std::vector<MapState::Service*> services;
+    for (const auto& m : puts) {
+        auto s = state_.services.find(m.service);
+        auto b = state_.backends.find(m.backend);
+        if (s == state_.services.end() || b == state_.backends.end()) continue;  // their writes failed
+        keys.push_back({s->second.id, b->second.id});
+        values.push_back({m.weight, 0});
+        services.push_back(&s->second);
+    }
+    auto errs = put_all(MapId::kMember, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kMember, errs[i],
+                 fmt::format("write member {}/{}", keys[i].service_id, keys[i].backend_id));
+            continue;
+        }
+        services[i]->members[keys[i].backend_id] = values[i].weight;
+    }
 }
 
 // A weight falling to 0 on an existing member: written in removal order, once the backend's slots
@@ -297,110 +460,194 @@ bool MapWriter::drains(const MemberPut& m) const {
     return cur != s->second.members.end() && cur->second != 0;
 }
 
-// true, or false when the kernel refused (the entry stays).
-bool MapWriter::delete_member(uint32_t service_id, uint32_t backend_id) {
-    kmesh_member_key k{service_id, backend_id};
-    int err = ops_.remove(MapId::kMember, &k);
-    if (err && err != -ENOENT) {
-        fail(MapId::kMember, err, fmt::format("delete member {}/{}", service_id, backend_id));
-        return false;
+void MapWriter::put_frontends(const std::vector<std::pair<kmesh_frontend_key, FrontendTarget>>& puts) {
+    std::vector<kmesh_frontend_key> keys;
+    std::vector<kmesh_frontend_value> values;
+    std::vector<const FrontendTarget*> targets;
+    for (const auto& [key, target] : puts) {
+        auto svc = state_.services.find(target.service);
+        if (svc == state_.services.end()) continue;  // its service failed to be written
+        keys.push_back(key);
+        values.push_back({svc->second.id, target.target_port, target.flags});
+        targets.push_back(&target);
     }
-    return true;
-}
-
-void MapWriter::put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target) {
-    auto svc = state_.services.find(target.service);
-    if (svc == state_.services.end()) return;  // its service failed to be written
-    kmesh_frontend_value v{svc->second.id, target.target_port, target.flags};
-    metrics_.map_writes++;
-    if (int err = ops_.update(MapId::kFrontend, &key, &v)) {
-        fail(MapId::kFrontend, err, "write frontend");
-        return;
-    }
-    forget_frontend(key);
-    state_.frontends[key] = target;
-    state_.frontends_by_service[target.service].insert(key);
-}
-
-// Dense delete. Trailing slots just shrink the count; a hole gets the last entry copied into it,
-// then the count shrinks, then the old last entry goes. A connect racing with this sees either the
-// old or the new count, and every index below it holds a live backend (BPF retries the one window
-// where the last entry has just vanished).
-void MapWriter::remove_endpoints(uint64_t hash, uint32_t family, uint32_t prio, std::set<uint32_t> indices) {
-    auto& svc = state_.services.at(hash);
-    auto& slots = svc.slots[family][prio];
-    auto fam = static_cast<uint16_t>(family);
-    auto pri = static_cast<uint16_t>(prio);
-    while (!indices.empty()) {
-        auto last = static_cast<uint32_t>(slots.size());
-        uint32_t hole = *indices.rbegin();
-        if (hole > last) {  // cannot happen for a fresh diff; ignore rather than corrupt
-            indices.erase(hole);
+    auto errs = put_all(MapId::kFrontend, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kFrontend, errs[i], "write frontend");
             continue;
         }
-        if (hole != last) {
-            kmesh_endpoint_key k{svc.id, fam, pri, hole};
-            kmesh_endpoint_value v{slots.back()};
-            metrics_.map_writes++;
-            if (int err = ops_.update(MapId::kEndpoint, &k, &v)) {
-                fail(MapId::kEndpoint, err,
-                     fmt::format("move endpoint {}/{}/{}/{}", svc.id, family, prio, hole));
-                return;
-            }
-            slots[hole - 1] = slots.back();
-        }
-        uint32_t moved = slots.back();
-        slots.pop_back();
-        if (write_service(hash)) {
-            slots.push_back(moved);  // the kernel still counts `last`, whose entry is intact
-            return;
-        }
-        drop_entry(kmesh_endpoint_key{svc.id, fam, pri, last});
-        indices.erase(hole);
+        forget_frontend(keys[i]);
+        state_.frontends[keys[i]] = *targets[i];
+        state_.frontends_by_service[targets[i]->service].insert(keys[i]);
     }
 }
 
-void MapWriter::delete_service(uint64_t hash) {
-    auto it = state_.services.find(hash);
-    if (it == state_.services.end()) return;
-    auto& svc = it->second;
-    int err = ops_.remove(MapId::kService, &svc.id);
-    if (err && err != -ENOENT) {
-        fail(MapId::kService, err, fmt::format("delete service {}", svc.id));
-        return;
+// Returns, per key, whether it is gone (then forgotten).
+std::vector<bool> MapWriter::remove_frontends(const std::vector<kmesh_frontend_key>& keys) {
+    auto errs = remove_all(MapId::kFrontend, keys);
+    std::vector<bool> gone(keys.size());
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kFrontend, errs[i], "delete frontend");
+            continue;
+        }
+        forget_frontend(keys[i]);
+        gone[i] = true;
     }
-    for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
-        for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
-            for (uint32_t idx = 1; idx <= svc.slots[f][p].size(); idx++)
-                drop_entry(kmesh_endpoint_key{svc.id, f, p, idx});
-    // Members after the slots that name them.
-    for (const auto& [bid, weight] : svc.members)
-        if (!delete_member(svc.id, bid)) state_.stray_members.push_back(kmesh_member_key{svc.id, bid});
-    // The id stays reserved while stray entries of it may remain, so no new service inherits them.
-    bool strays = std::any_of(state_.stray_endpoints.begin(), state_.stray_endpoints.end(),
-                              [&](const auto& k) { return k.service_id == svc.id; }) ||
-                  std::any_of(state_.stray_members.begin(), state_.stray_members.end(),
-                              [&](const auto& k) { return k.service_id == svc.id; });
-    if (!strays) service_ids_.release(svc.id);
-    state_.services.erase(it);
+    return gone;
+}
+
+// Dense delete of endpoint slots, every list of the plan at once, in three batches. Say a list of
+// L slots loses k: the slots that stay beyond L - k are first copied into the holes below it (the
+// count still says L, and every index below it holds a live backend: a removed one stays live
+// until the backends stage), then each service's counts shrink in one service write, then the
+// entries past the new counts go. A connect racing with this sees either the old or the new
+// count; one that read the old count and picks an entry that has just gone retries (BPF's
+// RACE_RETRY). A list whose copy failed keeps its count (the mirror records the copies that went
+// in); a service whose write failed keeps its counts, and its entries stay.
+void MapWriter::shrink_lists(
+    const std::map<std::tuple<uint64_t, uint32_t, uint32_t>, std::set<uint32_t>>& shrink) {
+    struct List {
+        MapState::Service* svc;
+        uint64_t hash;
+        uint32_t family, prio, new_len;
+        size_t first = 0, n = 0;  // its copies in keys/values
+        bool ok = true;
+    };
+    std::vector<List> lists;
+    std::vector<kmesh_endpoint_key> keys;
+    std::vector<kmesh_endpoint_value> values;
+    for (const auto& [sfp, indices] : shrink) {
+        auto it = state_.services.find(std::get<0>(sfp));
+        if (it == state_.services.end()) continue;
+        uint32_t family = std::get<1>(sfp), prio = std::get<2>(sfp);
+        const auto& slots = it->second.slots[family][prio];
+        auto len = static_cast<uint32_t>(slots.size());
+        // An index past the list cannot happen for a fresh diff; ignore it rather than corrupt.
+        uint32_t k = 0;
+        for (uint32_t i : indices) k += i >= 1 && i <= len;
+        List l{&it->second, std::get<0>(sfp), family, prio, len - k, keys.size()};
+        auto fam = static_cast<uint16_t>(family);
+        auto pri = static_cast<uint16_t>(prio);
+        auto hole = indices.begin();
+        for (uint32_t tail = l.new_len + 1; tail <= len; tail++) {
+            if (indices.count(tail)) continue;  // goes too
+            while (hole != indices.end() && (*hole < 1 || *hole > l.new_len)) ++hole;
+            if (hole == indices.end()) break;  // cannot happen: holes below = keepers above
+            keys.push_back({l.svc->id, fam, pri, *hole});
+            values.push_back({slots[tail - 1]});
+            ++hole;
+        }
+        l.n = keys.size() - l.first;
+        lists.push_back(l);
+    }
+    auto errs = put_all(MapId::kEndpoint, keys, values);
+    std::map<uint64_t, std::vector<size_t>> by_service;  // lists to shrink, per service hash
+    for (size_t i = 0; i < lists.size(); i++) {
+        List& l = lists[i];
+        auto& slots = l.svc->slots[l.family][l.prio];
+        for (size_t j = l.first; j < l.first + l.n; j++) {
+            if (errs[j]) {
+                if (l.ok)
+                    fail(MapId::kEndpoint, errs[j],
+                         fmt::format("move endpoint {}/{}/{}/{}", keys[j].service_id, l.family, l.prio,
+                                     keys[j].index));
+                l.ok = false;
+                continue;
+            }
+            slots[keys[j].index - 1] = values[j].backend_id;
+        }
+        if (l.ok) by_service[l.hash].push_back(i);
+    }
+    std::vector<uint32_t> skeys;
+    std::vector<kmesh_service_value> svalues;
+    std::vector<const std::vector<size_t>*> shrunk;
+    for (const auto& [hash, idx] : by_service) {
+        MapState::Service* svc = lists[idx.front()].svc;
+        kmesh_service_value v = service_value(*svc, hash);
+        for (size_t i : idx) v.endpoint_count[lists[i].family][lists[i].prio] = lists[i].new_len;
+        skeys.push_back(svc->id);
+        svalues.push_back(v);
+        shrunk.push_back(&idx);
+    }
+    auto serrs = put_all(MapId::kService, skeys, svalues);
+    std::vector<kmesh_endpoint_key> drop;
+    for (size_t s = 0; s < skeys.size(); s++) {
+        if (serrs[s]) {  // the kernel still counts the old lengths, whose entries are intact
+            fail(MapId::kService, serrs[s], fmt::format("write service {}", skeys[s]));
+            continue;
+        }
+        for (size_t i : *shrunk[s]) {
+            List& l = lists[i];
+            auto& slots = l.svc->slots[l.family][l.prio];
+            for (auto idx = static_cast<uint32_t>(slots.size()); idx > l.new_len; idx--)
+                drop.push_back(
+                    {l.svc->id, static_cast<uint16_t>(l.family), static_cast<uint16_t>(l.prio), idx});
+            slots.resize(l.new_len);
+        }
+    }
+    drop_entries(drop);
+}
+
+// Each service entry first, then its slots, then its members (after the slots that name them).
+void MapWriter::delete_services(const std::vector<uint64_t>& hashes) {
+    std::vector<uint32_t> ids;
+    std::vector<uint64_t> found;
+    for (uint64_t hash : hashes) {
+        auto it = state_.services.find(hash);
+        if (it == state_.services.end()) continue;
+        ids.push_back(it->second.id);
+        found.push_back(hash);
+    }
+    auto errs = remove_all(MapId::kService, ids);
+    std::vector<kmesh_endpoint_key> slots;
+    std::vector<kmesh_member_key> members;
+    std::vector<uint64_t> gone;
+    for (size_t i = 0; i < ids.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kService, errs[i], fmt::format("delete service {}", ids[i]));
+            continue;
+        }
+        const auto& svc = state_.services.at(found[i]);
+        for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
+                for (uint32_t idx = 1; idx <= svc.slots[f][p].size(); idx++)
+                    slots.push_back({svc.id, f, p, idx});
+        for (const auto& [bid, weight] : svc.members) members.push_back({svc.id, bid});
+        gone.push_back(found[i]);
+    }
+    drop_entries(slots);
+    auto merrs = remove_all(MapId::kMember, members);
+    for (size_t i = 0; i < members.size(); i++)
+        if (merrs[i]) {
+            fail(MapId::kMember, merrs[i],
+                 fmt::format("delete member {}/{}", members[i].service_id, members[i].backend_id));
+            state_.stray_members.push_back(members[i]);
+        }
+    // An id stays reserved while stray entries of it may remain, so no new service inherits them.
+    std::set<uint32_t> stray_ids;
+    for (const auto& k : state_.stray_endpoints) stray_ids.insert(k.service_id);
+    for (const auto& k : state_.stray_members) stray_ids.insert(k.service_id);
+    for (uint64_t hash : gone) {
+        auto it = state_.services.find(hash);
+        if (!stray_ids.count(it->second.id)) service_ids_.release(it->second.id);
+        state_.services.erase(it);
+    }
 }
 
 // Strays are unreachable (beyond a count, or of a service no frontend uses), so they go first:
 // later writes of this apply may reuse their keys.
 void MapWriter::delete_strays() {
-    auto strays = std::move(state_.stray_endpoints);
-    state_.stray_endpoints.clear();
-    for (const auto& k : strays) drop_entry(k);
-    auto ports = std::move(state_.stray_ports);
-    state_.stray_ports.clear();
-    for (const auto& k : ports) {
-        int err = ops_.remove(MapId::kPort, &k);
-        if (err && err != -ENOENT) state_.stray_ports.push_back(k);
-    }
-    for (const auto& k : std::exchange(state_.stray_members, {})) {
-        int err = ops_.remove(MapId::kMember, &k);
-        if (err && err != -ENOENT) state_.stray_members.push_back(k);
-    }
+    drop_entries(std::exchange(state_.stray_endpoints, {}));
+    auto ports = std::exchange(state_.stray_ports, {});
+    auto perrs = remove_all(MapId::kPort, ports);
+    for (size_t i = 0; i < ports.size(); i++)
+        if (perrs[i]) state_.stray_ports.push_back(ports[i]);
+    auto members = std::exchange(state_.stray_members, {});
+    auto merrs = remove_all(MapId::kMember, members);
+    for (size_t i = 0; i < members.size(); i++)
+        if (merrs[i]) state_.stray_members.push_back(members[i]);
 }
 
 bool MapWriter::port_key(const PortKey& p, kmesh_port_key* out) const {
@@ -581,16 +828,6 @@ std::string MapWriter::check_capacity(const Plan& plan, bool* additions_fit) con
     return o.empty() ? o : "nothing written: " + o;
 }
 
-struct MapWriter::Run {
-    // Services without any frontend in the maps before this apply (new, or held back before):
-    // published only in the last addition stage, and only when all their endpoints went in.
-    std::set<uint64_t> unpublished;
-    std::set<uint64_t> incomplete;
-    bool shrunk = false;      // endpoint removals done: their indices refer to the state before
-    bool check_refs = false;  // removals verify nothing published still points at what goes
-    bool removals_first = false;
-};
-
 namespace {
 
 bool clears_flag(const MapState& st, const kmesh_frontend_key& key, const FrontendTarget& target) {
@@ -606,54 +843,68 @@ void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
     stage_log_.push_back(std::string("+") + stage_name(stage));
     switch (stage) {
         case Stage::kBackends:
-            for (const auto& [hash, b] : plan.put_backends) put_backend(hash, b);
+            put_backends(plan);
             break;
         case Stage::kServices:
-            for (const auto& [hash, params] : plan.put_services)
-                if (!state_.services.count(hash)) create_service(hash, params);
+            create_services(plan);
             break;
-        case Stage::kMembers:
+        case Stage::kMembers: {
+            std::vector<MemberPut> puts;
             for (const auto& m : plan.put_members)
-                if (!drains(m)) put_member(m);
+                if (!drains(m)) puts.push_back(m);
+            put_members(puts);
             break;
-        case Stage::kPorts:
+        }
+        case Stage::kPorts: {
+            std::vector<kmesh_port_key> keys;
+            std::vector<kmesh_port_value> values;
+            std::vector<const PortKey*> names;
             for (const auto& [pk, target] : plan.put_ports) {
                 kmesh_port_key k;
                 if (!port_key(pk, &k)) continue;  // its service or backend failed to be written
-                kmesh_port_value v{target, 0};
-                metrics_.map_writes++;
-                if (int err = ops_.update(MapId::kPort, &k, &v)) {
-                    fail(MapId::kPort, err, "write port override");
-                    unported_.insert({pk.backend, pk.service});
+                keys.push_back(k);
+                values.push_back({target, 0});
+                names.push_back(&pk);
+            }
+            auto errs = put_all(MapId::kPort, keys, values);
+            for (size_t i = 0; i < keys.size(); i++) {
+                if (errs[i]) {
+                    fail(MapId::kPort, errs[i], "write port override");
+                    unported_.insert({names[i]->backend, names[i]->service});
                     continue;
                 }
-                state_.ports[pk] = target;
+                state_.ports[*names[i]] = values[i].target_port;
             }
             break;
-        case Stage::kFrontendFlags:
+        }
+        case Stage::kFrontendFlags: {
+            std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> puts;
             for (const auto& [key, target] : plan.put_frontends)
                 if (!run.unpublished.count(target.service) && !clears_flag(state_, key, target))
-                    put_frontend(key, target);
+                    puts.emplace_back(key, target);
+            put_frontends(puts);
             break;
+        }
         case Stage::kEndpoints: {
             // plan.put_services and plan.add_endpoints are both ordered by service hash.
-            std::map<uint64_t, std::pair<std::optional<ServiceParams>, std::vector<EndpointAdd>>> grow;
+            std::map<uint64_t, Growth> grow;
             for (const auto& [hash, params] : plan.put_services) grow[hash].first = params;
             for (const auto& a : plan.add_endpoints) grow[a.service].second.push_back(a);
-            for (const auto& [hash, g] : grow)
-                if (!grow_service(hash, g.first ? &*g.first : nullptr, g.second)) run.incomplete.insert(hash);
+            grow_services(grow, run);
             break;
         }
         case Stage::kFrontends: {
             std::set<uint64_t> held;
+            std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> puts;
             for (const auto& [key, target] : plan.put_frontends) {
                 if (!run.unpublished.count(target.service)) continue;
                 if (run.incomplete.count(target.service) || !state_.services.count(target.service)) {
                     held.insert(target.service);
                     continue;
                 }
-                put_frontend(key, target);
+                puts.emplace_back(key, target);
             }
+            put_frontends(puts);
             for (uint64_t hash : held) {
                 metrics_.services_unpublished++;
                 std::string msg = fmt::format(
@@ -676,44 +927,38 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
     // only then.
     bool check_refs = run.check_refs || !errors_.empty() || !state_.stray_backends.empty();
     switch (stage) {
-        case Stage::kFrontends:
+        case Stage::kFrontends: {
             // Making room first, a VIP moving from a service being deleted to one being created
             // would pin the old service (its frontend still points at it) while the new one has
             // no room: unpublish the VIP for the moment instead; the new service publishes it.
-            if (run.removals_first && !run.shrunk)
+            if (run.removals_first && !run.shrunk) {
+                std::vector<kmesh_frontend_key> keys;
+                std::vector<uint64_t> targets;
                 for (const auto& [key, target] : plan.put_frontends) {
                     auto cur = state_.frontends.find(key);
                     if (cur == state_.frontends.end() || cur->second.service == target.service ||
                         std::find(plan.delete_services.begin(), plan.delete_services.end(),
                                   cur->second.service) == plan.delete_services.end())
                         continue;
-                    int err = ops_.remove(MapId::kFrontend, &key);
-                    if (err && err != -ENOENT) {
-                        fail(MapId::kFrontend, err, "delete frontend");
-                        continue;
-                    }
-                    forget_frontend(key);
-                    run.unpublished.insert(target.service);
+                    keys.push_back(key);
+                    targets.push_back(target.service);
                 }
-            for (const auto& key : plan.delete_frontends) {
-                if (!state_.frontends.count(key)) continue;
-                int err = ops_.remove(MapId::kFrontend, &key);
-                if (err && err != -ENOENT) {
-                    fail(MapId::kFrontend, err, "delete frontend");
-                    continue;
-                }
-                forget_frontend(key);
+                auto gone = remove_frontends(keys);
+                for (size_t i = 0; i < keys.size(); i++)
+                    if (gone[i]) run.unpublished.insert(targets[i]);
             }
+            std::vector<kmesh_frontend_key> keys;
+            for (const auto& key : plan.delete_frontends)
+                if (state_.frontends.count(key)) keys.push_back(key);
+            remove_frontends(keys);
             break;
+        }
         case Stage::kEndpoints: {
             if (run.shrunk) break;
             run.shrunk = true;
             std::map<std::tuple<uint64_t, uint32_t, uint32_t>, std::set<uint32_t>> shrink;
             for (const auto& r : plan.remove_endpoints) shrink[{r.service, r.family, r.prio}].insert(r.index);
-            for (auto& [sfp, indices] : shrink)
-                if (state_.services.count(std::get<0>(sfp)))
-                    remove_endpoints(std::get<0>(sfp), std::get<1>(sfp), std::get<2>(sfp),
-                                     std::move(indices));
+            shrink_lists(shrink);
             break;
         }
         case Stage::kMembers: {
@@ -725,33 +970,52 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
                         if (std::find(prio.begin(), prio.end(), backend_id) != prio.end()) return true;
                 return false;
             };
+            std::vector<MemberPut> drained;
             for (const auto& m : plan.put_members) {
                 if (!drains(m)) continue;
                 auto s = state_.services.find(m.service);
                 auto b = state_.backends.find(m.backend);
                 if (s != state_.services.end() && b != state_.backends.end() &&
                     !slotted(s->second, b->second.id))
-                    put_member(m);
+                    drained.push_back(m);
             }
+            put_members(drained);
+            std::vector<kmesh_member_key> keys;
+            std::vector<MapState::Service*> services;
             for (const auto& m : plan.delete_members) {
                 auto it = state_.services.find(m.service);
-                if (it == state_.services.end() || !it->second.members.count(m.backend_id)) continue;
-                if (slotted(it->second, m.backend_id) || !delete_member(it->second.id, m.backend_id))
+                if (it == state_.services.end() || !it->second.members.count(m.backend_id) ||
+                    slotted(it->second, m.backend_id))
                     continue;
-                it->second.members.erase(m.backend_id);
+                keys.push_back({it->second.id, m.backend_id});
+                services.push_back(&it->second);
+            }
+            auto errs = remove_all(MapId::kMember, keys);
+            for (size_t i = 0; i < keys.size(); i++) {
+                if (errs[i]) {
+                    fail(MapId::kMember, errs[i],
+                         fmt::format("delete member {}/{}", keys[i].service_id, keys[i].backend_id));
+                    continue;
+                }
+                services[i]->members.erase(keys[i].backend_id);
             }
             break;
         }
-        case Stage::kFrontendFlags:
+        case Stage::kFrontendFlags: {
             // Only once every endpoint that needed an override is uncounted: after a failure the
             // flag stays until a retry.
             if (!errors_.empty()) break;
+            std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> puts;
             for (const auto& [key, target] : plan.put_frontends)
                 if (!run.unpublished.count(target.service) && clears_flag(state_, key, target))
-                    put_frontend(key, target);
+                    puts.emplace_back(key, target);
+            put_frontends(puts);
             break;
-        case Stage::kPorts:
+        }
+        case Stage::kPorts: {
             // A removed override makes BPF fall back to the frontend's port, which is then right.
+            std::vector<kmesh_port_key> keys;
+            std::vector<const PortKey*> names;
             for (const auto& pk : plan.delete_ports) {
                 if (!state_.ports.count(pk)) continue;
                 kmesh_port_key k;
@@ -767,25 +1031,32 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
                             counted |= std::find(prio.begin(), prio.end(), k.backend_id) != prio.end();
                     if (counted) continue;
                 }
-                int err = ops_.remove(MapId::kPort, &k);
-                if (err && err != -ENOENT) {
-                    fail(MapId::kPort, err, "delete port override");
+                keys.push_back(k);
+                names.push_back(&pk);
+            }
+            auto errs = remove_all(MapId::kPort, keys);
+            for (size_t i = 0; i < keys.size(); i++) {
+                if (errs[i]) {
+                    fail(MapId::kPort, errs[i], "delete port override");
                     // Its service or backend id may be released below: keep the raw key, not the names.
-                    state_.stray_ports.push_back(k);
+                    state_.stray_ports.push_back(keys[i]);
                 }
-                state_.ports.erase(pk);
+                state_.ports.erase(*names[i]);
             }
             break;
+        }
         case Stage::kServices: {
             std::set<uint64_t> referenced;
             if (check_refs)
                 for (const auto& [k, t] : state_.frontends) referenced.insert(t.service);
+            std::vector<uint64_t> hashes;
             for (uint64_t hash : plan.delete_services)
-                if (!referenced.count(hash)) delete_service(hash);
-            for (uint32_t id : std::exchange(state_.stray_services, {})) {
-                int err = ops_.remove(MapId::kService, &id);
-                if (err && err != -ENOENT) state_.stray_services.push_back(id);
-            }
+                if (!referenced.count(hash)) hashes.push_back(hash);
+            delete_services(hashes);
+            auto strays = std::exchange(state_.stray_services, {});
+            auto errs = remove_all(MapId::kService, strays);
+            for (size_t i = 0; i < strays.size(); i++)
+                if (errs[i]) state_.stray_services.push_back(strays[i]);
             break;
         }
         case Stage::kBackends: {
@@ -800,26 +1071,34 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
             // Members a failed delete left behind (of services already gone) until strays go.
             if (check_refs)
                 for (const auto& k : state_.stray_members) referenced.insert(k.backend_id);
+            std::vector<uint32_t> ids;
+            std::vector<uint64_t> hashes;
             for (uint64_t hash : plan.delete_backends) {
                 auto it = state_.backends.find(hash);
                 if (it == state_.backends.end() || referenced.count(it->second.id)) continue;
-                int err = ops_.remove(MapId::kBackend, &it->second.id);
-                if (err && err != -ENOENT) {
-                    fail(MapId::kBackend, err, "delete backend");
+                ids.push_back(it->second.id);
+                hashes.push_back(hash);
+            }
+            auto errs = remove_all(MapId::kBackend, ids);
+            for (size_t i = 0; i < ids.size(); i++) {
+                if (errs[i]) {
+                    fail(MapId::kBackend, errs[i], "delete backend");
                     continue;
                 }
-                backend_ids_.release(it->second.id);
-                state_.backend_hash_by_id.erase(it->second.id);
-                state_.backends.erase(it);
+                backend_ids_.release(ids[i]);
+                state_.backend_hash_by_id.erase(ids[i]);
+                state_.backends.erase(hashes[i]);
             }
+            std::vector<uint32_t> strays;
             for (uint32_t id : std::exchange(state_.stray_backends, {})) {
-                if (referenced.count(id)) {
+                if (referenced.count(id))
                     state_.stray_backends.push_back(id);
-                    continue;
-                }
-                int err = ops_.remove(MapId::kBackend, &id);
-                if (err && err != -ENOENT) state_.stray_backends.push_back(id);
+                else
+                    strays.push_back(id);
             }
+            auto serrs = remove_all(MapId::kBackend, strays);
+            for (size_t i = 0; i < strays.size(); i++)
+                if (serrs[i]) state_.stray_backends.push_back(strays[i]);
             break;
         }
     }
@@ -828,42 +1107,56 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
 void MapWriter::put_waypoints(const Plan& plan) {
     if (plan.put_waypoints.empty()) return;
     stage_log_.push_back("+waypoints");
+    std::vector<uint64_t> keys;
+    std::vector<kmesh_waypoint_value> values;
     for (const auto& [id, v] : plan.put_waypoints) {
-        metrics_.map_writes++;
-        if (int err = ops_.update(MapId::kWaypoint, &id, &v)) {
-            fail(MapId::kWaypoint, err, fmt::format("write waypoint {:016x}", id));
+        keys.push_back(id);
+        values.push_back(v);
+    }
+    auto errs = put_all(MapId::kWaypoint, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kWaypoint, errs[i], fmt::format("write waypoint {:016x}", keys[i]));
             continue;
         }
-        state_.waypoints[id] = v;
+        state_.waypoints[keys[i]] = values[i];
     }
 }
 
 void MapWriter::put_waypoint_dests(const Plan& plan) {
     if (plan.put_waypoint_dests.empty()) return;
     stage_log_.push_back("+waypoint-addresses");
+    std::vector<kmesh_wp_dest_key> keys;
+    std::vector<kmesh_wp_dest_value> values;
     for (const auto& [k, v] : plan.put_waypoint_dests) {
         // Never point at a waypoint that is not written (its write failed): a retry will.
         if (!state_.waypoints.count(v.waypoint_id)) continue;
-        metrics_.map_writes++;
-        if (int err = ops_.update(MapId::kWaypointDest, &k, &v)) {
-            fail(MapId::kWaypointDest, err, "write waypoint address");
+        keys.push_back(k);
+        values.push_back(v);
+    }
+    auto errs = put_all(MapId::kWaypointDest, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kWaypointDest, errs[i], "write waypoint address");
             continue;
         }
-        state_.waypoint_dests[k] = v;
+        state_.waypoint_dests[keys[i]] = values[i];
     }
 }
 
 void MapWriter::delete_waypoint_dests(const Plan& plan) {
     if (plan.delete_waypoint_dests.empty()) return;
     stage_log_.push_back("-waypoint-addresses");
-    for (const auto& k : plan.delete_waypoint_dests) {
-        if (!state_.waypoint_dests.count(k)) continue;
-        int err = ops_.remove(MapId::kWaypointDest, &k);
-        if (err && err != -ENOENT) {
-            fail(MapId::kWaypointDest, err, "delete waypoint address");
+    std::vector<kmesh_wp_dest_key> keys;
+    for (const auto& k : plan.delete_waypoint_dests)
+        if (state_.waypoint_dests.count(k)) keys.push_back(k);
+    auto errs = remove_all(MapId::kWaypointDest, keys);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kWaypointDest, errs[i], "delete waypoint address");
             continue;
         }
-        state_.waypoint_dests.erase(k);
+        state_.waypoint_dests.erase(keys[i]);
     }
 }
 
@@ -872,14 +1165,16 @@ void MapWriter::delete_waypoints(const Plan& plan) {
     stage_log_.push_back("-waypoints");
     std::set<uint64_t> referenced;
     for (const auto& [k, v] : state_.waypoint_dests) referenced.insert(v.waypoint_id);
-    for (uint64_t id : plan.delete_waypoints) {
-        if (!state_.waypoints.count(id) || referenced.count(id)) continue;
-        int err = ops_.remove(MapId::kWaypoint, &id);
-        if (err && err != -ENOENT) {
-            fail(MapId::kWaypoint, err, fmt::format("delete waypoint {:016x}", id));
+    std::vector<uint64_t> keys;
+    for (uint64_t id : plan.delete_waypoints)
+        if (state_.waypoints.count(id) && !referenced.count(id)) keys.push_back(id);
+    auto errs = remove_all(MapId::kWaypoint, keys);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kWaypoint, errs[i], fmt::format("delete waypoint {:016x}", keys[i]));
             continue;
         }
-        state_.waypoints.erase(id);
+        state_.waypoints.erase(keys[i]);
     }
 }
 

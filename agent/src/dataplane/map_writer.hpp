@@ -4,8 +4,12 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "agent/src/admin/metrics.hpp"
@@ -125,21 +129,36 @@ class MapWriter {
 
   private:
     struct Run;  // one apply()'s bookkeeping
+    // A service's LB parameters (when they change) and its endpoint additions.
+    using Growth = std::pair<std::optional<ServiceParams>, std::vector<EndpointAdd>>;
     void add_stage(Stage s, const Plan& plan, Run& run);
     void remove_stage(Stage s, const Plan& plan, Run& run);
     std::string check_capacity(const Plan& plan, bool* additions_fit) const;
-    int write_service(uint64_t hash);
-    void put_backend(uint64_t hash, const DesiredBackend& b);
-    void create_service(uint64_t hash, const ServiceParams& params);
-    bool grow_service(uint64_t hash, const ServiceParams* params, const std::vector<EndpointAdd>& adds);
-    void put_member(const MemberPut& m);
+    // Each stage's writes of one map go to the kernel in batches (MapOps::update_batch): one result
+    // per entry (0 or -errno), the same as one call per entry would give. remove_all counts a key
+    // that is already gone as removed.
+    std::vector<int> put_all(MapId map, const void* keys, const void* values, size_t n);
+    std::vector<int> remove_all(MapId map, const void* keys, size_t n);
+    template <typename K, typename V>
+    std::vector<int> put_all(MapId map, const std::vector<K>& keys, const std::vector<V>& values) {
+        return put_all(map, keys.data(), values.data(), keys.size());
+    }
+    template <typename K>
+    std::vector<int> remove_all(MapId map, const std::vector<K>& keys) {
+        return remove_all(map, keys.data(), keys.size());
+    }
+    static kmesh_service_value service_value(const MapState::Service& s, uint64_t hash);
+    void put_backends(const Plan& plan);
+    void create_services(const Plan& plan);
+    void grow_services(const std::map<uint64_t, Growth>& grow, Run& run);
+    void put_members(const std::vector<MemberPut>& puts);
     bool drains(const MemberPut& m) const;
-    bool delete_member(uint32_t service_id, uint32_t backend_id);
-    void put_frontend(const kmesh_frontend_key& key, const FrontendTarget& target);
-    void remove_endpoints(uint64_t hash, uint32_t family, uint32_t prio, std::set<uint32_t> indices);
-    void delete_service(uint64_t hash);
+    void put_frontends(const std::vector<std::pair<kmesh_frontend_key, FrontendTarget>>& puts);
+    std::vector<bool> remove_frontends(const std::vector<kmesh_frontend_key>& keys);
+    void shrink_lists(const std::map<std::tuple<uint64_t, uint32_t, uint32_t>, std::set<uint32_t>>& shrink);
+    void delete_services(const std::vector<uint64_t>& hashes);
     void delete_strays();
-    void drop_entry(const kmesh_endpoint_key& key);  // a failed delete leaves a stray, not a leak
+    void drop_entries(const std::vector<kmesh_endpoint_key>& keys);  // a failed delete leaves a stray
     void forget_frontend(const kmesh_frontend_key& key);
     bool port_key(const PortKey& p, kmesh_port_key* out) const;
     int fail(MapId map, int err, const std::string& what);
@@ -147,6 +166,10 @@ class MapWriter {
     void put_waypoint_dests(const Plan& plan);
     void delete_waypoint_dests(const Plan& plan);
     void delete_waypoints(const Plan& plan);
+
+    // Entries per kernel call at most: bounds one syscall's time (the kernel reschedules between
+    // entries, but a signal waits for the call).
+    static constexpr size_t kMaxBatch = 65536;
 
     MapOps& ops_;
     MapState state_;
@@ -156,6 +179,7 @@ class MapWriter {
     IdAllocator service_ids_, backend_ids_;
     std::vector<std::string> errors_;
     std::set<std::pair<uint64_t, uint64_t>> unported_;  // (backend, service) whose port write failed
+    std::array<bool, kMapCount> no_batch_{};            // the kernel refused a batch for this map: one by one
 };
 
 }  // namespace kmesh

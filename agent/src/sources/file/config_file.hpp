@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "agent/src/model/model.hpp"
+#include "common/yaml_tree.hpp"
 
 namespace kmesh {
 
@@ -50,6 +51,8 @@ struct ConfigError {
 };
 
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text);
+// The second half of parse_config_yaml: the document tree to the model.
+std::variant<Model, ConfigError> parse_config_tree(const YamlNode& root);
 
 inline constexpr uint64_t kDefaultMaxConfigBytes = 64ull << 20;
 
@@ -74,8 +77,10 @@ struct ConfigLimits {
 // than max_services services is refused after a streaming count, before the (much larger) tree
 // and model are built. *stamp, if given, is set to the stamp of what was read (zero when nothing
 // was).
+// A file whose text opens with '{' and is JSON is read as JSON (RapidJSON, the same schema);
+// *json, if given, says whether it was.
 std::variant<Model, ConfigError> load_config_file(const std::string& path, const ConfigLimits& limits = {},
-                                                  FileStamp* stamp = nullptr);
+                                                  FileStamp* stamp = nullptr, bool* json = nullptr);
 
 // The number of entries of the top-level `services` sequence, counted from the YAML events
 // without building a tree (memory independent of the file's size); -1 if there is no such
