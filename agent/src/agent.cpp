@@ -79,7 +79,8 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
         // Made here, before the admin server's thread exists, so that it never sees them change;
         // the client is started by run().
         Agent* a = agent.get();
-        agent->xds_source_ = std::make_unique<xds::Source>(a->mesh_, a->mu_, [a] { a->sync_from_xds(); });
+        agent->xds_source_ =
+            std::make_unique<xds::Source>(a->mesh_, a->mu_, [a] { return a->sync_from_xds(); });
         agent->xds_client_ = std::make_unique<xds::Client>(*options.xds, *agent->xds_source_);
         agent->set_waiting("waiting for istiod's first Address response");
     } else {
@@ -328,7 +329,7 @@ Agent::Reload Agent::retry_pending_apply() {
     return result;
 }
 
-void Agent::sync_from_xds() {
+bool Agent::sync_from_xds() {
     // Runs only once istiod's first Address response is in the model (xds::Source holds it back
     // until then), so success here means the first full state is in the maps.
     std::string err;
@@ -337,9 +338,10 @@ void Agent::sync_from_xds() {
         if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
         retry_pending_ = true;
         wake_main_loop();
-        return;
+        return false;
     }
     if (!state_applied_.exchange(true)) wake_main_loop();  // the main loop publishes
+    return true;
 }
 
 std::string Agent::publish_if_ready() {

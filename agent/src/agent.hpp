@@ -146,7 +146,7 @@ class Agent {
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
     std::string sync_authz(bool model_changed);
-    void sync_from_xds();                       // mu_ held, on the xDS thread
+    bool sync_from_xds();                       // mu_ held, on the xDS thread; false: not all written
     void start_admin();                         // never fails: binding is retried in the background
     void add_ctl_routes(httplib::Server& srv);  // /debug/loglevel, /debug/authz, /debug/waypoints
     // Moves pods to this agent's programs once the first full state is in the maps; "" or an error.

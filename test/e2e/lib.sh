@@ -110,8 +110,9 @@ agent_start() { # <config file> | <kmesh-daemon source flags...>
     # Small maps by default: tests should never need more, and it keeps their memory small.
     # No admin server unless a test asks for one (ADMIN_PORT), so tests never collide on a port.
     # The same for the Prometheus endpoint (METRICS_PORT), on loopback: never the host's addresses.
-    # AGENT_WRAPPER runs it under a profiler (e.g. "heaptrack -o /tmp/agent").
-    ${AGENT_WRAPPER:-} "$BUILD/agent/kmesh-daemon" --bpffs-root "$BPFFS" "${source[@]}" --admin-port "${ADMIN_PORT:-0}" \
+    # AGENT_WRAPPER runs it under a profiler (e.g. "heaptrack -o /tmp/agent"); KMESH_DAEMON names
+    # another build's binary (a benchmark's "before").
+    ${AGENT_WRAPPER:-} "${KMESH_DAEMON:-$BUILD/agent/kmesh-daemon}" --bpffs-root "$BPFFS" "${source[@]}" --admin-port "${ADMIN_PORT:-0}" \
         --metrics-address 127.0.0.1 --metrics-port "${METRICS_PORT:-0}" \
         ${AGENT_FLAGS---max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256} \
         >>"$TMP/agent.log" 2>&1 &

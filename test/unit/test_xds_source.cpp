@@ -108,6 +108,7 @@ struct Node {
         : ops(o), writer(o, recover_map_state(o), MapCapacity{}, metrics), source(mesh, mu, [this] {
               auto e = writer.apply(diff(writer.state(), mesh.desired(), mesh.take_dirty()));
               if (!e.empty()) errors.push_back(e);
+              return e.empty();
           }) {
         mesh.mark_all_dirty();  // like a (re)started agent: the first plan compares everything
     }
@@ -264,6 +265,42 @@ TEST_CASE("xds source: a rejected update keeps the resource's last good state") 
           std::vector<std::string>{kEcho + ": load_balancing.mode has the unknown value 77"});
     CHECK(connects(ops, "10.96.0.10", 80) == std::set<std::string>{"10.0.0.1:8080"});
     CHECK(node.source.versions(xds::kAddressType).at(kEcho) == "v1");  // asked for again on reconnect
+}
+
+TEST_CASE("xds source: a consumed response applies as the same response does, and frees its resources") {
+    // The oracle is the non-consuming path on a copy, over its own fake maps.
+    auto r = response(xds::kAddressType, "n1");
+    add(r, kEcho, service("echo", {10, 96, 0, 10}));
+    add(r, uid("a"), workload("a", {10, 0, 0, 1}, kEcho), "v7");
+    add(r, uid("b"), workload("b", {10, 0, 0, 2}, kEcho));
+    auto bad = service("other", {10, 96, 0, 11});
+    bad.mutable_service()->mutable_load_balancing()->set_mode(
+        static_cast<istio::workload::LoadBalancing::Mode>(77));
+    add(r, kOther, bad);
+    r.add_removed_resources(uid("gone"));
+    const DeltaDiscoveryResponse copy = r;
+
+    test::FakeMapOps ops_copy, ops_consumed;
+    Node by_copy(ops_copy), consumed(ops_consumed);
+    auto expected = by_copy.source.on_response(copy);
+    CHECK(expected.size() == 1);
+    CHECK(consumed.source.consume_response(r) == expected);
+    CHECK(connects(ops_consumed, "10.96.0.10", 80) ==
+          std::set<std::string>{"10.0.0.1:8080", "10.0.0.2:8080"});
+    CHECK(connects(ops_consumed, "10.96.0.10", 80) == connects(ops_copy, "10.96.0.10", 80));
+    CHECK(consumed.source.versions(xds::kAddressType) == by_copy.source.versions(xds::kAddressType));
+    CHECK(consumed.source.versions(xds::kAddressType).at(uid("a")) == "v7");
+    CHECK(consumed.source.rejected(xds::kAddressType) == by_copy.source.rejected(xds::kAddressType));
+    // Every resource's strings were handed back; the count and the response's own fields stay.
+    REQUIRE(r.resources_size() == 4);
+    for (const auto& res : r.resources()) {
+        CHECK(res.name().empty());
+        CHECK(res.version().empty());
+        CHECK(res.resource().value().empty());
+        CHECK(res.resource().type_url().empty());
+    }
+    CHECK(r.nonce() == "n1");
+    CHECK(r.removed_resources_size() == 1);
 }
 
 TEST_CASE("xds source: after a restart, resources istiod now sends in a rejected form keep their maps") {

@@ -258,10 +258,11 @@ class EventLog {
         rapidjson::StringBuffer sb;
         JsonWriter w(sb);
         w.StartObject();
+        auto now = std::chrono::system_clock::now().time_since_epoch();
         w.Key("ts_ms");
-        w.Int64(std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count());
+        w.Int64(std::chrono::duration_cast<std::chrono::milliseconds>(now).count());
+        w.Key("ts_us");  // the same instant to the µs: send -> ACK of a small push is ~1 ms
+        w.Int64(std::chrono::duration_cast<std::chrono::microseconds>(now).count());
         w.Key("event");
         w.String(event);
         fill(w);

@@ -157,7 +157,7 @@ bool Client::serve(DeltaStream& stream) {
             }
             handler_.on_connection(true);  // never under mu_: the handler takes its own locks
         }
-        std::vector<std::string> rejected = handler_.on_response(resp);
+        std::vector<std::string> rejected = handler_.consume_response(resp);
         DeltaDiscoveryRequest ack;
         ack.set_type_url(resp.type_url());
         ack.set_response_nonce(resp.nonce());
@@ -176,8 +176,9 @@ bool Client::serve(DeltaStream& stream) {
         }
         if (!stream.write(ack)) break;
         // A full snapshot is tens of MB: free it now and hand the pages back, rather than keep
-        // the high-water mark for the life of the agent.
-        if (resp.ByteSizeLong() > (8u << 20)) {
+        // the high-water mark for the life of the agent. Counted in resources, not bytes: the
+        // handler has emptied them, but a reused message keeps every cleared element allocated.
+        if (resp.resources_size() + resp.removed_resources_size() > 1000) {
             resp = DeltaDiscoveryResponse();
             malloc_trim(0);
         }

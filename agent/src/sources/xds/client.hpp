@@ -36,6 +36,13 @@ class Handler {
     // Applies the response; returns "name: reason" for each rejected resource (empty: ACK).
     virtual std::vector<std::string> on_response(
         const envoy::service::discovery::v3::DeltaDiscoveryResponse& r) = 0;
+    // The same, for a response the caller no longer needs: a handler may free each resource's
+    // bytes once it has applied it, so that a full snapshot (110k resources, ~25 MB encoded) and
+    // the model built from it are not both whole in memory at the peak.
+    virtual std::vector<std::string> consume_response(
+        envoy::service::discovery::v3::DeltaDiscoveryResponse& r) {
+        return on_response(r);
+    }
     // The resources held for a type (name -> version), sent on reconnect so istiod only sends
     // what changed and names what was removed meanwhile.
     virtual std::map<std::string, std::string> versions(const std::string& type_url) = 0;

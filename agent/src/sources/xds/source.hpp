@@ -18,12 +18,16 @@ namespace kmesh::xds {
 
 class Source : public Handler {
   public:
-    // `sync` writes the model's changes to the maps; it runs with `mu` held.
-    Source(MeshState& mesh, std::mutex& mu, std::function<void()> sync)
+    // `sync` writes the model's changes to the maps and says whether all of them are in; it runs
+    // with `mu` held.
+    Source(MeshState& mesh, std::mutex& mu, std::function<bool()> sync)
         : mesh_(mesh), mu_(mu), sync_(std::move(sync)) {}
 
     std::vector<std::string> on_response(
         const envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
+    // Frees each resource's strings once applied (they are left empty in `r`).
+    std::vector<std::string> consume_response(
+        envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
     std::map<std::string, std::string> versions(const std::string& type_url) override;
     void on_connection(bool connected) override;
     // True once istiod's first Authorization response was handled (any thread).
@@ -38,6 +42,9 @@ class Source : public Handler {
     size_t resources(const std::string& type_url) const;
 
   private:
+    // `consumable`: the same response, whose resources may be freed as they are applied.
+    std::vector<std::string> handle(const envoy::service::discovery::v3::DeltaDiscoveryResponse& resp,
+                                    envoy::service::discovery::v3::DeltaDiscoveryResponse* consumable);
     std::string apply_address(const envoy::service::discovery::v3::Resource& r);
     std::string apply_authorization(const envoy::service::discovery::v3::Resource& r);
     void remove(const std::string& type_url, const std::string& name);
@@ -45,7 +52,7 @@ class Source : public Handler {
 
     MeshState& mesh_;
     std::mutex& mu_;
-    std::function<void()> sync_;
+    std::function<bool()> sync_;
     // type -> name hash -> version. Keyed by hash, not by a fifth copy of each name: the names
     // are the model's (and the policies') keys, listed again only on reconnect.
     std::map<std::string, std::unordered_map<uint64_t, std::string>> versions_;
