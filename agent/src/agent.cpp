@@ -271,6 +271,9 @@ Agent::Reload Agent::reload_config(bool force) {
     auto parsed = load_config_file(
         path, {options_.max_config_bytes, options_.sizes.services, options_.sizes.backends}, &stamp, &json);
     int64_t parse_us = micros_since(t0);
+    // Every parse, accepted or not (the info line below is only for an accepted, changed file):
+    // tests count these to see that a timed retry does not parse an unchanged file again.
+    spdlog::debug("parsed {} in {} us", path, parse_us);
     if (auto* bad = std::get_if<ConfigError>(&parsed)) {
         err = bad->summary();
     } else if (auto problems = hash_collisions(std::get<Model>(parsed)); !problems.empty()) {
