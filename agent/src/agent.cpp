@@ -67,6 +67,7 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->telemetry_ = std::make_unique<telemetry::Telemetry>(options.telemetry);
     agent->authz_ops_ = std::make_unique<policy::KernelAuthzMapOps>(agent->dataplane_->authz_map_fds());
     agent->authz_writer_ = std::make_unique<policy::AuthzWriter>(*agent->authz_ops_, options.sizes.authz);
+    agent->authz_ = std::make_unique<policy::IncrementalAuthz>(options.node.node, options.sizes.authz);
     if (Status st = agent->authz_writer_->recover(); !st)
         spdlog::warn("authz: reading the pinned authorization maps back: {}", st.to_string());
     // The admin server's policy hit counts are the kernel's counters.
@@ -179,11 +180,12 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     auto t0 = std::chrono::steady_clock::now();
     metrics_.vip_conflicts = mesh_.vip_conflict_count();
     // Telemetry follows the model (names behind addresses), in proportion to what changed.
-    telemetry_->update_model(mesh_.model(), mesh_.take_model_changes());
+    ModelChanges changes = mesh_.take_model_changes();
+    telemetry_->update_model(mesh_.model(), changes);
     Dirty dirty = mesh_.take_dirty();
     // Authorization first: a policy-only change leaves `dirty` empty. Its failure (a full map) keeps
     // the last good generation serving and makes this sync fail, so it is retried with backoff.
-    std::string authz_err = sync_authz(!dirty.empty());
+    std::string authz_err = sync_authz(changes);
     if (dirty.empty()) {
         if (!authz_err.empty()) {
             *error = authz_err;
@@ -222,19 +224,28 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     return Reload::kApplied;
 }
 
-std::string Agent::sync_authz(bool model_changed) {
+std::string Agent::sync_authz(const ModelChanges& changes) {
     const Model& model = mesh_.model();
+    // Workloads changed since the last successful publish (many: compare everything instead).
+    if (!authz_changes_.all) {
+        if (changes.all || authz_changes_.workloads.size() + changes.workloads.size() > 50000) {
+            authz_changes_.all = true;
+            authz_changes_.workloads.clear();
+        } else {
+            authz_changes_.workloads.insert(changes.workloads.begin(), changes.workloads.end());
+        }
+    }
     // A restarted agent keeps the policies the kernel enforces until istiod has sent its own: the
     // first Address response alone carries none, and publishing then would open every pod.
     if (xds_source_ && !xds_source_->policies_received()) {
         authz_pending_ = true;
         return {};
     }
-    if (!model_changed && !authz_pending_ && model.policies == authz_policies_) return {};
+    const bool policies_changed = mesh_.policies_version() != authz_policies_version_;
+    if (authz_changes_.empty() && !policies_changed && !authz_pending_) return {};
     auto t0 = std::chrono::steady_clock::now();
-    auto compiled =
-        policy::compile_authz(model, options_.node.node, authz_writer_->identities(), options_.sizes.authz);
-    Status st = compiled ? authz_writer_->publish(*compiled) : compiled.status();
+    // Only the touched workloads' addresses are recomputed and written (policy/incremental.hpp).
+    Status st = authz_->sync(model, authz_changes_, policies_changed, *authz_writer_);
     if (!st) {
         authz_pending_ = true;
         authz_error_ = st.to_string();
@@ -244,12 +255,20 @@ std::string Agent::sync_authz(bool model_changed) {
     }
     authz_pending_ = false;
     authz_error_.clear();
-    authz_policies_ = model.policies;
-    // Existing connections the new policies deny are closed (on the closer's thread).
-    if (closer_) closer_->request();
-    spdlog::info("authz: {} policies published ({} match groups, {} local destination sets) in {} us",
-                 model.policies.size(), compiled->tables.rows.size(), compiled->tables.sets.size(),
-                 micros_since(t0));
+    authz_changes_ = {};
+    if (policies_changed) authz_policies_ = model.policies;
+    authz_policies_version_ = mesh_.policies_version();
+    const policy::AuthzSyncStats& s = authz_->last();
+    // Existing connections the new policies (or identities) deny are closed (on the closer's thread).
+    if (closer_ && (s.full || s.tables || s.addresses > 0)) closer_->request();
+    spdlog::info(
+        "authz: {} policies published ({} match groups, {} local destination sets; {}, {} workloads, {} "
+        "addresses) in {} us",
+        model.policies.size(), s.rows, s.sets,
+        s.full     ? "full"
+        : s.tables ? "tables + delta"
+                   : "delta",
+        s.workloads, s.addresses, micros_since(t0));
     return {};
 }
 

@@ -20,6 +20,7 @@
 #include "agent/src/model/model.hpp"
 #include "agent/src/policy/closer.hpp"
 #include "agent/src/policy/hits.hpp"
+#include "agent/src/policy/incremental.hpp"
 #include "agent/src/sources/file/config_file.hpp"
 #include "agent/src/sources/xds/client.hpp"
 #include "agent/src/telemetry/conn_event.hpp"
@@ -145,7 +146,7 @@ class Agent {
     Reload sync_maps(std::string* error);  // mu_ held
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
-    std::string sync_authz(bool model_changed);
+    std::string sync_authz(const ModelChanges& changes);
     bool sync_from_xds();                       // mu_ held, on the xDS thread; false: not all written
     void start_admin();                         // never fails: binding is retried in the background
     void add_ctl_routes(httplib::Server& srv);  // /debug/loglevel, /debug/authz, /debug/waypoints
@@ -161,6 +162,9 @@ class Agent {
     std::unique_ptr<MapWriter> writer_;
     std::unique_ptr<policy::KernelAuthzMapOps> authz_ops_;
     std::unique_ptr<policy::AuthzWriter> authz_writer_;
+    std::unique_ptr<policy::IncrementalAuthz> authz_;
+    ModelChanges authz_changes_{true, {}, {}};           // since the last successful publish
+    uint64_t authz_policies_version_ = ~0ull;            // MeshState::policies_version() published
     std::map<std::string, AuthzPolicy> authz_policies_;  // the policies last published
     bool authz_pending_ = true;                          // the model is not (fully) published yet
     std::string authz_error_;                            // why the last publish failed; mu_

@@ -107,6 +107,35 @@ int KernelAuthzMapOps::remove(AuthzMap map, const void* key) {
     return result(bpf_map_delete_elem(fds_[idx(map)], key));
 }
 
+namespace {
+// As map_ops.cpp: a batch the kernel does not have (or refuses for this map type) before doing
+// anything is -EOPNOTSUPP, so the caller goes one by one.
+int batch_result(int rc, uint32_t done) {
+    if (rc >= 0) return 0;
+    int err = -errno;
+    constexpr int kEnotsupp = 524;
+    if (done == 0 && (err == -kEnotsupp || err == -EOPNOTSUPP || err == -EINVAL)) return -EOPNOTSUPP;
+    return err;
+}
+}  // namespace
+
+int KernelAuthzMapOps::update_batch(AuthzMap map, const void* keys, const void* values, uint32_t n,
+                                    uint32_t* done) {
+    LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_ANY);
+    uint32_t count = n;
+    int rc = bpf_map_update_batch(fds_[idx(map)], keys, values, &count, &opts);
+    *done = rc < 0 ? std::min(count, n) : n;
+    return batch_result(rc, *done);
+}
+
+int KernelAuthzMapOps::remove_batch(AuthzMap map, const void* keys, uint32_t n, uint32_t* done) {
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    uint32_t count = n;
+    int rc = bpf_map_delete_batch(fds_[idx(map)], keys, &count, &opts);
+    *done = rc < 0 ? std::min(count, n) : n;
+    return batch_result(rc, *done);
+}
+
 int KernelAuthzMapOps::lookup(AuthzMap map, const void* key, void* value) const {
     return result(bpf_map_lookup_elem(fds_[idx(map)], key, value));
 }
@@ -249,9 +278,13 @@ Status AuthzWriter::write_generation(unsigned g, const AuthzGeneration& want) {
     return {};
 }
 
-Status AuthzWriter::publish(const CompiledAuthz& c) {
+Status AuthzWriter::publish(const CompiledAuthz& c, const PublishHint* hint) {
+    if (hint && !exact_)
+        return {Errc::kInternal, "authz: an incremental publish needs a completed publish before it"};
+    exact_ = false;  // until this publish completes
+    const bool tables = !hint || hint->tables;
     // 1. Counter slots: stable per policy key; a new key's counters start at zero.
-    {
+    if (tables) {
         std::lock_guard lock(slots_mu_);
         std::set<uint32_t> used;
         for (const auto& [k, s] : slots_) used.insert(s);
@@ -274,54 +307,53 @@ Status AuthzWriter::publish(const CompiledAuthz& c) {
             used.insert(next);
         }
     }
-    AuthzGeneration want = desired(c);
-    const unsigned active = static_cast<unsigned>(state_ & 1), target = active ^ 1;
-
-    // 2 + 3. Only when the tables differ from what the kernel reads now.
-    if (!same_tables(gens_[active], want)) {
-        if (Status st = write_generation(target, want); !st) {
-            stats_.failures++;
-            return st;
+    // 2 + 3. Only when the tables differ from what the kernel reads now (with a hint that says they
+    // did not change, the active generation is already equal to them: the last publish completed).
+    if (tables) {
+        AuthzGeneration want = desired(c);
+        const unsigned active = static_cast<unsigned>(state_ & 1), target = active ^ 1;
+        if (!same_tables(gens_[active], want)) {
+            if (Status st = write_generation(target, want); !st) {
+                stats_.failures++;
+                return st;
+            }
+            if (Status st = write_state((((state_ >> 1) + 1) << 1) | target); !st) {
+                stats_.failures++;
+                return st;
+            }
+            stats_.publishes++;
         }
-        if (Status st = write_state((((state_ >> 1) + 1) << 1) | target); !st) {
-            stats_.failures++;
-            return st;
-        }
-        stats_.publishes++;
     }
     // The kernel's tables now give these ids their meaning, whatever happens to the address map
     // below: the next compile must keep them (and never reuse one).
-    identities_ = c.identities;
+    if (!hint || hint->identities) identities_ = c.identities;
     next_identity_ = std::max(next_identity_, c.next_identity);
     recovered_ = false;
 
-    // 4. Address -> identity, after the tables that know every new identity id.
+    // 4. Address -> identity, after the tables that know every new identity id. Deletions first
+    // (they make room), then additions and changes.
     bool changed = false;
-    for (auto it = idents_.begin(); it != idents_.end();) {
-        if (c.addr_identity.count(it->first)) {
-            ++it;
-            continue;
+    std::vector<IpAddr> gone;
+    std::vector<std::pair<IpAddr, uint32_t>> puts;
+    if (hint && hint->idents) {
+        for (const auto& [addr, id] : *hint->idents) {
+            auto h = idents_.find(addr);
+            if (id == 0 && h != idents_.end()) gone.push_back(addr);
+            if (id != 0 && (h == idents_.end() || h->second != id)) puts.emplace_back(addr, id);
         }
-        int err = ops_.remove(AuthzMap::kIdent, it->first.bytes.data());
-        if (err && err != -ENOENT) {
-            stats_.failures++;
-            return fail(AuthzMap::kIdent, err, "delete");
+    } else {
+        for (const auto& [addr, id] : idents_)
+            if (!c.addr_identity.count(addr)) gone.push_back(addr);
+        for (const auto& [addr, id] : c.addr_identity) {
+            auto h = idents_.find(addr);
+            if (h == idents_.end() || h->second != id) puts.emplace_back(addr, id);
         }
-        it = idents_.erase(it);
-        changed = true;
     }
-    Status ident_status;
-    for (const auto& [addr, id] : c.addr_identity) {
-        auto h = idents_.find(addr);
-        if (h != idents_.end() && h->second == id) continue;
-        kmesh_authz_ident_value v{id};
-        if (int err = ops_.update(AuthzMap::kIdent, addr.bytes.data(), &v)) {
-            ident_status = fail(AuthzMap::kIdent, err, "update");
-            break;
-        }
-        idents_[addr] = id;
-        changed = true;
+    if (Status st = remove_idents(gone, &changed); !st) {
+        stats_.failures++;
+        return st;
     }
+    Status ident_status = put_idents(puts, &changed);
     if (changed) {
         // Verdicts cached with the old identities must not be used again.
         if (Status st = write_state(state_ + 2); !st) ident_status = st;
@@ -332,11 +364,78 @@ Status AuthzWriter::publish(const CompiledAuthz& c) {
         return ident_status;
     }
     // 5. Slots of policies gone from the model.
-    {
+    if (tables) {
         std::lock_guard lock(slots_mu_);
         std::set<std::string> keep(c.policy_keys.begin(), c.policy_keys.end());
         for (auto it = slots_.begin(); it != slots_.end();)
             it = keep.count(it->first) ? std::next(it) : slots_.erase(it);
+    }
+    exact_ = true;
+    return {};
+}
+
+Status AuthzWriter::remove_idents(const std::vector<IpAddr>& addrs, bool* changed) {
+    size_t i = 0;
+    if (!no_ident_batch_ && addrs.size() > 1) {
+        std::vector<uint8_t> keys;
+        while (i < addrs.size()) {
+            uint32_t n = static_cast<uint32_t>(std::min<size_t>(addrs.size() - i, 8192));
+            keys.resize(size_t{n} * 16);
+            for (uint32_t j = 0; j < n; j++)
+                std::memcpy(keys.data() + size_t{j} * 16, addrs[i + j].bytes.data(), 16);
+            uint32_t done = 0;
+            int err = ops_.remove_batch(AuthzMap::kIdent, keys.data(), n, &done);
+            for (uint32_t j = 0; j < done; j++) idents_.erase(addrs[i + j]);
+            if (done) *changed = true;
+            i += done;
+            if (err == -EOPNOTSUPP) {
+                no_ident_batch_ = true;
+                break;
+            }
+            if (err == -ENOENT) break;  // gone already: the rest one by one, which tolerates it
+            if (err) return fail(AuthzMap::kIdent, err, "delete");
+        }
+    }
+    for (; i < addrs.size(); i++) {
+        int err = ops_.remove(AuthzMap::kIdent, addrs[i].bytes.data());
+        if (err && err != -ENOENT) return fail(AuthzMap::kIdent, err, "delete");
+        idents_.erase(addrs[i]);
+        *changed = true;
+    }
+    return {};
+}
+
+Status AuthzWriter::put_idents(const std::vector<std::pair<IpAddr, uint32_t>>& puts, bool* changed) {
+    size_t i = 0;
+    if (!no_ident_batch_ && puts.size() > 1) {
+        std::vector<uint8_t> keys;
+        std::vector<kmesh_authz_ident_value> values;
+        while (i < puts.size()) {
+            uint32_t n = static_cast<uint32_t>(std::min<size_t>(puts.size() - i, 8192));
+            keys.resize(size_t{n} * 16);
+            values.resize(n);
+            for (uint32_t j = 0; j < n; j++) {
+                std::memcpy(keys.data() + size_t{j} * 16, puts[i + j].first.bytes.data(), 16);
+                values[j] = {puts[i + j].second};
+            }
+            uint32_t done = 0;
+            int err = ops_.update_batch(AuthzMap::kIdent, keys.data(), values.data(), n, &done);
+            for (uint32_t j = 0; j < done; j++) idents_[puts[i + j].first] = puts[i + j].second;
+            if (done) *changed = true;
+            i += done;
+            if (err == -EOPNOTSUPP) {
+                no_ident_batch_ = true;
+                break;
+            }
+            if (err) return fail(AuthzMap::kIdent, err, "update");
+        }
+    }
+    for (; i < puts.size(); i++) {
+        kmesh_authz_ident_value v{puts[i].second};
+        if (int err = ops_.update(AuthzMap::kIdent, puts[i].first.bytes.data(), &v))
+            return fail(AuthzMap::kIdent, err, "update");
+        idents_[puts[i].first] = puts[i].second;
+        *changed = true;
     }
     return {};
 }
@@ -350,6 +449,7 @@ Status AuthzWriter::recover() {
     const unsigned active = static_cast<unsigned>(state_ & 1);
     gens_ = {};
     idents_.clear();
+    exact_ = false;
     ops_.for_each_key(AuthzMap::kIdent, [&](const void* k) {
         kmesh_authz_ident_value v{};
         if (ops_.lookup(AuthzMap::kIdent, k, &v) == 0)

@@ -58,6 +58,17 @@ class AuthzMapOps {
     virtual int update(AuthzMap map, const void* key, const void* value) = 0;
     virtual int remove(AuthzMap map, const void* key) = 0;
     virtual int lookup(AuthzMap map, const void* key, void* value) const = 0;
+    // Batches (BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH) with the contract of MapOps (map_ops.hpp):
+    // n keys (values) back to back, done in order up to the first failure; 0, or the -errno of
+    // entry *done. -EOPNOTSUPP with *done == 0: no batch here, go one by one (the default).
+    virtual int update_batch(AuthzMap, const void*, const void*, uint32_t, uint32_t* done) {
+        *done = 0;
+        return -EOPNOTSUPP;
+    }
+    virtual int remove_batch(AuthzMap, const void*, uint32_t, uint32_t* done) {
+        *done = 0;
+        return -EOPNOTSUPP;
+    }
     // Visits every key; fn returns false to stop.
     virtual void for_each_key(AuthzMap map, const std::function<bool(const void* key)>& fn) const = 0;
     // Per-CPU arrays of __u64 (hits, totals): the sum over all CPUs, and zeroing every CPU's copy.
@@ -72,6 +83,8 @@ class KernelAuthzMapOps : public AuthzMapOps {
     int update(AuthzMap map, const void* key, const void* value) override;
     int remove(AuthzMap map, const void* key) override;
     int lookup(AuthzMap map, const void* key, void* value) const override;
+    int update_batch(AuthzMap map, const void* keys, const void* values, uint32_t n, uint32_t* done) override;
+    int remove_batch(AuthzMap map, const void* keys, uint32_t n, uint32_t* done) override;
     void for_each_key(AuthzMap map, const std::function<bool(const void* key)>& fn) const override;
     int percpu_sum(AuthzMap map, uint32_t index, uint64_t* sum) const override;
     int percpu_zero(AuthzMap map, uint32_t index) override;
@@ -101,6 +114,18 @@ struct AuthzWriterStats {
     std::atomic<uint64_t> map_full{0};          // ... because a map was full
 };
 
+// What changed since the last publish, from the incremental compiler (incremental.hpp), so that a
+// publish costs in proportion to the change. Only taken when the writer's previous publish
+// completed (the mirrors are exact); publishing with a hint after a failed or no publish fails
+// with kInternal (the caller publishes a full CompiledAuthz instead).
+struct PublishHint {
+    bool tables = true;      // the tables or the policy keys may differ from the last publish
+    bool identities = true;  // the identity -> id map may differ
+    // The addresses whose identity may have changed, with the wanted id (0: none). The compiled
+    // addr_identity is not read when this is set.
+    const std::vector<std::pair<IpAddr, uint32_t>>* idents = nullptr;
+};
+
 class AuthzWriter {
   public:
     AuthzWriter(AuthzMapOps& ops, AuthzSizes sizes) : ops_(ops), sizes_(sizes) {}
@@ -109,13 +134,15 @@ class AuthzWriter {
     // active generation's hash entries and deletes the inactive one's (it may hold anything).
     Status recover();
 
-    Status publish(const CompiledAuthz& compiled);
+    Status publish(const CompiledAuthz& compiled, const PublishHint* hint = nullptr);
+    bool can_take_hint() const { return exact_; }
 
     // Identity ids in the maps, for the next compile_authz (so that they stay stable and a freed
     // id is never handed out again). Until the first publish after recover(), the kernel's
     // address -> id map stands in for the identities, which the kernel does not record.
     IdentityIds identities() const;
-    uint64_t state() const { return state_; }  // bit 0: active generation; >> 1: epoch
+    uint32_t next_identity() const { return next_identity_; }  // identities().next, without the copy
+    uint64_t state() const { return state_; }                  // bit 0: active generation; >> 1: epoch
     const AuthzGeneration& generation(unsigned g) const { return gens_[g & 1]; }
     // Counter slot of a policy key, or KMESH_AUTHZ_NO_SLOT.
     uint32_t slot_of(const std::string& key) const;
@@ -129,6 +156,10 @@ class AuthzWriter {
     Status write_generation(unsigned g, const AuthzGeneration& want);
     Status write_state(uint64_t state);
     AuthzGeneration desired(const CompiledAuthz& c) const;
+    // km_authz_ident writes in batches where the kernel takes them (100k addresses at a full push);
+    // the mirror follows every entry done. *changed is set when anything was written.
+    Status remove_idents(const std::vector<IpAddr>& addrs, bool* changed);
+    Status put_idents(const std::vector<std::pair<IpAddr, uint32_t>>& puts, bool* changed);
 
     AuthzMapOps& ops_;
     AuthzSizes sizes_;
@@ -138,6 +169,8 @@ class AuthzWriter {
     std::map<SourceIdentity, uint32_t> identities_;  // of the tables the kernel reads
     uint32_t next_identity_ = 1;                     // no id from here up was ever handed out
     bool recovered_ = false;                         // recover() ran, no publish since
+    bool exact_ = false;                             // the last publish completed
+    bool no_ident_batch_ = false;                    // the kernel refused a batch on km_authz_ident
     mutable std::mutex slots_mu_;                    // report() runs on the admin thread
     std::map<std::string, uint32_t> slots_;          // slots_mu_
     AuthzWriterStats stats_;

@@ -241,17 +241,23 @@ Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
         if (ids.size() != 1 || !ids.begin()->known()) continue;  // shared by identities, or none
         out.addr_identity[addr] = out.identities.at(*ids.begin());
     }
-    if (out.addr_identity.size() > sizes.idents)
-        return exhausted("source addresses with an identity", out.addr_identity.size(), sizes.idents,
-                         "--max-authz-identities");
+    claims.clear();
+    std::vector<const Workload*> local;
+    for (const auto& [uid, w] : model.workloads)
+        if (is_local(w, node)) local.push_back(&w);
+    compile_tables(model, local, out);
+    if (Status st = check_limits(out, out.addr_identity.size(), sizes); !st) return st;
+    return out;
+}
 
+void compile_tables(const Model& model, const std::vector<const Workload*>& local, CompiledAuthz& out) {
+    out.tables = {};
     // Destination sets: one per distinct applicable-policy list among this node's workloads.
     Compiler compiler(out);
     std::map<std::vector<uint32_t>, uint32_t> set_index;
     auto& t = out.tables;
-    for (const auto& [uid, w] : model.workloads) {
-        if (!node.empty() && w.placement->node != node) continue;
-        if (w.addresses.empty()) continue;
+    for (const Workload* wp : local) {
+        const Workload& w = *wp;
         std::vector<uint32_t> dry, deny, allow;
         bool has_allow = false;
         for (const AuthzPolicy* p : applicable_policies(model, w)) {
@@ -275,7 +281,12 @@ Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
         }
         for (const auto& a : w.addresses) t.dsts.try_emplace(a, it->second);  // first uid wins
     }
+}
 
+Status check_limits(const CompiledAuthz& out, size_t idents, const AuthzSizes& sizes) {
+    if (idents > sizes.idents)
+        return exhausted("source addresses with an identity", idents, sizes.idents, "--max-authz-identities");
+    const auto& t = out.tables;
     struct Limit {
         const char* what;
         size_t n;
@@ -295,7 +306,7 @@ Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node,
     };
     for (const auto& l : limits)
         if (l.n > l.limit) return exhausted(l.what, l.n, l.limit, l.flag);
-    return out;
+    return {};
 }
 
 }  // namespace kmesh::policy

@@ -119,6 +119,17 @@ struct IdentityIds {
 Result<CompiledAuthz> compile_authz(const Model& model, const std::string& node, const IdentityIds& previous,
                                     const AuthzSizes& sizes = {});
 
+// Whether a workload gets destination entries on `node` (every workload when node is empty).
+inline bool is_local(const Workload& w, const std::string& node) {
+    return (node.empty() || w.placement->node == node) && !w.addresses.empty();
+}
+
+// The two halves of compile_authz, shared with the incremental compiler (incremental.hpp):
+// the tables of `local` (is_local workloads in uid order) from out.identities and the model's
+// policies, replacing out.tables; and the size checks (idents: addresses with an identity).
+void compile_tables(const Model& model, const std::vector<const Workload*>& local, CompiledAuthz& out);
+Status check_limits(const CompiledAuthz& out, size_t idents, const AuthzSizes& sizes);
+
 // The 128-bit form of a policy CIDR: IPv4 as IPv4-mapped (prefix + 96), host bits zeroed.
 CidrEntry cidr_entry(uint32_t row, uint32_t kind, const Cidr& c);
 
