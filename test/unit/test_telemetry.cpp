@@ -3,6 +3,7 @@
 // worked out by hand from Istio's conventions (reference §8) and Kmesh's access-log format, not
 // produced by the code under test.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
@@ -348,6 +349,38 @@ TEST_CASE("telemetry: the model is followed change by change (MeshState::take_mo
     ms.remove_service("default/echo.default.svc.cluster.local");
     CHECK(ms.take_model_changes().services ==
           std::set<std::string>{"default/echo.default.svc.cluster.local"});
+}
+
+TEST_CASE("telemetry: a change to most of the model is named as 'all', and the index follows it") {
+    // A full push would otherwise hold a copy of every name until the next sync.
+    MeshState ms;
+    ms.replace(mesh());
+    NameIndex index("Kubernetes");
+    index.apply(ms.model(), ms.take_model_changes());
+    auto pod = [](int i) {
+        Workload w;
+        w.uid = "Kubernetes//Pod/bulk/p-" + std::to_string(i);
+        w.name = "p-" + std::to_string(i);
+        w.namespace_ = "bulk";
+        w.addresses = {*IpAddr::parse(fmt::format("10.9.{}.{}", i >> 8, i & 0xff))};
+        return w;
+    };
+    for (int i = 0; i < 1100; i++) ms.upsert_workload(pod(i));
+    ModelChanges ch = ms.take_model_changes();
+    CHECK(ch.all);
+    CHECK(ch.workloads.empty());
+    CHECK(index.apply(ms.model(), ch));
+    CHECK(index.workloads() == ms.model().workloads.size());
+    REQUIRE(index.workload_at(*IpAddr::parse("10.9.4.75")) != nullptr);  // p-1099
+    CHECK(index.workload_at(*IpAddr::parse("10.9.4.75"))->name == "p-1099");
+    // A small change is named again.
+    ms.remove_workload(pod(7).uid);
+    ch = ms.take_model_changes();
+    CHECK(!ch.all);
+    CHECK(ch.workloads == std::set<std::string>{pod(7).uid});
+    index.apply(ms.model(), ch);
+    CHECK(index.workload_at(*IpAddr::parse("10.9.0.7")) == nullptr);
+    CHECK(index.workloads() == ms.model().workloads.size());
 }
 
 TEST_CASE("telemetry: access log lines for closed and denied connections, rate-limited") {

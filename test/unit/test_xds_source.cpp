@@ -303,6 +303,46 @@ TEST_CASE("xds source: a consumed response applies as the same response does, an
     CHECK(r.removed_resources_size() == 1);
 }
 
+TEST_CASE("xds source: a consumed response longer than a chunk applies as the same response does") {
+    // Handled resources leave the response every kConsumeChunk: what comes after (a later
+    // version of an earlier name, a rejected resource, removals) must apply as on the copy.
+    const int n = 2 * xds::Source::kConsumeChunk + 5;
+    auto r = response(xds::kAddressType, "n1");
+    add(r, kEcho, service("echo", {10, 96, 0, 10}));
+    for (int i = 0; i < n; i++)
+        add(r, uid("w" + std::to_string(i)),
+            workload("w" + std::to_string(i),
+                     {10, 1, static_cast<uint8_t>(i >> 8), static_cast<uint8_t>(i & 0xff)}, kEcho));
+    // w3 again after the first chunk went: the later one (other address, v9) wins.
+    add(r, uid("w3"), workload("w3", {10, 2, 0, 3}, kEcho), "v9");
+    auto bad = service("other", {10, 96, 0, 11});
+    bad.mutable_service()->mutable_load_balancing()->set_mode(
+        static_cast<istio::workload::LoadBalancing::Mode>(77));
+    add(r, kOther, bad);
+    r.add_removed_resources(uid("w5"));
+    const DeltaDiscoveryResponse copy = r;
+
+    test::FakeMapOps ops_copy, ops_consumed;
+    Node by_copy(ops_copy), consumed(ops_consumed);
+    auto expected = by_copy.source.on_response(copy);
+    CHECK(expected.size() == 1);
+    CHECK(consumed.source.consume_response(r) == expected);
+    CHECK(consumed.mesh.model() == by_copy.mesh.model());
+    CHECK(consumed.mesh.model().workloads.size() == static_cast<size_t>(n - 1));
+    CHECK(consumed.mesh.model().workloads.at(uid("w3")).addresses ==
+          std::vector<IpAddr>{*IpAddr::parse("10.2.0.3")});
+    CHECK(!consumed.mesh.model().workloads.count(uid("w5")));
+    CHECK(consumed.source.versions(xds::kAddressType) == by_copy.source.versions(xds::kAddressType));
+    CHECK(consumed.source.versions(xds::kAddressType).at(uid("w3")) == "v9");
+    CHECK(consumed.source.rejected(xds::kAddressType) == by_copy.source.rejected(xds::kAddressType));
+    CHECK(consumed.errors.empty());
+    CHECK(connects(ops_consumed, "10.96.0.10", 80) == connects(ops_copy, "10.96.0.10", 80));
+    // Only the last, partial chunk of emptied resources is left.
+    CHECK(r.resources_size() == (n + 3) % xds::Source::kConsumeChunk);
+    CHECK(r.nonce() == "n1");
+    CHECK(r.removed_resources_size() == 1);
+}
+
 TEST_CASE("xds source: after a restart, resources istiod now sends in a rejected form keep their maps") {
     test::FakeMapOps ops;
     {

@@ -305,7 +305,7 @@ void MeshState::refresh_service(const std::string& key) {
             affected.insert(fk);
         }
     }
-    for (const auto& uid : members_[key]) refresh_member(key, uid);
+    for (std::string_view uid : members_[key]) refresh_member(key, std::string(uid));
     refresh_frontend_flags(key);
     for (const auto& fk : affected) elect(fk);
 }
@@ -316,7 +316,7 @@ void MeshState::upsert_service(const Service& s) {
     if (it != model_.services.end() && it->second == s) return;
     if (waypoint_relevant(s) || (it != model_.services.end() && waypoint_relevant(it->second)))
         waypoints_changed();
-    changes_.services.insert(key);
+    note_change(changes_.services, key);
     model_.services[key] = s;
     hashes_.insert(name_hash(key));
     refresh_service(key);
@@ -326,10 +326,11 @@ void MeshState::remove_service(const std::string& key) {
     if (auto it = model_.services.find(key); it != model_.services.end() && waypoint_relevant(it->second))
         waypoints_changed();
     if (!model_.services.erase(key)) return;
-    changes_.services.insert(key);
+    note_change(changes_.services, key);
     uint64_t hs = name_hash(key);
     dirty_.services.insert(hs);
-    for (const auto& uid : members_[key]) refresh_member(key, uid);  // drops ports and endpoints
+    for (std::string_view uid : members_[key])
+        refresh_member(key, std::string(uid));  // drops ports, endpoints
     auto ds = desired_.services.find(hs);
     if (ds != desired_.services.end()) {
         std::vector<kmesh_frontend_key> released;
@@ -349,7 +350,7 @@ void MeshState::upsert_workload(const Workload& w) {
     if (it != model_.workloads.end() && it->second == w) return;
     if (waypoint_relevant(w) || (it != model_.workloads.end() && waypoint_relevant(it->second)))
         waypoints_changed();
-    changes_.workloads.insert(w.uid);
+    note_change(changes_.workloads, w.uid);
     std::set<std::string> touched;
     if (it != model_.workloads.end())
         for (const auto& [key, ports] : it->second.services) touched.insert(key);
@@ -358,11 +359,12 @@ void MeshState::upsert_workload(const Workload& w) {
             members_[key].erase(w.uid);
             if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
         }
+    // Members name the workload by a view of its key in the model (stable until it is erased).
+    std::string_view uid = model_.workloads.insert_or_assign(w.uid, w).first->first;
     for (const auto& [key, ports] : w.services) {
-        members_[key].insert(w.uid);
+        members_[key].insert(uid);
         touched.insert(key);
     }
-    model_.workloads[w.uid] = w;
     hashes_.insert(name_hash(w.uid));
     if (learn_locality_ && !w.placement->node.empty() && w.placement->node == node_.node &&
         w.placement->locality != node_.locality) {
@@ -380,11 +382,12 @@ void MeshState::remove_workload(const std::string& uid) {
     auto it = model_.workloads.find(uid);
     if (it == model_.workloads.end()) return;
     if (waypoint_relevant(it->second)) waypoints_changed();
-    changes_.workloads.insert(uid);
+    note_change(changes_.workloads, uid);
     auto services = it->second.services;
+    // Out of the members before its key (which they view) goes with the model's entry.
+    for (const auto& [key, ports] : services) members_[key].erase(uid);
     model_.workloads.erase(it);
     for (const auto& [key, ports] : services) {
-        members_[key].erase(uid);
         refresh_member(key, uid);
         refresh_frontend_flags(key);
         if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);

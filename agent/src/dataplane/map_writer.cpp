@@ -12,10 +12,10 @@
 namespace kmesh {
 
 uint32_t IdAllocator::allocate() {
-    if (used_.size() >= max_) return 0;
+    if (count_ >= max_) return 0;
     uint32_t id = hint_;
-    while (used_.count(id)) id = id % max_ + 1;
-    used_.insert(id);
+    while (used(id)) id = id % max_ + 1;
+    mark_used(id);
     hint_ = id % max_ + 1;
     return id;
 }

@@ -2,6 +2,7 @@
 // service, and keeps MapState an exact mirror of what the kernel holds.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <map>
@@ -23,13 +24,26 @@ namespace kmesh {
 class IdAllocator {
   public:
     explicit IdAllocator(uint32_t max) : max_(max) {}
-    void mark_used(uint32_t id) { used_.insert(id); }
+    void mark_used(uint32_t id) {
+        if (id >= used_.size()) used_.resize(std::max<size_t>(id + 1, size_t{max_} + 1));
+        if (!used_[id]) count_++;
+        used_[id] = true;
+    }
     uint32_t allocate();  // 0 when exhausted
-    void release(uint32_t id) { used_.erase(id); }
+    void release(uint32_t id) {
+        if (id < used_.size() && used_[id]) {
+            used_[id] = false;
+            count_--;
+        }
+    }
 
   private:
+    bool used(uint32_t id) const { return id < used_.size() && used_[id]; }
     uint32_t max_;
-    std::set<uint32_t> used_;
+    // A bit per id (an ordered set took ~40 B per id: 4.4 MB at 100k backends). Ids above max_
+    // (recovered from larger maps) extend it.
+    std::vector<bool> used_;
+    size_t count_ = 0;
     uint32_t hint_ = 1;
 };
 

@@ -57,6 +57,9 @@ bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
 }
 
 void NameIndex::add_workload(const Workload& w) {
+    // Normally absent (apply removed it first); an entry left in place would keep addresses
+    // pointing at it and its key viewing a freed uid.
+    remove_workload(w.uid);
     PeerLabels l;
     l.namespace_ = w.namespace_;
     l.workload = or_unknown(w.naming->workload_name);
@@ -79,11 +82,12 @@ void NameIndex::add_workload(const Workload& w) {
     p->name = w.name;
     p->labels = pooled.labels.get();
     p->addresses = w.addresses;
-    p->services = w.services;
+    p->services.assign(w.services.begin(), w.services.end());
     p->host_network = w.network_mode == NetworkMode::kHostNetwork;
     for (const auto& a : p->addresses) by_addr_[a].push_back(p.get());
     pods_[p->pod_key()]++;
-    workloads_[w.uid] = std::move(p);
+    std::string_view key = p->uid;
+    workloads_.emplace(key, std::move(p));
 }
 
 void NameIndex::remove_workload(const std::string& uid) {

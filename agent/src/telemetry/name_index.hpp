@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -34,7 +35,9 @@ struct PeerInfo {
     std::string name;  // the pod (Workload.name)
     const PeerLabels* labels = nullptr;
     std::vector<IpAddr> addresses;
-    std::map<std::string, std::vector<ServicePort>> services;  // "namespace/hostname" -> ports
+    // "namespace/hostname" -> ports, sorted by key: a flat copy of Workload::services (one block
+    // per workload instead of a tree node per service).
+    std::vector<std::pair<std::string, std::vector<ServicePort>>> services;
     bool host_network = false;
     // "namespace/name": the per-workload series of this pod live while it is in the model.
     std::string pod_key() const { return labels->namespace_ + "/" + name; }
@@ -83,7 +86,8 @@ class NameIndex {
     void add_service(const Service& s);
 
     std::string default_cluster_;
-    std::unordered_map<std::string, std::unique_ptr<PeerInfo>> workloads_;  // by uid
+    // By uid, a view of the PeerInfo's own (not a second copy of every uid).
+    std::unordered_map<std::string_view, std::unique_ptr<PeerInfo>> workloads_;
     std::unordered_map<IpAddr, std::vector<const PeerInfo*>, IpAddrHash> by_addr_;
     std::map<std::string, ServiceInfo> services_;  // by key (nodes are stable: by_vip_ points at them)
     std::unordered_map<IpAddr, std::vector<const ServiceInfo*>, IpAddrHash> by_vip_;

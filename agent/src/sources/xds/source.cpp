@@ -90,7 +90,14 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
         return rejected;
     }
     auto& versions = versions_[type];
-    for (int i = 0; i < resp.resources_size(); i++) {
+    const int total = resp.resources_size();
+    constexpr int kChunk = kConsumeChunk;
+    int i = 0;  // index in resp.resources() of the next resource (earlier ones may be gone)
+    for (int n = 0; n < total; n++, i++) {
+        if (consumable && i == kChunk) {
+            consumable->mutable_resources()->DeleteSubrange(0, kChunk);
+            i = 0;
+        }
         const Resource& r = resp.resources(i);
         // Freed at the end of this iteration, whatever path it takes: the model's copy of the
         // resource grows while the response shrinks, instead of both peaking together.
@@ -125,8 +132,8 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
     bool programmed = addresses_received_ && sync_();
     auto handled_us =
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-    spdlog::debug("xds: {} response: {} resources, {} removed, {} rejected; handled in {} us", type,
-                  resp.resources_size(), resp.removed_resources_size(), rejected.size(), handled_us);
+    spdlog::debug("xds: {} response: {} resources, {} removed, {} rejected; handled in {} us", type, total,
+                  resp.removed_resources_size(), rejected.size(), handled_us);
     // Wall-clock time (epoch µs), so that a benchmark can put it next to the server's send time
     // of the same nonce: server send -> every map programmed, as istiod would see it.
     if (programmed)

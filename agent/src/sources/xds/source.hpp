@@ -25,7 +25,12 @@ class Source : public Handler {
 
     std::vector<std::string> on_response(
         const envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
-    // Frees each resource's strings once applied (they are left empty in `r`).
+    // Frees each resource's strings once applied (they are left empty in `r`), and the handled
+    // Resource objects themselves every kConsumeChunk resources (~150 B each: freed while the
+    // model grows, their holes take the model's next allocations instead of leaving 110k
+    // emptied shells between model nodes until the response goes). At most kConsumeChunk
+    // emptied resources stay in `r`.
+    static constexpr int kConsumeChunk = 4096;
     std::vector<std::string> consume_response(
         envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
     std::map<std::string, std::string> versions(const std::string& type_url) override;
