@@ -165,6 +165,10 @@ int main(int argc, char** argv) {
                    "the cluster's own components always start); the plugin's excludeNamespaces")
         ->delimiter(',')
         ->capture_default_str();
+    app.add_option("--warm-cgroup", opt.warm_cgroup,
+                   "empty cgroup v2 directory (created, removed at exit; relative: below the cgroup v2 "
+                   "mount) that every pod program is linked to while the agent runs, so attaching a pod "
+                   "never turns the kernel's hooks on (e.g. kmesh-warm; default: none)");
     app.add_option("--cgroup-root", cgroup_root,
                    "cgroup v2 tree holding the pod cgroups (default: its mount)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();

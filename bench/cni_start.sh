@@ -8,20 +8,23 @@
 # ADD skipped (GET pod + namespace from the fake HTTPS API server: not in the mesh); ADD enrolled
 # (GET pod + namespace, attach, PATCH); DEL of an attached pod. Every ADD that attaches is undone
 # by an untimed DEL (--prepare) before the next one, and every DEL is preceded by an untimed ADD.
-# usage: bench/cni_start.sh [--build DIR] [--after BIN] [--before BIN] [--runs N]
+# usage: bench/cni_start.sh [--build DIR] [--after BIN] [--before BIN] [--runs N] [--trace N]
 #   --build: agent and test tools (default build/); --after: kmesh-cni measured (default
 #   DIR/cni/kmesh-cni); --before: the binary to compare with (e.g. main's build), optional.
+#   --trace N: no hyperfine; N attaching ADDs (standalone pod, each after an untimed DEL) under
+#   `strace -f -ttt -T`, summarised by bench/cni_trace_summary.py (where an ADD's time goes).
 # Appends one {"kind":"cni_start",...} line per command to bench/results/cni_start.jsonl and keeps
 # hyperfine's JSON (every sample) under bench/results/cni_start/.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD_DIR=$ROOT/build RUNS=200 AFTER="" BEFORE=""
+BUILD_DIR=$ROOT/build RUNS=200 AFTER="" BEFORE="" TRACE=0
 while (($#)); do
     case $1 in
     --build) BUILD_DIR=$2; shift ;;
     --after) AFTER=$2; shift ;;
     --before) BEFORE=$2; shift ;;
     --runs) RUNS=$2; shift ;;
-    *) echo "usage: $0 [--build DIR] [--after BIN] [--before BIN] [--runs N]" >&2; exit 2 ;;
+    --trace) TRACE=$2; shift ;;
+    *) echo "usage: $0 [--build DIR] [--after BIN] [--before BIN] [--runs N] [--trace N]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -109,6 +112,27 @@ for r in json.load(open(path))["results"]:
 PY
 }
 AFTER_BIN=$TMP/after
+if ((TRACE > 0)); then
+    command -v strace >/dev/null || { echo "strace missing" >&2; exit 1; }
+    traces=()
+    for i in $(seq "$TRACE"); do
+        for bin in after before; do
+            [[ -e $TMP/$bin ]] || continue
+            export CNI_CONTAINERID=$RUN-standalone CNI_NETNS=/run/netns/$RUN-standalone CNI_IFNAME=eth0 \
+                CNI_PATH=/usr/lib/cni CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=standalone;K8S_POD_UID=$(pod_uid standalone)"
+            nsenter --net="/run/netns/$NODE" "$TMP/cni_exec" "$TMP/del.json" DEL "$AFTER_BIN" >/dev/null
+            nsenter --net="/run/netns/$NODE" strace -f -ttt -T -qq -o "$TMP/trace-$bin-$i.txt" \
+                "$TMP/cni_exec" "$TMP/add.json" ADD "$TMP/$bin" >/dev/null
+            traces+=("$bin=$TMP/trace-$bin-$i.txt")
+        done
+    done
+    nsenter --net="/run/netns/$NODE" "$TMP/cni_exec" "$TMP/del.json" DEL "$AFTER_BIN" >/dev/null
+    unset CNI_CONTAINERID CNI_NETNS CNI_IFNAME CNI_PATH CNI_ARGS
+    mkdir -p "$RAW/$STAMP-trace" && cp "${traces[@]#*=}" "$RAW/$STAMP-trace/"; python3 "$ROOT/bench/cni_trace_summary.py" "${traces[@]}"
+    log "cpu pressure: $(head -1 /proc/pressure/cpu)"
+    rm -f "$TMP/kmesh-cni.log"
+    exit 0
+fi
 bench version standalone default VERSION "$TMP/lo.json"
 bench add-standalone standalone default ADD "$TMP/add.json" "$TMP/cni_exec $TMP/del.json DEL $AFTER_BIN"
 bench add-excluded excluded kube-system ADD "$TMP/kadd.json"

@@ -923,7 +923,9 @@ std::shared_ptr<spdlog::logger> open_log(const std::string& path) {
         }
     }
     log->set_pattern("%Y-%m-%dT%H:%M:%S.%e [%l] [%P] %v");
-    log->flush_on(spdlog::level::info);
+    // One write at the end of the call (plugin_main flushes before returning) instead of one per
+    // line; warnings and errors are written at once.
+    log->flush_on(spdlog::level::warn);
     return log;
 }
 
@@ -941,6 +943,7 @@ int plugin_main(const Env& env, std::string_view stdin_json, Kernel& kernel, std
         log->info("{} container={} netns={} ifname={} args={}", env.command, env.container_id, env.netns,
                   env.ifname, env.args);
         out = run(req, kernel, *log, api);
+        log->flush();
         return 0;
     } catch (const CniError& e) {
         error = e;

@@ -156,14 +156,28 @@ PinnedProg open_prog(Kernel& kernel, const PinLayout& layout, const char* name, 
 
 std::vector<PinnedProg> open_pod_progs(Kernel& kernel, const PinLayout& layout, int missing_code) {
     std::vector<PinnedProg> progs;
+    progs.reserve(std::size(kPodProgs) + 1);
     for (const auto& spec : kPodProgs) {
         if (spec.optional) {
-            int fd = kernel.obj_get(layout.prog(spec.name));
+            // One bpf_obj_get per program: a missing optional pin is skipped, any other failure
+            // is reported as open_prog would.
+            const std::string path = layout.prog(spec.name);
+            int fd = kernel.obj_get(path);
             if (fd == -ENOENT) {  // not loaded by this agent (kernel without the hook, older agent)
                 progs.emplace_back();
                 continue;
             }
-            if (fd >= 0) kernel.close(fd);
+            if (fd < 0) {
+                throw PodLinkError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
+                                   fmt::format("cannot open {}: {}", path, errno_str(fd)));
+            }
+            PinnedProg prog{KernelFd(kernel, fd)};
+            if (int err = kernel.prog_id(fd, &prog.id); err < 0) {
+                throw PodLinkError(missing_code == kErrTryAgainLater ? kErrAttach : missing_code,
+                                   fmt::format("cannot read program info of {}: {}", path, errno_str(err)));
+            }
+            progs.push_back(std::move(prog));
+            continue;
         }
         progs.push_back(open_prog(kernel, layout, spec.name, missing_code));
     }
@@ -185,9 +199,11 @@ PodNetns open_pod_netns(Kernel& kernel, const std::string& path, int error_code,
 }
 
 bool ensure_netns_link(Kernel& kernel, const PinnedProg& prog, const PodNetns& netns, const fs::path& pin,
-                       spdlog::logger& log) {
+                       spdlog::logger& log, bool fresh_dir) {
     const ProgSpec& spec = kNetnsProg;
-    if (int fd = kernel.obj_get(pin); fd >= 0) {
+    if (fresh_dir) {
+        // `pin` is in a directory this caller created under the pods lock: nothing can be there.
+    } else if (int fd = kernel.obj_get(pin); fd >= 0) {
         KernelFd existing(kernel, fd);
         LinkInfo info;
         const bool ours = kernel.link_info(fd, &info) == 0 && info.netns && info.netns_ino != 0 &&
@@ -210,9 +226,11 @@ bool ensure_netns_link(Kernel& kernel, const PinnedProg& prog, const PodNetns& n
                      info.netns_ino);
         }
     }
-    std::error_code ec;
-    fs::remove(pin, ec);
-    if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
+    if (!fresh_dir) {
+        std::error_code ec;
+        fs::remove(pin, ec);
+        if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
+    }
     int link = kernel.link_create(prog.fd.get(), netns.fd.get(), spec.type);
     if (link < 0) {
         throw PodLinkError(kErrAttach, fmt::format("cannot attach {} to netns {}: {}", spec.name, netns.ino,
@@ -484,8 +502,10 @@ void drop_shared_if_unused(const fs::path& holder, spdlog::logger& log) {
 // hook. Only a detached link or one on another cgroup is replaced by a new link.
 // Returns true when it pinned a new link.
 bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
-                 std::uint64_t cgroup_id, const fs::path& pin, spdlog::logger& log) {
-    if (int fd = kernel.obj_get(pin); fd >= 0) {
+                 std::uint64_t cgroup_id, const fs::path& pin, spdlog::logger& log, bool fresh_dir) {
+    if (fresh_dir) {
+        // `pin` is in a directory this caller created under the pods lock: nothing can be there.
+    } else if (int fd = kernel.obj_get(pin); fd >= 0) {
         KernelFd existing(kernel, fd);
         LinkInfo info;
         const bool ours = kernel.link_info(fd, &info) == 0 && info.cgroup_id != 0 &&
@@ -508,10 +528,11 @@ bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, i
                      info.cgroup_id);
         }
     }
-    std::error_code ec;
-    fs::remove(pin, ec);
-    if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
-
+    if (!fresh_dir) {
+        std::error_code ec;
+        fs::remove(pin, ec);
+        if (ec) throw PodLinkError(kErrIo, fmt::format("cannot remove {}: {}", pin.string(), ec.message()));
+    }
     int link = kernel.link_create(prog.fd.get(), cgroup_fd, spec.type);
     if (link < 0) {
         throw PodLinkError(kErrAttach, fmt::format("cannot attach {} to cgroup {}: {}", spec.name, cgroup_id,
@@ -571,28 +592,32 @@ void attach_locked(Kernel& kernel, const PinLayout& layout, const std::vector<Pi
     // container on the cgroup (the kernel allows 64 per hook: E2BIG after that).
     fs::path links_dir, record;
     Undo undo;
+    // Directories this call created hold no pins yet: their links are created without first
+    // looking for (and removing) an old pin, two syscalls fewer per link.
+    bool fresh_links_dir = false, fresh_record = false;
     try {
         if (shared) {
             links_dir = shared_dir(layout, cgroup_id);
-            if (make_dir(links_dir)) undo.created(links_dir);
+            if ((fresh_links_dir = make_dir(links_dir))) undo.created(links_dir);
             if (make_dir(links_dir / kUsersDir)) undo.created(links_dir / kUsersDir);
             record = links_dir / kUsersDir / encode_pin_name(record_name);
         } else {
             links_dir = record = layout.pod_dir(record_name);
         }
-        if (make_dir(record)) undo.created(record);
+        if ((fresh_record = make_dir(record))) undo.created(record);
+        if (!shared) fresh_links_dir = fresh_record;
         if (!network.empty() && make_dir(record / net_marker(network)))
             undo.created(record / net_marker(network));
         // All or nothing: a failed attach leaves the record owner with no kmesh links of its own.
         for (size_t i = 0; i < std::size(kPodProgs); ++i) {
             if (!progs[i].present()) continue;  // optional, not loaded by the agent on this kernel
             const fs::path pin = links_dir / kPodProgs[i].name;
-            if (ensure_link(kernel, kPodProgs[i], progs[i], cgroup_fd, cgroup_id, pin, log))
+            if (ensure_link(kernel, kPodProgs[i], progs[i], cgroup_fd, cgroup_id, pin, log, fresh_links_dir))
                 undo.created(pin);
         }
         if (netns != nullptr) {
             const fs::path pin = record / kNetnsProg.name;
-            if (ensure_netns_link(kernel, progs.at(std::size(kPodProgs)), *netns, pin, log))
+            if (ensure_netns_link(kernel, progs.at(std::size(kPodProgs)), *netns, pin, log, fresh_record))
                 undo.created(pin);
         }
     } catch (...) {

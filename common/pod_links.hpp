@@ -202,8 +202,9 @@ PodNetns open_pod_netns(Kernel& kernel, const std::string& path, int error_code,
 // Makes `pin` a link of `prog` (kNetnsProg) on the netns, as ensure_link does for cgroups: an
 // existing link on that netns is kept (moved to `prog` when it runs another); a detached link or
 // one on another netns is replaced. Returns true when it pinned a new link.
+// `fresh_dir`: the caller created pin's directory under the pods lock (no pin can be there).
 bool ensure_netns_link(Kernel& kernel, const PinnedProg& prog, const PodNetns& netns,
-                       const std::filesystem::path& pin, spdlog::logger& log);
+                       const std::filesystem::path& pin, spdlog::logger& log, bool fresh_dir = false);
 
 // Serialises every change under kmesh/pods between kmesh-cni processes and the agent (runtimes run
 // ADDs of different containers in parallel; the agent's reconciler and its cleanup of detached
@@ -239,8 +240,10 @@ void drop_shared_if_unused(const std::filesystem::path& holder, spdlog::logger& 
 // `prog` with bpf_link_update if it runs another program (agent upgrade): the pod never loses the
 // hook. Only a detached link or one on another cgroup is replaced by a new link.
 // Returns true when it pinned a new link.
+// `fresh_dir`: the caller created pin's directory under the pods lock (no pin can be there).
 bool ensure_link(Kernel& kernel, const ProgSpec& spec, const PinnedProg& prog, int cgroup_fd,
-                 std::uint64_t cgroup_id, const std::filesystem::path& pin, spdlog::logger& log);
+                 std::uint64_t cgroup_id, const std::filesystem::path& pin, spdlog::logger& log,
+                 bool fresh_dir = false);
 
 // Opens a pod cgroup; `error_code` is the code for a cgroup that exists but cannot be opened.
 KernelFd open_pod_cgroup(const std::filesystem::path& cgroup, Kernel& kernel, int error_code,

@@ -16,6 +16,7 @@
 #include "agent/src/sources/file/file_watcher.hpp"
 #include "agent/src/sources/xds/source.hpp"
 #include "agent/src/telemetry/metrics_server.hpp"
+#include "common/cgroup.hpp"
 
 namespace kmesh {
 
@@ -370,6 +371,22 @@ std::string Agent::publish_if_ready() {
     if (published_ || (hold_publish_ && !state_applied_)) return {};
     if (auto err = dataplane_->publish(options_.layout); !err.empty()) return err;
     published_ = true;
+    if (!options_.warm_cgroup.empty()) {
+        // Not fatal: without them a pod's ADD is slower (docs/enrolment.md), nothing else changes.
+        // A relative name is below the cgroup v2 mount (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+        // hybrid nodes), so one DaemonSet argument fits both.
+        std::string dir = options_.warm_cgroup;
+        if (dir.front() != '/') {
+            auto mount = find_cgroup2_mount();
+            dir = mount ? *mount + "/" + dir : std::string();
+        }
+        if (dir.empty())
+            spdlog::warn("no warm links: no cgroup v2 mount for {}", options_.warm_cgroup);
+        else if (auto n = dataplane_->hold_warm_links(dir))
+            spdlog::info("{} warm links held on {}", *n, dir);
+        else
+            spdlog::warn("no warm links on {}: {}", dir, n.status().to_string());
+    }
     spdlog::info("programs published: {} pod links moved to them, {} pods without a cgroup forgotten{}",
                  dataplane_->links_updated(), dataplane_->pods_forgotten(),
                  hold_publish_ ? " (held until the first full state was applied)" : "");

@@ -53,6 +53,9 @@ struct AgentOptions {
     // Batched map writes (BPF_MAP_UPDATE_BATCH); off: one bpf() call per entry, as kernels without
     // batch operations get anyway (--map-batch off; e2e_map_batch compares the two).
     bool map_batch = true;
+    // --warm-cgroup: an empty cgroup v2 directory the agent creates and links every pod program to,
+    // so the kernel's per-hook switches stay on and no pod ADD pays for turning them on (empty: off).
+    std::string warm_cgroup;
     std::optional<installer::Options> install_cni;  // --install-cni: keep kmesh-cni installed
     // Enrolment by labels (agent/src/enrolment): set when there is a kube config and a node name.
     std::shared_ptr<kube::Api> kube_api;

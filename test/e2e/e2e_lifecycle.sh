@@ -20,6 +20,12 @@ sleep 0.2
 reaches() { [[ $(pod_connect client 10.96.0.10 80 5 | sort -u) == backend ]]; }
 check "client reaches the service" reaches
 check "one link per hook on the client's pod cgroup" test "$(attached_programs client)" = 2
+# --warm-cgroup (lib.sh): the kernel shows the agent's links on its empty cgroup, one per pod hook
+# the client's cgroup has (bpftool: a header line, then one line per program).
+progs() { bpftool cgroup show "$1" 2>/dev/null | tail -n +2 | wc -l; }
+check "the agent holds a warm link per pod cgroup hook ($(progs "$CGROOT/kmesh-warm") on the warm cgroup)" \
+    test "$(progs "$CGROOT/kmesh-warm")" = "$(progs "$(pod_cgroup client)")" -a "$(progs "$(pod_cgroup client)")" -ge 3
+check "and no process is in that cgroup" test -z "$(cat "$CGROOT/kmesh-warm/cgroup.procs")"
 
 # A pod deleted without a CNI DEL (node crash): its cgroup goes, its pins stay behind.
 pod_create ghost
@@ -27,6 +33,7 @@ rmdir "$(pod_cgroup ghost)/ctr" "$(pod_cgroup ghost)"
 
 agent_stop
 check "the agent is stopped" test -z "$(pgrep -f "kmesh-daemon --bpffs-root $BPFFS" || true)"
+check "a stopped agent removes its warm cgroup" test ! -e "$CGROOT/kmesh-warm"
 check "with the agent stopped, the client still reaches the service" reaches
 
 # Maps of an older ABI version, as a previous agent release would have left them.

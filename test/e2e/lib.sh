@@ -114,7 +114,7 @@ agent_start() { # <config file> | <kmesh-daemon source flags...>
     # another build's binary (a benchmark's "before").
     ${AGENT_WRAPPER:-} "${KMESH_DAEMON:-$BUILD/agent/kmesh-daemon}" --bpffs-root "$BPFFS" "${source[@]}" --admin-port "${ADMIN_PORT:-0}" \
         --metrics-address 127.0.0.1 --metrics-port "${METRICS_PORT:-0}" \
-        ${AGENT_FLAGS---max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256} \
+        ${WARM_CGROUP-"--warm-cgroup=$CGROOT/kmesh-warm"} ${AGENT_FLAGS---max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256} \
         >>"$TMP/agent.log" 2>&1 &
     AGENT_PID=$!
     AGENT_STARTS=$((${AGENT_STARTS:-0} + 1))

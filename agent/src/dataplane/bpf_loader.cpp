@@ -368,7 +368,9 @@ int lock_kmesh_dir(const PinLayout& layout, std::string* error) {
 }
 
 Dataplane::~Dataplane() {
-    bpf_link__destroy(conn_iter_link_);  // the link only; nothing is pinned for it
+    for (int fd : warm_links_) close(fd);
+    if (!warm_cgroup_.empty()) rmdir(warm_cgroup_.c_str());  // empty: nothing ever joins it
+    bpf_link__destroy(conn_iter_link_);                      // the link only; nothing is pinned for it
     kmesh_sock__destroy(skel_);
     close(lock_fd_);
 }
@@ -831,6 +833,35 @@ std::string Dataplane::publish(const PinLayout& layout) {
         }
     }
     return {};
+}
+
+Result<int> Dataplane::hold_warm_links(const std::string& cgroup_dir) {
+    if (!warm_links_.empty()) return static_cast<int>(warm_links_.size());
+    std::error_code ec;
+    const bool created = fs::create_directory(cgroup_dir, ec);
+    if (ec) return Status(Errc::kIo, fmt::format("create {}: {}", cgroup_dir, ec.message()));
+    if (created) warm_cgroup_ = cgroup_dir;
+    int cg = open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cg < 0) return Status(Errc::kIo, fmt::format("open {}: {}", cgroup_dir, errno_text(errno)));
+    struct statfs st {};
+    if (fstatfs(cg, &st) != 0 || st.f_type != CGROUP2_SUPER_MAGIC) {
+        close(cg);
+        return Status(Errc::kInvalidArgument, fmt::format("{} is not on a cgroup v2 mount", cgroup_dir));
+    }
+    for (const auto& spec : kPodProgs) {
+        bpf_program* prog = bpf_object__find_program_by_name(skel_->obj, spec.name);
+        if (!prog || !bpf_program__autoload(prog)) continue;  // not loaded on this kernel
+        int link = bpf_link_create(bpf_program__fd(prog), cg, spec.type, nullptr);
+        if (link < 0) {
+            int err = errno;
+            close(cg);
+            return Status(Errc::kIo,
+                          fmt::format("attach {} to {}: {}", spec.name, cgroup_dir, errno_text(err)));
+        }
+        warm_links_.push_back(link);
+    }
+    close(cg);
+    return static_cast<int>(warm_links_.size());
 }
 
 std::string point_current_maps(const PinLayout& layout) {
