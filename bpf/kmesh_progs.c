@@ -4,7 +4,8 @@
  * each program file is included here rather than linked, so that maps are defined exactly once.
  */
 #include "sock_connect.c"
-/* The authz evaluator and its maps (the sk_lookup entry includes it too; the guard keeps one copy). */
+/* The authz evaluator and its maps (the sk_lookup entry includes it too; the guard keeps one copy).
+ */
 #include "include/authz.h"
 #include "sock_lookup.c"
 #include "waypoint.c"

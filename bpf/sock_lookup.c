@@ -100,7 +100,8 @@ static __always_inline bool sk_lookup_remote_is_zero(const struct bpf_sk_lookup 
 {
 	if (ctx->family == AF_INET)
 		return ctx->remote_ip4 == 0;
-	return (ctx->remote_ip6[0] | ctx->remote_ip6[1] | ctx->remote_ip6[2] | ctx->remote_ip6[3]) == 0;
+	return (ctx->remote_ip6[0] | ctx->remote_ip6[1] | ctx->remote_ip6[2] |
+		ctx->remote_ip6[3]) == 0;
 }
 
 SEC("sk_lookup")

@@ -89,7 +89,8 @@ int iter_conn_report(struct bpf_iter__tcp *ctx)
 
 	if (!kmesh_tel_supported || !skc)
 		return 0;
-	/* Full sockets only: request and time-wait sockets have no storage (and reported already). */
+	/* Full sockets only: request and time-wait sockets have no storage (and reported already).
+	 */
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
 		return 0;

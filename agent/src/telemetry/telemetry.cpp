@@ -3,7 +3,6 @@
 // connections and the access-log bucket; each event holds it for a few map lookups. Counters are
 // atomics, so a scrape copies the series pointers under the lock and formats without it.
 #include "agent/src/telemetry/telemetry.hpp"
-#include "agent/src/telemetry/event_reader.hpp"
 
 #include <fmt/format.h>
 
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "agent/src/telemetry/access_log.hpp"
+#include "agent/src/telemetry/event_reader.hpp"
 #include "agent/src/telemetry/name_index.hpp"
 #include "agent/src/telemetry/process_metrics.hpp"
 #include "agent/src/telemetry/prom_text.hpp"
@@ -461,8 +461,8 @@ std::string Telemetry::render() {
            [](const ServiceSeries& s) { return s.closed.get(); });
 
     const Impl& m = *impl_;
-    append_header(out, "kmesh_telemetry_events_processed_total", "Connection events the metrics side processed, by type.",
-                  "counter");
+    append_header(out, "kmesh_telemetry_events_processed_total",
+                  "Connection events the metrics side processed, by type.", "counter");
     for (auto t :
          {ConnEventType::kOpen, ConnEventType::kUpdate, ConnEventType::kClose, ConnEventType::kDenied})
         fmt::format_to(it, "kmesh_telemetry_events_processed_total{{type=\"{}\"}} {}\n", type_name(t),
