@@ -22,8 +22,9 @@
 #include <linux/types.h>
 #endif
 
-/* clang-format off: the field and enum comments are aligned by hand; clang-format would break
- * them across lines (it cannot keep a trailing comment and a long name on one 100-column line). */
+/* The field and enum comments below are aligned by hand; clang-format would break them across
+ * lines (it cannot keep a trailing comment and a long name on one 100-column line). */
+/* clang-format off */
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
