@@ -97,7 +97,7 @@ void IncrementalAuthz::compile_local_tables(const Model& model) {
 
 Status IncrementalAuthz::rebuild(const Model& model, AuthzWriter& writer) {
     IdentityIds previous = writer.identities();
-    index_.clear();
+    decltype(index_)().swap(index_);  // clear() would keep the buckets of the largest mesh seen
     claims_.clear();
     refs_.clear();
     local_.clear();
