@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "agent/src/dataplane/dataplane_state.hpp"  // name_hash: the model's name of a uid
 #include "agent/src/policy/match.hpp"
 
 namespace kmesh::policy {
@@ -16,22 +17,37 @@ uint32_t IncrementalAuthz::id_of(const IpAddr& a) const {
     return id ? out_.identities.at(*id) : 0;
 }
 
+void IncrementalAuthz::Entry::assign(const std::vector<IpAddr>& addrs) {
+    count = static_cast<uint32_t>(addrs.size());
+    first = count ? addrs[0] : IpAddr{};
+    rest.reset();
+    if (count > 1) {
+        rest = std::make_unique<IpAddr[]>(count - 1);
+        std::copy(addrs.begin() + 1, addrs.end(), rest.get());
+    }
+}
+
+void IncrementalAuthz::unindex(uint64_t hash, std::set<SourceIdentity>& touched_idents) {
+    auto it = index_.find(hash);
+    if (it == index_.end()) return;
+    const Entry& e = it->second;
+    const SourceIdentity* claim = e.host ? nullptr : e.ident;
+    e.each([&](const IpAddr& a) {
+        auto c = claims_.find({a, claim});
+        if (--c->second == 0) claims_.erase(c);
+    });
+    if (e.ident) {
+        touched_idents.insert(*e.ident);
+        auto r = refs_.find(*e.ident);
+        if (--r->second == 0) refs_.erase(r);
+    }
+    index_.erase(it);
+}
+
 void IncrementalAuthz::reindex(const std::string& uid, const Workload* now,
                                std::set<SourceIdentity>& touched_idents) {
-    if (auto it = index_.find(uid); it != index_.end()) {
-        const Entry& e = it->second;
-        const SourceIdentity* claim = e.host ? nullptr : e.ident;
-        for (const auto& a : e.addrs) {
-            auto c = claims_.find({a, claim});
-            if (--c->second == 0) claims_.erase(c);
-        }
-        if (e.ident) {
-            touched_idents.insert(*e.ident);
-            auto r = refs_.find(*e.ident);
-            if (--r->second == 0) refs_.erase(r);
-        }
-        index_.erase(it);
-    }
+    uint64_t hash = name_hash(uid);
+    unindex(hash, touched_idents);
     local_.erase(uid);
     if (!now) return;
     Entry e;
@@ -43,11 +59,11 @@ void IncrementalAuthz::reindex(const std::string& uid, const Workload* now,
         e.ident = &r->first;
     }
     e.host = now->network_mode == NetworkMode::kHostNetwork;
-    e.addrs = now->addresses;
+    e.assign(now->addresses);
     const SourceIdentity* claim = e.host ? nullptr : e.ident;
-    for (const auto& a : e.addrs) claims_[{a, claim}]++;
+    for (const auto& a : now->addresses) claims_[{a, claim}]++;
     if (is_local(*now, node_)) local_.insert(uid);
-    index_.emplace(uid, std::move(e));
+    index_.emplace(hash, std::move(e));
 }
 
 bool IncrementalAuthz::number_identities(const std::set<SourceIdentity>& touched,
@@ -81,7 +97,7 @@ void IncrementalAuthz::compile_local_tables(const Model& model) {
 
 Status IncrementalAuthz::rebuild(const Model& model, AuthzWriter& writer) {
     IdentityIds previous = writer.identities();
-    index_.clear();
+    decltype(index_)().swap(index_);  // clear() would keep the buckets of the largest mesh seen
     claims_.clear();
     refs_.clear();
     local_.clear();
@@ -133,8 +149,8 @@ Status IncrementalAuthz::sync(const Model& model, const ModelChanges& changes, b
     // Addresses of the touched workloads, before and after: only their identity can change.
     std::vector<IpAddr> addrs;
     for (const auto& uid : changes.workloads) {
-        if (auto it = index_.find(uid); it != index_.end())
-            addrs.insert(addrs.end(), it->second.addrs.begin(), it->second.addrs.end());
+        if (auto it = index_.find(name_hash(uid)); it != index_.end())
+            it->second.each([&](const IpAddr& a) { addrs.push_back(a); });
         if (auto w = model.workloads.find(uid); w != model.workloads.end())
             addrs.insert(addrs.end(), w->second.addresses.begin(), w->second.addresses.end());
     }
@@ -144,12 +160,15 @@ Status IncrementalAuthz::sync(const Model& model, const ModelChanges& changes, b
         if (id_of(a)) ident_count_--;
     bool local_changed = false;
     std::set<SourceIdentity> touched;
-    for (const auto& uid : changes.workloads) {
-        bool was_local = local_.count(uid) > 0;
-        auto w = model.workloads.find(uid);
-        reindex(uid, w == model.workloads.end() ? nullptr : &w->second, touched);
-        if (was_local || local_.count(uid)) local_changed = true;
-    }
+    // Removed names first: a present name may have taken a removed one's hash in this batch.
+    for (int present = 0; present < 2; present++)
+        for (const auto& uid : changes.workloads) {
+            auto w = model.workloads.find(uid);
+            if ((w != model.workloads.end()) != (present == 1)) continue;
+            bool was_local = local_.count(uid) > 0;
+            reindex(uid, w == model.workloads.end() ? nullptr : &w->second, touched);
+            if (was_local || local_.count(uid)) local_changed = true;
+        }
     bool identities_changed = number_identities(touched, previous);
     std::vector<std::pair<IpAddr, uint32_t>> idents;
     idents.reserve(addrs.size());

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -54,16 +55,28 @@ class IncrementalAuthz {
     void invalidate() { valid_ = false; }
 
   private:
+    // 40 bytes: the first address inline (a workload almost always has one or two), the others
+    // in a block of their own. (As a std::vector and keyed by uid string, an entry cost ~180 bytes
+    // with its heap blocks: 100k workloads, ~18 MB.)
     struct Entry {
         const SourceIdentity* ident = nullptr;  // key of refs_; null: no known identity
         bool host = false;                      // host network: claims its addresses with no identity
-        std::vector<IpAddr> addrs;
+        uint32_t count = 0;                     // addresses
+        IpAddr first{};
+        std::unique_ptr<IpAddr[]> rest;  // count - 1 of them
+        void assign(const std::vector<IpAddr>& addrs);
+        template <typename F>
+        void each(F f) const {
+            if (count) f(first);
+            for (uint32_t i = 1; i < count; i++) f(rest[i - 1]);
+        }
     };
     using ClaimKey = std::pair<IpAddr, const SourceIdentity*>;
 
     Status rebuild(const Model& model, AuthzWriter& writer);
     // Moves one workload's contributions from its indexed form to its form in the model.
     void reindex(const std::string& uid, const Workload* now, std::set<SourceIdentity>& touched_idents);
+    void unindex(uint64_t hash, std::set<SourceIdentity>& touched_idents);
     uint32_t id_of(const IpAddr& a) const;  // 0: none (no claim, shared, or no identity)
     bool number_identities(const std::set<SourceIdentity>& touched, const IdentityIds& previous);
     void compile_local_tables(const Model& model);
@@ -72,11 +85,15 @@ class IncrementalAuthz {
     AuthzSizes sizes_;
     bool valid_ = false;
     CompiledAuthz out_;
-    std::map<SourceIdentity, uint32_t> refs_;       // known identity -> workloads having it
-    std::unordered_map<std::string, Entry> index_;  // uid -> what it contributed
-    std::map<ClaimKey, uint32_t> claims_;           // (address, identity or null) -> workloads
-    std::set<std::string> local_;                   // uids of this node's workloads with addresses
-    size_t ident_count_ = 0;                        // addresses with an identity
+    std::map<SourceIdentity, uint32_t> refs_;  // known identity -> workloads having it
+    // name_hash(uid) -> what it contributed. The model has no two names of one hash (MeshState
+    // refuses a colliding name), so the hash names one workload; sync() drops the removed names
+    // before it indexes the present ones, so a name that took a removed one's hash in the same
+    // batch keeps its entry.
+    std::unordered_map<uint64_t, Entry> index_;
+    std::map<ClaimKey, uint32_t> claims_;  // (address, identity or null) -> workloads
+    std::set<std::string> local_;          // uids of this node's workloads with addresses
+    size_t ident_count_ = 0;               // addresses with an identity
     AuthzSyncStats last_;
 };
 

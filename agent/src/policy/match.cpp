@@ -46,8 +46,8 @@ bool identity_fields_match(const AuthzMatch& m, const SourceIdentity& id) {
 }
 
 SourceIdentity identity_of(const Workload& w) {
-    return SourceIdentity{w.trust_domain.empty() ? "cluster.local" : w.trust_domain, w.namespace_,
-                          w.service_account};
+    return SourceIdentity{w.trust_domain.empty() ? std::string("cluster.local") : w.trust_domain.str(),
+                          w.namespace_.str(), w.service_account.str()};
 }
 
 std::vector<const AuthzPolicy*> applicable_policies(const Model& model, const Workload& w) {

@@ -112,10 +112,21 @@ std::string convert_service(const istio::workload::Service& in, Service* out) {
     return {};
 }
 
-std::string convert_workload(const istio::workload::Workload& in, Workload* out) {
+namespace {
+
+// `take`, when given, is `in` itself, and its strings may be moved out instead of copied (the
+// caller is done with the message): one allocation and copy fewer per string of 100k workloads.
+std::string convert_workload_from(const istio::workload::Workload& in, istio::workload::Workload* take,
+                                  Workload* out) {
+    auto str = [take](const std::string& value,
+                      std::string* (istio::workload::Workload::*field)()) -> std::string {
+        if (take) return std::move(*(take->*field)());
+        return value;
+    };
+    using W = istio::workload::Workload;
     Workload w;
-    w.uid = in.uid();
-    w.name = in.name();
+    w.uid = str(in.uid(), &W::mutable_uid);
+    w.name = str(in.name(), &W::mutable_name);
     w.namespace_ = in.namespace_();
     auto fail = [](const std::string& e) { return e; };
     for (const auto& raw : in.addresses()) {
@@ -125,6 +136,7 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
     }
     for (const auto& [key, list] : in.services())
         if (auto e = ports(list.ports(), "workload port", &w.services[key]); !e.empty()) return fail(e);
+    w.services.shrink_to_fit();
     if (auto e = check_enum(in.status(), istio::workload::WorkloadStatus_IsValid, "status"); !e.empty())
         return fail(e);
     if (auto e = check_enum(in.network_mode(), istio::workload::NetworkMode_IsValid, "network_mode");
@@ -151,13 +163,30 @@ std::string convert_workload(const istio::workload::Workload& in, Workload* out)
     }
     // Workload.capacity (UInt32Value): unset means 1, like ztunnel; 0 drains the workload.
     w.capacity = in.has_capacity() ? in.capacity().value() : 1;
-    w.authorization_policies.assign(in.authorization_policies().begin(), in.authorization_policies().end());
+    if (take) {
+        w.authorization_policies.reserve(static_cast<size_t>(in.authorization_policies_size()));
+        for (auto& p : *take->mutable_authorization_policies())
+            w.authorization_policies.push_back(std::move(p));
+    } else {
+        w.authorization_policies.assign(in.authorization_policies().begin(),
+                                        in.authorization_policies().end());
+    }
     w.trust_domain = in.trust_domain();
     w.service_account = in.service_account();
     w.naming = WorkloadNaming::intern({in.workload_name(), in.canonical_name(), in.canonical_revision()});
     if (auto e = first_problem(validate_workload(w)); !e.empty()) return e;
     *out = std::move(w);
     return {};
+}
+
+}  // namespace
+
+std::string convert_workload(const istio::workload::Workload& in, Workload* out) {
+    return convert_workload_from(in, nullptr, out);
+}
+
+std::string convert_workload(istio::workload::Workload&& in, Workload* out) {
+    return convert_workload_from(in, &in, out);
 }
 
 namespace {

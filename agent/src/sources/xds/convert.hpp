@@ -12,6 +12,8 @@ namespace kmesh::xds {
 
 std::string convert_service(const istio::workload::Service& in, Service* out);
 std::string convert_workload(const istio::workload::Workload& in, Workload* out);
+// The same, moving the strings out of `in` (left in a valid but unspecified state).
+std::string convert_workload(istio::workload::Workload&& in, Workload* out);
 // An istio.security.Authorization as the model holds it. Stricter than ztunnel, which drops what it
 // cannot read from a match (widening or narrowing a policy unseen): a bad address, prefix length,
 // port, enum or a string match of no kind refuses the whole policy (NACK; the last good one serves).

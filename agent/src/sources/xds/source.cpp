@@ -22,10 +22,13 @@ std::string Source::apply_address(const Resource& r) {
     // Converted (and validated) first, so that a resource without a name is refused for that.
     Workload w;
     Service s;
-    if (auto e = a.has_workload() ? convert_workload(a.workload(), &w) : convert_service(a.service(), &s);
+    // The workload's strings move into the model's form (`a` is not read again but for the
+    // service's name).
+    if (auto e = a.has_workload() ? convert_workload(std::move(*a.mutable_workload()), &w)
+                                  : convert_service(a.service(), &s);
         !e.empty())
         return e;
-    std::string name = resource_name(a);
+    std::string name = a.has_workload() ? w.uid : resource_name(a);
     if (name != r.name()) return fmt::format("is named '{}' but describes '{}'", r.name(), name);
     if (auto e = mesh_.check_name(name); !e.empty()) return e;
     // The model itself says what a name is; a name that changes kind drops its old self.
@@ -120,7 +123,7 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
             if (!r.name().empty()) reject(type, r);
             continue;
         }
-        versions[name_hash(r.name())] = r.version();
+        versions.set(name_hash(r.name()), r.version());
         rejected_[type].erase(r.name());
         if (type == kAddressType) mesh_.unpin(r.name());
     }
@@ -163,8 +166,7 @@ std::map<std::string, std::string> Source::versions(const std::string& type_url)
     const auto& held = versions_[type_url];
     std::map<std::string, std::string> out;
     auto add = [&](const std::string& name) {
-        auto v = held.find(name_hash(name));
-        if (v != held.end()) out.emplace(name, v->second);
+        if (auto v = held.get(name_hash(name))) out.emplace(name, std::move(*v));
     };
     if (type_url == kAuthorizationType) {
         for (const auto& [name, p] : mesh_.model().policies) add(name);

@@ -12,6 +12,7 @@
 
 #include "agent/src/dataplane/dataplane_state.hpp"
 #include "agent/src/sources/xds/client.hpp"
+#include "agent/src/sources/xds/versions.hpp"
 #include "istio/security/authorization.pb.h"
 
 namespace kmesh::xds {
@@ -60,7 +61,7 @@ class Source : public Handler {
     std::function<bool()> sync_;
     // type -> name hash -> version. Keyed by hash, not by a fifth copy of each name: the names
     // are the model's (and the policies') keys, listed again only on reconnect.
-    std::map<std::string, std::unordered_map<uint64_t, std::string>> versions_;
+    std::map<std::string, VersionTable> versions_;
     // type -> name -> version of resources rejected while the model held no good state of them.
     std::map<std::string, std::map<std::string, std::string>> rejected_;
     bool addresses_received_ = false;
