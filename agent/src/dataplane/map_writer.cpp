@@ -392,16 +392,17 @@ void MapWriter::grow_services(const std::map<uint64_t, Growth>& grow, Run& run) 
             run.incomplete.insert(p.hash);
             continue;
         }
-        MapState::Service next = *p.svc;
+        // The entry it will have: its counts raised past the new slots, its new LB parameters (no
+        // copy of the mirror's service, whose members and slots can be large).
+        kmesh_service_value next = service_value(*p.svc, p.hash);
         if (*p.params) {
             next.lb_mode = (*p.params)->lb_mode;
             next.flags = (*p.params)->flags;
             next.affinity_timeout = (*p.params)->affinity_timeout;
         }
-        for (size_t j = p.first; j < p.first + p.n; j++)
-            next.slots[keys[j].family][keys[j].prio].push_back(values[j].backend_id);
+        for (size_t j = p.first; j < p.first + p.n; j++) next.endpoint_count[keys[j].family][keys[j].prio]++;
         skeys.push_back(p.svc->id);
-        svalues.push_back(service_value(next, p.hash));
+        svalues.push_back(next);
         counted.push_back(i);
     }
     auto serrs = put_all(MapId::kService, skeys, svalues);
@@ -745,12 +746,15 @@ MapCounts entries_needed(const DesiredState& d) {
     n[static_cast<int>(MapId::kPort)] = d.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = d.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = d.waypoint_dests.size();
+    std::vector<std::pair<uint64_t, uint32_t>> slots;
     for (const auto& [h, s] : d.services) {
         n[static_cast<int>(MapId::kMember)] += s.members.size();
         for (const auto& family : s.endpoints)
-            for (const auto& prio : family)
-                for (const auto& [b, slots] : weight_slots(prio, s.members))
-                    n[static_cast<int>(MapId::kEndpoint)] += slots;
+            for (const auto& prio : family) {
+                if (prio.empty()) continue;
+                weight_slots_into(prio, s.members, KMESH_MAX_WEIGHT_SLOTS, slots);
+                for (const auto& [b, k] : slots) n[static_cast<int>(MapId::kEndpoint)] += k;
+            }
     }
     return n;
 }
