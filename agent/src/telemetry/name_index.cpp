@@ -83,23 +83,21 @@ void NameIndex::add_workload(const Workload& w) {
     // pointing at it and its key viewing a freed uid.
     remove_workload(w.uid);
     // The label key first, into a reused buffer: replicas share their labels, so most workloads
-    // find them pooled and build none of the strings below.
+    // find them pooled and build none of the strings below. (The model's strings are read through
+    // references, whether it holds them as std::string or interned.)
+    const std::string& ns = w.namespace_;
+    const std::string& sa = w.service_account;
+    const std::string& td = w.trust_domain;
     const std::string& workload = or_unknown(w.naming->workload_name);
-    const std::string& trust_domain = w.trust_domain.empty() ? kClusterLocal : w.trust_domain;
-    const bool has_principal = !w.service_account.empty() && !w.namespace_.empty();
+    const std::string& trust_domain = td.empty() ? kClusterLocal : td;
+    const bool has_principal = !sa.empty() && !ns.empty();
     const std::string& cluster = w.placement->cluster_id.empty() ? default_cluster_ : w.placement->cluster_id;
     std::string& k = scratch_;
     k.clear();
     k.append(workload).push_back('\x1f');
-    k.append(w.namespace_.empty() ? std::string_view(kUnknown) : std::string_view(w.namespace_))
-        .push_back('\x1f');
+    k.append(or_unknown(ns)).push_back('\x1f');
     if (has_principal)
-        k.append("spiffe://")
-            .append(trust_domain)
-            .append("/ns/")
-            .append(w.namespace_)
-            .append("/sa/")
-            .append(w.service_account);
+        k.append("spiffe://").append(trust_domain).append("/ns/").append(ns).append("/sa/").append(sa);
     else
         k.append(kUnknown);
     k.push_back('\x1f');
@@ -109,11 +107,10 @@ void NameIndex::add_workload(const Workload& w) {
     auto pooled_it = peers_.find(k);
     if (pooled_it == peers_.end()) {
         auto l = std::make_unique<PeerLabels>();
-        l->namespace_ = w.namespace_;
+        l->namespace_ = ns;
         l->workload = workload;
-        l->principal = has_principal
-                           ? "spiffe://" + trust_domain + "/ns/" + w.namespace_ + "/sa/" + w.service_account
-                           : std::string(kUnknown);
+        l->principal =
+            has_principal ? "spiffe://" + trust_domain + "/ns/" + ns + "/sa/" + sa : std::string(kUnknown);
         l->canonical_service = or_unknown(w.naming->canonical_name);
         l->canonical_revision = or_unknown(w.naming->canonical_revision);
         l->cluster = cluster;
