@@ -141,7 +141,7 @@ TEST_CASE("incremental plans end where a from-scratch write of the same model en
                 }
             }
             REQUIRE(live.sync().empty());
-            REQUIRE(live.violations.empty());
+            REQUIRE_MESSAGE(live.violations.empty(), live.violations.front());
 
             // Nothing left to do when everything is compared.
             Dirty all;

@@ -425,12 +425,18 @@ void MeshState::remove_workload(const std::string& uid) {
     // Out of the members before its key (which they view) goes with the model's entry.
     for (const auto& [key, ports] : services) members_[key].erase(uid);
     model_.workloads.erase(it);
+    // The workload is gone: no lookup of it (a miss in 100k names costs as much as a hit).
+    const uint64_t hw = name_hash(uid);
     for (const auto& [key, ports] : services) {
-        refresh_member(key, uid);
-        refresh_frontend_flags(key);
-        if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
+        uint64_t hs = name_hash(key);
+        auto svc = model_.services.find(key);
+        refresh_member(key, hs, svc == model_.services.end() ? nullptr : &svc->second, hw, nullptr);
+        refresh_frontend_flags(key, hs);
+        if (auto m = members_.find(key);
+            m != members_.end() && m->second.empty() && svc == model_.services.end())
+            members_.erase(m);
     }
-    refresh_backend(uid);
+    refresh_backend(hw, nullptr);
     forget_hash(uid);
 }
 
