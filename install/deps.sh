@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 BUILD_PKGS=(
   build-essential cmake pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   rapidjson-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev libcurl4-openssl-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
+  libgrpc++-dev libabsl-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
   libnl-3-dev libnl-route-3-dev libnl-xfrm-3-dev doctest-dev ccache
 )
 DEV_PKGS=(

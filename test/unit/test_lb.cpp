@@ -89,7 +89,7 @@ std::string mirror_mismatch(const MapWriter& w, const FakeMapOps& ops) {
 }  // namespace
 
 TEST_CASE("weight_slots: gcd, defaults, scaling to the slot budget") {
-    const std::set<uint64_t> ab{1, 2}, abc{1, 2, 3};
+    const BackendSet ab{1, 2}, abc{1, 2, 3};
     CHECK(weight_slots(ab, {{1, 2}, {2, 6}}) == std::map<uint64_t, uint32_t>{{1, 1}, {2, 3}});
     CHECK(weight_slots(abc, {{1, 4}, {2, 4}, {3, 4}}) ==
           std::map<uint64_t, uint32_t>{{1, 1}, {2, 1}, {3, 1}});
@@ -104,7 +104,7 @@ TEST_CASE("weight_slots: gcd, defaults, scaling to the slot budget") {
     for (auto [b, n] : weight_slots(abc, {{1, 1000}, {2, 2000}, {3, 3001}}, 60)) total += n;
     CHECK(total <= 60 + 3);  // rounding: at most half a slot per backend over the budget, plus the floors
     // More backends than the budget: never below one slot each, never scaled for equal weights.
-    std::set<uint64_t> many;
+    BackendSet many;
     for (uint64_t i = 1; i <= 300; i++) many.insert(i);
     auto m = weight_slots(many, {});
     CHECK(m.size() == 300);

@@ -126,8 +126,8 @@ TEST_CASE("incremental: one workload change dirties only its backend and its ser
     a.addresses = {*IpAddr::parse("10.0.0.100")};
     mesh.upsert_workload(a);
     Dirty d = mesh.take_dirty();
-    CHECK(d.backends == std::set<uint64_t>{name_hash(a.uid)});
-    CHECK(d.services == std::set<uint64_t>{name_hash(kEcho)});
+    CHECK(d.backends == BackendSet{name_hash(a.uid)});
+    CHECK(d.services == BackendSet{name_hash(kEcho)});
     mesh.upsert_workload(a);  // unchanged: nothing to do
     CHECK(mesh.take_dirty().empty());
 }
@@ -285,8 +285,8 @@ TEST_CASE("the independent oracle agrees with hand-checked cases") {
     add(m, workload("c", {"10.0.0.3"}, {"echo"}));  // no mapping for the named port: left out
     DesiredState d = oracle(m, {});
     const auto& svc = d.services.at(name_hash(kEcho));
-    CHECK(svc.endpoints[KMESH_FAMILY_V4][0] == std::set<uint64_t>{name_hash(a.uid), name_hash(b.uid)});
-    CHECK(svc.endpoints[KMESH_FAMILY_V6][0] == std::set<uint64_t>{name_hash(a.uid)});
+    CHECK(svc.endpoints[KMESH_FAMILY_V4][0] == BackendSet{name_hash(a.uid), name_hash(b.uid)});
+    CHECK(svc.endpoints[KMESH_FAMILY_V6][0] == BackendSet{name_hash(a.uid)});
     CHECK(d.ports.size() == 2);
     CHECK(d.frontends.begin()->second.flags == KMESH_FRONTEND_PER_WORKLOAD_PORTS);
     CHECK(same_contents(d, build_desired(m)));

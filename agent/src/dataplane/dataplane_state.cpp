@@ -62,25 +62,34 @@ uint16_t default_target(const ServicePort& p) { return p.target_port ? p.target_
 
 }  // namespace
 
-std::map<uint64_t, uint32_t> weight_slots(const std::set<uint64_t>& list,
-                                          const std::map<uint64_t, uint32_t>& weights, uint32_t max_slots) {
-    std::map<uint64_t, uint32_t> out;
-    if (list.empty()) return out;
-    auto weight_of = [&](uint64_t b) -> uint64_t {
-        auto it = weights.find(b);
-        return it == weights.end() ? 1 : std::max<uint32_t>(it->second, 1);
-    };
+void weight_slots_into(const BackendSet& list, const MemberWeights& weights, uint32_t max_slots,
+                       std::vector<std::pair<uint64_t, uint32_t>>& out) {
+    out.clear();
+    if (list.empty()) return;
+    out.reserve(list.size());
+    // The weights, looked up once per backend (the list and the weights are both sorted by hash).
+    auto w = weights.begin();
     uint64_t g = 0;
-    for (uint64_t b : list) g = std::gcd(g, weight_of(b));
-    uint64_t total = 0;
-    for (uint64_t b : list) total += weight_of(b) / g;
-    const uint64_t budget = std::max<uint64_t>(max_slots, list.size());
     for (uint64_t b : list) {
-        uint64_t w = weight_of(b) / g;
-        if (total > budget) w = std::max<uint64_t>(1, (w * budget + total / 2) / total);  // nearest
-        out.emplace(b, static_cast<uint32_t>(w));
+        while (w != weights.end() && w->first < b) ++w;
+        uint64_t weight = w != weights.end() && w->first == b ? std::max<uint32_t>(w->second, 1) : 1;
+        out.emplace_back(b, static_cast<uint32_t>(weight));
+        g = std::gcd(g, weight);
     }
-    return out;
+    uint64_t total = 0;
+    for (auto& [b, weight] : out) total += weight /= g;
+    const uint64_t budget = std::max<uint64_t>(max_slots, list.size());
+    if (total > budget)
+        for (auto& [b, weight] : out)  // nearest, at least 1
+            weight =
+                static_cast<uint32_t>(std::max<uint64_t>(1, (uint64_t{weight} * budget + total / 2) / total));
+}
+
+std::map<uint64_t, uint32_t> weight_slots(const BackendSet& list, const MemberWeights& weights,
+                                          uint32_t max_slots) {
+    std::vector<std::pair<uint64_t, uint32_t>> v;
+    weight_slots_into(list, weights, max_slots, v);
+    return {v.begin(), v.end()};
 }
 
 // Istio's ranking: an endpoint's rank is how many of the routing preferences, in order, it shares
@@ -122,12 +131,15 @@ int MeshState::priority(const Service& s, const Workload& w) const {
 }
 
 void MeshState::refresh_backend(const std::string& uid) {
-    uint64_t h = name_hash(uid);
-    dirty_.backends.insert(h);
     auto it = model_.workloads.find(uid);
+    refresh_backend(name_hash(uid), it == model_.workloads.end() ? nullptr : &it->second);
+}
+
+void MeshState::refresh_backend(uint64_t h, const Workload* w) {
+    dirty_.backends.insert(h);
     DesiredBackend b;
-    if (it != model_.workloads.end())
-        for (const auto& a : it->second.addresses) {
+    if (w)
+        for (const auto& a : w->addresses) {
             if (a.is_v4() && !(b.flags & KMESH_BACKEND_HAS_V4)) {
                 b.addr4 = a.bytes;
                 b.flags |= KMESH_BACKEND_HAS_V4;
@@ -145,9 +157,16 @@ void MeshState::refresh_backend(const std::string& uid) {
 // Recomputes whether workload `uid` is an endpoint of service `key`, at which priority, and its
 // per-workload target ports there.
 void MeshState::refresh_member(const std::string& key, const std::string& uid) {
-    uint64_t hs = name_hash(key), hw = name_hash(uid);
     auto svc = model_.services.find(key);
     auto wl = model_.workloads.find(uid);
+    refresh_member(key, name_hash(key), svc == model_.services.end() ? nullptr : &svc->second, name_hash(uid),
+                   wl == model_.workloads.end() ? nullptr : &wl->second);
+}
+
+// The same, with the names already looked up (svc, wl: the model's entries, or null when absent):
+// a push of 100k workloads looks each one up once, not once per service it lists.
+void MeshState::refresh_member(const std::string& key, uint64_t hs, const Service* svc, uint64_t hw,
+                               const Workload* wl) {
     auto ds = desired_.services.find(hs);
     if (ds != desired_.services.end()) {
         dirty_.services.insert(hs);
@@ -162,32 +181,32 @@ void MeshState::refresh_member(const std::string& key, const std::string& uid) {
         it = desired_.ports.erase(it);
         dirty_.backends.insert(hw);
     }
-    if (svc == model_.services.end() || wl == model_.workloads.end() || ds == desired_.services.end() ||
-        !desired_.backends.count(hw))
-        return;
-    auto listed = wl->second.services.find(key);
-    if (listed == wl->second.services.end()) return;
+    if (!svc || !wl || ds == desired_.services.end()) return;
+    auto backend = desired_.backends.find(hw);
+    if (backend == desired_.backends.end()) return;
+    auto listed = wl->services.find(key);
+    if (listed == wl->services.end()) return;
     // A service port with target 0 is a named port, resolved per workload: a workload that has no
     // entry for it does not serve it (istiod leaves the port out when the pod lacks the name), and
     // ztunnel skips it for that port. The maps keep one endpoint list per service, not per port,
     // so a connect to that port could not avoid this workload: it is left out of the service
     // rather than sent to a port it does not listen on.
-    for (const auto& port : svc->second.ports) {
+    for (const auto& port : svc->ports) {
         if (port.target_port) continue;
         bool mapped = false;
         for (const auto& own : listed->second) mapped |= own.service_port == port.service_port;
         if (!mapped) return;
     }
-    int prio = priority(svc->second, wl->second);
+    int prio = priority(*svc, *wl);
     if (prio < 0) return;
-    uint32_t flags = desired_.backends.at(hw).flags;
+    uint32_t flags = backend->second.flags;
     // A weight of 0 drains: the workload stays a member (km_member, weight 0: session affinity
     // stops reusing it, UDP replies from it are still recognised) but has no slot to be picked.
-    ds->second.members[hw] = wl->second.capacity;
-    if (wl->second.capacity > 0)
+    ds->second.members[hw] = wl->capacity;
+    if (wl->capacity > 0)
         for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
             if (backend_serves(flags, f)) ds->second.endpoints[f][prio].insert(hw);
-    for (const auto& port : svc->second.ports) {
+    for (const auto& port : svc->ports) {
         uint16_t target = default_target(port);
         for (const auto& own : listed->second)
             if (own.service_port == port.service_port && own.target_port) target = own.target_port;
@@ -263,7 +282,10 @@ std::vector<MeshState::VipConflict> MeshState::vip_conflicts() const {
 }
 
 void MeshState::refresh_frontend_flags(const std::string& key) {
-    uint64_t hs = name_hash(key);
+    refresh_frontend_flags(key, name_hash(key));
+}
+
+void MeshState::refresh_frontend_flags(const std::string&, uint64_t hs) {
     auto ds = desired_.services.find(hs);
     if (ds == desired_.services.end()) return;
     for (auto& [fk, target] : ds->second.frontends) {
@@ -305,7 +327,11 @@ void MeshState::refresh_service(const std::string& key) {
             affected.insert(fk);
         }
     }
-    for (std::string_view uid : members_[key]) refresh_member(key, std::string(uid));
+    if (auto m = members_.find(key); m != members_.end())
+        for (std::string_view uid : m->second) {
+            auto wl = model_.workloads.find(std::string(uid));
+            refresh_member(key, hs, &s, name_hash(uid), wl == model_.workloads.end() ? nullptr : &wl->second);
+        }
     refresh_frontend_flags(key);
     for (const auto& fk : affected) elect(fk);
 }
@@ -346,36 +372,48 @@ void MeshState::remove_service(const std::string& key) {
 }
 
 void MeshState::upsert_workload(const Workload& w) {
-    auto it = model_.workloads.find(w.uid);
-    if (it != model_.workloads.end() && it->second == w) return;
-    if (waypoint_relevant(w) || (it != model_.workloads.end() && waypoint_relevant(it->second)))
-        waypoints_changed();
+    // One lookup of the uid in the model (100k workloads: each a walk of long, alike strings); the
+    // refreshes below are handed the entry.
+    auto it = model_.workloads.lower_bound(w.uid);
+    const bool existed = it != model_.workloads.end() && it->first == w.uid;
+    if (existed && it->second == w) return;
+    if (waypoint_relevant(w) || (existed && waypoint_relevant(it->second))) waypoints_changed();
     note_change(changes_.workloads, w.uid);
-    std::set<std::string> touched;
-    if (it != model_.workloads.end())
-        for (const auto& [key, ports] : it->second.services) touched.insert(key);
-    for (const auto& key : touched)
-        if (!w.services.count(key)) {
-            members_[key].erase(w.uid);
-            if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
-        }
+    // Services it no longer lists: out of their members, and refreshed below.
+    std::vector<std::string> left;
+    if (existed)
+        for (const auto& [key, ports] : it->second.services)
+            if (!w.services.count(key)) {
+                left.push_back(key);
+                auto m = members_.find(key);
+                if (m == members_.end()) continue;
+                m->second.erase(w.uid);
+                if (m->second.empty() && !model_.services.count(key)) members_.erase(m);
+            }
+    if (existed)
+        it->second = w;
+    else
+        it = model_.workloads.emplace_hint(it, w.uid, w);
     // Members name the workload by a view of its key in the model (stable until it is erased).
-    std::string_view uid = model_.workloads.insert_or_assign(w.uid, w).first->first;
-    for (const auto& [key, ports] : w.services) {
-        members_[key].insert(uid);
-        touched.insert(key);
-    }
-    hashes_.insert(name_hash(w.uid));
+    std::string_view uid = it->first;
+    const Workload& wl = it->second;
+    for (const auto& [key, ports] : wl.services) members_[key].insert(uid);
+    const uint64_t hw = name_hash(w.uid);
+    hashes_.insert(hw);
     if (learn_locality_ && !w.placement->node.empty() && w.placement->node == node_.node &&
         w.placement->locality != node_.locality) {
         node_.locality = w.placement->locality;  // every priority is relative to it
         for (const auto& [key, s] : model_.services) refresh_service(key);
     }
-    refresh_backend(w.uid);
-    for (const auto& key : touched) {
-        refresh_member(key, w.uid);
-        refresh_frontend_flags(key);
-    }
+    refresh_backend(hw, &wl);
+    auto touch = [&](const std::string& key) {
+        uint64_t hs = name_hash(key);
+        auto svc = model_.services.find(key);
+        refresh_member(key, hs, svc == model_.services.end() ? nullptr : &svc->second, hw, &wl);
+        refresh_frontend_flags(key, hs);
+    };
+    for (const auto& [key, ports] : wl.services) touch(key);
+    for (const auto& key : left) touch(key);
 }
 
 void MeshState::remove_workload(const std::string& uid) {
@@ -387,12 +425,18 @@ void MeshState::remove_workload(const std::string& uid) {
     // Out of the members before its key (which they view) goes with the model's entry.
     for (const auto& [key, ports] : services) members_[key].erase(uid);
     model_.workloads.erase(it);
+    // The workload is gone: no lookup of it (a miss in 100k names costs as much as a hit).
+    const uint64_t hw = name_hash(uid);
     for (const auto& [key, ports] : services) {
-        refresh_member(key, uid);
-        refresh_frontend_flags(key);
-        if (members_[key].empty() && !model_.services.count(key)) members_.erase(key);
+        uint64_t hs = name_hash(key);
+        auto svc = model_.services.find(key);
+        refresh_member(key, hs, svc == model_.services.end() ? nullptr : &svc->second, hw, nullptr);
+        refresh_frontend_flags(key, hs);
+        if (auto m = members_.find(key);
+            m != members_.end() && m->second.empty() && svc == model_.services.end())
+            members_.erase(m);
     }
-    refresh_backend(uid);
+    refresh_backend(hw, nullptr);
     forget_hash(uid);
 }
 
@@ -545,21 +589,33 @@ size_t Plan::size() const {
 namespace {
 
 template <typename Map>
-void keys_into(const Map& m, std::set<uint64_t>& out) {
-    for (const auto& [k, v] : m) out.insert(k);
+void keys_into(const Map& m, std::vector<uint64_t>& out) {
+    for (const auto& [k, v] : m) out.push_back(k);
+}
+
+void sort_unique(std::vector<uint64_t>& v) {
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
 }
 
 }  // namespace
 
+// The names to compare are gathered in sorted vectors (the plan keeps the order of hashes it always
+// had), not in sets: a full push compares 100k backends, and a set copy of them costs a node each.
 Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
     Plan plan;
-    std::set<uint64_t> services = dirty.services, backends = dirty.backends;
+    std::vector<uint64_t> services(dirty.services.begin(), dirty.services.end());
+    std::vector<uint64_t> backends(dirty.backends.begin(), dirty.backends.end());
     if (dirty.all) {
+        services.reserve(services.size() + cur.services.size() + want.services.size() + 1);
         keys_into(cur.services, services);
         keys_into(want.services, services);
+        for (const auto& [k, t] : cur.frontends) services.push_back(t.service);  // incl. 0: unknown ids
+        sort_unique(services);
+        backends.reserve(backends.size() + cur.backends.size() + want.backends.size());
         keys_into(cur.backends, backends);
         keys_into(want.backends, backends);
-        for (const auto& [k, t] : cur.frontends) services.insert(t.service);  // incl. 0: unknown ids
+        sort_unique(backends);
     }
 
     for (uint64_t h : backends) {
@@ -601,6 +657,10 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
     }
 
     std::set<kmesh_frontend_key> frontends_deleted;
+    // Scratch reused across services (no allocation per service and list).
+    std::vector<uint64_t> kept_members;
+    std::vector<std::pair<uint64_t, uint32_t>> wanted;
+    std::vector<uint32_t> have;
     for (uint64_t h : services) {
         auto w = want.services.find(h);
         auto c = cur.services.find(h);
@@ -610,43 +670,54 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
                 plan.put_services.emplace_back(h, svc.params());
             // Members: written before the backend's first slot, deleted after its last (the
             // writer's stage order); a kept (rejected) workload's membership stays.
-            std::set<uint64_t> kept_members;
+            kept_members.clear();
             if (c != cur.services.end())
                 for (const auto& [bid, weight] : c->second.members) {
                     auto bh = cur.backend_hash_by_id.find(bid);
                     uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
                     auto wm = backend ? svc.members.find(backend) : svc.members.end();
                     if (wm != svc.members.end()) {
-                        kept_members.insert(backend);
+                        kept_members.push_back(backend);
                         if (wm->second != weight) plan.put_members.push_back({h, backend, wm->second});
                     } else if (!backend || !dirty.keep.count(backend)) {
                         plan.delete_members.push_back({h, bid});
                     }
                 }
+            std::sort(kept_members.begin(), kept_members.end());
             for (const auto& [backend, weight] : svc.members)
-                if (!kept_members.count(backend)) plan.put_members.push_back({h, backend, weight});
+                if (!std::binary_search(kept_members.begin(), kept_members.end(), backend))
+                    plan.put_members.push_back({h, backend, weight});
             for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
                 for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
-                    std::map<uint64_t, uint32_t> have;
-                    const auto wanted = weight_slots(svc.endpoints[f][prio], svc.members);
-                    if (c != cur.services.end()) {
-                        const auto& slots = c->second.slots[f][prio];
-                        for (uint32_t i = 0; i < slots.size(); i++) {
-                            auto bh = cur.backend_hash_by_id.find(slots[i]);
+                    const std::vector<uint32_t>* slots =
+                        c != cur.services.end() ? &c->second.slots[f][prio] : nullptr;
+                    if (svc.endpoints[f][prio].empty() && (!slots || slots->empty())) continue;
+                    // Slots wanted per backend (sorted by hash) and, beside them, how many the maps
+                    // hold already.
+                    weight_slots_into(svc.endpoints[f][prio], svc.members, KMESH_MAX_WEIGHT_SLOTS, wanted);
+                    have.assign(wanted.size(), 0);
+                    auto find_wanted = [&](uint64_t backend) -> size_t {
+                        auto it = std::lower_bound(wanted.begin(), wanted.end(), backend,
+                                                   [](const auto& e, uint64_t b) { return e.first < b; });
+                        return it != wanted.end() && it->first == backend ? size_t(it - wanted.begin())
+                                                                          : wanted.size();
+                    };
+                    if (slots)
+                        for (uint32_t i = 0; i < slots->size(); i++) {
+                            auto bh = cur.backend_hash_by_id.find((*slots)[i]);
                             uint64_t backend = bh == cur.backend_hash_by_id.end() ? 0 : bh->second;
-                            auto wn = wanted.find(backend);
+                            size_t wn = backend ? find_wanted(backend) : wanted.size();
                             // Unknown or unwanted slots go, except a kept (rejected) workload's; a
                             // backend keeps as many slots as its weight gives it, no more.
-                            if (!backend || (wn == wanted.end() && !dirty.keep.count(backend)) ||
-                                (wn != wanted.end() && have[backend] >= wn->second))
+                            if (!backend || (wn == wanted.size() && !dirty.keep.count(backend)) ||
+                                (wn != wanted.size() && have[wn] >= wanted[wn].second))
                                 plan.remove_endpoints.push_back({h, f, prio, i + 1});
-                            else
-                                have[backend]++;
+                            else if (wn != wanted.size())
+                                have[wn]++;
                         }
-                    }
-                    for (const auto& [backend, n] : wanted)
-                        for (uint32_t k = have[backend]; k < n; k++)
-                            plan.add_endpoints.push_back({h, f, prio, backend});
+                    for (size_t j = 0; j < wanted.size(); j++)
+                        for (uint32_t k = have[j]; k < wanted[j].second; k++)
+                            plan.add_endpoints.push_back({h, f, prio, wanted[j].first});
                 }
             for (const auto& [fk, claim] : svc.frontends) {
                 auto target = want.frontends.find(fk);

@@ -7,6 +7,9 @@
 // stay stable without a side file that could drift.
 #pragma once
 
+#include <absl/container/btree_map.h>
+#include <absl/container/btree_set.h>
+
 #include <array>
 #include <compare>
 #include <cstdint>
@@ -32,9 +35,16 @@ struct FrontendTarget {
     auto operator<=>(const FrontendTarget&) const = default;
 };
 
+// The per-id tables below are ordered (plans come out sorted by hash, which the writer's batches and
+// the tests rely on) but need no node per entry: absl's B-trees keep ~8-16 bytes per id where a
+// std::map node took 48-96 (at 100k workloads: ~8 MB per table). Their iterators and element
+// addresses do not survive an insert or erase in the same table; nothing here holds one across.
+using BackendSet = absl::btree_set<uint64_t>;
+using MemberWeights = absl::btree_map<uint64_t, uint32_t>;  // backend hash -> weight
+
 // Backend hashes per [address family][priority]: a dual-stack backend is in both families' lists.
 // Only backends of weight > 0 are listed; how many slots each gets is weight_slots() of the list.
-using EndpointLists = std::array<std::array<std::set<uint64_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT>;
+using EndpointLists = std::array<std::array<BackendSet, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT>;
 
 // Service-level load-balancing parameters, as the service map entry holds them.
 struct ServiceParams {
@@ -49,9 +59,12 @@ struct ServiceParams {
 // max(max_slots, backends in the list) slots, weights are scaled to that budget (rounded to the
 // nearest, at least 1 slot each): the share error is then at most 1/2 slot per backend. Backends
 // missing from `weights` count as weight 1.
-std::map<uint64_t, uint32_t> weight_slots(const std::set<uint64_t>& list,
-                                          const std::map<uint64_t, uint32_t>& weights,
+std::map<uint64_t, uint32_t> weight_slots(const BackendSet& list, const MemberWeights& weights,
                                           uint32_t max_slots = KMESH_MAX_WEIGHT_SLOTS);
+
+// The same into `out`, sorted by backend hash (a reused vector: no allocation per list).
+void weight_slots_into(const BackendSet& list, const MemberWeights& weights, uint32_t max_slots,
+                       std::vector<std::pair<uint64_t, uint32_t>>& out);
 
 // The address families a backend's flags say it can serve.
 inline bool backend_serves(uint32_t backend_flags, uint32_t family) {
@@ -65,7 +78,7 @@ struct DesiredService {
     EndpointLists endpoints;
     // km_member: every backend that is an endpoint of the service (in some family and priority)
     // -> its weight; a weight of 0 (draining) stays a member without any endpoint slot.
-    std::map<uint64_t, uint32_t> members;
+    MemberWeights members;
     ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
     // This service's claim on each (VIP, port); desired frontends holds the elected claim.
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
@@ -88,7 +101,7 @@ struct PortKey {
 
 struct DesiredState {
     std::map<uint64_t, DesiredService> services;
-    std::map<uint64_t, DesiredBackend> backends;
+    absl::btree_map<uint64_t, DesiredBackend> backends;
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
     std::map<PortKey, uint16_t> ports;  // target port, network order
     // Waypoint redirect (docs/waypoint.md): waypoint id (name_hash of waypoint_name()) -> where it
@@ -103,9 +116,9 @@ std::string waypoint_name(const Waypoint& w);
 
 // What changed since the last plan: only these are compared with the maps.
 struct Dirty {
-    bool all = false;        // after a restart: compare everything
-    bool waypoints = false;  // the waypoint tables changed (compared whole: they are small)
-    std::set<uint64_t> services, backends;
+    bool all = false;               // after a restart: compare everything
+    bool waypoints = false;         // the waypoint tables changed (compared whole: they are small)
+    BackendSet services, backends;  // hashes
     // Names (hashes) the model does not hold but whose map entries stay as they are: resources
     // istiod sent in a form that was rejected, after a restart emptied the model. Their service,
     // frontends, endpoint slots, backend and ports are neither rewritten nor deleted.
@@ -167,8 +180,12 @@ class MeshState {
   private:
     void refresh_service(const std::string& key);  // LB mode, frontends, every member
     void refresh_member(const std::string& service_key, const std::string& uid);
+    void refresh_member(const std::string& service_key, uint64_t service_hash, const Service* service,
+                        uint64_t workload_hash, const Workload* workload);
     void refresh_backend(const std::string& uid);
+    void refresh_backend(uint64_t workload_hash, const Workload* workload);
     void refresh_frontend_flags(const std::string& service_key);
+    void refresh_frontend_flags(const std::string& service_key, uint64_t service_hash);
     void elect(const kmesh_frontend_key& fk);                 // which claimant's frontend the map holds
     int priority(const Service& s, const Workload& w) const;  // -1: not an endpoint
     void forget_hash(const std::string& name);
@@ -204,9 +221,9 @@ class MeshState {
     Dirty dirty_;
     ModelChanges changes_{true, {}, {}};
     // service key -> uids listing it, as views of the model's workload keys (100k workloads: one
-    // copy of each uid fewer, ~6 MB).
-    std::map<std::string, std::set<std::string_view>> members_;
-    std::unordered_set<uint64_t> hashes_;                          // of every name in the model
+    // copy of each uid fewer, ~6 MB), 16 bytes each in a B-tree rather than a 64-byte set node.
+    std::map<std::string, absl::btree_set<std::string_view>> members_;
+    absl::btree_set<uint64_t> hashes_;  // of every name in the model (~10 bytes each, no node)
     std::map<std::pair<uint64_t, uint16_t>, uint32_t> overrides_;  // (service, port) -> workloads overriding
     // Services listing each (VIP, port). istiod may briefly give one VIP to two services; the
     // largest hash wins, so the outcome does not depend on the order the updates came in.
@@ -249,7 +266,7 @@ struct MapState {
         // slots[family][prio][i] is the backend id at endpoint index i + 1; 0 = entry missing or
         // unknown.
         std::array<std::array<std::vector<uint32_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT> slots;
-        std::map<uint32_t, uint32_t> members;  // km_member entries: backend id -> weight
+        absl::btree_map<uint32_t, uint32_t> members;  // km_member entries: backend id -> weight
         ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
     };
     struct Backend {
@@ -257,8 +274,8 @@ struct MapState {
         DesiredBackend value;
     };
     std::map<uint64_t, Service> services;
-    std::map<uint64_t, Backend> backends;
-    std::map<uint32_t, uint64_t> backend_hash_by_id;
+    absl::btree_map<uint64_t, Backend> backends;
+    absl::btree_map<uint32_t, uint64_t> backend_hash_by_id;
     std::map<kmesh_frontend_key, FrontendTarget> frontends;  // service hash 0: points at an unknown id
     std::map<uint64_t, std::set<kmesh_frontend_key>> frontends_by_service;
     std::map<PortKey, uint16_t> ports;

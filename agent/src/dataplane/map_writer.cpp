@@ -147,6 +147,10 @@ struct MapWriter::Run {
     bool shrunk = false;      // endpoint removals done: their indices refer to the state before
     bool check_refs = false;  // removals verify nothing published still points at what goes
     bool removals_first = false;
+    // Backends that lose an address family: written with both the old and the new families in
+    // the addition stage (their slots in the dropped family are still counted), narrowed to the
+    // new value once those slots are gone (removal, kBackends).
+    std::vector<std::pair<uint64_t, DesiredBackend>> narrowed;
 };
 
 int MapWriter::fail(MapId map, int err, const std::string& what) {
@@ -264,10 +268,10 @@ kmesh_service_value MapWriter::service_value(const MapState::Service& s, uint64_
     return v;
 }
 
-void MapWriter::put_backends(const Plan& plan) {
+void MapWriter::put_backends(const Plan& plan, Run& run) {
     std::vector<uint32_t> keys;
     std::vector<kmesh_backend_value> values;
-    std::vector<std::pair<const std::pair<uint64_t, DesiredBackend>*, bool>> items;  // entry, id is new
+    std::vector<std::tuple<uint64_t, DesiredBackend, bool>> items;  // hash, value written, id is new
     for (const auto& e : plan.put_backends) {
         auto it = state_.backends.find(e.first);
         bool fresh = it == state_.backends.end();
@@ -276,26 +280,76 @@ void MapWriter::put_backends(const Plan& plan) {
             fail(MapId::kBackend, -E2BIG, "allocate id");
             continue;
         }
+        // Make before break: a family the backend drops keeps its old address until the slots
+        // that pick it in that family are removed (a connect there must still find an address).
+        DesiredBackend value = e.second;
+        if (!fresh) {
+            const DesiredBackend& old = it->second.value;
+            uint32_t dropped = old.flags & ~value.flags & (KMESH_BACKEND_HAS_V4 | KMESH_BACKEND_HAS_V6);
+            if (dropped & KMESH_BACKEND_HAS_V4) value.addr4 = old.addr4;
+            if (dropped & KMESH_BACKEND_HAS_V6) value.addr6 = old.addr6;
+            value.flags |= dropped;
+            if (dropped) run.narrowed.emplace_back(e.first, e.second);
+        }
         kmesh_backend_value v{};
-        std::memcpy(v.addr4, e.second.addr4.data(), 16);
-        std::memcpy(v.addr6, e.second.addr6.data(), 16);
-        v.flags = e.second.flags;
+        std::memcpy(v.addr4, value.addr4.data(), 16);
+        std::memcpy(v.addr6, value.addr6.data(), 16);
+        v.flags = value.flags;
         v.name_hash = e.first;
         keys.push_back(id);
         values.push_back(v);
-        items.emplace_back(&e, fresh);
+        items.emplace_back(e.first, value, fresh);
     }
     auto errs = put_all(MapId::kBackend, keys, values);
     for (size_t i = 0; i < keys.size(); i++) {
-        auto [e, fresh] = items[i];
+        const auto& [hash, value, fresh] = items[i];
         if (errs[i]) {
             if (fresh) backend_ids_.release(keys[i]);
             fail(MapId::kBackend, errs[i], fmt::format("write backend {}", keys[i]));
             continue;
         }
-        state_.backends[e->first] = {keys[i], e->second};
-        state_.backend_hash_by_id[keys[i]] = e->first;
+        state_.backends[hash] = {keys[i], value};
+        state_.backend_hash_by_id[keys[i]] = hash;
     }
+}
+
+// The second half of a family drop (put_backends): once no counted slot of a dropped family names
+// the backend, its entry is rewritten to the wanted value. One still named (a slot removal failed)
+// keeps both families; the mirror says so and the next diff plans the rewrite again.
+void MapWriter::narrow_backends(Run& run) {
+    if (run.narrowed.empty()) return;
+    std::array<std::set<uint32_t>, KMESH_FAMILY_COUNT> slotted;
+    for (const auto& [h, s] : state_.services)
+        for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (const auto& prio : s.slots[f]) slotted[f].insert(prio.begin(), prio.end());
+    std::vector<uint32_t> keys;
+    std::vector<kmesh_backend_value> values;
+    std::vector<const std::pair<uint64_t, DesiredBackend>*> items;
+    for (const auto& e : run.narrowed) {
+        auto it = state_.backends.find(e.first);
+        if (it == state_.backends.end()) continue;
+        uint32_t dropped = it->second.value.flags & ~e.second.flags;
+        if (((dropped & KMESH_BACKEND_HAS_V4) && slotted[KMESH_FAMILY_V4].count(it->second.id)) ||
+            ((dropped & KMESH_BACKEND_HAS_V6) && slotted[KMESH_FAMILY_V6].count(it->second.id)))
+            continue;
+        kmesh_backend_value v{};
+        std::memcpy(v.addr4, e.second.addr4.data(), 16);
+        std::memcpy(v.addr6, e.second.addr6.data(), 16);
+        v.flags = e.second.flags;
+        v.name_hash = e.first;
+        keys.push_back(it->second.id);
+        values.push_back(v);
+        items.push_back(&e);
+    }
+    auto errs = put_all(MapId::kBackend, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kBackend, errs[i], fmt::format("write backend {}", keys[i]));
+            continue;
+        }
+        state_.backends[items[i]->first].value = items[i]->second;
+    }
+    run.narrowed.clear();
 }
 
 // Creates services empty: unreachable until their frontends are written, but with an id, so that
@@ -392,16 +446,17 @@ void MapWriter::grow_services(const std::map<uint64_t, Growth>& grow, Run& run) 
             run.incomplete.insert(p.hash);
             continue;
         }
-        MapState::Service next = *p.svc;
+        // The entry it will have: its counts raised past the new slots, its new LB parameters (no
+        // copy of the mirror's service, whose members and slots can be large).
+        kmesh_service_value next = service_value(*p.svc, p.hash);
         if (*p.params) {
             next.lb_mode = (*p.params)->lb_mode;
             next.flags = (*p.params)->flags;
             next.affinity_timeout = (*p.params)->affinity_timeout;
         }
-        for (size_t j = p.first; j < p.first + p.n; j++)
-            next.slots[keys[j].family][keys[j].prio].push_back(values[j].backend_id);
+        for (size_t j = p.first; j < p.first + p.n; j++) next.endpoint_count[keys[j].family][keys[j].prio]++;
         skeys.push_back(p.svc->id);
-        svalues.push_back(service_value(next, p.hash));
+        svalues.push_back(next);
         counted.push_back(i);
     }
     auto serrs = put_all(MapId::kService, skeys, svalues);
@@ -745,12 +800,15 @@ MapCounts entries_needed(const DesiredState& d) {
     n[static_cast<int>(MapId::kPort)] = d.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = d.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = d.waypoint_dests.size();
+    std::vector<std::pair<uint64_t, uint32_t>> slots;
     for (const auto& [h, s] : d.services) {
         n[static_cast<int>(MapId::kMember)] += s.members.size();
         for (const auto& family : s.endpoints)
-            for (const auto& prio : family)
-                for (const auto& [b, slots] : weight_slots(prio, s.members))
-                    n[static_cast<int>(MapId::kEndpoint)] += slots;
+            for (const auto& prio : family) {
+                if (prio.empty()) continue;
+                weight_slots_into(prio, s.members, KMESH_MAX_WEIGHT_SLOTS, slots);
+                for (const auto& [b, k] : slots) n[static_cast<int>(MapId::kEndpoint)] += k;
+            }
     }
     return n;
 }
@@ -843,7 +901,7 @@ void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
     stage_log_.push_back(std::string("+") + stage_name(stage));
     switch (stage) {
         case Stage::kBackends:
-            put_backends(plan);
+            put_backends(plan, run);
             break;
         case Stage::kServices:
             create_services(plan);
@@ -1060,6 +1118,7 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
             break;
         }
         case Stage::kBackends: {
+            narrow_backends(run);
             std::set<uint32_t> referenced;
             if (check_refs)
                 for (const auto& [h, s] : state_.services) {

@@ -81,7 +81,9 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 // reach is written before anything points at it and unlinked before it goes:
 //
 //   stage          addition (forwards)                         removal (backwards)
-//   kBackends      write new/changed backends                  delete backends
+//   kBackends      write new/changed backends (one dropping    narrow backends that dropped a
+//                  an address family keeps that family's       family (no slot of it left);
+//                  address for now)                            delete backends
 //   kServices      create services, empty                      delete services (and their slots)
 //   kPorts         write per-workload port overrides           delete overrides
 //   kFrontendFlags rewrite published frontends (flag set,      rewrite published frontends that
@@ -162,7 +164,8 @@ class MapWriter {
         return remove_all(map, keys.data(), keys.size());
     }
     static kmesh_service_value service_value(const MapState::Service& s, uint64_t hash);
-    void put_backends(const Plan& plan);
+    void put_backends(const Plan& plan, Run& run);
+    void narrow_backends(Run& run);
     void create_services(const Plan& plan);
     void grow_services(const std::map<uint64_t, Growth>& grow, Run& run);
     void put_members(const std::vector<MemberPut>& puts);

@@ -8,7 +8,10 @@ namespace kmesh::telemetry {
 
 namespace {
 
-std::string or_unknown(const std::string& v) { return v.empty() ? kUnknown : v; }
+const std::string kUnknownStr = kUnknown;
+const std::string kClusterLocal = "cluster.local";
+
+const std::string& or_unknown(const std::string& v) { return v.empty() ? kUnknownStr : v; }
 
 template <typename T>
 void erase_ptr(std::vector<const T*>& list, const T* p) {
@@ -41,6 +44,14 @@ bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
         peers_.clear();
         pods_.clear();
         service_keys_.clear();
+        service_names_.clear();
+        // Sized once for the whole model: a push of 100k workloads otherwise rehashes each table
+        // ~17 times on the way up.
+        workloads_.reserve(model.workloads.size());
+        by_addr_.reserve(model.workloads.size());
+        pods_.reserve(model.workloads.size());
+        service_names_.reserve(model.services.size());
+        by_vip_.reserve(model.services.size());
         for (const auto& [key, s] : model.services) add_service(s);
         for (const auto& [uid, w] : model.workloads) add_workload(w);
         return true;
@@ -56,25 +67,57 @@ bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
     return true;
 }
 
+const std::string* NameIndex::intern_service_name(const std::string& key) {
+    auto it = service_names_.try_emplace(key, 0).first;
+    it->second++;
+    return &it->first;
+}
+
+void NameIndex::release_service_name(const std::string* key) {
+    auto it = service_names_.find(*key);
+    if (it != service_names_.end() && --it->second == 0) service_names_.erase(it);
+}
+
 void NameIndex::add_workload(const Workload& w) {
     // Normally absent (apply removed it first); an entry left in place would keep addresses
     // pointing at it and its key viewing a freed uid.
     remove_workload(w.uid);
-    PeerLabels l;
-    l.namespace_ = w.namespace_;
-    l.workload = or_unknown(w.naming->workload_name);
-    l.principal = w.service_account.empty() || w.namespace_.empty()
-                      ? std::string(kUnknown)
-                      : "spiffe://" +
-                            (w.trust_domain.empty() ? std::string("cluster.local") : w.trust_domain) +
-                            "/ns/" + w.namespace_ + "/sa/" + w.service_account;
-    l.canonical_service = or_unknown(w.naming->canonical_name);
-    l.canonical_revision = or_unknown(w.naming->canonical_revision);
-    l.cluster = w.placement->cluster_id.empty() ? default_cluster_ : w.placement->cluster_id;
-    l.label_key = l.workload + '\x1f' + or_unknown(l.namespace_) + '\x1f' + l.principal + '\x1f' +
-                  l.canonical_service + '\x1f' + l.canonical_revision + '\x1f' + l.cluster;
-    Pooled& pooled = peers_[l.label_key];
-    if (!pooled.labels) pooled.labels = std::make_unique<PeerLabels>(std::move(l));
+    // The label key first, into a reused buffer: replicas share their labels, so most workloads
+    // find them pooled and build none of the strings below. (The model's strings are read through
+    // references, whether it holds them as std::string or interned.)
+    const std::string& ns = w.namespace_;
+    const std::string& sa = w.service_account;
+    const std::string& td = w.trust_domain;
+    const std::string& workload = or_unknown(w.naming->workload_name);
+    const std::string& trust_domain = td.empty() ? kClusterLocal : td;
+    const bool has_principal = !sa.empty() && !ns.empty();
+    const std::string& cluster = w.placement->cluster_id.empty() ? default_cluster_ : w.placement->cluster_id;
+    std::string& k = scratch_;
+    k.clear();
+    k.append(workload).push_back('\x1f');
+    k.append(or_unknown(ns)).push_back('\x1f');
+    if (has_principal)
+        k.append("spiffe://").append(trust_domain).append("/ns/").append(ns).append("/sa/").append(sa);
+    else
+        k.append(kUnknown);
+    k.push_back('\x1f');
+    k.append(or_unknown(w.naming->canonical_name)).push_back('\x1f');
+    k.append(or_unknown(w.naming->canonical_revision)).push_back('\x1f');
+    k.append(cluster);
+    auto pooled_it = peers_.find(k);
+    if (pooled_it == peers_.end()) {
+        auto l = std::make_unique<PeerLabels>();
+        l->namespace_ = ns;
+        l->workload = workload;
+        l->principal =
+            has_principal ? "spiffe://" + trust_domain + "/ns/" + ns + "/sa/" + sa : std::string(kUnknown);
+        l->canonical_service = or_unknown(w.naming->canonical_name);
+        l->canonical_revision = or_unknown(w.naming->canonical_revision);
+        l->cluster = cluster;
+        l->label_key = k;
+        pooled_it = peers_.emplace(k, Pooled{0, std::move(l)}).first;
+    }
+    Pooled& pooled = pooled_it->second;
     pooled.refs++;
 
     auto p = std::make_unique<PeerInfo>();
@@ -82,7 +125,8 @@ void NameIndex::add_workload(const Workload& w) {
     p->name = w.name;
     p->labels = pooled.labels.get();
     p->addresses = w.addresses;
-    p->services.assign(w.services.begin(), w.services.end());
+    p->services.reserve(w.services.size());
+    for (const auto& [key, ports] : w.services) p->services.emplace_back(intern_service_name(key), ports);
     p->host_network = w.network_mode == NetworkMode::kHostNetwork;
     for (const auto& a : p->addresses) by_addr_[a].push_back(p.get());
     pods_[p->pod_key()]++;
@@ -101,6 +145,7 @@ void NameIndex::remove_workload(const std::string& uid) {
         if (at->second.empty()) by_addr_.erase(at);
     }
     release(pods_, p->pod_key());
+    for (const auto& [key, ports] : p->services) release_service_name(key);
     auto pooled = peers_.find(p->labels->label_key);
     workloads_.erase(it);
     if (pooled != peers_.end() && --pooled->second.refs == 0) peers_.erase(pooled);
@@ -161,7 +206,7 @@ const ServiceInfo* NameIndex::service_at(const IpAddr& vip, uint16_t port) const
 
 const ServiceInfo* NameIndex::service_of(const PeerInfo& w, uint16_t port) const {
     for (const auto& [key, ports] : w.services) {
-        auto s = services_.find(key);
+        auto s = services_.find(*key);
         if (s == services_.end()) continue;
         const auto& list = ports.empty() ? s->second.ports : ports;
         for (const auto& p : list)

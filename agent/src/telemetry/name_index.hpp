@@ -36,8 +36,9 @@ struct PeerInfo {
     const PeerLabels* labels = nullptr;
     std::vector<IpAddr> addresses;
     // "namespace/hostname" -> ports, sorted by key: a flat copy of Workload::services (one block
-    // per workload instead of a tree node per service).
-    std::vector<std::pair<std::string, std::vector<ServicePort>>> services;
+    // per workload instead of a tree node per service). The keys are the index's interned copies
+    // (one per service name, however many workloads list it).
+    std::vector<std::pair<const std::string*, std::vector<ServicePort>>> services;
     bool host_network = false;
     // "namespace/name": the per-workload series of this pod live while it is in the model.
     std::string pod_key() const { return labels->namespace_ + "/" + name; }
@@ -82,6 +83,8 @@ class NameIndex {
   private:
     void remove_workload(const std::string& uid);
     void add_workload(const Workload& w);
+    const std::string* intern_service_name(const std::string& key);
+    void release_service_name(const std::string* key);
     void remove_service(const std::string& key);
     void add_service(const Service& s);
 
@@ -97,6 +100,9 @@ class NameIndex {
     };
     std::unordered_map<std::string, Pooled> peers_;                  // by label key
     std::unordered_map<std::string, uint32_t> pods_, service_keys_;  // reference counts
+    // Service names the workloads list, reference-counted (nodes are stable: PeerInfo points at them).
+    std::unordered_map<std::string, uint32_t> service_names_;
+    std::string scratch_;  // the label key being looked up (no allocation when the labels are pooled)
 };
 
 }  // namespace kmesh::telemetry
