@@ -4,8 +4,9 @@
 #              ONLY inside the node network namespace this bench creates (test/e2e/lib.sh)
 #   kmesh      kmesh-daemon: the config file replaced (YAML, then the same config as JSON) -> every map
 #              programmed, read from the agent's log; its phase lines give parse / desired / plan / writes
-#   phases     bench/programming_bench in one process against fresh kernel maps: read, count, tree,
-#              model, collisions, desired, diff, writes, with the kernel calls counted; batched and
+#   phases     bench/programming_bench in one process against fresh kernel maps: read, parse to model
+#              (streamed, as the agent), collisions, desired, diff, writes, with the kernel calls
+#              counted; --tree (the document-tree path before streaming: count, tree, model) and
 #              --single (one bpf() call per entry, the writer's behaviour before batching)
 # /proc/pressure/cpu is recorded before and after every cell.
 #
@@ -107,7 +108,7 @@ done
 # Phases in one process (the agent's log has no finer split).
 for n in $SERVICES; do
     for fmt in yaml json; do
-        for mode in "" --single; do
+        for mode in "" --tree --single; do
             p0=$(psi)
             r=$("$BUILD_DIR/test/unit/programming_bench" "$TMP/mesh-$n.$fmt" --json $mode)
             emit "{\"system\":\"phases\",\"psi_before\":\"$p0\",\"psi_after\":\"$(psi)\",${r:1}"

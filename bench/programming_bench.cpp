@@ -2,13 +2,16 @@
 // in one process, against real kernel maps that this program creates (anonymous, never pinned, gone
 // at exit), shaped like the agent's (hash, BPF_F_NO_PREALLOC):
 //
-//   programming_bench CONFIG [--single] [--json]
+//   programming_bench CONFIG [--single] [--tree] [--json]
 //
 // Phases, as the agent runs them on a file change (Agent::reload_config, sync_maps):
 //   read       the file into memory
+//   parse to model  the text streamed into the model (parse_config_text, as load_config_file):
+//              libyaml events or RapidJSON's reader, one service/workload tree at a time
+// or, with --tree, the path before streaming, in three phases:
 //   count      the streaming pre-count of services and workloads (the --max-* guards; YAML only)
-//   tree       the document tree (libyaml events, or RapidJSON for a .json file)
-//   model      the tree to the model (field checks, validation)
+//   tree       the whole document tree (libyaml events, or RapidJSON for a .json file)
+//   model      the tree to the model (field checks, validation); then freeing the tree
 //   collisions name-hash collision check
 //   desired    MeshState::replace: the model to the desired map contents
 //   diff       desired against the (empty) maps: the plan
@@ -21,8 +24,6 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "agent/src/admin/metrics.hpp"
@@ -30,6 +31,8 @@
 #include "agent/src/dataplane/map_ops.hpp"
 #include "agent/src/dataplane/map_writer.hpp"
 #include "agent/src/sources/file/config_file.hpp"
+#include "bpf/kmesh_abi.h"
+#include "common/file.hpp"
 #include "common/yaml_tree.hpp"
 
 using namespace kmesh;
@@ -83,54 +86,72 @@ struct Phases {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s CONFIG [--single] [--json]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s CONFIG [--single] [--tree] [--json]\n", argv[0]);
         return 2;
     }
     std::string path = argv[1];
-    bool single = false, json_out = false;
+    bool single = false, json_out = false, tree = false;
     for (int i = 2; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--single") single = true;
         if (a == "--json") json_out = true;
+        if (a == "--tree") tree = true;
     }
     Phases ph;
     auto t = Clock::now();
-    std::string text;
-    {
-        std::ifstream in(path, std::ios::binary);
-        std::ostringstream ss;
-        ss << in.rdbuf();
-        text = ss.str();
+    auto read = read_file(path);  // one read() of the size fstat gives (common/file.cpp)
+    if (!read) {
+        std::fprintf(stderr, "%s\n", read.status().message().c_str());
+        return 1;
     }
+    std::string text = std::move(*read);
     ph.add("read", us_since(t));
     bool is_json = path.size() > 5 && path.substr(path.size() - 5) == ".json";
 
-    t = Clock::now();
-    if (!is_json) {
-        (void)count_config_services(text);
-        (void)count_config_entries(text, "workloads");
+    Model model;
+    if (tree) {
+        // The path before streaming (main until issue 12's h12-file): the --max-* counting passes
+        // (YAML only), the whole document tree, then the tree to the model.
+        t = Clock::now();
+        if (!is_json) {
+            (void)count_config_services(text);
+            (void)count_config_entries(text, "workloads");
+        }
+        ph.add("count", us_since(t));
+        t = Clock::now();
+        YamlNode root;
+        std::string err;
+        bool ok = is_json ? parse_json_tree(text, &root, &err) : parse_yaml(text, &root, &err);
+        if (!ok) {
+            std::fprintf(stderr, "syntax: %s\n", err.c_str());
+            return 1;
+        }
+        ph.add("tree", us_since(t));
+        t = Clock::now();
+        auto parsed = parse_config_tree(root);
+        if (auto* bad = std::get_if<ConfigError>(&parsed)) {
+            std::fprintf(stderr, "config: %s\n", bad->summary().c_str());
+            return 1;
+        }
+        model = std::move(std::get<Model>(parsed));
+        ph.add("model", us_since(t));
+        t = Clock::now();
+        root = YamlNode{};
+        ph.add("free tree", us_since(t));
+    } else {
+        // What the agent does (load_config_file): streamed into the model, one service or workload
+        // tree at a time, the --max-* limits (the agent's defaults) counted as items arrive.
+        t = Clock::now();
+        ConfigLimits limits{.max_services = KMESH_DEFAULT_MAX_SERVICES,
+                            .max_workloads = KMESH_DEFAULT_MAX_BACKENDS};
+        auto parsed = parse_config_text(text, limits);
+        if (auto* bad = std::get_if<ConfigError>(&parsed)) {
+            std::fprintf(stderr, "config: %s\n", bad->summary().c_str());
+            return 1;
+        }
+        model = std::move(std::get<Model>(parsed));
+        ph.add("parse to model", us_since(t));
     }
-    ph.add("count", us_since(t));
-
-    t = Clock::now();
-    YamlNode root;
-    std::string err;
-    bool ok = is_json ? parse_json_tree(text, &root, &err) : parse_yaml(text, &root, &err);
-    if (!ok) {
-        std::fprintf(stderr, "syntax: %s\n", err.c_str());
-        return 1;
-    }
-    ph.add("tree", us_since(t));
-
-    t = Clock::now();
-    auto parsed = parse_config_tree(root);
-    if (auto* bad = std::get_if<ConfigError>(&parsed)) {
-        std::fprintf(stderr, "config: %s\n", bad->summary().c_str());
-        return 1;
-    }
-    Model model = std::move(std::get<Model>(parsed));
-    ph.add("model", us_since(t));
-    root = YamlNode{};
 
     t = Clock::now();
     if (!hash_collisions(model).empty()) return 1;
@@ -206,16 +227,18 @@ int main(int argc, char** argv) {
         if (n != "remove-all diff" && n != "remove-all writes" && n != "writes (warm maps)") total += us;
     if (json_out) {
         std::string out = fmt::format(
-            "{{\"config\":\"{}\",\"bytes\":{},\"services\":{},\"workloads\":{},\"entries\":{},"
+            "{{\"config\":\"{}\",\"path\":\"{}\",\"bytes\":{},\"services\":{},\"workloads\":{},\"entries\":{}"
+            ","
             "\"single\":{},\"add_calls\":{},\"remove_calls\":{},\"warm_calls\":{},\"total_us\":{:.0f}",
-            path, text.size(), model.services.size(), model.workloads.size(), plan.size(),
-            single ? "true" : "false", add_calls, del_calls, warm_calls, total);
+            path, tree ? "tree" : "streamed", text.size(), model.services.size(), model.workloads.size(),
+            plan.size(), single ? "true" : "false", add_calls, del_calls, warm_calls, total);
         for (const auto& [n, us] : ph.list) out += fmt::format(",\"{}_us\":{:.0f}", n, us);
         std::printf("%s}\n", out.c_str());
     } else {
-        std::printf("%s: %zu bytes, %zu services, %zu workloads, %zu map changes, %s\n", path.c_str(),
+        std::printf("%s: %zu bytes, %zu services, %zu workloads, %zu map changes, %s, %s\n", path.c_str(),
                     text.size(), model.services.size(), model.workloads.size(), plan.size(),
-                    single ? "one entry per call (--single)" : "batched");
+                    single ? "one entry per call (--single)" : "batched",
+                    tree ? "document tree (--tree)" : "streamed to the model");
         for (const auto& [n, us] : ph.list) std::printf("  %-20s %10.1f ms\n", n.c_str(), us / 1000);
         std::printf("  %-20s %10.1f ms (file to maps)\n", "total", total / 1000);
         std::printf("  kernel calls: %lu to write, %lu to remove all, %lu to write again\n",

@@ -41,14 +41,15 @@ def main():
     if not ph:
         return
     print()
-    names = ["read", "count", "tree", "model", "collisions", "desired", "diff", "writes"]
-    print("| config | writes | " + " | ".join(names) + " | total | kernel calls | remove all: plan + writes (calls) | writes into warm maps (calls) |")
-    print("|---|---|" + "---|" * (len(names) + 4))
+    names = ["read", "parse to model", "count", "tree", "model", "free tree", "collisions", "desired", "diff",
+             "writes"]
+    print("| config | parse | writes | " + " | ".join(names) + " | total | kernel calls | remove all: plan + writes (calls) | writes into warm maps (calls) |")
+    print("|---|---|---|" + "---|" * (len(names) + 4))
     for r in ph:
         fmt = "JSON" if r["config"].endswith(".json") else "YAML"
         cells = " | ".join(ms(r.get(f"{n}_us")) for n in names)
         print(f"| {r['services']:,} services, {fmt} ({r['bytes'] / 1e6:.1f} MB) | "
-              f"{'one call per entry' if r['single'] else 'batched'} | {cells} | {ms(r['total_us'])} | "
+              f"{r.get('path', 'tree')} | {'one call per entry' if r['single'] else 'batched'} | {cells} | {ms(r['total_us'])} | "
               f"{r['add_calls']:,} | {ms(r['remove-all diff_us'])} + {ms(r['remove-all writes_us'])} ({r['remove_calls']:,}) | "
               f"{ms(r['writes (warm maps)_us'])} ({r['warm_calls']:,}) |")
 

@@ -6,6 +6,8 @@
 #include <yaml.h>
 
 #include <algorithm>
+#include <cstring>
+#include <optional>
 
 namespace kmesh {
 
@@ -115,13 +117,71 @@ bool parse_yaml(const std::string& text, YamlNode* root, std::string* error) {
     return true;
 }
 
+bool stream_yaml(const std::string& text, YamlStreamHandler& h, std::string* error) {
+    EventParser p(text);
+    auto failed = [&] {
+        *error = p.error();
+        return false;
+    };
+    if (!p.next() || !p.next()) return failed();
+    if (p.event().type == YAML_STREAM_END_EVENT) {
+        h.root(YamlNode{});
+        return true;
+    }
+    if (!p.next()) return failed();
+    if (p.event().type != YAML_MAPPING_START_EVENT) {
+        YamlNode root;
+        if (!p.node(&root, 0)) return failed();
+        h.root(root);
+    } else {
+        // Depths as parse_yaml counts them: the root 0, its keys and values 1, their items 2.
+        YamlNode node;
+        for (;;) {
+            if (!p.next()) return failed();
+            if (p.event().type == YAML_MAPPING_END_EVENT) break;
+            node = YamlNode{};
+            if (!p.node(&node, 1)) return failed();
+            h.key(node);
+            if (!p.next()) return failed();
+            if (p.event().type != YAML_SEQUENCE_START_EVENT) {
+                node = YamlNode{};
+                if (!p.node(&node, 1)) return failed();
+                h.value(node);
+                continue;
+            }
+            h.sequence_start(static_cast<int>(p.event().start_mark.line) + 1);
+            for (;;) {
+                if (!p.next()) return failed();
+                if (p.event().type == YAML_SEQUENCE_END_EVENT) break;
+                node = YamlNode{};
+                if (!p.node(&node, 2)) return failed();
+                h.item(node);
+            }
+            h.sequence_end();
+        }
+        h.root_end();
+    }
+    if (!p.next() || !p.next()) return failed();  // DOCUMENT-END, then STREAM-END
+    if (p.event().type != YAML_STREAM_END_EVENT) {
+        *error = fmt::format("line {}: only one YAML document is allowed", p.event().start_mark.line + 1);
+        return false;
+    }
+    return true;
+}
+
 namespace {
 
 // Builds the tree from RapidJSON's SAX events. Each node's line is first its byte offset (the
 // reader's position when the node ended); lines are filled in once, after parsing.
 class JsonTreeBuilder {
   public:
-    JsonTreeBuilder(YamlNode* root, const rapidjson::StringStream* in) : in_(in) { stack_.push_back(root); }
+    // depth: that of the root given (nonzero for a subtree of a streamed document), so that the
+    // nesting limit counts from the document's root.
+    JsonTreeBuilder(YamlNode* root, const rapidjson::StringStream* in, size_t depth = 0)
+        : in_(in), depth_(depth) {
+        stack_.push_back(root);
+    }
+    size_t open_count() const { return stack_.size() - 1; }  // containers open in this tree
 
     bool Null() { return leaf(YamlNode::Kind::kNull, {}); }
     bool Bool(bool b) { return leaf(YamlNode::Kind::kScalar, b ? "true" : "false"); }
@@ -169,7 +229,7 @@ class JsonTreeBuilder {
         return true;
     }
     bool open(YamlNode::Kind kind) {
-        if (stack_.size() > 64) return false;  // as parse_yaml: nesting too deep
+        if (stack_.size() + depth_ > 64) return false;  // as parse_yaml: nesting too deep
         YamlNode* n = slot();
         n->kind = kind;
         n->line = static_cast<int>(in_->Tell());
@@ -182,6 +242,7 @@ class JsonTreeBuilder {
     }
 
     const rapidjson::StringStream* in_;
+    size_t depth_;
     std::vector<YamlNode*> stack_;
     bool started_ = false;
 };
@@ -198,6 +259,123 @@ void offsets_to_lines(YamlNode* n, const std::vector<size_t>& newlines) {
         offsets_to_lines(&e.second, newlines);
     }
 }
+
+// RapidJSON's events to a YamlStreamHandler: the root object's keys and its arrays' items go out
+// one by one; every other value (and an item) is built by a JsonTreeBuilder of its own, handed over
+// once it closes, with its offsets turned into lines.
+class JsonStreamer {
+  public:
+    JsonStreamer(YamlStreamHandler& h, const rapidjson::StringStream* in, const std::vector<size_t>& newlines)
+        : h_(h), in_(in), newlines_(newlines) {}
+
+    bool Null() {
+        return leaf([](JsonTreeBuilder& b) { return b.Null(); });
+    }
+    bool Bool(bool v) {
+        return leaf([v](JsonTreeBuilder& b) { return b.Bool(v); });
+    }
+    bool Int(int) { return false; }  // numbers arrive as text (kParseNumbersAsStringsFlag)
+    bool Uint(unsigned) { return false; }
+    bool Int64(int64_t) { return false; }
+    bool Uint64(uint64_t) { return false; }
+    bool Double(double) { return false; }
+    bool RawNumber(const char* s, rapidjson::SizeType n, bool c) {
+        return leaf([&](JsonTreeBuilder& b) { return b.RawNumber(s, n, c); });
+    }
+    bool String(const char* s, rapidjson::SizeType n, bool c) {
+        return leaf([&](JsonTreeBuilder& b) { return b.String(s, n, c); });
+    }
+    bool Key(const char* s, rapidjson::SizeType n, bool c) {
+        if (sub_) return sub_->Key(s, n, c);
+        YamlNode k;  // only in the root object: Key comes inside an object
+        k.kind = YamlNode::Kind::kScalar;
+        k.scalar.assign(s, n);
+        k.line = line_of(in_->Tell());
+        h_.key(k);
+        return true;
+    }
+    bool StartObject() {
+        if (sub_) return sub_->StartObject();
+        if (level_ == kBeforeRoot) {
+            level_ = kInRoot;
+            return true;
+        }
+        begin();
+        return sub_->StartObject();
+    }
+    bool EndObject(rapidjson::SizeType n) {
+        if (sub_) {
+            if (!sub_->EndObject(n)) return false;
+            if (sub_->open_count() == 0) deliver();
+            return true;
+        }
+        h_.root_end();  // only the root object ends outside a subtree
+        level_ = kDone;
+        return true;
+    }
+    bool StartArray() {
+        if (sub_) return sub_->StartArray();
+        if (level_ == kInRoot) {
+            h_.sequence_start(line_of(in_->Tell()));
+            level_ = kInArray;
+            return true;
+        }
+        begin();
+        return sub_->StartArray();
+    }
+    bool EndArray(rapidjson::SizeType n) {
+        if (sub_) {
+            if (!sub_->EndArray(n)) return false;
+            if (sub_->open_count() == 0) deliver();
+            return true;
+        }
+        h_.sequence_end();
+        level_ = kInRoot;
+        return true;
+    }
+
+  private:
+    enum Level { kBeforeRoot, kInRoot, kInArray, kDone };
+
+    int line_of(size_t offset) const {
+        return static_cast<int>(std::upper_bound(newlines_.begin(), newlines_.end(), offset) -
+                                newlines_.begin()) +
+               1;
+    }
+    // A subtree starts: the root itself (not an object), a value of the root object, or an item.
+    void begin() {
+        node_ = YamlNode{};
+        size_t depth = level_ == kBeforeRoot ? 0 : level_ == kInRoot ? 1 : 2;
+        sub_.emplace(&node_, in_, depth);
+    }
+    template <typename Fn>
+    bool leaf(Fn&& fn) {
+        if (sub_) return fn(*sub_);
+        begin();
+        if (!fn(*sub_)) return false;
+        deliver();
+        return true;
+    }
+    void deliver() {
+        sub_.reset();
+        offsets_to_lines(&node_, newlines_);
+        if (level_ == kBeforeRoot) {
+            h_.root(node_);
+            level_ = kDone;
+        } else if (level_ == kInRoot) {
+            h_.value(node_);
+        } else {
+            h_.item(node_);
+        }
+    }
+
+    YamlStreamHandler& h_;
+    const rapidjson::StringStream* in_;
+    const std::vector<size_t>& newlines_;
+    Level level_ = kBeforeRoot;
+    std::optional<JsonTreeBuilder> sub_;
+    YamlNode node_;
+};
 
 }  // namespace
 
@@ -233,6 +411,35 @@ bool parse_json_tree(const std::string& text, YamlNode* root, std::string* error
         return false;
     }
     offsets_to_lines(root, newlines);
+    return true;
+}
+
+}  // namespace kmesh
+
+namespace kmesh {
+
+bool stream_json(const std::string& text, YamlStreamHandler& handler, std::string* error) {
+    std::vector<size_t> newlines;
+    for (const char* p = text.data();
+         (p = static_cast<const char*>(std::memchr(p, '\n', text.data() + text.size() - p))); p++)
+        newlines.push_back(static_cast<size_t>(p - text.data()));
+    auto line_of = [&](size_t off) {
+        return std::upper_bound(newlines.begin(), newlines.end(), off) - newlines.begin() + 1;
+    };
+    rapidjson::StringStream in(text.c_str());
+    JsonStreamer streamer(handler, &in, newlines);
+    rapidjson::Reader reader;
+    auto ok = reader.Parse<rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseStopWhenDoneFlag |
+                           rapidjson::kParseValidateEncodingFlag>(in, streamer);
+    if (ok.IsError()) {
+        *error = fmt::format("line {}: {}", line_of(ok.Offset()), rapidjson::GetParseError_En(ok.Code()));
+        return false;
+    }
+    size_t end = in.Tell();
+    if (text.find_first_not_of(" \t\r\n", end) != std::string::npos) {
+        *error = fmt::format("line {}: text after the JSON value", line_of(end));
+        return false;
+    }
     return true;
 }
 

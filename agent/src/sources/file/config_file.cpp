@@ -21,52 +21,89 @@ namespace kmesh {
 
 namespace {
 
-// protojson accepts both "service_port" and "servicePort"; normalise to the proto name.
-std::string snake_case(const std::string& key) {
-    std::string out;
+// Where a value sits ("config.workloads[3].addresses[0]"), for error messages only: a chain of
+// frames on the stack, formatted when a problem is reported. Building the text for every field
+// (as this parser did) cost an allocation per field, a large part of the tree-to-model phase at
+// 10k services (docs/benchmarks.md).
+struct Path {
+    const Path* parent = nullptr;
+    std::string_view name;  // a field, or the root's name
+    long index = -1;        // an item of a list (name empty)
+
+    explicit Path(std::string_view root) : name(root) {}
+    Path(const Path& up, std::string_view field) : parent(&up), name(field) {}
+    Path(const Path& up, size_t i) : parent(&up), index(static_cast<long>(i)) {}
+
+    std::string str() const {
+        std::string out = parent ? parent->str() : std::string();
+        if (index >= 0) return out + fmt::format("[{}]", index);
+        if (parent) out += '.';
+        out += name;
+        return out;
+    }
+};
+
+// protojson accepts both "service_port" and "servicePort"; normalise to the proto name. Returns
+// the key itself when it has no capitals (the common case, no copy), else its snake_case in *buf.
+std::string_view snake_case(const std::string& key, std::string* buf) {
+    if (std::none_of(key.begin(), key.end(), [](char c) { return c >= 'A' && c <= 'Z'; })) return key;
+    buf->clear();
     for (char c : key) {
         if (c >= 'A' && c <= 'Z') {
-            out += '_';
-            out += static_cast<char>(c - 'A' + 'a');
+            *buf += '_';
+            *buf += static_cast<char>(c - 'A' + 'a');
         } else {
-            out += c;
+            *buf += c;
         }
     }
-    return out;
+    return *buf;
 }
 
 class Parser {
   public:
     std::vector<std::string> problems;
 
-    void fail(const YamlNode& at, const std::string& path, const std::string& what) {
-        problems.push_back(fmt::format("{} (line {}): {}", path, at.line, what));
+    void fail(const YamlNode& at, const Path& path, const std::string& what) {
+        problems.push_back(fmt::format("{} (line {}): {}", path.str(), at.line, what));
     }
 
-    // Calls fn(field, value) for every key of a mapping, rejecting keys outside `allowed`.
+    // Calls fn(field, value, path) for every key of a mapping, rejecting keys outside `allowed` and
+    // keys given twice. The field passed is the entry of `allowed` (a literal: it outlives the call).
     template <typename Fn>
-    void fields(const YamlNode& node, const std::string& path, const std::set<std::string>& allowed,
+    void fields(const YamlNode& node, const Path& path, std::initializer_list<std::string_view> allowed,
                 Fn&& fn) {
         if (!node.is_mapping()) {
             fail(node, path, "expected a mapping");
             return;
         }
-        std::set<std::string> seen;
+        uint64_t seen = 0;                 // bit i: allowed[i] given
+        std::vector<std::string> unknown;  // unknown keys given so far (rare)
+        std::string buf;
         for (const auto& kv : node.entries) {
-            std::string key = snake_case(kv.first.scalar);
-            if (!seen.insert(key).second) {
+            std::string_view key = snake_case(kv.first.scalar, &buf);
+            auto it = std::find(allowed.begin(), allowed.end(), key);
+            bool twice;
+            if (it != allowed.end()) {
+                uint64_t bit = uint64_t{1} << (it - allowed.begin());
+                twice = seen & bit;
+                seen |= bit;
+            } else {
+                twice = std::find(unknown.begin(), unknown.end(), key) != unknown.end();
+                if (!twice) unknown.emplace_back(key);
+            }
+            if (twice) {
                 fail(kv.first, path, fmt::format("field '{}' given twice", kv.first.scalar));
                 continue;
             }
-            if (!allowed.count(key)) {
+            if (it == allowed.end()) {
                 fail(kv.first, path, fmt::format("unknown field '{}'", kv.first.scalar));
                 continue;
             }
-            fn(key, kv.second, path + "." + key);
+            fn(*it, kv.second, Path(path, *it));
         }
     }
 
-    std::string str(const YamlNode& n, const std::string& path) {
+    std::string str(const YamlNode& n, const Path& path) {
         if (!n.is_scalar()) {
             fail(n, path, "expected a string");
             return {};
@@ -74,7 +111,7 @@ class Parser {
         return n.scalar;
     }
 
-    uint16_t port(const YamlNode& n, const std::string& path, bool allow_zero) {
+    uint16_t port(const YamlNode& n, const Path& path, bool allow_zero) {
         std::string text = n.is_scalar() ? n.scalar : "";
         unsigned v = 0;
         auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
@@ -87,7 +124,7 @@ class Parser {
     }
 
     // A decimal number in [lo, hi].
-    uint32_t number(const YamlNode& n, const std::string& path, uint32_t lo, uint32_t hi) {
+    uint32_t number(const YamlNode& n, const Path& path, uint32_t lo, uint32_t hi) {
         std::string text = n.is_scalar() ? n.scalar : "";
         uint64_t v = 0;
         auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
@@ -98,11 +135,11 @@ class Parser {
         return static_cast<uint32_t>(v);
     }
 
-    std::optional<IpAddr> ip(const YamlNode& n, const std::string& path) {
+    std::optional<IpAddr> ip(const YamlNode& n, const Path& path) {
         std::string text;
         if (n.is_mapping()) {  // NetworkAddress {network, address}
             fields(n, path, {"network", "address"},
-                   [&](const std::string& k, const YamlNode& v, const std::string& p) {
+                   [&](std::string_view k, const YamlNode& v, const Path& p) {
                        if (k == "address") text = str(v, p);
                    });
         } else {
@@ -113,31 +150,31 @@ class Parser {
         return a;
     }
 
-    std::vector<IpAddr> ips(const YamlNode& n, const std::string& path) {
+    std::vector<IpAddr> ips(const YamlNode& n, const Path& path) {
         std::vector<IpAddr> out;
         if (!n.is_sequence()) {
             fail(n, path, "expected a list of addresses");
             return out;
         }
         for (size_t i = 0; i < n.items.size(); i++)
-            if (auto a = ip(n.items[i], fmt::format("{}[{}]", path, i))) out.push_back(*a);
+            if (auto a = ip(n.items[i], Path(path, i))) out.push_back(*a);
         return out;
     }
 
     // service_ports: a service's list (an omitted target port means the service port); a
     // workload's list keeps 0 ("the service's target port").
-    std::vector<ServicePort> ports(const YamlNode& n, const std::string& path, bool service_ports) {
+    std::vector<ServicePort> ports(const YamlNode& n, const Path& path, bool service_ports) {
         std::vector<ServicePort> out;
         if (!n.is_sequence()) {
             fail(n, path, "expected a list of ports");
             return out;
         }
         for (size_t i = 0; i < n.items.size(); i++) {
-            std::string p = fmt::format("{}[{}]", path, i);
+            Path p(path, i);
             ServicePort sp;
             bool has_service_port = false, has_target_port = false;
             fields(n.items[i], p, {"service_port", "target_port"},
-                   [&](const std::string& k, const YamlNode& v, const std::string& fp) {
+                   [&](std::string_view k, const YamlNode& v, const Path& fp) {
                        if (k == "service_port") {
                            sp.service_port = port(v, fp, false);
                            has_service_port = true;
@@ -157,22 +194,28 @@ class Parser {
 
     // An enum given by its proto name (or, as protojson allows, its number).
     template <typename E>
-    std::optional<E> enum_value(const YamlNode& n, const std::string& path, const std::string& field,
-                                const std::vector<std::pair<std::string, E>>& names) {
+    std::optional<E> enum_value(const YamlNode& n, const Path& path, std::string_view field,
+                                std::initializer_list<std::pair<std::string_view, E>> names) {
         std::string text = str(n, path);
+        for (const auto& [name, value] : names)
+            if (text == name) return value;
+        // No name is a number, so trying the numbers second finds what one pass over both would.
+        int number = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+        if (!text.empty() && ec == std::errc() && end == text.data() + text.size() &&
+            text == std::to_string(number))
+            for (const auto& [name, value] : names)
+                if (static_cast<int>(value) == number) return value;
         std::string known;
-        for (const auto& [name, value] : names) {
-            if (text == name || text == std::to_string(static_cast<int>(value))) return value;
-            known += (known.empty() ? "" : ", ") + name;
-        }
-        fail(n, path, fmt::format("{} ({})", unknown_enum(field, "'" + text + "'"), known));
+        for (const auto& [name, value] : names) known += fmt::format("{}{}", known.empty() ? "" : ", ", name);
+        fail(n, path, fmt::format("{} ({})", unknown_enum(std::string(field), "'" + text + "'"), known));
         return std::nullopt;
     }
 
-    LoadBalancing load_balancing(const YamlNode& n, const std::string& path) {
+    LoadBalancing load_balancing(const YamlNode& n, const Path& path) {
         LoadBalancing lb;
         fields(n, path, {"routing_preference", "mode", "health_policy"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    if (k == "mode") {
                        if (auto m = enum_value<LbMode>(v, p, "load_balancing.mode",
                                                        {{"UNSPECIFIED_MODE", LbMode::kUnspecified},
@@ -188,7 +231,7 @@ class Parser {
                        fail(v, p, "expected a list of scopes");
                    } else {
                        for (size_t i = 0; i < v.items.size(); i++)
-                           if (auto sc = enum_value<LbScope>(v.items[i], fmt::format("{}[{}]", p, i),
+                           if (auto sc = enum_value<LbScope>(v.items[i], Path(p, i),
                                                              "load_balancing.routing_preference",
                                                              {{"REGION", LbScope::kRegion},
                                                               {"ZONE", LbScope::kZone},
@@ -203,18 +246,17 @@ class Parser {
     }
 
     // The shared rules (model_validate), reported at the object's line.
-    void validated(const YamlNode& n, const std::string& path,
-                   const std::vector<std::string>& problems_found) {
+    void validated(const YamlNode& n, const Path& path, const std::vector<std::string>& problems_found) {
         for (const auto& p : problems_found) fail(n, path, p);
     }
 
     // GatewayAddress: {address: IP | {network, address}, hbone_mtls_port} or
     // {hostname: {namespace, hostname}, hbone_mtls_port}.
-    Waypoint gateway(const YamlNode& n, const std::string& path) {
+    Waypoint gateway(const YamlNode& n, const Path& path) {
         Waypoint w;
         int kinds = 0;
         fields(n, path, {"address", "hostname", "hbone_mtls_port"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    if (k == "hbone_mtls_port") {
                        w.port = port(v, p, true);
                    } else if (k == "address") {
@@ -224,7 +266,7 @@ class Parser {
                        kinds++;
                        std::string ns, host;
                        fields(v, p, {"namespace", "hostname"},
-                              [&](const std::string& hk, const YamlNode& hv, const std::string& hp) {
+                              [&](std::string_view hk, const YamlNode& hv, const Path& hp) {
                                   (hk == "namespace" ? ns : host) = str(hv, hp);
                               });
                        if (v.is_mapping() && (ns.empty() || host.empty()))
@@ -236,7 +278,7 @@ class Parser {
         return w;
     }
 
-    Service service(const YamlNode& n, const std::string& path) {
+    Service service(const YamlNode& n, const Path& path) {
         Service s;
         // Load-balancing options of the file only (Istio's workload API has none): loadBalancer
         // RANDOM (default) | ROUND_ROBIN, sessionAffinity NONE (default) | CLIENT_IP with
@@ -247,7 +289,7 @@ class Parser {
         fields(n, path,
                {"name", "namespace", "hostname", "addresses", "ports", "load_balancing", "waypoint",
                 "load_balancer", "session_affinity", "session_affinity_timeout_seconds"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    if (k == "load_balancer")
                        if (auto rr = enum_value<int>(
                                v, p, "load_balancer",
@@ -271,14 +313,14 @@ class Parser {
                    if (k == "load_balancing") s.load_balancing = load_balancing(v, p);
                });
         if (timeout && !affinity.value_or(false))
-            fail(*timeout_node, path + ".session_affinity_timeout_seconds",
+            fail(*timeout_node, Path(path, "session_affinity_timeout_seconds"),
                  "only meaningful with session_affinity: CLIENT_IP");
         if (affinity.value_or(false)) s.affinity_timeout = timeout.value_or(KMESH_DEFAULT_AFFINITY_TIMEOUT);
         validated(n, path, validate_service(s));
         return s;
     }
 
-    Workload workload(const YamlNode& n, const std::string& path) {
+    Workload workload(const YamlNode& n, const Path& path) {
         Workload w;
         std::string node, cluster_id;
         WorkloadNaming naming;
@@ -286,7 +328,7 @@ class Parser {
                {"uid", "name", "namespace", "addresses", "services", "status", "network_mode", "node",
                 "trust_domain", "service_account", "authorization_policies", "waypoint", "capacity",
                 "workload_name", "canonical_name", "canonical_revision", "cluster_id"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    // Names telemetry labels its series with (docs/telemetry.md).
                    if (k == "workload_name") naming.workload_name = str(v, p);
                    if (k == "canonical_name") naming.canonical_name = str(v, p);
@@ -320,11 +362,11 @@ class Parser {
                        }
                        for (const auto& kv : v.entries) {
                            std::string svc = kv.first.scalar;
-                           std::string sp = p + "." + svc;
+                           Path sp(p, std::string_view(svc));
                            std::vector<ServicePort> list;
                            if (!kv.second.is_null())
                                fields(kv.second, sp, {"ports"},
-                                      [&](const std::string&, const YamlNode& pv, const std::string& pp) {
+                                      [&](std::string_view, const YamlNode& pv, const Path& pp) {
                                           list = ports(pv, pp, false);
                                       });
                            w.services[svc] = list;
@@ -337,32 +379,30 @@ class Parser {
         return w;
     }
 
-    std::vector<std::string> strings(const YamlNode& n, const std::string& path) {
+    std::vector<std::string> strings(const YamlNode& n, const Path& path) {
         std::vector<std::string> out;
         if (!n.is_sequence()) {
             fail(n, path, "expected a list of strings");
             return out;
         }
-        for (size_t i = 0; i < n.items.size(); i++)
-            out.push_back(str(n.items[i], fmt::format("{}[{}]", path, i)));
+        for (size_t i = 0; i < n.items.size(); i++) out.push_back(str(n.items[i], Path(path, i)));
         return out;
     }
 
     // A list of items, each parsed by fn(item, "path[i]").
     template <typename T, typename Fn>
-    std::vector<T> list(const YamlNode& n, const std::string& path, const char* what, Fn&& fn) {
+    std::vector<T> list(const YamlNode& n, const Path& path, const char* what, Fn&& fn) {
         std::vector<T> out;
         if (n.is_null()) return out;
         if (!n.is_sequence()) {
             fail(n, path, fmt::format("expected a list of {}", what));
             return out;
         }
-        for (size_t i = 0; i < n.items.size(); i++)
-            out.push_back(fn(n.items[i], fmt::format("{}[{}]", path, i)));
+        for (size_t i = 0; i < n.items.size(); i++) out.push_back(fn(n.items[i], Path(path, i)));
         return out;
     }
 
-    bool boolean(const YamlNode& n, const std::string& path) {
+    bool boolean(const YamlNode& n, const Path& path) {
         std::string t = n.is_scalar() ? n.scalar : "";
         if (t == "true") return true;
         if (t == "false") return false;
@@ -371,11 +411,11 @@ class Parser {
     }
 
     // {exact: s} | {prefix: s} | {suffix: s} | {presence: true}: exactly one.
-    StringMatch string_match(const YamlNode& n, const std::string& path) {
+    StringMatch string_match(const YamlNode& n, const Path& path) {
         StringMatch m;
         int kinds = 0;
         fields(n, path, {"exact", "prefix", "suffix", "presence"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    kinds++;
                    if (k == "presence") {
                        if (!boolean(v, p)) fail(v, p, "presence can only be true");
@@ -392,11 +432,11 @@ class Parser {
         return m;
     }
 
-    ServiceAccountMatch service_account_match(const YamlNode& n, const std::string& path) {
+    ServiceAccountMatch service_account_match(const YamlNode& n, const Path& path) {
         ServiceAccountMatch m;
         bool ns = false, sa = false;
         fields(n, path, {"namespace", "service_account"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    if (k == "namespace") {
                        m.namespace_ = str(v, p);
                        ns = true;
@@ -410,7 +450,7 @@ class Parser {
     }
 
     // "10.0.0.0/24", "fd00::/64", or one host ("10.0.0.1": the full width).
-    Cidr cidr(const YamlNode& n, const std::string& path) {
+    Cidr cidr(const YamlNode& n, const Path& path) {
         std::string text = str(n, path);
         std::string addr = text;
         std::optional<unsigned> len;
@@ -449,21 +489,21 @@ class Parser {
         return Cidr{*ip, static_cast<uint8_t>(v)};
     }
 
-    AuthzMatch authz_match(const YamlNode& n, const std::string& path) {
+    AuthzMatch authz_match(const YamlNode& n, const Path& path) {
         AuthzMatch m;
-        auto sm = [&](const YamlNode& v, const std::string& p) {
+        auto sm = [&](const YamlNode& v, const Path& p) {
             return list<StringMatch>(v, p, "string matches",
                                      [&](const auto& i, const auto& ip) { return string_match(i, ip); });
         };
-        auto sa = [&](const YamlNode& v, const std::string& p) {
+        auto sa = [&](const YamlNode& v, const Path& p) {
             return list<ServiceAccountMatch>(v, p, "service accounts", [&](const auto& i, const auto& ip) {
                 return service_account_match(i, ip);
             });
         };
-        auto ci = [&](const YamlNode& v, const std::string& p) {
+        auto ci = [&](const YamlNode& v, const Path& p) {
             return list<Cidr>(v, p, "addresses", [&](const auto& i, const auto& ip) { return cidr(i, ip); });
         };
-        auto po = [&](const YamlNode& v, const std::string& p) {
+        auto po = [&](const YamlNode& v, const Path& p) {
             return list<uint16_t>(v, p, "ports",
                                   [&](const auto& i, const auto& ip) { return port(i, ip, false); });
         };
@@ -471,7 +511,7 @@ class Parser {
                {"namespaces", "not_namespaces", "principals", "not_principals", "service_accounts",
                 "not_service_accounts", "source_ips", "not_source_ips", "destination_ips",
                 "not_destination_ips", "destination_ports", "not_destination_ports"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    if (k == "namespaces") m.namespaces = sm(v, p);
                    if (k == "not_namespaces") m.not_namespaces = sm(v, p);
                    if (k == "principals") m.principals = sm(v, p);
@@ -488,31 +528,31 @@ class Parser {
         return m;
     }
 
-    AuthzClause authz_clause(const YamlNode& n, const std::string& path) {
+    AuthzClause authz_clause(const YamlNode& n, const Path& path) {
         AuthzClause c;
         if (n.is_null()) return c;
-        fields(n, path, {"matches"}, [&](const std::string&, const YamlNode& v, const std::string& p) {
+        fields(n, path, {"matches"}, [&](std::string_view, const YamlNode& v, const Path& p) {
             c.matches = list<AuthzMatch>(v, p, "match groups",
                                          [&](const auto& i, const auto& ip) { return authz_match(i, ip); });
         });
         return c;
     }
 
-    AuthzRule authz_rule(const YamlNode& n, const std::string& path) {
+    AuthzRule authz_rule(const YamlNode& n, const Path& path) {
         AuthzRule r;
         if (n.is_null()) return r;
-        fields(n, path, {"clauses"}, [&](const std::string&, const YamlNode& v, const std::string& p) {
+        fields(n, path, {"clauses"}, [&](std::string_view, const YamlNode& v, const Path& p) {
             r.clauses = list<AuthzClause>(v, p, "clauses",
                                           [&](const auto& i, const auto& ip) { return authz_clause(i, ip); });
         });
         return r;
     }
 
-    AuthzPolicy policy(const YamlNode& n, const std::string& path) {
+    AuthzPolicy policy(const YamlNode& n, const Path& path) {
         AuthzPolicy pol;
         fields(
             n, path, {"name", "namespace", "scope", "action", "dry_run", "rules"},
-            [&](const std::string& k, const YamlNode& v, const std::string& p) {
+            [&](std::string_view k, const YamlNode& v, const Path& p) {
                 if (k == "name") pol.name = str(v, p);
                 if (k == "namespace") pol.namespace_ = str(v, p);
                 if (k == "dry_run") pol.dry_run = boolean(v, p);
@@ -535,6 +575,26 @@ class Parser {
         return pol;
     }
 
+    // One item of a top-level list (k: "services", "workloads" or "policies") into the model.
+    void top_item(Model& m, std::string_view k, const YamlNode& item, const Path& ip) {
+        if (k == "policies") {
+            AuthzPolicy pol = policy(item, ip);
+            std::string key = pol.key();
+            if (!m.policies.try_emplace(key, std::move(pol)).second)
+                fail(item, ip, fmt::format("duplicate policy '{}'", key));
+        } else if (k == "services") {
+            Service s = service(item, ip);
+            std::string key = s.key();
+            if (!m.services.try_emplace(key, std::move(s)).second)
+                fail(item, ip, fmt::format("duplicate service '{}'", key));
+        } else {
+            Workload w = workload(item, ip);
+            std::string uid = w.uid;
+            if (!m.workloads.try_emplace(uid, std::move(w)).second)
+                fail(item, ip, fmt::format("duplicate workload uid '{}'", uid));
+        }
+    }
+
     Model model(const YamlNode& root) {
         Model m;
         // An empty document is far more often a file caught mid-write or a failed template than an
@@ -543,28 +603,13 @@ class Parser {
             problems.push_back("the config is empty; write `services: []` for an empty mesh");
             return m;
         }
-        fields(root, "config", {"services", "workloads", "policies"},
-               [&](const std::string& k, const YamlNode& v, const std::string& p) {
+        fields(root, Path("config"), {"services", "workloads", "policies"},
+               [&](std::string_view k, const YamlNode& v, const Path& p) {
                    if (!v.is_sequence() && !v.is_null()) {
                        fail(v, p, "expected a list");
                        return;
                    }
-                   for (size_t i = 0; i < v.items.size(); i++) {
-                       std::string ip = fmt::format("{}[{}]", p, i);
-                       if (k == "policies") {
-                           AuthzPolicy pol = policy(v.items[i], ip);
-                           if (!m.policies.emplace(pol.key(), pol).second)
-                               fail(v.items[i], ip, fmt::format("duplicate policy '{}'", pol.key()));
-                       } else if (k == "services") {
-                           Service s = service(v.items[i], ip);
-                           if (!m.services.emplace(s.key(), s).second)
-                               fail(v.items[i], ip, fmt::format("duplicate service '{}'", s.key()));
-                       } else {
-                           Workload w = workload(v.items[i], ip);
-                           if (!m.workloads.emplace(w.uid, w).second)
-                               fail(v.items[i], ip, fmt::format("duplicate workload uid '{}'", w.uid));
-                       }
-                   }
+                   for (size_t i = 0; i < v.items.size(); i++) top_item(m, k, v.items[i], Path(p, i));
                });
         check_cross_references(m);
         return m;
@@ -601,11 +646,105 @@ std::variant<Model, ConfigError> parse_config_tree(const YamlNode& root) {
     return m;
 }
 
+namespace {
+
+// The document streamed straight into the model, a top-level item at a time: what
+// parse_config_tree does with the whole tree, in the same order and with the same messages, while
+// only one service or workload exists as a tree. The --max-* limits count items as they arrive:
+// past a limit items are counted and dropped, so a file too large for the maps costs neither its
+// tree nor its model (the separate counting pass this replaces read the whole file once more).
+class ModelStream : public YamlStreamHandler {
+  public:
+    explicit ModelStream(const ConfigLimits& limits) : limits_(limits) {}
+
+    void root(const YamlNode& root) override { model_ = parser_.model(root); }
+    void key(const YamlNode& key) override {
+        // As Parser::fields on the root mapping.
+        list_ = kNone;
+        std::string buf;
+        std::string_view k = snake_case(key.scalar, &buf);
+        bool twice = std::find(seen_.begin(), seen_.end(), k) != seen_.end();
+        if (!twice) seen_.emplace_back(k);
+        if (twice) {
+            parser_.fail(key, root_path_, fmt::format("field '{}' given twice", key.scalar));
+        } else if (k == "services") {
+            list_ = kServices;
+        } else if (k == "workloads") {
+            list_ = kWorkloads;
+        } else if (k == "policies") {
+            list_ = kPolicies;
+        } else {
+            parser_.fail(key, root_path_, fmt::format("unknown field '{}'", key.scalar));
+        }
+        index_ = 0;
+    }
+    void value(const YamlNode& v) override {
+        if (list_ != kNone && !v.is_null()) parser_.fail(v, Path(root_path_, name()), "expected a list");
+    }
+    void sequence_start(int) override {}
+    void item(const YamlNode& item) override {
+        if (list_ == kNone) return;
+        size_t i = index_++;
+        if (list_ == kServices && limits_.max_services && ++services_ > limits_.max_services) return;
+        if (list_ == kWorkloads && limits_.max_workloads && ++workloads_ > limits_.max_workloads) return;
+        Path list_path(root_path_, name());
+        parser_.top_item(model_, name(), item, Path(list_path, i));
+    }
+    void sequence_end() override {}
+    void root_end() override { parser_.check_cross_references(model_); }
+
+    std::variant<Model, ConfigError> result() {
+        // A mesh that cannot fit the maps is refused whatever else is wrong with it.
+        if (limits_.max_services && services_ > limits_.max_services)
+            return ConfigError{
+                {fmt::format("{} services exceed --max-services {}", services_, limits_.max_services)}};
+        if (limits_.max_workloads && workloads_ > limits_.max_workloads)
+            return ConfigError{
+                {fmt::format("{} workloads exceed --max-backends {}", workloads_, limits_.max_workloads)}};
+        if (!parser_.problems.empty()) return ConfigError{std::move(parser_.problems)};
+        return std::move(model_);
+    }
+
+  private:
+    enum List { kNone, kServices, kWorkloads, kPolicies };
+    std::string_view name() const {
+        return list_ == kServices ? "services" : list_ == kWorkloads ? "workloads" : "policies";
+    }
+
+    ConfigLimits limits_;
+    Parser parser_;
+    Model model_;
+    const Path root_path_{"config"};
+    std::vector<std::string> seen_;
+    List list_ = kNone;
+    size_t index_ = 0;
+    uint64_t services_ = 0, workloads_ = 0;
+};
+
+}  // namespace
+
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text) {
-    YamlNode root;
+    // YAML only, as before JSON was read (the fuzz target and tests give YAML).
+    return parse_config_text(text, ConfigLimits{}, nullptr, false);
+}
+
+std::variant<Model, ConfigError> parse_config_text(const std::string& text, const ConfigLimits& limits,
+                                                   bool* json, bool try_json) {
+    if (json) *json = false;
     std::string syntax;
-    if (!parse_yaml(text, &root, &syntax)) return ConfigError{{fmt::format("YAML syntax error: {}", syntax)}};
-    return parse_config_tree(root);
+    // JSON (the same schema; YAML contains JSON) takes RapidJSON's reader, several times faster
+    // than libyaml. A text that opens with '{' but is not JSON is YAML flow syntax, parsed below.
+    if (try_json && looks_like_json(text)) {
+        ModelStream stream(limits);
+        if (stream_json(text, stream, &syntax)) {
+            if (json) *json = true;
+            return stream.result();
+        }
+    }
+    ModelStream stream(limits);
+    if (!stream_yaml(text, stream, &syntax))
+        return ConfigError{{fmt::format("YAML syntax error: {}", syntax)}};
+    return stream.result();
 }
 
 namespace {
@@ -702,7 +841,10 @@ std::variant<Model, ConfigError> load_config_file(const std::string& path, const
             {fmt::format("cannot read {}: {} bytes exceed the limit of {} bytes (--max-config-bytes)", path,
                          st.st_size, max_bytes)}};
     std::string text;
-    text.resize(static_cast<size_t>(st.st_size));
+    // One byte more than stat gives, so that the read that finds EOF needs no larger buffer (growing
+    // to twice the size zeroed 4 MB more for a 4 MB file).
+    text.resize(
+        static_cast<size_t>(std::min<uint64_t>(static_cast<uint64_t>(st.st_size) + 1, max_bytes + 1)));
     size_t got = 0;
     // Read at most one byte past the size stat gave: a file growing meanwhile is still bounded.
     for (;;) {
@@ -721,43 +863,9 @@ std::variant<Model, ConfigError> load_config_file(const std::string& path, const
             "cannot read {}: more than the limit of {} bytes (--max-config-bytes)", path, max_bytes)}};
     text.resize(got);
     if (stamp) *stamp = stamp_of(st);
-    // JSON (the same schema; YAML contains JSON) takes RapidJSON's reader and no counting passes: at
-    // 10k services libyaml's two counts and tree took ~300 ms of a ~750 ms file-to-maps path, the
-    // JSON tree ~160 ms (docs/benchmarks.md). A text that opens with '{' but is not JSON is YAML
-    // flow syntax, parsed below as before.
-    if (looks_like_json(text)) {
-        YamlNode root;
-        std::string json_error;
-        if (parse_json_tree(text, &root, &json_error)) {
-            if (json) *json = true;
-            // The limits on the tree (JSON's tree costs about what its text does), before the model.
-            auto entries = [&](std::string_view key) -> uint64_t {
-                if (!root.is_mapping()) return 0;
-                for (const auto& e : root.entries)
-                    if (e.first.scalar == key && e.second.is_sequence()) return e.second.items.size();
-                return 0;
-            };
-            if (limits.max_services && entries("services") > limits.max_services)
-                return ConfigError{{fmt::format("{} services exceed --max-services {}", entries("services"),
-                                                limits.max_services)}};
-            if (limits.max_workloads && entries("workloads") > limits.max_workloads)
-                return ConfigError{{fmt::format("{} workloads exceed --max-backends {}", entries("workloads"),
-                                                limits.max_workloads)}};
-            return parse_config_tree(root);
-        }
-    }
-    // A mesh that cannot fit the maps is refused before the tree and model are built: for a
-    // 100k-service file those take hundreds of MB, beyond the DaemonSet's memory limit.
-    if (limits.max_services)
-        if (long n = count_config_services(text); n > 0 && static_cast<uint64_t>(n) > limits.max_services)
-            return ConfigError{{fmt::format("{} services exceed --max-services {}", n, limits.max_services)}};
-    // Workloads likewise: each needs a backend entry, and they are most of a large file's model.
-    if (limits.max_workloads)
-        if (long n = count_config_entries(text, "workloads");
-            n > 0 && static_cast<uint64_t>(n) > limits.max_workloads)
-            return ConfigError{
-                {fmt::format("{} workloads exceed --max-backends {}", n, limits.max_workloads)}};
-    return parse_config_yaml(text);
+    // Streamed into the model, the --max-* limits counted as items arrive: no counting passes,
+    // no document tree (docs/benchmarks.md, "file programming, parse to model").
+    return parse_config_text(text, limits, json);
 }
 
 }  // namespace kmesh

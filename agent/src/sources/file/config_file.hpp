@@ -50,6 +50,7 @@ struct ConfigError {
     std::string summary() const;
 };
 
+// YAML (or JSON, which YAML contains) text to the model, streamed (no document tree).
 std::variant<Model, ConfigError> parse_config_yaml(const std::string& text);
 // The second half of parse_config_yaml: the document tree to the model.
 std::variant<Model, ConfigError> parse_config_tree(const YamlNode& root);
@@ -81,6 +82,13 @@ struct ConfigLimits {
 // *json, if given, says whether it was.
 std::variant<Model, ConfigError> load_config_file(const std::string& path, const ConfigLimits& limits = {},
                                                   FileStamp* stamp = nullptr, bool* json = nullptr);
+
+// What load_config_file does once the file is read: the text, JSON first if it looks like JSON
+// (and try_json), else YAML, streamed into the model a service or workload at a time (no document
+// tree), the limits counted as items arrive (an over-limit file is refused without building the
+// rest of its model). Problems, their order and wording are those of parse_config_tree.
+std::variant<Model, ConfigError> parse_config_text(const std::string& text, const ConfigLimits& limits,
+                                                   bool* json = nullptr, bool try_json = true);
 
 // The number of entries of the top-level `services` sequence, counted from the YAML events
 // without building a tree (memory independent of the file's size); -1 if there is no such
