@@ -428,7 +428,7 @@ void MeshState::remove_workload(const std::string& uid) {
     // The workload is gone: no lookup of it (a miss in 100k names costs as much as a hit).
     const uint64_t hw = name_hash(uid);
     for (const auto& [key, ports] : services) {
-        uint64_t hs = name_hash(key);
+        uint64_t hs = name_hash(key.view());
         auto svc = model_.services.find(key);
         refresh_member(key, hs, svc == model_.services.end() ? nullptr : &svc->second, hw, nullptr);
         refresh_frontend_flags(key, hs);
