@@ -120,41 +120,37 @@ prom_start "127.0.0.1:$METRICS_PORT" /stats/prometheus
 q() { # <metric> <reporter> [extra matchers]
     echo "sum(${1}{reporter=\"$2\"${3:+, $3}})"
 }
-# Two complete scrapes after the first value of a traffic phase matched: every event of that phase
-# is in Prometheus then (the scrape flushes the kernel's events first), so the phase's later checks
-# read without waiting again. traffic() starts a new phase.
-SETTLED=0
-settle() {
-    [[ $SETTLED == 1 ]] && return 0
-    prom_fresh; prom_fresh
-    SETTLED=1
-}
-# The value once it reached the expected one, then read again after the settle: a count that
-# overshoots after first matching fails.
+# Checks are queued and evaluated in batches by prom_checks.py (one process: polling each query
+# from the shell cost ~2.5 s a check under ASan load). A batch waits until every value first
+# reached what is expected (up to 20 s), then for two complete scrapes (every event of the phase
+# is in Prometheus then: the scrape flushes the kernel's events first), then reads every value
+# again: a count that overshoots after first matching fails. run_checks evaluates the queue; call
+# it before anything that changes what the queued checks read (new traffic, a release).
+PENDING=$TMP/pending-checks.tsv
+: >"$PENDING"
 exact() { # <description> <promql> <expected>
-    local v
-    v=$(prom_wait_value "$2" "$3" 20)
-    settle
-    v=$(prom_value "$2" 2>/dev/null || echo error)
-    check "$1: $2 = ${v:-none} (expected $3)" python3 -c 'import sys; sys.exit(0 if sys.argv[1] not in ("", "error", "none") and float(sys.argv[1]) == float(sys.argv[2]) else 1)' "${v:-none}" "$3"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$3" >>"$PENDING"
 }
-within() { # <description> <promql> <low> <high>: low <= value <= high (waits up to 20 s for low)
-    local v
-    for _ in $(seq 100); do
-        v=$(prom_value "$2" 2>/dev/null) || v=
-        [[ -n $v ]] && python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "$v" "$3" && break
-        sleep 0.2
-    done
-    settle
-    v=$(prom_value "$2" 2>/dev/null || echo error)
-    check "$1: $2 = ${v:-none} in [$3, $4]" python3 -c 'import sys; v = sys.argv[1]; sys.exit(0 if v not in ("", "error", "none") and float(sys.argv[2]) <= float(v) <= float(sys.argv[3]) else 1)' "${v:-none}" "$3" "$4"
+within() { # <description> <promql> <low> <high>: low <= value <= high
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$PENDING"
+}
+run_checks() {
+    local line
+    [[ -s $PENDING ]] || return 0
+    while IFS= read -r line; do
+        case $line in
+        "ok "*) ok "${line#ok }" ;;
+        *) not_ok "${line#FAIL }" ;;
+        esac
+    done < <(python3 "$E2E_DIR/prom_checks.py" "http://127.0.0.1:$PROM_PORT" <"$PENDING" 2>&1 || echo "FAIL prom_checks.py failed")
+    : >"$PENDING"
 }
 
 # Totals the test has sent so far (the oracle): connections, request and response bytes.
 CONNS=0 REQ_BYTES=0 RESP_BYTES=0
 traffic() { # <description> <addr> <n> <request bytes> <response bytes>
     local out
-    SETTLED=0
+    run_checks  # what was queued reads the totals before this traffic
     serve "$5"
     out=$(pod_exec client python3 "$TOOL" connect "$2" 80 "$3" "$4" "$5" 2>&1 | tail -1 || true)
     check "$1: $3 connections to $2:80, $4 B up and $5 B down each ($out)" \
@@ -197,6 +193,7 @@ exact "kmesh_service_connections_opened_total of the echo service (client side)"
     "sum(kmesh_service_connections_opened_total{reporter=\"source\", destination_service=\"$SVC\", destination_service_name=\"echo\", destination_service_namespace=\"default\"})" $CONNS
 
 # --- Labels: what the config says, "unknown" where it says nothing; Istio's full label set.
+run_checks
 prom_query 'istio_tcp_connections_opened_total{source_workload="client"}' >"$TMP/series.json"
 check "the label values follow the config and Istio's conventions" python3 - "$TMP/series.json" <<'PY'
 import json, re, sys
@@ -254,6 +251,7 @@ within "while held open: request bytes reported before the close" \
     "$(q istio_tcp_received_bytes_total destination 'source_workload="client"')" $OPEN_REQ $((OPEN_REQ + TOL * (CONNS + 1)))
 exact "while held open: opened counts it" "$(q istio_tcp_connections_opened_total source 'source_workload="client"')" $((CONNS + 1))
 exact "while held open: closed does not" "$(q istio_tcp_connections_closed_total source 'source_workload="client"')" $CONNS
+run_checks
 touch "$TMP/release"
 wait "$HELD"
 check "the held connection completed: $(tail -1 "$TMP/held.log")" grep -qx "connections=1 ok=1 sent=4096 received=100" "$TMP/held.log"
@@ -261,6 +259,7 @@ CONNS=$((CONNS + 1)) REQ_BYTES=$OPEN_REQ RESP_BYTES=$((RESP_BYTES + 100))
 counts_and_bytes "after the held connection"
 
 # --- A client outside the mesh: only the destination reports, with an unknown source.
+run_checks
 out=$(pod_exec outsider python3 "$TOOL" connect "$B1_4" 8080 5 100 100 2>&1 | tail -1 || true)
 check "the outsider's 5 connections to echo-v1's pod IP: $out" test "$out" = "connections=5 ok=5 sent=500 received=500"
 exact "reporter=destination counts the outsider's connections with source_workload=unknown" \
@@ -271,11 +270,13 @@ exact "no reporter=source series has an unknown source workload (the outsider is
     'count(istio_tcp_connections_opened_total{reporter="source", source_workload="unknown"}) or vector(0)' 0
 
 # --- connect() failures by reason: a service without endpoints.
+run_checks
 out=$(pod_connect client 10.96.0.20 80 3)
 check "3 connects to a service without endpoints are refused: $(xargs <<<"$out")" test "$(grep -c ECONNREFUSED <<<"$out")" = 3
 exact "kmesh_connect_failures_total counts them by reason" 'sum(kmesh_connect_failures_total{reason=~"no_endpoint.*"})' 3
 
 # --- The exposition itself: promtool, on the metrics port and on the admin port.
+run_checks
 scrape >"$TMP/exposition.txt"
 check "promtool check metrics passes on /stats/prometheus ($(grep -c '^istio_tcp' "$TMP/exposition.txt") istio_tcp samples)" \
     eval 'promtool check metrics <"$TMP/exposition.txt"'
@@ -315,6 +316,7 @@ out=$(pod_exec outsider python3 "$TOOL" connect "$B2_4" 8080 3 300 300 2>&1 | ta
 exact "switched on again, the outsider's next 3 connections to echo-v2 are counted ($out)" \
     'sum(istio_tcp_connections_opened_total{reporter="destination", source_workload="unknown", destination_workload="echo-v2"})' 3
 
+run_checks
 # --- --monitoring=off at start: the same traffic makes no istio_tcp series.
 agent_stop
 AGENT_FLAGS="$BASE_FLAGS $TEL_FLAGS --monitoring=off"

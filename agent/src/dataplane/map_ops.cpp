@@ -45,8 +45,6 @@ int KernelMapOps::remove(MapId map, const void* key) {
     return result(bpf_map_delete_elem(fds_[static_cast<int>(map)], key));
 }
 
-namespace {
-
 // The kernel's answer when a map type has no batch operation is ENOTSUPP (524, kernel-internal, no
 // libc name); a kernel older than 5.6 does not know the command at all and says EINVAL. Either way
 // nothing was done when the first entry is the one reported: the caller then goes one by one, and
@@ -58,8 +56,6 @@ int batch_result(int rc, uint32_t done) {
     if (done == 0 && (err == -kEnotsupp || err == -EOPNOTSUPP || err == -EINVAL)) return -EOPNOTSUPP;
     return err;
 }
-
-}  // namespace
 
 int KernelMapOps::update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) {
     if (!batch_) return MapOps::update_batch(map, keys, values, n, done);

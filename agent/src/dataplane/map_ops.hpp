@@ -72,4 +72,9 @@ class KernelMapOps : public MapOps {
     bool batch_;
 };
 
+// The result of a libbpf batch call (`rc`, errno set) as -errno, where -EOPNOTSUPP means "nothing
+// was done and this map or kernel has no batch operation: go one by one" (map_ops.cpp says why).
+// Shared with the authorization writer's batches.
+int batch_result(int rc, uint32_t done);
+
 }  // namespace kmesh

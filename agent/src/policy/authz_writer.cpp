@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/src/dataplane/map_ops.hpp"
+
 namespace kmesh::policy {
 
 namespace {
@@ -106,18 +108,6 @@ int KernelAuthzMapOps::update(AuthzMap map, const void* key, const void* value) 
 int KernelAuthzMapOps::remove(AuthzMap map, const void* key) {
     return result(bpf_map_delete_elem(fds_[idx(map)], key));
 }
-
-namespace {
-// As map_ops.cpp: a batch the kernel does not have (or refuses for this map type) before doing
-// anything is -EOPNOTSUPP, so the caller goes one by one.
-int batch_result(int rc, uint32_t done) {
-    if (rc >= 0) return 0;
-    int err = -errno;
-    constexpr int kEnotsupp = 524;
-    if (done == 0 && (err == -kEnotsupp || err == -EOPNOTSUPP || err == -EINVAL)) return -EOPNOTSUPP;
-    return err;
-}
-}  // namespace
 
 int KernelAuthzMapOps::update_batch(AuthzMap map, const void* keys, const void* values, uint32_t n,
                                     uint32_t* done) {
