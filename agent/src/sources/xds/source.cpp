@@ -36,7 +36,7 @@ std::string Source::apply_address(const Resource& r) {
     // The model itself says what a name is; a name that changes kind drops its old self.
     if (a.has_workload()) {
         if (mesh_.model().services.count(name)) mesh_.remove_service(name);
-        mesh_.upsert_workload(w);
+        mesh_.upsert_workload(std::move(w));
     } else {
         if (mesh_.model().workloads.count(name)) mesh_.remove_workload(name);
         mesh_.upsert_service(s);
