@@ -186,7 +186,9 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     // the main loop; a small one at once, so that a connection right after it is named.
     ModelChanges changes = mesh_.take_model_changes();
     constexpr size_t kNamesInline = 1000;
-    const bool defer_names = changes.all || changes.workloads.size() + changes.services.size() > kNamesInline;
+    const size_t names_work = changes.all ? mesh_.model().workloads.size() + mesh_.model().services.size()
+                                          : changes.workloads.size() + changes.services.size();
+    const bool defer_names = names_work > kNamesInline;
     if (!defer_names) {
         follow_names();  // any held back ones first (they name the same model)
         telemetry_->update_model(mesh_.model(), changes);
