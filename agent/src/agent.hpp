@@ -150,7 +150,9 @@ class Agent {
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
     std::string sync_authz(const ModelChanges& changes);
-    bool sync_from_xds();                       // mu_ held, on the xDS thread; false: not all written
+    bool sync_from_xds();  // mu_ held, on the xDS thread; false: not all written
+    // Telemetry's names follow the model changes held back by sync_maps (mu_ held).
+    void follow_names();
     void start_admin();                         // never fails: binding is retried in the background
     void add_ctl_routes(httplib::Server& srv);  // /debug/loglevel, /debug/authz, /debug/waypoints
     // Moves pods to this agent's programs once the first full state is in the maps; "" or an error.
@@ -182,6 +184,10 @@ class Agent {
     Reload retry_pending_apply();  // mu_ not held
     std::atomic<uint64_t> generation_{0};
     std::atomic<bool> retry_pending_{false};
+    // Model changes telemetry's names have not followed yet: a large change (a full push) is
+    // followed after its maps are written and acknowledged, by the main loop (mu_).
+    ModelChanges names_pending_;
+    std::atomic<bool> names_due_{false};
     int wake_fd_ = -1;  // eventfd: the xDS thread asks the main loop for a retry or a publish
 
     // File source: the stamp of the last file parsed and whether it parsed (and fitted).

@@ -371,7 +371,12 @@ void MeshState::remove_service(const std::string& key) {
     forget_hash(key);
 }
 
-void MeshState::upsert_workload(const Workload& w) {
+void MeshState::upsert_workload(const Workload& w) { upsert_workload_as(w); }
+
+void MeshState::upsert_workload(Workload&& w) { upsert_workload_as(std::move(w)); }
+
+template <typename W>
+void MeshState::upsert_workload_as(W&& w) {
     // One lookup of the uid in the model (100k workloads: each a walk of long, alike strings); the
     // refreshes below are handed the entry.
     auto it = model_.workloads.lower_bound(w.uid);
@@ -390,19 +395,20 @@ void MeshState::upsert_workload(const Workload& w) {
                 m->second.erase(w.uid);
                 if (m->second.empty() && !model_.services.count(key)) members_.erase(m);
             }
+    // `w` may be moved from here on: what follows reads the model's entry.
     if (existed)
-        it->second = w;
-    else
-        it = model_.workloads.emplace_hint(it, w.uid, w);
+        it->second = std::forward<W>(w);
+    else  // the key is copied from w.uid before w is moved (a pair's members are made in order)
+        it = model_.workloads.emplace_hint(it, w.uid, std::forward<W>(w));
     // Members name the workload by a view of its key in the model (stable until it is erased).
     std::string_view uid = it->first;
     const Workload& wl = it->second;
     for (const auto& [key, ports] : wl.services) members_[key].insert(uid);
-    const uint64_t hw = name_hash(w.uid);
+    const uint64_t hw = name_hash(it->first);
     hashes_.insert(hw);
-    if (learn_locality_ && !w.placement->node.empty() && w.placement->node == node_.node &&
-        w.placement->locality != node_.locality) {
-        node_.locality = w.placement->locality;  // every priority is relative to it
+    if (learn_locality_ && !wl.placement->node.empty() && wl.placement->node == node_.node &&
+        wl.placement->locality != node_.locality) {
+        node_.locality = wl.placement->locality;  // every priority is relative to it
         for (const auto& [key, s] : model_.services) refresh_service(key);
     }
     refresh_backend(hw, &wl);

@@ -141,6 +141,7 @@ class MeshState {
     void upsert_service(const Service& s);
     void remove_service(const std::string& key);
     void upsert_workload(const Workload& w);
+    void upsert_workload(Workload&& w);  // moved into the model (an xDS push: 100k of them)
     void remove_workload(const std::string& uid);
     // Authorization policies live in the model too; they imply no service/backend map entries.
     // policies_version() changes whenever one does, for whoever compiles them.
@@ -178,6 +179,8 @@ class MeshState {
     bool pinned(const std::string& name) const { return pinned_.count(name_hash(name)) > 0; }
 
   private:
+    template <typename W>
+    void upsert_workload_as(W&& w);
     void refresh_service(const std::string& key);  // LB mode, frontends, every member
     void refresh_member(const std::string& service_key, const std::string& uid);
     void refresh_member(const std::string& service_key, uint64_t service_hash, const Service* service,

@@ -332,12 +332,18 @@ Status AuthzWriter::publish(const CompiledAuthz& c, const PublishHint* hint) {
             if (id != 0 && (h == idents_.end() || h->second != id)) puts.emplace_back(addr, id);
         }
     } else {
-        for (const auto& [addr, id] : idents_)
-            if (!c.addr_identity.count(addr)) gone.push_back(addr);
+        // One walk over both (sorted alike) instead of a lookup per address: 100k at a full push.
+        auto h = idents_.begin();
         for (const auto& [addr, id] : c.addr_identity) {
-            auto h = idents_.find(addr);
-            if (h == idents_.end() || h->second != id) puts.emplace_back(addr, id);
+            for (; h != idents_.end() && h->first < addr; ++h) gone.push_back(h->first);
+            if (h != idents_.end() && h->first == addr) {
+                if (h->second != id) puts.emplace_back(addr, id);
+                ++h;
+            } else {
+                puts.emplace_back(addr, id);
+            }
         }
+        for (; h != idents_.end(); ++h) gone.push_back(h->first);
     }
     if (Status st = remove_idents(gone, &changed); !st) {
         stats_.failures++;

@@ -165,7 +165,7 @@ class AuthzWriter {
     AuthzSizes sizes_;
     uint64_t state_ = 0;
     std::array<AuthzGeneration, 2> gens_;
-    std::map<IpAddr, uint32_t> idents_;              // what km_authz_ident holds
+    AddrIds idents_;                                 // what km_authz_ident holds
     std::map<SourceIdentity, uint32_t> identities_;  // of the tables the kernel reads
     uint32_t next_identity_ = 1;                     // no id from here up was ever handed out
     bool recovered_ = false;                         // recover() ran, no publish since

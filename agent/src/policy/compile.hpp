@@ -9,6 +9,8 @@
 // workload and id 0 for "no identity". Addresses become LPM entries, ports hash entries.
 #pragma once
 
+#include <absl/container/btree_map.h>
+
 #include <cstdint>
 #include <map>
 #include <set>
@@ -84,6 +86,11 @@ struct AuthzTables {
     bool operator==(const AuthzTables&) const = default;
 };
 
+// Address -> identity id, for every workload address of the mesh (100k at a full push). A
+// B-tree, same order as a std::map: ~20 bytes an entry and cache-friendly inserts instead of a
+// 64-byte node each.
+using AddrIds = absl::btree_map<IpAddr, uint32_t>;
+
 struct CompiledAuthz {
     AuthzTables tables;
     // Identity ids (stable across compiles when passed back in): 1.. for known identities.
@@ -91,7 +98,7 @@ struct CompiledAuthz {
     uint32_t next_identity = 1;  // the first id this compile did not hand out (IdentityIds::next)
     // Every workload address (any node) whose workload has an identity -> its id. An address that
     // workloads of different identities share (host network) has none: it is left out.
-    std::map<IpAddr, uint32_t> addr_identity;
+    AddrIds addr_identity;
     // Every policy key of the model (the writer keeps a counter slot for each).
     std::vector<std::string> policy_keys;
 };
@@ -104,7 +111,7 @@ struct IdentityIds {
     // After an agent restart: km_authz_ident as recovered (address -> id). An identity without an
     // id in `ids` takes the id its workloads' addresses carry, when they all agree and no other
     // identity claims it, so a restart does not renumber what the kernel enforces.
-    std::map<IpAddr, uint32_t> addr_ids;
+    AddrIds addr_ids;
     // Ids from here up were never handed out: new identities are numbered from it, so a freed id
     // is never reused (ids are 32-bit; the space lasts for billions of identity changes).
     uint32_t next = 1;

@@ -16,6 +16,8 @@
 // the same identity ids) would put there (test/unit/test_authz_incremental.cpp).
 #pragma once
 
+#include <absl/container/btree_map.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -91,9 +93,11 @@ class IncrementalAuthz {
     // before it indexes the present ones, so a name that took a removed one's hash in the same
     // batch keeps its entry.
     std::unordered_map<uint64_t, Entry> index_;
-    std::map<ClaimKey, uint32_t> claims_;  // (address, identity or null) -> workloads
-    std::set<std::string> local_;          // uids of this node's workloads with addresses
-    size_t ident_count_ = 0;               // addresses with an identity
+    // (address, identity or null) -> workloads. A B-tree: a full push inserts one claim per
+    // workload (100k), in a node of ~20 bytes each rather than a 64-byte tree node.
+    absl::btree_map<ClaimKey, uint32_t> claims_;
+    std::set<std::string> local_;  // uids of this node's workloads with addresses
+    size_t ident_count_ = 0;       // addresses with an identity
     AuthzSyncStats last_;
 };
 

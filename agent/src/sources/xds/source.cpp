@@ -16,7 +16,9 @@ using envoy::service::discovery::v3::Resource;
 std::string Source::apply_address(const Resource& r) {
     if (r.resource().type_url() != kAddressType)
         return fmt::format("carries {}, not {}", r.resource().type_url(), kAddressType);
-    istio::workload::Address a;
+    // One message for every resource of a response: a parse reuses its sub-messages and the
+    // strings not moved out below (a full push decodes 110k of them).
+    istio::workload::Address& a = address_;
     if (!a.ParseFromString(r.resource().value())) return "cannot be decoded as istio.workload.Address";
     if (!a.has_workload() && !a.has_service()) return "is neither a workload nor a service";
     // Converted (and validated) first, so that a resource without a name is refused for that.
@@ -34,7 +36,7 @@ std::string Source::apply_address(const Resource& r) {
     // The model itself says what a name is; a name that changes kind drops its old self.
     if (a.has_workload()) {
         if (mesh_.model().services.count(name)) mesh_.remove_service(name);
-        mesh_.upsert_workload(w);
+        mesh_.upsert_workload(std::move(w));
     } else {
         if (mesh_.model().workloads.count(name)) mesh_.remove_workload(name);
         mesh_.upsert_service(s);
@@ -93,7 +95,9 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
         return rejected;
     }
     auto& versions = versions_[type];
+    auto& rejected_names = rejected_[type];
     const int total = resp.resources_size();
+    if (total > 1000) versions.reserve(versions.size() + static_cast<size_t>(total));
     constexpr int kChunk = kConsumeChunk;
     int i = 0;  // index in resp.resources() of the next resource (earlier ones may be gone)
     for (int n = 0; n < total; n++, i++) {
@@ -124,7 +128,7 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
             continue;
         }
         versions.set(name_hash(r.name()), r.version());
-        rejected_[type].erase(r.name());
+        if (!rejected_names.empty()) rejected_names.erase(r.name());
         if (type == kAddressType) mesh_.unpin(r.name());
     }
     for (const auto& name : resp.removed_resources()) remove(type, name);

@@ -14,6 +14,7 @@
 #include "agent/src/sources/xds/client.hpp"
 #include "agent/src/sources/xds/versions.hpp"
 #include "istio/security/authorization.pb.h"
+#include "istio/workload/workload.pb.h"
 
 namespace kmesh::xds {
 
@@ -65,6 +66,7 @@ class Source : public Handler {
     // type -> name -> version of resources rejected while the model held no good state of them.
     std::map<std::string, std::map<std::string, std::string>> rejected_;
     bool addresses_received_ = false;
+    istio::workload::Address address_;  // apply_address's decode buffer (mu_)
     // Until istiod's first Authorization response, the policies in the model are not istiod's:
     // the agent keeps enforcing what the kernel holds (a restart must not open every pod).
     std::atomic<bool> policies_received_{false};

@@ -33,6 +33,8 @@ class VersionTable {
         return std::nullopt;
     }
     size_t size() const { return hex_.size() + other_.size(); }
+    // Room for `n` hex versions: a full push of 110k otherwise rehashes the table ~17 times.
+    void reserve(size_t n) { hex_.reserve(n); }
 
     // Exactly 16 lowercase hex digits, so that unpack() gives the same text back.
     static std::optional<uint64_t> pack(const std::string& v) {
