@@ -502,3 +502,29 @@ TEST_CASE("telemetry: process metrics come from /proc/self") {
         CHECK(v > 0);
     }
 }
+
+TEST_CASE("telemetry: events held during a large change are named by the model the change brings") {
+    // The agent programs the maps of a large change before telemetry's names follow it, and holds
+    // the events meanwhile: a connection sleep-1 opens in that window is named sleep-1's, not
+    // "unknown" for the rest of its life.
+    Fixture f;
+    Model without_client = mesh();
+    without_client.workloads.erase("Kubernetes//Pod/client-ns/sleep-1");
+    f.tel.update_model(std::make_shared<const Model>(without_client));
+    f.tel.hold_events();
+    ConnEvent open = src_ev(ConnEventType::kOpen);
+    f.tel.on_event(open);
+    ConnEvent close = src_ev(ConnEventType::kClose);
+    close.sent_bytes = 10;
+    close.recv_bytes = 20;
+    f.tel.on_event(close);
+    CHECK(f.samples(kIstio).empty());  // held, not named yet
+    f.tel.update_model(std::make_shared<const Model>(mesh()));
+    CHECK(f.samples(kIstio) == istio_lines(kSourceLabels, 1, 1, 20, 10));
+    CHECK(f.samples({"kmesh_telemetry_events_named_early_total"}) ==
+          std::set<std::string>{"kmesh_telemetry_events_named_early_total 0"});
+    // Released: the next event is named at once.
+    f.tel.on_event(src_ev(ConnEventType::kOpen, 5));
+    CHECK(f.samples({"istio_tcp_connections_opened_total"}) ==
+          std::set<std::string>{"istio_tcp_connections_opened_total{" + kSourceLabels + "} 2"});
+}

@@ -147,7 +147,10 @@ struct Telemetry::Impl {
     TokenBucket bucket;
     // Counters of telemetry itself.
     std::array<Counter, 5> events;  // by ConnEventType (1..4)
-    Counter untracked, series_dropped, lines, lines_dropped;
+    Counter untracked, series_dropped, lines, lines_dropped, named_early;
+    // hold_events(): events kept until the index follows the model (update_model names them).
+    bool holding = false;
+    std::vector<ConnEvent> held;
 
     explicit Impl(TelemetryOptions o) : opt(std::move(o)), index(opt.cluster_id), settings(opt.initial) {
         if (!opt.now) opt.now = [] { return Clock::now(); };
@@ -324,6 +327,18 @@ struct Telemetry::Impl {
 
     std::optional<std::string> on_event(const ConnEvent& ev) {
         std::lock_guard lock(mu);
+        if (holding) {
+            if (held.size() < Telemetry::kHeldEvents) {
+                held.push_back(ev);
+                return std::nullopt;
+            }
+            named_early.add(1);
+        }
+        return handle(ev);
+    }
+
+    // mu held.
+    std::optional<std::string> handle(const ConnEvent& ev) {
         auto t = static_cast<size_t>(ev.type);
         if (t < events.size()) events[t].add(1);
         if (ev.type == ConnEventType::kDenied) {
@@ -386,12 +401,29 @@ void Telemetry::update_model(std::shared_ptr<const Model> model) {
 }
 
 void Telemetry::update_model(const Model& model, const ModelChanges& changes) {
+    std::vector<std::string> lines;
+    {
+        std::lock_guard lock(impl_->mu);
+        auto now = impl_->opt.now();
+        if (impl_->index.apply(model, changes))
+            impl_->index_changed(now);
+        else
+            impl_->gc_all(now);
+        if (impl_->holding) {
+            // In arrival order, with the names that now follow the model.
+            impl_->holding = false;
+            std::vector<ConnEvent> held;
+            held.swap(impl_->held);
+            for (const auto& ev : held)
+                if (auto line = impl_->handle(ev)) lines.push_back(std::move(*line));
+        }
+    }
+    for (const auto& line : lines) impl_->opt.access_log_sink(line);  // without the lock: the sink may block
+}
+
+void Telemetry::hold_events() {
     std::lock_guard lock(impl_->mu);
-    auto now = impl_->opt.now();
-    if (impl_->index.apply(model, changes))
-        impl_->index_changed(now);
-    else
-        impl_->gc_all(now);
+    impl_->holding = true;
 }
 
 MonitoringSettings Telemetry::settings() const {
@@ -475,6 +507,11 @@ std::string Telemetry::render() {
                   "access-log line lacks bytes reported before the close).",
                   "counter");
     fmt::format_to(it, "kmesh_telemetry_untracked_connections_total {}\n", m.untracked.get());
+    append_header(out, "kmesh_telemetry_events_named_early_total",
+                  "Connection events named before the names followed a large model change, because more "
+                  "than the held-event cap arrived meanwhile (their series may say unknown).",
+                  "counter");
+    fmt::format_to(it, "kmesh_telemetry_events_named_early_total {}\n", m.named_early.get());
     append_header(out, "kmesh_telemetry_series", "Telemetry series exported now, by family.", "gauge");
     fmt::format_to(it, "kmesh_telemetry_series{{family=\"istio_tcp\"}} {}\n", istio.size());
     fmt::format_to(it, "kmesh_telemetry_series{{family=\"workload\"}} {}\n", workloads.size());

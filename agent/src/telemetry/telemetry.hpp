@@ -48,6 +48,14 @@ class Telemetry {
     // one-workload change costs one workload whatever the size of the mesh. Call with the model
     // not changing underneath (the agent holds its lock).
     void update_model(const Model& model, const ModelChanges& changes);
+    // Until the next update_model: connection events are kept (up to kHeldEvents) instead of named,
+    // and named after the index has followed the model. The agent calls it when a large change's
+    // names are built after its maps are written: a connection opened in between (to a pod the
+    // change just added) is then named by the new model, not "unknown" for its whole life. Events
+    // past the cap are named at once with the names of the moment (counted:
+    // kmesh_telemetry_events_named_early_total).
+    void hold_events();
+    static constexpr size_t kHeldEvents = 65536;
     // Prometheus text of every telemetry series (istio_tcp_*, kmesh per-workload/service, access
     // log counters, process_*). The agent appends its own counters for the admin port's /metrics.
     std::string render();
