@@ -372,7 +372,7 @@ TEST_CASE("telemetry: a change to most of the model is named as 'all', and the i
     CHECK(index.apply(ms.model(), ch));
     CHECK(index.workloads() == ms.model().workloads.size());
     REQUIRE(index.workload_at(*IpAddr::parse("10.9.4.75")) != nullptr);  // p-1099
-    CHECK(index.workload_at(*IpAddr::parse("10.9.4.75"))->name == "p-1099");
+    CHECK(index.workload_at(*IpAddr::parse("10.9.4.75"))->name() == "p-1099");
     // A small change is named again.
     ms.remove_workload(pod(7).uid);
     ch = ms.take_model_changes();
