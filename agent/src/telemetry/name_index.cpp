@@ -31,7 +31,17 @@ size_t IpAddrHash::operator()(const IpAddr& a) const noexcept {
     uint64_t lo, hi;
     std::memcpy(&lo, a.bytes.data(), 8);
     std::memcpy(&hi, a.bytes.data() + 8, 8);
-    return std::hash<uint64_t>()(hi * 0x9e3779b97f4a7c15ULL ^ lo);
+    // Every bit mixed into every bit (murmur3's finalizer): absl's tables take the slot from the
+    // low bits, and an IPv4-mapped address has its four varying bytes at the top of `hi` (with a
+    // plain multiply, every IPv4 address fell in one probe group: a 10x slower full push).
+    auto mix = [](uint64_t h) {
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+        h *= 0xc4ceb9fe1a85ec53ULL;
+        return h ^ (h >> 33);
+    };
+    return mix(lo ^ mix(hi));
 }
 
 bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
