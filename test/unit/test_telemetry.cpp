@@ -372,7 +372,7 @@ TEST_CASE("telemetry: a change to most of the model is named as 'all', and the i
     CHECK(index.apply(ms.model(), ch));
     CHECK(index.workloads() == ms.model().workloads.size());
     REQUIRE(index.workload_at(*IpAddr::parse("10.9.4.75")) != nullptr);  // p-1099
-    CHECK(index.workload_at(*IpAddr::parse("10.9.4.75"))->name == "p-1099");
+    CHECK(index.workload_at(*IpAddr::parse("10.9.4.75"))->name() == "p-1099");
     // A small change is named again.
     ms.remove_workload(pod(7).uid);
     ch = ms.take_model_changes();
@@ -381,6 +381,54 @@ TEST_CASE("telemetry: a change to most of the model is named as 'all', and the i
     index.apply(ms.model(), ch);
     CHECK(index.workload_at(*IpAddr::parse("10.9.0.7")) == nullptr);
     CHECK(index.workloads() == ms.model().workloads.size());
+}
+
+TEST_CASE("telemetry: workloads sharing a pod key or an address, removed in either order") {
+    // The index keeps one entry per pod key viewing a holder's own text, and one list per address:
+    // removing the holder whose text the key views must leave the other's pod live.
+    for (int first_removed : {0, 1}) {
+        Model m;
+        auto pod = [](const std::string& uid, const std::string& addr, bool host) {
+            Workload w;
+            w.uid = uid;
+            w.name = "shared-pod";  // same namespace/name in two clusters
+            w.namespace_ = "ns";
+            w.addresses = {*IpAddr::parse(addr)};
+            if (host) w.network_mode = NetworkMode::kHostNetwork;
+            return w;
+        };
+        const std::string a = "c1//Pod/ns/shared-pod", b = "c2//Pod/ns/shared-pod";
+        m.workloads[a] = pod(a, "10.1.0.1", false);
+        m.workloads[b] = pod(b, "10.1.0.1", false);
+        NameIndex index("Kubernetes");
+        index.apply(m, ModelChanges{true, {}, {}});
+        CHECK(index.pod_live("ns/shared-pod"));
+        CHECK(!index.pod_live("ns/other"));
+        // Same address, both on the pod network: the smaller uid.
+        REQUIRE(index.workload_at(*IpAddr::parse("10.1.0.1")) != nullptr);
+        CHECK(index.workload_at(*IpAddr::parse("10.1.0.1"))->uid() == a);
+        const std::string gone = first_removed == 0 ? a : b, kept = first_removed == 0 ? b : a;
+        m.workloads.erase(gone);
+        index.apply(m, ModelChanges{false, {gone}, {}});
+        CHECK(index.pod_live("ns/shared-pod"));
+        REQUIRE(index.workload_at(*IpAddr::parse("10.1.0.1")) != nullptr);
+        CHECK(index.workload_at(*IpAddr::parse("10.1.0.1"))->uid() == kept);
+        CHECK(index.workload_at(*IpAddr::parse("10.1.0.1"))->pod_key() == "ns/shared-pod");
+        // A host-network workload at the same address ranks after the pod-network one.
+        const std::string h = "a0//Pod/ns/host";
+        m.workloads[h] = pod(h, "10.1.0.1", true);
+        index.apply(m, ModelChanges{false, {h}, {}});
+        CHECK(index.workload_at(*IpAddr::parse("10.1.0.1"))->uid() == kept);
+        m.workloads.erase(kept);
+        index.apply(m, ModelChanges{false, {kept}, {}});
+        CHECK(index.pod_live("ns/shared-pod"));  // the host-network one has the same namespace/name
+        CHECK(index.workload_at(*IpAddr::parse("10.1.0.1"))->uid() == h);
+        m.workloads.erase(h);
+        index.apply(m, ModelChanges{false, {h}, {}});
+        CHECK(!index.pod_live("ns/shared-pod"));
+        CHECK(index.workload_at(*IpAddr::parse("10.1.0.1")) == nullptr);
+        CHECK(index.workloads() == 0);
+    }
 }
 
 TEST_CASE("telemetry: access log lines for closed and denied connections, rate-limited") {

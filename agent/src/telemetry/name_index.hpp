@@ -4,6 +4,10 @@
 // proportion to the change. Telemetry owns it and guards it with its lock; the model never sees it.
 #pragma once
 
+#include <absl/container/flat_hash_map.h>
+#include <absl/container/inlined_vector.h>
+#include <absl/container/node_hash_map.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -29,19 +33,26 @@ struct PeerLabels {
     std::string label_key;
 };
 
-// A workload as telemetry names it.
-struct PeerInfo {
-    std::string uid;
-    std::string name;  // the pod (Workload.name)
+// A workload as telemetry names it. Compact (issue 12: 100k workloads): the strings it alone has
+// (namespace/name and uid) are one heap block, one address and one service are kept inline, and
+// the service keys are the model's interned strings (shared, not copied).
+class PeerInfo {
+  public:
     const PeerLabels* labels = nullptr;
-    std::vector<IpAddr> addresses;
-    // "namespace/hostname" -> ports, sorted by key: a flat copy of Workload::services (one block
-    // per workload instead of a tree node per service). The keys are the index's interned copies
-    // (one per service name, however many workloads list it).
-    std::vector<std::pair<const std::string*, std::vector<ServicePort>>> services;
+    absl::InlinedVector<IpAddr, 1> addresses;
+    // "namespace/hostname" -> the workload's own ports of it, sorted by key (Workload::services).
+    absl::InlinedVector<std::pair<InternedString, std::vector<ServicePort>>, 1> services;
     bool host_network = false;
+
+    std::string_view uid() const { return {text_.get() + name_off_ + name_len_ + 1, uid_len_}; }
+    std::string_view name() const { return {text_.get() + name_off_, name_len_}; }  // the pod
     // "namespace/name": the per-workload series of this pod live while it is in the model.
-    std::string pod_key() const { return labels->namespace_ + "/" + name; }
+    std::string_view pod_key() const { return {text_.get(), size_t(name_off_) + name_len_}; }
+
+  private:
+    friend class NameIndex;
+    std::unique_ptr<char[]> text_;  // "namespace/name\0uid"
+    uint32_t name_off_ = 0, name_len_ = 0, uid_len_ = 0;
 };
 
 struct ServiceInfo {
@@ -74,34 +85,34 @@ class NameIndex {
     const ServiceInfo* service_of(const PeerInfo& w, uint16_t port) const;
 
     bool peer_live(const std::string& label_key) const { return peers_.count(label_key) > 0; }
-    bool pod_live(const std::string& pod_key) const { return pods_.count(pod_key) > 0; }
+    bool pod_live(std::string_view pod_key) const { return pods_.count(pod_key) > 0; }
     bool service_live(const std::string& label_key) const { return service_keys_.count(label_key) > 0; }
 
     size_t workloads() const { return workloads_.size(); }
     size_t services() const { return services_.size(); }
 
   private:
-    void remove_workload(const std::string& uid);
+    void remove_workload(std::string_view uid);
     void add_workload(const Workload& w);
-    const std::string* intern_service_name(const std::string& key);
-    void release_service_name(const std::string* key);
     void remove_service(const std::string& key);
     void add_service(const Service& s);
 
     std::string default_cluster_;
-    // By uid, a view of the PeerInfo's own (not a second copy of every uid).
-    std::unordered_map<std::string_view, std::unique_ptr<PeerInfo>> workloads_;
-    std::unordered_map<IpAddr, std::vector<const PeerInfo*>, IpAddrHash> by_addr_;
+    // By uid (a view of the PeerInfo's own text; nodes are stable: by_addr_ and pods_ point at them).
+    absl::node_hash_map<std::string_view, PeerInfo> workloads_;
+    // The workloads at an address (nearly always one, kept inline).
+    absl::flat_hash_map<IpAddr, absl::InlinedVector<const PeerInfo*, 1>, IpAddrHash> by_addr_;
     std::map<std::string, ServiceInfo> services_;  // by key (nodes are stable: by_vip_ points at them)
     std::unordered_map<IpAddr, std::vector<const ServiceInfo*>, IpAddrHash> by_vip_;
     struct Pooled {
         uint32_t refs = 0;
         std::unique_ptr<PeerLabels> labels;
     };
-    std::unordered_map<std::string, Pooled> peers_;                  // by label key
-    std::unordered_map<std::string, uint32_t> pods_, service_keys_;  // reference counts
-    // Service names the workloads list, reference-counted (nodes are stable: PeerInfo points at them).
-    std::unordered_map<std::string, uint32_t> service_names_;
+    std::unordered_map<std::string, Pooled> peers_;  // by label key
+    // The workloads of each pod key: the key is a view of the first one's pod_key() (re-keyed when
+    // that one goes), so no string is kept per pod.
+    absl::flat_hash_map<std::string_view, absl::InlinedVector<const PeerInfo*, 1>> pods_;
+    std::unordered_map<std::string, uint32_t> service_keys_;  // reference counts
     std::string scratch_;  // the label key being looked up (no allocation when the labels are pooled)
 };
 

@@ -260,11 +260,11 @@ struct Telemetry::Impl {
         {
             std::string l;
             append_label(l, "reporter", reporter);
-            append_label(l, "workload", local && !local->name.empty() ? local->name : kUnknown);
+            append_label(l, "workload", local && !local->name().empty() ? local->name() : kUnknown);
             append_label(l, "workload_namespace",
                          local && !local->labels->namespace_.empty() ? local->labels->namespace_ : kUnknown);
             std::vector<std::string> deps;
-            if (local) deps.push_back("w" + local->pod_key());
+            if (local) deps.push_back("w" + std::string(local->pod_key()));
             r->local = series_for(workloads, std::move(l), std::move(deps));
         }
         if (svc && !denied) {
@@ -274,12 +274,12 @@ struct Telemetry::Impl {
             r->service = series_for(services, std::move(l), {"s" + svc->label_key});
         }
         if (src) {
-            r->src_workload = src->name;
+            r->src_workload = src->name();
             r->src_namespace = src->labels->namespace_;
         }
         if (svc) r->dst_service = svc->hostname;
         if (dst) {
-            r->dst_workload = dst->name;
+            r->dst_workload = dst->name();
             r->dst_namespace = dst->labels->namespace_;
         } else if (svc) {
             r->dst_namespace = svc->namespace_;
