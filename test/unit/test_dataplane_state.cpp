@@ -24,10 +24,10 @@ MapState written(const DesiredState& d) {
         out.lb_mode = s.lb_mode;
         out.flags = s.flags;
         out.affinity_timeout = s.affinity_timeout;
-        for (const auto& [b, weight] : s.members) out.members[st.backends.at(b).id] = weight;
+        for (const auto& [b, member] : s.members) out.members[st.backends.at(b).id] = member.weight;
         for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
             for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-                for (const auto& [b, n] : weight_slots(s.endpoints[f][p], s.members))
+                for (const auto& [b, n] : weight_slots(s.endpoints(f, p), s.weights()))
                     for (uint32_t i = 0; i < n; i++) out.slots[f][p].push_back(st.backends.at(b).id);
     }
     st.frontends = d.frontends;
@@ -60,8 +60,8 @@ TEST_CASE(
     const auto& b = d.backends.begin()->second;
     CHECK(b.flags == (KMESH_BACKEND_HAS_V4 | KMESH_BACKEND_HAS_V6));
     CHECK(b.addr4[15] == 5);
-    CHECK(d.services.begin()->second.endpoints[KMESH_FAMILY_V4][0].size() == 1);
-    CHECK(d.services.begin()->second.endpoints[KMESH_FAMILY_V6][0].size() == 1);
+    CHECK(d.services.begin()->second.endpoints(KMESH_FAMILY_V4, 0).size() == 1);
+    CHECK(d.services.begin()->second.endpoints(KMESH_FAMILY_V6, 0).size() == 1);
 }
 
 TEST_CASE("diff: identical states give an empty plan") {

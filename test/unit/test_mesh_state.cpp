@@ -27,7 +27,7 @@ Workload placed(const std::string& name, const std::string& ip, const Locality& 
 int prio_of(const DesiredState& d, const std::string& uid) {
     const auto& svc = d.services.at(name_hash(kEcho));
     for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-        if (svc.endpoints[KMESH_FAMILY_V4][p].count(name_hash(uid))) return p;
+        if (svc.endpoints(KMESH_FAMILY_V4, p).count(name_hash(uid))) return p;
     return -1;
 }
 
@@ -145,7 +145,7 @@ TEST_CASE("replace applies only the difference between two models") {
     Dirty d = mesh.take_dirty();
     CHECK(d.backends.size() == 1);
     CHECK(d.services.size() == 1);
-    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints[KMESH_FAMILY_V4][0].size() == 49);
+    CHECK(mesh.desired().services.at(name_hash(kEcho)).endpoints(KMESH_FAMILY_V4, 0).size() == 49);
 }
 
 namespace {
@@ -224,11 +224,15 @@ DesiredState oracle(const Model& m, const NodeInfo& node) {
             }
             // Every endpoint workload is a member with its capacity; capacity 0 (draining) is in no
             // list.
-            ds.members[hw] = w.capacity;
+            // A member's lists: the families its backend has, at its priority (none, and no
+            // priority, while draining).
+            DesiredMember member{w.capacity, 0, 0};
             if (w.capacity && backend->second.flags & KMESH_BACKEND_HAS_V4)
-                ds.endpoints[KMESH_FAMILY_V4][prio].insert(hw);
+                member.families |= 1 << KMESH_FAMILY_V4;
             if (w.capacity && backend->second.flags & KMESH_BACKEND_HAS_V6)
-                ds.endpoints[KMESH_FAMILY_V6][prio].insert(hw);
+                member.families |= 1 << KMESH_FAMILY_V6;
+            if (member.families) member.prio = static_cast<uint8_t>(prio);
+            ds.members[hw] = member;
             for (const auto& port : s.ports) {
                 uint16_t dflt = port.target_port ? port.target_port : port.service_port, own = dflt;
                 for (const auto& p : listed->second)
@@ -285,8 +289,8 @@ TEST_CASE("the independent oracle agrees with hand-checked cases") {
     add(m, workload("c", {"10.0.0.3"}, {"echo"}));  // no mapping for the named port: left out
     DesiredState d = oracle(m, {});
     const auto& svc = d.services.at(name_hash(kEcho));
-    CHECK(svc.endpoints[KMESH_FAMILY_V4][0] == BackendSet{name_hash(a.uid), name_hash(b.uid)});
-    CHECK(svc.endpoints[KMESH_FAMILY_V6][0] == BackendSet{name_hash(a.uid)});
+    CHECK(svc.endpoints(KMESH_FAMILY_V4, 0) == BackendSet{name_hash(a.uid), name_hash(b.uid)});
+    CHECK(svc.endpoints(KMESH_FAMILY_V6, 0) == BackendSet{name_hash(a.uid)});
     CHECK(d.ports.size() == 2);
     CHECK(d.frontends.begin()->second.flags == KMESH_FRONTEND_PER_WORKLOAD_PORTS);
     CHECK(same_contents(d, build_desired(m)));
@@ -401,4 +405,40 @@ TEST_CASE("VIP conflicts: listed with winner and losers, logged once, counted, r
     CHECK(mesh.vip_conflict_count() == 0);
     CHECK(logged("VIP conflict on 10.96.0.10:80 resolved") == 1);
     spdlog::set_default_logger(previous);
+}
+
+TEST_CASE("a service upserted after its workloads (istiod's order) lists them; removal and re-add too") {
+    MeshState mesh;
+    Workload a = workload("a", {"10.0.0.1", "fd00::1"}, {"echo"});
+    Workload b = workload("b", {"10.0.0.2"}, {"echo"});
+    b.capacity = 0;  // draining: a member, in no list
+    Workload c = workload("c", {"10.0.0.3"}, {"echo"});
+    c.services[kEcho] = {{80, 9000}};
+    for (const auto* w : {&a, &b, &c}) mesh.upsert_workload(*w);
+    const uint64_t hs = name_hash(kEcho), ha = name_hash(a.uid), hb = name_hash(b.uid), hc = name_hash(c.uid);
+    CHECK(mesh.desired().services.count(hs) == 0);  // no service yet: nobody is an endpoint
+    mesh.upsert_service(service("echo", {"10.96.0.10"}, {{80, 8080}}));
+    auto check = [&](const BackendSet& v4, const BackendSet& v6, const MemberWeights& weights) {
+        const DesiredService& ds = mesh.desired().services.at(hs);
+        CHECK(ds.endpoints(KMESH_FAMILY_V4, 0) == v4);
+        CHECK(ds.endpoints(KMESH_FAMILY_V6, 0) == v6);
+        for (uint32_t p = 1; p < KMESH_PRIO_COUNT; p++) CHECK(ds.endpoints(KMESH_FAMILY_V4, p).empty());
+        CHECK(ds.weights() == weights);
+    };
+    check({ha, hc}, {ha}, {{ha, 1}, {hb, 0}, {hc, 1}});
+    CHECK(ntohs(mesh.desired().ports.at(PortKey{hc, hs, htons(80)})) == 9000);
+    CHECK(mesh.desired().frontends.begin()->second.flags == KMESH_FRONTEND_PER_WORKLOAD_PORTS);
+    // The service changes (another target port): every member is refreshed against it.
+    mesh.upsert_service(service("echo", {"10.96.0.10"}, {{80, 9000}}));
+    CHECK(mesh.desired().ports.empty());  // c's 9000 is now the service's own target
+    CHECK(mesh.desired().frontends.begin()->second.flags == 0);
+    check({ha, hc}, {ha}, {{ha, 1}, {hb, 0}, {hc, 1}});
+    mesh.remove_workload(a.uid);
+    check({hc}, {}, {{hb, 0}, {hc, 1}});
+    mesh.remove_service(kEcho);
+    CHECK(mesh.desired().services.empty());
+    CHECK(mesh.desired().frontends.empty());
+    mesh.upsert_service(service("echo", {"10.96.0.10"}, {{80, 8080}}));
+    check({hc}, {}, {{hb, 0}, {hc, 1}});
+    CHECK(same_contents(mesh.desired(), oracle(mesh.model(), {})));
 }

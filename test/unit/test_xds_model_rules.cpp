@@ -18,8 +18,8 @@ const std::string kEcho = "default/echo.default.svc.cluster.local";
 int endpoint_prio(const DesiredState& d, const std::string& uid) {
     const auto& svc = d.services.at(name_hash(kEcho));
     for (int p = 0; p < KMESH_PRIO_COUNT; p++)
-        for (const auto& family : svc.endpoints)
-            if (family[p].count(name_hash(uid))) return p;
+        for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            if (svc.endpoints(f, p).count(name_hash(uid))) return p;
     return -1;
 }
 

@@ -62,6 +62,37 @@ uint16_t default_target(const ServicePort& p) { return p.target_port ? p.target_
 
 }  // namespace
 
+namespace {
+
+// (backend, weight) pairs, sorted by backend, each weight at least 1, turned into slot counts in
+// place (see weight_slots).
+void scale_slots(std::vector<std::pair<uint64_t, uint32_t>>& out, uint32_t max_slots) {
+    if (out.empty()) return;
+    uint64_t g = 0;
+    for (const auto& [b, weight] : out) g = std::gcd(g, uint64_t{weight});
+    uint64_t total = 0;
+    for (auto& [b, weight] : out) total += weight /= g;
+    const uint64_t budget = std::max<uint64_t>(max_slots, out.size());
+    if (total > budget)
+        for (auto& [b, weight] : out)  // nearest, at least 1
+            weight =
+                static_cast<uint32_t>(std::max<uint64_t>(1, (uint64_t{weight} * budget + total / 2) / total));
+}
+
+// Per (family, priority): the members listed there with their weights (at least 1), sorted by hash.
+using MemberLists =
+    std::array<std::array<std::vector<std::pair<uint64_t, uint32_t>>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT>;
+
+void member_lists(const DesiredMembers& members, MemberLists& lists) {
+    for (auto& family : lists)
+        for (auto& prio : family) prio.clear();
+    for (const auto& [b, m] : members)
+        for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            if (m.families & (1u << f)) lists[f][m.prio].emplace_back(b, std::max<uint32_t>(m.weight, 1));
+}
+
+}  // namespace
+
 void weight_slots_into(const BackendSet& list, const MemberWeights& weights, uint32_t max_slots,
                        std::vector<std::pair<uint64_t, uint32_t>>& out) {
     out.clear();
@@ -69,20 +100,37 @@ void weight_slots_into(const BackendSet& list, const MemberWeights& weights, uin
     out.reserve(list.size());
     // The weights, looked up once per backend (the list and the weights are both sorted by hash).
     auto w = weights.begin();
-    uint64_t g = 0;
     for (uint64_t b : list) {
         while (w != weights.end() && w->first < b) ++w;
-        uint64_t weight = w != weights.end() && w->first == b ? std::max<uint32_t>(w->second, 1) : 1;
-        out.emplace_back(b, static_cast<uint32_t>(weight));
-        g = std::gcd(g, weight);
+        uint32_t weight = w != weights.end() && w->first == b ? std::max<uint32_t>(w->second, 1) : 1;
+        out.emplace_back(b, weight);
     }
-    uint64_t total = 0;
-    for (auto& [b, weight] : out) total += weight /= g;
-    const uint64_t budget = std::max<uint64_t>(max_slots, list.size());
-    if (total > budget)
-        for (auto& [b, weight] : out)  // nearest, at least 1
-            weight =
-                static_cast<uint32_t>(std::max<uint64_t>(1, (uint64_t{weight} * budget + total / 2) / total));
+    scale_slots(out, max_slots);
+}
+
+BackendSet DesiredService::endpoints(uint32_t family, uint32_t prio) const {
+    BackendSet out;
+    for (const auto& [b, m] : members)
+        if ((m.families & (1u << family)) && m.prio == prio) out.insert(out.end(), b);
+    return out;
+}
+
+MemberWeights DesiredService::weights() const {
+    MemberWeights out;
+    for (const auto& [b, m] : members) out.insert(out.end(), {b, m.weight});
+    return out;
+}
+
+uint64_t DesiredService::endpoint_slot_count() const {
+    thread_local MemberLists lists;  // scratch: counted for every service before each apply
+    member_lists(members, lists);
+    uint64_t n = 0;
+    for (auto& family : lists)
+        for (auto& prio : family) {
+            scale_slots(prio, KMESH_MAX_WEIGHT_SLOTS);
+            for (const auto& [b, k] : prio) n += k;
+        }
+    return n;
 }
 
 std::map<uint64_t, uint32_t> weight_slots(const BackendSet& list, const MemberWeights& weights,
@@ -170,8 +218,6 @@ void MeshState::refresh_member(const std::string& key, uint64_t hs, const Servic
     auto ds = desired_.services.find(hs);
     if (ds != desired_.services.end()) {
         dirty_.services.insert(hs);
-        for (auto& family : ds->second.endpoints)
-            for (auto& prio : family) prio.erase(hw);
         ds->second.members.erase(hw);
     }
     for (auto it = desired_.ports.lower_bound(PortKey{hw, hs, 0});
@@ -202,10 +248,12 @@ void MeshState::refresh_member(const std::string& key, uint64_t hs, const Servic
     uint32_t flags = backend->second.flags;
     // A weight of 0 drains: the workload stays a member (km_member, weight 0: session affinity
     // stops reusing it, UDP replies from it are still recognised) but has no slot to be picked.
-    ds->second.members[hw] = wl->capacity;
+    DesiredMember member{wl->capacity, 0, 0};
     if (wl->capacity > 0)
         for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
-            if (backend_serves(flags, f)) ds->second.endpoints[f][prio].insert(hw);
+            if (backend_serves(flags, f)) member.families |= static_cast<uint8_t>(1u << f);
+    if (member.families) member.prio = static_cast<uint8_t>(prio);  // in no list: no priority
+    ds->second.members[hw] = member;
     for (const auto& port : svc->ports) {
         uint16_t target = default_target(port);
         for (const auto& own : listed->second)
@@ -328,10 +376,8 @@ void MeshState::refresh_service(const std::string& key) {
         }
     }
     if (auto m = members_.find(key); m != members_.end())
-        for (std::string_view uid : m->second) {
-            auto wl = model_.workloads.find(std::string(uid));
-            refresh_member(key, hs, &s, name_hash(uid), wl == model_.workloads.end() ? nullptr : &wl->second);
-        }
+        for (const WorkloadEntry* wl : m->second)
+            refresh_member(key, hs, &s, name_hash(wl->first), &wl->second);
     refresh_frontend_flags(key);
     for (const auto& fk : affected) elect(fk);
 }
@@ -355,8 +401,8 @@ void MeshState::remove_service(const std::string& key) {
     note_change(changes_.services, key);
     uint64_t hs = name_hash(key);
     dirty_.services.insert(hs);
-    for (std::string_view uid : members_[key])
-        refresh_member(key, std::string(uid));  // drops ports, endpoints
+    for (const WorkloadEntry* wl : members_[key])  // drops ports, endpoints
+        refresh_member(key, hs, nullptr, name_hash(wl->first), &wl->second);
     auto ds = desired_.services.find(hs);
     if (ds != desired_.services.end()) {
         std::vector<kmesh_frontend_key> released;
@@ -400,10 +446,9 @@ void MeshState::upsert_workload_as(W&& w) {
         it->second = std::forward<W>(w);
     else  // the key is copied from w.uid before w is moved (a pair's members are made in order)
         it = model_.workloads.emplace_hint(it, w.uid, std::forward<W>(w));
-    // Members name the workload by a view of its key in the model (stable until it is erased).
-    std::string_view uid = it->first;
+    // Members point at the model's entry (stable until it is erased).
     const Workload& wl = it->second;
-    for (const auto& [key, ports] : wl.services) members_[key].insert(uid);
+    for (const auto& [key, ports] : wl.services) members_[key].insert(&*it);
     const uint64_t hw = name_hash(it->first);
     hashes_.insert(hw);
     if (learn_locality_ && !wl.placement->node.empty() && wl.placement->node == node_.node &&
@@ -667,6 +712,7 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
     std::vector<uint64_t> kept_members;
     std::vector<std::pair<uint64_t, uint32_t>> wanted;
     std::vector<uint32_t> have;
+    MemberLists lists;
     for (uint64_t h : services) {
         auto w = want.services.find(h);
         auto c = cur.services.find(h);
@@ -684,23 +730,26 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
                     auto wm = backend ? svc.members.find(backend) : svc.members.end();
                     if (wm != svc.members.end()) {
                         kept_members.push_back(backend);
-                        if (wm->second != weight) plan.put_members.push_back({h, backend, wm->second});
+                        if (wm->second.weight != weight)
+                            plan.put_members.push_back({h, backend, wm->second.weight});
                     } else if (!backend || !dirty.keep.count(backend)) {
                         plan.delete_members.push_back({h, bid});
                     }
                 }
             std::sort(kept_members.begin(), kept_members.end());
-            for (const auto& [backend, weight] : svc.members)
+            for (const auto& [backend, member] : svc.members)
                 if (!std::binary_search(kept_members.begin(), kept_members.end(), backend))
-                    plan.put_members.push_back({h, backend, weight});
+                    plan.put_members.push_back({h, backend, member.weight});
+            member_lists(svc.members, lists);
             for (uint32_t f = 0; f < KMESH_FAMILY_COUNT; f++)
                 for (uint32_t prio = 0; prio < KMESH_PRIO_COUNT; prio++) {
                     const std::vector<uint32_t>* slots =
                         c != cur.services.end() ? &c->second.slots[f][prio] : nullptr;
-                    if (svc.endpoints[f][prio].empty() && (!slots || slots->empty())) continue;
+                    if (lists[f][prio].empty() && (!slots || slots->empty())) continue;
                     // Slots wanted per backend (sorted by hash) and, beside them, how many the maps
                     // hold already.
-                    weight_slots_into(svc.endpoints[f][prio], svc.members, KMESH_MAX_WEIGHT_SLOTS, wanted);
+                    wanted.assign(lists[f][prio].begin(), lists[f][prio].end());
+                    scale_slots(wanted, KMESH_MAX_WEIGHT_SLOTS);
                     have.assign(wanted.size(), 0);
                     auto find_wanted = [&](uint64_t backend) -> size_t {
                         auto it = std::lower_bound(wanted.begin(), wanted.end(), backend,

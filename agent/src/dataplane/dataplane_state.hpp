@@ -42,10 +42,6 @@ struct FrontendTarget {
 using BackendSet = absl::btree_set<uint64_t>;
 using MemberWeights = absl::btree_map<uint64_t, uint32_t>;  // backend hash -> weight
 
-// Backend hashes per [address family][priority]: a dual-stack backend is in both families' lists.
-// Only backends of weight > 0 are listed; how many slots each gets is weight_slots() of the list.
-using EndpointLists = std::array<std::array<BackendSet, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT>;
-
 // Service-level load-balancing parameters, as the service map entry holds them.
 struct ServiceParams {
     uint32_t lb_mode = KMESH_LB_RANDOM;
@@ -71,15 +67,31 @@ inline bool backend_serves(uint32_t backend_flags, uint32_t family) {
     return backend_flags & (family == KMESH_FAMILY_V4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6);
 }
 
+// A backend that is an endpoint of a service: its km_member weight and the endpoint lists it is
+// in. A workload has one priority per service (priority() depends on the service and the
+// workload, not on the address family), so the lists are these bits rather than 14 ordered sets
+// per service (each 24 bytes inline and a node block of its own: ~5 MB at 10k services).
+struct DesiredMember {
+    uint32_t weight = 1;
+    uint8_t prio = 0;      // its priority in every family it is listed in; 0 when in no list
+    uint8_t families = 0;  // bit f: in family f's endpoint list (none while draining, weight 0)
+    bool operator==(const DesiredMember&) const = default;
+};
+using DesiredMembers = absl::btree_map<uint64_t, DesiredMember>;  // backend hash -> member
+
 struct DesiredService {
     uint32_t lb_mode = KMESH_LB_RANDOM;
     uint32_t flags = 0;             // KMESH_SERVICE_ROUND_ROBIN, KMESH_SERVICE_AFFINITY
     uint32_t affinity_timeout = 0;  // seconds
-    EndpointLists endpoints;
     // km_member: every backend that is an endpoint of the service (in some family and priority)
-    // -> its weight; a weight of 0 (draining) stays a member without any endpoint slot.
-    MemberWeights members;
+    // -> its weight and lists; a weight of 0 (draining) stays a member without any endpoint slot.
+    DesiredMembers members;
     ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
+    // The endpoint list of (family, priority), and every member's weight, as sets (tests, tools).
+    BackendSet endpoints(uint32_t family, uint32_t prio) const;
+    MemberWeights weights() const;
+    // Every (family, priority) list's slots (weight_slots_into of each): what km_endpoint needs.
+    uint64_t endpoint_slot_count() const;
     // This service's claim on each (VIP, port); desired frontends holds the elected claim.
     std::map<kmesh_frontend_key, FrontendTarget> frontends;
     bool operator==(const DesiredService&) const = default;
@@ -223,9 +235,21 @@ class MeshState {
     DesiredState desired_;
     Dirty dirty_;
     ModelChanges changes_{true, {}, {}};
-    // service key -> uids listing it, as views of the model's workload keys (100k workloads: one
-    // copy of each uid fewer, ~6 MB), 16 bytes each in a B-tree rather than a 64-byte set node.
-    std::map<std::string, absl::btree_set<std::string_view>> members_;
+    // service key -> the model's entries of the workloads listing it, ordered by uid: 8 bytes each
+    // in a B-tree (no copy of the uid, no 64-byte set node), and a service's refresh reaches its
+    // members without looking each up by uid in the model (100k long, alike strings). A std::map's
+    // entries stay where they are until erased; a workload leaves here before its entry goes.
+    using WorkloadEntry = std::pair<const std::string, Workload>;
+    struct ByUid {
+        using is_transparent = void;
+        static std::string_view uid(const WorkloadEntry* e) { return e->first; }
+        static std::string_view uid(std::string_view s) { return s; }
+        template <typename A, typename B>
+        bool operator()(const A& a, const B& b) const {
+            return uid(a) < uid(b);
+        }
+    };
+    std::map<std::string, absl::btree_set<const WorkloadEntry*, ByUid>> members_;
     absl::btree_set<uint64_t> hashes_;  // of every name in the model (~10 bytes each, no node)
     std::map<std::pair<uint64_t, uint16_t>, uint32_t> overrides_;  // (service, port) -> workloads overriding
     // Services listing each (VIP, port). istiod may briefly give one VIP to two services; the

@@ -800,15 +800,9 @@ MapCounts entries_needed(const DesiredState& d) {
     n[static_cast<int>(MapId::kPort)] = d.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = d.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = d.waypoint_dests.size();
-    std::vector<std::pair<uint64_t, uint32_t>> slots;
     for (const auto& [h, s] : d.services) {
         n[static_cast<int>(MapId::kMember)] += s.members.size();
-        for (const auto& family : s.endpoints)
-            for (const auto& prio : family) {
-                if (prio.empty()) continue;
-                weight_slots_into(prio, s.members, KMESH_MAX_WEIGHT_SLOTS, slots);
-                for (const auto& [b, k] : slots) n[static_cast<int>(MapId::kEndpoint)] += k;
-            }
+        n[static_cast<int>(MapId::kEndpoint)] += s.endpoint_slot_count();
     }
     return n;
 }
