@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -17,43 +16,62 @@ namespace kmesh::xds {
 using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 using envoy::service::discovery::v3::Resource;
 
-std::string Source::parse_address(const Resource& r, istio::workload::Address& a) {
-    if (r.resource().type_url() != kAddressType)
-        return fmt::format("carries {}, not {}", r.resource().type_url(), kAddressType);
-    if (!a.ParseFromString(r.resource().value())) return "cannot be decoded as istio.workload.Address";
-    return {};
-}
-
-std::string Source::apply_parsed(const std::string& rname, istio::workload::Address& a) {
-    if (!a.has_workload() && !a.has_service()) return "is neither a workload nor a service";
+void Source::decode_address(Resource& r, bool take, istio::workload::Address& a, Decoded* d) {
+    if (take) {
+        d->name.swap(*r.mutable_name());
+        d->version.swap(*r.mutable_version());
+    } else {
+        d->name = r.name();
+        d->version = r.version();
+    }
+    d->err.clear();
+    if (r.resource().type_url() != kAddressType) {
+        d->err = fmt::format("carries {}, not {}", r.resource().type_url(), kAddressType);
+        return;
+    }
+    // One message for every resource of a response (per thread): a parse reuses its
+    // sub-messages and the strings not moved out below (a full push decodes 110k of them).
+    if (!a.ParseFromString(r.resource().value())) {
+        d->err = "cannot be decoded as istio.workload.Address";
+        return;
+    }
+    if (!a.has_workload() && !a.has_service()) {
+        d->err = "is neither a workload nor a service";
+        return;
+    }
     // Converted (and validated) first, so that a resource without a name is refused for that.
-    Workload w;
-    Service s;
     // The workload's strings move into the model's form (`a` is not read again but for the
     // service's name).
-    if (auto e = a.has_workload() ? convert_workload(std::move(*a.mutable_workload()), &w)
-                                  : convert_service(a.service(), &s);
-        !e.empty())
-        return e;
-    std::string name = a.has_workload() ? w.uid : resource_name(a);
-    if (name != rname) return fmt::format("is named '{}' but describes '{}'", rname, name);
+    d->is_workload = a.has_workload();
+    if (auto e = d->is_workload ? convert_workload(std::move(*a.mutable_workload()), &d->workload)
+                                : convert_service(a.service(), &d->service);
+        !e.empty()) {
+        d->err = std::move(e);
+        return;
+    }
+    std::string name = d->is_workload ? d->workload.uid : resource_name(a);
+    if (name != d->name) d->err = fmt::format("is named '{}' but describes '{}'", d->name, name);
+}
+
+std::string Source::apply_decoded(Decoded& d) {
+    if (!d.err.empty()) return d.err;
+    const std::string& name = d.name;
     if (auto e = mesh_.check_name(name); !e.empty()) return e;
     // The model itself says what a name is; a name that changes kind drops its old self.
-    if (a.has_workload()) {
+    if (d.is_workload) {
         if (mesh_.model().services.count(name)) mesh_.remove_service(name);
-        mesh_.upsert_workload(std::move(w));
+        mesh_.upsert_workload(std::move(d.workload));
     } else {
         if (mesh_.model().workloads.count(name)) mesh_.remove_workload(name);
-        mesh_.upsert_service(s);
+        mesh_.upsert_service(d.service);
     }
     return {};
 }
 
 std::string Source::apply_address(const Resource& r) {
-    // One message for every resource of a response: a parse reuses its sub-messages and the
-    // strings not moved out (a full push decodes 110k of them).
-    if (auto e = parse_address(r, address_); !e.empty()) return e;
-    return apply_parsed(r.name(), address_);
+    Decoded d;
+    decode_address(const_cast<Resource&>(r), false, address_, &d);  // not taken: `r` is read only
+    return apply_decoded(d);
 }
 
 std::string Source::apply_authorization(const Resource& r) {
@@ -139,68 +157,47 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
 
 namespace {
 
-constexpr const char* kNotAResource = "cannot be decoded as an envoy.service.discovery.v3.Resource";
-
-// Parsed resources on their way from the decoding thread to the applying one, in order, in
-// batches (one lock round per batch, not per resource). The batches go round: kBatches of them,
-// made once per response, filled by the decoder, emptied by the applier, handed back; so the
-// decoder never runs more than kBatches × kBatch resources ahead, and their Address messages are
-// reused (~2k of them, not one per resource).
+// Decoded resources on their way from the decoding thread to the applying one, in order, in
+// batches (one lock round per batch, not per resource). At most kDepth batches wait, so that the
+// decoder cannot run far ahead of the model and hold a second copy of the response converted.
 class Pipe {
   public:
-    static constexpr size_t kBatch = 512, kBatches = 6;
-    struct Batch {
-        std::vector<Source::Parsed> items{kBatch};
-        size_t size = 0;
-    };
-    Pipe() {
-        for (auto& b : batches_) free_.push_back(&b);
-    }
-    // Decoder: an empty batch to fill; null once the applier has stopped.
-    Batch* take_free() {
+    static constexpr size_t kBatch = 512, kDepth = 4;
+    using Batch = std::vector<Source::Decoded>;
+    // Decoder: false once the consumer has stopped.
+    bool push(Batch&& b) {
         std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return !free_.empty() || stopped_; });
-        if (stopped_) return nullptr;
-        Batch* b = free_.front();
-        free_.pop_front();
-        return b;
-    }
-    void push_full(Batch* b) {
-        std::lock_guard lock(mu_);
-        full_.push_back(b);
-        cv_.notify_all();
+        room_.wait(lock, [&] { return q_.size() < kDepth || stopped_; });
+        if (stopped_) return false;
+        q_.push_back(std::move(b));
+        ready_.notify_one();
+        return true;
     }
     void close() {
         std::lock_guard lock(mu_);
         closed_ = true;
-        cv_.notify_all();
+        ready_.notify_one();
     }
-    // Applier: the next filled batch; null once the decoder closed and all was taken.
-    Batch* take_full() {
+    // Consumer: false once the decoder closed and everything was taken.
+    bool pop(Batch* b) {
         std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return !full_.empty() || closed_; });
-        if (full_.empty()) return nullptr;
-        Batch* b = full_.front();
-        full_.pop_front();
-        return b;
-    }
-    void give_back(Batch* b) {
-        std::lock_guard lock(mu_);
-        b->size = 0;
-        free_.push_back(b);
-        cv_.notify_all();
+        ready_.wait(lock, [&] { return !q_.empty() || closed_; });
+        if (q_.empty()) return false;
+        *b = std::move(q_.front());
+        q_.pop_front();
+        room_.notify_one();
+        return true;
     }
     void stop() {
         std::lock_guard lock(mu_);
         stopped_ = true;
-        cv_.notify_all();
+        room_.notify_one();
     }
 
   private:
-    std::array<Batch, kBatches> batches_;
     std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<Batch*> free_, full_;
+    std::condition_variable ready_, room_;
+    std::deque<Batch> q_;
     bool closed_ = false, stopped_ = false;
 };
 
@@ -218,57 +215,62 @@ std::vector<std::string> Source::consume_wire(WireResponse& w) {
     const int total = w.resources;
     if (total > 1000) versions_[type].reserve(versions_[type].size() + static_cast<size_t>(total));
     // A Resource entry whose bytes do not decode: gRPC would have refused the whole response;
-    // here it is refused alone, under no name (nothing is pinned for it).
-    if (type == kAuthorizationType || total < kPipelineMin) {
+    // here it is refused alone, under whatever name could be read (none: nothing is pinned).
+    auto undecodable = [](Decoded* d) {
+        d->name.clear();
+        d->version.clear();
+        d->err = "cannot be decoded as an envoy.service.discovery.v3.Resource";
+    };
+    if (type == kAuthorizationType) {
         ResourceWalker walk(w, true);
         bool ok = true;
         while (Resource* r = walk.next(&ok)) {
             if (!ok) {
-                settle(type, {}, {}, kNotAResource, &rejected);
+                Decoded d;
+                undecodable(&d);
+                settle(type, d.name, d.version, d.err, &rejected);
                 continue;
             }
-            std::string err = type == kAddressType ? apply_address(*r) : apply_authorization(*r);
-            settle(type, r->name(), r->version(), err, &rejected);
+            settle(type, r->name(), r->version(), apply_authorization(*r), &rejected);
+        }
+    } else if (total < kPipelineMin) {
+        ResourceWalker walk(w, true);
+        bool ok = true;
+        Decoded d;
+        while (Resource* r = walk.next(&ok)) {
+            ok ? decode_address(*r, true, address_, &d) : undecodable(&d);
+            std::string err = apply_decoded(d);
+            settle(type, d.name, d.version, err, &rejected);
         }
     } else {
-        // The decoding thread walks the bytes and parses each Resource and its Address, which
-        // is what gRPC did on this thread before the response was handed over; this thread
-        // converts and applies them as they come. Conversion stays here: it interns strings in
-        // process-wide pools (model/interned.hpp, Placement::intern), whose locks the two
-        // threads would otherwise contend for on every workload.
-        //
-        // Data: the decoder touches only `w` (this thread leaves it alone until the join), its
-        // walker, and the batches it holds between take_free and push_full; this thread only
-        // the batches between take_full and give_back. The Pipe's mutex orders each hand-over.
-        // The model, versions and rejections stay on this thread, under mu_, in the response's
-        // order: the result is on_response's.
+        // The decoder thread touches only `w` (which this thread leaves alone until the join),
+        // its own Address and walker, and the intern pools, which lock (model/interned.hpp,
+        // model.cpp). Decoded resources pass through the Pipe's mutex, which orders their
+        // writes before this thread's reads. The model, versions and rejections stay on this
+        // thread, under mu_, in the response's order: the result is on_response's.
+        // (Converting on this thread instead, so that only one thread interns, measured slower
+        // in the one run it had: docs/benchmarks.md, "Push time, fourth pass".)
         Pipe pipe;
-        std::thread decoder([&w, &pipe] {
+        std::thread decoder([&w, &pipe, &undecodable] {
+            istio::workload::Address scratch;
             ResourceWalker walk(w, true);
+            Pipe::Batch batch;
+            batch.reserve(Pipe::kBatch);
             bool ok = true;
-            Pipe::Batch* b = nullptr;
             while (Resource* r = walk.next(&ok)) {
-                if (!b && !(b = pipe.take_free())) return;
-                Parsed& p = b->items[b->size++];
-                if (ok) {
-                    p.name.swap(*r->mutable_name());
-                    p.version.swap(*r->mutable_version());
-                    p.err = parse_address(*r, p.address);
-                } else {
-                    p.name.clear();
-                    p.version.clear();
-                    p.err = kNotAResource;
-                }
-                if (b->size == Pipe::kBatch) {
-                    pipe.push_full(b);
-                    b = nullptr;
+                Decoded& d = batch.emplace_back();
+                ok ? decode_address(*r, true, scratch, &d) : undecodable(&d);
+                if (batch.size() == Pipe::kBatch) {
+                    if (!pipe.push(std::move(batch))) return;
+                    batch = Pipe::Batch();
+                    batch.reserve(Pipe::kBatch);
                 }
             }
-            if (b) pipe.push_full(b);
+            if (!batch.empty()) pipe.push(std::move(batch));
             pipe.close();
         });
         // Joined on every way out (an exception from the model included): the decoder is told
-        // to stop, and it waits on nothing else.
+        // to stop pushing, and it never waits on anything else.
         struct Join {
             Pipe& pipe;
             std::thread& t;
@@ -277,13 +279,13 @@ std::vector<std::string> Source::consume_wire(WireResponse& w) {
                 t.join();
             }
         } join{pipe, decoder};
-        while (Pipe::Batch* b = pipe.take_full()) {
-            for (size_t i = 0; i < b->size; i++) {
-                Parsed& p = b->items[i];
-                std::string err = p.err.empty() ? apply_parsed(p.name, p.address) : p.err;
-                settle(type, p.name, p.version, err, &rejected);
+        Pipe::Batch batch;
+        while (pipe.pop(&batch)) {
+            for (Decoded& d : batch) {
+                std::string err = apply_decoded(d);
+                settle(type, d.name, d.version, err, &rejected);
             }
-            pipe.give_back(b);
+            batch.clear();
         }
     }
     bool programmed = finish(type, w.removed);

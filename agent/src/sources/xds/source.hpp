@@ -56,13 +56,13 @@ class Source : public Handler {
     }
     size_t resources(const std::string& type_url) const;
 
-    // One Address resource of a pipelined response: the Resource's strings and its value parsed
-    // (by the decoding thread), converted and applied by the xDS thread. Reused from resource
-    // to resource: a parse reuses the message's sub-objects.
-    struct Parsed {
-        std::string name, version;
-        std::string err;  // why it is refused already (not an Address, not decodable)
-        istio::workload::Address address;
+    // One Address resource, decoded and converted without the model (any thread).
+    struct Decoded {
+        std::string name, version;  // the Resource's
+        std::string err;            // why it is refused, if it is
+        bool is_workload = false;
+        Workload workload;
+        Service service;
     };
 
   private:
@@ -70,12 +70,11 @@ class Source : public Handler {
     std::vector<std::string> handle(const envoy::service::discovery::v3::DeltaDiscoveryResponse& resp,
                                     envoy::service::discovery::v3::DeltaDiscoveryResponse* consumable);
     std::string apply_address(const envoy::service::discovery::v3::Resource& r);
-    // The part of applying an Address resource that needs no model (any thread): "" or why it
-    // is refused; `a` holds the parsed value.
-    static std::string parse_address(const envoy::service::discovery::v3::Resource& r,
-                                     istio::workload::Address& a);
-    // The rest (mu_): converted (its strings moved out of `a`), checked, into the model.
-    std::string apply_parsed(const std::string& rname, istio::workload::Address& a);
+    // `r`'s strings move into `d` when `take` (the walker's reused Resource).
+    static void decode_address(envoy::service::discovery::v3::Resource& r, bool take,
+                               istio::workload::Address& scratch, Decoded* d);
+    // The model's part of applying an address (mu_): "" or why it is refused.
+    std::string apply_decoded(Decoded& d);
     // After a resource: its version held, or its rejection recorded (mu_).
     void settle(const std::string& type, const std::string& name, const std::string& version,
                 const std::string& err, std::vector<std::string>* rejected);
