@@ -150,6 +150,8 @@ class Agent {
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
     std::string sync_authz(const ModelChanges& changes);
+    // Whether `changes` adds, changes or removes a workload of this node (or may: no node name).
+    bool touches_local(const ModelChanges& changes) const;
     bool sync_from_xds();  // mu_ held, on the xDS thread; false: not all written
     // Telemetry's names follow the model changes held back by sync_maps (mu_ held).
     void follow_names();

@@ -503,3 +503,128 @@ TEST_CASE("xds source: authorization policies live in the model; a bad update ke
     // The workloads were untouched by all this.
     CHECK(node.mesh.model().workloads.count(uid("a")) == 1);
 }
+
+namespace {
+
+// The response's bytes cut into `size`-byte chunks, as gRPC hands over its slices: fields and
+// resources straddle chunk boundaries.
+xds::WireResponse wire(const DeltaDiscoveryResponse& r, size_t size) {
+    std::string bytes = r.SerializeAsString();
+    xds::WireResponse w;
+    for (size_t at = 0; at < bytes.size(); at += size) w.chunks.emplace_back(bytes.substr(at, size));
+    REQUIRE(xds::scan(w));
+    return w;
+}
+
+bool all_released(const xds::WireResponse& w) {
+    for (const auto& c : w.chunks)
+        if (c.size()) return false;
+    return true;
+}
+
+// A response of n workloads in a few services, with what the handler must refuse or resolve on
+// the way: a later version of an earlier name, a bad service, a name that does not match its
+// resource, a resource of the wrong type, removals.
+DeltaDiscoveryResponse mixed_response(int n) {
+    auto r = response(xds::kAddressType, "n1");
+    add(r, kEcho, service("echo", {10, 96, 0, 10}));
+    for (int i = 0; i < n; i++) {
+        add(r, uid("w" + std::to_string(i)),
+            workload("w" + std::to_string(i),
+                     {10, 1, static_cast<uint8_t>(i >> 8), static_cast<uint8_t>(i & 0xff)},
+                     i % 3 ? kEcho : kOther),
+            "v" + std::to_string(i % 5));
+        if (i == n / 2) add(r, kOther, service("other", {10, 96, 0, 11}));
+    }
+    add(r, uid("w3"), workload("w3", {10, 2, 0, 3}, kEcho), "v9");
+    auto bad = service("bad", {10, 96, 0, 12});
+    bad.mutable_service()->mutable_load_balancing()->set_mode(
+        static_cast<istio::workload::LoadBalancing::Mode>(77));
+    add(r, "default/bad.default.svc.cluster.local", bad);
+    add(r, uid("misnamed"), workload("other-name", {10, 3, 0, 1}, kEcho));
+    auto* wrong = r.add_resources();
+    wrong->set_name(uid("wrong-type"));
+    wrong->mutable_resource()->set_type_url(xds::kAuthorizationType);
+    r.add_removed_resources(uid("w5"));
+    r.add_removed_resources(uid("never-there"));
+    return r;
+}
+
+// Applies `r` through the parsed, single-threaded path (the oracle) and through the bytes, and
+// compares all the handler leaves behind.
+void check_wire_matches_parsed(const DeltaDiscoveryResponse& r, size_t chunk, bool expect_rejects) {
+    test::FakeMapOps ops_parsed, ops_wire;
+    Node parsed(ops_parsed), walked(ops_wire);
+    auto expected = parsed.source.on_response(r);
+    CHECK(expected.empty() != expect_rejects);
+    auto w = wire(r, chunk);
+    CHECK(walked.source.consume_wire(w) == expected);
+    CHECK(all_released(w));
+    CHECK(walked.mesh.model() == parsed.mesh.model());
+    CHECK(walked.source.versions(r.type_url()) == parsed.source.versions(r.type_url()));
+    CHECK(walked.source.rejected(r.type_url()) == parsed.source.rejected(r.type_url()));
+    CHECK(walked.errors.empty());
+    CHECK(connects(ops_wire, "10.96.0.10", 80) == connects(ops_parsed, "10.96.0.10", 80));
+    CHECK(connects(ops_wire, "10.96.0.11", 80) == connects(ops_parsed, "10.96.0.11", 80));
+}
+
+}  // namespace
+
+TEST_CASE("xds source: a response walked from its bytes applies as the parsed one does (one thread)") {
+    auto r = mixed_response(40);
+    REQUIRE(r.resources_size() < xds::Source::kPipelineMin);
+    for (size_t chunk : {size_t{1}, size_t{7}, size_t{64}, size_t{1} << 20}) {
+        CAPTURE(chunk);
+        check_wire_matches_parsed(r, chunk, true);
+    }
+}
+
+TEST_CASE("xds source: a response walked from its bytes applies as the parsed one does (decoding thread)") {
+    auto r = mixed_response(xds::Source::kPipelineMin + 700);
+    REQUIRE(r.resources_size() >= xds::Source::kPipelineMin);
+    check_wire_matches_parsed(r, 8192, true);
+    check_wire_matches_parsed(r, 13, true);
+}
+
+TEST_CASE("xds source: authorization responses walked from their bytes apply as parsed ones do") {
+    auto r = response(xds::kAuthorizationType, "n1");
+    add_policy(r, deny_port(80), "v1");
+    check_wire_matches_parsed(r, 5, false);
+    auto bad = response(xds::kAuthorizationType, "n2");
+    add_policy(bad, deny_port(70000), "v3");
+    check_wire_matches_parsed(bad, 5, true);
+}
+
+TEST_CASE("xds wire: scan reads the top-level fields; an undecodable resource is refused alone") {
+    auto r = response(xds::kAddressType, "n7");
+    r.set_system_version_info("sv");
+    add(r, kEcho, service("echo", {10, 96, 0, 10}));
+    r.add_removed_resources("x");
+    std::string bytes = r.SerializeAsString();
+    // A second resources entry (field 2, length-delimited) whose bytes are no Resource: a
+    // length-delimited field 3 claiming 100 bytes where 2 follow.
+    bytes += std::string("\x12\x04\x1a\x64\x61\x62", 6);
+    xds::WireResponse w;
+    w.chunks.emplace_back(bytes);
+    REQUIRE(xds::scan(w));
+    CHECK(w.type_url == xds::kAddressType);
+    CHECK(w.nonce == "n7");
+    CHECK(w.system_version_info == "sv");
+    CHECK(w.removed == std::vector<std::string>{"x"});
+    CHECK(w.resources == 2);
+    test::FakeMapOps ops;
+    Node node(ops);
+    CHECK(node.source.consume_wire(w) ==
+          std::vector<std::string>{
+              "(resource with an empty name): cannot be decoded as an envoy.service.discovery.v3.Resource"});
+    CHECK(connects(ops, "10.96.0.10", 80).empty());  // the service is there, with no endpoint yet
+    CHECK(node.mesh.model().services.count(kEcho) == 1);
+
+    // Framing that does not hold (a field cut short) is not a response at all.
+    xds::WireResponse cut;
+    cut.chunks.emplace_back(r.SerializeAsString().substr(0, 10));
+    CHECK_FALSE(xds::scan(cut));
+    xds::WireResponse garbage;
+    garbage.chunks.emplace_back(std::string("\xff\xff\xff", 3));
+    CHECK_FALSE(xds::scan(garbage));
+}

@@ -54,6 +54,9 @@ class IncrementalAuthz {
 
     const CompiledAuthz& compiled() const { return out_; }  // addr_identity is left empty
     const AuthzSyncStats& last() const { return last_; }
+    // This node's workloads as last indexed (uids), whose policies the published state holds.
+    bool indexed_local(const std::string& uid) const { return local_.count(uid) > 0; }
+    size_t indexed_locals() const { return local_.size(); }
     void invalidate() { valid_ = false; }
 
   private:

@@ -14,7 +14,6 @@
 
 namespace kmesh::xds {
 
-using envoy::service::discovery::v3::AggregatedDiscoveryService;
 using envoy::service::discovery::v3::DeltaDiscoveryRequest;
 using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
@@ -29,19 +28,56 @@ std::string read_trimmed(const std::string& path, bool* ok) {
     return s;
 }
 
-// The gRPC stream behind the DeltaStream seam.
+const char* const kDeltaMethod =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+// The gRPC stream behind the DeltaStream seam. Responses are read as bytes (grpc::ByteBuffer),
+// not parsed by gRPC: the handler walks them resource by resource (wire.hpp), which is what
+// the generated stub cannot do, so the call is made as the stub makes it, with ByteBuffer as
+// the response type.
 class GrpcStream : public DeltaStream {
   public:
-    using Raw = grpc::ClientReaderWriterInterface<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
-    explicit GrpcStream(Raw& raw) : raw_(raw) {}
+    using Raw = grpc::ClientReaderWriter<DeltaDiscoveryRequest, grpc::ByteBuffer>;
+    GrpcStream(Raw& raw, grpc::ClientContext& ctx) : raw_(raw), ctx_(ctx) {}
     bool write(const DeltaDiscoveryRequest& r) override { return raw_.Write(r); }
-    bool read(DeltaDiscoveryResponse* r) override { return raw_.Read(r); }
+    bool read(DeltaDiscoveryResponse* r) override {
+        WireResponse w;
+        return read_wire(&w) && from_wire(w, r);
+    }
+    bool read_wire(WireResponse* w) override {
+        grpc::ByteBuffer bytes;
+        if (!raw_.Read(&bytes)) return false;
+        w->chunks.clear();
+        // The slices are gRPC's own (Dump takes references, no copy); `bytes` drops its
+        // references on return, so each slice goes when the walk releases it.
+        if (!bytes.Dump(&w->chunks).ok() || !scan(*w)) {
+            // As gRPC does when a message does not parse: the stream is over.
+            spdlog::warn("xds: a response that is not a DeltaDiscoveryResponse; ending the stream");
+            ctx_.TryCancel();
+            return false;
+        }
+        return true;
+    }
 
   private:
     Raw& raw_;
+    grpc::ClientContext& ctx_;
 };
 
 }  // namespace
+
+bool DeltaStream::read_wire(WireResponse* w) {
+    DeltaDiscoveryResponse r;
+    if (!read(&r)) return false;
+    *w = to_wire(r);
+    return true;
+}
+
+std::vector<std::string> Handler::consume_wire(WireResponse& w) {
+    DeltaDiscoveryResponse r;
+    if (!from_wire(w, &r)) return {"the response cannot be decoded as a DeltaDiscoveryResponse"};
+    return consume_response(r);
+}
 
 Client::Client(ClientOptions options, Handler& handler) : options_(std::move(options)), handler_(handler) {}
 
@@ -93,7 +129,6 @@ bool Client::stream_once() {
         return false;
     }
     auto started = std::chrono::steady_clock::now();
-    auto stub = AggregatedDiscoveryService::NewStub(ch);
     grpc::ClientContext ctx;
     if (!options_.token_path.empty()) {
         bool ok = true;
@@ -110,8 +145,12 @@ bool Client::stream_once() {
         if (stopping_) return false;
         context_ = &ctx;
     }
-    auto stream = stub->DeltaAggregatedResources(&ctx);
-    GrpcStream adapter(*stream);
+    // What stub->DeltaAggregatedResources(&ctx) does, with the response left encoded.
+    grpc::internal::RpcMethod method(kDeltaMethod, grpc::internal::RpcMethod::BIDI_STREAMING, ch);
+    std::unique_ptr<GrpcStream::Raw> stream(
+        grpc::internal::ClientReaderWriterFactory<DeltaDiscoveryRequest, grpc::ByteBuffer>::Create(
+            ch.get(), method, &ctx));
+    GrpcStream adapter(*stream, ctx);
     bool delivered = serve(adapter);
     grpc::Status st = stream->Finish();
     {
@@ -146,8 +185,8 @@ bool Client::serve(DeltaStream& stream) {
     }
 
     bool delivered = false;
-    DeltaDiscoveryResponse resp;
-    while (stream.read(&resp)) {
+    WireResponse resp;
+    while (stream.read_wire(&resp)) {
         if (!delivered) {
             delivered = true;
             {
@@ -157,16 +196,16 @@ bool Client::serve(DeltaStream& stream) {
             }
             handler_.on_connection(true);  // never under mu_: the handler takes its own locks
         }
-        std::vector<std::string> rejected = handler_.consume_response(resp);
+        std::vector<std::string> rejected = handler_.consume_wire(resp);
         DeltaDiscoveryRequest ack;
-        ack.set_type_url(resp.type_url());
-        ack.set_response_nonce(resp.nonce());
+        ack.set_type_url(resp.type_url);
+        ack.set_response_nonce(resp.nonce);
         std::string msg;
         for (const auto& r : rejected) msg += (msg.empty() ? "" : "; ") + r;
         if (!rejected.empty()) {
             ack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
             ack.mutable_error_detail()->set_message(msg);
-            spdlog::warn("xds: NACK {} nonce {}: {}", resp.type_url(), resp.nonce(), msg);
+            spdlog::warn("xds: NACK {} nonce {}: {}", resp.type_url, resp.nonce, msg);
         }
         {
             std::lock_guard lock(mu_);  // not across write: a stalled istiod must not block stop()
@@ -175,13 +214,11 @@ bool Client::serve(DeltaStream& stream) {
             if (!rejected.empty()) status_.last_nack = msg;
         }
         if (!stream.write(ack)) break;
-        // A full snapshot is tens of MB: free it now and hand the pages back, rather than keep
-        // the high-water mark for the life of the agent. Counted in resources, not bytes: the
-        // handler has emptied them, but a reused message keeps every cleared element allocated.
-        if (resp.resources_size() + resp.removed_resources_size() > 1000) {
-            resp = DeltaDiscoveryResponse();
-            malloc_trim(0);
-        }
+        // A full snapshot is tens of MB: free what is left of it now and hand the pages back,
+        // rather than keep the high-water mark for the life of the agent.
+        bool large = resp.resources + static_cast<int>(resp.removed.size()) > 1000;
+        resp = WireResponse();
+        if (large) malloc_trim(0);
     }
     return delivered;
 }

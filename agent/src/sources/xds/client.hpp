@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/src/sources/xds/wire.hpp"
 #include "envoy/service/discovery/v3/discovery.grpc.pb.h"
 
 namespace kmesh::xds {
@@ -43,6 +44,9 @@ class Handler {
         envoy::service::discovery::v3::DeltaDiscoveryResponse& r) {
         return on_response(r);
     }
+    // The same, for a response still encoded (scanned: type, nonce and removed names decoded).
+    // The client calls this one; by default it parses the response and consumes it.
+    virtual std::vector<std::string> consume_wire(WireResponse& w);
     // The resources held for a type (name -> version), sent on reconnect so istiod only sends
     // what changed and names what was removed meanwhile.
     virtual std::map<std::string, std::string> versions(const std::string& type_url) = 0;
@@ -56,6 +60,9 @@ class DeltaStream {
     virtual ~DeltaStream() = default;
     virtual bool write(const envoy::service::discovery::v3::DeltaDiscoveryRequest& r) = 0;
     virtual bool read(envoy::service::discovery::v3::DeltaDiscoveryResponse* r) = 0;
+    // The next response as bytes, scanned (see wire.hpp); false when the stream ended or the
+    // bytes are not a response. By default: read() and encode it again (scripted streams).
+    virtual bool read_wire(WireResponse* w);
 };
 
 struct ClientStatus {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include "agent/src/dataplane/dataplane_state.hpp"
 #include "agent/src/sources/xds/client.hpp"
 #include "agent/src/sources/xds/versions.hpp"
+#include "agent/src/sources/xds/wire.hpp"
 #include "istio/security/authorization.pb.h"
 #include "istio/workload/workload.pb.h"
 
@@ -35,6 +37,12 @@ class Source : public Handler {
     static constexpr int kConsumeChunk = 4096;
     std::vector<std::string> consume_response(
         envoy::service::discovery::v3::DeltaDiscoveryResponse& r) override;
+    // The client's path: the response walked from its bytes, each slice freed once passed.
+    // From kPipelineMin Address resources on, a second thread decodes and converts them while
+    // this one applies them to the model in the same order (a full push: 110k resources), so that
+    // the decoding overlaps the model updates. Applies exactly as on_response would.
+    static constexpr int kPipelineMin = 4096;
+    std::vector<std::string> consume_wire(WireResponse& w) override;
     std::map<std::string, std::string> versions(const std::string& type_url) override;
     void on_connection(bool connected) override;
     // True once istiod's first Authorization response was handled (any thread).
@@ -48,14 +56,35 @@ class Source : public Handler {
     }
     size_t resources(const std::string& type_url) const;
 
+    // One Address resource, decoded and converted without the model (any thread).
+    struct Decoded {
+        std::string name, version;  // the Resource's
+        std::string err;            // why it is refused, if it is
+        bool is_workload = false;
+        Workload workload;
+        Service service;
+    };
+
   private:
     // `consumable`: the same response, whose resources may be freed as they are applied.
     std::vector<std::string> handle(const envoy::service::discovery::v3::DeltaDiscoveryResponse& resp,
                                     envoy::service::discovery::v3::DeltaDiscoveryResponse* consumable);
     std::string apply_address(const envoy::service::discovery::v3::Resource& r);
+    // `r`'s strings move into `d` when `take` (the walker's reused Resource).
+    static void decode_address(envoy::service::discovery::v3::Resource& r, bool take,
+                               istio::workload::Address& scratch, Decoded* d);
+    // The model's part of applying an address (mu_): "" or why it is refused.
+    std::string apply_decoded(Decoded& d);
+    // After a resource: its version held, or its rejection recorded (mu_).
+    void settle(const std::string& type, const std::string& name, const std::string& version,
+                const std::string& err, std::vector<std::string>* rejected);
+    // After the resources: the removals, then the maps (mu_); whether every map is written.
+    bool finish(const std::string& type, const std::vector<std::string>& removed);
+    void log_handled(const std::string& type, int total, size_t removed, size_t rejected,
+                     const std::string& nonce, bool programmed, std::chrono::steady_clock::time_point t0);
     std::string apply_authorization(const envoy::service::discovery::v3::Resource& r);
     void remove(const std::string& type_url, const std::string& name);
-    void reject(const std::string& type_url, const envoy::service::discovery::v3::Resource& r);
+    void reject(const std::string& type_url, const std::string& name, const std::string& version);
 
     MeshState& mesh_;
     std::mutex& mu_;
