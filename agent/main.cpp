@@ -169,6 +169,11 @@ int main(int argc, char** argv) {
                    "empty cgroup v2 directory (created, removed at exit; relative: below the cgroup v2 "
                    "mount) that every pod program is linked to while the agent runs, so attaching a pod "
                    "never turns the kernel's hooks on (e.g. kmesh-warm; default: none)");
+    std::string cni_socket;
+    app.add_option("--cni-socket", cni_socket,
+                   "unix socket where kmesh-cni asks whether a pod is in the mesh, answered from the "
+                   "enrolment reconciler's caches (the plugin asks the API server when the agent cannot "
+                   "answer); written into the plugin's config by --install-cni (default: none)");
     app.add_option("--cgroup-root", cgroup_root,
                    "cgroup v2 tree holding the pod cgroups (default: its mount)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
@@ -224,6 +229,7 @@ int main(int argc, char** argv) {
 
     cni.kmesh_namespace = pod_namespace;
     cni.exclude_namespaces = exclude_namespaces;
+    cni.agent_socket = cni_socket;
     cni.bpffs_root = opt.layout.bpffs_root;
     if (cni_install->parsed() || cni_uninstall->parsed()) {
         kmesh::installer::Installer installer(cni);
@@ -287,6 +293,7 @@ int main(int argc, char** argv) {
             opt.kube_api = kmesh::kube::make_client(*kube);
             opt.enrolment = kmesh::enrolment::ReconcilerOptions{
                 {opt.layout, cgroup_root, pod_namespace, exclude_namespaces}, opt.node.node};
+            opt.enrolment->cni_socket = cni_socket;
         } else {
             spdlog::info("enrolment off: not in a cluster ({})", kube.status().message());
         }

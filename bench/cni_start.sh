@@ -6,7 +6,8 @@
 # config as stdin, sets CNI_COMMAND, execs the plugin); its own cost is measured alone ("exec-only").
 # Cases: VERSION; ADD standalone (no kubeConfig: attach); ADD excluded (kube-system: no API call);
 # ADD skipped (GET pod + namespace from the fake HTTPS API server: not in the mesh); ADD enrolled
-# (GET pod + namespace, attach, PATCH); DEL of an attached pod. Every ADD that attaches is undone
+# (GET pod + namespace, attach, PATCH); the same two answered by the agent over its --cni-socket
+# (add-skipped-agent, add-enrolled-agent: no API call, no libcurl); DEL of an attached pod. Every ADD that attaches is undone
 # by an untimed DEL (--prepare) before the next one, and every DEL is preceded by an untimed ADD.
 # usage: bench/cni_start.sh [--build DIR] [--after BIN] [--before BIN] [--runs N] [--trace N]
 #   --build: agent and test tools (default build/); --after: kmesh-cni measured (default
@@ -58,21 +59,39 @@ done
 for p in enrolled:meshed skipped:plain; do
     ctl POST pods '{"metadata":{"name":"'${p%%:*}'","namespace":"'${p#*:}'","uid":"'"$(pod_uid "${p%%:*}")"'"},"spec":{"nodeName":"node-1","containers":[{"name":"app"}]}}'
 done
-# The agent only pins the programs (no kube config: no reconciler beside the plugin).
+# The agent pins the programs and answers kmesh-cni from its pod/namespace watches (--cni-socket).
+# Its reconciler looks for pod cgroups in an empty directory, so it never attaches the bench's pods
+# itself: every attachment measured is the plugin's.
 replace_file "$TMP/mesh.yaml" "services: []"
-agent_start "$TMP/mesh.yaml"
+mkdir -p "$TMP/no-pod-cgroups"
+AGENT_WRAPPER="nsenter --net=/run/netns/$NODE" agent_start "$TMP/mesh.yaml" --kubeconfig "$TMP/kube/kubeconfig" \
+    --node-name node-1 --cgroup-root "$TMP/no-pod-cgroups" --cni-socket "$TMP/cni.sock"
 wait_log "config generation 1 applied" 1
+agent_knows() { # <namespace> <name>
+    command python3 - "$TMP/cni.sock" "$1" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(2)
+s.connect(sys.argv[1])
+s.send(json.dumps({"namespace": sys.argv[2], "name": sys.argv[3]}).encode())
+sys.exit(0 if json.loads(s.recv(4096))["known"] else 1)
+PY
+}
+for _ in $(seq 100); do agent_knows meshed enrolled 2>/dev/null && agent_knows plain skipped 2>/dev/null && break; sleep 0.1; done
+agent_knows meshed enrolled || { log "the agent cannot answer for the bench's pods"; exit 1; }
 
 PREV='{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.244.0.9/24","interface":0}]}'
-conf() { # <kube: yes|no> <prevResult: yes|no>
-    printf '{"cniVersion":"1.0.0","name":"kmbr0","type":"kmesh-cni",%s"bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s"%s}' \
-        "$([[ $1 == yes ]] && echo "\"kubeConfig\":\"$TMP/kube/kubeconfig\",")" "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" \
+conf() { # <kube: yes|no|agent> <prevResult: yes|no>
+    printf '{"cniVersion":"1.0.0","name":"kmbr0","type":"kmesh-cni",%s%s"bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s"%s}' \
+        "$([[ $1 != no ]] && echo "\"kubeConfig\":\"$TMP/kube/kubeconfig\",")" \
+        "$([[ $1 == agent ]] && echo "\"agentSocket\":\"$TMP/cni.sock\",")" "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" \
         "$([[ $2 == yes ]] && echo ",\"prevResult\":$PREV")"
 }
 conf no yes >"$TMP/add.json"
 conf no no >"$TMP/del.json"
 conf yes yes >"$TMP/kadd.json"
 conf yes no >"$TMP/kdel.json"
+conf agent yes >"$TMP/aadd.json"
 printf '{"cniVersion":"1.0.0","name":"lo","type":"loopback"}' >"$TMP/lo.json"
 RESULTS=$ROOT/bench/results/cni_start.jsonl
 RAW=$ROOT/bench/results/cni_start
@@ -138,6 +157,8 @@ bench add-standalone standalone default ADD "$TMP/add.json" "$TMP/cni_exec $TMP/
 bench add-excluded excluded kube-system ADD "$TMP/kadd.json"
 bench add-skipped skipped plain ADD "$TMP/kadd.json"
 bench add-enrolled enrolled meshed ADD "$TMP/kadd.json" "$TMP/cni_exec $TMP/kdel.json DEL $AFTER_BIN"
+bench add-skipped-agent skipped plain ADD "$TMP/aadd.json"
+bench add-enrolled-agent enrolled meshed ADD "$TMP/aadd.json" "$TMP/cni_exec $TMP/kdel.json DEL $AFTER_BIN"
 bench del standalone default DEL "$TMP/del.json" "$TMP/cni_exec $TMP/add.json ADD $AFTER_BIN"
 # The last prepare of each attaching case (before loopback's runs) left its pod attached: undone here.
 CNI_CONTAINERID=$RUN-standalone CNI_ARGS="K8S_POD_UID=$(pod_uid standalone)" "$TMP/cni_exec" "$TMP/del.json" DEL "$AFTER_BIN" >/dev/null

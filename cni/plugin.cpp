@@ -16,6 +16,7 @@
 #include <array>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -24,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/agent_query.hpp"
 #include "common/cgroup.hpp"
 #include "common/enrolment.hpp"
 
@@ -36,6 +38,9 @@ namespace {
 constexpr std::array<std::string_view, 4> kSupportedVersions = {"0.3.1", "0.4.0", "1.0.0", "1.1.0"};
 // Pinned entries must fit bpffs' NAME_MAX (255) after encoding and a prefix.
 constexpr std::size_t kMaxEncodedName = 200;
+// The agent answers from memory in well under a millisecond; a busy or wedged agent costs an ADD at
+// most this before the API server is asked instead.
+constexpr std::chrono::milliseconds kAgentQueryTimeout{250};
 
 bool is_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
 
@@ -339,6 +344,25 @@ void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log, const ApiF
         log.info("ADD: pod {}/{}: namespace {} is in excludeNamespaces: not enrolled", ns, name, ns);
         return;
     }
+    const std::string uid = arg_or_empty(req, "K8S_POD_UID");
+    // The agent answers from the caches it keeps anyway: no libcurl, no TLS handshake, no API load
+    // per pod. Anything short of a clear answer falls through to the API server below.
+    if (!config.agent_socket.empty()) {
+        auto answer = ask_agent(config.agent_socket, PodQuery{ns, name, uid, config.kmesh_namespace},
+                                kAgentQueryTimeout);
+        if (answer && answer->known) {
+            if (!answer->enrolled) {
+                log.info("ADD: pod {}/{} not enrolled (agent): {}", ns, name, answer->reason);
+                return;
+            }
+            log.info("ADD: pod {}/{} enrolled (agent): {}", ns, name, answer->reason);
+            // The agent's reconciler writes the kmesh.net/redirection annotation shortly after.
+            attach_pod(req, kernel, log);
+            return;
+        }
+        log.info("ADD: pod {}/{}: the agent cannot tell ({}): asking the API server", ns, name,
+                 answer ? answer->reason : answer.status().to_string());
+    }
     auto unavailable = [&](const Status& st) {
         return CniError(
             kErrTryAgainLater,
@@ -352,8 +376,7 @@ void cmd_add(const Request& req, Kernel& kernel, spdlog::logger& log, const ApiF
     if (!pod) throw unavailable(pod.status());
     // A pod re-created under the same name (StatefulSet) may still be the old object in the API:
     // deciding from it could put the new pod on the wrong side of the mesh.
-    if (const std::string uid = arg_or_empty(req, "K8S_POD_UID");
-        !uid.empty() && !pod->meta.uid.empty() && uid != pod->meta.uid) {
+    if (!uid.empty() && !pod->meta.uid.empty() && uid != pod->meta.uid) {
         throw unavailable(
             Status(Errc::kConflict,
                    fmt::format("the API server has uid {}, the runtime creates {}", pod->meta.uid, uid)));
@@ -703,6 +726,7 @@ Config parse_config(std::string_view json, bool lenient) {
     read_string(doc, "logFile", config.log_file, /*allow_empty=*/true);
     read_string(doc, "kubeConfig", config.kube_config);
     read_string(doc, "kmeshNamespace", config.kmesh_namespace);
+    read_string(doc, "agentSocket", config.agent_socket);
     if (auto ex = doc.FindMember("excludeNamespaces"); ex != doc.MemberEnd()) {
         if (!ex->value.IsArray())
             throw CniError(kErrInvalidConfig, "excludeNamespaces must be a list of strings");

@@ -67,6 +67,9 @@ struct Config {
     std::string kube_config;
     std::vector<std::string> exclude_namespaces = {"kube-system"};  // never asked about, never blocked
     std::string kmesh_namespace = "kmesh-system";                   // the agent's own pods: never enrolled
+    // The agent's --cni-socket: asked first, from its informer caches (common/agent_query.hpp); the
+    // API server only when the agent cannot answer. Empty: the API server only.
+    std::string agent_socket;
     // prevResult re-serialized with cniVersion set to cni_version; nullopt when absent.
     std::optional<std::string> prev_result;
     // GC only: cni.dev/valid-attachments (nullopt when the key is absent).

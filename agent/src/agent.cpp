@@ -596,7 +596,9 @@ int Agent::run() {
         // Pods are attached to the programs pinned now; a later publish moves their links too.
         enrolment_ =
             std::make_unique<enrolment::Reconciler>(options_.kube_api, *options_.enrolment, metrics_);
-        enrolment_->start();
+        // Not fatal: without the socket kmesh-cni asks the API server, as before.
+        if (Status st = enrolment_->start(); !st)
+            spdlog::error("enrolment: no kmesh-cni socket: {} (kmesh-cni asks the API server)", st.to_string());
     }
 
     int rc = 0;

@@ -159,6 +159,8 @@ class Informer {
     bool synced() const;
     // Copy of the cache, keyed by "<namespace>/<name>" (or "<name>" for cluster-scoped).
     std::map<std::string, T> snapshot() const;
+    // Copy of one cached object (same key), without copying the whole cache.
+    std::optional<T> get(const std::string& key) const;
 
   private:
     struct Impl;

@@ -242,6 +242,14 @@ std::map<std::string, T> Informer<T>::snapshot() const {
     return impl_->cache;
 }
 
+template <class T>
+std::optional<T> Informer<T>::get(const std::string& key) const {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->cache.find(key);
+    if (it == impl_->cache.end()) return std::nullopt;
+    return it->second;
+}
+
 template class Informer<Pod>;
 template class Informer<Namespace>;
 

@@ -33,6 +33,8 @@ namespace late
 namespace kube-system
 
 # The chained entry as the installer writes it (helper-common.md), plus this node's test roots.
+# Where the agent answers kmesh-cni (--cni-socket); the plugin asks the API server when nobody does.
+CNI_SOCK=$TMP/run/cni.sock
 kube_network() { # <name> <kubeconfig>
     cat >"$TMP/$1.conflist" <<JSON
 {"cniVersion":"1.0.0","name":"kmbr0","plugins":[
@@ -41,7 +43,7 @@ kube_network() { # <name> <kubeconfig>
           "ranges":[[{"subnet":"10.244.0.0/24"}],[{"subnet":"fd00:10:244::/64"}]],
           "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
  {"type":"kmesh-cni","kubeConfig":"$2","excludeNamespaces":["kube-system"],"kmeshNamespace":"kmesh-system",
-  "bpffsRoot":"$BPFFS","cgroupRoot":"$CGROOT","logFile":"$TMP/kmesh-cni.log"}]}
+  "bpffsRoot":"$BPFFS","cgroupRoot":"$CGROOT","logFile":"$TMP/kmesh-cni.log","agentSocket":"$CNI_SOCK"}]}
 JSON
 }
 kube_network kube "$TMP/kube/kubeconfig"
@@ -117,11 +119,14 @@ check "agent stopped: a pod created in unlabelled namespace 'late'" kpod_create 
 namespace late Kmesh  # labelled while the agent is down: the agent enrols the running pod at start
 
 # --- the agent starts ---
+ADMIN_PORT=$(nsenter --net="/run/netns/$NODE" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 MESH=$TMP/mesh.yaml
 replace_file "$MESH" "$(echo_one_backend "$BACKEND")"
 AGENT_WRAPPER="nsenter --net=/run/netns/$NODE" agent_start --config "$MESH" --kubeconfig "$TMP/kube/kubeconfig" \
-    --node-name "$NODE_NAME" --cgroup-root "$CGROOT"
+    --node-name "$NODE_NAME" --cgroup-root "$CGROOT" --cni-socket "$CNI_SOCK"
 wait_log "config generation 1 applied" 1
+check "the agent's kmesh-cni socket is root's alone (0600): $(stat -c %a "$CNI_SOCK" 2>&1)" \
+    test "$(stat -c %a "$CNI_SOCK")" = 600
 check "a pod created before the agent started is enrolled at start: $(records)" \
     eventually has_record "_pod_$(pod_uid before)"
 check "... its connect to the VIP is translated" eventually translated before
@@ -144,9 +149,9 @@ check "the pod in the unlabelled namespace is still untouched" no_record_of outs
 # of every library it loads (LD_DEBUG=files, dlopen included).
 check "kmesh-cni has no NEEDED libcurl/OpenSSL/GnuTLS/spdlog/fmt" \
     bash -c "! readelf -d '$BUILD/cni/kmesh-cni' | grep NEEDED | grep -E 'libcurl|libssl|libcrypto|libgnutls|libspdlog|libfmt'"
-cni_loads() { # <pod> <namespace>: ADD with the live kubeConfig, run alone; prints the libraries the loader opened
-    printf '{"cniVersion":"1.0.0","name":"kmbr0","type":"kmesh-cni","kubeConfig":"%s","excludeNamespaces":["kube-system"],"bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s","prevResult":{"cniVersion":"1.0.0"}}' \
-        "$TMP/kube/kubeconfig" "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" |
+cni_loads() { # <pod> <namespace> [agentSocket]: ADD with the live kubeConfig, run alone; prints the libraries the loader opened
+    printf '{"cniVersion":"1.0.0","name":"kmbr0","type":"kmesh-cni","kubeConfig":"%s","excludeNamespaces":["kube-system"],"bpffsRoot":"%s","cgroupRoot":"%s","logFile":"%s","agentSocket":"%s","prevResult":{"cniVersion":"1.0.0"}}' \
+        "$TMP/kube/kubeconfig" "$BPFFS" "$CGROOT" "$TMP/kmesh-cni.log" "${3:-}" |
         LD_DEBUG=files CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1 CNI_NETNS=/run/netns/$RUN-$1 CNI_IFNAME=eth0 \
             CNI_PATH=/usr/lib/cni CNI_ARGS="K8S_POD_NAMESPACE=$2;K8S_POD_NAME=$1;K8S_POD_UID=$(pod_uid "$1")" \
             nsenter --net="/run/netns/$NODE" "$BUILD/cni/kmesh-cni" 2>&1 >/dev/null | grep -o 'file=[^ ]*' | sort -u
@@ -160,6 +165,60 @@ check "an ADD that asks the API server loads libcurl when it asks (and decides: 
 check "... and left the pod untouched" no_record_of outside
 check "... its connect to the VIP is not translated" untranslated outside
 
+# Issue 12: an ADD that the agent answers from its caches (--cni-socket) never loads libcurl, so it
+# never asks the API server; one the agent cannot answer (a pod its node-scoped watch does not see)
+# falls back to the API server. Oracles: the dynamic loader's report, the pod's links, its connect.
+cni_metric() { admin_get /metrics | grep -o "kmesh_cni_queries_total{answer=\"$1\"} [0-9]*" | awk '{print $2}'; }
+kpod_prepare() { # <pod> <namespace> <nodeName> [labels]: in the API, with its netns and cgroup, no ADD yet
+    local labels=${4:-'{}'}
+    POD_NS[$1]=$2
+    ctl POST pods '{"metadata":{"name":"'$1'","namespace":"'$2'","uid":"'"$(pod_uid "$1")"'","labels":'"$labels"'},"spec":{"nodeName":"'$3'","containers":[{"name":"app"}]},"status":{"phase":"Running"}}'
+    ip netns add "$RUN-$1"
+    PODS+=("$1")
+    ip -n "$RUN-$1" link set lo up
+    mkdir -p "$(pod_cgroup "$1")/ctr"
+}
+# The agent's answer, asked by a client written here (Python, independent of the plugin's).
+agent_answer() { # <namespace> <name>: prints the agent's JSON answer
+    command python3 - "$CNI_SOCK" "$1" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(2)
+s.connect(sys.argv[1])
+s.send(json.dumps({"namespace": sys.argv[2], "name": sys.argv[3], "uid": "", "kmeshNamespace": "kmesh-system"}).encode())
+print(s.recv(4096).decode())
+PY
+}
+agent_knows() { agent_answer "$@" | grep -q '"known":true'; }
+kpod_prepare fast meshed "$NODE_NAME"
+ENROLLED_BEFORE=$(cni_metric enrolled)
+# The agent's watch sees the pod a moment after the API server has it (a runtime's ADD comes later).
+check "the agent answers for a new pod of its node: $(agent_answer meshed fast)" eventually agent_knows meshed fast
+LOADS=$(cni_loads fast meshed "$CNI_SOCK" | xargs)
+check "an ADD the agent answers (Kmesh namespace) loads no libcurl: $LOADS" bash -c "[[ -n '$LOADS' && ! '$LOADS' =~ libcurl ]]"
+check "... and attaches the pod" has_record "$RUN-fast"
+# (No VIP connect: this pod has only lo, no route to the backend.) The kernel's own count of links:
+check "... its cgroup runs the agent's programs ($(attached_programs fast))" test "$(attached_programs fast)" -ge 2
+check "... the agent counted the answer: enrolled $ENROLLED_BEFORE -> $(cni_metric enrolled)" \
+    test "$(cni_metric enrolled)" -gt "$ENROLLED_BEFORE"
+check "... and the agent annotates it" eventually test "$(annotation fast meshed)" = enabled
+kpod_prepare fastout meshed "$NODE_NAME" '{"'$MODE'":"none"}'
+check "... and for a pod labelled none: $(agent_answer meshed fastout)" eventually agent_knows meshed fastout
+LOADS=$(cni_loads fastout meshed "$CNI_SOCK" | xargs)
+check "a pod labelled none, answered by the agent: no libcurl: $LOADS" bash -c "[[ -n '$LOADS' && ! '$LOADS' =~ libcurl ]]"
+check "... untouched" no_record_of fastout
+UNKNOWN_BEFORE=$(cni_metric unknown)
+kpod_prepare elsewhere meshed node-2
+agent_cannot_tell() { agent_answer "$@" | grep -q '"known":false'; }
+check "a pod of another node is not the agent's to answer: $(agent_answer meshed elsewhere)" \
+    agent_cannot_tell meshed elsewhere
+LOADS=$(cni_loads elsewhere meshed "$CNI_SOCK" | xargs)
+check "a pod the agent does not watch (node-2): the plugin asks the API server (libcurl): $LOADS" \
+    bash -c "[[ '$LOADS' =~ libcurl.so.4 ]]"
+check "... which puts it in the mesh" has_record "$RUN-elsewhere"
+check "... the agent counted an unknown answer ($UNKNOWN_BEFORE -> $(cni_metric unknown))" \
+    test "$(cni_metric unknown)" -gt "$UNKNOWN_BEFORE"
+
 # --- relabelling ---
 namespace plain Kmesh
 check "labelling its namespace enrols a running pod: $(records)" eventually has_record "_pod_$(pod_uid outside)"
@@ -172,7 +231,6 @@ check "... annotation removed" eventually test -z "$(annotation outside plain)"
 check "the pod-level opt-out still holds" no_record_of optout
 
 # --- a pod deleted while the agent was down ---
-ADMIN_PORT=$(nsenter --net="/run/netns/$NODE" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 agent_stop
 echo 1 >"$(pod_cgroup before)/ctr/cgroup.kill"
 for _ in $(seq 50); do rmdir "$(pod_cgroup before)/ctr" 2>/dev/null && break; sleep 0.1; done
@@ -184,4 +242,4 @@ check "a pod deleted while the agent was down leaves nothing: $(records)" \
     eventually test ! -e "$BPFFS/kmesh/pods/_pod_$(pod_uid before)"
 check "the other pods keep their attachments" has_record "$RUN-meshpod"
 enrolled_metric() { grep -qx "kmesh_enrolled_pods $1" <<<"$(admin_get /metrics)"; }
-check "the metrics count one enrolled pod (meshpod)" eventually enrolled_metric 1
+check "the metrics count two enrolled pods (meshpod, fast)" eventually enrolled_metric 2

@@ -254,6 +254,13 @@ TEST_CASE("installer entry_json: optional members only when they apply") {
     CHECK(
         entry_json(e) ==
         R"({"type":"kmesh-cni","kubeConfig":"/etc/cni/net.d/kmesh-cni-kubeconfig","excludeNamespaces":["kube-system"],"kmeshNamespace":"kmesh-system","logFile":"/var/log/kmesh-cni.log"})");
+    // The agent's socket only matters to an ADD that would ask the API server.
+    e.agent_socket = "/var/run/kmesh/cni.sock";
+    CHECK(
+        entry_json(e) ==
+        R"({"type":"kmesh-cni","kubeConfig":"/etc/cni/net.d/kmesh-cni-kubeconfig","excludeNamespaces":["kube-system"],"kmeshNamespace":"kmesh-system","logFile":"/var/log/kmesh-cni.log","agentSocket":"/var/run/kmesh/cni.sock"})");
+    e.kube_config.reset();
+    CHECK(entry_json(e) == kEntry);
 }
 
 TEST_CASE("installer chain: numbers keep their value; a zero with an exponent is zero (no UB in RapidJSON)") {

@@ -481,6 +481,18 @@ std::string Agent::metrics_text() {
     counter("kmesh_enrolment_passes_total", "Enrolment reconciler passes.", metrics_.enrolment_passes);
     counter("kmesh_enrolment_errors_total", "Enrolment actions (attach, release, annotate) that failed.",
             metrics_.enrolment_errors);
+    header("kmesh_cni_queries_total",
+           "kmesh-cni ADDs answered on --cni-socket, by answer (unknown: the plugin asked the API server; "
+           "refused: bad peer or query).",
+           "counter");
+    out += fmt::format("kmesh_cni_queries_total{{answer=\"enrolled\"}} {}\n",
+                       metrics_.cni_queries_enrolled.load());
+    out += fmt::format("kmesh_cni_queries_total{{answer=\"not_enrolled\"}} {}\n",
+                       metrics_.cni_queries_not_enrolled.load());
+    out += fmt::format("kmesh_cni_queries_total{{answer=\"unknown\"}} {}\n",
+                       metrics_.cni_queries_unknown.load());
+    out += fmt::format("kmesh_cni_queries_total{{answer=\"refused\"}} {}\n",
+                       metrics_.cni_queries_refused.load());
     header("kmesh_map_write_errors_total", "BPF map updates that failed, per map.", "counter");
     for (int i = 0; i < kMapCount; i++)
         out += fmt::format("kmesh_map_write_errors_total{{map=\"{}\"}} {}\n", map_name(static_cast<MapId>(i)),

@@ -29,6 +29,9 @@ struct Metrics {
     std::atomic<int64_t> enrolment_waiting{0};  // selected pods whose cgroup is not there yet
     std::atomic<uint64_t> enrolment_passes{0};
     std::atomic<uint64_t> enrolment_errors{0};  // failed attach/release/annotate actions
+    // kmesh-cni's queries on --cni-socket, by answer (unknown: the plugin asked the API server).
+    std::atomic<uint64_t> cni_queries_enrolled{0}, cni_queries_not_enrolled{0}, cni_queries_unknown{0},
+        cni_queries_refused{0};
     // Entries the map writer's mirror says each map holds (after the last sync), per MapId.
     std::array<std::atomic<uint64_t>, kMapCount> map_entries{};
     std::atomic<uint64_t> metrics_bind_failures{0};  // the :15020 server

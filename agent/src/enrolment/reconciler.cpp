@@ -1,9 +1,12 @@
 #include "agent/src/enrolment/reconciler.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <vector>
+
+#include "common/enrolment.hpp"
 
 namespace kmesh::enrolment {
 
@@ -28,14 +31,46 @@ Reconciler::~Reconciler() { stop(); }
 
 bool Reconciler::synced() const { return pods_->synced() && namespaces_->synced(); }
 
-void Reconciler::start() {
+Status Reconciler::start() {
     spdlog::info("enrolment: watching pods on node {} and all namespaces", options_.node_name);
     pods_->start();
     namespaces_->start();
     thread_ = std::thread([this] { loop(); });
+    if (!options_.cni_socket.empty()) {
+        cni_server_ = std::make_unique<CniServer>(
+            options_.cni_socket, [this](const PodQuery& q) { return answer(q); }, metrics_);
+        if (Status st = cni_server_->start(); !st) {
+            cni_server_.reset();
+            return st;
+        }
+    }
+    return Status::ok();
+}
+
+PodAnswer Reconciler::answer(const PodQuery& q) {
+    auto unknown = [](std::string why) { return PodAnswer{false, false, std::move(why)}; };
+    if (!synced()) return unknown("the agent's pod and namespace caches are not synced yet");
+    auto pod = pods_->get(q.ns + "/" + q.name);
+    // A pod the runtime creates now may not have reached the agent's watch yet.
+    if (!pod) return unknown(fmt::format("pod {}/{} is not in the agent's cache", q.ns, q.name));
+    if (pod->node_name != options_.node_name)
+        return unknown(fmt::format("pod {}/{} is cached on node '{}'", q.ns, q.name, pod->node_name));
+    // Re-created under the same name (StatefulSet): the cache may still hold the old object.
+    if (!q.uid.empty() && pod->meta.uid != q.uid)
+        return unknown(fmt::format("the agent has uid {}, the runtime creates {}", pod->meta.uid, q.uid));
+    std::optional<kube::Namespace> ns;
+    if (namespace_decides(*pod, q.kmesh_namespace)) {
+        ns = namespaces_->get(q.ns);
+        if (!ns) return unknown(fmt::format("namespace {} is not in the agent's cache", q.ns));
+    }
+    const EnrolmentDecision d = decide_enrolment(*pod, ns ? &*ns : nullptr, q.kmesh_namespace);
+    // The plugin attaches and leaves the kmesh.net/redirection annotation to the next pass.
+    if (d.enrolled) poke_at(std::chrono::steady_clock::now() + options_.annotate_after);
+    return PodAnswer{true, d.enrolled, d.reason};
 }
 
 void Reconciler::stop() {
+    if (cni_server_) cni_server_->stop();  // answer() reads the informers stopped below
     {
         std::lock_guard l(mu_);
         if (stopping_) return;
@@ -55,6 +90,15 @@ void Reconciler::poke() {
     cv_.notify_all();
 }
 
+void Reconciler::poke_at(std::chrono::steady_clock::time_point at) {
+    {
+        std::lock_guard l(mu_);
+        if (soon_ && *soon_ <= at) return;
+        soon_ = at;
+    }
+    cv_.notify_all();
+}
+
 void Reconciler::loop() {
     using Clock = std::chrono::steady_clock;
     auto retry = options_.retry_initial;
@@ -62,9 +106,15 @@ void Reconciler::loop() {
     for (;;) {
         {
             std::unique_lock l(mu_);
-            cv_.wait_until(l, next, [this] { return stopping_ || dirty_; });
+            // A pass wanted soon (answer()) comes forward; it is not a change, so no dirty flag.
+            for (;;) {
+                const auto until = soon_ ? std::min(next, *soon_) : next;
+                if (cv_.wait_until(l, until, [this] { return stopping_ || dirty_; })) break;
+                if (Clock::now() >= until) break;
+            }
             if (stopping_) return;
             dirty_ = false;
+            soon_.reset();
         }
         // Level-triggered: nothing is planned from a partial view of the node.
         if (!synced()) {

@@ -115,6 +115,8 @@ Value build_entry(const ChainEntry& e, Alloc& a) {
     v.AddMember("kmeshNamespace", str(e.kmesh_namespace, a), a);
     if (e.bpffs_root != kDefaultBpffsRoot) v.AddMember("bpffsRoot", str(e.bpffs_root, a), a);
     v.AddMember("logFile", str(e.log_file, a), a);
+    // Only an ADD that would ask the API server asks the agent first.
+    if (e.kube_config && !e.agent_socket.empty()) v.AddMember("agentSocket", str(e.agent_socket, a), a);
     return v;
 }
 

@@ -11,7 +11,8 @@
 //        "plugins": [<the plugin object unchanged, cniVersion and name included>, <entry>]}
 //   which is libcni's ConfListFromConf upconversion, so the runtime runs the same plugin config.
 //   <entry> = {"type": "kmesh-cni", "kubeConfig": <only with a kubeconfig>, "excludeNamespaces": [...],
-//              "kmeshNamespace": ..., "bpffsRoot": <only when not /sys/fs/bpf>, "logFile": ...}
+//              "kmeshNamespace": ..., "bpffsRoot": <only when not /sys/fs/bpf>, "logFile": ...,
+//              "agentSocket": <only with a kubeconfig and the agent's --cni-socket>}
 // A file we rewrite is serialised by RapidJSON (2-space indent, trailing newline), member order kept;
 // a file that already ends with the wanted entry is left byte for byte as it is.
 #pragma once
@@ -36,6 +37,7 @@ struct ChainEntry {
     std::string kmesh_namespace = "kmesh-system";
     std::string bpffs_root = kDefaultBpffsRoot;  // written only when it is not the default
     std::string log_file = "/var/log/kmesh-cni.log";
+    std::string agent_socket;  // written (agentSocket) only when set and with a kube_config
 };
 // The entry as a JSON object (compact), for logs and tests.
 std::string entry_json(const ChainEntry& entry);

@@ -279,6 +279,7 @@ Result<Installer::ChainOutcome> Installer::sync_chain(const std::optional<std::s
     entry.bpffs_root = options_.bpffs_root;
     entry.log_file = options_.log_file;
     entry.exclude_namespaces = options_.exclude_namespaces;
+    entry.agent_socket = options_.agent_socket;
     auto chained = chain(name, *bytes, entry);
     if (!chained) return chained.status();
     if (!chained->changed) return ChainOutcome{Outcome::kUnchanged, name};

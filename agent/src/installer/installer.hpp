@@ -32,6 +32,9 @@ struct Options {
     // Namespaces kmesh-cni enrols without asking the API (never blocked); the agent's reconciler
     // skips the same ones.
     std::vector<std::string> exclude_namespaces{"kube-system"};
+    // The agent's --cni-socket, where kmesh-cni asks whether a pod is in the mesh before it asks
+    // the API server (the plugin's agentSocket); empty: not written.
+    std::string agent_socket;
 };
 
 // kmesh-cni next to /proc/self/exe, else the first on PATH.
