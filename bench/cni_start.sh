@@ -64,7 +64,7 @@ done
 # itself: every attachment measured is the plugin's.
 replace_file "$TMP/mesh.yaml" "services: []"
 mkdir -p "$TMP/no-pod-cgroups"
-AGENT_WRAPPER="nsenter --net=/run/netns/$NODE" agent_start "$TMP/mesh.yaml" --kubeconfig "$TMP/kube/kubeconfig" \
+AGENT_WRAPPER="nsenter --net=/run/netns/$NODE" agent_start --config "$TMP/mesh.yaml" --kubeconfig "$TMP/kube/kubeconfig" \
     --node-name node-1 --cgroup-root "$TMP/no-pod-cgroups" --cni-socket "$TMP/cni.sock"
 wait_log "config generation 1 applied" 1
 agent_knows() { # <namespace> <name>
