@@ -598,7 +598,8 @@ int Agent::run() {
             std::make_unique<enrolment::Reconciler>(options_.kube_api, *options_.enrolment, metrics_);
         // Not fatal: without the socket kmesh-cni asks the API server, as before.
         if (Status st = enrolment_->start(); !st)
-            spdlog::error("enrolment: no kmesh-cni socket: {} (kmesh-cni asks the API server)", st.to_string());
+            spdlog::error("enrolment: no kmesh-cni socket: {} (kmesh-cni asks the API server)",
+                          st.to_string());
     }
 
     int rc = 0;
