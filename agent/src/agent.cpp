@@ -192,8 +192,9 @@ Agent::Reload Agent::sync_maps(std::string* error) {
                                           : changes.workloads.size() + changes.services.size();
     const bool defer_names = names_work > kNamesInline;
     // Events wait for the names (kept in telemetry, named once they follow): before the maps change.
-    if (defer_names) telemetry_->hold_events();
-    if (!defer_names) {
+    if (defer_names) {
+        telemetry_->hold_events();
+    } else {
         follow_names();  // any held back ones first (they name the same model)
         telemetry_->update_model(mesh_.model(), changes);
     }

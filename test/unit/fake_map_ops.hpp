@@ -3,8 +3,11 @@
 // intermediate state a connect() could observe.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -227,5 +230,44 @@ class FakeMapOps : public MapOps {
     int fail_remove_after_ = -1;
     std::array<bool, kMapCount> no_batch_{};
 };
+
+// What each frontend resolves to, ids aside (a retry may hand out other ids): target port, flags,
+// the service's lb mode and flags, and per family and priority the sorted backend entries (address
+// bytes and flags) with their member weights; a missing service, slot, backend or member is named
+// in the text, so two states compare equal only when both resolve completely and alike.
+inline std::map<std::string, std::string> resolved(const FakeMapOps& ops) {
+    std::map<std::string, std::string> out;
+    ops.for_each(MapId::kFrontend, [&](const void* k, const void* v) {
+        kmesh_frontend_value fe;
+        std::memcpy(&fe, v, sizeof fe);
+        std::string r = std::to_string(fe.target_port) + "/" + std::to_string(fe.flags);
+        kmesh_service_value svc{};
+        if (!ops.get(MapId::kService, fe.service_id, &svc)) r += " no service";
+        r += "/" + std::to_string(svc.lb_mode) + "/" + std::to_string(svc.flags);
+        for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
+            for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++) {
+                std::vector<std::string> list;
+                for (uint32_t i = 1; i <= svc.endpoint_count[f][p]; i++) {
+                    kmesh_endpoint_value ev{};
+                    kmesh_backend_value bv{};
+                    if (!ops.get(MapId::kEndpoint, kmesh_endpoint_key{fe.service_id, f, p, i}, &ev))
+                        r += " missing slot";
+                    if (!ops.get(MapId::kBackend, ev.backend_id, &bv)) r += " missing backend";
+                    kmesh_member_value mv{};
+                    if (!ops.get(MapId::kMember, kmesh_member_key{fe.service_id, ev.backend_id}, &mv))
+                        r += " missing member";
+                    list.emplace_back(
+                        std::string(reinterpret_cast<const char*>(&bv), offsetof(kmesh_backend_value, pad)) +
+                        "w" + std::to_string(mv.weight));
+                }
+                std::sort(list.begin(), list.end());
+                r += ";" + std::to_string(f) + "." + std::to_string(p);
+                for (const auto& b : list) r += "|" + b;
+            }
+        out[std::string(static_cast<const char*>(k), sizeof(kmesh_frontend_key))] = r;
+        return true;
+    });
+    return out;
+}
 
 }  // namespace kmesh::test

@@ -34,35 +34,6 @@ Dump dump(const FakeMapOps& ops) {
     return d;
 }
 
-// What each frontend resolves to, ids aside (a retry may hand out other ids): target port, flags,
-// and per family and priority the sorted backend entries (address bytes and flags).
-std::map<std::string, std::string> resolved(const FakeMapOps& ops) {
-    std::map<std::string, std::string> out;
-    ops.for_each(MapId::kFrontend, [&](const void* k, const void* v) {
-        kmesh_frontend_value fe;
-        std::memcpy(&fe, v, sizeof fe);
-        std::string r = std::to_string(fe.target_port) + "/" + std::to_string(fe.flags);
-        kmesh_service_value svc;
-        if (!ops.get(MapId::kService, fe.service_id, &svc)) r += " no service";
-        for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
-            for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++) {
-                std::vector<std::string> list;
-                for (uint32_t i = 1; i <= svc.endpoint_count[f][p]; i++) {
-                    kmesh_endpoint_value ev{};
-                    kmesh_backend_value bv{};
-                    ops.get(MapId::kEndpoint, kmesh_endpoint_key{fe.service_id, f, p, i}, &ev);
-                    ops.get(MapId::kBackend, ev.backend_id, &bv);
-                    list.emplace_back(reinterpret_cast<const char*>(&bv), offsetof(kmesh_backend_value, pad));
-                }
-                std::sort(list.begin(), list.end());
-                for (const auto& b : list) r += "|" + b;
-            }
-        out[std::string(static_cast<const char*>(k), sizeof(kmesh_frontend_key))] = r;
-        return true;
-    });
-    return out;
-}
-
 struct Node {
     FakeMapOps ops;
     Metrics metrics;
