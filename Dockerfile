@@ -24,11 +24,14 @@ RUN --mount=type=cache,id=kmesh-ccache,target=/ccache \
         /build/agent/kmesh-daemon /build/cni/kmesh-cni /build/ctl/kmeshctl \
  && ccache --show-stats
 # The runtime packages are derived from the binaries themselves (the Debian way, dpkg-shlibdeps),
-# so they follow the build's libraries without a second hand-kept list.
+# so they follow the build's libraries without a second hand-kept list. libcurl4 is named: both
+# kmesh-daemon and kmesh-cni open it with dlopen on the kube client's first call
+# (common/curl_dl.cpp), which dpkg-shlibdeps cannot see.
 RUN mkdir -p /tmp/shlibs/debian && cd /tmp/shlibs && touch debian/control \
  && dpkg-shlibdeps -O /out/usr/local/bin/* \
     | sed -e 's/^shlibs:Depends=//' | tr ',' '\n' \
-    | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep . | sort -u > /out/runtime-packages \
+    | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep . > /tmp/shlibs/packages \
+ && echo libcurl4 >> /tmp/shlibs/packages && sort -u /tmp/shlibs/packages > /out/runtime-packages \
  && echo "runtime packages:" $(cat /out/runtime-packages)
 
 FROM debian:bookworm-slim

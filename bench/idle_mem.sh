@@ -4,6 +4,8 @@
 # and one workload (by fake istiod over Delta xDS, and from a config file), left 3 s to settle,
 # then /proc/<pid>/status (VmRSS, RssAnon, RssFile) and smaps (Rss per mapping) are read.
 # Production map sizes (no --max-* flags), not in a cluster (no kube client, no libcurl).
+# Each is read twice: as started, and 3 s after the kernel reclaimed its file-backed pages
+# (bench/pageout.py; the "+pageout" rows: the working set at rest).
 #
 # usage: bench/idle_mem.sh [--build DIR] [--rounds N] [LABEL=BINARY ...]
 #   default binary: this build's agent/kmesh-daemon, labelled "build"
@@ -45,6 +47,14 @@ measure() { # <label> <source> : one JSON line
             l, s, v["VmRSS"], v["RssAnon"], v["RssFile"], v["Threads"], m, p}' "/proc/$apid/status"
 }
 
+# The same process again after the kernel was asked to reclaim its file-backed pages
+# (bench/pageout.py: what a memory cgroup does to a container near its limit): 3 s later, RSS
+# holds only the code and data the agent touched at rest, not every page start-up touched.
+working_set() { # <label> <source>
+    python3 "$ROOT/bench/pageout.py" "$AGENT_PID" >&2 || return
+    measure "$1" "$2+pageout"
+}
+
 log "idle memory: ${#BINS[@]} binaries x $ROUNDS rounds x (xds, file); $(head -1 /proc/pressure/cpu)"
 : >"$TMP/runs.jsonl"
 for r in $(seq "$ROUNDS"); do
@@ -54,10 +64,12 @@ for r in $(seq "$ROUNDS"); do
         agent_start --xds-address "127.0.0.1:$PORT" --xds-plaintext --node-name node-idle
         wait_log "applied: 1 services, 1 workloads" "$AGENT_STARTS"
         measure "$label" xds | tee -a "$TMP/runs.jsonl"
+        working_set "$label" xds | tee -a "$TMP/runs.jsonl"
         agent_stop
         agent_start "$TMP/mesh.yaml"
         wait_log "applied: 1 services, 1 workloads" "$AGENT_STARTS"
         measure "$label" file | tee -a "$TMP/runs.jsonl"
+        working_set "$label" file | tee -a "$TMP/runs.jsonl"
         agent_stop
     done
 done
