@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Evaluate a batch of PromQL checks against a Prometheus in one process (e2e_telemetry.sh).
+"""Evaluate a batch of PromQL checks against a Prometheus in one process (e2e_telemetry.sh);
+with --fresh, wait for a complete scrape (prometheus.sh's prom_fresh).
 
 Each check is a line on stdin: description, PromQL, low and high, separated by tabs (none of them
 has a tab or a newline); low == high asks for an exact value. For each check, the query is polled until its value first reaches the
@@ -78,7 +79,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("prometheus", help="base URL, e.g. http://127.0.0.1:9090")
     ap.add_argument("--wait", type=float, default=20.0, help="seconds for the whole batch to match")
+    ap.add_argument("--fresh", action="store_true",
+                    help="no checks: wait (10 s at most) for a scrape that started after this call; exit 1 if none")
     args = ap.parse_args()
+    if args.fresh:
+        sys.exit(0 if fresh(args.prometheus) else 1)
     checks = []
     for line in sys.stdin:
         if not line.strip():

@@ -122,23 +122,8 @@ prom_wait_value() { # <promql> <expected> [seconds]: until the value equals expe
 }
 
 prom_fresh() { # waits until the target has been scraped completely after this call (up to 10 s)
-    local t0 last
-    t0=$(date +%s.%N)
-    for _ in $(seq 50); do
-        last=$(curl -s --max-time 2 "http://127.0.0.1:$PROM_PORT/api/v1/targets" | python3 -c '
-import datetime, json, sys
-t = json.load(sys.stdin)["data"]["activeTargets"][0]
-ts = t["lastScrape"]
-# RFC 3339 with nanoseconds: keep microseconds for fromisoformat.
-if "." in ts:
-    head, frac = ts.split(".", 1)
-    tz = frac.lstrip("0123456789")
-    ts = head + "." + frac[: len(frac) - len(tz)][:6].ljust(6, "0") + tz
-print(datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if t["health"] == "up" else 0)' 2>/dev/null) || last=0
-        python3 -c 'import sys; sys.exit(0 if float(sys.argv[1] or 0) > float(sys.argv[2]) else 1)' "${last:-0}" "$t0" && return 0
-        sleep 0.2
-    done
-    log "prometheus has not scraped since $t0"; return 1
+    python3 "$(dirname "${BASH_SOURCE[0]}")/prom_checks.py" --fresh "http://127.0.0.1:$PROM_PORT" && return 0
+    log "prometheus has not completed a scrape in 10 s"; return 1
 }
 
 prom_stop() { # runs inside the EXIT trap under set -e: no command here may fail
