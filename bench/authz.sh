@@ -25,6 +25,7 @@ done
 SWEEP=(0 100 1000)
 
 source "$ROOT/test/e2e/lib.sh"
+source "$ROOT/bench/lib.sh"
 e2e_init "$BUILD_DIR"
 OUT=$TMP/results.jsonl
 : >"$OUT"
@@ -80,7 +81,6 @@ prog_stats() { # <program>: "run_time_ns run_cnt" (kernel.bpf_stats_enabled)
         python3 -c 'import json,sys; p=json.load(sys.stdin); print(p.get("run_time_ns",0), p.get("run_cnt",0))' 2>/dev/null ||
         echo "0 0"
 }
-pressure() { awk '/^some/ {sub("avg10=", "", $2); print $2}' /proc/pressure/cpu; }
 
 GEN=1
 program() { # <config generator args...>: replaces the config, waits until the agent applied it

@@ -28,11 +28,11 @@ while (($#)); do
 done
 
 source "$ROOT/test/e2e/lib.sh"
+source "$ROOT/bench/lib.sh"
 e2e_init "$BUILD_DIR"
 OUT=$TMP/programming.jsonl
 : >"$OUT"
 BACKEND=10.244.2.2
-psi() { awk '/^some/ {split($2, a, "="); printf "%s", a[2]}' /proc/pressure/cpu; }  # avg10 of "some"
 emit() { echo "$1" | tee -a "$OUT"; }
 
 # The equivalent kube-proxy nat table, restored whole as kube-proxy does, in the bench's node netns.
@@ -40,11 +40,11 @@ program_iptables() { # <n> <rep>
     local n=$1 rep=$2 t0 t1 p0
     python3 "$ROOT/bench/kube_proxy_rules.py" "$n" "$BACKEND" >"$TMP/rules-$n.txt"
     ip netns exec "$NODE" iptables -t nat -F; ip netns exec "$NODE" iptables -t nat -X
-    p0=$(psi)
+    p0=$(pressure)
     t0=$(date +%s%N)
     ip netns exec "$NODE" iptables-restore <"$TMP/rules-$n.txt"
     t1=$(date +%s%N)
-    emit "{\"system\":\"iptables-restore\",\"services\":$n,\"rep\":$rep,\"wall_ms\":$(((t1 - t0) / 1000000)),\"psi_before\":\"$p0\",\"psi_after\":\"$(psi)\"}"
+    emit "{\"system\":\"iptables-restore\",\"services\":$n,\"rep\":$rep,\"wall_ms\":$(((t1 - t0) / 1000000)),\"psi_before\":\"$p0\",\"psi_after\":\"$(pressure)\"}"
 }
 
 GEN=0
@@ -54,7 +54,7 @@ program_kmesh() { # <label> <n> <rep> <file>
     local label=$1 n=$2 rep=$3 src=$4 t0 t1 p0 parse desired plan writes changes
     replace_file "$TMP/mesh.conf" "services: []"
     GEN=$((GEN + 1)); wait_log "config generation $GEN applied" 1
-    p0=$(psi)
+    p0=$(pressure)
     t0=$(date +%s%N)
     cp "$src" "$TMP/mesh.conf.tmp" && mv "$TMP/mesh.conf.tmp" "$TMP/mesh.conf"
     GEN=$((GEN + 1))
@@ -69,7 +69,7 @@ program_kmesh() { # <label> <n> <rep> <file>
     writes=$(sed -nE 's/.* in ([0-9]+) us \(planned.*/\1/p' <<<"$line")
     plan=$(sed -nE 's/.*planned in ([0-9]+) us.*/\1/p' <<<"$line")
     changes=$(sed -nE 's/.*; ([0-9]+) map changes.*/\1/p' <<<"$line")
-    emit "{\"system\":\"$label\",\"format\":\"${src##*.}\",\"services\":$n,\"rep\":$rep,\"wall_ms\":$(((t1 - t0) / 1000000)),\"parse_us\":${parse:-null},\"desired_us\":${desired:-null},\"plan_us\":${plan:-null},\"writes_us\":${writes:-null},\"map_changes\":${changes:-null},\"psi_before\":\"$p0\",\"psi_after\":\"$(psi)\"}"
+    emit "{\"system\":\"$label\",\"format\":\"${src##*.}\",\"services\":$n,\"rep\":$rep,\"wall_ms\":$(((t1 - t0) / 1000000)),\"parse_us\":${parse:-null},\"desired_us\":${desired:-null},\"plan_us\":${plan:-null},\"writes_us\":${writes:-null},\"map_changes\":${changes:-null},\"psi_before\":\"$p0\",\"psi_after\":\"$(pressure)\"}"
 }
 
 max_n=0
@@ -109,9 +109,9 @@ done
 for n in $SERVICES; do
     for fmt in yaml json; do
         for mode in "" --tree --single; do
-            p0=$(psi)
+            p0=$(pressure)
             r=$("$BUILD_DIR/test/unit/programming_bench" "$TMP/mesh-$n.$fmt" --json $mode)
-            emit "{\"system\":\"phases\",\"psi_before\":\"$p0\",\"psi_after\":\"$(psi)\",${r:1}"
+            emit "{\"system\":\"phases\",\"psi_before\":\"$p0\",\"psi_after\":\"$(pressure)\",${r:1}"
         done
     done
 done

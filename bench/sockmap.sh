@@ -24,6 +24,7 @@ while (($#)); do
 done
 
 source "$ROOT/test/e2e/lib.sh"
+source "$ROOT/bench/lib.sh"
 e2e_init "$BUILD_DIR"
 OUT=$TMP/results.jsonl
 : >"$OUT"
@@ -86,7 +87,6 @@ cpu_usec() { # <pods...>: CPU time (user + kernel) charged to the pods' cgroups
 machine_busy_usec() {
     awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1000000 / hz}' /proc/stat
 }
-pressure() { awk '/^some/ {sub("avg10=", "", $2); print $2}' /proc/pressure/cpu; }
 busy() { python3 -c "import sys; sys.exit(0 if float('$1') >= 10 else 1)"; }
 accel_msgs() { # redirected sends so far (km_accel_stats, summed over CPUs)
     bpftool map dump pinned "$BPFFS/kmesh/maps/current/km_accel_stats" -j 2>/dev/null | python3 -c '

@@ -30,6 +30,7 @@ while (($#)); do
 done
 
 source "$ROOT/test/e2e/lib.sh"
+source "$ROOT/bench/lib.sh"
 e2e_init "$BUILD_DIR"
 OUT=$TMP/results.jsonl
 : >"$OUT"
@@ -102,7 +103,6 @@ agent_usec() { # the agent process's CPU time (utime + stime, all threads)
 machine_busy_usec() {
     awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1000000 / hz}' /proc/stat
 }
-pressure() { awk '/^some/ {sub("avg10=", "", $2); print $2}' /proc/pressure/cpu; }
 busy() { python3 -c "import sys; sys.exit(0 if float('$1') >= 10 else 1)"; }
 opened() { # sum of istio_tcp_connections_opened_total{reporter="source"} in the exposition
     curl -s --max-time 5 "http://127.0.0.1:$METRICS_PORT/stats/prometheus" |

@@ -21,6 +21,7 @@ while (($#)); do
     shift
 done
 source "$ROOT/test/e2e/lib.sh"
+source "$ROOT/bench/lib.sh"
 e2e_init "$BUILD_DIR"
 TOOL=$ROOT/test/e2e/udp_tool.py
 
@@ -47,7 +48,6 @@ prog_stats() { # <program>: "run_time_ns run_cnt"
         python3 -c 'import json,sys; p=json.load(sys.stdin); print(p.get("run_time_ns",0), p.get("run_cnt",0))' 2>/dev/null ||
         echo "0 0"
 }
-pressure() { awk '/^some/ {sub("avg10=", "", $2); print $2}' /proc/pressure/cpu; }
 per_call() { # <before "ns cnt"> <after "ns cnt">: ns per call
     python3 -c 'import sys; a=sys.argv[1].split(); b=sys.argv[2].split(); n=int(b[1])-int(a[1]); print(f"{(int(b[0])-int(a[0]))/n:.0f}" if n else "-")' "$1" "$2"
 }
