@@ -308,11 +308,9 @@ bool Agent::touches_local(const ModelChanges& changes) const {
     const Model& model = mesh_.model();
     auto local_now = [&](const Workload& w) { return policy::is_local(w, node); };
     if (changes.all) {
-        // Removed local workloads are among what authorization indexed; present ones in the model.
-        if (authz_->indexed_locals() > 0) return true;
-        for (const auto& [uid, w] : model.workloads)
-            if (local_now(w)) return true;
-        return false;
+        // Removed local workloads are among what authorization indexed; present ones are counted
+        // by the model's state (policy::is_local's test, on the same node name), not walked.
+        return authz_->indexed_locals() > 0 || mesh_.local_workloads() > 0;
     }
     for (const auto& uid : changes.workloads) {
         if (authz_->indexed_local(uid)) return true;

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "agent/src/dataplane/dataplane_state.hpp"
+#include "agent/src/policy/compile.hpp"
 #include "model_builders.hpp"
 
 using namespace kmesh;
@@ -356,8 +357,28 @@ TEST_CASE("incremental updates always equal an independent from-scratch model (r
                     break;
             }
             REQUIRE(same_contents(mesh.desired(), oracle(mesh.model(), node)));
+            // The running count of this node's workloads equals authorization's own test applied
+            // to every workload of the model (workloads move between nodes, lose their address).
+            size_t local = 0;
+            for (const auto& [uid, w] : mesh.model().workloads) local += policy::is_local(w, node.node);
+            REQUIRE(mesh.local_workloads() == local);
         }
     }
+}
+
+TEST_CASE("local_workloads: none without a node name, whatever the workloads say") {
+    MeshState mesh;  // no node: the agent treats every workload as local without asking the count
+    Workload w = workload("a", {"10.0.0.1"}, {});
+    mesh.upsert_workload(w);
+    CHECK(mesh.local_workloads() == 0);
+    MeshState named(NodeInfo{"node-1", "", "", {}});
+    w.placement = Placement::intern({"node-1", "", "", {}});
+    named.upsert_workload(w);
+    CHECK(named.local_workloads() == 1);
+    named.upsert_workload(w);  // unchanged: not counted twice
+    CHECK(named.local_workloads() == 1);
+    named.remove_workload(w.uid);
+    CHECK(named.local_workloads() == 0);
 }
 
 TEST_CASE("a VIP claimed by two services goes back to the other when one lets go") {

@@ -442,12 +442,14 @@ void MeshState::upsert_workload_as(W&& w) {
                 if (m->second.empty() && !model_.services.count(key)) members_.erase(m);
             }
     // `w` may be moved from here on: what follows reads the model's entry.
+    if (existed && on_node(it->second)) local_workloads_--;
     if (existed)
         it->second = std::forward<W>(w);
     else  // the key is copied from w.uid before w is moved (a pair's members are made in order)
         it = model_.workloads.emplace_hint(it, w.uid, std::forward<W>(w));
     // Members point at the model's entry (stable until it is erased).
     const Workload& wl = it->second;
+    if (on_node(wl)) local_workloads_++;
     for (const auto& [key, ports] : wl.services) members_[key].insert(&*it);
     const uint64_t hw = name_hash(it->first);
     hashes_.insert(hw);
@@ -472,6 +474,7 @@ void MeshState::remove_workload(const std::string& uid) {
     if (it == model_.workloads.end()) return;
     if (waypoint_relevant(it->second)) waypoints_changed();
     note_change(changes_.workloads, uid);
+    if (on_node(it->second)) local_workloads_--;
     auto services = it->second.services;
     // Out of the members before its key (which they view) goes with the model's entry.
     for (const auto& [key, ports] : services) members_[key].erase(uid);

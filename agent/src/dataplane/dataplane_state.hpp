@@ -164,6 +164,10 @@ class MeshState {
     void replace(const Model& next);
 
     const Model& model() const { return model_; }
+    // Workloads on this node as authorization counts them (policy::is_local: placed on
+    // node().node, with an address); 0 without a node name. Kept as workloads come and go, so
+    // that a full push asks "any local workload?" without walking 100k of them.
+    size_t local_workloads() const { return local_workloads_; }
     // The waypoint tables are rebuilt here, once per batch of changes, when a change touched them.
     const DesiredState& desired() {
         if (wp_stale_) refresh_waypoints();
@@ -228,8 +232,13 @@ class MeshState {
             changes_ = ModelChanges{true, {}, {}};
     }
 
+    bool on_node(const Workload& w) const {
+        return !node_.node.empty() && w.placement->node == node_.node && !w.addresses.empty();
+    }
+
     NodeInfo node_;
     bool learn_locality_ = false;
+    size_t local_workloads_ = 0;
     uint64_t policies_version_ = 0;
     Model model_;
     DesiredState desired_;
