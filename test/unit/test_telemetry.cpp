@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -429,6 +430,123 @@ TEST_CASE("telemetry: workloads sharing a pod key or an address, removed in eith
         CHECK(index.workload_at(*IpAddr::parse("10.1.0.1")) == nullptr);
         CHECK(index.workloads() == 0);
     }
+}
+
+TEST_CASE("telemetry: the name index against a from-scratch reading of the model, over random changes") {
+    // The index keeps its own compact copy of each workload (one block: addresses, services with
+    // pooled port lists, "namespace/name\0uid") and chains the workloads of one pod key. After each
+    // random batch of upserts and removals, every address, pod key and (workload, port) pair is
+    // answered as a direct reading of the model says: the pod-network workload first, then the
+    // smallest uid; a pod key is live while some workload has it; a workload's service on a port is
+    // the first by key whose target port (its own ports, else the service's) matches.
+    std::mt19937 rng(12);
+    auto pick = [&](int n) { return int(rng() % uint32_t(n)); };
+    const std::vector<IpAddr> addrs = {*IpAddr::parse("10.0.0.1"), *IpAddr::parse("10.0.0.2"),
+                                       *IpAddr::parse("10.0.0.3"), *IpAddr::parse("fd00::4"),
+                                       *IpAddr::parse("10.0.0.5")};
+    const std::vector<std::string> names = {"a", "b", "c"}, nss = {"ns1", "ns2"};
+    const std::vector<uint16_t> ports = {80, 8080, 9090};
+    auto svc_key = [](int i) { return "ns1/s" + std::to_string(i) + ".ns1.svc.cluster.local"; };
+    Model m;
+    NameIndex index("Kubernetes");
+    for (int round = 0; round < 300; round++) {
+        ModelChanges ch;
+        for (int k = 0, n = 1 + pick(4); k < n; k++) {
+            const int what = pick(10);
+            if (what < 2) {  // a service, upserted or removed
+                const int i = pick(4);
+                if (pick(3) == 0) {
+                    m.services.erase(svc_key(i));
+                } else {
+                    Service s;
+                    s.name = "s" + std::to_string(i);
+                    s.namespace_ = "ns1";
+                    s.hostname = s.name + ".ns1.svc.cluster.local";
+                    s.ports = {{80, ports[size_t(pick(3))]}};
+                    m.services[s.key()] = s;
+                }
+                ch.services.insert(svc_key(i));
+                continue;
+            }
+            const std::string uid = "c//Pod/x/" + std::to_string(pick(12));
+            ch.workloads.insert(uid);
+            if (what < 4) {
+                m.workloads.erase(uid);
+                continue;
+            }
+            Workload w;
+            w.uid = uid;
+            w.name = names[size_t(pick(3))];
+            w.namespace_ = nss[size_t(pick(2))];
+            for (int a = 0, na = pick(3); a < na; a++) {
+                const IpAddr& addr = addrs[size_t(pick(5))];
+                if (std::find(w.addresses.begin(), w.addresses.end(), addr) == w.addresses.end())
+                    w.addresses.push_back(addr);
+            }
+            if (pick(4) == 0) w.network_mode = NetworkMode::kHostNetwork;
+            for (int j = 0, nj = pick(3); j < nj; j++) {
+                auto& own = w.services[svc_key(pick(4))];
+                if (pick(2)) own = {{80, ports[size_t(pick(3))]}};  // else the service's ports
+            }
+            m.workloads[uid] = w;
+        }
+        index.apply(m, ch);
+        INFO("round " << round);
+        REQUIRE(index.workloads() == m.workloads.size());
+        for (const auto& a : addrs) {
+            const Workload* want = nullptr;
+            for (const auto& [uid, w] : m.workloads) {
+                if (std::find(w.addresses.begin(), w.addresses.end(), a) == w.addresses.end()) continue;
+                const bool host = w.network_mode == NetworkMode::kHostNetwork;
+                if (!want || std::make_pair(host, w.uid) <
+                                 std::make_pair(want->network_mode == NetworkMode::kHostNetwork, want->uid))
+                    want = &w;
+            }
+            const PeerInfo* got = index.workload_at(a);
+            REQUIRE((got != nullptr) == (want != nullptr));
+            if (!want) continue;
+            CHECK(got->uid() == want->uid);
+            CHECK(got->name() == want->name);
+            CHECK(got->pod_key() == want->namespace_ + "/" + want->name);
+            CHECK(got->host_network == (want->network_mode == NetworkMode::kHostNetwork));
+            CHECK(got->labels->namespace_ == want->namespace_.str());
+            CHECK(std::vector<IpAddr>(got->addresses().begin(), got->addresses().end()) == want->addresses);
+            for (uint16_t port : ports) {
+                const Service* want_svc = nullptr;
+                for (const auto& [key, own] : want->services) {
+                    auto s = m.services.find(key.str());
+                    if (s == m.services.end()) continue;
+                    const auto& list = own.empty() ? s->second.ports : own;
+                    if (std::any_of(list.begin(), list.end(), [&](const ServicePort& p) {
+                            return (p.target_port ? p.target_port : p.service_port) == port;
+                        })) {
+                        want_svc = &s->second;
+                        break;
+                    }
+                }
+                const ServiceInfo* got_svc = index.service_of(*got, port);
+                REQUIRE((got_svc != nullptr) == (want_svc != nullptr));
+                if (want_svc) CHECK(got_svc->key == want_svc->key());
+            }
+        }
+        for (const auto& ns : nss)
+            for (const auto& n : names) {
+                const bool want = std::any_of(m.workloads.begin(), m.workloads.end(), [&](const auto& e) {
+                    return e.second.namespace_ == ns && e.second.name == n;
+                });
+                CHECK(index.pod_live(ns + "/" + n) == want);
+            }
+    }
+    // Everything removed: nothing left behind.
+    ModelChanges all_gone;
+    for (const auto& [uid, w] : m.workloads) all_gone.workloads.insert(uid);
+    m.workloads.clear();
+    index.apply(m, all_gone);
+    CHECK(index.workloads() == 0);
+    CHECK(index.port_lists() == 0);
+    for (const auto& a : addrs) CHECK(index.workload_at(a) == nullptr);
+    for (const auto& ns : nss)
+        for (const auto& n : names) CHECK(!index.pod_live(ns + "/" + n));
 }
 
 TEST_CASE("telemetry: access log lines for closed and denied connections, rate-limited") {

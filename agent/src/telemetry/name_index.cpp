@@ -47,12 +47,14 @@ size_t IpAddrHash::operator()(const IpAddr& a) const noexcept {
 bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
     if (changes.empty()) return false;
     if (changes.all) {
-        workloads_.clear();
+        // Pointers at the blocks and at the pooled ports first, then the blocks, then the pool.
         by_addr_.clear();
-        services_.clear();
-        by_vip_.clear();
-        peers_.clear();
         pods_.clear();
+        by_vip_.clear();
+        workloads_.clear();
+        ports_.clear();
+        services_.clear();
+        peers_.clear();
         service_keys_.clear();
         // Sized once for the whole model: a push of 100k workloads otherwise rehashes each table
         // ~17 times on the way up.
@@ -76,8 +78,8 @@ bool NameIndex::apply(const Model& model, const ModelChanges& changes) {
 }
 
 void NameIndex::add_workload(const Workload& w) {
-    // Normally absent (apply removed it first); an entry left in place would keep addresses
-    // pointing at it and its key viewing a freed uid.
+    // Normally absent (apply removed it first); a block left in place would be a second one of this
+    // uid, with addresses and a pod key pointing at it.
     remove_workload(w.uid);
     // The label key first, into a reused buffer: replicas share their labels, so most workloads
     // find them pooled and build none of the strings below. (The model's strings are read through
@@ -117,35 +119,47 @@ void NameIndex::add_workload(const Workload& w) {
     Pooled& pooled = pooled_it->second;
     pooled.refs++;
 
-    // Its own strings in one block: "namespace/name\0uid".
-    const size_t name_off = ns.size() + 1, n = name_off + w.name.size() + 1 + w.uid.size();
-    auto text = std::make_unique<char[]>(n);
-    std::memcpy(text.get(), ns.data(), ns.size());
-    text[ns.size()] = '/';
-    std::memcpy(text.get() + name_off, w.name.data(), w.name.size());
-    text[name_off + w.name.size()] = '\0';
-    std::memcpy(text.get() + name_off + w.name.size() + 1, w.uid.data(), w.uid.size());
-    std::string_view uid(text.get() + name_off + w.name.size() + 1, w.uid.size());
-    PeerInfo& p = workloads_.try_emplace(uid).first->second;
-    p.text_ = std::move(text);  // the key views this block, which the node keeps from here on
+    // One block: the header, the services, the addresses, then "namespace/name\0uid".
+    const size_t n_svc = w.services.size(), n_addr = w.addresses.size();
+    const size_t name_off = ns.size() + 1, text_len = name_off + w.name.size() + 1 + w.uid.size();
+    const size_t size =
+        sizeof(PeerInfo) + n_svc * sizeof(PeerInfo::Service) + n_addr * sizeof(IpAddr) + text_len;
+    PeerPtr block(new (::operator new(size)) PeerInfo);
+    PeerInfo& p = *block;
+    p.labels = pooled.labels.get();
+    p.host_network = w.network_mode == NetworkMode::kHostNetwork;
     p.name_off_ = uint32_t(name_off);
     p.name_len_ = uint32_t(w.name.size());
     p.uid_len_ = uint32_t(w.uid.size());
-    p.labels = pooled.labels.get();
-    p.addresses.assign(w.addresses.begin(), w.addresses.end());
-    p.services.reserve(w.services.size());
-    for (const auto& [key, ports] : w.services) p.services.emplace_back(key, ports);
-    p.host_network = w.network_mode == NetworkMode::kHostNetwork;
-    for (const auto& a : p.addresses) by_addr_[a].push_back(&p);
-    auto& holders = pods_[p.pod_key()];  // a new entry's key views p's block, which outlives it
-    holders.push_back(&p);
+    PeerInfo::Service* svc = p.services_begin();
+    for (const auto& [key, ports] : w.services) {
+        new (svc + p.n_svc_) PeerInfo::Service{key, ports.empty() ? nullptr : retain_ports(ports)};
+        p.n_svc_++;  // counted as built: PeerFree destroys exactly these
+    }
+    p.n_addr_ = uint32_t(n_addr);
+    std::memcpy(const_cast<IpAddr*>(p.addresses_begin()), w.addresses.data(), n_addr * sizeof(IpAddr));
+    char* text = const_cast<char*>(p.text());
+    std::memcpy(text, ns.data(), ns.size());
+    text[ns.size()] = '/';
+    std::memcpy(text + name_off, w.name.data(), w.name.size());
+    text[name_off + w.name.size()] = '\0';
+    std::memcpy(text + name_off + w.name.size() + 1, w.uid.data(), w.uid.size());
+
+    const PeerInfo* added = workloads_.insert(std::move(block)).first->get();
+    for (const auto& a : added->addresses()) by_addr_[a].push_back(added);
+    // The first of its pod key, or the next after the one that is.
+    auto [pod, fresh] = pods_.insert(added);
+    if (!fresh) {
+        const_cast<PeerInfo*>(added)->next_same_pod_ = (*pod)->next_same_pod_;
+        const_cast<PeerInfo*>(*pod)->next_same_pod_ = added;
+    }
 }
 
 void NameIndex::remove_workload(std::string_view uid) {
     auto it = workloads_.find(uid);
     if (it == workloads_.end()) return;
-    const PeerInfo* p = &it->second;
-    for (const auto& a : p->addresses) {
+    const PeerInfo* p = it->get();
+    for (const auto& a : p->addresses()) {
         auto at = by_addr_.find(a);
         if (at == by_addr_.end()) continue;
         auto& list = at->second;
@@ -153,23 +167,49 @@ void NameIndex::remove_workload(std::string_view uid) {
         if (list.empty()) by_addr_.erase(at);
     }
     if (auto pod = pods_.find(p->pod_key()); pod != pods_.end()) {
-        auto holders = std::move(pod->second);
-        const bool keyed_by_p = pod->first.data() == p->pod_key().data();
-        holders.erase(std::remove(holders.begin(), holders.end(), p), holders.end());
-        if (holders.empty()) {
+        if (*pod == p) {
+            // p is the first of its pod key: the next one (if any) takes its place.
             pods_.erase(pod);
-        } else if (keyed_by_p) {
-            // The key views p's block, about to be freed: re-key it by a remaining holder's.
-            pods_.erase(pod);
-            std::string_view key = holders.front()->pod_key();
-            pods_.emplace(key, std::move(holders));
+            if (p->next_same_pod_) pods_.insert(p->next_same_pod_);
         } else {
-            pod->second = std::move(holders);
+            for (auto* q = const_cast<PeerInfo*>(*pod); q; q = const_cast<PeerInfo*>(q->next_same_pod_))
+                if (q->next_same_pod_ == p) {
+                    q->next_same_pod_ = p->next_same_pod_;
+                    break;
+                }
         }
     }
+    for (const auto& s : p->services()) release_ports(s.ports);
     auto pooled = peers_.find(p->labels->label_key);
     workloads_.erase(it);
     if (pooled != peers_.end() && --pooled->second.refs == 0) peers_.erase(pooled);
+}
+
+const PortList* NameIndex::retain_ports(const PortList& ports) {
+    auto it = ports_.try_emplace(ports, 0).first;
+    it->second++;
+    return &it->first;
+}
+
+void NameIndex::release_ports(const PortList* ports) {
+    if (!ports) return;
+    auto it = ports_.find(*ports);
+    if (it != ports_.end() && --it->second == 0) ports_.erase(it);
+}
+
+size_t NameIndex::PortListHash::operator()(const PortList& ports) const {
+    size_t h = ports.size();
+    for (const auto& p : ports)
+        h = h * 0x9e3779b97f4a7c15ULL + (size_t(p.service_port) << 16 | p.target_port);
+    return absl::Hash<size_t>{}(h);
+}
+
+void PeerFree::operator()(PeerInfo* p) const noexcept {
+    if (!p) return;
+    PeerInfo::Service* svc = p->services_begin();
+    for (uint32_t i = 0; i < p->n_svc_; i++) svc[i].~Service();
+    p->~PeerInfo();
+    ::operator delete(p);
 }
 
 void NameIndex::add_service(const Service& s) {
@@ -228,10 +268,10 @@ const ServiceInfo* NameIndex::service_at(const IpAddr& vip, uint16_t port) const
 }
 
 const ServiceInfo* NameIndex::service_of(const PeerInfo& w, uint16_t port) const {
-    for (const auto& [key, ports] : w.services) {
+    for (const auto& [key, ports] : w.services()) {
         auto s = services_.find(key.str());
         if (s == services_.end()) continue;
-        const auto& list = ports.empty() ? s->second.ports : ports;
+        const auto& list = ports ? *ports : s->second.ports;
         for (const auto& p : list)
             if (effective_target(p) == port) return &s->second;
     }
