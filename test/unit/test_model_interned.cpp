@@ -179,7 +179,15 @@ TEST_CASE("a Workload with interned fields equals one built from the same string
     CHECK(a == b);
     b.service_account = "zz-sa2";
     CHECK_FALSE(a == b);
-    CHECK(sizeof(Workload) <= 208);  // the interned fields are a pointer each
+    // The interned fields are a pointer each; the first address and the first service entry are
+    // inline (216: no heap block for them in the common case).
+    CHECK(sizeof(Workload) <= 216);
+    CHECK(a.services.size() == 1);
+    Workload c = a;
+    c.addresses = {*IpAddr::parse("10.0.0.1")};
+    CHECK(c.addresses.capacity() == 1);  // inline: no heap block
+    c.addresses.push_back(*IpAddr::parse("fd00::1"));
+    CHECK(c.addresses[1] == *IpAddr::parse("fd00::1"));
 }
 
 TEST_CASE("the xDS version table gives back every version as it was set (std::map oracle)") {

@@ -510,7 +510,8 @@ TEST_CASE("telemetry: the name index against a from-scratch reading of the model
             CHECK(got->pod_key() == want->namespace_ + "/" + want->name);
             CHECK(got->host_network == (want->network_mode == NetworkMode::kHostNetwork));
             CHECK(got->labels->namespace_ == want->namespace_.str());
-            CHECK(std::vector<IpAddr>(got->addresses().begin(), got->addresses().end()) == want->addresses);
+            CHECK(std::equal(got->addresses().begin(), got->addresses().end(), want->addresses.begin(),
+                             want->addresses.end()));
             for (uint16_t port : ports) {
                 const Service* want_svc = nullptr;
                 for (const auto& [key, own] : want->services) {

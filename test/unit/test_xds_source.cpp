@@ -330,7 +330,7 @@ TEST_CASE("xds source: a consumed response longer than a chunk applies as the sa
     CHECK(consumed.mesh.model() == by_copy.mesh.model());
     CHECK(consumed.mesh.model().workloads.size() == static_cast<size_t>(n - 1));
     CHECK(consumed.mesh.model().workloads.at(uid("w3")).addresses ==
-          std::vector<IpAddr>{*IpAddr::parse("10.2.0.3")});
+          decltype(Workload::addresses){*IpAddr::parse("10.2.0.3")});
     CHECK(!consumed.mesh.model().workloads.count(uid("w5")));
     CHECK(consumed.source.versions(xds::kAddressType) == by_copy.source.versions(xds::kAddressType));
     CHECK(consumed.source.versions(xds::kAddressType).at(uid("w3")) == "v9");

@@ -14,6 +14,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstring>
+#include <span>
 #include <thread>
 #include <unordered_map>
 
@@ -82,7 +83,8 @@ void ports(Writer& w, const std::vector<ServicePort>& list) {
     w.EndArray();
 }
 
-void addresses(Writer& w, const char* key, const std::vector<IpAddr>& list) {
+// A service's VIPs (a std::vector) or a workload's addresses (kept inline: model.hpp).
+void addresses(Writer& w, const char* key, std::span<const IpAddr> list) {
     w.Key(key);
     w.StartArray();
     for (const auto& a : list) w.String(a.str().c_str());

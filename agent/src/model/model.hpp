@@ -2,6 +2,8 @@
 // (istio.workload.Service / Workload). Both the file source and the xDS source produce this.
 #pragma once
 
+#include <absl/container/inlined_vector.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
@@ -99,14 +101,17 @@ struct Service {
 // A workload's services: "namespace/hostname" -> the ports of that service it serves. A sorted
 // vector with a map's interface (find, count, operator[], iteration in key order): a workload lists
 // one service or a few, and as a std::map each entry cost a 64-byte node, a 32-byte key and a
-// heap block for it (100k workloads: ~9 MB); here it is 32 bytes, the key interned.
+// heap block for it (100k workloads: ~9 MB); here it is 32 bytes, the key interned, and the first
+// entry is kept inline (a workload nearly always lists one service: no heap block, 100k workloads
+// ~4.8 MB less for 16 more bytes in the Workload).
 class WorkloadServices {
   public:
     using key_type = InternedString;
     using mapped_type = std::vector<ServicePort>;
     using value_type = std::pair<InternedString, mapped_type>;
-    using iterator = std::vector<value_type>::iterator;
-    using const_iterator = std::vector<value_type>::const_iterator;
+    using Entries = absl::InlinedVector<value_type, 1>;
+    using iterator = Entries::iterator;
+    using const_iterator = Entries::const_iterator;
 
     WorkloadServices() = default;
     WorkloadServices(std::initializer_list<std::pair<std::string_view, mapped_type>> init) {
@@ -165,7 +170,7 @@ class WorkloadServices {
         return std::lower_bound(v_.begin(), v_.end(), key,
                                 [](const value_type& e, std::string_view k) { return e.first.view() < k; });
     }
-    std::vector<value_type> v_;
+    Entries v_;
 };
 
 enum class WorkloadStatus { kHealthy = 0, kUnhealthy = 1 };
@@ -177,7 +182,9 @@ struct Workload {
     std::string uid;
     std::string name;
     InternedString namespace_;
-    std::vector<IpAddr> addresses;
+    // Nearly always one (a pod IP; two when dual-stack): the first is kept inline, in the 24 bytes a
+    // std::vector takes, so a workload has no heap block for it (100k workloads: 3.2 MB).
+    absl::InlinedVector<IpAddr, 1> addresses;
     // "namespace/hostname" -> ports of that service this workload serves (per-workload target ports).
     WorkloadServices services;
     WorkloadStatus status = WorkloadStatus::kHealthy;

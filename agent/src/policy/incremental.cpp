@@ -17,7 +17,7 @@ uint32_t IncrementalAuthz::id_of(const IpAddr& a) const {
     return id ? out_.identities.at(*id) : 0;
 }
 
-void IncrementalAuthz::Entry::assign(const std::vector<IpAddr>& addrs) {
+void IncrementalAuthz::Entry::assign(std::span<const IpAddr> addrs) {
     count = static_cast<uint32_t>(addrs.size());
     first = count ? addrs[0] : IpAddr{};
     rest.reset();

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -69,7 +70,7 @@ class IncrementalAuthz {
         uint32_t count = 0;                     // addresses
         IpAddr first{};
         std::unique_ptr<IpAddr[]> rest;  // count - 1 of them
-        void assign(const std::vector<IpAddr>& addrs);
+        void assign(std::span<const IpAddr> addrs);
         template <typename F>
         void each(F f) const {
             if (count) f(first);

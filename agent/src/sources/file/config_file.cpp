@@ -343,7 +343,10 @@ class Parser {
                    if (k == "authorization_policies") w.authorization_policies = strings(v, p);
                    if (k == "name") w.name = str(v, p);
                    if (k == "namespace") w.namespace_ = str(v, p);
-                   if (k == "addresses") w.addresses = ips(v, p);
+                   if (k == "addresses") {
+                       auto list = ips(v, p);  // Workload keeps its first address inline
+                       w.addresses.assign(list.begin(), list.end());
+                   }
                    if (k == "node") node = str(v, p);
                    if (k == "status")
                        if (auto st = enum_value<WorkloadStatus>(v, p, "status",
