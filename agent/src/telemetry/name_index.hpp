@@ -53,7 +53,6 @@ class PeerInfo {
     };
 
     const PeerLabels* labels = nullptr;
-    bool host_network = false;
 
     std::span<const Service> services() const { return {services_begin(), n_svc_}; }
     std::span<const IpAddr> addresses() const { return {addresses_begin(), n_addr_}; }
@@ -84,7 +83,11 @@ class PeerInfo {
     const PeerInfo* next_same_pod_ = nullptr;
     uint32_t n_svc_ = 0, n_addr_ = 0;
     uint32_t name_off_ = 0, name_len_ = 0, uid_len_ = 0;
+
+  public:
+    bool host_network = false;  // last: in the padding after the counts (a 40-byte header)
 };
+static_assert(sizeof(PeerInfo) <= 40);
 static_assert(sizeof(PeerInfo) % alignof(PeerInfo::Service) == 0);
 static_assert(alignof(IpAddr) == 1);
 
