@@ -6,11 +6,6 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <fstream>
-#include <random>
-#include <sstream>
-
-#include "common/file.hpp"
 
 namespace kmesh::xds {
 
@@ -18,15 +13,6 @@ using envoy::service::discovery::v3::DeltaDiscoveryRequest;
 using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
 namespace {
-
-// The file's text without trailing whitespace (a token file's newline).
-std::string read_trimmed(const std::string& path, bool* ok) {
-    auto bytes = read_file(path);
-    *ok = bytes.is_ok();
-    std::string s = bytes ? std::move(*bytes) : std::string();
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-    return s;
-}
 
 const char* const kDeltaMethod =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -102,44 +88,17 @@ ClientStatus Client::status() const {
     return status_;
 }
 
-std::shared_ptr<grpc::Channel> Client::channel() {
-    std::shared_ptr<grpc::ChannelCredentials> creds;
-    if (options_.plaintext) {
-        creds = grpc::InsecureChannelCredentials();
-    } else {
-        grpc::SslCredentialsOptions ssl;
-        bool ok = true;
-        if (!options_.root_cert_path.empty()) ssl.pem_root_certs = read_trimmed(options_.root_cert_path, &ok);
-        // Never fall back to the system roots: istiod is only trusted through the mesh CA.
-        if (!ok || ssl.pem_root_certs.empty()) return nullptr;
-        creds = grpc::SslCredentials(ssl);
-    }
-    grpc::ChannelArguments args;
-    // istiod sends large snapshots on connect (every workload of the mesh).
-    args.SetMaxReceiveMessageSize(256 << 20);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-    return grpc::CreateCustomChannel(options_.address, creds, args);
-}
-
 bool Client::stream_once() {
-    auto ch = channel();
+    std::string error;
+    auto ch = make_channel(options_, &error);
     if (!ch) {
         std::lock_guard lock(mu_);
-        status_.last_error = fmt::format("cannot read the mesh root certificate {}", options_.root_cert_path);
+        status_.last_error = error;
         return false;
     }
     auto started = std::chrono::steady_clock::now();
     grpc::ClientContext ctx;
-    if (!options_.token_path.empty()) {
-        bool ok = true;
-        std::string token =
-            read_trimmed(options_.token_path, &ok);  // projected tokens rotate: read every time
-        if (ok && !token.empty())
-            ctx.AddMetadata("authorization", "Bearer " + token);
-        else
-            spdlog::warn("xds: no token in {}; connecting without one", options_.token_path);
-    }
-    ctx.AddMetadata("clusterid", options_.cluster_id);
+    add_call_metadata(ctx, options_);
     {
         std::lock_guard lock(mu_);
         if (stopping_) return false;
@@ -173,10 +132,7 @@ bool Client::serve(DeltaStream& stream) {
         DeltaDiscoveryRequest req;
         req.set_type_url(type);
         if (first) {  // only the first request of a stream carries the node
-            auto* node = req.mutable_node();
-            node->set_id(options_.node_id);
-            auto& fields = *node->mutable_metadata()->mutable_fields();
-            for (const auto& [k, v] : options_.node_metadata) fields[k].set_string_value(v);
+            fill_node(options_, req.mutable_node());
             first = false;
         }
         for (const auto& [name, version] : handler_.versions(type))
@@ -223,23 +179,11 @@ bool Client::serve(DeltaStream& stream) {
     return delivered;
 }
 
-// Reconnects forever with exponential backoff and full jitter, from 0.5 s up to 30 s; a stream
-// that delivered something resets the backoff. The maps keep serving the last state meanwhile.
+// Reconnects forever; the maps keep serving the last state meanwhile.
 void Client::run() {
-    std::mt19937 rng(std::random_device{}());
-    auto backoff = std::chrono::milliseconds(500);
-    while (!stopping_) {
-        bool delivered = stream_once();
-        if (stopping_) break;
-        if (delivered) backoff = std::chrono::milliseconds(500);
-        auto wait = std::chrono::milliseconds(
-            std::uniform_int_distribution<int64_t>(backoff.count() / 2, backoff.count())(rng));
-        spdlog::warn("xds: stream to {} ended: {}; reconnecting in {} ms", options_.address,
-                     status().last_error, wait.count());
-        std::unique_lock lock(mu_);
-        wake_.wait_for(lock, wait, [this] { return stopping_.load(); });
-        backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));
-    }
+    reconnect_forever(
+        stopping_, mu_, wake_, "xds: stream to " + options_.address, [this] { return stream_once(); },
+        [this] { return status().last_error; });
 }
 
 }  // namespace kmesh::xds

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/src/sources/xds/channel.hpp"
 #include "agent/src/sources/xds/wire.hpp"
 #include "envoy/service/discovery/v3/discovery.grpc.pb.h"
 
@@ -19,16 +20,6 @@ namespace kmesh::xds {
 
 inline constexpr const char* kAddressType = "type.googleapis.com/istio.workload.Address";
 inline constexpr const char* kAuthorizationType = "type.googleapis.com/istio.security.Authorization";
-
-struct ClientOptions {
-    std::string address;         // host:port of istiod
-    bool plaintext = false;      // tests only
-    std::string root_cert_path;  // PEM bundle of the mesh root CA
-    std::string token_path;      // re-read at every (re)connect; never logged
-    std::string cluster_id = "Kubernetes";
-    std::string node_id;  // ztunnel~IP~pod.ns~ns.svc.cluster.local
-    std::map<std::string, std::string> node_metadata;
-};
 
 // Receives what istiod sends. Called on the client's thread, one response at a time.
 class Handler {
@@ -89,7 +80,6 @@ class Client {
     void run();
     // One stream, until it breaks; true if it delivered responses and stayed up for a while.
     bool stream_once();
-    std::shared_ptr<grpc::Channel> channel();
 
     ClientOptions options_;
     Handler& handler_;
