@@ -28,7 +28,7 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 6
+#define KMESH_ABI_VERSION 7
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
@@ -71,6 +71,11 @@ struct kmesh_frontend_key {
 
 /* Some endpoints of this (service, port) listen on another target port: look in km_port. */
 #define KMESH_FRONTEND_PER_WORKLOAD_PORTS (1u << 0)
+/* service_id is a km_split id: pick the service by weight first (kernel-native weighted clusters). */
+#define KMESH_FRONTEND_SPLIT		  (1u << 1)
+/* Each backend carries its own port (kernel-native: an endpoint is address:port); target_port is
+ * only the fallback for a backend without KMESH_BACKEND_HAS_PORT. */
+#define KMESH_FRONTEND_BACKEND_PORT	  (1u << 2)
 
 struct kmesh_frontend_value {
 	__u32 service_id;
@@ -102,14 +107,16 @@ struct kmesh_endpoint_value {
 	__u32 backend_id;
 };
 
-#define KMESH_BACKEND_HAS_V4 (1u << 0)
-#define KMESH_BACKEND_HAS_V6 (1u << 1)
+#define KMESH_BACKEND_HAS_V4   (1u << 0)
+#define KMESH_BACKEND_HAS_V6   (1u << 1)
+#define KMESH_BACKEND_HAS_PORT (1u << 2)
 
 struct kmesh_backend_value {
 	__u8 addr4[16]; /* IPv4-mapped, valid with KMESH_BACKEND_HAS_V4 */
 	__u8 addr6[16]; /* valid with KMESH_BACKEND_HAS_V6 */
 	__u32 flags;
-	__u32 pad;
+	__u16 port; /* network byte order, with KMESH_BACKEND_HAS_PORT (ambient backends: 0) */
+	__u16 pad;
 	__u64 name_hash; /* hash of the workload uid */
 };
 
@@ -404,6 +411,25 @@ enum kmesh_wp_stat {
 	KMESH_WP_STAT_TLV_FAILED = 7,	 /* bpf_msg_push_data failed: that send is dropped */
 	KMESH_WP_STAT_RELEASED = 8,	 /* TLV acknowledged: socket back to plain TCP */
 	KMESH_WP_STAT_MAX = 9,
+};
+
+/* ===================== kernel-native mode (issue 13; docs/design/kernel-native.md) ====== */
+
+/*
+ * Weighted clusters (kernel-native mode: tcp_proxy weighted_clusters, a route's weighted
+ * clusters): a frontend with KMESH_FRONTEND_SPLIT names a km_split entry instead of a service, and
+ * connect() first picks one of up to KMESH_SPLIT_MAX services by weight: r = random % total, the
+ * first i with r < cum_weight[i]. Written before the frontend that names it and deleted after it
+ * (the writer's order contract). Weights need not sum to 100.
+ */
+#define KMESH_SPLIT_MAX		  16
+#define KMESH_DEFAULT_MAX_SPLITS 16384
+
+struct kmesh_split_value {
+	__u32 count; /* services in use, 1..KMESH_SPLIT_MAX */
+	__u32 total; /* cum_weight[count - 1] */
+	__u32 service_id[KMESH_SPLIT_MAX];
+	__u32 cum_weight[KMESH_SPLIT_MAX]; /* strictly increasing */
 };
 
 /* ===================== load balancing (issue 10 section 2: weights, round robin, affinity) ====

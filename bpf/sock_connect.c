@@ -18,6 +18,7 @@
 #include "include/endpoint.h"
 #include "include/frontend.h"
 #include "include/service.h"
+#include "include/split.h"
 #include "include/udp.h"
 #include "include/affinity.h"
 
@@ -65,6 +66,15 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 	if (!fe_ptr)
 		return -ENOENT;
 	fe = *fe_ptr;
+	/* A weighted split picks the service first; from here on the frontend stands for it. */
+	if (fe.flags & KMESH_FRONTEND_SPLIT) {
+		__u32 service_id = 0;
+		int ret = split_pick(fe.service_id, &service_id);
+
+		if (ret)
+			return ret;
+		fe.service_id = service_id;
+	}
 
 #pragma unroll
 	for (int attempt = 0; attempt < PICK_ATTEMPTS; attempt++) {
@@ -73,6 +83,7 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 		const struct kmesh_backend_value *be;
 		struct kmesh_service_value svc;
 		__u32 count = 0, index, backend_id, flags;
+		__u16 be_port;
 		int prio;
 
 		/* Frontends are written after and deleted before their service, so this is a
@@ -121,6 +132,7 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 			continue;
 		}
 		flags = be->flags;
+		be_port = be->port;
 		__builtin_memcpy(addr, family == KMESH_FAMILY_V4 ? be->addr4 : be->addr6, 16);
 		/* The per-family lists only hold backends of that family; a backend that just lost
 		 * it is on its way out of the list: pick again. */
@@ -128,7 +140,10 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 			stat_inc(KMESH_STAT_RACE_RETRY);
 			continue;
 		}
-		*port = backend_target_port(backend_id, key, &fe);
+		if ((fe.flags & KMESH_FRONTEND_BACKEND_PORT) && (flags & KMESH_BACKEND_HAS_PORT))
+			*port = be_port; /* read with the backend above: no second lookup */
+		else
+			*port = backend_target_port(backend_id, key, &fe);
 		*picked = backend_id; /* UDP reverse entries re-check it (docs/udp.md) */
 		if (svc.flags & KMESH_SERVICE_AFFINITY)
 			affinity_remember(ctx, fe.service_id, family, backend_id);

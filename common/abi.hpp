@@ -30,7 +30,10 @@ static_assert(sizeof(kmesh_endpoint_value) == 4);
 static_assert(sizeof(kmesh_backend_value) == 48);
 static_assert(offsetof(kmesh_backend_value, addr6) == 16);
 static_assert(offsetof(kmesh_backend_value, flags) == 32);
+static_assert(offsetof(kmesh_backend_value, port) == 36);
 static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
+static_assert(sizeof(kmesh_split_value) == 136);
+static_assert(offsetof(kmesh_split_value, cum_weight) == 72);
 
 // Load balancing section (issue 10).
 static_assert(sizeof(kmesh_member_key) == 8);

@@ -27,6 +27,19 @@ static __always_inline __u16 backend_target_port(__u32 backend_id,
 	};
 	const struct kmesh_port_value *pv;
 
+	/* Kernel-native endpoints are address:port. The connect path reads the port with the
+	 * backend it picked; this lookup serves the other callers (affinity, UDP replies). */
+	if (fe->flags & KMESH_FRONTEND_BACKEND_PORT) {
+		const struct kmesh_backend_value *be = backend_lookup(backend_id);
+		__u32 flags;
+		__u16 port;
+
+		if (!be)
+			return fe->target_port;
+		flags = be->flags;
+		port = be->port;
+		return (flags & KMESH_BACKEND_HAS_PORT) ? port : fe->target_port;
+	}
 	if (!(fe->flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS))
 		return fe->target_port;
 	pv = bpf_map_lookup_elem(&km_port, &pk);

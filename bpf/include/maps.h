@@ -47,6 +47,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } km_port SEC(".maps");
 
+/* Weighted clusters of kernel-native mode: split id -> services and cumulative weights. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct kmesh_split_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_SPLITS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_split SEC(".maps");
+
 /* (service, backend) membership, written by the agent (kmesh_abi.h, load balancing section). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

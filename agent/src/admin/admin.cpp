@@ -521,7 +521,8 @@ std::string Agent::metrics_text() {
              {MapId::kPort, c.ports},
              {MapId::kWaypoint, c.waypoints},
              {MapId::kWaypointDest, c.waypoint_addrs},
-             {MapId::kMember, c.members}}};
+             {MapId::kMember, c.members},
+             {MapId::kSplit, c.splits}}};
         for (auto [id, cap] : caps)
             out += fmt::format("kmesh_map_capacity{{map=\"{}\"}} {}\n", map_name(id), cap);
     }

@@ -418,6 +418,7 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_accel_sockhash, sizes.accel.max_sockets},
         {skel->maps.km_accel_state, sizes.accel.max_sockets},
         {skel->maps.km_member, sizes.members},
+        {skel->maps.km_split, sizes.splits},
         {skel->maps.km_affinity, sizes.affinity},
         // One round-robin counter per service id; ids run 1..services.
         {skel->maps.km_rr, sizes.services + 1},
@@ -939,7 +940,8 @@ std::array<int, kMapCount> Dataplane::map_fds() const {
     return {bpf_map__fd(skel_->maps.km_frontend), bpf_map__fd(skel_->maps.km_service),
             bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend),
             bpf_map__fd(skel_->maps.km_port),     bpf_map__fd(skel_->maps.km_waypoint),
-            bpf_map__fd(skel_->maps.km_wp_dest),  bpf_map__fd(skel_->maps.km_member)};
+            bpf_map__fd(skel_->maps.km_wp_dest),  bpf_map__fd(skel_->maps.km_member),
+            bpf_map__fd(skel_->maps.km_split)};
 }
 
 std::string uninstall(const PinLayout& layout) {

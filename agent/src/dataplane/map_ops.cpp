@@ -27,6 +27,7 @@ constexpr std::array<MapShape, kMapCount> kShapes{{
     {"km_waypoint", sizeof(uint64_t), sizeof(kmesh_waypoint_value)},
     {"km_wp_dest", sizeof(kmesh_wp_dest_key), sizeof(kmesh_wp_dest_value)},
     {"km_member", sizeof(kmesh_member_key), sizeof(kmesh_member_value)},
+    {"km_split", sizeof(uint32_t), sizeof(kmesh_split_value)},
 }};
 
 int result(int rc) { return rc < 0 ? -errno : 0; }

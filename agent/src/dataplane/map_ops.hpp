@@ -22,8 +22,10 @@ enum class MapId {
     kWaypointDest,
     // Load balancing (issue 10): (service id, backend id) -> weight, while the backend is an endpoint.
     kMember,
+    // Kernel-native mode (issue 13): weighted clusters, split id -> services and cumulative weights.
+    kSplit,
 };
-inline constexpr int kMapCount = 8;
+inline constexpr int kMapCount = 9;
 
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
 size_t map_key_size(MapId id);

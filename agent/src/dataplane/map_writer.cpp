@@ -754,6 +754,8 @@ const char* size_flag(MapId m) {
             return "--max-waypoint-addresses";
         case MapId::kMember:
             return "--max-members";
+        case MapId::kSplit:
+            return "--max-splits";
     }
     return "?";
 }
@@ -768,6 +770,7 @@ MapCounts capacity_counts(const MapCapacity& c) {
     out[static_cast<int>(MapId::kWaypoint)] = c.waypoints;
     out[static_cast<int>(MapId::kWaypointDest)] = c.waypoint_addrs;
     out[static_cast<int>(MapId::kMember)] = c.members;
+    out[static_cast<int>(MapId::kSplit)] = c.splits;
     return out;
 }
 

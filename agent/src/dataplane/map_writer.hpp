@@ -57,10 +57,11 @@ struct MapCapacity {
     uint32_t waypoints = KMESH_DEFAULT_MAX_WAYPOINTS;
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;
+    uint32_t splits = KMESH_DEFAULT_MAX_SPLITS;
 
     static MapCapacity of(const MapSizes& s) {
-        return {s.services, s.backends,  s.endpoints,      s.frontends,
-                s.ports,    s.waypoints, s.waypoint_addrs, s.members};
+        return {s.services,  s.backends,       s.endpoints, s.frontends, s.ports,
+                s.waypoints, s.waypoint_addrs, s.members,   s.splits};
     }
 };
 
