@@ -1,4 +1,5 @@
-// proto_subset_check: the oracle of the envoy_api_subset test (test/proto/README.md).
+// proto_subset_check: the oracle of the envoy_api_subset test (docs/kernel-native.md, "The protos and their
+// oracle").
 //
 //   proto_subset_check compare UPSTREAM.pb OURS.pb
 //     Every message, field, enum value and RPC that our vendored subset (OURS.pb, built from

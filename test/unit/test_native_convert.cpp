@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "agent/src/sources/ads/bundle.hpp"
 #include "agent/src/sources/ads/convert.hpp"
 #include "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
@@ -601,4 +602,72 @@ TEST_CASE("native: unsupported_name gives every reason a distinct metrics label"
         names.insert(n);
     }
     CHECK(names.size() == static_cast<size_t>(Unsupported::kEndpointName) + 1);
+}
+
+// ---- the bundle file source (sources/ads/bundle.cpp) -------------------------------------------
+
+TEST_CASE("native bundle: a YAML file of mixed resources converts as ADS would, with Envoy's 1024 default") {
+    const char* yaml = R"(resources:
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: db
+  type: STATIC
+  lb_policy: ROUND_ROBIN
+  circuit_breakers:
+    thresholds:
+    - max_pending_requests: 10
+  load_assignment:
+    cluster_name: db
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {address: {socket_address: {address: 10.0.0.7, port_value: 5432}}}
+        health_status: HEALTHY
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: db-listener
+  address: {socket_address: {address: 10.96.0.60, port_value: 5432}}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.local_ratelimit
+      typed_config:
+        "@type": type.googleapis.com/xds.type.v3.TypedStruct
+        type_url: type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+        value: {stat_prefix: db, token_bucket: {max_tokens: 2, fill_interval: 10s}}
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: db
+        cluster: db
+)";
+    auto b = ads::parse_bundle(yaml);
+    REQUIRE_MESSAGE(b.is_ok(), b.status().to_string());
+    REQUIRE(b->clusters.size() == 1);
+    REQUIRE(b->listeners.size() == 1);
+    CHECK(b->routes.empty());
+    CHECK(b->clas.empty());
+    NativeCluster db;
+    db.name = "db";
+    db.type = ClusterType::kStatic;
+    db.lb = LbPolicy::kRoundRobin;
+    db.max_connections = 1024;  // thresholds without max_connections: Envoy's default for a file
+    db.load_assignment =
+        NativeCla{"db", {NativeLocality{{}, 0, 0, {{ip("10.0.0.7"), 5432, 1, Health::kHealthy}}}}, {}};
+    CHECK(ok<NativeCluster>(b->clusters[0]) == db);
+    auto chain = tcp_chain("", one("db"), "db");
+    chain.rate_limit = TokenBucket{2, 1, 10'000'000'000ULL, "db"};
+    CHECK(ok<NativeListener>(b->listeners[0]) == listener("db-listener", "10.96.0.60", 5432, {chain}));
+}
+
+TEST_CASE("native bundle: a JSON file converts like the same resources over ADS; bad files are refused") {
+    auto path = std::string(KMESH_TEST_DATA_DIR) + "/native/fixtures/cds.json";
+    auto b = ads::read_bundle(path, {});  // istiod's options: the same result as ADS
+    REQUIRE(b.is_ok());
+    auto ads_results = convert("cds.json");
+    REQUIRE(b->clusters.size() == ads_results.size());
+    for (size_t i = 0; i < ads_results.size(); ++i)
+        CHECK(ok<NativeCluster>(b->clusters[i]) == ok<NativeCluster>(ads_results[i]));
+
+    CHECK(ads::read_bundle("/nonexistent/bundle.yaml").status().code() == Errc::kNotFound);
+    CHECK(ads::parse_bundle("resources: [\n").status().code() == Errc::kDataLoss);
+    auto other = ads::parse_bundle(
+        R"({"resources": [{"@type": "type.googleapis.com/envoy.config.core.v3.Node", "id": "x"}]})");
+    CHECK(other.status().code() == Errc::kInvalidArgument);
 }
