@@ -671,3 +671,22 @@ TEST_CASE("native bundle: a JSON file converts like the same resources over ADS;
         R"({"resources": [{"@type": "type.googleapis.com/envoy.config.core.v3.Node", "id": "x"}]})");
     CHECK(other.status().code() == Errc::kInvalidArgument);
 }
+
+TEST_CASE("native: a route match with fields our subset does not declare is not a catch-all") {
+    auto rc = first<envoy::config::route::v3::RouteConfiguration>("rds_80.json");
+    // RouteMatch.runtime_fraction (9): on the wire it arrives as an unknown field.
+    auto* m = rc.mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match();
+    m->GetReflection()->MutableUnknownFields(m)->AddLengthDelimited(9, "");
+    auto r = ads::convert_route(rc);
+    REQUIRE(r.is_ok());
+    const auto& e = r->vhosts[0].routes[0];
+    CHECK_FALSE(e.catch_all);
+    CHECK(e.match == "prefix /, runtime fraction, TLS context or metadata");
+    // A match without a path specifier we read (safe_regex arrives as unknown field 10): the same.
+    m->clear_prefix();
+    m->GetReflection()->MutableUnknownFields(m)->Clear();
+    m->GetReflection()->MutableUnknownFields(m)->AddLengthDelimited(10, "");
+    r = ads::convert_route(rc);
+    REQUIRE(r.is_ok());
+    CHECK_FALSE(r->vhosts[0].routes[0].catch_all);
+}
