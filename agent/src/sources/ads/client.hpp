@@ -19,17 +19,13 @@
 #include <thread>
 #include <vector>
 
+#include "agent/src/sources/ads/types.hpp"
 #include "agent/src/sources/xds/channel.hpp"
 #include "envoy/service/discovery/v3/discovery.pb.h"
 
 namespace kmesh::ads {
 
 using xds::ClientOptions;
-
-inline constexpr const char* kClusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-inline constexpr const char* kEndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-inline constexpr const char* kListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener";
-inline constexpr const char* kRouteType = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 // Whether the type is asked for by name (EDS, RDS) rather than as a wildcard (CDS, LDS).
 bool is_named_type(const std::string& type_url);

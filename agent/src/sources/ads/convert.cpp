@@ -32,7 +32,7 @@ std::optional<ResourceType> resource_type(std::string_view url) {
     if (url == kListenerType) return ResourceType::kListener;
     if (url == kRouteType) return ResourceType::kRoute;
     if (url == kClusterType) return ResourceType::kCluster;
-    if (url == kClaType) return ResourceType::kCla;
+    if (url == kEndpointType) return ResourceType::kCla;
     return std::nullopt;
 }
 
@@ -45,7 +45,7 @@ std::string_view type_url(ResourceType t) {
         case ResourceType::kCluster:
             return kClusterType;
         case ResourceType::kCla:
-            return kClaType;
+            return kEndpointType;
     }
     return {};
 }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "agent/src/model/native.hpp"
+#include "agent/src/sources/ads/types.hpp"
 #include "common/status.hpp"
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
@@ -24,12 +25,6 @@
 #include "envoy/config/route/v3/route.pb.h"
 
 namespace kmesh::ads {
-
-inline constexpr std::string_view kListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener";
-inline constexpr std::string_view kRouteType = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-inline constexpr std::string_view kClusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-inline constexpr std::string_view kClaType =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 enum class ResourceType { kListener, kRoute, kCluster, kCla };
 // Nullopt for a type URL that is none of the four.
