@@ -36,7 +36,8 @@ case ${1:-all} in
   all) PKGS=("${BUILD_PKGS[@]}" "${DEV_PKGS[@]}") ;;
   *) echo "usage: $0 [--print] [build|all]" >&2; exit 2 ;;
 esac
-# deploy_manifests test: node + npm (npm ci of the pinned validators). Nodesource's nodejs
+# deploy_manifests and envoy_api_subset tests: node + npm (npm ci of pinned packages: the
+# validators; the Envoy API protos of @grpc/grpc-js-xds, test/proto). Nodesource's nodejs
 # bundles npm and conflicts with Debian's npm package: ask for npm only when it is missing.
 # kubectl (its built-in kustomize renders deploy/) is not packaged by Debian 12: the test skips
 # without it; see https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/.

@@ -8,14 +8,13 @@
 # compares every message, field, enum value and RPC we declare, then parses each fixture strictly
 # with the upstream schema. Without node/npm/protoc or the registry: exit 77 (ctest SKIP), saying why.
 set -euo pipefail
+for tool in node npm protoc; do
+  command -v $tool >/dev/null || { echo "SKIP: $tool is not installed (install/deps.sh)"; exit 77; }
+done
 checker=$1 ours=$2
 work=$(mkdir -p "$3" && cd "$3" && pwd)
 shift 3
 here=$(cd "$(dirname "$0")" && pwd)
-
-for tool in node npm protoc; do
-  command -v $tool >/dev/null || { echo "SKIP: $tool is not installed (install/deps.sh)"; exit 77; }
-done
 
 npmdir=$work/npm
 mkdir -p "$npmdir"
