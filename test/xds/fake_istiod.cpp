@@ -1,4 +1,10 @@
-// fake_istiod: a Delta ADS server standing in for istiod in integration tests of the agent.
+// fake_istiod: an ADS server standing in for istiod in integration tests of the agent.
+//
+// Kernel-native mode (SotW): StreamAggregatedResources for Envoy's Cluster, ClusterLoadAssignment,
+// Listener and RouteConfiguration, as istiod serves a sidecar (README.md). Those resources are
+// written in the fixture as proto3 JSON and encoded with the *upstream* Envoy schema, a descriptor
+// set given with --envoy-descriptors (built by protoc from envoyproxy's own .proto files), never
+// with the agent's vendored subset.
 //
 // Serves envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources for
 // type.googleapis.com/istio.workload.Address and type.googleapis.com/istio.security.Authorization
@@ -11,6 +17,9 @@
 //   - <control-dir>/patch upserts the resources of <control-dir>/patch.json into the current
 //     snapshot and pushes them: a cheap change on top of a large snapshot.
 // Events are written as JSON lines to <control-dir>/events.jsonl and to stderr. See README.md.
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/descriptor_database.h>
+#include <google/protobuf/dynamic_message.h>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/type.pb.h>
@@ -27,6 +36,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -44,6 +54,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #include "envoy/service/discovery/v3/discovery.grpc.pb.h"
 #include "istio/security/authorization.pb.h"
@@ -56,10 +67,33 @@ namespace pb = google::protobuf;
 using envoy::service::discovery::v3::AggregatedDiscoveryService;
 using envoy::service::discovery::v3::DeltaDiscoveryRequest;
 using envoy::service::discovery::v3::DeltaDiscoveryResponse;
+using envoy::service::discovery::v3::DiscoveryRequest;
+using envoy::service::discovery::v3::DiscoveryResponse;
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 constexpr const char* kAddressType = "type.googleapis.com/istio.workload.Address";
 constexpr const char* kAuthorizationType = "type.googleapis.com/istio.security.Authorization";
+constexpr const char* kClusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+constexpr const char* kEndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+constexpr const char* kListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener";
+constexpr const char* kRouteType = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+// Fixture key -> (type URL, the field naming a resource).
+struct EnvoyKind {
+    const char* key;
+    const char* type_url;
+    const char* name_field;
+};
+constexpr EnvoyKind kEnvoyKinds[] = {
+    {"clusters", kClusterType, "name"},
+    {"endpoints", kEndpointType, "cluster_name"},
+    {"listeners", kListenerType, "name"},
+    {"routes", kRouteType, "name"},
+};
+
+bool is_named_type(const std::string& type_url) {
+    return type_url == kEndpointType || type_url == kRouteType;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Snapshot
@@ -115,9 +149,8 @@ std::string to_json(const rapidjson::Value& v) {
 // ~15% (protobuf 3.21 still needs ~40 us per resource: 4.3 s for the 10k x 10 fixture).
 class CachingTypeResolver final : public pb::util::TypeResolver {
   public:
-    CachingTypeResolver()
-        : inner_(pb::util::NewTypeResolverForDescriptorPool("type.googleapis.com",
-                                                            pb::DescriptorPool::generated_pool())) {}
+    explicit CachingTypeResolver(const pb::DescriptorPool* pool = pb::DescriptorPool::generated_pool())
+        : inner_(pb::util::NewTypeResolverForDescriptorPool("type.googleapis.com", pool)) {}
     pb::util::Status ResolveMessageType(const std::string& url, pb::Type* type) override {
         return resolve(messages_, url, type, [&](pb::Type* t) { return inner_->ResolveMessageType(url, t); });
     }
@@ -155,6 +188,52 @@ void parse_proto_json(const rapidjson::Value& v, pb::Message* m, const std::stri
                                                to_json(v), &binary, opts);
     if (!status.ok()) throw std::runtime_error(what + ": " + status.ToString());
     if (!m->ParseFromString(binary)) throw std::runtime_error(what + ": does not parse");
+}
+
+// The upstream Envoy schema (--envoy-descriptors): a FileDescriptorSet made by protoc with
+// --include_imports from envoyproxy's .proto files.
+struct EnvoySchema {
+    pb::SimpleDescriptorDatabase db;
+    std::unique_ptr<pb::DescriptorPool> pool;
+    std::unique_ptr<CachingTypeResolver> resolver;
+    pb::DynamicMessageFactory factory;
+};
+std::unique_ptr<EnvoySchema> g_envoy;
+
+void load_envoy_schema(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    pb::FileDescriptorSet set;
+    if (!in || !set.ParseFromIstream(&in))
+        throw std::runtime_error("cannot read a FileDescriptorSet from " + path);
+    auto schema = std::make_unique<EnvoySchema>();
+    for (const auto& f : set.file())
+        if (!schema->db.Add(f)) throw std::runtime_error(path + ": cannot add " + f.name());
+    schema->pool = std::make_unique<pb::DescriptorPool>(&schema->db);
+    for (const auto& kind : kEnvoyKinds) {
+        std::string full = std::string(kind.type_url).substr(std::string("type.googleapis.com/").size());
+        if (!schema->pool->FindMessageTypeByName(full))
+            throw std::runtime_error(path + ": no message " + full);
+    }
+    schema->resolver = std::make_unique<CachingTypeResolver>(schema->pool.get());
+    g_envoy = std::move(schema);
+}
+
+// One Envoy resource from proto3 JSON, encoded with the upstream schema; *name from its name field.
+std::string parse_envoy_json(const rapidjson::Value& v, const EnvoyKind& kind, std::string* name,
+                             const std::string& what) {
+    if (!g_envoy) throw std::runtime_error(what + ": Envoy resources need --envoy-descriptors");
+    pb::util::JsonParseOptions opts;
+    opts.ignore_unknown_fields = false;
+    std::string binary;
+    auto status =
+        pb::util::JsonToBinaryString(g_envoy->resolver.get(), kind.type_url, to_json(v), &binary, opts);
+    if (!status.ok()) throw std::runtime_error(what + ": " + status.ToString());
+    const auto* desc = g_envoy->pool->FindMessageTypeByName(
+        std::string(kind.type_url).substr(std::string("type.googleapis.com/").size()));
+    std::unique_ptr<pb::Message> m(g_envoy->factory.GetPrototype(desc)->New());
+    if (!m->ParseFromString(binary)) throw std::runtime_error(what + ": does not parse");
+    *name = m->GetReflection()->GetString(*m, desc->FindFieldByName(kind.name_field));
+    return serialize_deterministic(*m);
 }
 
 void add_entry(TypeSet& set, const std::string& name, const std::string& type_url, std::string value,
@@ -199,7 +278,9 @@ std::shared_ptr<Snapshot> load_snapshot(const std::string& path) {
     if (!doc.IsObject()) throw std::runtime_error(path + ": top level must be an object");
     for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
         std::string_view key(it->name.GetString(), it->name.GetStringLength());
-        if (key != "addresses" && key != "authorizations") {
+        bool envoy = std::any_of(std::begin(kEnvoyKinds), std::end(kEnvoyKinds),
+                                 [&](const EnvoyKind& k) { return key == k.key; });
+        if (key != "addresses" && key != "authorizations" && !envoy) {
             throw std::runtime_error(path + ": unknown top-level key \"" + std::string(key) + "\"");
         }
         if (!it->value.IsArray())
@@ -238,6 +319,19 @@ std::shared_ptr<Snapshot> load_snapshot(const std::string& path) {
             parse_proto_json(arr[i], &a, what);
             add_entry(authorizations, a.namespace_() + "/" + a.name(), kAuthorizationType,
                       serialize_deterministic(a), what);
+        }
+    }
+    for (const auto& kind : kEnvoyKinds) {
+        if (!doc.HasMember(kind.key)) continue;
+        TypeSet& set = snap->types[kind.type_url];
+        const auto& arr = doc[kind.key];
+        for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
+            const std::string what = path + ": " + kind.key + "[" + std::to_string(i) + "]";
+            if (!arr[i].IsObject()) throw std::runtime_error(what + ": not an object");
+            if (add_raw(arr[i], kind.type_url, set, what)) continue;
+            std::string name;
+            std::string value = parse_envoy_json(arr[i], kind, &name, what);
+            add_entry(set, name, kind.type_url, std::move(value), what);
         }
     }
     return snap;
@@ -309,20 +403,31 @@ struct TypeState {
     std::set<std::string> unacked_nonces;
 };
 
-struct Outgoing {
-    DeltaDiscoveryResponse response;
+// A SotW type on one stream: what the client subscribed to and the nonce it must answer.
+struct SotwState {
+    bool subscribed = false;
+    std::vector<std::string> names;  // EDS/RDS: the names asked for, sorted; CDS/LDS: wildcard
+    std::string last_nonce;          // istiod ignores a request answering an older nonce
+};
+
+template <class Resp>
+struct OutgoingOf {
+    Resp response;
     bool initial = false;
 };
 
-struct Stream {
+template <class Resp, class State>
+struct StreamOf {
     uint64_t id = 0;
-    std::map<std::string, TypeState> types;  // guarded by Server::mu_
+    std::map<std::string, State> types;  // guarded by Server::mu_
 
     std::mutex q_mu;
     std::condition_variable q_cv;
-    std::deque<Outgoing> queue;
+    std::deque<OutgoingOf<Resp>> queue;
     bool closed = false;
 };
+using Stream = StreamOf<DeltaDiscoveryResponse, TypeState>;
+using SotwStream = StreamOf<DiscoveryResponse, SotwState>;
 
 struct Options {
     std::string listen;
@@ -331,6 +436,7 @@ struct Options {
     std::string tls_cert;
     std::string tls_key;
     std::string expect_token_file;
+    std::string envoy_descriptors;
 };
 
 std::optional<std::string> header(const grpc::ServerContext& ctx, const std::string& key) {
@@ -368,7 +474,24 @@ class Server final : public AggregatedDiscoveryService::Service {
     grpc::Status DeltaAggregatedResources(
         grpc::ServerContext* ctx,
         grpc::ServerReaderWriter<DeltaDiscoveryResponse, DeltaDiscoveryRequest>* rw) override {
-        auto stream = std::make_shared<Stream>();
+        return serve(ctx, rw, streams_,
+                     [this](Stream& s, const DeltaDiscoveryRequest& r) { handle_request(s, r); });
+    }
+
+    // Kernel-native mode: Envoy's resources to a sidecar, state of the world.
+    grpc::Status StreamAggregatedResources(
+        grpc::ServerContext* ctx,
+        grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* rw) override {
+        return serve(ctx, rw, sotw_streams_,
+                     [this](SotwStream& s, const DiscoveryRequest& r) { handle_sotw_request(s, r); });
+    }
+
+    // One stream of either API: the token check, the connect/disconnect events (the node of the
+    // first request), a writer thread draining the stream's queue, and each request to `handle`.
+    template <class Req, class Resp, class State, class Handle>
+    grpc::Status serve(grpc::ServerContext* ctx, grpc::ServerReaderWriter<Resp, Req>* rw,
+                       std::set<std::shared_ptr<StreamOf<Resp, State>>>& streams, Handle&& handle) {
+        auto stream = std::make_shared<StreamOf<Resp, State>>();
         stream->id = ++next_stream_id_;
         const auto auth = header(*ctx, "authorization");
         const auto clusterid = header(*ctx, "clusterid");
@@ -383,11 +506,11 @@ class Server final : public AggregatedDiscoveryService::Service {
         }
         {
             std::lock_guard lk(mu_);
-            streams_.insert(stream);
+            streams.insert(stream);
         }
         std::thread writer([&] { write_loop(*stream, rw); });
 
-        DeltaDiscoveryRequest req;
+        Req req;
         bool first = true;
         while (rw->Read(&req)) {
             if (first) {
@@ -398,6 +521,7 @@ class Server final : public AggregatedDiscoveryService::Service {
                 (void)pb::util::MessageToJsonString(req.node(), &node_json, jopts);
                 g_events.emit("connect", [&](JsonWriter& w) {
                     put(w, "stream", stream->id);
+                    put(w, "api", std::string(std::is_same_v<Req, DiscoveryRequest> ? "sotw" : "delta"));
                     put(w, "peer", ctx->peer());
                     w.Key("node");
                     w.RawValue(node_json.data(), node_json.size(), rapidjson::kObjectType);
@@ -410,12 +534,12 @@ class Server final : public AggregatedDiscoveryService::Service {
                     }
                 });
             }
-            handle_request(*stream, req);
+            handle(*stream, req);
         }
 
         {
             std::lock_guard lk(mu_);
-            streams_.erase(stream);
+            streams.erase(stream);
         }
         {
             std::lock_guard lk(stream->q_mu);
@@ -463,6 +587,10 @@ class Server final : public AggregatedDiscoveryService::Service {
                 }
             }
         }
+        // istiod pushes the full state of every subscribed type to a sidecar on a change.
+        for (const auto& stream : sotw_streams_)
+            for (auto& [type_url, ts] : stream->types)
+                if (ts.subscribed) respond_sotw(*stream, ts, type_url, false);
     }
 
     // Upserts the resources of the fixture at `path` into the current snapshot and pushes the
@@ -613,9 +741,90 @@ class Server final : public AggregatedDiscoveryService::Service {
         });
     }
 
-    void write_loop(Stream& s, grpc::ServerReaderWriter<DeltaDiscoveryResponse, DeltaDiscoveryRequest>* rw) {
+    // Caller holds mu_. The type's resources for this stream: all of them for CDS and LDS, the
+    // named ones that exist for EDS and RDS; version = the snapshot generation.
+    void respond_sotw(SotwStream& s, SotwState& ts, const std::string& type_url, bool initial) {
+        DiscoveryResponse resp;
+        resp.set_type_url(type_url);
+        resp.set_version_info(std::to_string(snapshot_->generation));
+        if (const TypeSet* set = snapshot_->find(type_url)) {
+            if (is_named_type(type_url)) {
+                for (const auto& name : ts.names)
+                    if (auto it = set->find(name); it != set->end()) *resp.add_resources() = it->second.any;
+            } else {
+                for (const auto& [name, entry] : *set) *resp.add_resources() = entry.any;
+            }
+        }
+        resp.set_nonce(nonce_prefix_ + "-" + std::to_string(++next_nonce_));
+        ts.last_nonce = resp.nonce();
+        {
+            std::lock_guard lk(s.q_mu);
+            s.queue.push_back({std::move(resp), initial});
+        }
+        s.q_cv.notify_all();
+    }
+
+    // As istiod for a sidecar: the first request of a type subscribes and is answered; a request
+    // carrying the type's latest nonce is an ACK or NACK, and is answered again when it changes
+    // the names of EDS/RDS; one carrying an older nonce is stale and ignored.
+    void handle_sotw_request(SotwStream& s, const DiscoveryRequest& req) {
+        std::lock_guard lk(mu_);
+        const std::string& type = req.type_url();
+        SotwState& ts = s.types[type];
+        std::vector<std::string> names(req.resource_names().begin(), req.resource_names().end());
+        std::sort(names.begin(), names.end());
+        names.erase(std::unique(names.begin(), names.end()), names.end());
+        const bool initial = !ts.subscribed;
+        auto put_names = [&](JsonWriter& w) {
+            w.Key("names");
+            w.StartArray();
+            for (const auto& n : names) w.String(n.c_str(), static_cast<rapidjson::SizeType>(n.size()));
+            w.EndArray();
+        };
+        if (initial || req.response_nonce().empty()) {
+            g_events.emit("request", [&](JsonWriter& w) {
+                put(w, "stream", s.id);
+                put(w, "type_url", type);
+                put_bool(w, "initial", initial);
+                put(w, "version_info", req.version_info());
+                put(w, "nonce", req.response_nonce());
+                put_names(w);
+            });
+            if (initial || names != ts.names) {
+                ts.subscribed = true;
+                ts.names = names;
+                respond_sotw(s, ts, type, initial);
+            }
+            return;
+        }
+        const bool latest = req.response_nonce() == ts.last_nonce;
+        const bool nack = req.has_error_detail();
+        g_events.emit(!latest ? "stale"
+                      : nack  ? "nack"
+                              : "ack",
+                      [&](JsonWriter& w) {
+                          put(w, "stream", s.id);
+                          put(w, "type_url", type);
+                          put(w, "nonce", req.response_nonce());
+                          put(w, "version_info", req.version_info());
+                          put_names(w);
+                          if (nack) {
+                              w.Key("code");
+                              w.Int(req.error_detail().code());
+                              put(w, "message", req.error_detail().message());
+                          }
+                      });
+        if (!latest) return;
+        if (is_named_type(type) && names != ts.names) {
+            ts.names = names;
+            respond_sotw(s, ts, type, false);
+        }
+    }
+
+    template <class Resp, class Req, class State>
+    void write_loop(StreamOf<Resp, State>& s, grpc::ServerReaderWriter<Resp, Req>* rw) {
         for (;;) {
-            Outgoing out;
+            OutgoingOf<Resp> out;
             {
                 std::unique_lock lk(s.q_mu);
                 s.q_cv.wait(lk, [&] { return s.closed || !s.queue.empty(); });
@@ -630,7 +839,10 @@ class Server final : public AggregatedDiscoveryService::Service {
                 put(w, "nonce", r.nonce());
                 put_bool(w, "initial", out.initial);
                 put(w, "resources", static_cast<uint64_t>(r.resources_size()));
-                put(w, "removed", static_cast<uint64_t>(r.removed_resources_size()));
+                if constexpr (std::is_same_v<Resp, DeltaDiscoveryResponse>)
+                    put(w, "removed", static_cast<uint64_t>(r.removed_resources_size()));
+                else
+                    put(w, "version_info", r.version_info());
                 put(w, "bytes", static_cast<uint64_t>(r.ByteSizeLong()));
             });
             if (!rw->Write(r)) {
@@ -646,6 +858,7 @@ class Server final : public AggregatedDiscoveryService::Service {
     std::mutex mu_;  // guards snapshot_, streams_, Stream::types, generation_
     std::shared_ptr<Snapshot> snapshot_;
     std::set<std::shared_ptr<Stream>> streams_;
+    std::set<std::shared_ptr<SotwStream>> sotw_streams_;
     uint64_t generation_ = 0;
     std::string nonce_prefix_;
     std::atomic<uint64_t> next_nonce_{0};
@@ -681,6 +894,7 @@ int run(const Options& opts) {
         fs::create_directories(opts.control_dir);
         g_events.open((fs::path(opts.control_dir) / "events.jsonl").string());
     }
+    if (!opts.envoy_descriptors.empty()) load_envoy_schema(opts.envoy_descriptors);
     auto initial = opts.snapshot.empty() ? std::make_shared<Snapshot>() : load_snapshot(opts.snapshot);
     const auto counts = [&](const char* t) { return static_cast<uint64_t>(initial->types[t].size()); };
     const uint64_t n_addresses = counts(kAddressType), n_authorizations = counts(kAuthorizationType);
@@ -704,6 +918,7 @@ int run(const Options& opts) {
         put_bool(w, "tls", !opts.tls_cert.empty());
         put(w, "addresses", n_addresses);
         put(w, "authorizations", n_authorizations);
+        for (const auto& kind : kEnvoyKinds) put(w, kind.key, counts(kind.type_url));
     });
     std::printf("listening on %s\n", shown.c_str());
     std::fflush(stdout);
@@ -734,7 +949,9 @@ int run(const Options& opts) {
 
 int main(int argc, char** argv) {
     Options opts;
-    CLI::App app{"fake_istiod: Delta ADS server for Istio workload/authorization resources, from fixtures"};
+    CLI::App app{
+        "fake_istiod: ADS server from fixtures: Delta for Istio workload/authorization resources (ambient), "
+        "SotW for Envoy clusters/endpoints/listeners/routes (kernel-native)"};
     app.add_option("--listen", opts.listen, "HOST:PORT (port 0 picks one) or unix:PATH")->required();
     app.add_option("--snapshot", opts.snapshot, "initial fixture JSON");
     app.add_option("--control-dir", opts.control_dir,
@@ -743,6 +960,9 @@ int main(int argc, char** argv) {
     app.add_option("--tls-key", opts.tls_key, "PEM private key");
     app.add_option("--expect-token-file", opts.expect_token_file,
                    "reject streams whose authorization header is not \"Bearer <contents>\"");
+    app.add_option("--envoy-descriptors", opts.envoy_descriptors,
+                   "FileDescriptorSet of the upstream Envoy API (protoc --include_imports): needed to serve "
+                   "clusters, endpoints, listeners and routes (kernel-native mode)");
     CLI11_PARSE(app, argc, argv);
     try {
         return run(opts);
