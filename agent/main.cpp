@@ -125,6 +125,9 @@ int main(int argc, char** argv) {
     app.add_option("--max-splits", opt.sizes.splits,
                    "weighted-cluster entries (km_split; kernel-native mode's weighted clusters)")
         ->capture_default_str();
+    app.add_option("--max-circuit-breakers", opt.sizes.cb,
+                   "(client pod, service) connection counts for max_connections (km_cb; kernel-native)")
+        ->capture_default_str();
     app.add_option("--max-affinity", opt.sizes.affinity,
                    "session affinity entries (client, service), least recently used evicted first")
         ->capture_default_str();

@@ -93,7 +93,7 @@ struct kmesh_service_value {
 	__u32 flags;   /* KMESH_SERVICE_* (load-balancing section below) */
 	__u64 name_hash; /* lets a restarted agent recover the id of "namespace/hostname" */
 	__u32 affinity_timeout; /* seconds, with KMESH_SERVICE_AFFINITY */
-	__u32 pad;
+	__u32 max_connections;	/* with KMESH_SERVICE_MAX_CONN: per client pod (kernel-native) */
 };
 
 struct kmesh_endpoint_key {
@@ -143,7 +143,9 @@ enum kmesh_stat {
 	KMESH_STAT_NO_FAMILY = 2,   /* endpoints exist, none of the socket's family: EHOSTUNREACH */
 	KMESH_STAT_RACE_RETRY =
 	    3, /* an entry vanished (or lost the family) between lookups; picked again */
-	KMESH_STAT_MAX = 4,
+	KMESH_STAT_CB_OPEN = 4,	    /* kernel-native: max_connections reached: ECONNREFUSED */
+	KMESH_STAT_CB_UNTRACKED = 5, /* km_cb or socket storage full: let through uncounted */
+	KMESH_STAT_MAX = 6,
 };
 
 /* ===================== authz (issue 9, L4 authorization; bpf/include/authz.h) ==============
@@ -422,6 +424,38 @@ enum kmesh_wp_stat {
  * first i with r < cum_weight[i]. Written before the frontend that names it and deleted after it
  * (the writer's order contract). Weights need not sum to 100.
  */
+/*
+ * Circuit breaking (cluster circuit_breakers.thresholds.max_connections): a service with
+ * KMESH_SERVICE_MAX_CONN admits at most max_connections open connections per client pod (Envoy
+ * counts per proxy, and a sidecar is one per pod). km_cb holds the count per (client netns,
+ * service); connect() reserves a slot with an atomic add before the connection exists, so
+ * concurrent connects cannot all pass a check, and undoes it when over the limit (-ECONNREFUSED).
+ * The socket remembers its reservation in km_native_sk; it is released exactly once (an atomic
+ * fetch-and-clear of KMESH_NATIVE_SK_COUNTED) when the connection closes or fails (sockops state
+ * change to CLOSE) or the socket is released (close()), whichever comes first.
+ */
+#define KMESH_SERVICE_MAX_CONN	  (1u << 2)
+#define KMESH_DEFAULT_MAX_CB	  65536
+
+struct kmesh_cb_key {
+	__u64 netns_cookie;
+	__u32 service_id;
+	__u32 pad;
+};
+
+struct kmesh_cb_value {
+	__u64 active; /* reserved slots: connections open or being opened */
+};
+
+#define KMESH_NATIVE_SK_COUNTED (1u << 0)
+
+struct kmesh_native_sk {
+	__u64 netns_cookie;
+	__u32 service_id;
+	__u32 backend_id;
+	__u64 flags; /* KMESH_NATIVE_SK_*; 64 bits for the BPF atomics of clang's default CPU */
+};
+
 #define KMESH_SPLIT_MAX		  16
 #define KMESH_DEFAULT_MAX_SPLITS 16384
 

@@ -19,6 +19,7 @@
 #include "include/frontend.h"
 #include "include/service.h"
 #include "include/split.h"
+#include "include/circuit.h"
 #include "include/udp.h"
 #include "include/affinity.h"
 
@@ -111,6 +112,11 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 		if (attempt == 0 && (svc.flags & KMESH_SERVICE_AFFINITY)) {
 			backend_id = affinity_reuse(ctx, fe.service_id, &svc, family, addr);
 			if (backend_id) {
+				int ret = cb_reserve(ctx, fe.service_id, svc.flags, svc.max_connections,
+						     backend_id);
+
+				if (ret)
+					return ret;
 				*port = backend_target_port(backend_id, key, &fe);
 				*picked = backend_id;
 				stat_inc(KMESH_STAT_TRANSLATED);
@@ -144,6 +150,15 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 			*port = be_port; /* read with the backend above: no second lookup */
 		else
 			*port = backend_target_port(backend_id, key, &fe);
+		/* Circuit breaking last: nothing after it refuses, so a slot is only taken for a
+		 * connect that goes ahead (and a refused connect's socket releases it at close). */
+		{
+			int ret = cb_reserve(ctx, fe.service_id, svc.flags, svc.max_connections,
+					     backend_id);
+
+			if (ret)
+				return ret;
+		}
 		*picked = backend_id; /* UDP reverse entries re-check it (docs/udp.md) */
 		if (svc.flags & KMESH_SERVICE_AFFINITY)
 			affinity_remember(ctx, fe.service_id, family, backend_id);

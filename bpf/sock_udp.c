@@ -409,6 +409,10 @@ int cgroup_sock_release(struct bpf_sock *sk)
 {
 	__u64 cookie;
 
+	if (sk->type == SOCK_STREAM) {
+		cb_release(sk); /* circuit breaking: close() gives the connection's slot back */
+		return SYS_ACCEPT;
+	}
 	if (sk->type != SOCK_DGRAM)
 		return SYS_ACCEPT;
 	cookie = bpf_get_socket_cookie(sk);

@@ -12,6 +12,8 @@
 #include "include/accel.h"
 /* So does connection telemetry (docs/telemetry.md): open and close reports. */
 #include "include/telemetry.h"
+/* And circuit breaking's release of a failed or closed connection's slot. */
+#include "include/circuit.h"
 
 #define SK_DROP 0
 #define SK_PASS 1
@@ -87,7 +89,12 @@ int cgroup_sockops(struct bpf_sock_ops *skops)
 		if (!wp_rtt(skops, sk))
 			accel_rtt(skops);
 		break;
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		cb_tcp_connect(skops, sk);
+		break;
 	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			cb_release(sk);
 		/* Telemetry first: it asks km_accel_state whether the socket was accelerated, and
 		 * accel forgets that at close. */
 		tel_state_change(skops, sk);

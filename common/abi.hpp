@@ -33,6 +33,9 @@ static_assert(offsetof(kmesh_backend_value, flags) == 32);
 static_assert(offsetof(kmesh_backend_value, port) == 36);
 static_assert(offsetof(kmesh_backend_value, name_hash) == 40);
 static_assert(sizeof(kmesh_split_value) == 136);
+static_assert(offsetof(kmesh_service_value, max_connections) == 76);
+static_assert(sizeof(kmesh_cb_key) == 16);
+static_assert(sizeof(kmesh_native_sk) == 24);
 static_assert(offsetof(kmesh_split_value, cum_weight) == 72);
 
 // Load balancing section (issue 10).

@@ -56,6 +56,24 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } km_split SEC(".maps");
 
+/* Circuit breaking (kernel-native): open connections per (client netns, service). Written by
+ * connect() (entries created on first use) and by the release paths; the agent deletes a pod's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kmesh_cb_key);
+	__type(value, struct kmesh_cb_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_CB);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_cb SEC(".maps");
+
+/* Per socket: the reservation connect() made, so that the close releases exactly that one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct kmesh_native_sk);
+} km_native_sk SEC(".maps");
+
 /* (service, backend) membership, written by the agent (kmesh_abi.h, load balancing section). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -87,7 +87,8 @@ std::string shapes_digest(const std::vector<bpf_map*>& maps) {
 
 // Maps whose contents are kernel-side state rather than the mesh the agent writes: per-socket
 // storage (getpeername's VIP, waypoint TLV state, telemetry's per-connection record), per-flow
-// LRUs (session affinity, UDP reverse translation), the sockhashes holding accelerated and
+// LRUs (session affinity, UDP reverse translation), circuit-breaker counts and the socket
+// storage that releases them, the sockhashes holding accelerated and
 // waypoint-bound sockets, counters, the telemetry ring buffer and switch. A new generation of the
 // same layout version pins these very objects again when their shape is unchanged, so a resize
 // loses none of it (the agent cannot rebuild it: it never saw the sockets). The mesh maps are
@@ -99,7 +100,7 @@ constexpr const char* kCarriedMaps[] = {
     "km_affinity",    "km_rr",           "km_stats",       "km_udp_rev",     "km_udp_stats",
     "km_sock_peer",   "km_wp_sk",        "km_wp_sockhash", "km_wp_stats",    "km_accel_sockhash",
     "km_accel_state", "km_accel_stats",  "km_conn",        "km_conn_events", "km_tel_config",
-    "km_tel_stats",   "km_authz_totals",
+    "km_tel_stats",   "km_authz_totals", "km_cb",          "km_native_sk",
 };
 
 bool carried(const char* name) {
@@ -419,6 +420,7 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_accel_state, sizes.accel.max_sockets},
         {skel->maps.km_member, sizes.members},
         {skel->maps.km_split, sizes.splits},
+        {skel->maps.km_cb, sizes.cb},
         {skel->maps.km_affinity, sizes.affinity},
         // One round-robin counter per service id; ids run 1..services.
         {skel->maps.km_rr, sizes.services + 1},
