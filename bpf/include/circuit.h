@@ -95,8 +95,8 @@ static __always_inline void cb_tcp_connect(struct bpf_sock_ops *skops, struct bp
 	struct kmesh_native_sk *st = bpf_sk_storage_get(&km_native_sk, sk, 0, 0);
 
 	if (st && (st->flags & KMESH_NATIVE_SK_COUNTED))
-		bpf_sock_ops_cb_flags_set(skops,
-					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						     BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 #endif
