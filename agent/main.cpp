@@ -128,6 +128,12 @@ int main(int argc, char** argv) {
     app.add_option("--max-circuit-breakers", opt.sizes.cb,
                    "(client pod, service) connection counts for max_connections (km_cb; kernel-native)")
         ->capture_default_str();
+    app.add_option("--max-rate-limits", opt.sizes.limits,
+                   "local rate limits (km_limit_cfg; kernel-native local_ratelimit filters)")
+        ->capture_default_str();
+    app.add_option("--max-rate-limit-buckets", opt.sizes.ratelimits,
+                   "(client pod, rate limit) token buckets (km_ratelimit; kernel-native)")
+        ->capture_default_str();
     app.add_option("--max-affinity", opt.sizes.affinity,
                    "session affinity entries (client, service), least recently used evicted first")
         ->capture_default_str();

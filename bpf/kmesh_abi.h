@@ -76,11 +76,15 @@ struct kmesh_frontend_key {
 /* Each backend carries its own port (kernel-native: an endpoint is address:port); target_port is
  * only the fallback for a backend without KMESH_BACKEND_HAS_PORT. */
 #define KMESH_FRONTEND_BACKEND_PORT	  (1u << 2)
+/* limit_id names a token bucket (km_limit_cfg): kernel-native local rate limit. */
+#define KMESH_FRONTEND_LIMITED		  (1u << 3)
 
 struct kmesh_frontend_value {
 	__u32 service_id;
 	__u16 target_port; /* network byte order; the service's, unless km_port overrides it */
 	__u16 flags;
+	__u32 limit_id; /* with KMESH_FRONTEND_LIMITED: 1..max limits */
+	__u32 pad;
 };
 
 struct kmesh_service_value {
@@ -145,7 +149,9 @@ enum kmesh_stat {
 	    3, /* an entry vanished (or lost the family) between lookups; picked again */
 	KMESH_STAT_CB_OPEN = 4,	    /* kernel-native: max_connections reached: ECONNREFUSED */
 	KMESH_STAT_CB_UNTRACKED = 5, /* km_cb or socket storage full: let through uncounted */
-	KMESH_STAT_MAX = 6,
+	KMESH_STAT_RATE_LIMITED = 6, /* kernel-native: the token bucket was empty: ECONNREFUSED */
+	KMESH_STAT_RL_UNTRACKED = 7, /* km_ratelimit full: let through */
+	KMESH_STAT_MAX = 8,
 };
 
 /* ===================== authz (issue 9, L4 authorization; bpf/include/authz.h) ==============
@@ -455,6 +461,46 @@ struct kmesh_native_sk {
 	__u32 backend_id;
 	__u64 flags; /* KMESH_NATIVE_SK_*; 64 bits for the BPF atomics of clang's default CPU */
 };
+
+/*
+ * Local rate limit (the network filter envoy.filters.network.local_ratelimit: one token per new
+ * connection, a bucket per filter chain and per proxy): a frontend with KMESH_FRONTEND_LIMITED
+ * takes a token from the client pod's bucket km_ratelimit[(netns, limit_id)] at connect(), or is
+ * refused with ECONNREFUSED. Buckets start full (max_tokens) and gain tokens_per_fill every
+ * fill_interval_ns, up to max_tokens; the refill and the take happen under the bucket's spin lock,
+ * so concurrent connects never take more tokens than exist. Several frontends (the VIPs of one
+ * 0.0.0.0_<port> listener) can share a limit id, as they share Envoy's filter chain.
+ */
+#define KMESH_DEFAULT_MAX_LIMITS     4096
+#define KMESH_DEFAULT_MAX_RATELIMITS 65536
+
+struct kmesh_limit_cfg {
+	__u64 max_tokens; /* 0: no bucket configured (let through) */
+	__u64 tokens_per_fill;
+	__u64 fill_interval_ns;
+};
+
+struct kmesh_ratelimit_key {
+	__u64 netns_cookie;
+	__u32 limit_id;
+	__u32 pad;
+};
+
+#ifdef __BPF__
+struct kmesh_ratelimit_value {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 tokens;
+	__u64 last_fill_ns;
+};
+#else
+struct kmesh_ratelimit_value { /* the same layout, as user space sees it */
+	__u32 lock;
+	__u32 pad;
+	__u64 tokens;
+	__u64 last_fill_ns;
+};
+#endif
 
 #define KMESH_SPLIT_MAX		  16
 #define KMESH_DEFAULT_MAX_SPLITS 16384

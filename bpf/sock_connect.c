@@ -20,6 +20,7 @@
 #include "include/service.h"
 #include "include/split.h"
 #include "include/circuit.h"
+#include "include/ratelimit.h"
 #include "include/udp.h"
 #include "include/affinity.h"
 
@@ -67,6 +68,14 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 	if (!fe_ptr)
 		return -ENOENT;
 	fe = *fe_ptr;
+	/* Envoy's local_ratelimit filter runs when the listener accepts, before tcp_proxy picks a
+	 * cluster: the token is taken first. TCP only (the filter limits connections). */
+	if ((fe.flags & KMESH_FRONTEND_LIMITED) && ctx->type == SOCK_STREAM) {
+		int ret = ratelimit_take(ctx, fe.limit_id);
+
+		if (ret)
+			return ret;
+	}
 	/* A weighted split picks the service first; from here on the frontend stands for it. */
 	if (fe.flags & KMESH_FRONTEND_SPLIT) {
 		__u32 service_id = 0;
@@ -112,8 +121,8 @@ static __always_inline int sock_select_endpoint(struct bpf_sock_addr *ctx,
 		if (attempt == 0 && (svc.flags & KMESH_SERVICE_AFFINITY)) {
 			backend_id = affinity_reuse(ctx, fe.service_id, &svc, family, addr);
 			if (backend_id) {
-				int ret = cb_reserve(ctx, fe.service_id, svc.flags, svc.max_connections,
-						     backend_id);
+				int ret = cb_reserve(ctx, fe.service_id, svc.flags,
+						     svc.max_connections, backend_id);
 
 				if (ret)
 					return ret;

@@ -10,7 +10,8 @@
 
 static_assert(sizeof(kmesh_frontend_key) == 20);
 static_assert(offsetof(kmesh_frontend_key, port) == 16);
-static_assert(sizeof(kmesh_frontend_value) == 8);
+static_assert(sizeof(kmesh_frontend_value) == 16);
+static_assert(offsetof(kmesh_frontend_value, limit_id) == 8);
 static_assert(offsetof(kmesh_frontend_value, target_port) == 4);
 static_assert(offsetof(kmesh_frontend_value, flags) == 6);
 static_assert(sizeof(kmesh_port_key) == 12);
@@ -36,6 +37,9 @@ static_assert(sizeof(kmesh_split_value) == 136);
 static_assert(offsetof(kmesh_service_value, max_connections) == 76);
 static_assert(sizeof(kmesh_cb_key) == 16);
 static_assert(sizeof(kmesh_native_sk) == 24);
+static_assert(sizeof(kmesh_limit_cfg) == 24);
+static_assert(sizeof(kmesh_ratelimit_key) == 16);
+static_assert(sizeof(kmesh_ratelimit_value) == 24);
 static_assert(offsetof(kmesh_split_value, cum_weight) == 72);
 
 // Load balancing section (issue 10).

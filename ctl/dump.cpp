@@ -169,9 +169,11 @@ int dump_maps(const kmesh::PinLayout& layout) {
     auto stats = read_stats(layout.map("km_stats"));
     fmt::print(
         "connect() counters: translated={} refused_no_endpoint={} no_address_family={} race_retries={} "
-        "refused_max_connections={} untracked_max_connections={}\n",
+        "refused_max_connections={} untracked_max_connections={} refused_rate_limit={} "
+        "untracked_rate_limit={}\n",
         stats[KMESH_STAT_TRANSLATED], stats[KMESH_STAT_NO_ENDPOINT], stats[KMESH_STAT_NO_FAMILY],
-        stats[KMESH_STAT_RACE_RETRY], stats[KMESH_STAT_CB_OPEN], stats[KMESH_STAT_CB_UNTRACKED]);
+        stats[KMESH_STAT_RACE_RETRY], stats[KMESH_STAT_CB_OPEN], stats[KMESH_STAT_CB_UNTRACKED],
+        stats[KMESH_STAT_RATE_LIMITED], stats[KMESH_STAT_RL_UNTRACKED]);
     // Same-node acceleration: the sockets in km_accel_sockhash (both ends of each accelerated
     // connection), and the kernel's counters.
     if (int fd = bpf_obj_get(layout.map("km_accel_sockhash").c_str()); fd >= 0) {

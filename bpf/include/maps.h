@@ -66,6 +66,24 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } km_cb SEC(".maps");
 
+/* Local rate limit (kernel-native): limit id -> bucket parameters, written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct kmesh_limit_cfg);
+	__uint(max_entries, KMESH_DEFAULT_MAX_LIMITS);
+} km_limit_cfg SEC(".maps");
+
+/* The buckets, per (client netns, limit id), made by connect() on first use. A plain hash: a
+ * value with a bpf_spin_lock cannot live in an LRU map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kmesh_ratelimit_key);
+	__type(value, struct kmesh_ratelimit_value);
+	__uint(max_entries, KMESH_DEFAULT_MAX_RATELIMITS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_ratelimit SEC(".maps");
+
 /* Per socket: the reservation connect() made, so that the close releases exactly that one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

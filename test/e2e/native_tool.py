@@ -8,6 +8,10 @@
   native_tool.py burst HOST PORT P HOLD-SECONDS
       P threads connect at the same instant (a barrier), keep what connected open for
       HOLD-SECONDS, then close; prints one line "ok K ECONNREFUSED R" plus any other errno.
+  native_tool.py rate HOST PORT THREADS SECONDS
+      THREADS threads connect and close in a loop (10 ms apart each) for SECONDS; prints
+      "ok K ECONNREFUSED R" plus any other errno, then "first-ok-ms F" (when the first accepted
+      connect started, from the common start).
 """
 import errno
 import os
@@ -73,10 +77,41 @@ def burst(host, port, p, hold_s):
     print(" ".join(out), flush=True)
 
 
+def rate(host, port, threads, seconds):
+    results, lock = [], threading.Lock()
+    start = time.monotonic()
+    end = start + seconds
+
+    def loop():
+        while time.monotonic() < end:
+            t = time.monotonic()
+            s, res = connect(host, port)
+            if s:
+                s.close()
+            with lock:
+                results.append((t - start, res))
+            time.sleep(0.01)
+
+    ts = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    counts = {}
+    for _, r in results:
+        key = "ok" if r == "ok" else r.split()[1]
+        counts[key] = counts.get(key, 0) + 1
+    out = ["ok %d" % counts.pop("ok", 0), "ECONNREFUSED %d" % counts.pop("ECONNREFUSED", 0)]
+    out += ["%s %d" % kv for kv in sorted(counts.items())]
+    print(" ".join(out), flush=True)
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "hold":
         hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    elif cmd == "rate":
+        rate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     elif cmd == "burst":
         burst(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     else:

@@ -539,14 +539,18 @@ std::string Agent::metrics_text() {
            "connect() calls to a mesh service seen by the BPF programs, by outcome (translated; "
            "no_endpoint: refused; no_family: endpoint lacks the address family; race_retry: picked again "
            "after a concurrent map change; cb_open: refused, the service's max_connections reached for the "
-           "client pod; cb_untracked: let through uncounted, km_cb or socket storage full).",
+           "client pod; cb_untracked: let through uncounted, km_cb or socket storage full; rate_limited: "
+           "refused, "
+           "the client pod's token bucket was empty; rate_limit_untracked: let through, km_ratelimit full).",
            "counter");
     for (auto [slot, result] : {std::pair{KMESH_STAT_TRANSLATED, "translated"},
                                 {KMESH_STAT_NO_ENDPOINT, "no_endpoint"},
                                 {KMESH_STAT_NO_FAMILY, "no_family"},
                                 {KMESH_STAT_RACE_RETRY, "race_retry"},
                                 {KMESH_STAT_CB_OPEN, "cb_open"},
-                                {KMESH_STAT_CB_UNTRACKED, "cb_untracked"}})
+                                {KMESH_STAT_CB_UNTRACKED, "cb_untracked"},
+                                {KMESH_STAT_RATE_LIMITED, "rate_limited"},
+                                {KMESH_STAT_RL_UNTRACKED, "rate_limit_untracked"}})
         out += fmt::format("kmesh_connect_total{{result=\"{}\"}} {}\n", result, stats[slot]);
     // UDP translation and address transparency (bpf/sock_udp.c; docs/udp.md).
     std::array<uint64_t, KMESH_UDP_STAT_MAX> udp{};

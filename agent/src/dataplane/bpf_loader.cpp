@@ -100,7 +100,7 @@ constexpr const char* kCarriedMaps[] = {
     "km_affinity",    "km_rr",           "km_stats",       "km_udp_rev",     "km_udp_stats",
     "km_sock_peer",   "km_wp_sk",        "km_wp_sockhash", "km_wp_stats",    "km_accel_sockhash",
     "km_accel_state", "km_accel_stats",  "km_conn",        "km_conn_events", "km_tel_config",
-    "km_tel_stats",   "km_authz_totals", "km_cb",          "km_native_sk",
+    "km_tel_stats",   "km_authz_totals", "km_cb",          "km_native_sk",   "km_ratelimit",
 };
 
 bool carried(const char* name) {
@@ -421,6 +421,8 @@ std::unique_ptr<Dataplane> Dataplane::load(const PinLayout& layout, const MapSiz
         {skel->maps.km_member, sizes.members},
         {skel->maps.km_split, sizes.splits},
         {skel->maps.km_cb, sizes.cb},
+        {skel->maps.km_limit_cfg, sizes.limits},
+        {skel->maps.km_ratelimit, sizes.ratelimits},
         {skel->maps.km_affinity, sizes.affinity},
         // One round-robin counter per service id; ids run 1..services.
         {skel->maps.km_rr, sizes.services + 1},

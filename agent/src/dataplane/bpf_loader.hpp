@@ -47,6 +47,8 @@ struct MapSizes {
     uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;          // km_member: (service, endpoint backend) pairs
     uint32_t splits = KMESH_DEFAULT_MAX_SPLITS;            // km_split: weighted clusters (kernel-native)
     uint32_t cb = KMESH_DEFAULT_MAX_CB;                    // km_cb: (client netns, service) open connections
+    uint32_t limits = KMESH_DEFAULT_MAX_LIMITS;            // km_limit_cfg: local rate limits (kernel-native)
+    uint32_t ratelimits = KMESH_DEFAULT_MAX_RATELIMITS;    // km_ratelimit: (client netns, limit) buckets
     uint32_t affinity = KMESH_DEFAULT_MAX_AFFINITY;        // km_affinity LRU: (client netns, service, family)
     // km_conn_events ring buffer bytes (--telemetry-ringbuf-bytes): a power of two, at least a page.
     uint32_t tel_ringbuf_bytes = KMESH_DEFAULT_TEL_RINGBUF_BYTES;

@@ -523,7 +523,11 @@ void MapWriter::put_frontends(const std::vector<std::pair<kmesh_frontend_key, Fr
         auto svc = state_.services.find(target.service);
         if (svc == state_.services.end()) continue;  // its service failed to be written
         keys.push_back(key);
-        values.push_back({svc->second.id, target.target_port, target.flags});
+        kmesh_frontend_value v{};
+        v.service_id = svc->second.id;
+        v.target_port = target.target_port;
+        v.flags = target.flags;
+        values.push_back(v);
         targets.push_back(&target);
     }
     auto errs = put_all(MapId::kFrontend, keys, values);
