@@ -61,9 +61,10 @@ print(" ".join("%02x" % b for b in v))
 PY
 }
 SPLIT_ID=7
-# struct kmesh_frontend_value: service_id (u32), target_port (network order), flags (u16).
+# struct kmesh_frontend_value: service_id (u32), target_port (network order), flags (u16),
+# limit_id (u32), pad (u32).
 fe_value() { # <service-or-split id> <flags>
-    python3 -c 'import struct,sys; v=struct.pack("<I",int(sys.argv[1]))+struct.pack("!H",8080)+struct.pack("<H",int(sys.argv[2])); print(" ".join("%02x" % b for b in v))' "$1" "$2"
+    python3 -c 'import struct,sys; v=struct.pack("<I",int(sys.argv[1]))+struct.pack("!H",8080)+struct.pack("<HII",int(sys.argv[2]),0,0); print(" ".join("%02x" % b for b in v))' "$1" "$2"
 }
 SPLIT=2 BACKEND_PORT=4 # KMESH_FRONTEND_SPLIT, KMESH_FRONTEND_BACKEND_PORT
 bpftool map update pinned "$MAPS/km_split" key hex $(hex_le32 $SPLIT_ID) value hex $(split_value "$S1:90" "$S2:100")
