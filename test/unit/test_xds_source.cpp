@@ -610,7 +610,7 @@ TEST_CASE("xds wire: scan reads the top-level fields; an undecodable resource is
     CHECK(w.type_url == xds::kAddressType);
     CHECK(w.nonce == "n7");
     CHECK(w.system_version_info == "sv");
-    CHECK(w.removed == std::vector<std::string>{"x"});
+    CHECK(w.removed.to_vector() == std::vector<std::string>{"x"});
     CHECK(w.resources == 2);
     test::FakeMapOps ops;
     Node node(ops);

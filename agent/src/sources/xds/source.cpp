@@ -149,7 +149,8 @@ std::vector<std::string> Source::handle(const DeltaDiscoveryResponse& resp,
         std::string err = type == kAddressType ? apply_address(r) : apply_authorization(r);
         settle(type, r.name(), r.version(), err, &rejected);
     }
-    std::vector<std::string> removed(resp.removed_resources().begin(), resp.removed_resources().end());
+    NameList removed;
+    for (const auto& name : resp.removed_resources()) removed.push_back(name);
     bool programmed = finish(type, removed);
     log_handled(type, total, removed.size(), rejected.size(), resp.nonce(), programmed, t0);
     return rejected;
@@ -288,6 +289,10 @@ std::vector<std::string> Source::consume_wire(WireResponse& w) {
             batch.clear();
         }
     }
+    // The resources are applied and the removed names were copied out by scan(): what is left of
+    // the encoded response (after a mass removal, every name again, ~4 MB) goes before the model
+    // starts shrinking, not after the maps are written.
+    std::vector<grpc::Slice>().swap(w.chunks);
     bool programmed = finish(type, w.removed);
     log_handled(type, total, w.removed.size(), rejected.size(), w.nonce, programmed, t0);
     return rejected;
@@ -309,8 +314,12 @@ void Source::settle(const std::string& type, const std::string& name, const std:
     if (type == kAddressType) mesh_.unpin(name);
 }
 
-bool Source::finish(const std::string& type, const std::vector<std::string>& removed) {
-    for (const auto& name : removed) remove(type, name);
+bool Source::finish(const std::string& type, const NameList& removed) {
+    std::string name;  // one buffer for every name (the model's calls take a std::string)
+    for (size_t i = 0; i < removed.size(); i++) {
+        name.assign(removed[i]);
+        remove(type, name);
+    }
     // Until istiod's first Address response, the model is empty and the maps hold what a previous
     // agent wrote: writing now would wipe them.
     if (type == kAddressType) addresses_received_ = true;

@@ -79,7 +79,7 @@ class Source : public Handler {
     void settle(const std::string& type, const std::string& name, const std::string& version,
                 const std::string& err, std::vector<std::string>* rejected);
     // After the resources: the removals, then the maps (mu_); whether every map is written.
-    bool finish(const std::string& type, const std::vector<std::string>& removed);
+    bool finish(const std::string& type, const NameList& removed);
     void log_handled(const std::string& type, int total, size_t removed, size_t rejected,
                      const std::string& nonce, bool programmed, std::chrono::steady_clock::time_point t0);
     std::string apply_authorization(const envoy::service::discovery::v3::Resource& r);

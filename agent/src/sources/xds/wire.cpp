@@ -102,6 +102,7 @@ bool scan(WireResponse& w) {
     ChunkStream chunks(w.chunks, false);
     CodedInputStream in(&chunks);
     in.SetTotalBytesLimit(INT32_MAX);
+    std::string scratch;  // a name straddling two chunks
     for (;;) {
         uint32_t tag = in.ReadTag();
         if (tag == 0) break;
@@ -118,7 +119,10 @@ bool scan(WireResponse& w) {
         } else if (delimited && field == kSystemVersionInfo) {
             if (!WireFormatLite::ReadString(&in, &w.system_version_info)) return false;
         } else if (delimited && field == kRemovedResources) {
-            if (!WireFormatLite::ReadString(&in, &w.removed.emplace_back())) return false;
+            uint32_t len;
+            const void* data;
+            if (!in.ReadVarint32(&len) || !read_bytes(in, len, &scratch, &data)) return false;
+            w.removed.push_back(std::string_view(static_cast<const char*>(data), len));
         } else if (!WireFormatLite::SkipField(&in, tag)) {
             return false;
         }
