@@ -8,6 +8,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <random>
 #include <set>
 
 #include "agent/src/dataplane/map_writer.hpp"
@@ -593,6 +594,45 @@ TEST_CASE("xds source: authorization responses walked from their bytes apply as 
     auto bad = response(xds::kAuthorizationType, "n2");
     add_policy(bad, deny_port(70000), "v3");
     check_wire_matches_parsed(bad, 5, true);
+}
+
+TEST_CASE("xds wire: removed names come out of any chunking as protobuf parses them, and are removed") {
+    // Names of every length around the chunk sizes (empty, 1 byte, straddling, longer than a
+    // chunk), each interleaved with resources; the oracle is protobuf's own parse of the bytes.
+    std::mt19937 rng(12);
+    auto r = response(xds::kAddressType, "n9");
+    for (int i = 0; i < 40; i++) {
+        std::string name(std::uniform_int_distribution<size_t>(0, 200)(rng), 'a');
+        for (auto& c : name) c = static_cast<char>('a' + rng() % 26);
+        if (i == 0) name.clear();
+        r.add_removed_resources(i % 3 ? name : uid("w" + std::to_string(i % 6)));
+        if (i % 10 == 0) add(r, kEcho, service("echo", {10, 96, 0, 10}));
+    }
+    DeltaDiscoveryResponse parsed;
+    REQUIRE(parsed.ParseFromString(r.SerializeAsString()));
+    std::vector<std::string> want(parsed.removed_resources().begin(), parsed.removed_resources().end());
+    for (size_t chunk : {size_t{1}, size_t{3}, size_t{16}, size_t{64}, size_t{1} << 20}) {
+        CAPTURE(chunk);
+        auto w = wire(r, chunk);
+        CHECK(w.removed.size() == want.size());
+        CHECK(w.removed.to_vector() == want);
+        // Applied: the named workloads present before are gone, as the parsed response does.
+        test::FakeMapOps ops_parsed, ops_wire;
+        Node by_parse(ops_parsed), by_wire(ops_wire);
+        auto setup = response(xds::kAddressType, "n8");
+        add(setup, kEcho, service("echo", {10, 96, 0, 10}));
+        for (int i = 0; i < 6; i++)
+            add(setup, uid("w" + std::to_string(i)),
+                workload("w" + std::to_string(i), {10, 244, 0, uint8_t(i + 1)}, kEcho));
+        REQUIRE(by_parse.source.on_response(setup).empty());
+        REQUIRE(by_wire.source.on_response(setup).empty());
+        CHECK(by_parse.mesh.model().workloads.size() == 6);
+        by_parse.source.on_response(parsed);
+        CHECK(by_wire.source.consume_wire(w) == std::vector<std::string>{});
+        CHECK(by_wire.mesh.model() == by_parse.mesh.model());
+        CHECK(by_wire.mesh.model().workloads.empty());
+        CHECK(connects(ops_wire, "10.96.0.10", 80) == connects(ops_parsed, "10.96.0.10", 80));
+    }
 }
 
 TEST_CASE("xds wire: scan reads the top-level fields; an undecodable resource is refused alone") {
