@@ -1,21 +1,12 @@
 // kmesh-daemon: the Kmesh node agent.
-#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <charconv>
-#include <cstdlib>
 
 #include "agent/src/agent.hpp"
 
 int main(int argc, char** argv) {
-    // One malloc arena for every thread, before any thread starts. glibc gives each thread that
-    // allocates concurrently an arena of its own; the xDS push builds the model on one thread
-    // from strings decoded on another, and names, gRPC and the map writer add more, so the state
-    // ended up spread over several arenas whose free space the others cannot reuse. With one
-    // arena the 100k-workload bench settled 5 MB lower and peaked 6 MB lower, push time unchanged
-    // (docs/benchmarks.md, "agent memory, seventh pass"). MALLOC_ARENA_MAX, when set, wins.
-    if (!std::getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 1);
     CLI::App app{"kmesh-daemon: loads the Kmesh eBPF data plane and keeps its maps in sync with the mesh"};
     kmesh::AgentOptions opt;
     std::string log_level = "info", locality;
