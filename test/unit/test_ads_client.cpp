@@ -93,7 +93,9 @@ ads::ClientOptions options() {
     return o;
 }
 
-std::vector<std::string> names_of(const DiscoveryRequest& r) { return {r.resource_names().begin(), r.resource_names().end()}; }
+std::vector<std::string> names_of(const DiscoveryRequest& r) {
+    return {r.resource_names().begin(), r.resource_names().end()};
+}
 
 // Checks one request's type, version, nonce, names and whether it NACKs.
 void expect(const Sent& s, const std::string& type, const std::string& version, const std::string& nonce,
@@ -119,10 +121,11 @@ TEST_CASE("ads client: warming order, ACKs, NACK with the last accepted version,
     s1.responses.push_back(response(ads::kListenerType, "l1", "n3", {"80", "9000", "80"}));
     s1.responses.push_back(response(ads::kRouteType, "r1", "n4", {"80", "9000"}));
     // A CDS push with one bad cluster: a and c are applied, bad-x is not; EDS follows a and c.
-    s1.responses.push_back(response(ads::kClusterType, "c2", "n5", {"outbound|80||a", "bad-x", "outbound|80||c"}));
+    s1.responses.push_back(
+        response(ads::kClusterType, "c2", "n5", {"outbound|80||a", "bad-x", "outbound|80||c"}));
     // A type never asked for: ignored, not answered (an answer would subscribe to it).
-    s1.responses.push_back(response("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-                                    "s1", "n6", {"x"}));
+    s1.responses.push_back(
+        response("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", "s1", "n6", {"x"}));
     // Every cluster gone: EDS is unsubscribed with an empty list.
     s1.responses.push_back(response(ads::kClusterType, "c3", "n7", {}));
     CHECK(client.serve(s1));

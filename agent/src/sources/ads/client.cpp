@@ -16,7 +16,9 @@ using envoy::service::discovery::v3::AggregatedDiscoveryService;
 using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
 
-bool is_named_type(const std::string& type_url) { return type_url == kEndpointType || type_url == kRouteType; }
+bool is_named_type(const std::string& type_url) {
+    return type_url == kEndpointType || type_url == kRouteType;
+}
 
 namespace {
 
@@ -146,7 +148,8 @@ bool Client::serve(SotwStream& stream) {
     // before listeners.
     bool reconnect = !accepted[kClusterType].empty() || !accepted[kListenerType].empty();
     if (!send(kClusterType, nullptr)) return false;
-    if (reconnect && !(follow(kEndpointType) && send(kListenerType, nullptr) && follow(kRouteType))) return false;
+    if (reconnect && !(follow(kEndpointType) && send(kListenerType, nullptr) && follow(kRouteType)))
+        return false;
 
     bool delivered = false;
     DiscoveryResponse resp;

@@ -38,7 +38,8 @@ class Handler {
     // deleted), for EDS and RDS the named resources (a missing one is not). Returns one
     // "name: reason" per rejected resource; empty means ACK. A rejected resource keeps its last
     // good state; the others of the response are applied.
-    virtual std::vector<std::string> on_response(const envoy::service::discovery::v3::DiscoveryResponse& r) = 0;
+    virtual std::vector<std::string> on_response(
+        const envoy::service::discovery::v3::DiscoveryResponse& r) = 0;
     // The names to ask for, as of what has been applied: for kEndpointType the EDS service names
     // of the clusters, for kRouteType the route configuration names of the listeners.
     virtual std::vector<std::string> subscriptions(const std::string& type_url) = 0;
