@@ -66,9 +66,11 @@ def main():
                 if fv is None:
                     problems.append(f"{key}: no frontend {vip}:{p['service_port']}")
                     continue
-                sid, target, flags = struct.unpack("<IHH", fv)
-                if socket_port(target) != p.get("target_port", p["service_port"]) or flags:
-                    problems.append(f"{key}: frontend {vip}:{p['service_port']} -> port {socket_port(target)} flags {flags}")
+                # struct kmesh_frontend_value (ABI v7): service id, target port, flags, limit id, pad.
+                sid, target, flags, limit_id, pad = struct.unpack("<IHHII", fv)
+                if socket_port(target) != p.get("target_port", p["service_port"]) or flags or limit_id or pad:
+                    problems.append(f"{key}: frontend {vip}:{p['service_port']} -> port {socket_port(target)} "
+                                    f"flags {flags} limit {limit_id} pad {pad}")
                 if service_id not in (None, sid):
                     problems.append(f"{key}: frontends name services {service_id} and {sid}")
                 service_id = sid
