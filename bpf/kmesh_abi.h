@@ -28,7 +28,7 @@
 
 /* Maps are pinned under maps/v<KMESH_ABI_VERSION>/: bump it with any layout change, and an upgraded
  * agent fills fresh maps before it moves the pods to its programs (no reuse of old layouts). */
-#define KMESH_ABI_VERSION 7
+#define KMESH_ABI_VERSION 8
 
 /* Priorities a service's endpoints are spread over (locality failover); 0 is the closest. */
 #define KMESH_PRIO_COUNT 7
@@ -478,6 +478,7 @@ struct kmesh_limit_cfg {
 	__u64 max_tokens; /* 0: no bucket configured (let through) */
 	__u64 tokens_per_fill;
 	__u64 fill_interval_ns;
+	__u64 name_hash; /* lets a restarted agent recover which limit holds this id */
 };
 
 struct kmesh_ratelimit_key {
@@ -510,6 +511,7 @@ struct kmesh_split_value {
 	__u32 total; /* cum_weight[count - 1] */
 	__u32 service_id[KMESH_SPLIT_MAX];
 	__u32 cum_weight[KMESH_SPLIT_MAX]; /* strictly increasing */
+	__u64 name_hash; /* lets a restarted agent recover which split holds this id */
 };
 
 /* ===================== load balancing (issue 10 section 2: weights, round robin, affinity) ====

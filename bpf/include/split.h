@@ -21,9 +21,16 @@
 static __always_inline int split_pick(__u32 split_id, __u32 *service_id)
 {
 	const struct kmesh_split_value *sp = bpf_map_lookup_elem(&km_split, &split_id);
-	struct kmesh_split_value s;
+	/* The part connect() reads (not name_hash, which is the agent's): the stack is tight. */
+	struct {
+		__u32 count, total;
+		__u32 service_id[KMESH_SPLIT_MAX];
+		__u32 cum_weight[KMESH_SPLIT_MAX];
+	} s;
 	__u32 r;
 
+	_Static_assert(sizeof(s) == __builtin_offsetof(struct kmesh_split_value, name_hash),
+		       "split copy covers count..cum_weight");
 	if (!sp)
 		return -ENOENT;
 	/* A copy: the element may be reused by a concurrent agent update (see sock_connect.c). */

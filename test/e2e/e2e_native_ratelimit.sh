@@ -31,10 +31,10 @@ sleep 0.3
 
 MAPS=$BPFFS/kmesh/maps/current
 FE_KEY=$(python3 -c 'import ipaddress,struct; k=bytes(10)+b"\xff\xff"+ipaddress.IPv4Address("10.96.0.91").packed+struct.pack("!H",80)+bytes(2); print(" ".join("%02x" % b for b in k))')
-# Bucket 1: max_tokens B, tokens_per_fill F, every I ms (struct kmesh_limit_cfg: three u64).
+# Bucket 1: max_tokens B, tokens_per_fill F, every I ms (struct kmesh_limit_cfg: four u64, the last the name hash).
 set_bucket() { # <B> <F> <I-ms>
     bpftool map update pinned "$MAPS/km_limit_cfg" key hex 01 00 00 00 value hex $(python3 -c \
-        'import struct,sys; print(" ".join("%02x" % b for b in struct.pack("<QQQ", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) * 1000000)))' "$@")
+        'import struct,sys; print(" ".join("%02x" % b for b in struct.pack("<QQQQ", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) * 1000000, 0)))' "$@")
 }
 # The frontend, as the agent wrote it, plus KMESH_FRONTEND_LIMITED (8) and limit id 1.
 limit_frontend() {

@@ -56,7 +56,7 @@ pairs = [tuple(map(int, a.split(":"))) for a in sys.argv[1:]]
 svcs = [p[0] for p in pairs] + [0] * (16 - len(pairs))
 cums = [p[1] for p in pairs] + [0] * (16 - len(pairs))
 total = pairs[-1][1] if pairs else 0
-v = struct.pack("<II16I16I", len(pairs), total, *svcs, *cums)
+v = struct.pack("<II16I16IQ", len(pairs), total, *svcs, *cums, 0)  # name_hash 0: not the agent's
 print(" ".join("%02x" % b for b in v))
 PY
 }

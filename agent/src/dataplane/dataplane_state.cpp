@@ -524,6 +524,13 @@ void MeshState::replace(const Model& next) {
     for (const auto& [uid, w] : next.workloads) upsert_workload(w);
 }
 
+std::string split_name(const DesiredSplit& s) {
+    std::string out = "split/";
+    for (size_t i = 0; i < s.services.size(); i++)
+        out += fmt::format("{}{:016x}*{}", i ? "," : "", s.services[i].first, s.services[i].second);
+    return out;
+}
+
 std::string waypoint_name(const Waypoint& w) {
     return w.address ? "address/" + w.address->str() : "hostname/" + w.hostname;
 }

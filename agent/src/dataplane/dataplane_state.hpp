@@ -29,10 +29,26 @@ namespace kmesh {
 uint64_t name_hash(std::string_view name);
 
 struct FrontendTarget {
-    uint64_t service = 0;      // service name hash
+    uint64_t service = 0;  // service name hash; with KMESH_FRONTEND_SPLIT a split's (DesiredState::splits)
     uint16_t target_port = 0;  // network byte order
     uint16_t flags = 0;        // KMESH_FRONTEND_*
+    uint64_t limit = 0;        // with KMESH_FRONTEND_LIMITED: a limit's hash (DesiredState::limits)
     auto operator<=>(const FrontendTarget&) const = default;
+};
+
+// Kernel-native mode (docs/design/kernel-native.md): a weighted split between services (km_split),
+// named by name_hash of split_name(): its content, so frontends with the same split share it.
+struct DesiredSplit {
+    std::vector<std::pair<uint64_t, uint32_t>> services;  // (service hash, weight >= 1), 1..KMESH_SPLIT_MAX
+    bool operator==(const DesiredSplit&) const = default;
+};
+// A local rate limit's token bucket (km_limit_cfg), named by name_hash of the listener filter chain
+// it comes from (Envoy keeps one bucket per filter chain).
+struct DesiredLimit {
+    uint64_t max_tokens = 0;  // >= 1
+    uint64_t tokens_per_fill = 1;
+    uint64_t fill_interval_ns = 0;  // > 0
+    bool operator==(const DesiredLimit&) const = default;
 };
 
 // The per-id tables below are ordered (plans come out sorted by hash, which the writer's batches and
@@ -47,6 +63,7 @@ struct ServiceParams {
     uint32_t lb_mode = KMESH_LB_RANDOM;
     uint32_t flags = 0;             // KMESH_SERVICE_*
     uint32_t affinity_timeout = 0;  // seconds, with KMESH_SERVICE_AFFINITY
+    uint32_t max_connections = 0;   // with KMESH_SERVICE_MAX_CONN (kernel-native circuit breaking)
     bool operator==(const ServiceParams&) const = default;
 };
 
@@ -83,10 +100,11 @@ struct DesiredService {
     uint32_t lb_mode = KMESH_LB_RANDOM;
     uint32_t flags = 0;             // KMESH_SERVICE_ROUND_ROBIN, KMESH_SERVICE_AFFINITY
     uint32_t affinity_timeout = 0;  // seconds
+    uint32_t max_connections = 0;   // with KMESH_SERVICE_MAX_CONN
     // km_member: every backend that is an endpoint of the service (in some family and priority)
     // -> its weight and lists; a weight of 0 (draining) stays a member without any endpoint slot.
     DesiredMembers members;
-    ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
+    ServiceParams params() const { return {lb_mode, flags, affinity_timeout, max_connections}; }
     // The endpoint list of (family, priority), and every member's weight, as sets (tests, tools).
     BackendSet endpoints(uint32_t family, uint32_t prio) const;
     MemberWeights weights() const;
@@ -100,6 +118,7 @@ struct DesiredService {
 struct DesiredBackend {
     std::array<uint8_t, 16> addr4{}, addr6{};
     uint32_t flags = 0;
+    uint16_t port = 0;  // network byte order, with KMESH_BACKEND_HAS_PORT (kernel-native endpoints)
     bool operator==(const DesiredBackend&) const = default;
 };
 
@@ -120,7 +139,14 @@ struct DesiredState {
     // is, and every address whose connects go through a waypoint -> that waypoint's id.
     std::map<uint64_t, kmesh_waypoint_value> waypoints;
     std::map<kmesh_wp_dest_key, kmesh_wp_dest_value> waypoint_dests;
+    // Kernel-native mode: split hash -> split, limit hash -> bucket. Written before any frontend
+    // names them, deleted after the last one that did.
+    std::map<uint64_t, DesiredSplit> splits;
+    std::map<uint64_t, DesiredLimit> limits;
 };
+
+// The name a split is hashed from: its services and weights in order ("split/<hash>*<w>,...").
+std::string split_name(const DesiredSplit& s);
 
 // "address/10.244.0.9" or "hostname/ns/name.ns.svc.cluster.local": one waypoint entry per name,
 // whatever its hbone_mtls_port (we always connect to KMESH_WAYPOINT_PORT).
@@ -130,12 +156,13 @@ std::string waypoint_name(const Waypoint& w);
 struct Dirty {
     bool all = false;               // after a restart: compare everything
     bool waypoints = false;         // the waypoint tables changed (compared whole: they are small)
+    bool native = false;            // the split and limit tables changed (compared whole)
     BackendSet services, backends;  // hashes
     // Names (hashes) the model does not hold but whose map entries stay as they are: resources
     // istiod sent in a form that was rejected, after a restart emptied the model. Their service,
     // frontends, endpoint slots, backend and ports are neither rewritten nor deleted.
     std::set<uint64_t> keep;
-    bool empty() const { return !all && !waypoints && services.empty() && backends.empty(); }
+    bool empty() const { return !all && !waypoints && !native && services.empty() && backends.empty(); }
 };
 
 // The model plus the map contents it implies, kept up to date one resource at a time, so that a
@@ -299,11 +326,12 @@ struct MapState {
         uint32_t lb_mode = KMESH_LB_RANDOM;
         uint32_t flags = 0;
         uint32_t affinity_timeout = 0;
+        uint32_t max_connections = 0;
         // slots[family][prio][i] is the backend id at endpoint index i + 1; 0 = entry missing or
         // unknown.
         std::array<std::array<std::vector<uint32_t>, KMESH_PRIO_COUNT>, KMESH_FAMILY_COUNT> slots;
         absl::btree_map<uint32_t, uint32_t> members;  // km_member entries: backend id -> weight
-        ServiceParams params() const { return {lb_mode, flags, affinity_timeout}; }
+        ServiceParams params() const { return {lb_mode, flags, affinity_timeout, max_connections}; }
     };
     struct Backend {
         uint32_t id = 0;
