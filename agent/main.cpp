@@ -3,6 +3,9 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "agent/src/agent.hpp"
 
@@ -40,6 +43,26 @@ int main(int argc, char** argv) {
         ->envname("POD_NAMESPACE")
         ->capture_default_str();
     app.add_option("--instance-ip", instance_ip, "this agent's IP")->envname("INSTANCE_IP");
+    std::string mode = "ambient", istio_version = "1.24", service_account, mesh_id = "cluster.local";
+    std::vector<std::string> pod_labels;
+    app.add_option("--mode", mode,
+                   "ambient: Istio's workload API (Delta xDS, or --config in its YAML shape); kernel-native: "
+                   "the Envoy config a sidecar gets (SotW ADS: CDS/EDS/LDS/RDS, or --config as a bundle of "
+                   "those resources), applied at connect() (docs/kernel-native.md)")
+        ->check(CLI::IsMember({"ambient", "kernel-native"}))
+        ->envname("KMESH_MODE")
+        ->capture_default_str();
+    app.add_option(
+           "--istio-version", istio_version,
+           "kernel-native: ISTIO_VERSION sent to istiod (which shapes the sidecar config it generates)")
+        ->capture_default_str();
+    app.add_option("--service-account", service_account,
+                   "kernel-native: this agent's service account (SERVICE_ACCOUNT; istiod checks it against "
+                   "the token)")
+        ->envname("SERVICE_ACCOUNT");
+    app.add_option("--mesh-id", mesh_id, "kernel-native: MESH_ID sent to istiod")->capture_default_str();
+    app.add_option("--pod-label", pod_labels,
+                   "kernel-native: a label of this agent's pod, key=value (repeatable; sent as LABELS)");
     app.add_option("--locality", locality,
                    "region/zone/subzone of this node (default: learnt from its workloads)");
     app.add_option("--admin-address", opt.admin_address, "admin server address")->capture_default_str();
@@ -272,7 +295,38 @@ int main(int argc, char** argv) {
         if (second != std::string::npos) opt.node.locality.subzone = locality.substr(second + 1);
         opt.learn_locality = false;
     }
-    if (address->count()) {
+    opt.mode = mode == "kernel-native" ? kmesh::AgentMode::kKernelNative : kmesh::AgentMode::kAmbient;
+    if (address->count() && opt.mode == kmesh::AgentMode::kKernelNative) {
+        opt.node.cluster_id = xds.cluster_id;
+        // A sidecar's node id and metadata (docs/design/kernel-native.md §1.1): istiod generates
+        // the config a sidecar of this agent's pod would get. NAMESPACE must be the token's
+        // namespace (istiod's identity check), so it is the agent's own.
+        xds.node_id = "sidecar~" + instance_ip + "~" + pod_name + "." + pod_namespace + "~" + pod_namespace +
+                      ".svc.cluster.local";
+        xds.node_metadata = {{"NAME", pod_name},
+                             {"NAMESPACE", pod_namespace},
+                             {"INSTANCE_IPS", instance_ip},
+                             {"NODE_NAME", opt.node.node},
+                             {"CLUSTER_ID", xds.cluster_id},
+                             {"MESH_ID", mesh_id},
+                             {"ISTIO_VERSION", istio_version}};
+        if (!service_account.empty()) xds.node_metadata["SERVICE_ACCOUNT"] = service_account;
+        if (!opt.node.network.empty()) xds.node_metadata["NETWORK"] = opt.node.network;
+        std::map<std::string, std::string> labels;
+        for (const auto& kv : pod_labels) {
+            auto eq = kv.find('=');
+            if (eq == std::string::npos || eq == 0) {
+                spdlog::error("--pod-label {}: expected key=value", kv);
+                return 2;
+            }
+            labels[kv.substr(0, eq)] = kv.substr(eq + 1);
+        }
+        xds.node_metadata_objects["LABELS"] = labels;
+        xds.locality.set_region(opt.node.locality.region);
+        xds.locality.set_zone(opt.node.locality.zone);
+        xds.locality.set_sub_zone(opt.node.locality.subzone);
+        opt.xds = xds;
+    } else if (address->count()) {
         opt.node.cluster_id = xds.cluster_id;
         // ztunnel's node id and metadata, which istiod uses to scope what it sends.
         xds.node_id = "ztunnel~" + instance_ip + "~" + pod_name + "." + pod_namespace + "~" + pod_namespace +

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "agent/src/policy/compile.hpp"
+#include "agent/src/sources/ads/source.hpp"
 #include "agent/src/sources/file/file_watcher.hpp"
 #include "agent/src/sources/xds/source.hpp"
 #include "agent/src/telemetry/metrics_server.hpp"
@@ -79,7 +80,19 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
     agent->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     // Made before any thread that applies generations exists; its thread starts in run().
     agent->closer_ = std::make_unique<policy::ConnectionCloser>(agent->options_.layout);
-    if (options.xds) {
+    if (options.mode == AgentMode::kKernelNative) {
+        agent->native_ = std::make_unique<NativeState>();
+        agent->native_->mark_all_dirty();
+        if (options.xds) {
+            Agent* a = agent.get();
+            agent->ads_source_ =
+                std::make_unique<ads::Source>(*a->native_, a->mu_, [a] { return a->sync_from_ads(); });
+            agent->ads_client_ = std::make_unique<ads::Client>(*options.xds, *agent->ads_source_);
+            agent->set_waiting("waiting for istiod's clusters, listeners, endpoints and routes");
+        } else {
+            agent->set_waiting("waiting for the native config file to be accepted");
+        }
+    } else if (options.xds) {
         // Made here, before the admin server's thread exists, so that it never sees them change;
         // the client is started by run().
         Agent* a = agent.get();
@@ -153,6 +166,11 @@ std::string Agent::not_ready_reason() {
             if (!st.connected && !st.last_error.empty())
                 reason += fmt::format(" (last error: {})", st.last_error);
         }
+        if (ads_client_) {
+            auto st = ads_client_->status();
+            if (!st.connected && !st.last_error.empty())
+                reason += fmt::format(" (last error: {})", st.last_error);
+        }
         return reason;
     }
     if (!published_) return "the first state is applied but the programs are not published yet";
@@ -199,7 +217,7 @@ Agent::Reload Agent::sync_maps(std::string* error) {
         telemetry_->update_model(mesh_.model(), changes);
     }
     int64_t names_us = micros_since(t0);
-    Dirty dirty = mesh_.take_dirty();
+    Dirty dirty = native_ ? native_->take_dirty() : mesh_.take_dirty();
     // Authorization first: a policy-only change leaves `dirty` empty. Its failure (a full map) keeps
     // the last good generation serving and makes this sync fail, so it is retried with backoff.
     //
@@ -256,7 +274,7 @@ Agent::Reload Agent::sync_maps(std::string* error) {
         return Reload::kUnchanged;
     }
     auto td = std::chrono::steady_clock::now();
-    Plan plan = diff(writer_->state(), mesh_.desired(), dirty);
+    Plan plan = diff(writer_->state(), native_ ? native_->desired() : mesh_.desired(), dirty);
     int64_t diff_us = micros_since(td);
     int64_t plan_us = micros_since(t0);
     auto t1 = std::chrono::steady_clock::now();
@@ -268,7 +286,11 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     names_follow();
     note_map_entries();
     if (!err.empty()) {
-        mesh_.mark_all_dirty();  // the retry compares everything again
+        // The retry compares everything again.
+        if (native_)
+            native_->mark_all_dirty();
+        else
+            mesh_.mark_all_dirty();
         *error = fmt::format("{} (after {} us; every service in the maps stays consistent)", err, write_us);
         return Reload::kFailed;
     }
@@ -369,6 +391,7 @@ std::string Agent::sync_authz(const ModelChanges& changes) {
 }
 
 Agent::Reload Agent::reload_config(bool force) {
+    if (native_) return reload_native_file(force);
     const std::string& path = options_.config_path;
     std::string err;
     // A timed retry of a file that has not changed since it was parsed needs no new parse: the
@@ -445,6 +468,82 @@ Agent::Reload Agent::retry_pending_apply() {
     apply_pending_ = false;
     state_applied_ = true;
     return result;
+}
+
+Agent::Reload Agent::reload_native_file(bool force) {
+    const std::string& path = options_.config_path;
+    if (!force && last_stamp_) {
+        FileStamp now;
+        if (stat_config_file(path, &now).empty() && now == *last_stamp_) {
+            Reload result = retry_pending_apply();
+            return !last_parse_ok_ && result != Reload::kFailed ? Reload::kRejected : result;
+        }
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    FileStamp stamp;
+    std::string err = stat_config_file(path, &stamp);
+    std::optional<ads::Bundle> bundle;
+    if (err.empty()) {
+        if (stamp.size > options_.max_config_bytes) {
+            err = fmt::format("{} bytes exceed the {} byte limit", stamp.size, options_.max_config_bytes);
+        } else if (auto b = ads::read_bundle(path); !b) {
+            err = b.status().to_string();
+        } else {
+            bundle = std::move(*b);
+        }
+    }
+    last_stamp_ = err.empty() ? std::optional<FileStamp>(stamp) : std::nullopt;
+    std::lock_guard lock(mu_);
+    if (bundle) {
+        NativeState trial = *native_;
+        auto problems = ads::apply_bundle(trial, *bundle);
+        if (!problems.empty()) {
+            err = fmt::format("{} resources refused: {}", problems.size(), problems.front());
+        } else if (auto fit = fits(trial.desired(), options_.sizes); !fit.empty()) {
+            err = fit;
+        } else {
+            ads::apply_bundle(*native_, *bundle);
+        }
+    }
+    last_parse_ok_ = err.empty();
+    if (!err.empty()) {
+        metrics_.config_rejected++;
+        spdlog::error("native config {} rejected, still serving the last good state: {}", path, err);
+        if (!state_applied_) set_waiting("native config file rejected: " + err);
+        return Reload::kRejected;
+    }
+    const NativeStats& st = native_->stats();
+    spdlog::info(
+        "native config {}: {} listeners, {} routes, {} clusters, {} endpoint sets -> {} frontends, {} "
+        "splits, "
+        "{} limits ({} warming, {} routes approximated) in {} us",
+        path, native_->listeners().size(), native_->routes().size(), native_->clusters().size(),
+        native_->clas().size(), st.frontends, st.splits, st.limits, st.warming, st.routes_approximated,
+        micros_since(t0));
+    Reload result = sync_maps(&err);
+    if (result == Reload::kFailed) {
+        spdlog::error("native config {} not fully applied: {}", path, err);
+        apply_pending_ = true;
+        if (!state_applied_) set_waiting("config not fully written to the maps: " + err);
+        return result;
+    }
+    apply_pending_ = false;
+    state_applied_ = true;
+    return result;
+}
+
+bool Agent::sync_from_ads() {
+    std::string err;
+    if (sync_maps(&err) == Reload::kFailed) {
+        spdlog::error("ads update not fully applied to the maps: {}", err);
+        if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
+        retry_pending_ = true;
+        wake_main_loop();
+        return false;
+    }
+    // Ready once CDS, LDS and the EDS/RDS they name have been applied: the first full state.
+    if (ads_source_->complete() && !state_applied_.exchange(true)) wake_main_loop();
+    return true;
 }
 
 bool Agent::sync_from_xds() {
@@ -541,7 +640,9 @@ int Agent::run() {
                 spdlog::error("retry: {}", err);
                 if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
             } else {
-                state_applied_ = true;  // retries follow a failed sync, which only runs with istiod's state
+                // Retries follow a failed sync, which only runs with istiod's state (kernel-native:
+                // maybe not all of it yet).
+                if (!ads_source_ || ads_source_->complete()) state_applied_ = true;
             }
             schedule(failed);
         } else {
@@ -555,7 +656,11 @@ int Agent::run() {
     };
 
     std::unique_ptr<FileWatcher> watcher;
-    if (options_.xds) {
+    if (ads_client_) {
+        ads_client_->start();
+        spdlog::info("ads: connecting to {} as {} (kernel-native mode)", options_.xds->address,
+                     options_.xds->node_id);
+    } else if (options_.xds) {
         // The maps keep what they held (recovered) until istiod has sent its state.
         xds_client_->start();
         spdlog::info("xds: connecting to {} as {}", options_.xds->address, options_.xds->node_id);
@@ -654,6 +759,7 @@ int Agent::run() {
     }
     if (enrolment_) enrolment_->stop();
     if (xds_client_) xds_client_->stop();
+    if (ads_client_) ads_client_->stop();
     if (closer_) closer_->stop();
     if (event_reader_) event_reader_->stop();
     cni_installer_.reset();

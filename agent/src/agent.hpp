@@ -15,6 +15,7 @@
 #include "agent/src/dataplane/bpf_loader.hpp"
 #include "agent/src/dataplane/dataplane_state.hpp"
 #include "agent/src/dataplane/map_writer.hpp"
+#include "agent/src/dataplane/native_state.hpp"
 #include "agent/src/enrolment/reconciler.hpp"
 #include "agent/src/installer/installer.hpp"
 #include "agent/src/model/model.hpp"
@@ -36,11 +37,21 @@ namespace kmesh {
 namespace xds {
 class Source;
 }
+namespace ads {
+class Source;
+class Client;
+}  // namespace ads
+
+// ambient: Istio's workload API (Delta xDS from istiod, or a YAML file of that shape).
+// kernel-native: the Envoy config a sidecar gets (SotW ADS: CDS, EDS, LDS, RDS), or a bundle file
+// of the same resources (docs/kernel-native.md).
+enum class AgentMode { kAmbient, kKernelNative };
 namespace telemetry {
 class MetricsServer;
 }
 
 struct AgentOptions {
+    AgentMode mode = AgentMode::kAmbient;
     PinLayout layout;
     MapSizes sizes;
     std::string config_path;                // standalone source (YAML), or
@@ -147,6 +158,10 @@ class Agent {
     // force: parse even if the file looks unchanged (a watcher event, SIGHUP); a timed retry doesn't.
     Reload reload_config(bool force);
     Reload sync_maps(std::string* error);  // mu_ held
+    // Kernel-native mode's file: a bundle of Envoy resources, applied whole or refused whole.
+    Reload reload_native_file(bool force);
+    bool sync_from_ads();  // mu_ held, on the ADS thread; false: not all written
+    bool istiod() const { return options_.xds.has_value(); }
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
     std::string sync_authz(const ModelChanges& changes);
@@ -210,6 +225,10 @@ class Agent {
 
     std::unique_ptr<xds::Source> xds_source_;
     std::unique_ptr<xds::Client> xds_client_;
+    // Kernel-native mode: the state (instead of mesh_'s model) and its istiod source.
+    std::unique_ptr<NativeState> native_;
+    std::unique_ptr<ads::Source> ads_source_;
+    std::unique_ptr<ads::Client> ads_client_;
     struct Admin;
     std::unique_ptr<Admin> admin_;
     std::unique_ptr<installer::Watcher> cni_installer_;  // --install-cni

@@ -23,6 +23,7 @@
 #include "agent/src/agent.hpp"
 #include "agent/src/policy/evaluate.hpp"
 #include "agent/src/policy/match.hpp"
+#include "agent/src/sources/ads/source.hpp"
 #include "agent/src/sources/xds/source.hpp"
 #include "agent/src/telemetry/metrics_server.hpp"
 
