@@ -14,6 +14,7 @@ e2e_init "${1:?usage: $0 <build-dir>}"
 BUNDLE=$TMP/bundle.yaml
 # The agent starts first (kmesh-cni's ADD needs its programs), from an empty bundle.
 replace_file "$BUNDLE" "resources: []"
+ADMIN_PORT=$(free_port)
 AGENT_FLAGS="--mode kernel-native --max-services 64 --max-endpoints 256 --max-backends 256 --max-frontends 256" agent_start "$BUNDLE"
 wait_log "kmesh-daemon ready" 1
 pod_create client
@@ -112,6 +113,10 @@ out=$(pod_connect client 10.96.0.84 8000 4)
 check "wildcard HTTP listener: the vhost's VIP reaches rr ($(echo $out))" \
     test "$(tr ' ' '\n' <<<"$out" | sort -u | xargs)" = "a b9090"
 check "the header route is counted as approximated" grep -q "1 routes approximated" "$TMP/agent.log"
+metrics=$(admin_get /metrics)
+check "metrics: 5 frontends, 1 split, 1 bucket, 1 approximated route" test \
+    "$(grep -E '^kmesh_native_(frontends|splits|limits|routes_approximated) ' <<<"$metrics" | sort | xargs)" = \
+    "kmesh_native_frontends 5 kmesh_native_limits 1 kmesh_native_routes_approximated 1 kmesh_native_splits 1"
 
 # An update without the round-robin listener: its VIP is left alone (no route in the pod: fails).
 replace_file "$BUNDLE" "$(printf 'resources:\n%s\n%s\n' "$CLUSTERS" "$(tail -n +9 <<<"$LISTENERS")")"

@@ -59,6 +59,7 @@ Agent::~Agent() {
     metrics_server_.reset();
     admin_.reset();
     if (xds_client_) xds_client_->stop();
+    if (ads_client_) ads_client_->stop();  // its thread writes through this agent
     if (wake_fd_ >= 0) close(wake_fd_);
 }
 
@@ -687,6 +688,39 @@ std::string Agent::metrics_text() {
         counter("kmesh_xds_connects_total", "Streams to istiod that delivered a response.", st.connects);
         counter("kmesh_xds_acks_total", "Responses acknowledged.", st.acks);
         counter("kmesh_xds_nacks_total", "Responses rejected (in part).", st.nacks);
+    }
+    if (ads_client_) {
+        auto st = ads_client_->status();
+        gauge("kmesh_xds_connected", "1 while a stream to istiod is up.", st.connected ? 1 : 0);
+        counter("kmesh_xds_connects_total", "Streams to istiod that delivered a response.", st.connects);
+        counter("kmesh_xds_acks_total", "Responses acknowledged.", st.acks);
+        counter("kmesh_xds_nacks_total", "Responses rejected (in part).", st.nacks);
+    }
+    if (native_) {
+        NativeStats ns;
+        {
+            std::lock_guard lock(mu_);
+            ns = native_->stats();
+        }
+        gauge("kmesh_native_frontends", "Kernel-native mode: (VIP, port) entries programmed.", ns.frontends);
+        gauge("kmesh_native_splits", "Kernel-native mode: weighted splits programmed.", ns.splits);
+        gauge("kmesh_native_limits", "Kernel-native mode: token buckets (local rate limits) programmed.",
+              ns.limits);
+        gauge("kmesh_native_warming",
+              "Kernel-native mode: frontends held back until their clusters' endpoints or routes arrive.",
+              ns.warming);
+        gauge("kmesh_native_routes_approximated",
+              "Kernel-native mode: (VIP, port) whose route table needs the request; its catch-all route is "
+              "used.",
+              ns.routes_approximated);
+        gauge("kmesh_native_least_request_as_random",
+              "Kernel-native mode: LEAST_REQUEST clusters balanced at random (no active counts in the kernel "
+              "yet).",
+              ns.least_request_as_random);
+        header("kmesh_native_unsupported",
+               "Kernel-native mode: parts of the config left to pass through, by reason.", "gauge");
+        for (const auto& [reason, n] : ns.unsupported)
+            out += fmt::format("kmesh_native_unsupported{{reason=\"{}\"}} {}\n", reason, n);
     }
     counter("kmesh_metrics_bind_failures_total", "Failed attempts to bind the Prometheus server (:15020).",
             metrics_.metrics_bind_failures);
