@@ -1,12 +1,10 @@
 #include "agent/src/sources/ads/client.hpp"
 
-#include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 
 #include "envoy/service/discovery/v3/discovery.grpc.pb.h"
 
@@ -49,71 +47,40 @@ const char* short_name(const std::string& type_url) {
 
 }  // namespace
 
-Client::Client(ClientOptions options, Handler& handler) : options_(std::move(options)), handler_(handler) {}
+Client::Client(ClientOptions options, Handler& handler)
+    : options_(std::move(options)),
+      handler_(handler),
+      runner_(
+          options_, "ads: stream to " + options_.address,
+          [this](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext& ctx) {
+              return open_and_serve(ch, ctx);
+          },
+          [this](bool connected) { handler_.on_connection(connected); }) {}
 
+// Joins the runner's thread before the members its callbacks use go.
 Client::~Client() { stop(); }
 
-void Client::start() {
-    thread_ = std::thread([this] { run(); });
-}
+void Client::start() { runner_.start(); }
 
-void Client::stop() {
-    {
-        std::lock_guard lock(mu_);  // under mu_, so run()'s wait cannot miss it
-        stopping_ = true;
-        if (context_) context_->TryCancel();
-    }
-    wake_.notify_all();
-    if (thread_.joinable()) thread_.join();
-}
+void Client::stop() { runner_.stop(); }
 
-ClientStatus Client::status() const {
-    std::lock_guard lock(mu_);
-    return status_;
-}
+ClientStatus Client::status() const { return runner_.status(); }
 
-bool Client::stream_once() {
-    std::string error;
-    auto ch = xds::make_channel(options_, &error);
-    if (!ch) {
-        std::lock_guard lock(mu_);
-        status_.last_error = error;
-        return false;
-    }
-    auto started = std::chrono::steady_clock::now();
-    grpc::ClientContext ctx;
-    xds::add_call_metadata(ctx, options_);
-    {
-        std::lock_guard lock(mu_);
-        if (stopping_) return false;
-        context_ = &ctx;
-    }
+xds::StreamEnd Client::open_and_serve(const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext& ctx) {
     auto stub = AggregatedDiscoveryService::NewStub(ch);
     auto raw = stub->StreamAggregatedResources(&ctx);
     GrpcStream adapter(*raw);
-    bool delivered = serve(adapter);
+    xds::StreamEnd end;
+    end.delivered = serve(adapter);
     raw->WritesDone();
-    grpc::Status st = raw->Finish();
-    {
-        std::lock_guard lock(mu_);
-        context_ = nullptr;
-        status_.connected = false;
-        status_.last_error =
-            st.ok() ? "stream closed by istiod"
-                    : fmt::format("{} (gRPC code {})", st.error_message(), static_cast<int>(st.error_code()));
-    }
-    if (delivered) handler_.on_connection(false);
-    // Only a stream that stayed up resets the backoff (as the Delta client).
-    return delivered && std::chrono::steady_clock::now() - started > std::chrono::seconds(5);
+    end.status = raw->Finish();
+    return end;
 }
 
 bool Client::serve(SotwStream& stream) {
     std::map<std::string, Subscription> subs;
     std::map<std::string, std::string> accepted;
-    {
-        std::lock_guard lock(mu_);
-        accepted = status_.versions;
-    }
+    runner_.update([&](ClientStatus& s) { accepted = s.versions; });
     bool node_sent = false;
     auto send = [&](const std::string& type, const std::string* error) {
         Subscription& sub = subs[type];
@@ -156,12 +123,7 @@ bool Client::serve(SotwStream& stream) {
     while (stream.read(&resp)) {
         if (!delivered) {
             delivered = true;
-            {
-                std::lock_guard lock(mu_);
-                status_.connected = true;
-                status_.connects++;
-            }
-            handler_.on_connection(true);  // never under mu_: the handler takes its own locks
+            runner_.mark_connected();
         }
         const std::string type = resp.type_url();
         if (type != kClusterType && type != kEndpointType && type != kListenerType && type != kRouteType) {
@@ -178,13 +140,12 @@ bool Client::serve(SotwStream& stream) {
         else
             spdlog::warn("ads: NACK {} version {} nonce {}: {}", short_name(type), resp.version_info(),
                          resp.nonce(), msg);
-        {
-            std::lock_guard lock(mu_);  // not across write: a stalled istiod must not block stop()
-            status_.responses++;
-            rejected.empty() ? status_.acks++ : status_.nacks++;
-            if (!rejected.empty()) status_.last_nack = msg;
-            status_.versions = accepted;
-        }
+        runner_.update([&](ClientStatus& s) {  // not across write: see update()
+            s.responses++;
+            rejected.empty() ? s.acks++ : s.nacks++;
+            if (!rejected.empty()) s.last_nack = msg;
+            s.versions = accepted;
+        });
         if (!send(type, rejected.empty() ? nullptr : &msg)) break;
         // What the applied response changed in the names EDS and RDS ask for, and the next
         // step of the warming order.
@@ -200,12 +161,6 @@ bool Client::serve(SotwStream& stream) {
         if (large) malloc_trim(0);  // a full snapshot: hand its pages back
     }
     return delivered;
-}
-
-void Client::run() {
-    xds::reconnect_forever(
-        stopping_, mu_, wake_, "ads: stream to " + options_.address, [this] { return stream_once(); },
-        [this] { return status().last_error; });
 }
 
 }  // namespace kmesh::ads

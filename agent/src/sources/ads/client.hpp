@@ -11,16 +11,14 @@
 // warming order: CDS first, EDS and LDS once the first CDS response is applied, RDS once LDS is.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <map>
-#include <mutex>
+#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "agent/src/sources/ads/types.hpp"
 #include "agent/src/sources/xds/channel.hpp"
+#include "agent/src/sources/xds/stream_runner.hpp"
 #include "envoy/service/discovery/v3/discovery.pb.h"
 
 namespace kmesh::ads {
@@ -81,17 +79,12 @@ class Client {
         std::string nonce;               // of the last response of the type
         std::vector<std::string> names;  // as last sent (named types), sorted
     };
-    void run();
-    bool stream_once();
+    // One gRPC stream on the runner's channel and context, served until it ends.
+    xds::StreamEnd open_and_serve(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext& ctx);
 
-    ClientOptions options_;
+    ClientOptions options_;  // before runner_, which keeps a reference
     Handler& handler_;
-    std::thread thread_;
-    std::atomic<bool> stopping_{false};
-    mutable std::mutex mu_;
-    std::condition_variable wake_;
-    grpc::ClientContext* context_ = nullptr;  // of the live stream, for cancellation
-    ClientStatus status_;
+    xds::StreamRunner<ClientStatus> runner_;
 };
 
 }  // namespace kmesh::ads

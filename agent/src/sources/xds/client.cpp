@@ -1,11 +1,8 @@
 #include "agent/src/sources/xds/client.hpp"
 
-#include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <malloc.h>
 #include <spdlog/spdlog.h>
-
-#include <chrono>
 
 namespace kmesh::xds {
 
@@ -65,65 +62,36 @@ std::vector<std::string> Handler::consume_wire(WireResponse& w) {
     return consume_response(r);
 }
 
-Client::Client(ClientOptions options, Handler& handler) : options_(std::move(options)), handler_(handler) {}
+Client::Client(ClientOptions options, Handler& handler)
+    : options_(std::move(options)),
+      handler_(handler),
+      runner_(
+          options_, "xds: stream to " + options_.address,
+          [this](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext& ctx) {
+              return open_and_serve(ch, ctx);
+          },
+          [this](bool connected) { handler_.on_connection(connected); }) {}
 
+// Joins the runner's thread before the members its callbacks use go.
 Client::~Client() { stop(); }
 
-void Client::start() {
-    thread_ = std::thread([this] { run(); });
-}
+void Client::start() { runner_.start(); }
 
-void Client::stop() {
-    {
-        std::lock_guard lock(mu_);  // under mu_, so run()'s wait cannot miss it
-        stopping_ = true;
-        if (context_) context_->TryCancel();
-    }
-    wake_.notify_all();
-    if (thread_.joinable()) thread_.join();
-}
+void Client::stop() { runner_.stop(); }
 
-ClientStatus Client::status() const {
-    std::lock_guard lock(mu_);
-    return status_;
-}
+ClientStatus Client::status() const { return runner_.status(); }
 
-bool Client::stream_once() {
-    std::string error;
-    auto ch = make_channel(options_, &error);
-    if (!ch) {
-        std::lock_guard lock(mu_);
-        status_.last_error = error;
-        return false;
-    }
-    auto started = std::chrono::steady_clock::now();
-    grpc::ClientContext ctx;
-    add_call_metadata(ctx, options_);
-    {
-        std::lock_guard lock(mu_);
-        if (stopping_) return false;
-        context_ = &ctx;
-    }
+StreamEnd Client::open_and_serve(const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext& ctx) {
     // What stub->DeltaAggregatedResources(&ctx) does, with the response left encoded.
     grpc::internal::RpcMethod method(kDeltaMethod, grpc::internal::RpcMethod::BIDI_STREAMING, ch);
     std::unique_ptr<GrpcStream::Raw> stream(
         grpc::internal::ClientReaderWriterFactory<DeltaDiscoveryRequest, grpc::ByteBuffer>::Create(
             ch.get(), method, &ctx));
     GrpcStream adapter(*stream, ctx);
-    bool delivered = serve(adapter);
-    grpc::Status st = stream->Finish();
-    {
-        std::lock_guard lock(mu_);
-        context_ = nullptr;
-        status_.connected = false;
-        status_.last_error =
-            st.ok() ? "stream closed by istiod"
-                    : fmt::format("{} (gRPC code {})", st.error_message(), static_cast<int>(st.error_code()));
-    }
-    if (delivered) handler_.on_connection(false);
-    // Only a stream that stayed up resets the backoff: an istiod that accepts and drops at once
-    // must not be redialled in a tight loop.
-    return delivered && std::chrono::steady_clock::now() - started > std::chrono::seconds(5);
+    StreamEnd end;
+    end.delivered = serve(adapter);
+    end.status = stream->Finish();
+    return end;
 }
 
 bool Client::serve(DeltaStream& stream) {
@@ -145,12 +113,7 @@ bool Client::serve(DeltaStream& stream) {
     while (stream.read_wire(&resp)) {
         if (!delivered) {
             delivered = true;
-            {
-                std::lock_guard lock(mu_);
-                status_.connected = true;
-                status_.connects++;
-            }
-            handler_.on_connection(true);  // never under mu_: the handler takes its own locks
+            runner_.mark_connected();
         }
         std::vector<std::string> rejected = handler_.consume_wire(resp);
         DeltaDiscoveryRequest ack;
@@ -163,12 +126,11 @@ bool Client::serve(DeltaStream& stream) {
             ack.mutable_error_detail()->set_message(msg);
             spdlog::warn("xds: NACK {} nonce {}: {}", resp.type_url, resp.nonce, msg);
         }
-        {
-            std::lock_guard lock(mu_);  // not across write: a stalled istiod must not block stop()
-            status_.responses++;
-            rejected.empty() ? status_.acks++ : status_.nacks++;
-            if (!rejected.empty()) status_.last_nack = msg;
-        }
+        runner_.update([&](ClientStatus& s) {  // not across write: see update()
+            s.responses++;
+            rejected.empty() ? s.acks++ : s.nacks++;
+            if (!rejected.empty()) s.last_nack = msg;
+        });
         if (!stream.write(ack)) break;
         // A full snapshot is tens of MB: free what is left of it now and hand the pages back,
         // rather than keep the high-water mark for the life of the agent.
@@ -177,13 +139,6 @@ bool Client::serve(DeltaStream& stream) {
         if (large) malloc_trim(0);
     }
     return delivered;
-}
-
-// Reconnects forever; the maps keep serving the last state meanwhile.
-void Client::run() {
-    reconnect_forever(
-        stopping_, mu_, wake_, "xds: stream to " + options_.address, [this] { return stream_once(); },
-        [this] { return status().last_error; });
 }
 
 }  // namespace kmesh::xds

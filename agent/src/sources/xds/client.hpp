@@ -3,16 +3,13 @@
 // "clusterid" header, and a ztunnel-style node id. One stream carries both type URLs.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "agent/src/sources/xds/channel.hpp"
+#include "agent/src/sources/xds/stream_runner.hpp"
 #include "agent/src/sources/xds/wire.hpp"
 #include "envoy/service/discovery/v3/discovery.grpc.pb.h"
 
@@ -77,18 +74,12 @@ class Client {
     bool serve(DeltaStream& stream);
 
   private:
-    void run();
-    // One stream, until it breaks; true if it delivered responses and stayed up for a while.
-    bool stream_once();
+    // One gRPC stream on the runner's channel and context, served until it ends.
+    StreamEnd open_and_serve(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext& ctx);
 
-    ClientOptions options_;
+    ClientOptions options_;  // before runner_, which keeps a reference
     Handler& handler_;
-    std::thread thread_;
-    std::atomic<bool> stopping_{false};
-    mutable std::mutex mu_;
-    std::condition_variable wake_;
-    grpc::ClientContext* context_ = nullptr;  // of the live stream, for cancellation
-    ClientStatus status_;
+    StreamRunner<ClientStatus> runner_;
 };
 
 }  // namespace kmesh::xds
