@@ -98,39 +98,66 @@ class FakeMapOps : public MapOps {
     // every frontend resolves to live entries, else what is broken.
     std::string check_connect_invariant() const {
         std::string broken;
+        // Kernel-native: a split frontend reaches each of its split's services; a limited one
+        // needs a written limit config (BPF lets a zeroed one through: that is a stale id).
         for_each(MapId::kFrontend, [&](const void*, const void* v) {
             kmesh_frontend_value fe;
             std::memcpy(&fe, v, sizeof fe);
-            kmesh_service_value svc;
-            if (!get(MapId::kService, fe.service_id, &svc)) {
-                broken = "frontend points at missing service " + std::to_string(fe.service_id);
-                return false;
+            if (fe.flags & KMESH_FRONTEND_LIMITED) {
+                kmesh_limit_cfg cfg;
+                if (!get(MapId::kLimitCfg, fe.limit_id, &cfg) || cfg.name_hash == 0) {
+                    broken = "frontend names unwritten limit " + std::to_string(fe.limit_id);
+                    return false;
+                }
             }
+            std::vector<uint32_t> services{fe.service_id};
+            if (fe.flags & KMESH_FRONTEND_SPLIT) {
+                kmesh_split_value sp;
+                if (!get(MapId::kSplit, fe.service_id, &sp) || sp.count == 0 || sp.count > KMESH_SPLIT_MAX) {
+                    broken = "frontend points at missing split " + std::to_string(fe.service_id);
+                    return false;
+                }
+                services.assign(sp.service_id, sp.service_id + sp.count);
+            }
+            for (uint32_t id : services)
+                if (!broken.empty() || !check_service(id, &broken)) return false;
+            return true;
+        });
+        return broken;
+    }
+
+    // Every index of one reachable service resolves to a live backend of the right family.
+    bool check_service(uint32_t service_id, std::string* broken) const {
+        kmesh_service_value svc;
+        if (!get(MapId::kService, service_id, &svc)) {
+            *broken = "frontend points at missing service " + std::to_string(service_id);
+            return false;
+        }
+        {
             for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
                 for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
                     for (uint32_t i = 1; i <= svc.endpoint_count[f][p]; i++) {
-                        kmesh_endpoint_key ek{fe.service_id, f, p, i};
+                        kmesh_endpoint_key ek{service_id, f, p, i};
                         kmesh_endpoint_value ev;
                         kmesh_backend_value bv;
                         if (!get(MapId::kEndpoint, ek, &ev)) {
-                            broken = "count covers missing endpoint index " + std::to_string(i);
+                            *broken = "count covers missing endpoint index " + std::to_string(i);
                             return false;
                         }
                         if (!get(MapId::kBackend, ev.backend_id, &bv)) {
-                            broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
+                            *broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
                             return false;
                         }
                         // BPF picks from the socket family's list: every entry must serve it.
                         if (!(bv.flags &
                               (f == KMESH_FAMILY_V4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6))) {
-                            broken = "family list holds backend " + std::to_string(ev.backend_id) +
-                                     " without that family";
+                            *broken = "family list holds backend " + std::to_string(ev.backend_id) +
+                                      " without that family";
                             return false;
                         }
                     }
-            return true;
-        });
-        return broken;
+        }
+        return true;
     }
 
     // km_member's contract, over every service (reachable or not): each counted endpoint slot's

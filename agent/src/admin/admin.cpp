@@ -473,6 +473,9 @@ std::string Agent::metrics_text() {
     counter("kmesh_services_unpublished_total",
             "New services held back (no frontend) because they could not be written completely.",
             metrics_.services_unpublished);
+    counter("kmesh_frontends_unpublished_total",
+            "Frontends held back because the split or rate limit they name could not be written.",
+            metrics_.frontends_unpublished);
     // Kept by the main thread after each sync: reading it never waits for a config update.
     gauge("kmesh_vip_conflicts", "VIP:ports claimed by more than one service now.",
           static_cast<int64_t>(metrics_.vip_conflicts.load()));
@@ -522,7 +525,9 @@ std::string Agent::metrics_text() {
              {MapId::kWaypoint, c.waypoints},
              {MapId::kWaypointDest, c.waypoint_addrs},
              {MapId::kMember, c.members},
-             {MapId::kSplit, c.splits}}};
+             {MapId::kSplit, c.splits},
+             {MapId::kLimitCfg, c.limits},
+             {MapId::kRateLimit, c.ratelimits}}};
         for (auto [id, cap] : caps)
             out += fmt::format("kmesh_map_capacity{{map=\"{}\"}} {}\n", map_name(id), cap);
     }
