@@ -369,6 +369,9 @@ struct MapState {
     // no frontend names or that repeat a hash. Deleted (limits: zeroed, buckets cleared) by the
     // next apply, after the frontends.
     std::vector<uint32_t> stray_splits, stray_limits;
+    // Token buckets (km_ratelimit, carried across map generations) of a limit id no recovered
+    // limit holds: an older generation's or a crash's. Deleted first, so no new limit inherits one.
+    std::vector<kmesh_ratelimit_key> stray_buckets;
     // Every id the maps referenced at recovery; never handed out again by this agent.
     std::set<uint32_t> reserved_service_ids, reserved_backend_ids;
 };

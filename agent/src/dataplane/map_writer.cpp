@@ -152,6 +152,12 @@ MapState recover_map_state(const MapOps& ops) {
         } else {
             ++it;
         }
+    ops.for_each(MapId::kRateLimit, [&](const void* k, const void*) {
+        auto key = read_as<kmesh_ratelimit_key>(k);
+        auto lh = limit_hash_by_id.find(key.limit_id);
+        if (lh == limit_hash_by_id.end() || !st.limits.count(lh->second)) st.stray_buckets.push_back(key);
+        return true;
+    });
     ops.for_each(MapId::kMember, [&](const void* k, const void* v) {
         auto mk = read_as<kmesh_member_key>(k);
         auto mv = read_as<kmesh_member_value>(v);
@@ -593,15 +599,15 @@ void MapWriter::put_frontends(const std::vector<std::pair<kmesh_frontend_key, Fr
         kmesh_frontend_value v{};
         // A frontend never names an id that is not written: held back (a published one keeps its
         // old entry) until a retry writes its split or limit.
-        auto hold = [&](const char* what, uint64_t hash) {
+        auto hold = [this](const kmesh_frontend_key& k, const char* what, uint64_t hash) {
             metrics_.frontends_unpublished++;
             errors_.push_back(fmt::format("frontend {} not written: its {} {:016x} is not in the maps",
-                                          frontend_key_str(key), what, hash));
+                                          frontend_key_str(k), what, hash));
         };
         if (target.flags & KMESH_FRONTEND_SPLIT) {
             auto sp = state_.splits.find(target.service);
             if (sp == state_.splits.end()) {
-                hold("split", target.service);
+                hold(key, "split", target.service);
                 continue;
             }
             v.service_id = sp->second.id;
@@ -613,7 +619,7 @@ void MapWriter::put_frontends(const std::vector<std::pair<kmesh_frontend_key, Fr
         if (target.flags & KMESH_FRONTEND_LIMITED) {
             auto l = state_.limits.find(target.limit);
             if (l == state_.limits.end()) {
-                hold("rate limit", target.limit);
+                hold(key, "rate limit", target.limit);
                 continue;
             }
             v.limit_id = l->second.id;
@@ -793,6 +799,12 @@ void MapWriter::delete_services(const std::vector<uint64_t>& hashes) {
 // later writes of this apply may reuse their keys.
 void MapWriter::delete_strays() {
     drop_entries(std::exchange(state_.stray_endpoints, {}));
+    // No frontend names these buckets' ids (see MapState::stray_buckets): BPF makes no new one
+    // before a limit of that id is written, which this apply does only after.
+    auto buckets = std::exchange(state_.stray_buckets, {});
+    auto berrs = remove_all(MapId::kRateLimit, buckets);
+    for (size_t i = 0; i < buckets.size(); i++)
+        if (berrs[i]) state_.stray_buckets.push_back(buckets[i]);
     auto ports = std::exchange(state_.stray_ports, {});
     auto perrs = remove_all(MapId::kPort, ports);
     for (size_t i = 0; i < ports.size(); i++)
