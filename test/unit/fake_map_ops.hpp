@@ -208,44 +208,9 @@ class FakeMapOps : public MapOps {
 
   private:
     static int idx(MapId m) { return static_cast<int>(m); }
-    static size_t key_size(MapId m) {
-        switch (m) {
-            case MapId::kFrontend:
-                return sizeof(kmesh_frontend_key);
-            case MapId::kEndpoint:
-                return sizeof(kmesh_endpoint_key);
-            case MapId::kPort:
-                return sizeof(kmesh_port_key);
-            case MapId::kWaypoint:
-                return sizeof(uint64_t);
-            case MapId::kWaypointDest:
-                return sizeof(kmesh_wp_dest_key);
-            case MapId::kMember:
-                return sizeof(kmesh_member_key);
-            default:
-                return sizeof(uint32_t);
-        }
-    }
-    static size_t value_size(MapId m) {
-        switch (m) {
-            case MapId::kFrontend:
-                return sizeof(kmesh_frontend_value);
-            case MapId::kService:
-                return sizeof(kmesh_service_value);
-            case MapId::kEndpoint:
-                return sizeof(kmesh_endpoint_value);
-            case MapId::kPort:
-                return sizeof(kmesh_port_value);
-            case MapId::kWaypoint:
-                return sizeof(kmesh_waypoint_value);
-            case MapId::kWaypointDest:
-                return sizeof(kmesh_wp_dest_value);
-            case MapId::kMember:
-                return sizeof(kmesh_member_value);
-            default:
-                return sizeof(kmesh_backend_value);
-        }
-    }
+    // The shapes of map_ops.cpp's table (sizeof of the ABI structs), as the kernel's maps have.
+    static size_t key_size(MapId m) { return map_key_size(m); }
+    static size_t value_size(MapId m) { return map_value_size(m); }
     static Bytes bytes(const void* p, size_t n) {
         auto* b = static_cast<const uint8_t*>(p);
         return Bytes(b, b + n);
