@@ -82,20 +82,26 @@ int dump_maps(const kmesh::PinLayout& layout) {
         // fmt, not " " + str: GCC 12 at -O3 raises a false -Wrestrict on that concatenation.
         if (it->second.flags & KMESH_BACKEND_HAS_V4) s += fmt::format(" {}", addr_str(it->second.addr4));
         if (it->second.flags & KMESH_BACKEND_HAS_V6) s += fmt::format(" {}", addr_str(it->second.addr6));
+        if (it->second.flags & KMESH_BACKEND_HAS_PORT) s += fmt::format(" port {}", ntohs(it->second.port));
         return s;
     };
 
-    std::multimap<uint32_t, std::string> frontends_by_service;
+    std::multimap<uint32_t, std::string> frontends_by_service, frontends_by_split;
     ops.for_each(kmesh::MapId::kFrontend, [&](const void* k, const void* v) {
         kmesh_frontend_key fk;
         kmesh_frontend_value fv;
         std::memcpy(&fk, k, sizeof fk);
         std::memcpy(&fv, v, sizeof fv);
         std::string a = addr_str(fk.addr);
-        frontends_by_service.emplace(
-            fv.service_id,
+        std::string line =
             fmt::format("{}:{} -> target port {}", a.find(':') != std::string::npos ? "[" + a + "]" : a,
-                        ntohs(fk.port), ntohs(fv.target_port)));
+                        ntohs(fk.port), ntohs(fv.target_port));
+        if (fv.flags & KMESH_FRONTEND_LIMITED) line += fmt::format(" rate limit {}", fv.limit_id);
+        // A split frontend's service_id is a km_split id: listed under its split, not a service.
+        if (fv.flags & KMESH_FRONTEND_SPLIT)
+            frontends_by_split.emplace(fv.service_id, line);
+        else
+            frontends_by_service.emplace(fv.service_id, line);
         return true;
     });
 
@@ -120,6 +126,7 @@ int dump_maps(const kmesh::PinLayout& layout) {
     for (const auto& [id, sv] : services) {
         std::string pick = sv.flags & KMESH_SERVICE_ROUND_ROBIN ? "round-robin" : "random";
         if (sv.flags & KMESH_SERVICE_AFFINITY) pick += fmt::format(" affinity={}s", sv.affinity_timeout);
+        if (sv.flags & KMESH_SERVICE_MAX_CONN) pick += fmt::format(" max_connections={}", sv.max_connections);
         fmt::print("  service {} (name hash {:016x}) lb={} pick={}\n", id, sv.name_hash, lb_name(sv.lb_mode),
                    pick);
         if (auto m = members.find(id); m != members.end()) {
@@ -151,6 +158,35 @@ int dump_maps(const kmesh::PinLayout& layout) {
     auto orphans = frontends_by_service.size();
     for (const auto& [id, sv] : services) orphans -= frontends_by_service.count(id);
     if (orphans) fmt::print("frontends of unknown services: {}\n", orphans);
+    // Kernel-native: weighted splits and rate limits (ids 1..; zeroed limit entries are unused).
+    size_t splits = 0;
+    ops.for_each(kmesh::MapId::kSplit, [&](const void* k, const void* v) {
+        uint32_t id;
+        kmesh_split_value sv;
+        std::memcpy(&id, k, 4);
+        std::memcpy(&sv, v, sizeof sv);
+        if (!splits++) fmt::print("splits:\n");
+        std::string list;
+        for (uint32_t i = 0; i < sv.count && i < KMESH_SPLIT_MAX; i++)
+            list += fmt::format("{}service {} weight {}", i ? ", " : "", sv.service_id[i],
+                                sv.cum_weight[i] - (i ? sv.cum_weight[i - 1] : 0));
+        fmt::print("  split {} (name hash {:016x}): {}\n", id, sv.name_hash, list);
+        auto range = frontends_by_split.equal_range(id);
+        for (auto it = range.first; it != range.second; ++it) fmt::print("    frontend {}\n", it->second);
+        return true;
+    });
+    size_t limits = 0;
+    ops.for_each(kmesh::MapId::kLimitCfg, [&](const void* k, const void* v) {
+        uint32_t id;
+        kmesh_limit_cfg lc;
+        std::memcpy(&id, k, 4);
+        std::memcpy(&lc, v, sizeof lc);
+        if (!lc.name_hash && !lc.max_tokens) return true;
+        if (!limits++) fmt::print("rate limits:\n");
+        fmt::print("  limit {} (name hash {:016x}): max_tokens={} tokens_per_fill={} fill_interval={}ns\n",
+                   id, lc.name_hash, lc.max_tokens, lc.tokens_per_fill, lc.fill_interval_ns);
+        return true;
+    });
     fmt::print("backends ({}):\n", backends.size());
     for (const auto& [id, bv] : backends) fmt::print("  {}\n", backend_str(id));
 

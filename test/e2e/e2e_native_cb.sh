@@ -34,22 +34,10 @@ wait_log "config generation 2 applied" 1
 sleep 0.3
 
 MAPS=$BPFFS/kmesh/maps/current
-fe_key() { python3 -c 'import ipaddress,struct,sys; k=bytes(10)+b"\xff\xff"+ipaddress.IPv4Address(sys.argv[1]).packed+struct.pack("!H",80)+bytes(2); print(" ".join("%02x" % b for b in k))' "$1"; }
-service_of() {
-    bpftool -j map lookup pinned "$MAPS/km_frontend" key hex $(fe_key "$1") |
-        python3 -c 'import json,sys; v=bytes(int(b,16) for b in json.load(sys.stdin)["value"]); print(int.from_bytes(v[0:4],"little"))'
-}
-hex_le32() { python3 -c 'import struct,sys; print(" ".join("%02x" % b for b in struct.pack("<I", int(sys.argv[1]))))' "$1"; }
+source "$E2E_DIR/native_lib.sh"
 # Sets KMESH_SERVICE_MAX_CONN (flags, offset 60) and max_connections (offset 76) on a service.
 set_limit() { # <service id> <max>
-    local v
-    v=$(bpftool -j map lookup pinned "$MAPS/km_service" key hex $(hex_le32 "$1") | python3 -c '
-import json, struct, sys
-v = bytearray(int(x, 16) for x in json.load(sys.stdin)["value"])
-struct.pack_into("<I", v, 60, struct.unpack_from("<I", v, 60)[0] | 4)
-struct.pack_into("<I", v, 76, int(sys.argv[1]))
-print(" ".join("%02x" % b for b in v))' "$2")
-    bpftool map update pinned "$MAPS/km_service" key hex $(hex_le32 "$1") value hex $v
+    map_patch km_service "$(hex_le32 "$1")" '60:<I|=4' "76:<I=$2"
 }
 # km_cb: "active" of every entry for a service, one number per client pod (sorted), as the kernel holds it.
 cb_active() { # <service id>

@@ -30,22 +30,15 @@ wait_log "config generation 2 applied" 1
 sleep 0.3
 
 MAPS=$BPFFS/kmesh/maps/current
-FE_KEY=$(python3 -c 'import ipaddress,struct; k=bytes(10)+b"\xff\xff"+ipaddress.IPv4Address("10.96.0.91").packed+struct.pack("!H",80)+bytes(2); print(" ".join("%02x" % b for b in k))')
+source "$E2E_DIR/native_lib.sh"
+FE_KEY=$(fe_key 10.96.0.91)
 # Bucket 1: max_tokens B, tokens_per_fill F, every I ms (struct kmesh_limit_cfg: four u64, the last the name hash).
 set_bucket() { # <B> <F> <I-ms>
-    bpftool map update pinned "$MAPS/km_limit_cfg" key hex 01 00 00 00 value hex $(python3 -c \
-        'import struct,sys; print(" ".join("%02x" % b for b in struct.pack("<QQQQ", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) * 1000000, 0)))' "$@")
+    bpftool map update pinned "$MAPS/km_limit_cfg" key hex $(hex_le32 1) value hex $($NATIVE_MAPS limit-value "$1" "$2" $(($3 * 1000000)))
 }
 # The frontend, as the agent wrote it, plus KMESH_FRONTEND_LIMITED (8) and limit id 1.
 limit_frontend() {
-    local v
-    v=$(bpftool -j map lookup pinned "$MAPS/km_frontend" key hex $FE_KEY | python3 -c '
-import json, struct, sys
-v = bytearray(int(x, 16) for x in json.load(sys.stdin)["value"])
-struct.pack_into("<H", v, 6, struct.unpack_from("<H", v, 6)[0] | 8)
-struct.pack_into("<I", v, 8, 1)
-print(" ".join("%02x" % b for b in v))')
-    bpftool map update pinned "$MAPS/km_frontend" key hex $FE_KEY value hex $v
+    map_patch km_frontend "$FE_KEY" '6:<H|=8' '8:<I=1'
 }
 rl_count() { kmeshctl dump | sed -n 's/.*refused_rate_limit=\([0-9]*\).*/\1/p'; }
 

@@ -36,36 +36,12 @@ wait_log "config generation 2 applied" 1
 sleep 0.3
 
 MAPS=$BPFFS/kmesh/maps/current
-hex_le32() { python3 -c 'import struct,sys; print(" ".join("%02x" % b for b in struct.pack("<I", int(sys.argv[1]))))' "$1"; }
-# The frontend key of <ipv4> port 80: IPv4-mapped address, port in network order, pad.
-fe_key() { python3 -c 'import ipaddress,struct,sys; k=bytes(10)+b"\xff\xff"+ipaddress.IPv4Address(sys.argv[1]).packed+struct.pack("!H",80)+bytes(2); print(" ".join("%02x" % b for b in k))' "$1"; }
-# The service id a frontend points at, read from the kernel's map.
-service_of() {
-    bpftool -j map lookup pinned "$MAPS/km_frontend" key hex $(fe_key "$1") |
-        python3 -c 'import json,sys; v=bytes(int(b,16) for b in json.load(sys.stdin)["value"]); print(int.from_bytes(v[0:4],"little"))'
-}
+source "$E2E_DIR/native_lib.sh"
 S1=$(service_of 10.96.0.71)
 S2=$(service_of 10.96.0.72)
 check "the agent programmed two services (ids $S1, $S2)" test "$S1" -gt 0 -a "$S2" -gt 0 -a "$S1" != "$S2"
 
-# struct kmesh_split_value: count, total, service_id[16], cum_weight[16] (u32 each, host order).
-split_value() { # <svc:cum>...
-    python3 - "$@" <<'PY'
-import struct, sys
-pairs = [tuple(map(int, a.split(":"))) for a in sys.argv[1:]]
-svcs = [p[0] for p in pairs] + [0] * (16 - len(pairs))
-cums = [p[1] for p in pairs] + [0] * (16 - len(pairs))
-total = pairs[-1][1] if pairs else 0
-v = struct.pack("<II16I16IQ", len(pairs), total, *svcs, *cums, 0)  # name_hash 0: not the agent's
-print(" ".join("%02x" % b for b in v))
-PY
-}
 SPLIT_ID=7
-# struct kmesh_frontend_value: service_id (u32), target_port (network order), flags (u16),
-# limit_id (u32), pad (u32).
-fe_value() { # <service-or-split id> <flags>
-    python3 -c 'import struct,sys; v=struct.pack("<I",int(sys.argv[1]))+struct.pack("!H",8080)+struct.pack("<HII",int(sys.argv[2]),0,0); print(" ".join("%02x" % b for b in v))' "$1" "$2"
-}
 SPLIT=2 BACKEND_PORT=4 # KMESH_FRONTEND_SPLIT, KMESH_FRONTEND_BACKEND_PORT
 bpftool map update pinned "$MAPS/km_split" key hex $(hex_le32 $SPLIT_ID) value hex $(split_value "$S1:90" "$S2:100")
 bpftool map update pinned "$MAPS/km_frontend" key hex $(fe_key 10.96.0.70) value hex $(fe_value $SPLIT_ID $SPLIT)
@@ -92,20 +68,9 @@ check "split 90:10 over connect6, IPv4-mapped socket ($(summary "$out"))" gray_o
 
 # Per-backend port: b's backend gets port 9090 with KMESH_BACKEND_HAS_PORT, and v2's frontend
 # takes backend ports: b answers on 9090 ("b9090"), c (no port of its own) on the frontend's 8080.
-B=$(bpftool -j map dump pinned "$MAPS/km_backend" | python3 -c '
-import ipaddress, json, sys
-want = ipaddress.IPv4Address(sys.argv[1]).packed
-for e in json.load(sys.stdin):
-    v = bytes(int(x, 16) for x in e["value"])
-    if v[12:16] == want: print(" ".join(e["key"]).replace("0x", "")); break' "${IP4[b]}")
-BVAL=$(bpftool -j map lookup pinned "$MAPS/km_backend" key hex $B | python3 -c '
-import json, struct, sys
-v = bytearray(int(x, 16) for x in json.load(sys.stdin)["value"])
-flags = struct.unpack_from("<I", v, 32)[0] | 4          # KMESH_BACKEND_HAS_PORT
-struct.pack_into("<I", v, 32, flags)
-struct.pack_into("!H", v, 36, 9090)                      # port, network order
-print(" ".join("%02x" % b for b in v))')
-bpftool map update pinned "$MAPS/km_backend" key hex $B value hex $BVAL
+B=$(bpftool -j map dump pinned "$MAPS/km_backend" | $NATIVE_MAPS find-backend "${IP4[b]}")
+# flags (offset 32) |= KMESH_BACKEND_HAS_PORT, port (offset 36, network order) = 9090.
+map_patch km_backend "$B" '32:<I|=4' '36:!H=9090'
 bpftool map update pinned "$MAPS/km_frontend" key hex $(fe_key 10.96.0.72) value hex $(fe_value "$S2" $BACKEND_PORT)
 out=$(pod_connect client 10.96.0.72 80 200)
 check "per-backend port: b answers on 9090, c on the frontend's 8080 ($(summary "$out"))" \

@@ -52,6 +52,11 @@ def main():
     for k, v in backends.items():
         (bid,) = struct.unpack("<I", k)
         backend_addr[bid] = str(ipaddress.IPv6Address(v[:16]).ipv4_mapped)
+        # struct kmesh_backend_value (ABI v8): addr4, addr6, flags, port, pad, name hash. Ambient
+        # workloads have no port of their own (KMESH_BACKEND_HAS_PORT, 4, is kernel-native's).
+        flags, port, pad = struct.unpack_from("<IHH", v, 32)
+        if flags & 4 or port or pad:
+            problems.append(f"backend {bid}: flags {flags:#x} port {port} pad {pad}: a per-backend port on an ambient workload")
 
     want_frontends = want_endpoints = want_members = 0
     for s in cfg["services"]:

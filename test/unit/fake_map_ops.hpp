@@ -98,39 +98,66 @@ class FakeMapOps : public MapOps {
     // every frontend resolves to live entries, else what is broken.
     std::string check_connect_invariant() const {
         std::string broken;
+        // Kernel-native: a split frontend reaches each of its split's services; a limited one
+        // needs a written limit config (BPF lets a zeroed one through: that is a stale id).
         for_each(MapId::kFrontend, [&](const void*, const void* v) {
             kmesh_frontend_value fe;
             std::memcpy(&fe, v, sizeof fe);
-            kmesh_service_value svc;
-            if (!get(MapId::kService, fe.service_id, &svc)) {
-                broken = "frontend points at missing service " + std::to_string(fe.service_id);
-                return false;
+            if (fe.flags & KMESH_FRONTEND_LIMITED) {
+                kmesh_limit_cfg cfg;
+                if (!get(MapId::kLimitCfg, fe.limit_id, &cfg) || cfg.name_hash == 0) {
+                    broken = "frontend names unwritten limit " + std::to_string(fe.limit_id);
+                    return false;
+                }
             }
+            std::vector<uint32_t> services{fe.service_id};
+            if (fe.flags & KMESH_FRONTEND_SPLIT) {
+                kmesh_split_value sp;
+                if (!get(MapId::kSplit, fe.service_id, &sp) || sp.count == 0 || sp.count > KMESH_SPLIT_MAX) {
+                    broken = "frontend points at missing split " + std::to_string(fe.service_id);
+                    return false;
+                }
+                services.assign(sp.service_id, sp.service_id + sp.count);
+            }
+            for (uint32_t id : services)
+                if (!broken.empty() || !check_service(id, &broken)) return false;
+            return true;
+        });
+        return broken;
+    }
+
+    // Every index of one reachable service resolves to a live backend of the right family.
+    bool check_service(uint32_t service_id, std::string* broken) const {
+        kmesh_service_value svc;
+        if (!get(MapId::kService, service_id, &svc)) {
+            *broken = "frontend points at missing service " + std::to_string(service_id);
+            return false;
+        }
+        {
             for (uint16_t f = 0; f < KMESH_FAMILY_COUNT; f++)
                 for (uint16_t p = 0; p < KMESH_PRIO_COUNT; p++)
                     for (uint32_t i = 1; i <= svc.endpoint_count[f][p]; i++) {
-                        kmesh_endpoint_key ek{fe.service_id, f, p, i};
+                        kmesh_endpoint_key ek{service_id, f, p, i};
                         kmesh_endpoint_value ev;
                         kmesh_backend_value bv;
                         if (!get(MapId::kEndpoint, ek, &ev)) {
-                            broken = "count covers missing endpoint index " + std::to_string(i);
+                            *broken = "count covers missing endpoint index " + std::to_string(i);
                             return false;
                         }
                         if (!get(MapId::kBackend, ev.backend_id, &bv)) {
-                            broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
+                            *broken = "endpoint points at missing backend " + std::to_string(ev.backend_id);
                             return false;
                         }
                         // BPF picks from the socket family's list: every entry must serve it.
                         if (!(bv.flags &
                               (f == KMESH_FAMILY_V4 ? KMESH_BACKEND_HAS_V4 : KMESH_BACKEND_HAS_V6))) {
-                            broken = "family list holds backend " + std::to_string(ev.backend_id) +
-                                     " without that family";
+                            *broken = "family list holds backend " + std::to_string(ev.backend_id) +
+                                      " without that family";
                             return false;
                         }
                     }
-            return true;
-        });
-        return broken;
+        }
+        return true;
     }
 
     // km_member's contract, over every service (reachable or not): each counted endpoint slot's
@@ -181,44 +208,9 @@ class FakeMapOps : public MapOps {
 
   private:
     static int idx(MapId m) { return static_cast<int>(m); }
-    static size_t key_size(MapId m) {
-        switch (m) {
-            case MapId::kFrontend:
-                return sizeof(kmesh_frontend_key);
-            case MapId::kEndpoint:
-                return sizeof(kmesh_endpoint_key);
-            case MapId::kPort:
-                return sizeof(kmesh_port_key);
-            case MapId::kWaypoint:
-                return sizeof(uint64_t);
-            case MapId::kWaypointDest:
-                return sizeof(kmesh_wp_dest_key);
-            case MapId::kMember:
-                return sizeof(kmesh_member_key);
-            default:
-                return sizeof(uint32_t);
-        }
-    }
-    static size_t value_size(MapId m) {
-        switch (m) {
-            case MapId::kFrontend:
-                return sizeof(kmesh_frontend_value);
-            case MapId::kService:
-                return sizeof(kmesh_service_value);
-            case MapId::kEndpoint:
-                return sizeof(kmesh_endpoint_value);
-            case MapId::kPort:
-                return sizeof(kmesh_port_value);
-            case MapId::kWaypoint:
-                return sizeof(kmesh_waypoint_value);
-            case MapId::kWaypointDest:
-                return sizeof(kmesh_wp_dest_value);
-            case MapId::kMember:
-                return sizeof(kmesh_member_value);
-            default:
-                return sizeof(kmesh_backend_value);
-        }
-    }
+    // The shapes of map_ops.cpp's table (sizeof of the ABI structs), as the kernel's maps have.
+    static size_t key_size(MapId m) { return map_key_size(m); }
+    static size_t value_size(MapId m) { return map_value_size(m); }
     static Bytes bytes(const void* p, size_t n) {
         auto* b = static_cast<const uint8_t*>(p);
         return Bytes(b, b + n);

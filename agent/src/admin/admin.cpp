@@ -312,6 +312,17 @@ std::string Agent::maps_dump() {
         auto it = names.find(h);
         return it == names.end() ? fmt::format("unknown:{:016x}", h) : std::string(it->second);
     };
+    auto frontend_line = [&](const kmesh_frontend_key& fk, const FrontendTarget& t) {
+        std::string f =
+            fmt::format("{} -> {}{}", frontend_str(fk), ntohs(t.target_port),
+                        t.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS ? " (per-workload ports)" : "");
+        if (t.flags & KMESH_FRONTEND_LIMITED) {
+            auto l = k.limits.find(t.limit);
+            f += l == k.limits.end() ? " (rate limit: unknown id)"
+                                     : fmt::format(" (rate limit {})", l->second.id);
+        }
+        return f;
+    };
     std::map<uint32_t, uint64_t> backend_hash;
     for (const auto& [h, b] : k.backends) backend_hash[b.id] = h;
     w.StartObject();
@@ -329,6 +340,10 @@ std::string Agent::maps_dump() {
             w.Key("affinity_timeout_seconds");
             w.Uint(s.affinity_timeout);
         }
+        if (s.flags & KMESH_SERVICE_MAX_CONN) {  // kernel-native circuit breaking, per client pod
+            w.Key("max_connections");
+            w.Uint(s.max_connections);
+        }
         w.Key("members");  // km_member: workload -> weight (0 = draining)
         w.StartObject();
         for (const auto& [id, weight] : s.members) {
@@ -344,10 +359,7 @@ std::string Agent::maps_dump() {
         auto owned = k.frontends_by_service.find(h);
         if (owned != k.frontends_by_service.end())
             for (const auto& fk : owned->second) {
-                const auto& t = k.frontends.at(fk);
-                std::string f =
-                    fmt::format("{} -> {}{}", frontend_str(fk), ntohs(t.target_port),
-                                t.flags & KMESH_FRONTEND_PER_WORKLOAD_PORTS ? " (per-workload ports)" : "");
+                std::string f = frontend_line(fk, k.frontends.at(fk));
                 w.String(f.c_str());
             }
         w.EndArray();
@@ -388,6 +400,53 @@ std::string Agent::maps_dump() {
             w.String(a.str().c_str());
         }
         w.EndArray();
+        if (b.value.flags & KMESH_BACKEND_HAS_PORT) {  // kernel-native: the endpoint's own port
+            w.Key("port");
+            w.Uint(ntohs(b.value.port));
+        }
+        w.EndObject();
+    }
+    w.EndArray();
+    // Kernel-native: weighted splits (with the frontends naming them) and rate limits.
+    w.Key("splits");
+    w.StartArray();
+    for (const auto& [h, sp] : k.splits) {
+        w.StartObject();
+        w.Key("id");
+        w.Uint(sp.id);
+        str(w, "name_hash", fmt::format("{:016x}", h));
+        w.Key("services");
+        w.StartObject();
+        for (const auto& [service, weight] : sp.value.services) {
+            std::string n = name_of(service);
+            w.Key(n.c_str());
+            w.Uint(weight);
+        }
+        w.EndObject();
+        w.Key("frontends");
+        w.StartArray();
+        if (auto owned = k.frontends_by_service.find(h); owned != k.frontends_by_service.end())
+            for (const auto& fk : owned->second) {
+                std::string f = frontend_line(fk, k.frontends.at(fk));
+                w.String(f.c_str());
+            }
+        w.EndArray();
+        w.EndObject();
+    }
+    w.EndArray();
+    w.Key("rate_limits");
+    w.StartArray();
+    for (const auto& [h, l] : k.limits) {
+        w.StartObject();
+        w.Key("id");
+        w.Uint(l.id);
+        str(w, "name_hash", fmt::format("{:016x}", h));
+        w.Key("max_tokens");
+        w.Uint64(l.value.max_tokens);
+        w.Key("tokens_per_fill");
+        w.Uint64(l.value.tokens_per_fill);
+        w.Key("fill_interval_ns");
+        w.Uint64(l.value.fill_interval_ns);
         w.EndObject();
     }
     w.EndArray();
@@ -475,6 +534,9 @@ std::string Agent::metrics_text() {
     counter("kmesh_services_unpublished_total",
             "New services held back (no frontend) because they could not be written completely.",
             metrics_.services_unpublished);
+    counter("kmesh_frontends_unpublished_total",
+            "Frontends held back because the split or rate limit they name could not be written.",
+            metrics_.frontends_unpublished);
     // Kept by the main thread after each sync: reading it never waits for a config update.
     gauge("kmesh_vip_conflicts", "VIP:ports claimed by more than one service now.",
           static_cast<int64_t>(metrics_.vip_conflicts.load()));
@@ -524,7 +586,9 @@ std::string Agent::metrics_text() {
              {MapId::kWaypoint, c.waypoints},
              {MapId::kWaypointDest, c.waypoint_addrs},
              {MapId::kMember, c.members},
-             {MapId::kSplit, c.splits}}};
+             {MapId::kSplit, c.splits},
+             {MapId::kLimitCfg, c.limits},
+             {MapId::kRateLimit, c.ratelimits}}};
         for (auto [id, cap] : caps)
             out += fmt::format("kmesh_map_capacity{{map=\"{}\"}} {}\n", map_name(id), cap);
     }

@@ -22,6 +22,9 @@ struct Metrics {
     // New services held back (no frontend written) because their endpoints could not all be
     // written: their connects pass through untouched instead of being refused.
     std::atomic<uint64_t> services_unpublished{0};
+    // Kernel-native frontends held back because their split (or one of its services) or their
+    // rate limit could not be written: never published pointing at an id that is not there.
+    std::atomic<uint64_t> frontends_unpublished{0};
     std::atomic<uint64_t> admin_bind_failures{0};
     std::atomic<uint64_t> vip_conflicts{0};  // MeshState's count, copied after each sync
     // Enrolment reconciler (agent/src/enrolment), after its last pass.

@@ -945,7 +945,8 @@ std::array<int, kMapCount> Dataplane::map_fds() const {
             bpf_map__fd(skel_->maps.km_endpoint), bpf_map__fd(skel_->maps.km_backend),
             bpf_map__fd(skel_->maps.km_port),     bpf_map__fd(skel_->maps.km_waypoint),
             bpf_map__fd(skel_->maps.km_wp_dest),  bpf_map__fd(skel_->maps.km_member),
-            bpf_map__fd(skel_->maps.km_split)};
+            bpf_map__fd(skel_->maps.km_split),    bpf_map__fd(skel_->maps.km_limit_cfg),
+            bpf_map__fd(skel_->maps.km_ratelimit)};
 }
 
 std::string uninstall(const PinLayout& layout) {

@@ -644,7 +644,8 @@ size_t Plan::size() const {
            put_frontends.size() + delete_frontends.size() + remove_endpoints.size() + delete_ports.size() +
            put_members.size() + delete_members.size() + delete_services.size() + delete_backends.size() +
            put_waypoints.size() + put_waypoint_dests.size() + delete_waypoint_dests.size() +
-           delete_waypoints.size();
+           delete_waypoints.size() + put_limits.size() + put_splits.size() + delete_splits.size() +
+           delete_limits.size();
 }
 
 namespace {
@@ -718,6 +719,30 @@ Plan diff(const MapState& cur, const DesiredState& want, const Dirty& dirty) {
     }
 
     std::set<kmesh_frontend_key> frontends_deleted;
+    // Kernel-native tables, compared whole (a few thousand entries at most). Frontends naming a
+    // split belong to no service's claims (their target is a split hash), so they are compared
+    // here too; a frontend naming a service (limited or not) is its service's, below.
+    if (dirty.all || dirty.native) {
+        for (const auto& [h, l] : want.limits)
+            if (auto c = cur.limits.find(h); c == cur.limits.end() || !(c->second.value == l))
+                plan.put_limits.emplace_back(h, l);
+        for (const auto& [h, l] : cur.limits)
+            if (!want.limits.count(h)) plan.delete_limits.push_back(h);
+        for (const auto& [h, sp] : want.splits)
+            if (auto c = cur.splits.find(h); c == cur.splits.end() || !(c->second.value == sp))
+                plan.put_splits.emplace_back(h, sp);
+        for (const auto& [h, sp] : cur.splits)
+            if (!want.splits.count(h)) plan.delete_splits.push_back(h);
+        for (const auto& [fk, t] : want.frontends) {
+            if (!(t.flags & KMESH_FRONTEND_SPLIT)) continue;
+            auto cf = cur.frontends.find(fk);
+            if (cf == cur.frontends.end() || !(cf->second == t)) plan.put_frontends.emplace_back(fk, t);
+        }
+        for (const auto& [fk, t] : cur.frontends)
+            if ((t.flags & KMESH_FRONTEND_SPLIT) && !want.frontends.count(fk) &&
+                frontends_deleted.insert(fk).second)
+                plan.delete_frontends.push_back(fk);
+    }
     // Scratch reused across services (no allocation per service and list).
     std::vector<uint64_t> kept_members;
     std::vector<std::pair<uint64_t, uint32_t>> wanted;

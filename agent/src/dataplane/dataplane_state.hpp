@@ -345,6 +345,17 @@ struct MapState {
     std::map<PortKey, uint16_t> ports;
     std::map<uint64_t, kmesh_waypoint_value> waypoints;
     std::map<kmesh_wp_dest_key, kmesh_wp_dest_value> waypoint_dests;
+    // Kernel-native: split hash -> (id, services by hash), limit hash -> (id, bucket config).
+    struct Split {
+        uint32_t id = 0;
+        DesiredSplit value;
+    };
+    struct Limit {
+        uint32_t id = 0;
+        DesiredLimit value;
+    };
+    std::map<uint64_t, Split> splits;
+    std::map<uint64_t, Limit> limits;
 
     // Left over by a crash or a failed cleanup, found unreachable: endpoint entries beyond their
     // service's count, duplicate service/backend ids (a hash seen twice), port entries of unknown
@@ -354,6 +365,13 @@ struct MapState {
     std::vector<uint32_t> stray_backends;
     std::vector<kmesh_port_key> stray_ports;
     std::vector<kmesh_member_key> stray_members;
+    // Splits naming a service id that is not there (or a second id of one split); limit ids that
+    // no frontend names or that repeat a hash. Deleted (limits: zeroed, buckets cleared) by the
+    // next apply, after the frontends.
+    std::vector<uint32_t> stray_splits, stray_limits;
+    // Token buckets (km_ratelimit, carried across map generations) of a limit id no recovered
+    // limit holds: an older generation's or a crash's. Deleted first, so no new limit inherits one.
+    std::vector<kmesh_ratelimit_key> stray_buckets;
     // Every id the maps referenced at recovery; never handed out again by this agent.
     std::set<uint32_t> reserved_service_ids, reserved_backend_ids;
 };
@@ -409,6 +427,13 @@ struct Plan {
     std::vector<std::pair<kmesh_wp_dest_key, kmesh_wp_dest_value>> put_waypoint_dests;
     std::vector<kmesh_wp_dest_key> delete_waypoint_dests;
     std::vector<uint64_t> delete_waypoints;
+    // Kernel-native (compared whole with dirty.all or dirty.native): limits written before any
+    // frontend names them (first of all), splits after their services' endpoints and before the
+    // frontends; on removal splits go after the frontends, limits last (zeroed, buckets cleared).
+    std::vector<std::pair<uint64_t, DesiredLimit>> put_limits;  // new or changed
+    std::vector<std::pair<uint64_t, DesiredSplit>> put_splits;  // new (a split's hash is its content)
+    std::vector<uint64_t> delete_splits;
+    std::vector<uint64_t> delete_limits;
 
     bool empty() const;
     size_t size() const;

@@ -28,6 +28,8 @@ constexpr std::array<MapShape, kMapCount> kShapes{{
     {"km_wp_dest", sizeof(kmesh_wp_dest_key), sizeof(kmesh_wp_dest_value)},
     {"km_member", sizeof(kmesh_member_key), sizeof(kmesh_member_value)},
     {"km_split", sizeof(uint32_t), sizeof(kmesh_split_value)},
+    {"km_limit_cfg", sizeof(uint32_t), sizeof(kmesh_limit_cfg)},
+    {"km_ratelimit", sizeof(kmesh_ratelimit_key), sizeof(kmesh_ratelimit_value)},
 }};
 
 int result(int rc) { return rc < 0 ? -errno : 0; }

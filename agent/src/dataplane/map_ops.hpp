@@ -24,8 +24,12 @@ enum class MapId {
     kMember,
     // Kernel-native mode (issue 13): weighted clusters, split id -> services and cumulative weights.
     kSplit,
+    // Local rate limits (issue 13): limit id -> bucket config (an ARRAY: "deleting" writes zeros), and
+    // the per-(client netns, limit id) buckets BPF makes, which the writer clears when an id is freed.
+    kLimitCfg,
+    kRateLimit,
 };
-inline constexpr int kMapCount = 9;
+inline constexpr int kMapCount = 11;
 
 const char* map_name(MapId id);  // the pinned name, e.g. "km_frontend"
 size_t map_key_size(MapId id);

@@ -47,6 +47,7 @@ MapState recover_map_state(const MapOps& ops) {
         s.lb_mode = sv.lb_mode;
         s.flags = sv.flags;
         s.affinity_timeout = sv.affinity_timeout;
+        s.max_connections = sv.max_connections;
         for (int f = 0; f < KMESH_FAMILY_COUNT; f++)
             for (int p = 0; p < KMESH_PRIO_COUNT; p++) s.slots[f][p].assign(sv.endpoint_count[f][p], 0);
         service_hash_by_id[id] = sv.name_hash;
@@ -65,6 +66,7 @@ MapState recover_map_state(const MapOps& ops) {
         std::memcpy(b.value.addr4.data(), bv.addr4, 16);
         std::memcpy(b.value.addr6.data(), bv.addr6, 16);
         b.value.flags = bv.flags;
+        b.value.port = bv.port;
         st.backend_hash_by_id[id] = bv.name_hash;
         return true;
     });
@@ -83,15 +85,77 @@ MapState recover_map_state(const MapOps& ops) {
         st.services[sh->second].slots[ek.family][ek.prio][ek.index - 1] = ev.backend_id;
         return true;
     });
+    // Splits: by name hash, like services; one naming a service id that is not there is a stray.
+    std::map<uint32_t, uint64_t> split_hash_by_id;
+    ops.for_each(MapId::kSplit, [&](const void* k, const void* v) {
+        auto id = read_as<uint32_t>(k);
+        auto sv = read_as<kmesh_split_value>(v);
+        MapState::Split sp{id, {}};
+        bool ok = sv.count >= 1 && sv.count <= KMESH_SPLIT_MAX && !st.splits.count(sv.name_hash);
+        for (uint32_t i = 0; ok && i < sv.count; i++) {
+            auto sh = service_hash_by_id.find(sv.service_id[i]);
+            uint32_t prev = i ? sv.cum_weight[i - 1] : 0;
+            ok = sh != service_hash_by_id.end() && sv.cum_weight[i] > prev;
+            if (ok) sp.value.services.emplace_back(sh->second, sv.cum_weight[i] - prev);
+        }
+        if (!ok) {
+            st.stray_splits.push_back(id);
+            return true;
+        }
+        st.splits[sv.name_hash] = std::move(sp);
+        split_hash_by_id[id] = sv.name_hash;
+        return true;
+    });
+    // Limits: an ARRAY, every index present; those never written (or zeroed) hold zeros.
+    std::map<uint32_t, uint64_t> limit_hash_by_id;
+    ops.for_each(MapId::kLimitCfg, [&](const void* k, const void* v) {
+        auto id = read_as<uint32_t>(k);
+        auto lv = read_as<kmesh_limit_cfg>(v);
+        if (id == 0 || (lv.name_hash == 0 && lv.max_tokens == 0)) return true;
+        if (st.limits.count(lv.name_hash)) {
+            st.stray_limits.push_back(id);
+            return true;
+        }
+        st.limits[lv.name_hash] = {id, {lv.max_tokens, lv.tokens_per_fill, lv.fill_interval_ns}};
+        limit_hash_by_id[id] = lv.name_hash;
+        return true;
+    });
+    std::set<uint64_t> limits_named;
     ops.for_each(MapId::kFrontend, [&](const void* k, const void* v) {
         auto fk = read_as<kmesh_frontend_key>(k);
         auto fv = read_as<kmesh_frontend_value>(v);
-        st.reserved_service_ids.insert(fv.service_id);
-        auto sh = service_hash_by_id.find(fv.service_id);
-        // Hash 0 (no desired service has it) makes the next diff rewrite or delete the entry.
-        FrontendTarget t{sh == service_hash_by_id.end() ? 0 : sh->second, fv.target_port, fv.flags};
+        // Hash 0 (nothing desired has it) makes the next diff rewrite or delete the entry.
+        uint64_t target = 0;
+        if (fv.flags & KMESH_FRONTEND_SPLIT) {
+            auto sh = split_hash_by_id.find(fv.service_id);
+            if (sh != split_hash_by_id.end()) target = sh->second;
+        } else {
+            st.reserved_service_ids.insert(fv.service_id);
+            auto sh = service_hash_by_id.find(fv.service_id);
+            if (sh != service_hash_by_id.end()) target = sh->second;
+        }
+        uint64_t limit = 0;
+        if (fv.flags & KMESH_FRONTEND_LIMITED) {
+            auto lh = limit_hash_by_id.find(fv.limit_id);
+            if (lh != limit_hash_by_id.end()) limits_named.insert(limit = lh->second);
+        }
+        FrontendTarget t{target, fv.target_port, fv.flags, limit};
         st.frontends[fk] = t;
         st.frontends_by_service[t.service].insert(fk);
+        return true;
+    });
+    // A limit no frontend names is left over (a crash between the frontends and its clearing).
+    for (auto it = st.limits.begin(); it != st.limits.end();)
+        if (!limits_named.count(it->first)) {
+            st.stray_limits.push_back(it->second.id);
+            it = st.limits.erase(it);
+        } else {
+            ++it;
+        }
+    ops.for_each(MapId::kRateLimit, [&](const void* k, const void*) {
+        auto key = read_as<kmesh_ratelimit_key>(k);
+        auto lh = limit_hash_by_id.find(key.limit_id);
+        if (lh == limit_hash_by_id.end() || !st.limits.count(lh->second)) st.stray_buckets.push_back(key);
         return true;
     });
     ops.for_each(MapId::kMember, [&](const void* k, const void* v) {
@@ -132,7 +196,13 @@ MapWriter::MapWriter(MapOps& ops, MapState state, MapCapacity capacity, Metrics&
       capacity_(capacity),
       metrics_(metrics),
       service_ids_(capacity.services),
-      backend_ids_(capacity.backends) {
+      backend_ids_(capacity.backends),
+      split_ids_(capacity.splits),
+      limit_ids_(capacity.limits) {
+    for (const auto& [h, s] : state_.splits) split_ids_.mark_used(s.id);
+    for (uint32_t id : state_.stray_splits) split_ids_.mark_used(id);
+    for (const auto& [h, l] : state_.limits) limit_ids_.mark_used(l.id);
+    for (uint32_t id : state_.stray_limits) limit_ids_.mark_used(id);
     for (const auto& [h, s] : state_.services) service_ids_.mark_used(s.id);
     for (const auto& [h, b] : state_.backends) backend_ids_.mark_used(b.id);
     for (uint32_t id : state_.reserved_service_ids) service_ids_.mark_used(id);
@@ -264,6 +334,7 @@ kmesh_service_value MapWriter::service_value(const MapState::Service& s, uint64_
     v.lb_mode = s.lb_mode;
     v.flags = s.flags;
     v.affinity_timeout = s.affinity_timeout;
+    v.max_connections = s.max_connections;
     v.name_hash = hash;
     return v;
 }
@@ -295,6 +366,7 @@ void MapWriter::put_backends(const Plan& plan, Run& run) {
         std::memcpy(v.addr4, value.addr4.data(), 16);
         std::memcpy(v.addr6, value.addr6.data(), 16);
         v.flags = value.flags;
+        v.port = value.port;
         v.name_hash = e.first;
         keys.push_back(id);
         values.push_back(v);
@@ -336,6 +408,7 @@ void MapWriter::narrow_backends(Run& run) {
         std::memcpy(v.addr4, e.second.addr4.data(), 16);
         std::memcpy(v.addr6, e.second.addr6.data(), 16);
         v.flags = e.second.flags;
+        v.port = e.second.port;
         v.name_hash = e.first;
         keys.push_back(it->second.id);
         values.push_back(v);
@@ -368,6 +441,7 @@ void MapWriter::create_services(const Plan& plan) {
         svc.lb_mode = params.lb_mode;
         svc.flags = params.flags;
         svc.affinity_timeout = params.affinity_timeout;
+        svc.max_connections = params.max_connections;
         keys.push_back(svc.id);
         values.push_back(service_value(svc, hash));
         hashes.push_back(hash);
@@ -453,6 +527,7 @@ void MapWriter::grow_services(const std::map<uint64_t, Growth>& grow, Run& run) 
             next.lb_mode = (*p.params)->lb_mode;
             next.flags = (*p.params)->flags;
             next.affinity_timeout = (*p.params)->affinity_timeout;
+            next.max_connections = (*p.params)->max_connections;
         }
         for (size_t j = p.first; j < p.first + p.n; j++) next.endpoint_count[keys[j].family][keys[j].prio]++;
         skeys.push_back(p.svc->id);
@@ -472,6 +547,7 @@ void MapWriter::grow_services(const std::map<uint64_t, Growth>& grow, Run& run) 
             p.svc->lb_mode = (*p.params)->lb_mode;
             p.svc->flags = (*p.params)->flags;
             p.svc->affinity_timeout = (*p.params)->affinity_timeout;
+            p.svc->max_connections = (*p.params)->max_connections;
         }
         for (size_t j = p.first; j < p.first + p.n; j++)
             p.svc->slots[keys[j].family][keys[j].prio].push_back(values[j].backend_id);
@@ -520,11 +596,35 @@ void MapWriter::put_frontends(const std::vector<std::pair<kmesh_frontend_key, Fr
     std::vector<kmesh_frontend_value> values;
     std::vector<const FrontendTarget*> targets;
     for (const auto& [key, target] : puts) {
-        auto svc = state_.services.find(target.service);
-        if (svc == state_.services.end()) continue;  // its service failed to be written
-        keys.push_back(key);
         kmesh_frontend_value v{};
-        v.service_id = svc->second.id;
+        // A frontend never names an id that is not written: held back (a published one keeps its
+        // old entry) until a retry writes its split or limit.
+        auto hold = [this](const kmesh_frontend_key& k, const char* what, uint64_t hash) {
+            metrics_.frontends_unpublished++;
+            errors_.push_back(fmt::format("frontend {} not written: its {} {:016x} is not in the maps",
+                                          frontend_key_str(k), what, hash));
+        };
+        if (target.flags & KMESH_FRONTEND_SPLIT) {
+            auto sp = state_.splits.find(target.service);
+            if (sp == state_.splits.end()) {
+                hold(key, "split", target.service);
+                continue;
+            }
+            v.service_id = sp->second.id;
+        } else {
+            auto svc = state_.services.find(target.service);
+            if (svc == state_.services.end()) continue;  // its service failed to be written
+            v.service_id = svc->second.id;
+        }
+        if (target.flags & KMESH_FRONTEND_LIMITED) {
+            auto l = state_.limits.find(target.limit);
+            if (l == state_.limits.end()) {
+                hold(key, "rate limit", target.limit);
+                continue;
+            }
+            v.limit_id = l->second.id;
+        }
+        keys.push_back(key);
         v.target_port = target.target_port;
         v.flags = target.flags;
         values.push_back(v);
@@ -699,6 +799,12 @@ void MapWriter::delete_services(const std::vector<uint64_t>& hashes) {
 // later writes of this apply may reuse their keys.
 void MapWriter::delete_strays() {
     drop_entries(std::exchange(state_.stray_endpoints, {}));
+    // No frontend names these buckets' ids (see MapState::stray_buckets): BPF makes no new one
+    // before a limit of that id is written, which this apply does only after.
+    auto buckets = std::exchange(state_.stray_buckets, {});
+    auto berrs = remove_all(MapId::kRateLimit, buckets);
+    for (size_t i = 0; i < buckets.size(); i++)
+        if (berrs[i]) state_.stray_buckets.push_back(buckets[i]);
     auto ports = std::exchange(state_.stray_ports, {});
     auto perrs = remove_all(MapId::kPort, ports);
     for (size_t i = 0; i < ports.size(); i++)
@@ -719,6 +825,10 @@ bool MapWriter::port_key(const PortKey& p, kmesh_port_key* out) const {
 
 const char* stage_name(Stage s) {
     switch (s) {
+        case Stage::kLimits:
+            return "limits";
+        case Stage::kSplits:
+            return "splits";
         case Stage::kBackends:
             return "backends";
         case Stage::kServices:
@@ -760,6 +870,10 @@ const char* size_flag(MapId m) {
             return "--max-members";
         case MapId::kSplit:
             return "--max-splits";
+        case MapId::kLimitCfg:
+            return "--max-rate-limits";
+        case MapId::kRateLimit:
+            return "--max-rate-limit-buckets";
     }
     return "?";
 }
@@ -775,6 +889,8 @@ MapCounts capacity_counts(const MapCapacity& c) {
     out[static_cast<int>(MapId::kWaypointDest)] = c.waypoint_addrs;
     out[static_cast<int>(MapId::kMember)] = c.members;
     out[static_cast<int>(MapId::kSplit)] = c.splits;
+    out[static_cast<int>(MapId::kLimitCfg)] = c.limits;
+    out[static_cast<int>(MapId::kRateLimit)] = c.ratelimits;
     return out;
 }
 
@@ -807,6 +923,8 @@ MapCounts entries_needed(const DesiredState& d) {
     n[static_cast<int>(MapId::kPort)] = d.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = d.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = d.waypoint_dests.size();
+    n[static_cast<int>(MapId::kSplit)] = d.splits.size();
+    n[static_cast<int>(MapId::kLimitCfg)] = d.limits.size();
     for (const auto& [h, s] : d.services) {
         n[static_cast<int>(MapId::kMember)] += s.members.size();
         n[static_cast<int>(MapId::kEndpoint)] += s.endpoint_slot_count();
@@ -831,6 +949,8 @@ MapCounts MapWriter::entries() const {
     n[static_cast<int>(MapId::kPort)] = state_.ports.size();
     n[static_cast<int>(MapId::kWaypoint)] = state_.waypoints.size();
     n[static_cast<int>(MapId::kWaypointDest)] = state_.waypoint_dests.size();
+    n[static_cast<int>(MapId::kSplit)] = state_.splits.size();
+    n[static_cast<int>(MapId::kLimitCfg)] = state_.limits.size();
     for (const auto& [h, s] : state_.services) {
         n[static_cast<int>(MapId::kEndpoint)] += endpoint_entries(s);
         n[static_cast<int>(MapId::kMember)] += s.members.size();
@@ -876,6 +996,10 @@ std::string MapWriter::check_capacity(const Plan& plan, bool* additions_fit) con
     for (uint64_t id : plan.delete_waypoints) at(del, MapId::kWaypoint) += state_.waypoints.count(id);
     for (const auto& k : plan.delete_waypoint_dests)
         at(del, MapId::kWaypointDest) += state_.waypoint_dests.count(k);
+    for (const auto& [h, v] : plan.put_splits) at(add, MapId::kSplit) += !state_.splits.count(h);
+    for (uint64_t h : plan.delete_splits) at(del, MapId::kSplit) += state_.splits.count(h);
+    for (const auto& [h, v] : plan.put_limits) at(add, MapId::kLimitCfg) += !state_.limits.count(h);
+    for (uint64_t h : plan.delete_limits) at(del, MapId::kLimitCfg) += state_.limits.count(h);
 
     MapCounts result{}, peak{};
     for (int i = 0; i < kMapCount; i++) {
@@ -901,6 +1025,12 @@ bool clears_flag(const MapState& st, const kmesh_frontend_key& key, const Fronte
 void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
     stage_log_.push_back(std::string("+") + stage_name(stage));
     switch (stage) {
+        case Stage::kLimits:
+            put_limits(plan);
+            break;
+        case Stage::kSplits:
+            put_splits(plan, run);
+            break;
         case Stage::kBackends:
             put_backends(plan, run);
             break;
@@ -957,6 +1087,11 @@ void MapWriter::add_stage(Stage stage, const Plan& plan, Run& run) {
             std::vector<std::pair<kmesh_frontend_key, FrontendTarget>> puts;
             for (const auto& [key, target] : plan.put_frontends) {
                 if (!run.unpublished.count(target.service)) continue;
+                if (target.flags &
+                    KMESH_FRONTEND_SPLIT) {  // put_frontends holds it if its split is not there
+                    puts.emplace_back(key, target);
+                    continue;
+                }
                 if (run.incomplete.count(target.service) || !state_.services.count(target.service)) {
                     held.insert(target.service);
                     continue;
@@ -986,6 +1121,12 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
     // only then.
     bool check_refs = run.check_refs || !errors_.empty() || !state_.stray_backends.empty();
     switch (stage) {
+        case Stage::kLimits:
+            clear_limits(plan);
+            break;
+        case Stage::kSplits:
+            delete_splits(plan);
+            break;
         case Stage::kFrontends: {
             // Making room first, a VIP moving from a service being deleted to one being created
             // would pin the old service (its frontend still points at it) while the new one has
@@ -1108,6 +1249,9 @@ void MapWriter::remove_stage(Stage stage, const Plan& plan, Run& run) {
             std::set<uint64_t> referenced;
             if (check_refs)
                 for (const auto& [k, t] : state_.frontends) referenced.insert(t.service);
+            // A split still written (its delete failed, or it is still named) keeps its services.
+            for (const auto& [h, sp] : state_.splits)
+                for (const auto& [service, weight] : sp.value.services) referenced.insert(service);
             std::vector<uint64_t> hashes;
             for (uint64_t hash : plan.delete_services)
                 if (!referenced.count(hash)) hashes.push_back(hash);
@@ -1235,6 +1379,170 @@ void MapWriter::delete_waypoints(const Plan& plan) {
             continue;
         }
         state_.waypoints.erase(keys[i]);
+    }
+}
+
+void MapWriter::put_limits(const Plan& plan) {
+    std::vector<uint32_t> keys;
+    std::vector<kmesh_limit_cfg> values;
+    std::vector<std::pair<uint64_t, bool>> items;  // hash, id is new
+    for (const auto& [hash, l] : plan.put_limits) {
+        auto it = state_.limits.find(hash);
+        bool fresh = it == state_.limits.end();
+        uint32_t id = fresh ? limit_ids_.allocate() : it->second.id;
+        if (!id) {
+            fail(MapId::kLimitCfg, -E2BIG, "allocate id");
+            continue;
+        }
+        // A changed limit is rewritten in place: its buckets keep their tokens, capped by BPF at
+        // the new max_tokens on their next refill, as Envoy keeps a bucket across a config update
+        // of the same filter chain.
+        keys.push_back(id);
+        values.push_back({l.max_tokens, l.tokens_per_fill, l.fill_interval_ns, hash});
+        items.emplace_back(hash, fresh);
+    }
+    auto errs = put_all(MapId::kLimitCfg, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        const auto& [hash, fresh] = items[i];
+        if (errs[i]) {
+            if (fresh) limit_ids_.release(keys[i]);
+            fail(MapId::kLimitCfg, errs[i], fmt::format("write limit {}", keys[i]));
+            continue;
+        }
+        state_.limits[hash] = {keys[i],
+                               {values[i].max_tokens, values[i].tokens_per_fill, values[i].fill_interval_ns}};
+    }
+}
+
+// A limit no frontend names any more (and every stray id): its config is zeroed (km_limit_cfg is an
+// ARRAY: nothing to delete; zero means "no bucket, let through"), then every bucket of its id is
+// deleted, then the id is free. A reused id so never finds an old limit's bucket: BPF makes a
+// fresh, full one. An id whose clearing failed stays reserved (a stray) for the next apply.
+void MapWriter::clear_limits(const Plan& plan) {
+    std::set<uint64_t> named;
+    for (const auto& [k, t] : state_.frontends)
+        if (t.flags & KMESH_FRONTEND_LIMITED) named.insert(t.limit);
+    std::vector<uint32_t> ids = std::exchange(state_.stray_limits, {});
+    for (uint64_t hash : plan.delete_limits) {
+        auto it = state_.limits.find(hash);
+        if (it == state_.limits.end() || named.count(hash)) continue;
+        ids.push_back(it->second.id);
+        state_.limits.erase(it);
+    }
+    if (ids.empty()) return;
+    std::vector<kmesh_limit_cfg> zeros(ids.size(), kmesh_limit_cfg{});
+    auto errs = put_all(MapId::kLimitCfg, ids, zeros);
+    std::set<uint32_t> cleared;
+    for (size_t i = 0; i < ids.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kLimitCfg, errs[i], fmt::format("clear limit {}", ids[i]));
+            state_.stray_limits.push_back(ids[i]);
+            continue;
+        }
+        cleared.insert(ids[i]);
+    }
+    std::vector<kmesh_ratelimit_key> buckets;
+    ops_.for_each(MapId::kRateLimit, [&](const void* k, const void*) {
+        kmesh_ratelimit_key key;
+        std::memcpy(&key, k, sizeof key);
+        if (cleared.count(key.limit_id)) buckets.push_back(key);
+        return true;
+    });
+    auto berrs = remove_all(MapId::kRateLimit, buckets);
+    for (size_t i = 0; i < buckets.size(); i++)
+        if (berrs[i] && cleared.erase(buckets[i].limit_id)) {
+            fail(MapId::kRateLimit, berrs[i], fmt::format("delete bucket of limit {}", buckets[i].limit_id));
+            state_.stray_limits.push_back(buckets[i].limit_id);
+        }
+    // A bucket BPF makes between the zeroing and here cannot be: a zeroed limit takes no token,
+    // and no frontend names the id any more.
+    for (uint32_t id : cleared) limit_ids_.release(id);
+}
+
+// Written once all its services are in the maps and none of them is held back incomplete: a split
+// picks among them without asking whether they are published.
+void MapWriter::put_splits(const Plan& plan, const Run& run) {
+    std::vector<uint32_t> keys;
+    std::vector<kmesh_split_value> values;
+    std::vector<std::pair<uint64_t, const DesiredSplit*>> items;
+    for (const auto& [hash, sp] : plan.put_splits) {
+        kmesh_split_value v{};
+        bool ok = !sp.services.empty() && sp.services.size() <= KMESH_SPLIT_MAX;
+        uint32_t total = 0;
+        for (size_t i = 0; ok && i < sp.services.size(); i++) {
+            auto svc = state_.services.find(sp.services[i].first);
+            ok = svc != state_.services.end() && !run.incomplete.count(sp.services[i].first) &&
+                 sp.services[i].second > 0;
+            if (!ok) break;
+            v.service_id[i] = svc->second.id;
+            v.cum_weight[i] = total += sp.services[i].second;
+        }
+        if (!ok) {
+            errors_.push_back(
+                fmt::format("split {:016x} not written: one of its services is not (completely) in "
+                            "the maps",
+                            hash));
+            continue;
+        }
+        auto it = state_.splits.find(hash);
+        bool fresh = it == state_.splits.end();
+        uint32_t id = fresh ? split_ids_.allocate() : it->second.id;
+        if (!id) {
+            fail(MapId::kSplit, -E2BIG, "allocate id");
+            continue;
+        }
+        v.count = static_cast<uint32_t>(sp.services.size());
+        v.total = total;
+        v.name_hash = hash;
+        keys.push_back(id);
+        values.push_back(v);
+        items.emplace_back(hash, &sp);
+        if (fresh) state_.splits[hash] = {id, {}};  // reserved; filled below once written
+    }
+    auto errs = put_all(MapId::kSplit, keys, values);
+    for (size_t i = 0; i < keys.size(); i++) {
+        auto& entry = state_.splits[items[i].first];
+        if (errs[i]) {
+            fail(MapId::kSplit, errs[i], fmt::format("write split {}", keys[i]));
+            if (entry.value.services.empty()) {  // new: never written
+                split_ids_.release(keys[i]);
+                state_.splits.erase(items[i].first);
+            }
+            continue;
+        }
+        entry.value = *items[i].second;
+    }
+}
+
+// After the frontends: a split still named by one (its delete failed) stays.
+void MapWriter::delete_splits(const Plan& plan) {
+    std::set<uint64_t> named;
+    for (const auto& [k, t] : state_.frontends)
+        if (t.flags & KMESH_FRONTEND_SPLIT) named.insert(t.service);
+    std::vector<uint32_t> ids;
+    std::vector<uint64_t> hashes;
+    for (uint64_t hash : plan.delete_splits) {
+        auto it = state_.splits.find(hash);
+        if (it == state_.splits.end() || named.count(hash)) continue;
+        ids.push_back(it->second.id);
+        hashes.push_back(hash);
+    }
+    auto errs = remove_all(MapId::kSplit, ids);
+    for (size_t i = 0; i < ids.size(); i++) {
+        if (errs[i]) {
+            fail(MapId::kSplit, errs[i], fmt::format("delete split {}", ids[i]));
+            continue;
+        }
+        split_ids_.release(ids[i]);
+        state_.splits.erase(hashes[i]);
+    }
+    auto strays = std::exchange(state_.stray_splits, {});
+    auto serrs = remove_all(MapId::kSplit, strays);
+    for (size_t i = 0; i < strays.size(); i++) {
+        if (serrs[i])
+            state_.stray_splits.push_back(strays[i]);
+        else
+            split_ids_.release(strays[i]);
     }
 }
 

@@ -58,10 +58,15 @@ struct MapCapacity {
     uint32_t waypoint_addrs = KMESH_DEFAULT_MAX_WAYPOINT_ADDRS;
     uint32_t members = KMESH_DEFAULT_MAX_MEMBERS;
     uint32_t splits = KMESH_DEFAULT_MAX_SPLITS;
+    // Limit ids 1..limits: km_limit_cfg is an ARRAY of limits + 1 entries whose index 0 (no limit)
+    // is never written.
+    uint32_t limits = KMESH_DEFAULT_MAX_LIMITS - 1;
+    uint32_t ratelimits = KMESH_DEFAULT_MAX_RATELIMITS;  // BPF's buckets; the writer only deletes them
 
     static MapCapacity of(const MapSizes& s) {
         return {s.services,  s.backends,       s.endpoints, s.frontends, s.ports,
-                s.waypoints, s.waypoint_addrs, s.members,   s.splits};
+                s.waypoints, s.waypoint_addrs, s.members,   s.splits,    s.limits ? s.limits - 1 : 0,
+                s.ratelimits};
     }
 };
 
@@ -82,6 +87,9 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 // reach is written before anything points at it and unlinked before it goes:
 //
 //   stage          addition (forwards)                         removal (backwards)
+//   kLimits        write rate-limit configs (km_limit_cfg)      zero the configs no frontend names
+//                                                              any more, delete their buckets
+//                                                              (km_ratelimit), free their ids
 //   kBackends      write new/changed backends (one dropping    narrow backends that dropped a
 //                  an address family keeps that family's       family (no slot of it left);
 //                  address for now)                            delete backends
@@ -95,6 +103,8 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 //                                                              backend's slots are gone
 //   kEndpoints     write endpoint slots, then raise counts     lower counts, then delete slots
 //                  (and LB mode) in one service write
+//   kSplits        write splits (km_split) whose services      delete splits no frontend names
+//                  are all written and complete                any more (before their services go)
 //   kFrontends     publish frontends of services with no       delete frontends nobody claims
 //                  frontend yet, once all their endpoints are
 //                  written
@@ -110,10 +120,25 @@ std::string fits(const DesiredState& desired, const MapCapacity& capacity);
 // is written and stays one until its last slot is gone: whoever holds a backend id found through
 // the service (session affinity, a UDP reply) can ask km_member whether it still belongs. A
 // deleted service's members go with it, after its slots (kServices).
-enum class Stage { kBackends, kServices, kPorts, kFrontendFlags, kMembers, kEndpoints, kFrontends };
-inline constexpr std::array<Stage, 7> kStageOrder{Stage::kBackends,      Stage::kServices, Stage::kPorts,
-                                                  Stage::kFrontendFlags, Stage::kMembers,  Stage::kEndpoints,
-                                                  Stage::kFrontends};
+//
+// Kernel-native: a frontend naming a split or a limit (FrontendTarget's split hash, limit hash) is
+// written with their ids only once they are written; one whose split or limit could not be is not
+// published (metrics.frontends_unpublished). A limit id freed is zeroed and its buckets deleted
+// before it can be handed out again, so a new limit never inherits an old limit's tokens.
+enum class Stage {
+    kLimits,
+    kBackends,
+    kServices,
+    kPorts,
+    kFrontendFlags,
+    kMembers,
+    kEndpoints,
+    kSplits,
+    kFrontends
+};
+inline constexpr std::array<Stage, 9> kStageOrder{
+    Stage::kLimits,  Stage::kBackends,  Stage::kServices, Stage::kPorts,    Stage::kFrontendFlags,
+    Stage::kMembers, Stage::kEndpoints, Stage::kSplits,   Stage::kFrontends};
 const char* stage_name(Stage s);
 
 // Reads the pinned maps back into a MapState (agent restart). Missing entries inside a count
@@ -184,6 +209,12 @@ class MapWriter {
     void put_waypoint_dests(const Plan& plan);
     void delete_waypoint_dests(const Plan& plan);
     void delete_waypoints(const Plan& plan);
+    void put_limits(const Plan& plan);
+    void clear_limits(const Plan& plan);
+    void put_splits(const Plan& plan, const Run& run);
+    void delete_splits(const Plan& plan);
+    // Whether the frontend's split (or service) and limit are written: it may be published.
+    bool reachable(const FrontendTarget& t) const;
 
     // Entries per kernel call at most: bounds one syscall's time (the kernel reschedules between
     // entries, but a signal waits for the call).
@@ -194,7 +225,7 @@ class MapWriter {
     MapCapacity capacity_;
     Metrics& metrics_;
     std::vector<std::string> stage_log_;
-    IdAllocator service_ids_, backend_ids_;
+    IdAllocator service_ids_, backend_ids_, split_ids_, limit_ids_;
     std::vector<std::string> errors_;
     std::set<std::pair<uint64_t, uint64_t>> unported_;  // (backend, service) whose port write failed
     std::array<bool, kMapCount> no_batch_{};            // the kernel refused a batch for this map: one by one
