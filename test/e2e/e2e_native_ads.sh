@@ -115,4 +115,3 @@ check "the removed listener's VIP is no longer translated ($out)" grep -q '^erro
 out=$(pod_connect client 10.96.0.91 8000 2)
 check "the HTTP listener still serves ($(echo $out))" test "$(tr ' ' '\n' <<<"$out" | sort -u | wc -l)" -ge 1
 
-e2e_finish

@@ -104,8 +104,7 @@ check "circuit breaker: accepting again after the close ($(echo $out))" test "$(
 
 # Token bucket of 5, one token per hour: exactly 5 of 12 concurrent connects admitted.
 out=$(pod_exec client python3 "$E2E_DIR/native_tool.py" burst 10.96.0.83 80 12 0.2)
-check "rate limit: 5 of 12 concurrent connects admitted ($(summary "$out"))" \
-    test "$(grep -cx ok <<<"$out")" = 5 -a "$(grep -cx 'error ECONNREFUSED' <<<"$out")" = 7
+check "rate limit: 5 of 12 concurrent connects admitted ($out)" test "$out" = "ok 5 ECONNREFUSED 7"
 
 # 0.0.0.0_8000 with an inline route: the VIP in the virtual host's domains gets the catch-all
 # route's cluster (the header route before it is counted as approximated).
@@ -135,4 +134,3 @@ check "after the refused file 10.96.0.80 is still untranslated ($out)" grep -q '
 out=$(pod_connect client 10.96.0.82 80 2)
 check "after the refused file the last good state serves ($(echo $out))" test "$(echo $out)" = "c c"
 
-e2e_finish
