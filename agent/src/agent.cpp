@@ -275,6 +275,10 @@ Agent::Reload Agent::sync_maps(std::string* error) {
     }
     auto td = std::chrono::steady_clock::now();
     Plan plan = diff(writer_->state(), native_ ? native_->desired() : mesh_.desired(), dirty);
+    if (native_) {
+        std::lock_guard lock(native_stats_mu_);
+        native_stats_ = native_->stats();
+    }
     int64_t diff_us = micros_since(td);
     int64_t plan_us = micros_since(t0);
     auto t1 = std::chrono::steady_clock::now();

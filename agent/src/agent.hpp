@@ -229,6 +229,9 @@ class Agent {
     std::unique_ptr<NativeState> native_;
     std::unique_ptr<ads::Source> ads_source_;
     std::unique_ptr<ads::Client> ads_client_;
+    // The native state's counts as of the last sync, for scrapes that must not wait for mu_.
+    std::mutex native_stats_mu_;
+    NativeStats native_stats_;  // native_stats_mu_
     struct Admin;
     std::unique_ptr<Admin> admin_;
     std::unique_ptr<installer::Watcher> cni_installer_;  // --install-cni

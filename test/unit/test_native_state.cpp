@@ -316,7 +316,8 @@ TEST_CASE(
     CHECK(st.clas().count("b") == 0);
     CHECK(st.clas().count("a") == 1);
     CHECK(src.subscriptions(ads::kEndpointType) == std::vector<std::string>{"a"});
-    CHECK(syncs == 5);  // one write per response
+    // Nothing written before the first full state: LDS has not come.
+    CHECK(syncs == 0);
 
     CHECK(
         src
@@ -324,6 +325,13 @@ TEST_CASE(
                 R"({"version_info":"1","type_url":"type.googleapis.com/envoy.config.listener.v3.Listener"})"))
             .empty());
     CHECK(src.complete());
+    CHECK(syncs == 1);
+    // From then on, every response.
+    CHECK(src.on_response(response(eds("a", "10.0.0.4"))).empty());
+    CHECK(syncs == 2);
+    // An EDS resource no cluster names (queued before its cluster went) does not linger.
+    CHECK(src.on_response(response(eds("gone", "10.0.0.5"))).empty());
+    CHECK(st.clas().count("gone") == 0);
 }
 
 TEST_CASE("ads bundle: applied whole or not at all") {

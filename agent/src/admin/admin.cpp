@@ -763,8 +763,9 @@ std::string Agent::metrics_text() {
     if (native_) {
         NativeStats ns;
         {
-            std::lock_guard lock(mu_);
-            ns = native_->stats();
+            // A snapshot from the last sync: a scrape never waits for a config update (mu_).
+            std::lock_guard lock(native_stats_mu_);
+            ns = native_stats_;
         }
         gauge("kmesh_native_frontends", "Kernel-native mode: (VIP, port) entries programmed.", ns.frontends);
         gauge("kmesh_native_splits", "Kernel-native mode: weighted splits programmed.", ns.splits);

@@ -370,12 +370,16 @@ void NativeState::rebuild() {
             if (&l.chains[i] == &fc) return std::to_string(i);
         return std::string("default");
     };
-    // Publishes (addr, port) -> target of chain fc (or records why not).
+    // Publishes (addr, port) -> target of chain fc (or records why not). No target while the
+    // route is warming (`route_warming`): the key keeps its previous target.
     auto publish = [&](const NativeListener& l, const FilterChain& fc, const IpAddr& addr,
-                       const std::optional<Target>& target, bool approximated) {
+                       const std::optional<Target>& target, bool approximated, bool route_warming = false) {
         kmesh_frontend_key fk = frontend_key(addr, l.port);
         if (!decided.insert(fk).second) return;
-        if (!target) return;
+        if (!target) {
+            if (route_warming) carry(prev, fk);
+            return;
+        }
         bool warming = false;
         auto ft = resolve_target(b, *target, &warming);
         if (!ft) {
@@ -438,7 +442,12 @@ void NativeState::rebuild() {
                 else
                     hp.target = std::get<TcpProxy>(http->terminal).target;
             }
-            if (http && hp.target && (!hp.approximated || !tcp)) {
+            if (http && !hp.target && warming) {
+                // The HTTP chain's route is not here yet: keep what the key had rather than
+                // fall back to the TCP chain meanwhile (make before break).
+                stats_.warming++;
+                publish(l, *http, l.address, std::nullopt, false, true);
+            } else if (http && hp.target && (!hp.approximated || !tcp)) {
                 publish(l, *http, l.address, hp.target, hp.approximated);
             } else if (tcp) {
                 if (const TcpProxy* t = std::get_if<TcpProxy>(&tcp->terminal)) {
@@ -449,7 +458,7 @@ void NativeState::rebuild() {
                         stats_.warming++;
                     else if (!tp.target)
                         b.unsupported(tp.why);
-                    publish(l, *tcp, l.address, tp.target, tp.approximated);
+                    publish(l, *tcp, l.address, tp.target, tp.approximated, warming);
                 }
             } else if (warming) {
                 stats_.warming++;
@@ -479,7 +488,7 @@ void NativeState::rebuild() {
                         t = rp.target;
                         approximated = rp.approximated;
                     }
-                    publish(l, fc, p.addr, t, approximated);
+                    publish(l, fc, p.addr, t, approximated, warming);
                 }
                 if (!fc.prefixes.empty()) continue;
                 if (const Hcm* h = std::get_if<Hcm>(&fc.terminal)) {

@@ -104,8 +104,11 @@ std::vector<std::string> Source::on_response(const envoy::service::discovery::v3
             }
         for (auto it = rejected_here.begin(); it != rejected_here.end();)
             it = listed.count(it->first) ? std::next(it) : rejected_here.erase(it);
-        prune_unreferenced(state_);
     }
+    // After every response, not only CDS/LDS: an EDS/RDS response istiod queued before a cluster
+    // or listener went may still carry its resource, which must not linger (a cluster added back
+    // later would look warm with stale endpoints). Envoy ignores such resources too.
+    prune_unreferenced(state_);
     received_.insert(r.type_url());
     const NativeStats& st = state_.stats();
     spdlog::info(
@@ -115,8 +118,15 @@ std::vector<std::string> Source::on_response(const envoy::service::discovery::v3
         state_.listeners().size(), state_.routes().size(), state_.clusters().size(), state_.clas().size(),
         st.frontends, st.splits, st.limits, st.warming, st.routes_approximated);
     for (const auto& why : rejected) spdlog::warn("ads: rejected {}", why);
-    // Written at once: a partial state is fine here, as warming keeps every frontend whose
-    // clusters have no endpoints yet away from the maps (NativeState).
+    // Nothing is written before the first full state (CDS, LDS and the EDS/RDS they name): after a
+    // restart the maps hold the last state (recovered), and a first CDS alone would look like a
+    // mesh without listeners. From then on every response is written at once: warming keeps
+    // frontends whose clusters or routes are not here yet at their previous targets (NativeState).
+    if (!synced_ && !complete()) {
+        spdlog::info("ads: holding the maps until CDS, LDS and the EDS/RDS they name have arrived");
+        return rejected;
+    }
+    synced_ = true;
     sync_();
     return rejected;
 }

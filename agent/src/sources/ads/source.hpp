@@ -50,6 +50,7 @@ class Source : public Handler {
     std::function<bool()> sync_;
     ConvertOptions opts_;
     std::set<std::string> received_;  // type URLs with at least one applied response
+    bool synced_ = false;             // the first full state has been written
     std::map<std::string, std::map<std::string, std::string>> rejected_;
 };
 
