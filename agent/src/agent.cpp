@@ -85,8 +85,8 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
         agent->native_->mark_all_dirty();
         if (options.xds) {
             Agent* a = agent.get();
-            agent->ads_source_ =
-                std::make_unique<ads::Source>(*a->native_, a->mu_, [a] { return a->sync_from_ads(); });
+            agent->ads_source_ = std::make_unique<ads::Source>(*a->native_, a->mu_,
+                                                               [a] { return a->sync_from_istiod("ads"); });
             agent->ads_client_ = std::make_unique<ads::Client>(*options.xds, *agent->ads_source_);
             agent->set_waiting("waiting for istiod's clusters, listeners, endpoints and routes");
         } else {
@@ -97,7 +97,7 @@ std::unique_ptr<Agent> Agent::start(const AgentOptions& options, std::string* er
         // the client is started by run().
         Agent* a = agent.get();
         agent->xds_source_ =
-            std::make_unique<xds::Source>(a->mesh_, a->mu_, [a] { return a->sync_from_xds(); });
+            std::make_unique<xds::Source>(a->mesh_, a->mu_, [a] { return a->sync_from_istiod("xds"); });
         agent->xds_client_ = std::make_unique<xds::Client>(*options.xds, *agent->xds_source_);
         agent->set_waiting("waiting for istiod's first Address response");
     } else {
@@ -536,26 +536,13 @@ Agent::Reload Agent::reload_native_file(bool force) {
     return result;
 }
 
-bool Agent::sync_from_ads() {
+bool Agent::sync_from_istiod(const char* api) {
+    // Both sources hold their writes back until istiod's first full state is in (xds::Source:
+    // the first Address response; ads::Source: CDS, LDS and the EDS/RDS they name), so success
+    // here means the first full state is in the maps.
     std::string err;
     if (sync_maps(&err) == Reload::kFailed) {
-        spdlog::error("ads update not fully applied to the maps: {}", err);
-        if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
-        retry_pending_ = true;
-        wake_main_loop();
-        return false;
-    }
-    // Ready once CDS, LDS and the EDS/RDS they name have been applied: the first full state.
-    if (ads_source_->complete() && !state_applied_.exchange(true)) wake_main_loop();
-    return true;
-}
-
-bool Agent::sync_from_xds() {
-    // Runs only once istiod's first Address response is in the model (xds::Source holds it back
-    // until then), so success here means the first full state is in the maps.
-    std::string err;
-    if (sync_maps(&err) == Reload::kFailed) {
-        spdlog::error("xds update not fully applied to the maps: {}", err);
+        spdlog::error("{} update not fully applied to the maps: {}", api, err);
         if (!state_applied_) set_waiting("istiod's state not fully written to the maps: " + err);
         retry_pending_ = true;
         wake_main_loop();

@@ -160,14 +160,14 @@ class Agent {
     Reload sync_maps(std::string* error);  // mu_ held
     // Kernel-native mode's file: a bundle of Envoy resources, applied whole or refused whole.
     Reload reload_native_file(bool force);
-    bool sync_from_ads();  // mu_ held, on the ADS thread; false: not all written
     bool istiod() const { return options_.xds.has_value(); }
     // Compiles the model's authorization policies and publishes them when the model changed (or a
     // previous publish failed); "" or the error. mu_ held.
     std::string sync_authz(const ModelChanges& changes);
     // Whether `changes` adds, changes or removes a workload of this node (or may: no node name).
     bool touches_local(const ModelChanges& changes) const;
-    bool sync_from_xds();  // mu_ held, on the xDS thread; false: not all written
+    // mu_ held, on the istiod client's thread ("xds" or "ads", for logs); false: not all written.
+    bool sync_from_istiod(const char* api);
     // Telemetry's names follow the model changes held back by sync_maps (mu_ held).
     void follow_names();
     void start_admin();                         // never fails: binding is retried in the background

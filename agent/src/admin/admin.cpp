@@ -746,20 +746,15 @@ std::string Agent::metrics_text() {
     // From metrics_, not admin_: the main thread resets admin_ while a request may still run.
     counter("kmesh_admin_bind_failures_total", "Failed attempts to bind the admin server.",
             metrics_.admin_bind_failures);
-    if (xds_client_) {
-        auto st = xds_client_->status();
+    // The stream to istiod, whichever API it speaks (both clients' statuses have these fields).
+    auto stream_metrics = [&](const auto& st) {
         gauge("kmesh_xds_connected", "1 while a stream to istiod is up.", st.connected ? 1 : 0);
         counter("kmesh_xds_connects_total", "Streams to istiod that delivered a response.", st.connects);
         counter("kmesh_xds_acks_total", "Responses acknowledged.", st.acks);
         counter("kmesh_xds_nacks_total", "Responses rejected (in part).", st.nacks);
-    }
-    if (ads_client_) {
-        auto st = ads_client_->status();
-        gauge("kmesh_xds_connected", "1 while a stream to istiod is up.", st.connected ? 1 : 0);
-        counter("kmesh_xds_connects_total", "Streams to istiod that delivered a response.", st.connects);
-        counter("kmesh_xds_acks_total", "Responses acknowledged.", st.acks);
-        counter("kmesh_xds_nacks_total", "Responses rejected (in part).", st.nacks);
-    }
+    };
+    if (xds_client_) stream_metrics(xds_client_->status());
+    if (ads_client_) stream_metrics(ads_client_->status());
     if (native_) {
         NativeStats ns;
         {
